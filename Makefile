@@ -1,0 +1,50 @@
+# The verbs a user types. Every target depends on `setup`, so on a fresh clone
+# `make test` (or `make demo`) alone builds the virtualenv and runs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+SEEDS  ?= 2000
+export PYTHONPATH := $(CURDIR)/generated
+
+.PHONY: setup generate check-generated lint typecheck pytest test demo bench simulate clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Regenerate the runtime's own protos and the example schemas' typed code.
+generate: setup
+	$(PY) -m ackbus_codegen.build
+
+# Fail when generated/ (or the runtime's own generated protos) is stale.
+check-generated: setup
+	$(PY) -m ackbus_codegen.build --check
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy runtime codegen $(wildcard generated/*/)
+
+pytest: setup
+	$(BIN)/pytest -q
+
+# What CI runs (.ci/run): the stale-generated-code check, the linter, mypy --strict, the suite.
+test: check-generated lint typecheck pytest
+
+demo: setup
+	$(PY) -m ackbus.demo
+
+bench: setup
+	$(PY) -m bench $(if $(FULL),--full,)
+
+simulate: setup
+	$(PY) -m ackbus.core.simulate --seeds $(SEEDS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The ackbus protoc plugin and generator: typed clients and handler bases from .proto files."""

@@ -1,0 +1,62 @@
+"""Running protoc (from grpcio-tools) with the stock Python, mypy-protobuf and ackbus plugins."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import GenerationError
+
+
+def _grpc_tools_include() -> Path:
+    import grpc_tools
+
+    return Path(grpc_tools.__file__).parent / "_proto"
+
+
+def _plugin(name: str) -> str:
+    """Path of a protoc plugin installed as a console script beside this interpreter."""
+    found = Path(sys.executable).parent / name
+    if found.exists():
+        return str(found)
+    which = shutil.which(name)
+    if which is None:
+        raise GenerationError(f"protoc plugin {name!r} is not installed")
+    return which
+
+
+def run(
+    files: Sequence[str],
+    *,
+    include: Sequence[Path],
+    out: Path,
+    ackbus: bool,
+) -> None:
+    """Compile ``files`` (paths relative to an include dir) into ``out``.
+
+    Always writes protoc's ``_pb2.py`` and mypy-protobuf's ``_pb2.pyi``; with
+    ``ackbus=True`` also the ackbus clients and handlers. Raises
+    :class:`GenerationError` with protoc's messages when compilation fails.
+    """
+    from grpc_tools import protoc
+
+    out.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        *(f"-I{p}" for p in include),
+        f"-I{_grpc_tools_include()}",
+        f"--python_out={out}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--mypy_out={out}",
+    ]
+    if ackbus:
+        args += [
+            f"--plugin=protoc-gen-ackbus={_plugin('protoc-gen-ackbus')}",
+            f"--ackbus_out={out}",
+        ]
+    args += list(files)
+    code = protoc.main(args)
+    if code != 0:
+        raise GenerationError(f"protoc failed (exit {code}) on {', '.join(files)}")

@@ -1,0 +1,410 @@
+"""The typed surface that generated code and services program against.
+
+Generated clients call an :class:`AsyncBus` or :class:`BlockingBus` (an endpoint
+implements both shapes); generated handler classes derive from :class:`Handler`
+and describe their rpcs with :class:`MethodSpec`; generated modules fill a
+:class:`Registry` of :class:`MessageSpec`. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from .errors import DeliveryError, SchemaError
+
+__all__ = [
+    "AsyncBus",
+    "BlockingBus",
+    "Context",
+    "DeliveryReport",
+    "DeliveryStatus",
+    "Handler",
+    "Identity",
+    "Kind",
+    "MessageSpec",
+    "MethodSpec",
+    "Policy",
+    "Registry",
+    "unimplemented",
+]
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+
+class Kind(enum.Enum):
+    """A command goes to one instance of one service; an event to one instance of each
+    subscribing service."""
+
+    COMMAND = "command"
+    EVENT = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How hard ackbus tries to deliver one message. Times are in seconds."""
+
+    ack_timeout: float = 1.0
+    max_attempts: int = 10
+    backoff_base: float = 0.05
+    backoff_cap: float = 2.0
+    jitter: float = 0.2
+    deadline: float = 30.0
+    priority: int = 0
+    kind: Kind = Kind.COMMAND
+    retry_rejected: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.ack_timeout > 0:
+            problems.append(f"ack_timeout must be > 0, got {self.ack_timeout}")
+        if self.max_attempts < 1:
+            problems.append(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.backoff_base < 0 or self.backoff_cap < self.backoff_base:
+            problems.append(
+                f"need 0 <= backoff_base <= backoff_cap, got {self.backoff_base}, "
+                f"{self.backoff_cap}"
+            )
+        if not 0 <= self.jitter <= 1:
+            problems.append(f"jitter must be within [0, 1], got {self.jitter}")
+        if not self.deadline > 0:
+            problems.append(f"deadline must be > 0, got {self.deadline}")
+        if problems:
+            raise SchemaError("invalid policy: " + "; ".join(problems))
+
+    def with_(self, **changes: Any) -> Policy:
+        """A copy with some fields changed (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One running instance of a service."""
+
+    service: str
+    instance: str
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.instance}"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec:
+    """What the runtime knows of one message type."""
+
+    full_name: str
+    cls: type[Message]
+    policy: Policy
+    legacy_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    """One rpc of a service, as a generated handler class declares it."""
+
+    service: str
+    """Full proto name of the service ("poker.Table")."""
+    name: str
+    """The rpc's name ("StartHand")."""
+    handler_attr: str
+    """The handler method that runs it ("on_start_hand")."""
+    request: type[Message]
+    response: type[Message] | None
+    """``None`` when the rpc returns google.protobuf.Empty: the handler returns nothing."""
+    policy: Policy
+
+    @property
+    def request_type(self) -> str:
+        return self.request.DESCRIPTOR.full_name
+
+
+class Registry:
+    """Message types by name: full proto name and legacy name both map to one spec."""
+
+    def __init__(self, specs: Iterable[MessageSpec] = ()) -> None:
+        self._by_name: dict[str, MessageSpec] = {}
+        self._by_cls: dict[type[Message], MessageSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: MessageSpec) -> None:
+        for name in (spec.full_name, spec.legacy_name):
+            if name is None:
+                continue
+            known = self._by_name.get(name)
+            if known is not None and known.cls is not spec.cls:
+                raise SchemaError(
+                    f"type name {name!r} is claimed by both {known.full_name} and {spec.full_name}"
+                )
+            self._by_name[name] = spec
+        self._by_cls[spec.cls] = spec
+
+    def update(self, other: Registry) -> None:
+        for spec in other:
+            self.add(spec)
+
+    def get(self, name: str) -> MessageSpec | None:
+        return self._by_name.get(name)
+
+    def __getitem__(self, name: str) -> MessageSpec:
+        spec = self._by_name.get(name)
+        if spec is None:
+            raise SchemaError(f"unknown message type {name!r}")
+        return spec
+
+    def for_class(self, cls: type[Message]) -> MessageSpec | None:
+        return self._by_cls.get(cls)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[MessageSpec]:
+        return iter(self._by_cls.values())
+
+    def __len__(self) -> int:
+        return len(self._by_cls)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler knows of the message it runs for."""
+
+    message_id: bytes
+    message_type: str
+    sender: Identity
+    attempt: int
+    created_at: float
+    """Unix time the sender accepted the message."""
+    sent_at: float
+    """Unix time of this attempt."""
+    received_at: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+    correlation_id: bytes = b""
+    priority: int = 0
+
+
+class DeliveryStatus(enum.Enum):
+    PENDING = "pending"
+    ACKED = "acked"
+    FAILED = "failed"
+
+
+class DeliveryReport:
+    """What became of one sent message. Truthy only once it was acknowledged.
+
+    A report from ``send(..., wait_ack=False)`` starts pending; ``await report.wait()``
+    waits for it to settle. The runtime settles it exactly once with :meth:`_settle`.
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "acked_at",
+        "acked_by",
+        "attempts",
+        "error",
+        "first_sent_at",
+        "message_id",
+        "message_type",
+        "response",
+        "status",
+    )
+
+    def __init__(self, message_id: bytes, message_type: str) -> None:
+        self.message_id = message_id
+        self.message_type = message_type
+        self.status = DeliveryStatus.PENDING
+        self.attempts = 0
+        self.first_sent_at: float | None = None
+        self.acked_at: float | None = None
+        self.acked_by: tuple[Identity, ...] = ()
+        self.error: DeliveryError | None = None
+        self.response: bytes | None = None
+        self._callbacks: list[Callable[[DeliveryReport], None]] | None = None
+
+    def __bool__(self) -> bool:
+        return self.status is DeliveryStatus.ACKED
+
+    @property
+    def done(self) -> bool:
+        return self.status is not DeliveryStatus.PENDING
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the first send to the ack, once acked."""
+        if self.acked_at is None or self.first_sent_at is None:
+            return None
+        return self.acked_at - self.first_sent_at
+
+    def __repr__(self) -> str:
+        extra = f" error={self.error}" if self.error else ""
+        return (
+            f"<DeliveryReport {self.message_type} {self.message_id.hex()} "
+            f"{self.status.value} attempts={self.attempts}{extra}>"
+        )
+
+    def raise_for_status(self) -> DeliveryReport:
+        """Raise the delivery error if the message failed; return self otherwise."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def add_done_callback(self, fn: Callable[[DeliveryReport], None]) -> None:
+        """Call ``fn(self)`` once settled (at once if it already is)."""
+        if self.done:
+            fn(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(fn)
+
+    async def wait(self, timeout: float | None = None) -> DeliveryReport:
+        """Wait until settled; on timeout return the report still pending."""
+        if self.done:
+            return self
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(_: DeliveryReport) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.add_done_callback(wake)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        return self
+
+    def _settle(
+        self,
+        status: DeliveryStatus,
+        *,
+        attempts: int,
+        first_sent_at: float | None,
+        acked_at: float | None = None,
+        acked_by: tuple[Identity, ...] = (),
+        error: DeliveryError | None = None,
+        response: bytes | None = None,
+    ) -> None:
+        if self.done:
+            return
+        self.status = status
+        self.attempts = attempts
+        self.first_sent_at = first_sent_at
+        self.acked_at = acked_at
+        self.acked_by = acked_by
+        self.error = error
+        self.response = response
+        callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            fn(self)
+
+
+class AsyncBus(Protocol):
+    """What generated async clients call; :class:`ackbus.Endpoint` implements it."""
+
+    async def send(
+        self,
+        msg: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport: ...
+
+    async def publish(
+        self,
+        event: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport: ...
+
+    async def request(
+        self,
+        msg: Message,
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> R: ...
+
+
+class BlockingBus(Protocol):
+    """The blocking twin of :class:`AsyncBus`, for plain threads."""
+
+    def send(
+        self,
+        msg: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport: ...
+
+    def publish(
+        self,
+        event: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport: ...
+
+    def request(
+        self,
+        msg: Message,
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> R: ...
+
+
+class Handler:
+    """Base of generated handler classes. A subclass overrides ``on_<rpc>`` methods;
+    the endpoint registers only the ones it overrides."""
+
+    __ackbus_service__: ClassVar[str] = ""
+    __ackbus_methods__: ClassVar[tuple[MethodSpec, ...]] = ()
+
+    @classmethod
+    def implemented_methods(cls) -> tuple[MethodSpec, ...]:
+        """The rpcs this class (or a subclass below the generated base) implements."""
+        out = []
+        for spec in cls.__ackbus_methods__:
+            impl = getattr(cls, spec.handler_attr, None)
+            if getattr(impl, "__ackbus_unimplemented__", False):
+                continue
+            out.append(spec)
+        return tuple(out)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unimplemented(fn: F) -> F:
+    """Marks a generated base method that a subclass has not overridden."""
+    fn.__ackbus_unimplemented__ = True  # type: ignore[attr-defined]
+    return fn

@@ -1,0 +1,133 @@
+"""The exceptions ackbus raises. They all derive from one root::
+
+    AckbusError
+    ├── DeliveryError            a message was not delivered; carries message_id and message_type
+    │   ├── AckTimeout           no ack came back before the attempts or the deadline ran out
+    │   ├── Rejected             the receiver's handler raised (remote_type, remote_message)
+    │   ├── NoRoute              no live service handles the message's type
+    │   ├── Expired              the deadline passed before a handler ran
+    │   └── Cancelled            the send was cancelled, or its endpoint closed first
+    ├── WaitTimeout              a local wait ran out; says which one
+    │   ├── SendWindowTimeout    the in-flight window stayed full (backpressure)
+    │   └── ConnectTimeout       no hub answered in time
+    ├── ClosedError              the endpoint or hub was closed (by you)
+    ├── ProtocolError            bytes on the wire break the protocol
+    │   ├── LocalProtocolError   we were about to send something invalid (our bug)
+    │   └── RemoteProtocolError  the peer sent something invalid (its bug); has a refusal code
+    └── SchemaError              a type is unknown, or a schema or option is invalid
+
+Every error that concerns one message carries its id (16 bytes) and type name, so
+a log line always says which message failed and why.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AckTimeout",
+    "AckbusError",
+    "Cancelled",
+    "ClosedError",
+    "ConnectTimeout",
+    "DeliveryError",
+    "Expired",
+    "LocalProtocolError",
+    "NoRoute",
+    "ProtocolError",
+    "Rejected",
+    "RemoteProtocolError",
+    "SchemaError",
+    "SendWindowTimeout",
+    "WaitTimeout",
+]
+
+
+class AckbusError(Exception):
+    """Root of every exception ackbus raises."""
+
+
+class DeliveryError(AckbusError):
+    """A message was not delivered. ``message_id`` and ``message_type`` say which."""
+
+    def __init__(self, reason: str, *, message_id: bytes = b"", message_type: str = "") -> None:
+        self.reason = reason
+        self.message_id = message_id
+        self.message_type = message_type
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        what = self.message_type or "message"
+        ident = self.message_id.hex() if self.message_id else "?"
+        return f"{what} {ident}: {self.reason}"
+
+
+class AckTimeout(DeliveryError):
+    """No acknowledgement arrived before the attempt budget or the deadline ran out."""
+
+
+class Rejected(DeliveryError):
+    """The receiving handler raised. ``remote_type`` and ``remote_message`` describe it."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        message_id: bytes = b"",
+        message_type: str = "",
+        remote_type: str = "",
+        remote_message: str = "",
+        permanent: bool = False,
+    ) -> None:
+        super().__init__(reason, message_id=message_id, message_type=message_type)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.permanent = permanent
+
+
+class NoRoute(DeliveryError):
+    """No live instance of any service handles the message's type."""
+
+
+class Expired(DeliveryError):
+    """The message's deadline passed before a handler ran it."""
+
+
+class Cancelled(DeliveryError):
+    """The send was cancelled, or the endpoint was closed while it was in flight."""
+
+
+class WaitTimeout(AckbusError, TimeoutError):
+    """A local wait ran out of time. Subclasses say which wait."""
+
+
+class SendWindowTimeout(WaitTimeout):
+    """The in-flight window to a destination stayed full for the whole timeout."""
+
+
+class ConnectTimeout(WaitTimeout):
+    """No hub answered the endpoint's hello in time."""
+
+
+class ClosedError(AckbusError):
+    """The endpoint or hub was closed by its owner; it cannot be used any more."""
+
+
+class ProtocolError(AckbusError):
+    """Bytes on the wire break the ackbus protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids: a bug on this side."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids. ``code`` names the refusal."""
+
+    def __init__(self, reason: str, *, code: str = "MALFORMED", message_id: bytes = b"") -> None:
+        self.reason = reason
+        self.code = code
+        self.message_id = message_id
+        super().__init__(f"{code}: {reason}")
+
+
+class SchemaError(AckbusError):
+    """A message type is unknown, or a schema or option is invalid."""
