@@ -1,0 +1,1 @@
+"""Shared test configuration. Test folders own their own conftest.py files."""
