@@ -1,0 +1,143 @@
+"""Peer liveness: heartbeats both ways, and death after missed intervals.
+
+Each side proposes a heartbeat interval in its hello; both use :func:`negotiate`, the larger
+of the two, so two sides configured differently still agree (and the slower side is never
+declared dead for being slow on purpose). A side sends a heartbeat to a peer when it sent it
+nothing else for one interval (any traffic counts, so a busy link carries no heartbeats), and
+declares the peer dead when it heard nothing from it for ``misses`` intervals.
+
+Hot path: :meth:`Liveness.seen` and :meth:`Liveness.sent` are called for every message and
+only store a timestamp; the timers are re-armed lazily when they fire.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ["Liveness", "LivenessAction", "PeerDead", "SendHeartbeat", "negotiate"]
+
+K = TypeVar("K", bound=Hashable)
+
+
+def negotiate(local_ms: int, remote_ms: int) -> int:
+    """The heartbeat interval both sides use: the larger proposal (0 means "no proposal").
+
+    Symmetric, so each side computes the same value from the two hellos.
+    """
+    if local_ms < 0 or remote_ms < 0:
+        raise ValueError(f"heartbeat intervals must be >= 0, got {local_ms}, {remote_ms}")
+    return max(local_ms, remote_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeartbeat(Generic[K]):
+    """Send a heartbeat to ``peer`` now."""
+
+    peer: K
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDead(Generic[K]):
+    """Nothing was heard from ``peer`` for ``silence`` seconds; it has been forgotten."""
+
+    peer: K
+    silence: float
+
+
+LivenessAction = SendHeartbeat[K] | PeerDead[K]
+
+_SEND, _CHECK = 0, 1
+
+
+class _Peer:
+    __slots__ = ("interval", "last_seen", "last_sent", "misses")
+
+    def __init__(self, interval: float, misses: int, now: float) -> None:
+        self.interval = interval
+        self.misses = misses
+        self.last_seen = now
+        self.last_sent = now
+
+
+class Liveness(Generic[K]):
+    """Heartbeat and death timers for a set of peers keyed by ``K`` (e.g. routing ids)."""
+
+    def __init__(self, *, interval: float = 1.0, misses: int = 3) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        if misses < 1:
+            raise ValueError(f"misses must be >= 1, got {misses}")
+        self.interval = interval
+        self.misses = misses
+        self._peers: dict[K, _Peer] = {}
+        self._heap: list[tuple[float, int, int, K, _Peer]] = []
+        self._seq = 0
+
+    def add(self, peer: K, now: float, *, interval: float | None = None) -> None:
+        """Start watching ``peer`` (again) with its negotiated ``interval`` in seconds."""
+        state = _Peer(interval or self.interval, self.misses, now)
+        self._peers[peer] = state
+        self._push(now + state.interval, _SEND, peer, state)
+        self._push(now + state.interval * state.misses, _CHECK, peer, state)
+
+    def remove(self, peer: K) -> None:
+        """Stop watching ``peer`` (it said bye, or the link closed)."""
+        self._peers.pop(peer, None)
+
+    def seen(self, peer: K, now: float) -> None:
+        """Any traffic arrived from ``peer``."""
+        state = self._peers.get(peer)
+        if state is not None:
+            state.last_seen = now
+
+    def sent(self, peer: K, now: float) -> None:
+        """We sent ``peer`` something; no heartbeat is due for one interval."""
+        state = self._peers.get(peer)
+        if state is not None:
+            state.last_sent = now
+
+    def is_alive(self, peer: K) -> bool:
+        return peer in self._peers
+
+    def peers(self) -> list[K]:
+        return list(self._peers)
+
+    def tick(self, now: float) -> list[SendHeartbeat[K] | PeerDead[K]]:
+        """Heartbeats due and peers found dead at ``now``. A dead peer is removed."""
+        out: list[SendHeartbeat[K] | PeerDead[K]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, peer, state = heapq.heappop(heap)
+            if self._peers.get(peer) is not state:
+                continue  # removed, or re-added with fresh timers
+            if kind == _SEND:
+                due = state.last_sent + state.interval
+                if due <= now:
+                    out.append(SendHeartbeat(peer))
+                    state.last_sent = now
+                    due = now + state.interval
+                self._push(due, _SEND, peer, state)
+            else:
+                limit = state.interval * state.misses
+                silence = now - state.last_seen
+                if silence >= limit:
+                    del self._peers[peer]
+                    out.append(PeerDead(peer, silence))
+                else:
+                    self._push(state.last_seen + limit, _CHECK, peer, state)
+        if len(heap) > 4 * len(self._peers) + 64:
+            # Entries of removed peers linger until they surface; drop them in bulk.
+            self._heap = [e for e in heap if self._peers.get(e[3]) is e[4]]
+            heapq.heapify(self._heap)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` may next have work (an upper bound on the sleep)."""
+        return self._heap[0][0] if self._heap else None
+
+    def _push(self, when: float, kind: int, peer: K, state: _Peer) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, peer, state))

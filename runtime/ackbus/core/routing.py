@@ -1,0 +1,283 @@
+"""The hub's routing table: which live instance gets which message.
+
+Instances register with their identity, the command types they handle, the event types they
+subscribe to and their credit (how many unacked messages they accept at once). A command goes
+to one instance of the one service that handles its type (or of the named recipient service);
+an event goes to one instance of every subscribing service.
+
+Choosing the instance. Dedupe state lives in an instance, so a retry must go back to the
+instance that first got the message while it lives. Two mechanisms keep it there:
+
+1. a bounded sticky map (message id → instance, with a TTL) remembers each choice;
+2. the choice itself is *rendezvous hashing* of (message id, instance identity): every
+   instance gets a pseudo-random score per message and the best-scoring one with free
+   credit wins. So a hub that restarted (its sticky map lost) or a second hub running side by
+   side picks the same instance for a retry, as long as the same instances are registered
+   and the first pick was not diverted by a full credit.
+
+Load is spread because scores are uniform over instances; an instance whose credit is used up
+(in-flight count ≥ credit) is skipped while another one has room. In-flight counts go up when
+a message is routed and down on :meth:`RoutingTable.on_ack` (or when its sticky entry expires,
+so a lost ack cannot leak a credit forever).
+
+Ambiguity rule: if several *services* handle a command type and the sender named no
+recipient, the command is not routed (no-route, with :meth:`RoutingTable.no_route_reason`
+saying which services compete): guessing would silently pick a winner, and adding a service
+would change where existing traffic goes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._types import Identity
+
+__all__ = ["Instance", "RoutingTable"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _score(msg_key: int, instance_key: bytes) -> int:
+    """Rendezvous score: stable across processes (unlike ``hash()``), well mixed."""
+    x = zlib.crc32(instance_key, msg_key)
+    x = ((x ^ (x >> 16)) * 0x9E3779B97F4A7C15) & _MASK64
+    return x ^ (x >> 29)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One registered instance as the table knows it."""
+
+    peer: bytes
+    """Transport address (e.g. the ZeroMQ routing id)."""
+    identity: Identity
+    commands: frozenset[str]
+    events: frozenset[str]
+    credit: int
+    registered_at: float
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.identity.service}/{self.identity.instance}".encode()
+
+
+class _Stick:
+    __slots__ = ("at", "key", "open")
+
+    def __init__(self, key: bytes, at: float) -> None:
+        self.key = key
+        self.at = at
+        self.open = True
+
+
+_StickyKey = bytes | tuple[bytes, str]
+
+
+class RoutingTable:
+    """Registered instances and the sticky choices made for messages in flight."""
+
+    def __init__(self, *, sticky_ttl: float = 60.0, sticky_capacity: int = 100_000) -> None:
+        self.sticky_ttl = sticky_ttl
+        self.sticky_capacity = sticky_capacity
+        self._instances: dict[bytes, Instance] = {}
+        self._by_key: dict[bytes, bytes] = {}
+        """Instance key ("service/instance") → current peer address."""
+        self._keys: dict[bytes, bytes] = {}
+        """Peer → instance key (cached encoding)."""
+        self._commands: dict[str, dict[str, list[bytes]]] = {}
+        """Command type → service → peers handling it."""
+        self._events: dict[str, dict[str, list[bytes]]] = {}
+        self._in_flight: dict[bytes, int] = {}
+        self._sticky: OrderedDict[_StickyKey, _Stick] = OrderedDict()
+
+    # -- membership ------------------------------------------------------------------------
+
+    def register(
+        self,
+        peer: bytes,
+        identity: Identity,
+        commands: Iterable[str],
+        events: Iterable[str],
+        credit: int,
+        now: float,
+    ) -> Instance:
+        """Add (or refresh) an instance. A known identity under a new peer address replaces
+        the old address (the instance reconnected)."""
+        inst = Instance(peer, identity, frozenset(commands), frozenset(events), credit, now)
+        key = inst.key
+        old_peer = self._by_key.get(key)
+        if old_peer is not None:
+            self.unregister(old_peer)
+        if peer in self._instances:
+            self.unregister(peer)
+        self._instances[peer] = inst
+        self._by_key[key] = peer
+        self._keys[peer] = key
+        self._in_flight[peer] = 0
+        for table, types in ((self._commands, inst.commands), (self._events, inst.events)):
+            for msg_type in types:
+                table.setdefault(msg_type, {}).setdefault(identity.service, []).append(peer)
+        return inst
+
+    def unregister(self, peer: bytes) -> Instance | None:
+        """Remove an instance (it said bye or liveness declared it dead)."""
+        inst = self._instances.pop(peer, None)
+        if inst is None:
+            return None
+        key = self._keys.pop(peer)
+        if self._by_key.get(key) == peer:
+            del self._by_key[key]
+        self._in_flight.pop(peer, None)
+        service = inst.identity.service
+        for table, types in ((self._commands, inst.commands), (self._events, inst.events)):
+            for msg_type in types:
+                services = table[msg_type]
+                peers = services[service]
+                peers.remove(peer)
+                if not peers:
+                    del services[service]
+                    if not services:
+                        del table[msg_type]
+        return inst
+
+    def instance(self, peer: bytes) -> Instance | None:
+        return self._instances.get(peer)
+
+    def instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
+    def in_flight(self, peer: bytes) -> int:
+        return self._in_flight.get(peer, 0)
+
+    def sticky_count(self) -> int:
+        return len(self._sticky)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def route_command(
+        self, msg_type: str, msg_id: bytes, recipient: str | None, now: float
+    ) -> bytes | None:
+        """The peer to send a command to, or ``None`` (no route: see
+        :meth:`no_route_reason`). A retry goes to the instance that got the first attempt
+        while that instance is registered."""
+        services = self._commands.get(msg_type)
+        if not services:
+            return None
+        if recipient:
+            peers = services.get(recipient)
+            if not peers:
+                return None
+        elif len(services) == 1:
+            peers = next(iter(services.values()))
+        else:
+            return None
+        return self._pick(msg_id, msg_id, peers, now)
+
+    def route_event(self, msg_type: str, msg_id: bytes, now: float) -> list[tuple[str, bytes]]:
+        """``(service, peer)`` for one instance of every service subscribing to the type;
+        empty when none does."""
+        services = self._events.get(msg_type)
+        if not services:
+            return []
+        return [
+            (service, self._pick((msg_id, service), msg_id, peers, now))
+            for service, peers in services.items()
+        ]
+
+    def no_route_reason(self, msg_type: str, recipient: str | None) -> str:
+        """Why :meth:`route_command` found no route, in words for the sender's error."""
+        services = self._commands.get(msg_type)
+        if recipient:
+            if not services or recipient not in services:
+                return f"no live instance of service {recipient!r} handles {msg_type}"
+            return "routed"
+        if not services:
+            return f"no live service handles {msg_type}"
+        if len(services) > 1:
+            names = ", ".join(sorted(services))
+            return f"ambiguous: services {names} all handle {msg_type}; name a recipient"
+        return "routed"
+
+    def on_ack(self, peer: bytes, msg_id: bytes | None = None) -> None:
+        """``peer`` acked a message: one credit is free again. With ``msg_id`` an ack is
+        counted once per routed message, however often it is repeated."""
+        if msg_id is not None:
+            inst = self._instances.get(peer)
+            if inst is None:
+                return
+            stick = self._sticky.get(msg_id) or self._sticky.get((msg_id, inst.identity.service))
+            if stick is None or not stick.open:
+                return
+            stick.open = False
+        n = self._in_flight.get(peer)
+        if n:
+            self._in_flight[peer] = n - 1
+
+    def tick(self, now: float) -> None:
+        """Expire sticky entries older than the TTL."""
+        self._expire(now)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _pick(self, sticky_key: _StickyKey, msg_id: bytes, peers: list[bytes], now: float) -> bytes:
+        sticky = self._sticky
+        stick = sticky.get(sticky_key)
+        if stick is not None:
+            peer = self._by_key.get(stick.key)
+            if peer is not None and peer in peers:
+                if not stick.open:
+                    stick.open = True
+                    self._in_flight[peer] += 1
+                return peer
+            del sticky[sticky_key]
+            if stick.open:
+                self._release(stick.key)
+        in_flight = self._in_flight
+        instances = self._instances
+        if len(peers) == 1:
+            best = peers[0]
+        else:
+            msg_key = zlib.crc32(msg_id)
+            keys = self._keys
+            best = b""
+            best_score = -1
+            best_free = b""
+            best_free_score = -1
+            for peer in peers:
+                score = _score(msg_key, keys[peer])
+                if score > best_score:
+                    best, best_score = peer, score
+                if score > best_free_score and in_flight[peer] < instances[peer].credit:
+                    best_free, best_free_score = peer, score
+            if best_free:
+                best = best_free
+        in_flight[best] += 1
+        sticky[sticky_key] = _Stick(self._keys[best], now)
+        if len(sticky) > self.sticky_capacity or next(iter(sticky.values())).at <= now - (
+            self.sticky_ttl
+        ):
+            self._expire(now)
+        return best
+
+    def _expire(self, now: float) -> None:
+        sticky = self._sticky
+        limit = now - self.sticky_ttl
+        while sticky:
+            stick = next(iter(sticky.values()))
+            if stick.at > limit and len(sticky) <= self.sticky_capacity:
+                break
+            sticky.popitem(last=False)
+            if stick.open:
+                self._release(stick.key)
+
+    def _release(self, key: bytes) -> None:
+        peer = self._by_key.get(key)
+        if peer is not None:
+            n = self._in_flight.get(peer)
+            if n:
+                self._in_flight[peer] = n - 1

@@ -1,0 +1,545 @@
+"""The outbound tracker: every message a sender has not yet seen settled.
+
+Sans-IO: the tracker never reads a clock, sleeps or touches a socket. The I/O layer tells it
+what happened (:meth:`OutboundTracker.submit`, :meth:`~OutboundTracker.ack`,
+:meth:`~OutboundTracker.routed`, :meth:`~OutboundTracker.cancel`) and what time it is
+(``now``, monotonic seconds, on every call), and it answers with what to do: transmit attempt
+*n* of a message, or report it settled with a :class:`Completion`. Between events the I/O
+layer sleeps until :meth:`~OutboundTracker.next_deadline` and then calls
+:meth:`~OutboundTracker.tick`.
+
+Life of one message (docs/core.md draws the full table)::
+
+    submit ──► QUEUED ──(window room)──► READY ──tick──► IN_FLIGHT ◄──tick──┐
+       └──────────────(window room)────────────────────► IN_FLIGHT         │
+                                       ack timeout: IN_FLIGHT ──► BACKOFF ──┘
+           negative ack (retry-later, no-route, transient rejection) ──► BACKOFF
+           OK / DUPLICATE ack ──► done (acked);  attempts or deadline spent ──► done (failed)
+
+Timing, precisely: attempt *n* is sent at ``t_n``; if no ack arrives by ``t_n +
+ack_timeout`` the attempt has timed out, and attempt *n+1* is sent at ``t_n + ack_timeout +
+backoff(n)`` where ``backoff(n) = min(cap, base * 2**(n-1)) * U(1 - jitter, 1 + jitter)``
+(``U`` from the seeded ``rng``). A negative ack received at ``t`` schedules the next attempt
+at ``t + retry_after`` (retry-later with a hint) or ``t + backoff(n)``. No timer ever runs past
+the message's deadline (``policy.deadline`` after submit): a message still unsettled then
+fails. After the last allowed attempt's ack timeout the message fails at once.
+
+Cost: submit and a positive ack are O(1) dict operations plus one heap push (timers are
+deleted lazily: a superseded heap entry is skipped when it surfaces, and the heap is
+compacted when dead entries outnumber live ones), and allocate one small object each.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._common import Outcome, RemoteError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .._types import Identity, Policy
+
+__all__ = [
+    "Admit",
+    "Completion",
+    "MsgState",
+    "OutboundTracker",
+    "Reason",
+    "Status",
+    "TrackerAction",
+    "Transmit",
+    "backoff_delay",
+]
+
+
+class Admit(enum.Enum):
+    """What :meth:`OutboundTracker.submit` decided."""
+
+    SEND = "send"
+    """Transmit attempt 1 now; the tracker already counts it as sent at ``now``."""
+    QUEUED = "queued"
+    """The destination's window is full; a :class:`Transmit` follows from a later tick."""
+
+
+class Status(enum.Enum):
+    ACKED = "acked"
+    FAILED = "failed"
+
+
+class Reason(enum.StrEnum):
+    """Why a message failed. Equal to its string value ("no-route", ...)."""
+
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+    NO_ROUTE = "no-route"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class MsgState(enum.Enum):
+    """Where a pending message is; a settled message has no state (it is forgotten)."""
+
+    QUEUED = "queued"
+    """Waiting for room in its destination's window; never sent."""
+    READY = "ready"
+    """Given a window slot; the next tick emits its first :class:`Transmit`."""
+    IN_FLIGHT = "in-flight"
+    """An attempt is out; waiting for its ack or its ack timeout."""
+    BACKOFF = "backoff"
+    """Waiting to send the next attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send attempt ``attempt`` (1-based) of ``msg_id`` now."""
+
+    msg_id: bytes
+    attempt: int
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How one message settled. Truthy only when acked."""
+
+    msg_id: bytes
+    msg_type: str
+    destination: str
+    status: Status
+    reason: Reason | None
+    """``None`` when acked."""
+    attempts: int
+    """How many times it was transmitted (0 if it never left its queue)."""
+    first_sent_at: float | None
+    completed_at: float
+    acked_at: float | None
+    acked_by: tuple[Identity, ...]
+    """Receivers whose acks completed it: one for a command, one per service for an event,
+    none for an event no service subscribes to."""
+    error: RemoteError | None = None
+    """The receiver's error, for a rejection."""
+    response: bytes | None = None
+
+    def __bool__(self) -> bool:
+        return self.status is Status.ACKED
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the first transmit to the ack."""
+        if self.acked_at is None or self.first_sent_at is None:
+            return None
+        return self.acked_at - self.first_sent_at
+
+
+TrackerAction = Transmit | Completion
+"""What :meth:`OutboundTracker.tick` returns: retransmits, releases and failures."""
+
+
+def backoff_delay(policy: Policy, attempt: int, rng: random.Random) -> float:
+    """The pause after attempt ``attempt`` (1-based) before the next one.
+
+    ``min(cap, base * 2**(attempt-1))`` scaled by a factor drawn uniformly from
+    ``[1 - jitter, 1 + jitter]``, so the result always lies within
+    ``[(1-jitter) * nominal, (1+jitter) * nominal]``.
+    """
+    nominal = min(policy.backoff_cap, policy.backoff_base * 2.0 ** min(attempt - 1, 64))
+    jitter = policy.jitter
+    if jitter == 0.0:
+        return nominal
+    return nominal * (1.0 - jitter + 2.0 * jitter * rng.random())
+
+
+class _Pending:
+    """Mutable bookkeeping of one unsettled message (private: never handed out)."""
+
+    __slots__ = (
+        "acked_by",
+        "acked_services",
+        "attempts",
+        "deadline",
+        "destination",
+        "done",
+        "expect",
+        "first_sent_at",
+        "last_error",
+        "last_reason",
+        "msg_id",
+        "msg_type",
+        "policy",
+        "response",
+        "services",
+        "state",
+        "timer",
+        "when",
+    )
+
+    def __init__(
+        self,
+        msg_id: bytes,
+        msg_type: str,
+        destination: str,
+        policy: Policy,
+        deadline: float,
+        expect: int | None,
+    ) -> None:
+        self.msg_id = msg_id
+        self.msg_type = msg_type
+        self.destination = destination
+        self.policy = policy
+        self.deadline = deadline
+        self.expect = expect
+        self.state = MsgState.QUEUED
+        self.attempts = 0
+        self.first_sent_at: float | None = None
+        self.timer = 0
+        """Token of the live heap entry; 0 when none is armed."""
+        self.when = 0.0
+        self.done = False
+        self.last_reason: Reason | None = None
+        self.last_error: RemoteError | None = None
+        self.response: bytes | None = None
+        self.services: frozenset[str] | None = None
+        self.acked_services: set[str] | None = None
+        self.acked_by: list[Identity] | None = None
+
+
+class OutboundTracker:
+    """Pending outbound messages, their timers and per-destination windows.
+
+    ``window`` bounds how many messages may be in flight (sent, not settled) per
+    destination; more are queued, in order, never dropped. ``rng`` draws the backoff jitter;
+    pass a seeded one for reproducible runs.
+    """
+
+    def __init__(self, *, window: int = 1000, rng: random.Random | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._window = window
+        self._rng = rng if rng is not None else random.Random()
+        self._pending: dict[bytes, _Pending] = {}
+        self._heap: list[tuple[float, int, _Pending]] = []
+        self._token = 0
+        self._in_flight: dict[str, int] = {}
+        self._queues: dict[str, deque[_Pending]] = {}
+        self._ready: deque[_Pending] = deque()
+        self._ready_at = 0.0
+
+    # -- events in -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        msg_id: bytes,
+        *,
+        msg_type: str,
+        destination: str,
+        policy: Policy,
+        now: float,
+        expect: int | None = 1,
+    ) -> Admit:
+        """Track a new message. :attr:`Admit.SEND`: transmit attempt 1 now.
+
+        ``expect`` is how many distinct receiver services must ack it (1 for a command);
+        ``None`` means "every service named by :meth:`routed`" (an event).
+        Raises ``ValueError`` if ``msg_id`` is already pending (a caller bug).
+        """
+        if msg_id in self._pending:
+            raise ValueError(f"message {msg_id.hex()} is already pending")
+        p = _Pending(msg_id, msg_type, destination, policy, now + policy.deadline, expect)
+        self._pending[msg_id] = p
+        n = self._in_flight.get(destination, 0)
+        if n < self._window and destination not in self._queues:
+            self._in_flight[destination] = n + 1
+            p.state = MsgState.IN_FLIGHT
+            p.attempts = 1
+            p.first_sent_at = now
+            self._arm(p, min(now + policy.ack_timeout, p.deadline))
+            return Admit.SEND
+        queue = self._queues.get(destination)
+        if queue is None:
+            queue = self._queues[destination] = deque()
+        queue.append(p)
+        self._arm(p, p.deadline)
+        return Admit.QUEUED
+
+    def ack(
+        self,
+        msg_id: bytes,
+        *,
+        outcome: Outcome | int,
+        now: float,
+        receiver: Identity | None = None,
+        error: RemoteError | None = None,
+        retry_after: float = 0.0,
+        response: bytes | None = None,
+    ) -> Completion | None:
+        """An ack (or the hub's no-route answer) arrived. Returns the completion if it
+        settled the message, else ``None`` (not settled yet, or unknown / late: an ack for
+        a message already settled is ignored).
+
+        OK / DUPLICATE complete it (for a multi-receiver message, once every expected
+        service acked). REJECTED fails it, unless ``policy.retry_rejected`` and the error
+        is not permanent: then it is retried. RETRY_LATER retries after ``retry_after``
+        seconds (or the backoff when 0). NO_ROUTE retries within the deadline, because a
+        service may be restarting; if it never appears the reason is "no-route". EXPIRED
+        fails it.
+        """
+        p = self._pending.get(msg_id)
+        if p is None or p.attempts == 0:
+            return None
+        if outcome == Outcome.OK or outcome == Outcome.DUPLICATE:
+            if p.expect == 1:
+                return self._complete(
+                    p,
+                    Status.ACKED,
+                    None,
+                    now,
+                    acked_at=now,
+                    acked_by=(receiver,) if receiver is not None else (),
+                    response=response,
+                )
+            if response is not None:
+                p.response = response
+            if receiver is not None:
+                if p.acked_services is None:
+                    p.acked_services = set()
+                    p.acked_by = []
+                if receiver.service not in p.acked_services:
+                    p.acked_services.add(receiver.service)
+                    assert p.acked_by is not None
+                    p.acked_by.append(receiver)
+            return self._check_group(p, now)
+        if outcome == Outcome.REJECTED:
+            if p.policy.retry_rejected and not (error is not None and error.permanent):
+                p.last_reason = Reason.REJECTED
+                p.last_error = error
+                return self._negative(p, now, 0.0)
+            return self._complete(p, Status.FAILED, Reason.REJECTED, now, error=error)
+        if outcome == Outcome.RETRY_LATER:
+            return self._negative(p, now, retry_after)
+        if outcome == Outcome.NO_ROUTE:
+            p.last_reason = Reason.NO_ROUTE
+            return self._negative(p, now, 0.0)
+        if outcome == Outcome.EXPIRED:
+            return self._complete(p, Status.FAILED, Reason.EXPIRED, now, error=error)
+        return None
+
+    def routed(self, msg_id: bytes, services: Iterable[str], now: float) -> Completion | None:
+        """The hub says which services it routed a multi-receiver message (an event) to.
+
+        The latest notice replaces earlier ones (a retry may reach a different set, e.g.
+        after a subscriber left). The message completes once every named service acked;
+        an empty set completes it at once as delivered to nobody (publishing an event no one
+        subscribes to is not an error; ``acked_by`` is empty).
+        """
+        p = self._pending.get(msg_id)
+        if p is None or p.attempts == 0:
+            return None
+        p.services = frozenset(services)
+        return self._check_group(p, now)
+
+    def cancel(self, msg_id: bytes, now: float) -> Completion | None:
+        """Give up on a message: it fails with reason "cancelled". ``None`` if unknown."""
+        p = self._pending.get(msg_id)
+        if p is None:
+            return None
+        return self._complete(p, Status.FAILED, Reason.CANCELLED, now)
+
+    def tick(self, now: float) -> list[TrackerAction]:
+        """Fire every timer due at ``now``: retransmits, failures, and the first transmit
+        of queued messages that got window room since the last tick."""
+        out: list[TrackerAction] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, token, p = heapq.heappop(heap)
+            if p.timer == token:
+                p.timer = 0
+                self._fire(p, now, out)
+        ready = self._ready
+        while ready:
+            p = ready.popleft()
+            if p.done:
+                continue
+            p.state = MsgState.IN_FLIGHT
+            p.attempts = 1
+            p.first_sent_at = now
+            self._arm(p, min(now + p.policy.ack_timeout, p.deadline))
+            out.append(Transmit(p.msg_id, 1, p.destination))
+        return out
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has work; ``None`` when nothing is pending.
+
+        May lie in the past (e.g. a queued message got window room): then tick at once.
+        """
+        if self._ready:
+            return self._ready_at
+        heap = self._heap
+        while heap and heap[0][2].timer != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pending_count(self) -> int:
+        """Messages not yet settled, queued ones included."""
+        return len(self._pending)
+
+    def in_flight(self, destination: str) -> int:
+        """Messages holding a window slot of ``destination``."""
+        return self._in_flight.get(destination, 0)
+
+    def queued(self, destination: str) -> int:
+        """Messages waiting for a window slot of ``destination``."""
+        queue = self._queues.get(destination)
+        return len(queue) if queue is not None else 0
+
+    def state(self, msg_id: bytes) -> MsgState | None:
+        """Where a message is; ``None`` once settled (or never known)."""
+        p = self._pending.get(msg_id)
+        return p.state if p is not None else None
+
+    def attempts(self, msg_id: bytes) -> int:
+        """Transmits so far of a pending message (0 if unknown or still queued)."""
+        p = self._pending.get(msg_id)
+        return p.attempts if p is not None else 0
+
+    def timer_count(self) -> int:
+        """Heap entries, dead ones included (for leak checks in tests)."""
+        return len(self._heap)
+
+    def backoff(self, policy: Policy, attempt: int) -> float:
+        """The jittered pause after ``attempt`` (see :func:`backoff_delay`)."""
+        return backoff_delay(policy, attempt, self._rng)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _arm(self, p: _Pending, when: float) -> None:
+        self._token += 1
+        p.timer = self._token
+        p.when = when
+        heap = self._heap
+        heapq.heappush(heap, (when, self._token, p))
+        if len(heap) > 2 * len(self._pending) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [(p.when, p.timer, p) for p in self._pending.values() if p.timer]
+        heapq.heapify(self._heap)
+
+    def _fire(self, p: _Pending, now: float, out: list[TrackerAction]) -> None:
+        if now >= p.deadline:
+            out.append(self._complete(p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now))
+            return
+        state = p.state
+        if state is MsgState.IN_FLIGHT:
+            # This attempt's ack timeout ran out.
+            if p.attempts >= p.policy.max_attempts:
+                out.append(self._fail_exhausted(p, now))
+                return
+            p.state = MsgState.BACKOFF
+            delay = backoff_delay(p.policy, p.attempts, self._rng)
+            self._arm(p, min(now + delay, p.deadline))
+        elif state is MsgState.BACKOFF:
+            p.attempts += 1
+            p.state = MsgState.IN_FLIGHT
+            self._arm(p, min(now + p.policy.ack_timeout, p.deadline))
+            out.append(Transmit(p.msg_id, p.attempts, p.destination))
+        else:  # pragma: no cover - queued timers sit at the deadline, handled above
+            raise AssertionError(f"timer fired for a {state.value} message before its deadline")
+
+    def _negative(self, p: _Pending, now: float, delay: float) -> Completion | None:
+        """A receiver or the hub answered but did not take the message: retry later."""
+        if p.attempts >= p.policy.max_attempts:
+            return self._fail_exhausted(p, now)
+        if delay <= 0.0:
+            delay = backoff_delay(p.policy, p.attempts, self._rng)
+        p.state = MsgState.BACKOFF
+        self._arm(p, min(now + delay, p.deadline))
+        return None
+
+    def _fail_exhausted(self, p: _Pending, now: float) -> Completion:
+        return self._complete(
+            p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now, error=p.last_error
+        )
+
+    def _check_group(self, p: _Pending, now: float) -> Completion | None:
+        acked = p.acked_services
+        if p.expect is None:
+            if p.services is None:
+                return None
+            if acked is not None and not p.services <= acked:
+                return None
+            if acked is None and p.services:
+                return None
+        elif acked is None or len(acked) < p.expect:
+            return None
+        return self._complete(
+            p,
+            Status.ACKED,
+            None,
+            now,
+            acked_at=now,
+            acked_by=tuple(p.acked_by or ()),
+            response=p.response,
+        )
+
+    def _complete(
+        self,
+        p: _Pending,
+        status: Status,
+        reason: Reason | None,
+        now: float,
+        *,
+        acked_at: float | None = None,
+        acked_by: tuple[Identity, ...] = (),
+        error: RemoteError | None = None,
+        response: bytes | None = None,
+    ) -> Completion:
+        del self._pending[p.msg_id]
+        p.done = True
+        p.timer = 0
+        if p.state is MsgState.QUEUED:
+            queue = self._queues[p.destination]
+            queue.remove(p)
+            if not queue:
+                del self._queues[p.destination]
+        else:
+            self._free_slot(p.destination, now)
+        return Completion(
+            p.msg_id,
+            p.msg_type,
+            p.destination,
+            status,
+            reason,
+            p.attempts,
+            p.first_sent_at,
+            now,
+            acked_at,
+            acked_by,
+            error,
+            response,
+        )
+
+    def _free_slot(self, destination: str, now: float) -> None:
+        queue = self._queues.get(destination)
+        if queue is None:
+            n = self._in_flight[destination] - 1
+            if n:
+                self._in_flight[destination] = n
+            else:
+                del self._in_flight[destination]
+            return
+        # Hand the slot straight to the oldest queued message.
+        nxt = queue.popleft()
+        if not queue:
+            del self._queues[destination]
+        nxt.state = MsgState.READY
+        if not self._ready:
+            self._ready_at = now
+        self._ready.append(nxt)
