@@ -1,0 +1,107 @@
+"""Which handler runs for which message type, in one endpoint.
+
+An endpoint registers generated handler objects (one route per rpc the subclass
+implements) and plain functions by message class (the dynamic path). Every route
+knows the class to decode the body into, whether the type is a command or an event
+subscription, and the class of the response when it is a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from google.protobuf.message import Message
+
+from ._types import Context, Handler, Kind
+from .errors import SchemaError
+
+__all__ = ["Dispatcher", "HandlerFn", "Route"]
+
+M = TypeVar("M", bound=Message)
+
+HandlerFn = Callable[[Any, Context], Awaitable[Message | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One registered handler."""
+
+    msg_type: str
+    cls: type[Message]
+    fn: HandlerFn
+    kind: Kind
+    response: type[Message] | None
+    origin: str
+    """Where it came from, for error messages ("TableHandler.on_start_hand")."""
+
+
+class Dispatcher:
+    """Message type name → route. Registering the same type twice is an error."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    def add_handler(self, handler: Handler) -> list[Route]:
+        """Register every rpc ``handler``'s class implements; returns the new routes."""
+        methods = type(handler).implemented_methods()
+        if not methods:
+            raise SchemaError(
+                f"{type(handler).__name__} implements none of the on_* methods of "
+                f"{type(handler).__ackbus_service__ or 'its generated base'}"
+            )
+        routes = [
+            Route(
+                msg_type=spec.request_type,
+                cls=spec.request,
+                fn=cast(HandlerFn, getattr(handler, spec.handler_attr)),
+                kind=spec.policy.kind,
+                response=spec.response,
+                origin=f"{type(handler).__name__}.{spec.handler_attr}",
+            )
+            for spec in methods
+        ]
+        self._add_all(routes)
+        return routes
+
+    def add_function(
+        self,
+        cls: type[M],
+        fn: Callable[[M, Context], Awaitable[Message | None]],
+        *,
+        kind: Kind = Kind.COMMAND,
+        response: type[Message] | None = None,
+    ) -> Route:
+        """Register ``fn`` for messages of class ``cls``."""
+        route = Route(
+            msg_type=cls.DESCRIPTOR.full_name,
+            cls=cls,
+            fn=cast(HandlerFn, fn),
+            kind=kind,
+            response=response,
+            origin=getattr(fn, "__qualname__", repr(fn)),
+        )
+        self._add_all([route])
+        return route
+
+    def _add_all(self, routes: list[Route]) -> None:
+        for route in routes:
+            known = self._routes.get(route.msg_type)
+            if known is not None:
+                raise SchemaError(
+                    f"{route.msg_type} already has a handler ({known.origin}); "
+                    f"cannot also register {route.origin}"
+                )
+        for route in routes:
+            self._routes[route.msg_type] = route
+
+    def get(self, msg_type: str) -> Route | None:
+        return self._routes.get(msg_type)
+
+    def types(self, kind: Kind) -> list[str]:
+        """Registered type names of one kind, sorted (for the hello)."""
+        return sorted(name for name, r in self._routes.items() if r.kind is kind)
+
+    def __len__(self) -> int:
+        return len(self._routes)
