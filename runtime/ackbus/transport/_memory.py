@@ -1,0 +1,234 @@
+"""The in-memory transport: the same contract as the ZeroMQ one, no sockets.
+
+It exists so the endpoint and hub can be unit-tested fast and deterministically, and
+so users can test their handlers without a network. It imitates what the layers above
+can observe of ZeroMQ: delivery on a later loop iteration, connection events after a
+listener binds or goes away, automatic reconnection to an address that is bound again,
+a bounded queue per direction (``sndhwm + rcvhwm`` multiparts) that makes a sender see
+backpressure, and an unknown peer reported as unroutable.
+
+Addresses look like ``inmem://name``; ``inmem://*`` picks a fresh name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+
+from ..wire import Multipart
+from ._base import (
+    LinkBase,
+    ListenerBase,
+    OnConnection,
+    OnReceive,
+    OnUnroutable,
+    TransportOptions,
+)
+
+__all__ = ["MemoryBackend", "MemoryLink", "MemoryListener"]
+
+SCHEME = "inmem://"
+
+
+class MemoryLink(LinkBase):
+    def __init__(
+        self,
+        backend: MemoryBackend,
+        address: str,
+        on_receive: OnReceive,
+        on_connection: OnConnection | None,
+        options: TransportOptions,
+    ) -> None:
+        super().__init__(address, on_receive, on_connection, options)
+        self._backend = backend
+        self.routing_id = options.routing_id or b"\x00" + next(backend._ids).to_bytes(4, "big")
+        self._peer: MemoryListener | None = None
+        self._inbox: deque[Multipart] = deque()
+        self._delivery: asyncio.Handle | None = None
+        backend._waiting.setdefault(address, set()).add(self)
+        listener = backend._listeners.get(address)
+        if listener is not None:
+            listener._attach(self)
+
+    # called by the listener
+    def _attached(self, listener: MemoryListener) -> None:
+        self._peer = listener
+        self._loop.call_soon(self._set_connected, True)
+
+    def _detached(self) -> None:
+        self._peer = None
+        self._inbox.clear()  # like a dead zmq pipe: what the hub sent is gone
+        self._loop.call_soon(self._set_connected, False)
+
+    def _accept(self, frames: Multipart) -> bool:
+        if self._closed or len(self._inbox) >= self._capacity_from_peer():
+            return False
+        self._inbox.append(frames)
+        self._schedule_delivery()
+        return True
+
+    def _capacity_from_peer(self) -> int:
+        sndhwm = self._peer.options.sndhwm if self._peer is not None else 0
+        return sndhwm + self.options.rcvhwm
+
+    def _schedule_delivery(self) -> None:
+        if self._delivery is None and not self._paused and not self._closed:
+            self._delivery = self._loop.call_soon(self._deliver_some)
+
+    def _deliver_some(self) -> None:
+        self._delivery = None
+        if self._closed or self._paused or not self._inbox:
+            return
+        n = min(len(self._inbox), self.options.drain_limit)
+        batch = [self._inbox.popleft() for _ in range(n)]
+        self._deliver(batch)
+        if self._inbox:
+            self._schedule_delivery()
+        if self._peer is not None:
+            self._peer._space_freed()
+
+    def _write(self, frames: Multipart) -> bool:
+        if self._peer is None or not self._connected:
+            return False
+        return self._peer._accept(self, frames)
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self._schedule_delivery()
+
+    def _release(self) -> None:
+        waiting = self._backend._waiting.get(self._address)
+        if waiting is not None:
+            waiting.discard(self)
+        if self._peer is not None:
+            self._peer._detach(self)
+            self._peer = None
+        self._inbox.clear()
+
+
+class MemoryListener(ListenerBase):
+    def __init__(
+        self,
+        backend: MemoryBackend,
+        addresses: list[str],
+        on_receive: OnReceive,
+        on_unroutable: OnUnroutable | None,
+        options: TransportOptions,
+    ) -> None:
+        super().__init__(on_receive, on_unroutable, options)
+        self._backend = backend
+        self._peers: dict[bytes, MemoryLink] = {}
+        self._inbox: deque[Multipart] = deque()
+        self._queued: dict[bytes, int] = {}
+        self._delivery: asyncio.Handle | None = None
+        bound = []
+        for address in addresses:
+            if not address.startswith(SCHEME):
+                raise ValueError(f"in-memory addresses start with {SCHEME}: {address!r}")
+            if address == SCHEME + "*":
+                address = f"{SCHEME}auto-{next(backend._ids)}"
+            if address in backend._listeners:
+                raise OSError(f"address in use: {address}")
+            bound.append(address)
+        self._addresses = tuple(bound)
+        for address in bound:
+            backend._listeners[address] = self
+            for link in list(backend._waiting.get(address, ())):
+                self._attach(link)
+
+    def _attach(self, link: MemoryLink) -> None:
+        old = self._peers.get(link.routing_id)
+        if old is not None and old is not link:  # ROUTER_HANDOVER
+            old._detached()
+        self._peers[link.routing_id] = link
+        link._attached(self)
+
+    def _detach(self, link: MemoryLink) -> None:
+        if self._peers.get(link.routing_id) is link:
+            del self._peers[link.routing_id]
+
+    def _accept(self, link: MemoryLink, frames: Multipart) -> bool:
+        peer = link.routing_id
+        queued = self._queued.get(peer, 0)
+        if self._closed or queued >= link.options.sndhwm + self.options.rcvhwm:
+            return False
+        self._queued[peer] = queued + 1
+        self._inbox.append([peer, *frames])
+        self._schedule_delivery()
+        return True
+
+    def _schedule_delivery(self) -> None:
+        if self._delivery is None and not self._paused and not self._closed:
+            self._delivery = self._loop.call_soon(self._deliver_some)
+
+    def _deliver_some(self) -> None:
+        self._delivery = None
+        if self._closed or self._paused or not self._inbox:
+            return
+        n = min(len(self._inbox), self.options.drain_limit)
+        batch = [self._inbox.popleft() for _ in range(n)]
+        for frames in batch:
+            self._queued[frames[0]] -= 1
+        self._deliver(batch)
+        if self._inbox:
+            self._schedule_delivery()
+        for link in list(self._peers.values()):
+            if link.outbox.blocked:
+                link._schedule_flush()
+
+    def _space_freed(self) -> None:
+        if self._blocked:
+            self._arm_retry()
+
+    def _write(self, peer: bytes, frames: Multipart) -> bool | None:
+        link = self._peers.get(peer)
+        if link is None:
+            return None
+        return link._accept(frames)
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self._schedule_delivery()
+
+    def _release(self) -> None:
+        for address in self._addresses:
+            if self._backend._listeners.get(address) is self:
+                del self._backend._listeners[address]
+        for link in list(self._peers.values()):
+            link._detached()
+        self._peers.clear()
+        self._inbox.clear()
+
+
+class MemoryBackend:
+    """A namespace of in-memory addresses; links and listeners made by one backend
+    can reach each other."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, MemoryListener] = {}
+        self._waiting: dict[str, set[MemoryLink]] = {}
+        self._ids = itertools.count(1)
+
+    def connect(
+        self,
+        address: str,
+        *,
+        on_receive: OnReceive,
+        on_connection: OnConnection | None = None,
+        options: TransportOptions = TransportOptions(),  # noqa: B008 (frozen)
+    ) -> MemoryLink:
+        if not address.startswith(SCHEME):
+            raise ValueError(f"in-memory addresses start with {SCHEME}: {address!r}")
+        return MemoryLink(self, address, on_receive, on_connection, options)
+
+    def bind(
+        self,
+        addresses: str | list[str] | tuple[str, ...],
+        *,
+        on_receive: OnReceive,
+        on_unroutable: OnUnroutable | None = None,
+        options: TransportOptions = TransportOptions(),  # noqa: B008 (frozen)
+    ) -> MemoryListener:
+        addrs = [addresses] if isinstance(addresses, str) else list(addresses)
+        return MemoryListener(self, addrs, on_receive, on_unroutable, options)

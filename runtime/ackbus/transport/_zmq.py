@@ -1,0 +1,296 @@
+"""The ZeroMQ transport: plain ``zmq.Socket``\\ s driven by the asyncio loop's reader
+callbacks, not ``zmq.asyncio``.
+
+Why: on the reference machine an acknowledged exchange reached about 9,000 msgs/s on
+``zmq.asyncio`` futures and about 57,000 with plain sockets drained by non-blocking
+receives from a reader callback on the socket's file descriptor.
+
+The catch: ``ZMQ_FD`` is edge-triggered. It signals when the socket's state changes,
+not while messages wait, and any send or receive may consume the edge. So after every
+send or receive we read ``ZMQ_EVENTS`` and, if ``POLLIN`` is set, drain again (on the
+next loop iteration, never recursively); a message is never left sitting unnoticed.
+
+zmq errors are translated here, at the boundary: a full socket is ``False`` from
+``_write``, an unknown ROUTER peer is ``None`` (ROUTER_MANDATORY makes it an error
+rather than a silent drop), a closed socket stops the reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import TYPE_CHECKING, Any, cast
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..wire import Multipart
+from ._base import (
+    LinkBase,
+    ListenerBase,
+    OnConnection,
+    OnReceive,
+    OnUnroutable,
+    TransportOptions,
+    log,
+)
+
+__all__ = ["ZmqBackend", "ZmqLink", "ZmqListener"]
+
+_NOBLOCK = zmq.NOBLOCK
+_POLLIN = zmq.POLLIN
+_POLLOUT = zmq.POLLOUT
+_EVENTS = zmq.EVENTS
+_MONITORED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
+    sock.setsockopt(zmq.LINGER, options.linger_ms)
+    sock.setsockopt(zmq.SNDHWM, options.sndhwm)
+    sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
+    sock.setsockopt(zmq.RECONNECT_IVL, options.reconnect_ivl_ms)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, options.reconnect_ivl_max_ms)
+    sock.setsockopt(zmq.MAXMSGSIZE, options.max_msgsize)
+
+
+class _Reader:
+    """Drains an edge-triggered zmq socket from the loop's reader callback."""
+
+    _sock: zmq.Socket[Any]
+    _loop: asyncio.AbstractEventLoop
+    _paused: bool
+    _closed: bool
+    options: TransportOptions
+
+    def _init_reader(self) -> None:
+        self._drain_handle: asyncio.Handle | None = None
+        self._fd = cast(int, self._sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._on_readable)
+        # Messages may have arrived before the reader was added: look once.
+        self._schedule_drain()
+
+    if TYPE_CHECKING:  # provided by LinkBase/ListenerBase and the subclasses
+
+        def _deliver(self, batch: list[Multipart]) -> None: ...
+
+        def _flush(self) -> None: ...
+
+        def _has_blocked_output(self) -> bool: ...
+
+    def _schedule_drain(self) -> None:
+        if self._drain_handle is None and not self._closed:
+            self._drain_handle = self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        self._drain_handle = None
+        if self._closed:
+            return
+        sock = self._sock
+        try:
+            events = cast(int, sock.getsockopt(_EVENTS))
+        except zmq.ZMQError:
+            return
+        if events & _POLLOUT and self._has_blocked_output():
+            self._flush()  # may run callbacks that close us: then getsockopt raises
+            try:
+                events = cast(int, sock.getsockopt(_EVENTS))
+            except zmq.ZMQError:
+                return
+        if not events & _POLLIN or self._paused:
+            return
+        recv = sock.recv_multipart
+        batch: list[Multipart] = []
+        for _ in range(self.options.drain_limit):
+            try:
+                batch.append(recv(_NOBLOCK))
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:  # socket closed under us
+                log.debug("recv stopped: %s", exc)
+                break
+        if batch:
+            self._deliver(batch)
+        # Edge-triggered: the FD will not fire again for what is still queued.
+        if not self._closed and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+            self._schedule_drain()
+
+    def _after_write(self) -> None:
+        if not self._closed and cast(int, self._sock.getsockopt(_EVENTS)) & _POLLIN:
+            self._schedule_drain()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self._schedule_drain()
+
+    def _close_reader(self) -> None:
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+            self._drain_handle = None
+        self._loop.remove_reader(self._fd)
+
+
+class ZmqLink(_Reader, LinkBase):
+    """A DEALER connected to one address. libzmq reconnects it; a socket monitor
+    reports each completed handshake and each disconnect to ``on_connection``."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        address: str,
+        on_receive: OnReceive,
+        on_connection: OnConnection | None,
+        options: TransportOptions,
+    ) -> None:
+        LinkBase.__init__(self, address, on_receive, on_connection, options)
+        sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
+        self._sock = sock
+        self._monitor: zmq.Socket[Any] | None = None
+        try:
+            _configure(sock, options)
+            # Queue only to completed connections: while disconnected, sends fail with
+            # EAGAIN and stay in our outbox (visible backpressure, HELLO can go first).
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            if options.routing_id is not None:
+                sock.setsockopt(zmq.ROUTING_ID, options.routing_id)
+            if options.curve is not None:
+                if options.curve_server_key is None:
+                    raise ValueError("a CURVE link needs curve_server_key")
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, options.curve.public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, options.curve.secret)
+                sock.setsockopt(zmq.CURVE_SERVERKEY, options.curve_server_key)
+            self._monitor = sock.get_monitor_socket(_MONITORED)
+            self._mon_fd = cast(int, self._monitor.getsockopt(zmq.FD))
+            sock.connect(address)
+        except BaseException:
+            if self._monitor is not None:
+                sock.disable_monitor()
+                self._monitor.close(0)
+            sock.close(0)
+            self._closed = True
+            raise
+        self._loop.add_reader(self._mon_fd, self._on_monitor)
+        self._init_reader()
+        self._on_monitor()
+
+    def _write(self, frames: Multipart) -> bool:
+        try:
+            self._sock.send_multipart(frames, _NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def _has_blocked_output(self) -> bool:
+        return self._outbox.blocked
+
+    def _on_monitor(self) -> None:
+        mon = self._monitor
+        while mon is not None and not self._closed:
+            try:
+                event = recv_monitor_message(mon, _NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._set_connected(True)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._set_connected(False)
+            else:
+                log.warning("%s: handshake failed (%s)", self._address, kind)
+
+    def _release(self) -> None:
+        self._close_reader()
+        if self._monitor is not None:
+            self._loop.remove_reader(self._mon_fd)
+            self._sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+        self._sock.close(self.options.linger_ms)
+
+
+class ZmqListener(_Reader, ListenerBase):
+    """A ROUTER bound to one or more addresses, with ROUTER_MANDATORY so that sending
+    to a gone peer is reported (``on_unroutable``) instead of silently dropped."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        addresses: list[str],
+        on_receive: OnReceive,
+        on_unroutable: OnUnroutable | None,
+        options: TransportOptions,
+    ) -> None:
+        ListenerBase.__init__(self, on_receive, on_unroutable, options)
+        sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+        self._sock = sock
+        bound = []
+        try:
+            _configure(sock, options)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # A reconnecting peer with a fixed routing id takes over its old slot.
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if options.curve is not None:
+                sock.setsockopt(zmq.CURVE_SERVER, 1)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, options.curve.secret)
+            for address in addresses:
+                sock.bind(address)
+                bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except BaseException:
+            sock.close(0)
+            self._closed = True
+            raise
+        self._addresses = tuple(bound)
+        self._init_reader()
+
+    def _write(self, peer: bytes, frames: Multipart) -> bool | None:
+        try:
+            self._sock.send_multipart([peer, *frames], _NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                return None
+            raise
+        return True
+
+    def _has_blocked_output(self) -> bool:
+        return bool(self._blocked)
+
+    def _release(self) -> None:
+        self._close_reader()
+        self._sock.close(self.options.linger_ms)
+
+
+class ZmqBackend:
+    """Links and listeners over real ZeroMQ sockets (tcp://, ipc://, inproc://)."""
+
+    def __init__(self, context: zmq.Context[Any] | None = None) -> None:
+        self.context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
+
+    def connect(
+        self,
+        address: str,
+        *,
+        on_receive: OnReceive,
+        on_connection: OnConnection | None = None,
+        options: TransportOptions = TransportOptions(),  # noqa: B008 (frozen)
+    ) -> ZmqLink:
+        return ZmqLink(self.context, address, on_receive, on_connection, options)
+
+    def bind(
+        self,
+        addresses: str | list[str] | tuple[str, ...],
+        *,
+        on_receive: OnReceive,
+        on_unroutable: OnUnroutable | None = None,
+        options: TransportOptions = TransportOptions(),  # noqa: B008 (frozen)
+    ) -> ZmqListener:
+        addrs = [addresses] if isinstance(addresses, str) else list(addresses)
+        return ZmqListener(self.context, addrs, on_receive, on_unroutable, options)

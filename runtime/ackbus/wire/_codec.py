@@ -1,0 +1,396 @@
+"""Frame encoding and decoding for ackbus wire protocol version 1 (docs/protocol.md).
+
+Everything here is pure: bytes in, typed objects out, no sockets, no clock. Two rules
+shape the code:
+
+* Whose fault is it? Encoders raise :class:`LocalProtocolError` when *we* are about to
+  send something the protocol forbids; decoders raise :class:`RemoteProtocolError`
+  (with a refusal ``code`` and the message id when it could be read) for anything a
+  peer sent. A decoder never raises anything else, whatever the bytes: the fuzz tests
+  in ``tests/wire`` hold it to that.
+* The hot path is a hub forwarding message frames and an endpoint reading them, so a
+  message item is one frame with a fixed ``struct`` header the hub reads without
+  touching protobuf; the envelope and body are sliced lazily, only when asked for.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from .. import envelope_pb2
+from ..errors import LocalProtocolError, RemoteProtocolError
+
+SIGNATURE: Final = b"AB"
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+
+KIND_COMMAND: Final = 1
+KIND_EVENT: Final = 2
+FLAG_REQUEST: Final = 0x01
+"""The sender expects a response in the ack (request/reply)."""
+_KNOWN_FLAGS: Final = FLAG_REQUEST
+
+ID_SIZE: Final = 16
+MAX_NAME: Final = 255
+"""Longest type name, recipient, or group peer token, in UTF-8 bytes."""
+MAX_BATCH: Final = 64
+"""Most message items in one MESSAGE multipart."""
+MAX_ACKS: Final = 256
+"""Most acknowledgements (compact and full together) in one ACK multipart."""
+
+
+class Command(enum.IntEnum):
+    """The fourth byte of every multipart's first frame."""
+
+    HELLO = 1
+    WELCOME = 2
+    MESSAGE = 3
+    ACK = 4
+    ROUTED = 5
+    HEARTBEAT = 6
+    BYE = 7
+    REFUSAL = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a decoder accepts. A hub and its endpoints should agree; the defaults do."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest message item frame (header + names + envelope + body)."""
+    max_control_bytes: int = 1024 * 1024
+    """Largest HELLO/WELCOME/BYE/REFUSAL/ROUTED/ack frame."""
+    max_batch: int = MAX_BATCH
+    max_acks: int = MAX_ACKS
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+MALFORMED: Final = "MALFORMED"
+BAD_SIGNATURE: Final = "BAD_SIGNATURE"
+UNSUPPORTED_VERSION: Final = "UNSUPPORTED_VERSION"
+TOO_LARGE: Final = "TOO_LARGE"
+UNKNOWN_TYPE: Final = "UNKNOWN_TYPE"
+NOT_REGISTERED: Final = "NOT_REGISTERED"
+
+
+def _bad(reason: str, code: str = MALFORMED, message_id: bytes = b"") -> RemoteProtocolError:
+    return RemoteProtocolError(reason, code=code, message_id=message_id)
+
+
+# --------------------------------------------------------------------------- command frame
+
+
+def command_frame(command: Command, version: int = PROTOCOL_VERSION) -> bytes:
+    """The 4-byte first frame of a multipart: signature, version, command."""
+    return SIGNATURE + bytes((version, command))
+
+
+_CMD_FRAMES: Final = {command_frame(c): c for c in Command}
+HELLO_FRAME: Final = command_frame(Command.HELLO)
+WELCOME_FRAME: Final = command_frame(Command.WELCOME)
+MESSAGE_FRAME: Final = command_frame(Command.MESSAGE)
+ACK_FRAME: Final = command_frame(Command.ACK)
+ROUTED_FRAME: Final = command_frame(Command.ROUTED)
+HEARTBEAT_FRAME: Final = command_frame(Command.HEARTBEAT)
+BYE_FRAME: Final = command_frame(Command.BYE)
+REFUSAL_FRAME: Final = command_frame(Command.REFUSAL)
+
+
+def decode_command(frames: Sequence[bytes]) -> Command:
+    """The command of a multipart, after checking its signature and version.
+
+    A known v1 frame is one dict lookup; anything else is examined to say precisely
+    what is wrong (a peer speaking another version is told which ones we speak).
+    """
+    if not frames:
+        raise _bad("empty multipart")
+    first = frames[0]
+    cmd = _CMD_FRAMES.get(first) if type(first) is bytes else None
+    if cmd is not None:
+        return cmd
+    try:
+        first = bytes(first)
+    except Exception:  # not bytes-like at all
+        raise _bad("first frame is not bytes") from None
+    if len(first) < 4 or first[:2] != SIGNATURE:
+        raise _bad(f"no ackbus signature in first frame {first[:8]!r}", BAD_SIGNATURE)
+    if first[2] not in SUPPORTED_VERSIONS:
+        raise _bad(
+            f"protocol version {first[2]} not supported; this peer speaks "
+            f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}",
+            UNSUPPORTED_VERSION,
+        )
+    if len(first) != 4:
+        raise _bad(f"command frame has {len(first)} bytes, expected 4")
+    raise _bad(f"unknown command {first[3]}")
+
+
+# --------------------------------------------------------------------------- message items
+
+ITEM_HEADER: Final = struct.Struct("<16sIBBhqqqBBII")
+"""id, attempt, kind, flags, priority, created_at_ns, sent_at_ns, deadline_ns,
+type length, recipient length, envelope length, body length (58 bytes)."""
+_HDR: Final = ITEM_HEADER.size
+_I16: Final = (-(2**15), 2**15 - 1)
+_I64: Final = (-(2**63), 2**63 - 1)
+
+_valid_names: dict[bytes, str] = {}
+_NAME_CACHE_MAX: Final = 4096
+
+
+def _name(raw: bytes, what: str, message_id: bytes, code: str = MALFORMED) -> str:
+    """Decode a type name or recipient: UTF-8, printable, no spaces. Cached, since a
+    process sees few distinct names and checks them per message."""
+    name = _valid_names.get(raw)
+    if name is not None:
+        return name
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError:
+        raise _bad(f"{what} is not UTF-8", code, message_id) from None
+    if not name.isprintable() or " " in name:
+        raise _bad(f"{what} {name!r} has spaces or control characters", code, message_id)
+    if len(_valid_names) >= _NAME_CACHE_MAX:
+        _valid_names.clear()
+    _valid_names[raw] = name
+    return name
+
+
+def _check_name(name: str, what: str, *, empty_ok: bool) -> bytes:
+    if type(name) is not str:
+        raise LocalProtocolError(f"{what} must be str, got {type(name).__name__}")
+    raw = name.encode()
+    if raw in _valid_names:
+        return raw
+    if not raw:
+        if empty_ok:
+            return raw
+        raise LocalProtocolError(f"{what} is empty")
+    if len(raw) > MAX_NAME or not name.isprintable() or " " in name:
+        raise LocalProtocolError(f"invalid {what} {name!r} (max {MAX_NAME} bytes, printable)")
+    return raw
+
+
+class MessageItem:
+    """One message as it travels: the routing header, read eagerly, and the envelope
+    and body, sliced from :attr:`frame` only when asked for.
+
+    :attr:`frame` is the untouched item frame; a hub forwards it as is.
+    :attr:`peer` is the group's peer token: empty from an endpoint, the origin's
+    route token when a hub delivers it (echo it in the ack).
+    """
+
+    __slots__ = (
+        "_body_start",
+        "_env_start",
+        "attempt",
+        "created_at_ns",
+        "deadline_ns",
+        "flags",
+        "frame",
+        "id",
+        "kind",
+        "peer",
+        "priority",
+        "recipient",
+        "sent_at_ns",
+        "type",
+    )
+
+    def __init__(self, frame: bytes, peer: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+        size = len(frame)
+        if size < _HDR:
+            raise _bad(f"message item of {size} bytes is shorter than its {_HDR}-byte header")
+        (
+            mid,
+            self.attempt,
+            kind,
+            flags,
+            self.priority,
+            self.created_at_ns,
+            self.sent_at_ns,
+            self.deadline_ns,
+            tlen,
+            rlen,
+            elen,
+            blen,
+        ) = ITEM_HEADER.unpack_from(frame)
+        self.id = mid
+        if size > limits.max_message_bytes:
+            raise _bad(
+                f"message of {size} bytes exceeds the limit of {limits.max_message_bytes}",
+                TOO_LARGE,
+                mid,
+            )
+        if _HDR + tlen + rlen + elen + blen != size:
+            raise _bad("message item lengths do not add up to its frame size", MALFORMED, mid)
+        if kind != KIND_COMMAND and kind != KIND_EVENT:
+            raise _bad(f"unknown message kind {kind}", MALFORMED, mid)
+        if flags & ~_KNOWN_FLAGS:
+            raise _bad(f"unknown message flags {flags:#x}", MALFORMED, mid)
+        if tlen == 0:
+            raise _bad("message has no type name", UNKNOWN_TYPE, mid)
+        if self.attempt == 0:
+            raise _bad("attempt must be >= 1", MALFORMED, mid)
+        self.kind = kind
+        self.flags = flags
+        end = _HDR + tlen
+        self.type = _name(frame[_HDR:end], "type name", mid, UNKNOWN_TYPE)
+        self.recipient = _name(frame[end : end + rlen], "recipient", mid) if rlen else ""
+        self._env_start = end + rlen
+        self._body_start = self._env_start + elen
+        self.frame = frame
+        self.peer = peer
+
+    @property
+    def envelope_bytes(self) -> bytes:
+        return self.frame[self._env_start : self._body_start]
+
+    @property
+    def body(self) -> bytes:
+        return self.frame[self._body_start :]
+
+    def envelope(self) -> envelope_pb2.Envelope:
+        """The full envelope: the envelope frame parsed, with the header's fields
+        (id, type, recipient, attempt, kind, priority, timestamps) filled in."""
+        env = envelope_pb2.Envelope()
+        try:
+            env.ParseFromString(self.envelope_bytes)
+        except Exception as exc:  # protobuf raises DecodeError, upb sometimes others
+            raise _bad(f"undecodable envelope: {exc}", MALFORMED, self.id) from None
+        env.id = self.id
+        env.type = self.type
+        env.recipient = self.recipient
+        env.attempt = self.attempt
+        env.kind = self.kind
+        env.priority = self.priority
+        env.created_at_ns = self.created_at_ns
+        env.sent_at_ns = self.sent_at_ns
+        env.deadline_ns = self.deadline_ns
+        return env
+
+    def __repr__(self) -> str:
+        return f"<MessageItem {self.type} {self.id.hex()} attempt={self.attempt}>"
+
+
+def encode_message(
+    message_id: bytes,
+    type_name: str,
+    body: bytes,
+    *,
+    envelope: bytes = b"",
+    recipient: str = "",
+    kind: int = KIND_COMMAND,
+    attempt: int = 1,
+    priority: int = 0,
+    flags: int = 0,
+    created_at_ns: int = 0,
+    sent_at_ns: int = 0,
+    deadline_ns: int = 0,
+) -> bytes:
+    """One message item frame. ``envelope`` is a serialized ``ackbus.Envelope`` that
+    need not repeat the header's fields (an endpoint can cache the bytes of its usual
+    envelope, which then holds little more than the sender)."""
+    tname = _check_name(type_name, "type name", empty_ok=False)
+    rname = _check_name(recipient, "recipient", empty_ok=True)
+    if type(message_id) is not bytes or len(message_id) != ID_SIZE:
+        raise LocalProtocolError(f"message id must be {ID_SIZE} bytes, got {message_id!r}")
+    if kind != KIND_COMMAND and kind != KIND_EVENT:
+        raise LocalProtocolError(f"unknown message kind {kind}")
+    if flags & ~_KNOWN_FLAGS or not 1 <= attempt < 2**32:
+        raise LocalProtocolError(f"invalid flags {flags:#x} or attempt {attempt}")
+    if not _I16[0] <= priority <= _I16[1]:
+        raise LocalProtocolError(f"priority {priority} outside the 16-bit range")
+    if not (
+        _I64[0] <= created_at_ns <= _I64[1]
+        and _I64[0] <= sent_at_ns <= _I64[1]
+        and _I64[0] <= deadline_ns <= _I64[1]
+    ):
+        raise LocalProtocolError("a timestamp is outside the signed 64-bit range")
+    try:
+        head = ITEM_HEADER.pack(
+            message_id,
+            attempt,
+            kind,
+            flags,
+            priority,
+            created_at_ns,
+            sent_at_ns,
+            deadline_ns,
+            len(tname),
+            len(rname),
+            len(envelope),
+            len(body),
+        )
+    except (struct.error, TypeError) as exc:
+        raise LocalProtocolError(f"cannot encode message header: {exc}") from None
+    return b"".join((head, tname, rname, envelope, body))
+
+
+_ATTEMPT_AT: Final = 16
+_SENT_AT: Final = 16 + 4 + 1 + 1 + 2 + 8
+_REATTEMPT: Final = struct.Struct("<I")
+_SENT: Final = struct.Struct("<q")
+
+
+def reattempt(frame: bytes, attempt: int, sent_at_ns: int) -> bytes:
+    """A copy of an item frame with a new attempt number and send time: a retry costs
+    one copy, not a re-encode."""
+    if len(frame) < _HDR or not 1 <= attempt < 2**32 or not _I64[0] <= sent_at_ns <= _I64[1]:
+        raise LocalProtocolError("reattempt needs an item frame, attempt >= 1, int64 time")
+    out = bytearray(frame)
+    _REATTEMPT.pack_into(out, _ATTEMPT_AT, attempt)
+    _SENT.pack_into(out, _SENT_AT, sent_at_ns)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- MESSAGE batch
+
+_GROUP: Final = struct.Struct("<B")
+
+
+def group_frame(count: int, peer: bytes = b"") -> bytes:
+    """Opens a group of ``count`` message items sharing one peer token."""
+    if not 1 <= count <= MAX_BATCH or len(peer) > MAX_NAME:
+        raise LocalProtocolError(f"bad group: {count} items, peer of {len(peer)} bytes")
+    return bytes((count,)) + peer
+
+
+def decode_messages(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> list[MessageItem]:
+    """The items of a MESSAGE multipart (frame 0 already checked by decode_command)."""
+    items: list[MessageItem] = []
+    n = len(frames)
+    i = 1
+    if n < 3:
+        raise _bad("MESSAGE without a group and an item")
+    while i < n:
+        group = frames[i]
+        if not 1 <= len(group) <= 1 + MAX_NAME or not 1 <= group[0] <= limits.max_batch:
+            raise _bad("malformed MESSAGE group frame")
+        count = group[0]
+        peer = group[1:]
+        i += 1
+        if i + count > n or len(items) + count > limits.max_batch:
+            raise _bad(f"MESSAGE group promises {count} items that are not there")
+        for frame in frames[i : i + count]:
+            items.append(MessageItem(frame, peer, limits))
+        i += count
+    return items
+
+
+def encode_messages(groups: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes]:
+    """A MESSAGE multipart from ``(peer, item frames)`` groups (at most 64 items)."""
+    out = [MESSAGE_FRAME]
+    total = 0
+    for peer, items in groups:
+        out.append(group_frame(len(items), peer))
+        out.extend(items)
+        total += len(items)
+    if not 1 <= total <= MAX_BATCH:
+        raise LocalProtocolError(f"a MESSAGE carries 1 to {MAX_BATCH} items, not {total}")
+    return out

@@ -1,0 +1,221 @@
+"""The per-destination outgoing queue that turns many small sends into few multiparts.
+
+Through a plain Python router, one message per multipart reached about 10,000 msgs/s
+on the reference machine and up to 64 coalesced messages per multipart about 52,000:
+the cost is per wake-up and per multipart, not per byte. So callers never build
+multiparts for messages or acks; they add items to an :class:`Outbox`, and the
+transport pops whole batches from it once per event-loop iteration.
+
+Order: messages keep their order among themselves, and so do acks; a control
+multipart (HELLO, HEARTBEAT, BYE, REFUSAL, ROUTED...) is a barrier: everything added
+before it is sent before it. ``control(..., first=True)`` jumps the queue (a HELLO
+after a reconnect must precede the messages that waited for the connection).
+
+The outbox is sans-IO: it never drops anything and never blocks. :attr:`writable`
+turns false at ``high_water`` queued entries (or while the transport reports the
+socket full); callers are expected to wait for it, and nothing is lost if they don't.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from ..errors import LocalProtocolError
+from ._codec import (
+    ACK_FRAME,
+    ID_SIZE,
+    MAX_ACKS,
+    MAX_BATCH,
+    MAX_NAME,
+    MESSAGE_FRAME,
+)
+from ._control import full_acks_frame
+
+Multipart = list[bytes]
+
+
+class _AckGroup:
+    __slots__ = ("full", "ok", "peer")
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+        self.ok: list[bytes] = []
+        self.full: list[bytes] = []
+
+
+class Outbox:
+    """What waits to be sent to one destination, packed into MESSAGE and ACK batches
+    of at most ``max_batch`` items and ``max_acks`` acks.
+
+    ``on_ready`` is called when the outbox goes from empty to non-empty: the transport
+    uses it to schedule one flush at the end of the current loop iteration.
+    """
+
+    __slots__ = (
+        "_ack_count",
+        "_acks",
+        "_blocked",
+        "_count",
+        "_done",
+        "_last",
+        "_msg_count",
+        "_msgs",
+        "high_water",
+        "max_acks",
+        "max_batch",
+        "on_ready",
+    )
+
+    def __init__(
+        self,
+        *,
+        high_water: int = 10_000,
+        max_batch: int = MAX_BATCH,
+        max_acks: int = MAX_ACKS,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        if not 1 <= max_batch <= MAX_BATCH or not 1 <= max_acks <= MAX_ACKS or high_water < 1:
+            raise LocalProtocolError("outbox limits out of range")
+        self.high_water = high_water
+        self.max_batch = max_batch
+        self.max_acks = max_acks
+        self.on_ready = on_ready
+        self._done: deque[tuple[Multipart, int]] = deque()  # (multipart, entries in it)
+        self._msgs: list[list[bytes]] = []  # open batch: [peer, item, item, ...] groups
+        self._msg_count = 0
+        self._acks: list[_AckGroup] = []
+        self._ack_count = 0
+        self._count = 0  # entries queued (items, acks, control multiparts)
+        self._blocked = False
+        self._last = 0
+
+    # -------------------------------------------------------------- adding
+
+    def _touch(self) -> None:
+        if self._count == 0 and self.on_ready is not None:
+            self.on_ready()
+
+    def message(self, item: bytes, peer: bytes = b"") -> bool:
+        """Queue one message item frame (from :func:`encode_message`, or as received
+        when forwarding); ``peer`` is the group token. Returns :attr:`writable`."""
+        if len(peer) > MAX_NAME:
+            raise LocalProtocolError("peer token longer than 255 bytes")
+        self._touch()
+        msgs = self._msgs
+        if msgs and msgs[-1][0] == peer:
+            msgs[-1].append(item)
+        else:
+            msgs.append([peer, item])
+        self._msg_count += 1
+        self._count += 1
+        if self._msg_count >= self.max_batch:
+            self._close_messages()
+        return self._count < self.high_water and not self._blocked
+
+    def ack(self, message_id: bytes, peer: bytes = b"") -> bool:
+        """Queue a compact ack (outcome OK, no response) for ``message_id``."""
+        if len(message_id) != ID_SIZE:
+            raise LocalProtocolError("an acked message id must be 16 bytes")
+        self._ack_group(peer).ok.append(message_id)
+        return self._added_ack()
+
+    def full_ack(self, ack: bytes, peer: bytes = b"") -> bool:
+        """Queue a serialized ``ackbus.Ack`` (any outcome other than plain OK)."""
+        self._ack_group(peer).full.append(ack)
+        return self._added_ack()
+
+    def _ack_group(self, peer: bytes) -> _AckGroup:
+        self._touch()
+        for group in self._acks:  # few peers per destination: a scan beats a dict here
+            if group.peer == peer:
+                return group
+        group = _AckGroup(peer)
+        self._acks.append(group)
+        return group
+
+    def _added_ack(self) -> bool:
+        self._ack_count += 1
+        self._count += 1
+        if self._ack_count >= self.max_acks:
+            self._close_acks()
+        return self._count < self.high_water and not self._blocked
+
+    def control(self, frames: Multipart, *, first: bool = False) -> bool:
+        """Queue a whole control multipart. It is a barrier: what was added before goes
+        before it. ``first=True`` puts it ahead of everything still queued."""
+        if not frames:
+            raise LocalProtocolError("empty multipart")
+        self._touch()
+        self._count += 1
+        if first:
+            self._done.appendleft((frames, 1))
+        else:
+            self._close_messages()
+            self._close_acks()
+            self._done.append((frames, 1))
+        return self._count < self.high_water and not self._blocked
+
+    # -------------------------------------------------------------- packing
+
+    def _close_messages(self) -> None:
+        if not self._msgs:
+            return
+        out = [MESSAGE_FRAME]
+        for group in self._msgs:
+            out.append(bytes((len(group) - 1,)) + group[0])
+            out.extend(group[1:])
+        self._done.append((out, self._msg_count))
+        self._msgs = []
+        self._msg_count = 0
+
+    def _close_acks(self) -> None:
+        if not self._acks:
+            return
+        out = [ACK_FRAME]
+        for group in self._acks:
+            out += (group.peer, b"".join(group.ok), full_acks_frame(group.full))
+        self._done.append((out, self._ack_count))
+        self._acks = []
+        self._ack_count = 0
+
+    def pop(self) -> Multipart | None:
+        """The next multipart to send, or None when empty. Open batches are closed when
+        reached, so what was queued in this loop iteration goes out packed."""
+        if not self._done:
+            self._close_messages()
+            self._close_acks()
+            if not self._done:
+                return None
+        frames, weight = self._done.popleft()
+        self._count -= weight
+        self._last = weight
+        return frames
+
+    def unpop(self, frames: Multipart) -> None:
+        """Give back the multipart :meth:`pop` just returned, unsent (socket full)."""
+        self._done.appendleft((frames, self._last))
+        self._count += self._last
+
+    # -------------------------------------------------------------- state
+
+    @property
+    def blocked(self) -> bool:
+        """Set by the transport while the socket refuses more (high-water mark)."""
+        return self._blocked
+
+    @blocked.setter
+    def blocked(self, value: bool) -> None:
+        self._blocked = value
+
+    @property
+    def writable(self) -> bool:
+        """False while the socket is full or ``high_water`` entries wait."""
+        return self._count < self.high_water and not self._blocked
+
+    def __len__(self) -> int:
+        """Queued entries: each message, ack and control multipart counts one."""
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
