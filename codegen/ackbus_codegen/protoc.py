@@ -49,7 +49,7 @@ def run(
         f"-I{_grpc_tools_include()}",
         f"--python_out={out}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-        f"--mypy_out={out}",
+        f"--mypy_out=quiet:{out}",
     ]
     if ackbus:
         args += [

@@ -1,0 +1,573 @@
+"""The typed model of one generated ``_ackbus.py`` module.
+
+:func:`build_file` turns one .proto file (with the :class:`TypeIndex` of everything it
+imports) into a :class:`FileModel`: every Python name, type annotation, default, import,
+docstring and policy the module will contain is decided here, in code that is unit
+tested, so the templates only loop and print. Whatever this model cannot map faithfully
+is either skipped with a warning (streaming rpcs, names Python cannot spell) or refused
+with a :class:`GenerationError` that names the file, the line and both sides of the
+conflict (name collisions, bad policy values). It never produces code that would fail
+to import or to type-check.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import textwrap
+from dataclasses import dataclass, field
+
+from ackbus import options_pb2
+from google.protobuf import descriptor_pb2 as d
+
+from . import policy as pol
+from .errors import GenerationError
+from .naming import Namespace, output_for_proto, param_name, qualified_alias, snake_case
+from .protos import FDP, ProtoFile, TypeIndex, TypeInfo, has_presence, is_required, scalar_type
+
+__all__ = [
+    "FileModel",
+    "Import",
+    "MessageEntry",
+    "Method",
+    "Param",
+    "PolicyConst",
+    "Service",
+    "build_file",
+    "docstring",
+]
+
+EMPTY = "google.protobuf.Empty"
+
+# Keyword arguments every send method takes besides the fields.
+SEND_OPTIONS = ("wait_ack", "timeout", "to", "priority", "headers")
+# The one module-level name a method body uses besides its message's module.
+FIELDS_ALIAS = "_Fields"
+# Names the module header binds.
+_HEADER_NAMES = ("ackbus", "Any", "Iterable", "Mapping", "REGISTRY", "TypeAlias", FIELDS_ALIAS)
+_COMPOSITE = (FDP.TYPE_MESSAGE, FDP.TYPE_GROUP)
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One field of a request message as a keyword argument."""
+
+    name: str
+    """The Python keyword argument (``from_`` for field ``from``)."""
+    field: str
+    """The proto field name, as the message constructor takes it."""
+    annotation: str
+    default: str | None
+    """A Python literal, or ``None`` for a required (proto2) field."""
+    direct: bool
+    """Passed to the constructor as ``field=name``; otherwise through a ``**`` dict
+    and only when not ``None`` (keyword names, oneof scalars, editions files)."""
+    doc: str
+
+    @property
+    def nullable(self) -> bool:
+        """``None`` means "leave unset"."""
+        return self.default == "None"
+
+
+@dataclass(frozen=True, slots=True)
+class MethodDocs:
+    """Docstring literals of the methods one rpc becomes."""
+
+    send: str
+    send_message: str
+    request: str
+    request_message: str
+    handler: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDocs:
+    client: str
+    blocking_client: str
+    handler: str
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One rpc, as client methods and a handler method."""
+
+    name: str
+    full_name: str
+    doc: str
+    """Docstring body (unquoted), shared by the client and handler methods."""
+    event: bool
+    request_type: str
+    request_full_name: str
+    response_type: str | None
+    params: tuple[Param, ...]
+    send: str
+    send_message: str
+    request: str | None
+    request_message: str | None
+    handler: str
+    policy: str
+    """Name of the module-level ``ackbus.Policy`` constant."""
+    docs: MethodDocs
+
+    @property
+    def direct_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.direct)
+
+    @property
+    def extra_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if not p.direct)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    full_name: str
+    client: str
+    blocking_client: str
+    handler: str
+    doc: str
+    methods: tuple[Method, ...]
+    docs: ServiceDocs
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConst:
+    name: str
+    expr: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEntry:
+    """One ``ackbus.MessageSpec`` of the module's registry."""
+
+    full_name: str
+    cls: str
+    policy: str
+    legacy_name: str | None
+    """A Python string literal, or ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    statement: str
+
+
+@dataclass(slots=True)
+class FileModel:
+    proto: str
+    output: str
+    doc: str
+    generator_version: str
+    runtime_series: tuple[str, str]
+    """Major and minor version the runtime must have."""
+    module_doc: str = ""
+    imports: list[Import] = field(default_factory=list)
+    typing_imports: list[str] = field(default_factory=list)
+    abc_imports: list[str] = field(default_factory=list)
+    fields_alias: str | None = None
+    policies: list[PolicyConst] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    messages: list[MessageEntry] = field(default_factory=list)
+    exports: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.services and not self.messages
+
+
+class _Skip(Exception):
+    """An element the generator does not map; the text says why."""
+
+
+def docstring(text: str) -> str:
+    """``text`` as a triple-quoted Python literal that any text survives."""
+    body = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    if body.endswith('"'):
+        body = body[:-1] + '\\"'
+    if "\n" in body:
+        return f'"""{body}\n"""'
+    return f'"""{body}"""'
+
+
+class _Builder:
+    def __init__(self, pf: ProtoFile, index: TypeIndex, version: str, warnings: list[str]):
+        self.pf = pf
+        self.index = index
+        self.warnings = warnings
+        major, minor = [*version.split("."), "0"][:2]
+        self.model = FileModel(
+            proto=pf.name,
+            output=output_for_proto(pf.name),
+            doc=pf.doc,
+            generator_version=version,
+            runtime_series=(major, minor),
+        )
+        self.names = Namespace(
+            f"module {self.model.output}",
+            {n: f"the generated module's own {n!r}" for n in _HEADER_NAMES},
+        )
+        self.aliases: dict[str, str] = {}
+        self.uses_fields_alias = False
+        self.abc: set[str] = set()
+
+    # -- imports --------------------------------------------------------------
+
+    def alias(self, module: str) -> str:
+        known = self.aliases.get(module)
+        if known is not None:
+            return known
+        short = module.rpartition(".")[2]
+        name = short if short not in self.names else qualified_alias(module)
+        self.aliases[module] = self.names.claim(name, f"the import of {module}")
+        return name
+
+    def type_expr(self, info: TypeInfo) -> str:
+        if info.reserved:
+            raise _Skip(f"type {info.full_name} has a Python keyword in its name")
+        return f"{self.alias(info.file.module)}.{info.attr_path}"
+
+    # -- policies -------------------------------------------------------------
+
+    def level(self, options: pol.PolicyOptions, where: str, what: str) -> pol.PolicyOptions:
+        problems = pol.problems(options)
+        if problems:
+            raise GenerationError(f"{where}: {what}: invalid policy: {'; '.join(problems)}")
+        return options
+
+    def message_options(self, info: TypeInfo) -> pol.PolicyOptions:
+        assert info.message is not None
+        opts = info.message.options
+        if not opts.HasExtension(options_pb2.message_policy):
+            return pol.PolicyOptions()
+        found = pol.from_proto(opts.Extensions[options_pb2.message_policy])
+        return self.level(found, info.file.where(info.path), f"message {info.full_name}")
+
+    def policy_const(self, preferred: str, owner: str, merged: pol.PolicyOptions) -> str:
+        name = self.names.allocate(preferred, owner)
+        self.model.policies.append(PolicyConst(name, _policy_expr(merged)))
+        return name
+
+    # -- messages -------------------------------------------------------------
+
+    def registry(self, type_names: Namespace) -> None:
+        for info in self.index.messages_of(self.pf.name):
+            if info.is_map_entry:
+                continue
+            where = self.pf.where(info.path)
+            if info.reserved:
+                self.warnings.append(
+                    f"{where}: message {info.full_name} left out of the registry: "
+                    "its name is a Python keyword"
+                )
+                continue
+            assert info.message is not None
+            opts = info.message.options
+            legacy = opts.Extensions[options_pb2.legacy_name] or None
+            type_names.claim(info.full_name, f"message {info.full_name} ({where})")
+            if legacy is not None:
+                type_names.claim(legacy, f"the legacy_name of {info.full_name} ({where})")
+            policy = self.message_options(info)
+            self.model.messages.append(
+                MessageEntry(
+                    full_name=info.full_name,
+                    cls=self.type_expr(info),
+                    policy=_policy_expr(policy),
+                    legacy_name=None if legacy is None else json.dumps(legacy),
+                )
+            )
+
+    # -- services -------------------------------------------------------------
+
+    def service(self, index: int, svc: d.ServiceDescriptorProto) -> Service | None:
+        pkg = f"{self.pf.proto.package}." if self.pf.proto.package else ""
+        full = pkg + svc.name
+        path = (6, index)
+        where = self.pf.where(path)
+        svc_opts = pol.PolicyOptions()
+        if svc.options.HasExtension(options_pb2.service_policy):
+            found = pol.from_proto(svc.options.Extensions[options_pb2.service_policy])
+            svc_opts = self.level(found, where, f"service {full}")
+        owner = f"service {full} ({where})"
+        client = self.names.claim(f"{svc.name}Client", owner)
+        blocking = self.names.claim(f"{svc.name}BlockingClient", owner)
+        handler = self.names.claim(f"{svc.name}Handler", owner)
+        self.abc.add("Mapping")  # the headers= argument
+        methods: list[Method] = []
+        attrs = Namespace(f"class {handler}", {"implemented_methods": "ackbus.Handler"})
+        by_request: dict[str, str] = {}
+        for i, rpc in enumerate(svc.method):
+            mpath = (*path, 2, i)
+            mwhere = self.pf.where(mpath)
+            rpc_full = f"{full}.{rpc.name}"
+            try:
+                method = self.method(rpc, rpc_full, mpath, svc_opts, attrs)
+            except _Skip as why:
+                self.warnings.append(f"{mwhere}: rpc {rpc_full} skipped: {why}")
+                continue
+            other = by_request.get(method.request_full_name)
+            if other is not None:
+                raise GenerationError(
+                    f"{mwhere}: rpc {rpc_full} and rpc {other} both take "
+                    f"{method.request_full_name}; ackbus routes by message type, so one "
+                    "service can handle each type with one rpc only"
+                )
+            by_request[method.request_full_name] = rpc_full
+            methods.append(method)
+        if not methods:
+            self.warnings.append(f"{where}: service {full} skipped: it has no rpc ackbus maps")
+            return None
+        doc = self.pf.at(path).comment
+        docs = ServiceDocs(
+            client=docstring(_join(f"Async client of service {full}.", doc)),
+            blocking_client=docstring(
+                _join(f"Blocking client of service {full}, for plain threads.", doc)
+            ),
+            handler=docstring(
+                _join(
+                    f"Handlers of service {full}: override the ``on_*`` methods you serve.",
+                    doc,
+                )
+            ),
+        )
+        return Service(full, client, blocking, handler, doc, tuple(methods), docs)
+
+    def method(
+        self,
+        rpc: d.MethodDescriptorProto,
+        full: str,
+        path: tuple[int, ...],
+        svc_opts: pol.PolicyOptions,
+        attrs: Namespace,
+    ) -> Method:
+        if rpc.client_streaming or rpc.server_streaming:
+            raise _Skip("streaming rpcs are not mapped")
+        where = self.pf.where(path)
+        req = self.index[rpc.input_type]
+        resp = self.index[rpc.output_type]
+        request_type = self.type_expr(req)
+        response_type = None if resp.full_name == EMPTY else self.type_expr(resp)
+        method_opts = pol.PolicyOptions()
+        if rpc.options.HasExtension(options_pb2.method_policy):
+            found = pol.from_proto(rpc.options.Extensions[options_pb2.method_policy])
+            method_opts = self.level(found, where, f"rpc {full}")
+        merged = self.level(
+            pol.merge([method_opts, self.message_options(req), svc_opts]),
+            where,
+            f"rpc {full} (method, message and service policy merged)",
+        )
+        if merged.is_event and response_type is not None:
+            raise GenerationError(
+                f"{where}: rpc {full} is an EVENT but returns {resp.full_name}; events "
+                "have no reply: return google.protobuf.Empty or make it a COMMAND"
+            )
+        params = self.params(req, full)
+        snake = snake_case(rpc.name)
+        verb = "publish" if merged.is_event else "send"
+        owner = f"rpc {full} ({where})"
+        send = attrs.claim(f"{verb}_{snake}", owner)
+        send_message = attrs.claim(f"{verb}_{snake}_message", owner)
+        request = request_message = None
+        if response_type is not None:
+            request = attrs.claim(f"request_{snake}", owner)
+            request_message = attrs.claim(f"request_{snake}_message", owner)
+        handler = attrs.claim(f"on_{snake}", owner)
+        service_name = full.rpartition(".")[0].rpartition(".")[2]
+        const = f"_{snake_case(service_name).upper()}_{snake.upper()}_POLICY"
+        doc = self.pf.at(path).comment
+        return Method(
+            name=rpc.name,
+            full_name=full,
+            doc=doc,
+            event=merged.is_event,
+            request_type=request_type,
+            request_full_name=req.full_name,
+            response_type=response_type,
+            params=params,
+            send=send,
+            send_message=send_message,
+            request=request,
+            request_message=request_message,
+            handler=handler,
+            policy=self.policy_const(const, f"the policy of rpc {full}", merged),
+            docs=_method_docs(
+                full, doc, req.full_name, merged.is_event, response_type, resp, params
+            ),
+        )
+
+    def params(self, req: TypeInfo, rpc_full: str) -> tuple[Param, ...]:
+        assert req.message is not None
+        module_alias = self.alias(req.file.module)
+        taken = frozenset({"self", "msg", "fields", *SEND_OPTIONS, module_alias, FIELDS_ALIAS})
+        scope = Namespace(
+            f"the keyword arguments of rpc {rpc_full}",
+            {n: f"the {n!r} argument" for n in taken},
+        )
+        out = []
+        for i, f in enumerate(req.message.field):
+            fpath = (*req.path, 2, i)
+            name = param_name(f.name, taken)
+            scope.claim(name, f"field {req.full_name}.{f.name} ({req.file.where(fpath)})")
+            param = self.param(req.file, f, name, req.file.at(fpath).comment)
+            if not param.direct:
+                self.uses_fields_alias = True
+            out.append(param)
+        return tuple(out)
+
+    def param(self, pf: ProtoFile, f: d.FieldDescriptorProto, name: str, doc: str) -> Param:
+        keyword_name = keyword.iskeyword(f.name)
+        editions = pf.syntax == "editions"
+        required = is_required(pf, f)
+        if f.label == FDP.LABEL_REPEATED:
+            entry = self.index[f.type_name] if f.type_name else None
+            if entry is not None and entry.is_map_entry:
+                assert entry.message is not None
+                key, value = entry.message.field[0], entry.message.field[1]
+                self.abc.add("Mapping")
+                ann = f"Mapping[{self.value_type(key)}, {self.value_type(value)}]"
+            else:
+                self.abc.add("Iterable")
+                ann = f"Iterable[{self.value_type(f)}]"
+            return Param(name, f.name, f"{ann} | None", "None", not (keyword_name or editions), doc)
+        ann = self.value_type(f)
+        if required:
+            return Param(name, f.name, ann, None, not (keyword_name or editions), doc)
+        if has_presence(pf, f):
+            # mypy-protobuf types proto3 oneof scalars without "| None" in constructors.
+            oneof_scalar = f.HasField("oneof_index") and f.type not in _COMPOSITE
+            direct = not (keyword_name or editions or (pf.syntax == "proto3" and oneof_scalar))
+            return Param(name, f.name, f"{ann} | None", "None", direct, doc)
+        default = self.zero(f)
+        if default is None:
+            return Param(name, f.name, f"{ann} | None", "None", False, doc)
+        return Param(name, f.name, ann, default, not keyword_name, doc)
+
+    def value_type(self, f: d.FieldDescriptorProto) -> str:
+        scalar = scalar_type(f)
+        if scalar is not None:
+            return scalar[0]
+        info = self.index[f.type_name]
+        if info.enum is not None:
+            return f"{self.type_expr(info)}.ValueType"
+        return self.type_expr(info)
+
+    def zero(self, f: d.FieldDescriptorProto) -> str | None:
+        scalar = scalar_type(f)
+        if scalar is not None:
+            return scalar[1]
+        info = self.index[f.type_name]
+        if info.enum is None or not info.enum.value or keyword.iskeyword(info.enum.value[0].name):
+            return None
+        return f"{self.type_expr(info)}.{info.enum.value[0].name}"
+
+
+def _join(*paragraphs: str) -> str:
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def _fill(text: str) -> str:
+    """A sentence the generator wrote, wrapped to fit a docstring."""
+    return textwrap.fill(text, width=80, break_on_hyphens=False)
+
+
+def _args_section(params: tuple[Param, ...]) -> str:
+    lines = []
+    for p in params:
+        if p.doc:
+            first = " ".join(p.doc.split("\n\n")[0].split())
+            lines.append(f"    {p.name}: {first}")
+    return "Args:\n" + "\n".join(lines) if lines else ""
+
+
+def _method_docs(
+    full: str,
+    doc: str,
+    request: str,
+    event: bool,
+    response_type: str | None,
+    resp: TypeInfo,
+    params: tuple[Param, ...],
+) -> MethodDocs:
+    summary = doc or f"The rpc {full}."
+    what = "Publishes the event" if event else "Sends the command"
+    args = _args_section(params)
+    unset = "Fields left at None (or their zero value) stay unset."
+    reply = f"returns the {resp.full_name} reply"
+    return MethodDocs(
+        send=docstring(
+            _join(summary, _fill(f"{what} {request}, built from the fields. {unset}"), args)
+        ),
+        send_message=docstring(_join(summary, _fill(f"{what} {request}, built by the caller."))),
+        request=docstring(
+            _join(
+                summary,
+                _fill(f"Sends {request}, built from the fields, and {reply}. {unset}"),
+                args,
+            )
+        ),
+        request_message=docstring(_join(summary, _fill(f"Sends {request} and {reply}."))),
+        handler=docstring(
+            _join(
+                summary,
+                _fill(
+                    f"Runs for each {request} delivered to this service"
+                    + (f"; {reply}." if response_type else ".")
+                ),
+            )
+        ),
+    )
+
+
+def _policy_expr(policy: pol.PolicyOptions) -> str:
+    args = ", ".join(
+        f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()
+    )
+    return f"ackbus.Policy({args})"
+
+
+def build_file(
+    pf: ProtoFile,
+    index: TypeIndex,
+    *,
+    version: str,
+    warnings: list[str],
+    type_names: Namespace,
+) -> FileModel:
+    """The model of ``pf``'s ``_ackbus.py``; ``type_names`` spans all files generated
+    together, so two files cannot register one type name."""
+    b = _Builder(pf, index, version, warnings)
+    services = []
+    for i, proto in enumerate(pf.proto.service):
+        built = b.service(i, proto)
+        if built is not None:
+            services.append(built)
+    b.model.services = services
+    b.registry(type_names)
+    m = b.model
+    for svc in services:
+        m.exports += [svc.client, svc.blocking_client, svc.handler]
+    m.exports.append("REGISTRY")
+    m.exports.sort()
+    m.imports = [_import(module, alias) for module, alias in sorted(b.aliases.items())]
+    m.module_doc = docstring(
+        _join(
+            f"Typed ackbus clients, handler bases and registry for {pf.name}.",
+            pf.doc,
+            _fill(
+                f"Generated by ackbus_codegen {version}: do not edit; change the .proto "
+                "file and regenerate."
+            ),
+        )
+    )
+    m.abc_imports = sorted(b.abc)
+    if b.uses_fields_alias:
+        m.fields_alias = FIELDS_ALIAS
+        m.typing_imports = ["Any", "TypeAlias"]
+    return m
+
+
+def _import(module: str, alias: str) -> Import:
+    package, _, name = module.rpartition(".")
+    suffix = "" if alias == name else f" as {alias}"
+    if package:
+        return Import(f"from {package} import {name}{suffix}")
+    return Import(f"import {name}{suffix}")
