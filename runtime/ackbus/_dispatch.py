@@ -8,7 +8,7 @@ subscription, and the class of the response when it is a request.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -21,7 +21,7 @@ __all__ = ["Dispatcher", "HandlerFn", "Route"]
 
 M = TypeVar("M", bound=Message)
 
-HandlerFn = Callable[[Any, Context], Awaitable[Message | None]]
+HandlerFn = Callable[[Any, Context], Coroutine[Any, Any, Message | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class Dispatcher:
     def add_function(
         self,
         cls: type[M],
-        fn: Callable[[M, Context], Awaitable[Message | None]],
+        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
         *,
         kind: Kind = Kind.COMMAND,
         response: type[Message] | None = None,

@@ -11,6 +11,8 @@
     │   ├── SendWindowTimeout    the in-flight window stayed full (backpressure)
     │   └── ConnectTimeout       no hub answered in time
     ├── ClosedError              the endpoint or hub was closed (by you)
+    ├── Reject                   raised BY A HANDLER: refuse this message (permanent or not)
+    ├── RetryLater               raised BY A HANDLER: ask the sender to retry after a pause
     ├── ProtocolError            bytes on the wire break the protocol
     │   ├── LocalProtocolError   we were about to send something invalid (our bug)
     │   └── RemoteProtocolError  the peer sent something invalid (its bug); has a refusal code
@@ -33,8 +35,10 @@ __all__ = [
     "LocalProtocolError",
     "NoRoute",
     "ProtocolError",
+    "Reject",
     "Rejected",
     "RemoteProtocolError",
+    "RetryLater",
     "SchemaError",
     "SendWindowTimeout",
     "WaitTimeout",
@@ -109,6 +113,31 @@ class ConnectTimeout(WaitTimeout):
 
 class ClosedError(AckbusError):
     """The endpoint or hub was closed by its owner; it cannot be used any more."""
+
+
+class Reject(AckbusError):
+    """Raise in a handler to refuse a message with a reason.
+
+    ``permanent=True`` tells the sender that retrying cannot help: it fails at once
+    and is not retried even under a ``retry_rejected`` policy. Any other exception a
+    handler raises is a transient rejection.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = True) -> None:
+        self.reason = reason
+        self.permanent = permanent
+        super().__init__(reason)
+
+
+class RetryLater(AckbusError):
+    """Raise in a handler to ask the sender to try again after ``after`` seconds
+    (for example while a resource it needs is busy). It is not a failure: the
+    attempt budget and the deadline still apply."""
+
+    def __init__(self, after: float = 0.0, reason: str = "") -> None:
+        self.after = after
+        self.reason = reason
+        super().__init__(reason or f"retry after {after} s")
 
 
 class ProtocolError(AckbusError):

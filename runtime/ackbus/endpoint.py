@@ -1,0 +1,919 @@
+"""The endpoint: one per service instance; sends, receives, acknowledges.
+
+An endpoint connects a link to each hub, says HELLO with the types its handlers take,
+and then
+
+* sends: every message gets a 16-byte id and is tracked by the core
+  :class:`~ackbus.core.OutboundTracker` until an ack settles it or its attempts or
+  deadline run out; retries re-send the same frame with a new attempt number;
+* receives: every message passes the core :class:`~ackbus.core.InboundDeduper` (a
+  duplicate is re-acknowledged without running the handler), runs its handler
+  (eagerly, see :mod:`ackbus._eager`), and is acknowledged only after the handler
+  returned.
+
+All timers of all messages share one ``loop.call_at`` handle armed at the earliest
+deadline the core machines report. Time inside is the loop's monotonic clock; reports
+and contexts carry Unix time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from . import envelope_pb2, wire_pb2
+from ._dispatch import Dispatcher, Route
+from ._eager import run_eager
+from ._timer import Timer
+from ._types import (
+    Context,
+    DeliveryReport,
+    DeliveryStatus,
+    Handler,
+    Identity,
+    Kind,
+    Policy,
+    Registry,
+)
+from .core import (
+    Admit,
+    Completion,
+    InboundDeduper,
+    Liveness,
+    OutboundTracker,
+    Outcome,
+    PeerDead,
+    Reason,
+    RemoteError,
+    SendHeartbeat,
+    Transmit,
+    Verdict,
+)
+from .errors import (
+    AckTimeout,
+    Cancelled,
+    ClosedError,
+    ConnectTimeout,
+    DeliveryError,
+    Expired,
+    NoRoute,
+    Reject,
+    Rejected,
+    RemoteProtocolError,
+    RetryLater,
+    SendWindowTimeout,
+)
+from .transport import Backend, Link, TransportOptions, ZmqBackend
+from .wire import (
+    DEFAULT_LIMITS,
+    FLAG_REQUEST,
+    KIND_COMMAND,
+    KIND_EVENT,
+    NOT_REGISTERED,
+    PROTOCOL_VERSION,
+    Command,
+    Limits,
+    MessageItem,
+    Multipart,
+    decode_bye,
+    decode_command,
+    decode_heartbeat,
+    decode_identity,
+    decode_messages,
+    decode_refusal,
+    decode_routed,
+    decode_welcome,
+    encode_bye,
+    encode_heartbeat,
+    encode_hello,
+    encode_message,
+    reattempt,
+    refusal_for,
+    split_acks,
+)
+
+__all__ = ["Endpoint", "EndpointStats"]
+
+log = logging.getLogger("ackbus.endpoint")
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+_DEFAULT_POLICY = Policy()
+_DEAD_LETTERS = 1000
+"""Failed reports kept in memory (the durable store keeps all)."""
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Counters since the endpoint started."""
+
+    sent: int = 0
+    """Messages accepted by send/publish/request."""
+    transmits: int = 0
+    """Attempts put on the wire (first sends and retries)."""
+    retries: int = 0
+    acked: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    """Failed messages by reason ("timeout", "rejected", "no-route", ...)."""
+    received: int = 0
+    handled: int = 0
+    """Handler runs that returned."""
+    handler_errors: int = 0
+    duplicates: int = 0
+    """Received duplicates answered without running the handler."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Bad input refused, by code."""
+
+
+class _Out:
+    """An outbound message while it is pending."""
+
+    __slots__ = ("frame", "kind", "no_route_reason", "report", "request")
+
+    def __init__(self, frame: bytes, report: DeliveryReport, kind: int, request: bool) -> None:
+        self.frame = frame
+        self.report = report
+        self.kind = kind
+        self.request = request
+        self.no_route_reason = ""
+
+
+class _HubLink:
+    """One hub connection and what the endpoint knows of it."""
+
+    __slots__ = ("index", "link", "welcomed")
+
+    link: Link
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.welcomed = False
+
+
+class Endpoint:
+    """A service instance on the bus. Use as ``async with Endpoint(...) as ep``.
+
+    ``service`` names the service (all its instances share it); ``hubs`` are the hub
+    addresses to connect to. ``instance`` defaults to a fresh unique id. ``policy``
+    applies to messages whose type has no policy in ``registry`` (generated modules
+    export a ``REGISTRY``; generated clients pass their policy themselves).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        hubs: str | Sequence[str],
+        *,
+        instance: str | None = None,
+        policy: Policy = _DEFAULT_POLICY,
+        registry: Registry | None = None,
+        window: int = 1000,
+        credit: int = 1000,
+        heartbeat: float = 1.0,
+        misses: int = 3,
+        connect_timeout: float = 5.0,
+        dedupe_capacity: int = 100_000,
+        dedupe_ttl: float = 600.0,
+        backend: Backend | None = None,
+        options: TransportOptions | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        seed: int | None = None,
+    ) -> None:
+        if not service:
+            raise ValueError("an endpoint needs a service name")
+        self._hub_addresses = [hubs] if isinstance(hubs, str) else list(hubs)
+        if not self._hub_addresses:
+            raise ValueError("an endpoint needs at least one hub address")
+        self.identity = Identity(service, instance or uuid.uuid4().hex)
+        self.policy = policy
+        self.registry = registry if registry is not None else Registry()
+        self.credit = credit
+        self.heartbeat = heartbeat
+        self.connect_timeout = connect_timeout
+        self.limits = limits
+        self.stats = EndpointStats()
+        self.dead_letters: deque[DeliveryReport] = deque(maxlen=_DEAD_LETTERS)
+        """The latest failed reports (in-memory mode keeps the last 1,000)."""
+        self._window = window
+        self._tracker = OutboundTracker(window=window, rng=random.Random(seed))
+        self._deduper = InboundDeduper(capacity=dedupe_capacity, ttl=dedupe_ttl)
+        self._liveness: Liveness[int] = Liveness(interval=heartbeat, misses=misses)
+        self._dispatch = Dispatcher()
+        self._pending: dict[bytes, _Out] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._links: list[_HubLink] = []
+        self._next_link = 0
+        self._backend = backend or ZmqBackend()
+        base = options or TransportOptions()
+        # A stable routing id lets a restarted hub route acks to us by the token our
+        # messages carried before the restart.
+        self._options = replace(
+            base, routing_id=base.routing_id or self.identity.instance.encode()[:255]
+        )
+        env = envelope_pb2.Envelope()
+        env.sender.service = service
+        env.sender.instance = self.identity.instance
+        self._envelope = env.SerializeToString()
+        self._identities: dict[bytes, Identity] = {}
+        self._window_waiters: list[asyncio.Future[None]] = []
+        self._welcomed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: Timer | None = None
+        self._wall_offset = 0.0
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ registration
+
+    def register(self, handler: Handler) -> None:
+        """Register a generated handler object: every ``on_*`` method its class overrides."""
+        self._dispatch.add_handler(handler)
+        self._hello_again()
+
+    def register_handler(
+        self,
+        msg_type: type[M],
+        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind | None = None,
+        response: type[Message] | None = None,
+    ) -> None:
+        """Register a plain async function for messages of class ``msg_type``.
+
+        ``kind`` defaults to the registry's policy for the type (else command).
+        """
+        if kind is None:
+            spec = self.registry.for_class(msg_type)
+            kind = spec.policy.kind if spec is not None else Kind.COMMAND
+        self._dispatch.add_function(msg_type, fn, kind=kind, response=response)
+        self._hello_again()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Endpoint:
+        """Connect to every hub and wait until one welcomed us (``ConnectTimeout``)."""
+        if self._closed:
+            raise ClosedError("endpoint closed")
+        if self._started:
+            return self
+        self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - loop.time()
+        self._timer = Timer(loop, self._tick)
+        for index, address in enumerate(self._hub_addresses):
+            hub = _HubLink(index)
+            hub.link = self._backend.connect(
+                address,
+                on_receive=functools.partial(self._on_receive, hub),
+                on_connection=functools.partial(self._on_connection, hub),
+                options=self._options,
+            )
+            self._links.append(hub)
+            self._say_hello(hub)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._welcomed.wait()
+        except TimeoutError:
+            await self.close()
+            raise ConnectTimeout(
+                f"{self.identity}: no hub of {self._hub_addresses} answered within "
+                f"{self.connect_timeout} s"
+            ) from None
+        return self
+
+    async def close(self, *, timeout: float = 1.0) -> None:
+        """Fail what is pending with :class:`Cancelled`, say BYE and release everything.
+
+        Handlers still running are cancelled (their messages are not acked, so the
+        sender retries them elsewhere). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        loop = self._loop
+        now = loop.time() if loop is not None else 0.0
+        for mid in list(self._pending):
+            completion = self._tracker.cancel(mid, now)
+            if completion is not None:
+                self._settle(completion, why="the endpoint was closed")
+        for fut in self._window_waiters:
+            if not fut.done():
+                fut.set_exception(ClosedError(f"{self.identity}: endpoint closed"))
+        self._window_waiters.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        for hub in self._links:
+            if hub.welcomed:
+                hub.link.outbox.control(encode_bye("closing"))
+            hub.link.close()
+        self._links.clear()
+
+    async def __aenter__(self) -> Endpoint:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Messages sent and not yet settled."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        msg: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport:
+        """Send a command. With ``wait_ack`` (the default) return once it was acked or
+        failed; otherwise at once, with a pending report to ``await report.wait()``.
+
+        ``timeout`` caps the message's whole life (its deadline); the report is never
+        pending after it. Raises :class:`SendWindowTimeout` if the in-flight window
+        stayed full that long, :class:`ClosedError` after :meth:`close`.
+        """
+        return await self._send(
+            msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False
+        )
+
+    async def publish(
+        self,
+        event: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport:
+        """Publish an event to one instance of every service subscribed to its type.
+        Acked once every such service acked (at once if none subscribes)."""
+        return await self._send(
+            event, KIND_EVENT, wait_ack, timeout, None, priority, headers, policy, False
+        )
+
+    async def request(
+        self,
+        msg: Message,
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> R:
+        """Send a command whose handler returns a ``response_type``; return the response.
+        Raises the :class:`DeliveryError` of the failed report."""
+        report = await self._send(
+            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True
+        )
+        report.raise_for_status()
+        response = response_type()
+        try:
+            response.ParseFromString(report.response or b"")
+        except Exception as exc:
+            raise RemoteProtocolError(
+                f"undecodable {response_type.DESCRIPTOR.full_name} response: {exc}",
+                message_id=report.message_id,
+            ) from None
+        return response
+
+    async def _send(
+        self,
+        msg: Message,
+        kind: int,
+        wait_ack: bool,
+        timeout: float | None,
+        to: str | None,
+        priority: int | None,
+        headers: Mapping[str, str] | None,
+        policy: Policy | None,
+        request: bool,
+    ) -> DeliveryReport:
+        if self._closed or not self._started:
+            raise ClosedError(
+                f"{self.identity}: endpoint is {'closed' if self._closed else 'not started'}"
+            )
+        loop = self._loop
+        assert loop is not None
+        pol = policy or self._policy_for(msg)
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError(f"timeout must be > 0, got {timeout}")
+            pol = pol.with_(deadline=min(pol.deadline, timeout))
+        if priority is not None:
+            pol = pol.with_(priority=priority)
+        msg_type = msg.DESCRIPTOR.full_name
+        destination = to or msg_type
+        if self._tracker.in_flight(destination) >= self._window:
+            await self._wait_window(destination, loop.time() + pol.deadline)
+        now = loop.time()
+        mid = os.urandom(16)
+        now_ns = int((now + self._wall_offset) * 1e9)
+        envelope = self._envelope if not headers else self._envelope_with(headers)
+        frame = encode_message(
+            mid,
+            msg_type,
+            msg.SerializeToString(),
+            envelope=envelope,
+            recipient=to or "",
+            kind=kind,
+            priority=pol.priority,
+            flags=FLAG_REQUEST if request else 0,
+            created_at_ns=now_ns,
+            sent_at_ns=now_ns,
+            deadline_ns=now_ns + int(pol.deadline * 1e9),
+        )
+        report = DeliveryReport(mid, msg_type)
+        self._pending[mid] = _Out(frame, report, kind, request)
+        self.stats.sent += 1
+        admit = self._tracker.submit(
+            mid,
+            msg_type=msg_type,
+            destination=destination,
+            policy=pol,
+            now=now,
+            expect=None if kind == KIND_EVENT else 1,
+        )
+        if admit is Admit.SEND:
+            self._transmit(mid, frame)
+        self._arm_timer()
+        if wait_ack:
+            # The tracker settles every message by its deadline; the extra second only
+            # guards against a bug leaving this wait open forever.
+            await report.wait(pol.deadline + 1.0)
+            if not report.done:  # pragma: no cover - would be a tracker bug
+                completion = self._tracker.cancel(mid, loop.time())
+                if completion is not None:
+                    self._settle(completion, why="the tracker never settled it")
+        return report
+
+    async def _wait_window(self, destination: str, deadline: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        while self._tracker.in_flight(destination) >= self._window:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._window_waiters.append(fut)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await fut
+            except TimeoutError:
+                raise SendWindowTimeout(
+                    f"{self.identity}: {self._window} messages to {destination} "
+                    "stayed unacknowledged for the whole timeout"
+                ) from None
+            finally:
+                if fut in self._window_waiters:
+                    self._window_waiters.remove(fut)
+
+    def _policy_for(self, msg: Message) -> Policy:
+        spec = self.registry.for_class(type(msg))
+        return spec.policy if spec is not None else self.policy
+
+    def _envelope_with(self, headers: Mapping[str, str]) -> bytes:
+        env = envelope_pb2.Envelope()
+        env.ParseFromString(self._envelope)
+        env.headers.update(headers)
+        return env.SerializeToString()
+
+    def _transmit(self, mid: bytes, frame: bytes) -> None:
+        hub = self._pick_link()
+        hub.link.outbox.message(frame)
+        self.stats.transmits += 1
+
+    def _pick_link(self) -> _HubLink:
+        links = self._links
+        n = len(links)
+        if n == 1:
+            return links[0]
+        for _ in range(n):
+            self._next_link = (self._next_link + 1) % n
+            hub = links[self._next_link]
+            if hub.welcomed:
+                return hub
+        return links[0]
+
+    # ------------------------------------------------------------------ settling
+
+    def _settle(self, c: Completion, why: str = "") -> None:
+        out = self._pending.pop(c.msg_id, None)
+        if out is None:
+            return
+        report = out.report
+        offset = self._wall_offset
+        first = c.first_sent_at + offset if c.first_sent_at is not None else None
+        if c:
+            self.stats.acked += 1
+            report._settle(
+                DeliveryStatus.ACKED,
+                attempts=c.attempts,
+                first_sent_at=first,
+                acked_at=c.acked_at + offset if c.acked_at is not None else None,
+                acked_by=c.acked_by,
+                response=c.response,
+            )
+        else:
+            reason = c.reason or Reason.TIMEOUT
+            self.stats.failed[reason.value] += 1
+            report._settle(
+                DeliveryStatus.FAILED,
+                attempts=c.attempts,
+                first_sent_at=first,
+                error=_delivery_error(c, out, why),
+            )
+            self.dead_letters.append(report)
+            log.warning("delivery failed: %s", report.error)
+        if self._window_waiters:
+            waiters, self._window_waiters = self._window_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_receive(self, hub: _HubLink, multiparts: list[Multipart]) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        now = loop.time()
+        self._liveness.seen(hub.index, now)
+        for frames in multiparts:
+            try:
+                self._handle(hub, frames, now)
+            except RemoteProtocolError as exc:
+                self.stats.refused[exc.code] += 1
+                log.warning(
+                    "%s: refused input from hub %s: %s", self.identity, hub.link.address, exc
+                )
+                hub.link.outbox.control(refusal_for(exc))
+        self._arm_timer()
+
+    def _handle(self, hub: _HubLink, frames: Multipart, now: float) -> None:
+        cmd = decode_command(frames)
+        if cmd is Command.MESSAGE:
+            for item in decode_messages(frames, self.limits):
+                self._on_message(hub, item, now)
+        elif cmd is Command.ACK:
+            self._on_acks(frames, now)
+        elif cmd is Command.ROUTED:
+            for entry in decode_routed(frames, self.limits):
+                c = self._tracker.routed(entry.message_id, entry.targets, now)
+                if c is not None:
+                    self._settle(c)
+        elif cmd is Command.HEARTBEAT:
+            decode_heartbeat(frames)
+        elif cmd is Command.WELCOME:
+            welcome = decode_welcome(frames, self.limits)
+            hub.welcomed = True
+            self._liveness.add(hub.index, now, interval=max(welcome.heartbeat_ms, 1) / 1000)
+            self._welcomed.set()
+        elif cmd is Command.REFUSAL:
+            self._on_refusal(hub, decode_refusal(frames, self.limits), now)
+        elif cmd is Command.BYE:
+            decode_bye(frames, self.limits)
+            hub.welcomed = False
+        else:
+            raise RemoteProtocolError(f"{cmd.name} is not a command an endpoint accepts")
+
+    def _on_refusal(self, hub: _HubLink, refusal: RemoteProtocolError, now: float) -> None:
+        log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, refusal)
+        if refusal.code == NOT_REGISTERED:
+            # The hub does not know us (it restarted): register again; the refused
+            # messages are retried by their timers.
+            hub.welcomed = False
+            self._say_hello(hub)
+            return
+        mid = refusal.message_id
+        if mid in self._pending:
+            error = RemoteError("RemoteProtocolError", str(refusal), permanent=True)
+            c = self._tracker.ack(mid, outcome=Outcome.REJECTED, now=now, error=error)
+            if c is not None:
+                self._settle(c)
+
+    def _on_acks(self, frames: Multipart, now: float) -> None:
+        tracker = self._tracker
+        for group in split_acks(frames, self.limits):
+            receiver = self._identity_of(group.peer)
+            for mid in group.ok_ids:
+                c = tracker.ack(mid, outcome=Outcome.OK, now=now, receiver=receiver)
+                if c is not None:
+                    self._settle(c)
+            if not group.full:
+                continue
+            for ack in group.full_acks():
+                self._on_full_ack(ack, receiver, now)
+
+    def _on_full_ack(self, ack: envelope_pb2.Ack, receiver: Identity, now: float) -> None:
+        mid = ack.message_id
+        error = None
+        if ack.HasField("error"):
+            error = RemoteError(ack.error.type, ack.error.message, ack.error.permanent)
+        if ack.outcome == envelope_pb2.NO_ROUTE:
+            out = self._pending.get(mid)
+            if out is not None and error is not None:
+                out.no_route_reason = error.message
+        c = self._tracker.ack(
+            mid,
+            outcome=ack.outcome,
+            now=now,
+            receiver=receiver,
+            error=error,
+            retry_after=ack.retry_after_ms / 1000,
+            response=ack.response if ack.response_type or ack.response else None,
+        )
+        if c is not None:
+            self._settle(c)
+
+    def _identity_of(self, raw: bytes) -> Identity:
+        ident = self._identities.get(raw)
+        if ident is None:
+            service, instance = decode_identity(raw)
+            ident = self._identities[raw] = Identity(service, instance)
+        return ident
+
+    def _on_message(self, hub: _HubLink, item: MessageItem, now: float) -> None:
+        self.stats.received += 1
+        route = self._dispatch.get(item.type)
+        outbox = hub.link.outbox
+        if route is None:
+            # The hub's view of us is stale (e.g. we re-registered): let it route again.
+            outbox.full_ack(
+                _ack(
+                    item.id,
+                    self.identity,
+                    Outcome.NO_ROUTE,
+                    error=RemoteError(
+                        "NoHandler", f"{self.identity} has no handler for {item.type}"
+                    ),
+                ),
+                item.peer,
+            )
+            return
+        if item.deadline_ns and (now + self._wall_offset) * 1e9 > item.deadline_ns:
+            outbox.full_ack(_ack(item.id, self.identity, Outcome.EXPIRED), item.peer)
+            return
+        verdict = self._deduper.begin(item.id, now)
+        if verdict is not Verdict.NEW:
+            self.stats.duplicates += 1
+            if verdict is Verdict.DONE:
+                self._reack(outbox, item)
+            return  # RUNNING: the ack follows when the first run ends
+        try:
+            msg = route.cls()
+            msg.ParseFromString(item.body)
+            ctx = self._context(item, now)
+        except Exception as exc:
+            error = RemoteError(
+                "RemoteProtocolError", f"undecodable {item.type} message: {exc}", permanent=True
+            )
+            self._deduper.finish(item.id, Outcome.REJECTED, now, error=error)
+            self.stats.refused["MALFORMED"] += 1
+            outbox.full_ack(_ack(item.id, self.identity, Outcome.REJECTED, error=error), item.peer)
+            return
+        loop = self._loop
+        assert loop is not None
+        task = run_eager(
+            route.fn(msg, ctx),
+            lambda result, exc: self._handled(hub, item, route, result, exc),
+            loop,
+        )
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _context(self, item: MessageItem, now: float) -> Context:
+        env = item.envelope()
+        return Context(
+            message_id=item.id,
+            message_type=item.type,
+            sender=Identity(env.sender.service, env.sender.instance),
+            attempt=item.attempt,
+            created_at=item.created_at_ns / 1e9,
+            sent_at=item.sent_at_ns / 1e9,
+            received_at=now + self._wall_offset,
+            headers=dict(env.headers),
+            correlation_id=env.correlation_id,
+            priority=item.priority,
+        )
+
+    def _handled(
+        self,
+        hub: _HubLink,
+        item: MessageItem,
+        route: Route,
+        result: Message | None,
+        exc: BaseException | None,
+    ) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            self._deduper.abandon(item.id)
+            return
+        now = loop.time()
+        outbox = hub.link.outbox
+        mid = item.id
+        request = bool(item.flags & FLAG_REQUEST)
+        if exc is None and request and result is None:
+            exc = Reject(f"{route.origin} returned no response to a request")
+        if exc is None:
+            self.stats.handled += 1
+            if result is None or not request:
+                self._deduper.finish(mid, Outcome.OK, now)
+                outbox.ack(mid, item.peer)
+            else:
+                body = result.SerializeToString()
+                self._deduper.finish(mid, Outcome.OK, now, response=body)
+                outbox.full_ack(
+                    _ack(
+                        mid,
+                        self.identity,
+                        Outcome.OK,
+                        response=body,
+                        response_type=result.DESCRIPTOR.full_name,
+                    ),
+                    item.peer,
+                )
+            self._arm_timer()
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            self._deduper.abandon(mid)
+            return
+        self.stats.handler_errors += 1
+        if isinstance(exc, RetryLater):
+            self._deduper.abandon(mid)
+            outbox.full_ack(
+                _ack(mid, self.identity, Outcome.RETRY_LATER, retry_after=exc.after), item.peer
+            )
+            return
+        permanent = isinstance(exc, Reject) and exc.permanent
+        error = RemoteError(type(exc).__name__, str(exc), permanent=permanent)
+        if not isinstance(exc, Reject):
+            log.error("%s raised on %s %s", route.origin, item.type, mid.hex(), exc_info=exc)
+        self._deduper.finish(mid, Outcome.REJECTED, now, error=error)
+        outbox.full_ack(_ack(mid, self.identity, Outcome.REJECTED, error=error), item.peer)
+        self._arm_timer()
+
+    def _reack(self, outbox: Any, item: MessageItem) -> None:
+        record = self._deduper.record(item.id)
+        if record is None:  # pragma: no cover - DONE implies a record
+            return
+        if record.outcome == Outcome.OK and not record.response:
+            outbox.full_ack(_ack(item.id, self.identity, Outcome.DUPLICATE), item.peer)
+            return
+        outcome = Outcome.DUPLICATE if record.outcome == Outcome.OK else record.outcome
+        outbox.full_ack(
+            _ack(item.id, self.identity, outcome, error=record.error, response=record.response),
+            item.peer,
+        )
+
+    # ------------------------------------------------------------------ hubs
+
+    def _say_hello(self, hub: _HubLink) -> None:
+        hello = wire_pb2.Hello(
+            commands=self._dispatch.types(Kind.COMMAND),
+            events=self._dispatch.types(Kind.EVENT),
+            heartbeat_ms=int(self.heartbeat * 1000),
+            credit=self.credit,
+            versions=[PROTOCOL_VERSION],
+        )
+        hello.identity.service = self.identity.service
+        hello.identity.instance = self.identity.instance
+        hub.link.outbox.control(encode_hello(hello), first=True)
+
+    def _hello_again(self) -> None:
+        for hub in self._links:
+            self._say_hello(hub)
+
+    def _on_connection(self, hub: _HubLink, up: bool) -> None:
+        if self._closed:
+            return
+        if up:
+            self._say_hello(hub)
+        else:
+            hub.welcomed = False
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm_timer(self) -> None:
+        timer = self._timer
+        if timer is None:
+            return
+        timer.at(self._tracker.next_deadline())
+        timer.at(self._liveness.next_deadline())
+        timer.at(self._deduper.next_deadline())
+
+    def _tick(self) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        now = loop.time()
+        for action in self._tracker.tick(now):
+            if isinstance(action, Transmit):
+                self._retransmit(action, now)
+            else:
+                self._settle(action)
+        for lv in self._liveness.tick(now):
+            if isinstance(lv, SendHeartbeat):
+                self._links[lv.peer].link.outbox.control(encode_heartbeat())
+            elif isinstance(lv, PeerDead):
+                hub = self._links[lv.peer]
+                log.warning(
+                    "%s: hub %s silent for %.1f s", self.identity, hub.link.address, lv.silence
+                )
+                hub.welcomed = False
+                self._say_hello(hub)
+                self._liveness.add(lv.peer, now)
+        self._deduper.tick(now)
+        self._arm_timer()
+
+    def _retransmit(self, action: Transmit, now: float) -> None:
+        out = self._pending.get(action.msg_id)
+        if out is None:  # pragma: no cover - the tracker only retransmits pending ids
+            return
+        if action.attempt > 1:
+            self.stats.retries += 1
+            sent_ns = int((now + self._wall_offset) * 1e9)
+            self._transmit(action.msg_id, reattempt(out.frame, action.attempt, sent_ns))
+        else:
+            self._transmit(action.msg_id, out.frame)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _ack(
+    mid: bytes,
+    receiver: Identity,
+    outcome: Outcome,
+    *,
+    error: RemoteError | None = None,
+    retry_after: float = 0.0,
+    response: bytes = b"",
+    response_type: str = "",
+) -> bytes:
+    ack = envelope_pb2.Ack(message_id=mid, outcome=envelope_pb2.Outcome.ValueType(outcome))
+    ack.receiver.service = receiver.service
+    ack.receiver.instance = receiver.instance
+    ack.acked_at_ns = time.time_ns()
+    if error is not None:
+        ack.error.type = error.type
+        ack.error.message = error.message
+        ack.error.permanent = error.permanent
+    if retry_after:
+        ack.retry_after_ms = int(retry_after * 1000)
+    if response or response_type:
+        ack.response = response
+        ack.response_type = response_type
+    return ack.SerializeToString()
+
+
+def _delivery_error(c: Completion, out: _Out, why: str) -> DeliveryError:
+    kw: dict[str, Any] = {"message_id": c.msg_id, "message_type": c.msg_type}
+    reason = c.reason
+    tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
+    if reason is Reason.REJECTED:
+        err = c.error
+        remote = f"{err.type}: {err.message}" if err is not None else "rejected"
+        return Rejected(
+            f"rejected by the receiver after {tries}: {remote}",
+            remote_type=err.type if err else "",
+            remote_message=err.message if err else "",
+            permanent=err.permanent if err else False,
+            **kw,
+        )
+    if reason is Reason.NO_ROUTE:
+        detail = out.no_route_reason or f"no live service handles {c.msg_type}"
+        return NoRoute(f"{detail} (gave up after {tries})", **kw)
+    if reason is Reason.EXPIRED:
+        return Expired(f"expired before a handler ran ({tries})", **kw)
+    if reason is Reason.CANCELLED:
+        return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
+    return AckTimeout(f"no acknowledgement after {tries}", **kw)

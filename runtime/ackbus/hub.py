@@ -1,0 +1,319 @@
+"""The hub: a router that keeps no message state.
+
+Endpoints connect DEALER links to a hub's ROUTER listener and say HELLO with the
+types they handle. The hub routes each MESSAGE item by the fixed header alone (type,
+recipient, kind, id) to one live instance, forwards acknowledgements back to the
+sender, and answers events with a ROUTED notice naming the services they went to.
+It never parses an envelope or a body, never stores a message and never retries:
+reliability is end to end, so a hub can be killed and restarted (or run beside
+others) and nothing is lost: endpoints reconnect, say HELLO again and retry.
+
+Bad input from a peer is counted, logged and answered with a REFUSAL naming the
+reason; it never stops the hub.
+
+Run it embedded (``async with Hub(bind="tcp://127.0.0.1:5555") as hub``) or
+standalone (``ackbus hub --bind tcp://127.0.0.1:5555``); same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import envelope_pb2, wire_pb2
+from ._timer import Timer
+from ._types import Identity
+from .core import Liveness, PeerDead, RoutingTable, SendHeartbeat
+from .errors import ClosedError, RemoteProtocolError
+from .transport import Backend, Listener, TransportOptions, ZmqBackend
+from .wire import (
+    DEFAULT_LIMITS,
+    KIND_EVENT,
+    NOT_REGISTERED,
+    Command,
+    Limits,
+    Multipart,
+    Outbox,
+    Routed,
+    decode_bye,
+    decode_command,
+    decode_heartbeat,
+    decode_hello,
+    decode_messages,
+    encode_heartbeat,
+    encode_identity,
+    encode_routed,
+    encode_welcome,
+    negotiate,
+    refusal_for,
+    split_acks,
+)
+
+__all__ = ["Hub", "HubStats"]
+
+log = logging.getLogger("ackbus.hub")
+
+_HOUSEKEEPING = 1.0
+"""Seconds between sweeps of the sticky-routing map."""
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters since the hub started."""
+
+    routed: int = 0
+    """Message items forwarded to an instance (an event counts once per service)."""
+    no_route: int = 0
+    acks_forwarded: int = 0
+    registered: int = 0
+    """HELLOs accepted (re-registrations included)."""
+    dead_peers: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    """Refusals sent, by code."""
+
+
+class Hub:
+    """A stateless router between endpoints. Use as an async context manager."""
+
+    def __init__(
+        self,
+        bind: str | Sequence[str],
+        *,
+        name: str = "hub",
+        heartbeat: float = 1.0,
+        misses: int = 3,
+        backend: Backend | None = None,
+        options: TransportOptions | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._bind = [bind] if isinstance(bind, str) else list(bind)
+        self.identity = Identity(name, uuid.uuid4().hex)
+        self._token = encode_identity(name, self.identity.instance)
+        """The hub's own identity as an ack group names it (on no-route acks)."""
+        self.heartbeat = heartbeat
+        self.limits = limits
+        self.stats = HubStats()
+        self._backend = backend or ZmqBackend()
+        self._options = options or TransportOptions()
+        self._routing = RoutingTable()
+        self._liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
+        self._identities: dict[bytes, bytes] = {}
+        """Peer → encoded identity, put on the acks it sends."""
+        self._listener: Listener | None = None
+        self._timer: Timer | None = None
+        self._closed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Hub:
+        if self._listener is not None:
+            return self
+        self._loop = asyncio.get_running_loop()
+        self._timer = Timer(self._loop, self._tick)
+        self._listener = self._backend.bind(
+            self._bind,
+            on_receive=self._on_receive,
+            on_unroutable=self._on_unroutable,
+            options=self._options,
+        )
+        self._timer.at(self._loop.time() + _HOUSEKEEPING)
+        log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
+        return self
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The bound addresses (a port 0 resolved to the real port)."""
+        if self._listener is None:
+            raise ClosedError("hub not started")
+        return self._listener.addresses
+
+    @property
+    def routing(self) -> RoutingTable:
+        return self._routing
+
+    async def close(self) -> None:
+        """Stop listening and release the sockets. Idempotent."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        self._closed.set()
+
+    async def serve_forever(self) -> None:
+        """Run until :meth:`close` (for the standalone command)."""
+        await self.start()
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Hub:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_receive(self, multiparts: list[Multipart]) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for mp in multiparts:
+            peer = mp[0]
+            frames = mp[1:]
+            try:
+                self._handle(peer, frames, now)
+            except RemoteProtocolError as exc:
+                self._refuse(peer, exc)
+        self._timer_for_liveness()
+
+    def _handle(self, peer: bytes, frames: Multipart, now: float) -> None:
+        cmd = decode_command(frames)
+        if cmd is Command.MESSAGE:
+            self._on_messages(peer, frames, now)
+        elif cmd is Command.ACK:
+            self._on_acks(peer, frames, now)
+        elif cmd is Command.HEARTBEAT:
+            decode_heartbeat(frames)
+            if peer not in self._identities:
+                raise RemoteProtocolError("heartbeat before HELLO", code=NOT_REGISTERED)
+            self._liveness.seen(peer, now)
+        elif cmd is Command.HELLO:
+            self._on_hello(peer, frames, now)
+        elif cmd is Command.BYE:
+            decode_bye(frames, self.limits)
+            self._forget(peer, "said bye")
+        else:
+            raise RemoteProtocolError(f"{cmd.name} is not a command a hub accepts")
+
+    def _on_hello(self, peer: bytes, frames: Multipart, now: float) -> None:
+        hello = decode_hello(frames, self.limits)
+        version = negotiate(list(hello.versions))
+        identity = Identity(hello.identity.service, hello.identity.instance)
+        interval_ms = max(int(self.heartbeat * 1000), hello.heartbeat_ms)
+        self._routing.register(
+            peer, identity, hello.commands, hello.events, hello.credit or 1000, now
+        )
+        self._identities[peer] = encode_identity(identity.service, identity.instance)
+        self._liveness.add(peer, now, interval=interval_ms / 1000)
+        self.stats.registered += 1
+        welcome = wire_pb2.Welcome(heartbeat_ms=interval_ms, version=version)
+        welcome.hub.service = self.identity.service
+        welcome.hub.instance = self.identity.instance
+        self._out(peer).control(encode_welcome(welcome))
+        log.info(
+            "registered %s: %d command types, %d event types",
+            identity,
+            len(hello.commands),
+            len(hello.events),
+        )
+
+    def _on_messages(self, peer: bytes, frames: Multipart, now: float) -> None:
+        items = decode_messages(frames, self.limits)
+        if peer not in self._identities:
+            raise RemoteProtocolError(
+                "MESSAGE before HELLO", code=NOT_REGISTERED, message_id=items[0].id
+            )
+        self._liveness.seen(peer, now)
+        routing = self._routing
+        sender = self._out(peer)
+        notices: list[Routed] = []
+        for item in items:
+            if item.kind == KIND_EVENT:
+                targets = routing.route_event(item.type, item.id, now)
+                for _service, each in targets:
+                    self._out(each).message(item.frame, peer)
+                self.stats.routed += len(targets)
+                notices.append(Routed(item.id, tuple(sorted(s for s, _ in targets))))
+                continue
+            target = routing.route_command(item.type, item.id, item.recipient or None, now)
+            if target is None:
+                self.stats.no_route += 1
+                reason = routing.no_route_reason(item.type, item.recipient or None)
+                sender.full_ack(_no_route_ack(item.id, reason, self.identity), self._token)
+                continue
+            self._out(target).message(item.frame, peer)
+            self.stats.routed += 1
+        if notices:
+            sender.control(encode_routed(notices))
+
+    def _on_acks(self, peer: bytes, frames: Multipart, now: float) -> None:
+        groups = split_acks(frames, self.limits)
+        receiver = self._identities.get(peer)
+        if receiver is None:
+            # The acks are dropped: their senders retry, and the receiver's deduper
+            # answers the retry with the same outcome once it said HELLO again.
+            raise RemoteProtocolError("ACK before HELLO", code=NOT_REGISTERED)
+        self._liveness.seen(peer, now)
+        routing = self._routing
+        for group in groups:
+            origin = group.peer
+            if origin not in self._identities:
+                continue  # the sender is gone; it will retry through another connection
+            out = self._out(origin)
+            for mid in group.ok_ids:
+                routing.on_ack(peer, mid)
+                out.ack(mid, receiver)
+            for raw in group.full:
+                out.full_ack(raw, receiver)
+            self.stats.acks_forwarded += len(group.ok_ids) + len(group.full)
+        # Full acks free credit too; their ids are inside the protobuf, which the hub
+        # does not parse: a full ack is rare (errors, responses), and sticky entries
+        # expire, so the credit comes back either way.
+
+    # ------------------------------------------------------------------ sending
+
+    def _out(self, peer: bytes) -> Outbox:
+        assert self._listener is not None
+        return self._listener.outbox(peer)
+
+    def _refuse(self, peer: bytes, exc: RemoteProtocolError) -> None:
+        self.stats.refused[exc.code] += 1
+        log.warning("refused input from peer %s: %s", peer.hex(), exc)
+        try:
+            self._out(peer).control(refusal_for(exc))
+        except Exception:  # a refusal must never become a second failure
+            log.exception("could not send a refusal to %s", peer.hex())
+
+    def _on_unroutable(self, peer: bytes, lost: list[Multipart]) -> None:
+        self._forget(peer, f"unreachable ({len(lost)} multiparts dropped; senders retry)")
+
+    def _forget(self, peer: bytes, why: str) -> None:
+        inst = self._routing.unregister(peer)
+        self._identities.pop(peer, None)
+        self._liveness.remove(peer)
+        if self._listener is not None:
+            self._listener.forget(peer)
+        if inst is not None:
+            log.info("instance %s left: %s", inst.identity, why)
+
+    # ------------------------------------------------------------------ timers
+
+    def _timer_for_liveness(self) -> None:
+        if self._timer is not None:
+            self._timer.at(self._liveness.next_deadline())
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        assert self._timer is not None
+        now = self._loop.time()
+        for action in self._liveness.tick(now):
+            if isinstance(action, SendHeartbeat):
+                self._out(action.peer).control(encode_heartbeat())
+            elif isinstance(action, PeerDead):
+                self.stats.dead_peers += 1
+                self._forget(action.peer, f"silent for {action.silence:.1f} s")
+        self._routing.tick(now)
+        self._timer.at(now + _HOUSEKEEPING)
+        self._timer_for_liveness()
+
+
+def _no_route_ack(message_id: bytes, reason: str, hub: Identity) -> bytes:
+    ack = envelope_pb2.Ack(message_id=message_id, outcome=envelope_pb2.NO_ROUTE)
+    ack.receiver.service = hub.service
+    ack.receiver.instance = hub.instance
+    ack.error.type = "NoRoute"
+    ack.error.message = reason
+    return ack.SerializeToString()

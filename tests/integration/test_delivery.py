@@ -1,0 +1,196 @@
+"""Endpoint and hub end to end: the delivery contract.
+
+Every scenario runs over the in-memory transport and over real ZeroMQ sockets, on TCP
+loopback and on ipc://.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from ackbus import (
+    Cancelled,
+    ClosedError,
+    Context,
+    DeliveryStatus,
+    Kind,
+    NoRoute,
+    Policy,
+    Reject,
+    Rejected,
+)
+from ackbus.endpoint import Endpoint
+from ackbus.hub import Hub
+from ackbus.transport import Backend, MemoryBackend, ZmqBackend
+from ackbus.wire_pb2 import Bye, Refusal, Welcome
+
+FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+
+
+Bus = tuple[Backend, str]
+
+
+@pytest.fixture(params=["memory", "tcp", "ipc"])
+async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bus]:
+    backend: Backend
+    if request.param == "memory":
+        backend, address = MemoryBackend(), "inmem://hub"
+    elif request.param == "tcp":
+        backend, address = ZmqBackend(), "tcp://127.0.0.1:0"
+    else:
+        backend, address = ZmqBackend(), f"ipc://{tmp_path}/hub.sock"
+    async with Hub(address, backend=backend, heartbeat=0.2) as hub:
+        yield backend, hub.addresses[0]
+
+
+def endpoint(bus: Bus, service: str, **kw: object) -> Endpoint:
+    backend, address = bus
+    return Endpoint(service, address, backend=backend, policy=FAST, heartbeat=0.2, **kw)  # type: ignore[arg-type]
+
+
+async def test_ack_comes_after_the_handler_ran(bus: Bus) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        await asyncio.sleep(0.01)  # a handler that suspends: the ack still waits for it
+        seen.append((msg.reason, ctx.sender.service))
+
+    async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
+        table.register_handler(Bye, on_bye)
+        await asyncio.sleep(0.05)  # the new hello reaches the hub
+        report = await dealer.send(Bye(reason="hi"), timeout=2)
+    assert report, report.error
+    assert report.status is DeliveryStatus.ACKED
+    assert seen == [("hi", "dealer")]
+    assert [i.service for i in report.acked_by] == ["table"]
+    assert report.attempts == 1
+    assert report.latency is not None
+    assert report.latency >= 0.0
+
+
+async def test_request_returns_the_typed_response(bus: Bus) -> None:
+    async def on_bye(msg: Bye, ctx: Context) -> Welcome:
+        return Welcome(heartbeat_ms=len(msg.reason))
+
+    async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
+        table.register_handler(Bye, on_bye, response=Welcome)
+        await asyncio.sleep(0.05)
+        answer = await dealer.request(Bye(reason="four"), Welcome, timeout=2)
+    assert answer == Welcome(heartbeat_ms=4)
+
+
+async def test_no_route_fails_within_the_timeout(bus: Bus) -> None:
+    async with endpoint(bus, "dealer") as dealer:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        report = await dealer.send(Bye(reason="nobody"), timeout=0.5)
+        took = loop.time() - start
+    assert not report
+    assert isinstance(report.error, NoRoute)
+    assert "ackbus.Bye" in str(report.error)
+    assert took < 1.0
+
+
+async def test_handler_error_is_reported_with_its_type(bus: Bus) -> None:
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        raise Reject("table is closed")
+
+    async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
+        table.register_handler(Bye, on_bye)
+        await asyncio.sleep(0.05)
+        report = await dealer.send(Bye(), timeout=2)
+    assert isinstance(report.error, Rejected)
+    assert report.error.remote_type == "Reject"
+    assert report.error.permanent
+    assert "table is closed" in str(report.error)
+    assert report.attempts == 1
+
+
+async def test_slow_handler_is_retried_but_runs_once(bus: Bus) -> None:
+    runs: list[bytes] = []
+
+    async def slow(msg: Bye, ctx: Context) -> None:
+        runs.append(ctx.message_id)
+        await asyncio.sleep(0.5)  # longer than two ack timeouts: the sender retries
+
+    async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
+        table.register_handler(Bye, slow)
+        await asyncio.sleep(0.05)
+        report = await dealer.send(Bye(), timeout=3)
+        assert report, report.error
+        assert report.attempts >= 2
+        assert len(runs) == 1
+        assert table.stats.duplicates >= 1
+
+
+async def test_event_fans_out_to_every_subscribed_service(
+    bus: Bus,
+) -> None:
+    got: list[str] = []
+
+    def subscriber(name: str):  # type: ignore[no-untyped-def]
+        async def on_refusal(msg: Refusal, ctx: Context) -> None:
+            got.append(name)
+
+        return on_refusal
+
+    async with (
+        endpoint(bus, "audit") as audit,
+        endpoint(bus, "lobby") as lobby,
+        endpoint(bus, "table") as table,
+    ):
+        audit.register_handler(Refusal, subscriber("audit"), kind=Kind.EVENT)
+        lobby.register_handler(Refusal, subscriber("lobby"), kind=Kind.EVENT)
+        await asyncio.sleep(0.05)
+        report = await table.publish(Refusal(reason="hand started"), timeout=2)
+    assert report, report.error
+    assert sorted(got) == ["audit", "lobby"]
+    assert sorted(i.service for i in report.acked_by) == ["audit", "lobby"]
+
+
+async def test_event_nobody_subscribes_to_is_delivered_to_nobody(
+    bus: Bus,
+) -> None:
+    async with endpoint(bus, "table") as table:
+        report = await table.publish(Refusal(), timeout=2)
+    assert report
+    assert report.acked_by == ()
+
+
+async def test_close_fails_pending_sends_with_cancelled(bus: Bus) -> None:
+    async def never(msg: Bye, ctx: Context) -> None:
+        await asyncio.sleep(3600)
+
+    async with endpoint(bus, "table") as table:
+        table.register_handler(Bye, never)
+        dealer = await endpoint(bus, "dealer").start()
+        await asyncio.sleep(0.05)
+        reports = [await dealer.send(Bye(), wait_ack=False) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        await dealer.close()
+        assert all(r.done and isinstance(r.error, Cancelled) for r in reports)
+        assert dealer.pending == 0
+        with pytest.raises(ClosedError):
+            await dealer.send(Bye())
+
+
+async def test_pipelined_sends_are_all_acked(bus: Bus) -> None:
+    count = 0
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        nonlocal count
+        count += 1
+
+    async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
+        table.register_handler(Bye, on_bye)
+        await asyncio.sleep(0.05)
+        reports = [await dealer.send(Bye(), wait_ack=False) for _ in range(2000)]
+        async with asyncio.timeout(5):
+            for r in reports:
+                await r.wait(5)
+    assert all(reports)
+    assert count == 2000
+    assert dealer.pending == 0
