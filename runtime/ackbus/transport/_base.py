@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 from ..errors import ClosedError, ConnectTimeout, SendWindowTimeout
 from ..wire import MAX_ACKS, MAX_BATCH, Multipart, Outbox
@@ -135,6 +135,14 @@ class Link(Protocol):
         """Release the socket, its monitor and every callback. Idempotent."""
         ...
 
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
 
 class Listener(Protocol):
     """Server side: bound addresses, many peers, each addressed by its routing id."""
@@ -166,6 +174,14 @@ class Listener(Protocol):
     def resume_reading(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
 class Backend(Protocol):
@@ -299,8 +315,8 @@ class LinkBase:
         """Send one multipart without blocking; False when the socket is full."""
         raise NotImplementedError
 
-    def _after_write(self) -> None:
-        """Called after a flush wrote something (zmq: re-check the edge-triggered FD)."""
+    def _after_write(self, wrote: bool) -> None:
+        """Called after a flush tried to write (zmq: re-check the edge-triggered FD)."""
 
     def _release(self) -> None:
         """Close the underlying resources."""
@@ -374,7 +390,13 @@ class LinkBase:
         self._writers.fail(ClosedError(f"{self._address}: link closed"))
         self._connect_waiters.fail(ClosedError(f"{self._address}: link closed"))
 
-    async def __aenter__(self) -> LinkBase:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -392,6 +414,7 @@ class LinkBase:
             return
         ob = self._outbox
         wrote = False
+        attempted = bool(ob)
         while (frames := ob.pop()) is not None:
             if not self._write(frames):
                 ob.unpop(frames)
@@ -404,8 +427,8 @@ class LinkBase:
             self._retry_delay = _RETRY_MIN
         if self._writers and ob.writable:
             self._writers.wake()
-        if wrote:
-            self._after_write()
+        if attempted:
+            self._after_write(wrote)
 
     def _arm_retry(self) -> None:
         """Retry a blocked flush on a short backoff timer, in case no writable event
@@ -465,8 +488,8 @@ class ListenerBase:
         is unknown (gone)."""
         raise NotImplementedError
 
-    def _after_write(self) -> None:
-        """Called after a flush wrote something."""
+    def _after_write(self, wrote: bool) -> None:
+        """Called after a flush tried to write; ``wrote``: at least one multipart went."""
 
     def _release(self) -> None:
         raise NotImplementedError
@@ -546,7 +569,13 @@ class ListenerBase:
         self._release()
         self._writers.fail(ClosedError("listener closed"))
 
-    async def __aenter__(self) -> ListenerBase:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -566,6 +595,7 @@ class ListenerBase:
         peers = self._dirty | self._blocked
         self._dirty = set()
         wrote = False
+        attempted = bool(peers)
         for peer in peers:
             ob = self._outboxes.get(peer)
             if ob is None:
@@ -595,8 +625,8 @@ class ListenerBase:
             self._retry_delay = _RETRY_MIN
         if self._writers:
             self._writers.wake()  # each waiter re-checks its own peer
-        if wrote:
-            self._after_write()
+        if attempted:
+            self._after_write(wrote)
 
     def _arm_retry(self) -> None:
         if self._retry_handle is None and not self._closed:

@@ -178,8 +178,8 @@ class MemoryListener(ListenerBase):
                 link._schedule_flush()
 
     def _space_freed(self) -> None:
-        if self._blocked:
-            self._arm_retry()
+        if self._blocked and self._flush_handle is None and not self._closed:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _write(self, peer: bytes, frames: Multipart) -> bool | None:
         link = self._peers.get(peer)

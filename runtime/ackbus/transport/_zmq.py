@@ -70,6 +70,7 @@ class _Reader:
 
     def _init_reader(self) -> None:
         self._drain_handle: asyncio.Handle | None = None
+        self._wrote = True
         self._fd = cast(int, self._sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self._on_readable)
         # Messages may have arrived before the reader was added: look once.
@@ -81,11 +82,22 @@ class _Reader:
 
         def _flush(self) -> None: ...
 
-        def _has_blocked_output(self) -> bool: ...
+        def _wants_pollout(self) -> bool: ...
 
     def _schedule_drain(self) -> None:
         if self._drain_handle is None and not self._closed:
             self._drain_handle = self._loop.call_soon(self._on_readable)
+
+    def _check_events(self) -> None:
+        """Read ZMQ_EVENTS and act on it later in this loop iteration. Reading EVENTS
+        (like any send or recv) consumes the FD's edge, so whatever it reports must be
+        acted on here or it is lost until the next unrelated wake-up."""
+        try:
+            events = cast(int, self._sock.getsockopt(_EVENTS))
+        except zmq.ZMQError:  # closed
+            return
+        if (events & _POLLIN and not self._paused) or (events & _POLLOUT and self._wants_pollout()):
+            self._schedule_drain()
 
     def _on_readable(self) -> None:
         self._drain_handle = None
@@ -96,33 +108,29 @@ class _Reader:
             events = cast(int, sock.getsockopt(_EVENTS))
         except zmq.ZMQError:
             return
-        if events & _POLLOUT and self._has_blocked_output():
-            self._flush()  # may run callbacks that close us: then getsockopt raises
-            try:
-                events = cast(int, sock.getsockopt(_EVENTS))
-            except zmq.ZMQError:
-                return
-        if not events & _POLLIN or self._paused:
-            return
-        recv = sock.recv_multipart
-        batch: list[Multipart] = []
-        for _ in range(self.options.drain_limit):
-            try:
-                batch.append(recv(_NOBLOCK))
-            except zmq.Again:
-                break
-            except zmq.ZMQError as exc:  # socket closed under us
-                log.debug("recv stopped: %s", exc)
-                break
-        if batch:
-            self._deliver(batch)
+        if events & _POLLOUT and self._wants_pollout():
+            self._flush()  # ends with _after_write -> _check_events
+        if events & _POLLIN and not self._paused:
+            recv = sock.recv_multipart
+            batch: list[Multipart] = []
+            for _ in range(self.options.drain_limit):
+                try:
+                    batch.append(recv(_NOBLOCK))
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:  # socket closed under us
+                    log.debug("recv stopped: %s", exc)
+                    return
+            if batch:
+                self._deliver(batch)
         # Edge-triggered: the FD will not fire again for what is still queued.
-        if not self._closed and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-            self._schedule_drain()
+        if not self._closed:
+            self._check_events()
 
-    def _after_write(self) -> None:
-        if not self._closed and cast(int, self._sock.getsockopt(_EVENTS)) & _POLLIN:
-            self._schedule_drain()
+    def _after_write(self, wrote: bool) -> None:
+        self._wrote = wrote
+        if not self._closed:
+            self._check_events()
 
     def resume_reading(self) -> None:
         self._paused = False
@@ -185,7 +193,8 @@ class ZmqLink(_Reader, LinkBase):
             return False
         return True
 
-    def _has_blocked_output(self) -> bool:
+    def _wants_pollout(self) -> bool:
+        # A DEALER has one connection: POLLOUT means it can take more.
         return self._outbox.blocked
 
     def _on_monitor(self) -> None:
@@ -260,8 +269,11 @@ class ZmqListener(_Reader, ListenerBase):
             raise
         return True
 
-    def _has_blocked_output(self) -> bool:
-        return bool(self._blocked)
+    def _wants_pollout(self) -> bool:
+        # A ROUTER's POLLOUT means *some* peer can take more, not which: retry blocked
+        # peers on it only while retries make progress (no spinning on a stuck peer;
+        # the backoff timer covers that case).
+        return bool(self._blocked) and self._wrote
 
     def _release(self) -> None:
         self._close_reader()

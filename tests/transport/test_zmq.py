@@ -1,0 +1,108 @@
+"""What only real ZeroMQ sockets can show: file descriptors released, CURVE."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import zmq
+from ackbus import ConnectTimeout, wire
+from ackbus.transport import CurveKeys, TransportOptions, ZmqBackend
+from ackbus.wire import Multipart
+
+from .conftest import eventually
+
+T = 5.0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def settle_fds(limit: int) -> int:
+    """libzmq's reaper thread closes a socket's descriptors shortly after close()."""
+    await eventually(lambda: open_fds() <= limit)
+    return open_fds()
+
+
+async def exchange(backend: ZmqBackend, bind: str, **link_opts: object) -> None:
+    got: list[Multipart] = []
+    listener = backend.bind(bind, on_receive=got.extend)
+    link = backend.connect(
+        listener.addresses[0],
+        on_receive=lambda batch: None,
+        options=TransportOptions(**link_opts),  # type: ignore[arg-type]
+    )
+    await link.wait_connected(T)
+    for i in range(100):
+        link.outbox.message(wire.encode_message(i.to_bytes(16, "big"), "t.T", b"x"))
+    await eventually(lambda: len(got) >= 2)
+    link.close()
+    listener.close()
+
+
+async def test_close_releases_every_descriptor_and_task(tmp_path: object) -> None:
+    ctx = zmq.Context()  # own context: its threads and fds exist before we count
+    backend = ZmqBackend(ctx)
+    try:
+        await exchange(backend, "tcp://127.0.0.1:0")  # warm up lazily created fds
+        base = open_fds()
+        tasks = asyncio.all_tasks()
+        for _ in range(5):
+            await exchange(backend, "tcp://127.0.0.1:0")
+            await exchange(backend, "ipc:///tmp/ackbus-fdtest.sock")
+        assert await settle_fds(base) <= base
+        assert asyncio.all_tasks() == tasks
+        loop = asyncio.get_running_loop()
+        selector = getattr(loop, "_selector", None)
+        if selector is not None:  # no reader left registered on a closed descriptor
+            assert all(key.fd >= 0 for key in selector.get_map().values())
+    finally:
+        ctx.term()
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+async def test_curve_encrypts_and_refuses_a_wrong_server_key() -> None:
+    server = CurveKeys(*zmq.curve_keypair())
+    client = CurveKeys(*zmq.curve_keypair())
+    backend = ZmqBackend()
+    got: list[Multipart] = []
+    with backend.bind(
+        "tcp://127.0.0.1:0", on_receive=got.extend, options=TransportOptions(curve=server)
+    ) as listener:
+        good = backend.connect(
+            listener.addresses[0],
+            on_receive=lambda b: None,
+            options=TransportOptions(curve=client, curve_server_key=server.public),
+        )
+        await good.wait_connected(T)
+        good.outbox.control(wire.encode_heartbeat())
+        await eventually(lambda: bool(got))
+        good.close()
+
+        wrong = backend.connect(
+            listener.addresses[0],
+            on_receive=lambda b: None,
+            options=TransportOptions(curve=client, curve_server_key=client.public),
+        )
+        with pytest.raises(ConnectTimeout):
+            await wrong.wait_connected(0.3)
+        wrong.close()
+
+        plain = backend.connect(listener.addresses[0], on_receive=lambda b: None)
+        with pytest.raises(ConnectTimeout):
+            await plain.wait_connected(0.3)
+        plain.close()
+
+
+def test_curve_link_needs_the_server_key() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="curve_server_key"):
+            ZmqBackend().connect(
+                "tcp://127.0.0.1:1",
+                on_receive=lambda b: None,
+                options=TransportOptions(curve=CurveKeys(*zmq.curve_keypair())),
+            )
+
+    asyncio.run(main())

@@ -1,0 +1,137 @@
+"""The Outbox packs queued items into batches, keeps order, and reports backpressure."""
+
+from __future__ import annotations
+
+import pytest
+from ackbus import LocalProtocolError, wire
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def mid(i: int) -> bytes:
+    return i.to_bytes(16, "big")
+
+
+def msg(i: int) -> bytes:
+    return wire.encode_message(mid(i), "t.T", b"")
+
+
+def drain(ob: wire.Outbox) -> list[list[bytes]]:
+    out = []
+    while (mp := ob.pop()) is not None:
+        out.append(mp)
+    return out
+
+
+def test_lone_message_is_one_multipart_and_on_ready_fires_once() -> None:
+    calls = []
+    ob = wire.Outbox(on_ready=lambda: calls.append(1))
+    ob.message(msg(1))
+    ob.message(msg(2))
+    assert calls == [1]
+    [mp] = drain(ob)
+    assert [i.id for i in wire.decode_messages(mp)] == [mid(1), mid(2)]
+    assert len(ob) == 0
+    assert not ob
+    ob.message(msg(3))
+    assert calls == [1, 1]
+
+
+def test_burst_is_packed_in_batches_of_64_in_order() -> None:
+    ob = wire.Outbox()
+    for i in range(200):
+        ob.message(msg(i), peer=b"even" if i % 2 == 0 else b"odd")
+    mps = drain(ob)
+    assert [len(wire.decode_messages(mp)) for mp in mps] == [64, 64, 64, 8]
+    ids = [int.from_bytes(i.id, "big") for mp in mps for i in wire.decode_messages(mp)]
+    assert ids == list(range(200))
+    peers = [i.peer for i in wire.decode_messages(mps[0])[:3]]
+    assert peers == [b"even", b"odd", b"even"]
+
+
+def test_acks_group_per_peer_and_cap_at_max_acks() -> None:
+    ob = wire.Outbox(max_acks=4)
+    for i in range(6):
+        ob.ack(mid(i), peer=b"a" if i < 3 else b"b")
+    ob.full_ack(b"\x0a\x10" + mid(9), peer=b"b")
+    mps = drain(ob)
+    groups = [[(g.peer, len(g.ok_ids), len(g.full)) for g in wire.split_acks(mp)] for mp in mps]
+    assert groups == [[(b"a", 3, 0), (b"b", 1, 0)], [(b"b", 2, 1)]]
+
+
+def test_control_is_a_barrier_and_first_jumps_the_queue() -> None:
+    ob = wire.Outbox()
+    ob.message(msg(1))
+    ob.control(wire.encode_heartbeat())
+    ob.message(msg(2))
+    ob.control(wire.encode_bye("x"), first=True)
+    cmds = [wire.decode_command(mp) for mp in drain(ob)]
+    C = wire.Command
+    assert cmds == [C.BYE, C.MESSAGE, C.HEARTBEAT, C.MESSAGE]
+
+
+def test_unpop_restores_order_and_count() -> None:
+    ob = wire.Outbox()
+    for i in range(70):
+        ob.message(msg(i))
+    assert len(ob) == 70
+    first = ob.pop()
+    assert first is not None
+    assert len(ob) == 6
+    ob.unpop(first)
+    assert len(ob) == 70
+    assert drain(ob)[0] is first
+
+
+def test_writable_follows_high_water_and_blocked() -> None:
+    ob = wire.Outbox(high_water=3)
+    assert ob.message(msg(1))
+    assert ob.message(msg(2))
+    assert not ob.message(msg(3))
+    assert not ob.writable
+    ob.pop()
+    assert ob.writable
+    ob.blocked = True
+    assert not ob.writable
+    assert not ob.ack(mid(1))
+
+
+def test_invalid_use_is_local_error() -> None:
+    ob = wire.Outbox()
+    with pytest.raises(LocalProtocolError):
+        ob.ack(b"short")
+    with pytest.raises(LocalProtocolError):
+        ob.control([])
+    with pytest.raises(LocalProtocolError):
+        ob.message(msg(1), peer=b"x" * 256)
+    with pytest.raises(LocalProtocolError):
+        wire.Outbox(max_batch=65)
+
+
+@given(st.lists(st.tuples(st.sampled_from("mac"), st.sampled_from([b"", b"p", b"q"]))))
+def test_nothing_lost_nothing_duplicated(ops: list[tuple[str, bytes]]) -> None:
+    ob = wire.Outbox(max_batch=5, max_acks=3)
+    sent_msgs, sent_acks, controls = [], [], 0
+    for n, (op, peer) in enumerate(ops):
+        if op == "m":
+            ob.message(msg(n), peer)
+            sent_msgs.append(mid(n))
+        elif op == "a":
+            ob.ack(mid(n), peer)
+            sent_acks.append(mid(n))
+        else:
+            ob.control(wire.encode_heartbeat())
+            controls += 1
+    assert len(ob) == len(ops)
+    got_msgs, got_acks, got_controls = [], [], 0
+    for mp in drain(ob):
+        cmd = wire.decode_command(mp)
+        if cmd is wire.Command.MESSAGE:
+            got_msgs += [i.id for i in wire.decode_messages(mp)]
+        elif cmd is wire.Command.ACK:
+            got_acks += [i for g in wire.split_acks(mp) for i in g.ok_ids]
+        else:
+            got_controls += 1
+    assert got_msgs == sent_msgs
+    assert sorted(got_acks) == sorted(sent_acks)
+    assert got_controls == controls
