@@ -1,0 +1,172 @@
+"""The blocking API: an :class:`~ackbus.endpoint.Endpoint` for plain threads.
+
+``BlockingEndpoint`` runs an ordinary endpoint on an event loop in a background
+thread (:class:`~ackbus._loop_thread.LoopThread`); its methods block the calling
+thread until the endpoint answers. Handlers stay ``async def`` and run on the loop
+thread. Timeouts and reports are exactly those of the async endpoint, so a blocking
+``send`` can never wait longer than the message's deadline.
+
+Generated ``*BlockingClient`` classes take a ``BlockingEndpoint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from ._loop_thread import LoopThread
+from ._types import Context, DeliveryReport, Handler, Kind, Policy
+from .endpoint import Endpoint, EndpointStats
+from .errors import ClosedError
+
+__all__ = ["BlockingEndpoint"]
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+T = TypeVar("T")
+
+
+class BlockingEndpoint:
+    """A service instance on the bus, for synchronous code. Use as a context manager.
+
+    Takes the same arguments as :class:`~ackbus.endpoint.Endpoint`. Calls are thread
+    safe: several threads may send at once.
+    """
+
+    def __init__(self, service: str, hubs: str | Sequence[str], **options: Any) -> None:
+        self._thread = LoopThread(name=f"ackbus-{service}")
+        try:
+            self._ep: Endpoint = self._thread.run(_make(service, hubs, options))
+        except BaseException:
+            self._thread.close()
+            raise
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The async endpoint underneath (use it only from its loop thread)."""
+        return self._ep
+
+    @property
+    def stats(self) -> EndpointStats:
+        return self._ep.stats
+
+    def start(self) -> BlockingEndpoint:
+        """Connect; raises :class:`~ackbus.ConnectTimeout` as the async endpoint does."""
+        try:
+            self._thread.run(self._ep.start())
+        except BaseException:
+            self._thread.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Close the endpoint (pending sends fail with Cancelled) and stop the thread."""
+        with contextlib.suppress(ClosedError):  # closed before: nothing left to release
+            self._thread.run(self._ep.close())
+        self._thread.close()
+
+    def __enter__(self) -> BlockingEndpoint:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register(self, handler: Handler) -> None:
+        self._call(self._ep.register, handler)
+
+    def register_handler(
+        self,
+        msg_type: type[M],
+        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind | None = None,
+        response: type[Message] | None = None,
+    ) -> None:
+        self._call(lambda: self._ep.register_handler(msg_type, fn, kind=kind, response=response))
+
+    def send(
+        self,
+        msg: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport:
+        """Blocking :meth:`Endpoint.send`."""
+        return self._thread.run(
+            self._ep.send(
+                msg,
+                wait_ack=wait_ack,
+                timeout=timeout,
+                to=to,
+                priority=priority,
+                headers=headers,
+                policy=policy,
+            )
+        )
+
+    def publish(
+        self,
+        event: Message,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> DeliveryReport:
+        """Blocking :meth:`Endpoint.publish`."""
+        return self._thread.run(
+            self._ep.publish(
+                event,
+                wait_ack=wait_ack,
+                timeout=timeout,
+                priority=priority,
+                headers=headers,
+                policy=policy,
+            )
+        )
+
+    def request(
+        self,
+        msg: Message,
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> R:
+        """Blocking :meth:`Endpoint.request`."""
+        return self._thread.run(
+            self._ep.request(
+                msg,
+                response_type,
+                timeout=timeout,
+                to=to,
+                priority=priority,
+                headers=headers,
+                policy=policy,
+            )
+        )
+
+    def wait(self, report: DeliveryReport, timeout: float | None = None) -> DeliveryReport:
+        """Block until a report from ``send(..., wait_ack=False)`` settles (or timeout)."""
+        return self._thread.run(report.wait(timeout))
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async def call() -> T:
+            return fn(*args)
+
+        return self._thread.run(call())
+
+
+async def _make(service: str, hubs: str | Sequence[str], options: dict[str, Any]) -> Endpoint:
+    return Endpoint(service, hubs, **options)
