@@ -240,7 +240,8 @@ class _Builder:
         if not opts.HasExtension(options_pb2.message_policy):
             return pol.PolicyOptions()
         found = pol.from_proto(opts.Extensions[options_pb2.message_policy])
-        return self.level(found, info.file.where(info.path), f"message {info.full_name}")
+        where = info.file.where((*info.path, 7, options_pb2.message_policy.number), info.path)
+        return self.level(found, where, f"message {info.full_name}")
 
     def policy_const(self, preferred: str, owner: str, merged: pol.PolicyOptions) -> str:
         name = self.names.allocate(preferred, owner)
@@ -286,14 +287,17 @@ class _Builder:
         svc_opts = pol.PolicyOptions()
         if svc.options.HasExtension(options_pb2.service_policy):
             found = pol.from_proto(svc.options.Extensions[options_pb2.service_policy])
-            svc_opts = self.level(found, where, f"service {full}")
+            at = self.pf.where((*path, 3, options_pb2.service_policy.number), path)
+            svc_opts = self.level(found, at, f"service {full}")
         owner = f"service {full} ({where})"
         client = self.names.claim(f"{svc.name}Client", owner)
         blocking = self.names.claim(f"{svc.name}BlockingClient", owner)
         handler = self.names.claim(f"{svc.name}Handler", owner)
         self.abc.add("Mapping")  # the headers= argument
         methods: list[Method] = []
-        attrs = Namespace(f"class {handler}", {"implemented_methods": "ackbus.Handler"})
+        attrs = Namespace(
+            f"the methods of service {full}", {"implemented_methods": "ackbus.Handler"}
+        )
         by_request: dict[str, str] = {}
         for i, rpc in enumerate(svc.method):
             mpath = (*path, 2, i)
@@ -349,7 +353,8 @@ class _Builder:
         method_opts = pol.PolicyOptions()
         if rpc.options.HasExtension(options_pb2.method_policy):
             found = pol.from_proto(rpc.options.Extensions[options_pb2.method_policy])
-            method_opts = self.level(found, where, f"rpc {full}")
+            at = self.pf.where((*path, 4, options_pb2.method_policy.number), path)
+            method_opts = self.level(found, at, f"rpc {full}")
         merged = self.level(
             pol.merge([method_opts, self.message_options(req), svc_opts]),
             where,
@@ -433,7 +438,9 @@ class _Builder:
             return Param(name, f.name, ann, None, not (keyword_name or editions), doc)
         if has_presence(pf, f):
             # mypy-protobuf types proto3 oneof scalars without "| None" in constructors.
-            oneof_scalar = f.HasField("oneof_index") and f.type not in _COMPOSITE
+            oneof_scalar = (
+                f.HasField("oneof_index") and not f.proto3_optional and f.type not in _COMPOSITE
+            )
             direct = not (keyword_name or editions or (pf.syntax == "proto3" and oneof_scalar))
             return Param(name, f.name, f"{ann} | None", "None", direct, doc)
         default = self.zero(f)

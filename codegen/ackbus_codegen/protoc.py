@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from .errors import GenerationError
@@ -14,6 +16,39 @@ def _grpc_tools_include() -> Path:
     import grpc_tools
 
     return Path(grpc_tools.__file__).parent / "_proto"
+
+
+def ackbus_include(dest: Path) -> Path:
+    """Copy the ``.proto`` files the ackbus runtime ships into ``dest/ackbus/`` and return
+    ``dest``: an include folder where ``import "ackbus/options.proto";`` resolves, whether
+    ackbus is installed from a wheel or editable."""
+    folder = dest / "ackbus"
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in resources.files("ackbus").iterdir():
+        if entry.name.endswith(".proto"):
+            (folder / entry.name).write_bytes(entry.read_bytes())
+    return dest
+
+
+def generate_to(files: Sequence[str], *, include: Sequence[Path], out: Path) -> list[Path]:
+    """``ackbus gen``: compile any project's schemas into ``out``, all or nothing.
+
+    ackbus's own protos are on the include path after the caller's folders. Output is
+    written to a temporary folder first and copied into ``out`` only when protoc and
+    every plugin succeeded, so a failure leaves ``out`` untouched. Returns the files
+    written.
+    """
+    with tempfile.TemporaryDirectory(prefix="ackbus-gen-") as tmp:
+        fresh = Path(tmp, "out")
+        extra = ackbus_include(Path(tmp, "include"))
+        run(files, include=[*include, extra], out=fresh, ackbus=True)
+        written = []
+        for src in sorted(p for p in fresh.rglob("*") if p.is_file()):
+            target = out / src.relative_to(fresh)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+            written.append(target)
+    return written
 
 
 def _plugin(name: str) -> str:

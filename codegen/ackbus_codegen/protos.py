@@ -69,10 +69,14 @@ class ProtoFile:
         text = loc.leading_comments or loc.trailing_comments
         return Located(_clean_comment(text), loc.span[0] + 1 if loc.span else None)
 
-    def where(self, path: Sequence[int]) -> str:
-        """``file.proto:12`` (or just the file when protoc gave no line)."""
-        line = self.at(path).line
-        return f"{self.name}:{line}" if line is not None else self.name
+    def where(self, *paths: Sequence[int]) -> str:
+        """``file.proto:12`` for the first of ``paths`` protoc gave a line for (or just
+        the file)."""
+        for path in paths:
+            line = self.at(path).line
+            if line is not None:
+                return f"{self.name}:{line}"
+        return self.name
 
     @property
     def doc(self) -> str:

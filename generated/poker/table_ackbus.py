@@ -204,11 +204,10 @@ class TableClient:
             fields["chips"] = chips
         if all_in is not None:
             fields["all_in"] = all_in
-        if comment is not None:
-            fields["comment"] = comment
         msg = table_pb2.PlayerAction(
             table_id=table_id,
             kind=kind,
+            comment=comment,
             **fields,
         )
         return await self.send_player_action_message(
@@ -507,11 +506,10 @@ class TableBlockingClient:
             fields["chips"] = chips
         if all_in is not None:
             fields["all_in"] = all_in
-        if comment is not None:
-            fields["comment"] = comment
         msg = table_pb2.PlayerAction(
             table_id=table_id,
             kind=kind,
+            comment=comment,
             **fields,
         )
         return self.send_player_action_message(

@@ -1,0 +1,166 @@
+"""Policy options: parsing, precedence (method > message > service > defaults), checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ackbus
+import pytest
+from ackbus import options_pb2
+from ackbus_codegen import policy as pol
+from ackbus_codegen.errors import GenerationError
+from ackbus_codegen.generate import generate
+
+from .conftest import Compile
+
+P = pol.PolicyOptions
+
+
+def test_from_proto_keeps_only_set_fields() -> None:
+    proto = options_pb2.Policy(ack_timeout_s=0.5, max_attempts=0, retry_rejected=False)
+    # Explicitly set zero values count: proto3 optional fields track presence.
+    assert pol.from_proto(proto) == P(ack_timeout=0.5, max_attempts=0, retry_rejected=False)
+    assert pol.from_proto(options_pb2.Policy()) == P()
+    assert pol.from_proto(options_pb2.Policy(kind=options_pb2.EVENT)) == P(kind="EVENT")
+    assert pol.from_proto(options_pb2.Policy(kind=options_pb2.KIND_UNSPECIFIED)) == P()
+
+
+@pytest.mark.parametrize(
+    ("method", "message", "service", "merged"),
+    [
+        (P(), P(), P(), P()),
+        (P(priority=3), P(priority=5), P(priority=1), P(priority=3)),
+        (P(), P(priority=5), P(priority=1), P(priority=5)),
+        (P(), P(), P(priority=1), P(priority=1)),
+        # unset fields inherit field by field
+        (
+            P(max_attempts=3),
+            P(priority=5, max_attempts=9),
+            P(ack_timeout=0.5, max_attempts=8),
+            P(ack_timeout=0.5, max_attempts=3, priority=5),
+        ),
+        (P(kind="COMMAND"), P(kind="EVENT"), P(), P(kind="COMMAND")),
+        (P(retry_rejected=False), P(), P(retry_rejected=True), P(retry_rejected=False)),
+    ],
+)
+def test_most_specific_level_wins(method: P, message: P, service: P, merged: P) -> None:
+    assert pol.merge([method, message, service]) == merged
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (P(max_attempts=0), "max_attempts must be >= 1, got 0"),
+        (P(ack_timeout=0.0), "ack_timeout_s must be > 0"),
+        (P(deadline=-1.0), "deadline_s must be > 0"),
+        (P(jitter=1.5), "jitter must be within [0, 1]"),
+        (P(backoff_cap=0.01), "need 0 <= backoff_base_s <= backoff_cap_s, got 0.05 and 0.01"),
+        (P(ack_timeout=float("inf")), "ack_timeout_s must be a finite number"),
+    ],
+)
+def test_problems(options: P, problem: str) -> None:
+    assert any(problem in p for p in pol.problems(options)), pol.problems(options)
+
+
+def test_valid_policies_have_no_problems() -> None:
+    assert pol.problems(P()) == []
+    assert pol.problems(P(backoff_base=1.0, backoff_cap=1.0, jitter=0.0, max_attempts=1)) == []
+
+
+def test_runtime_defaults_match_the_runtime() -> None:
+    """The generator checks merged policies against a copy of the runtime's defaults."""
+    runtime = ackbus.Policy()
+    for f in dataclasses.fields(runtime):
+        value = getattr(runtime, f.name)
+        expected = value.name if isinstance(value, ackbus.Kind) else value
+        assert getattr(pol.RUNTIME_DEFAULTS, f.name) == expected, f.name
+
+
+SCHEMA = """
+syntax = "proto3";
+package o;
+import "ackbus/options.proto";
+import "google/protobuf/empty.proto";
+
+message Ping {
+  option (ackbus.message_policy) = { priority: 5 max_attempts: 9 };
+  int32 n = 1;
+}
+message Tick {
+  option (ackbus.message_policy) = { kind: EVENT };
+}
+service S {
+  option (ackbus.service_policy) = { ack_timeout_s: 0.25 max_attempts: 8 jitter: 0 };
+  rpc Ping(o.Ping) returns (google.protobuf.Empty) {
+    option (ackbus.method_policy) = { max_attempts: 7 deadline_s: 12.5 };
+  }
+  rpc Tick(o.Tick) returns (google.protobuf.Empty);
+}
+"""
+
+
+def test_policy_constants_in_the_model(compile_request: Compile) -> None:
+    text = generate(compile_request({"o.proto": SCHEMA})).files[0].content
+    assert (
+        "_S_PING_POLICY = ackbus.Policy(ack_timeout=0.25, max_attempts=7, jitter=0.0, "
+        "deadline=12.5, priority=5)"
+    ) in text
+    assert (
+        "_S_TICK_POLICY = ackbus.Policy(ack_timeout=0.25, max_attempts=8, jitter=0.0, "
+        "kind=ackbus.Kind.EVENT)" in text
+    )
+    assert "async def publish_tick(" in text
+    assert "send_tick" not in text
+
+
+HEADER = (
+    'syntax = "proto3";\npackage b;\nimport "ackbus/options.proto";\n'
+    'import "google/protobuf/empty.proto";\nmessage X {\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            "}\nservice S {\n  option (ackbus.service_policy) = { jitter: 2 };\n"
+            "  rpc Do(X) returns (google.protobuf.Empty);\n}\n",
+            r"b\.proto:8: service b\.S: invalid policy: jitter must be within \[0, 1\], got 2\.0",
+        ),
+        (
+            "}\nservice S {\n  rpc Do(X) returns (google.protobuf.Empty) {\n"
+            "    option (ackbus.method_policy) = { max_attempts: 0 };\n  }\n}\n",
+            r"b\.proto:9: rpc b\.S\.Do: invalid policy: max_attempts must be >= 1, got 0",
+        ),
+        (
+            "  option (ackbus.message_policy) = { ack_timeout_s: -1 };\n}\n",
+            r"b\.proto:6: message b\.X: invalid policy: ack_timeout_s must be > 0, got -1\.0",
+        ),
+        (
+            # each level is valid, the merge is not: base from the method, cap from the service
+            "}\nservice S {\n  option (ackbus.service_policy) = { backoff_cap_s: 1 };\n"
+            "  rpc Do(X) returns (google.protobuf.Empty) {\n"
+            "    option (ackbus.method_policy) = { backoff_base_s: 1.5 };\n  }\n}\n",
+            r"b\.proto:9: rpc b\.S\.Do \(method, message and service policy merged\): "
+            r"invalid policy: need 0 <= backoff_base_s <= backoff_cap_s, got 1\.5 and 1\.0",
+        ),
+    ],
+    ids=["service", "method", "message", "merged"],
+)
+def test_bad_option_value_names_file_and_line(
+    compile_request: Compile, body: str, error: str
+) -> None:
+    with pytest.raises(GenerationError, match=f"^{error}$"):
+        generate(compile_request({"b.proto": HEADER + body}))
+
+
+def test_event_with_a_reply_is_refused(compile_request: Compile) -> None:
+    text = (
+        'syntax = "proto3";\npackage e;\nimport "ackbus/options.proto";\n'
+        "message X { option (ackbus.message_policy) = { kind: EVENT }; }\nmessage Y {}\n"
+        "service S { rpc Do(X) returns (Y); }\n"
+    )
+    with pytest.raises(
+        GenerationError, match=r"e\.proto:6: rpc e\.S\.Do is an EVENT but returns e\.Y"
+    ):
+        generate(compile_request({"e.proto": text}))
