@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import envelope_pb2, wire_pb2
 from ._timer import Timer
@@ -317,3 +318,54 @@ def _no_route_ack(message_id: bytes, reason: str, hub: Identity) -> bytes:
     ack.error.type = "NoRoute"
     ack.error.message = reason
     return ack.SerializeToString()
+
+
+async def serve(bind: Sequence[str], *, name: str = "hub", heartbeat: float = 1.0) -> None:
+    """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    async with Hub(bind, name=name, heartbeat=heartbeat) as hub:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
+        print(f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}", flush=True)
+        await hub.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ackbus.hub --bind ADDRESS [--bind ...]`` (also ``ackbus hub``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ackbus hub", description="Run an ackbus hub.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--bind",
+        action="append",
+        required=True,
+        metavar="ADDRESS",
+        help="address to listen on, e.g. tcp://127.0.0.1:5555 (repeatable)",
+    )
+    parser.add_argument("--name", default="hub", help="the hub's service name in logs and acks")
+    parser.add_argument(
+        "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)"
+    )
+    parser.add_argument("--log-level", default="WARNING", help="Python logging level")
+
+
+def run_from_args(args: Any) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    asyncio.run(serve(args.bind, name=args.name, heartbeat=args.heartbeat))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Real processes for integration tests: spawned, waited for, and always reaped.
+
+Imported by tests as ``proc_harness`` (tests/support is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ROOT / "examples" / "services.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Procs:
+    """Starts processes that print a ready line; kills every one at teardown."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *argv: str, ready: bytes, timeout: float = 10.0) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+        proc = subprocess.Popen(
+            [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        self.running.append(proc)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while ready not in line:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                err = proc.stderr.read() if proc.poll() is not None and proc.stderr else b""
+                self.kill(proc)
+                raise AssertionError(f"{argv} not ready in {timeout} s: {line!r} {err!r}")
+            readable, _, _ = select.select([proc.stdout], [], [], remaining)
+            if readable:
+                line = proc.stdout.readline()
+        return proc
+
+    def hub(self, port: int) -> subprocess.Popen[bytes]:
+        return self.start(
+            "-m",
+            "ackbus.hub",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+            "--heartbeat",
+            "0.25",
+            ready=b"listening",
+        )
+
+    def service(self, name: str, hub: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(
+            str(SERVICES),
+            "--service",
+            name,
+            "--hub",
+            hub,
+            "--log",
+            str(log),
+            *extra,
+            ready=b"ready",
+        )
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def runs(log: Path) -> list[tuple[str, str, int]]:
+    """Handler runs recorded by examples/services.py: (type, message id hex, attempt)."""
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        msg_type, mid, attempt = line.split()
+        out.append((msg_type, mid, int(attempt)))
+    return out
