@@ -136,7 +136,6 @@ ITEM_HEADER: Final = struct.Struct("<16sIBBhqqqBBII")
 """id, attempt, kind, flags, priority, created_at_ns, sent_at_ns, deadline_ns,
 type length, recipient length, envelope length, body length (58 bytes)."""
 _HDR: Final = ITEM_HEADER.size
-_I16: Final = (-(2**15), 2**15 - 1)
 _I64: Final = (-(2**63), 2**63 - 1)
 
 _valid_names: dict[bytes, str] = {}
@@ -304,14 +303,6 @@ def encode_message(
         raise LocalProtocolError(f"unknown message kind {kind}")
     if flags & ~_KNOWN_FLAGS or not 1 <= attempt < 2**32:
         raise LocalProtocolError(f"invalid flags {flags:#x} or attempt {attempt}")
-    if not _I16[0] <= priority <= _I16[1]:
-        raise LocalProtocolError(f"priority {priority} outside the 16-bit range")
-    if not (
-        _I64[0] <= created_at_ns <= _I64[1]
-        and _I64[0] <= sent_at_ns <= _I64[1]
-        and _I64[0] <= deadline_ns <= _I64[1]
-    ):
-        raise LocalProtocolError("a timestamp is outside the signed 64-bit range")
     try:
         head = ITEM_HEADER.pack(
             message_id,
@@ -327,7 +318,7 @@ def encode_message(
             len(envelope),
             len(body),
         )
-    except (struct.error, TypeError) as exc:
+    except (struct.error, TypeError) as exc:  # priority or a timestamp out of range
         raise LocalProtocolError(f"cannot encode message header: {exc}") from None
     return b"".join((head, tname, rname, envelope, body))
 
