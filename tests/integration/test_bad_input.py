@@ -1,0 +1,216 @@
+"""Bad input from raw pyzmq sockets: refused with a reason, counted, never fatal.
+
+A raw DEALER talks to a real hub, and a raw ROUTER plays hub to a real endpoint. Each
+sends what a broken or hostile peer might; the target answers with a REFUSAL (or a
+negative ack) naming the problem, counts it, and keeps serving real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import zmq
+import zmq.asyncio
+from ackbus import Context, Policy
+from ackbus.endpoint import Endpoint
+from ackbus.envelope_pb2 import NO_ROUTE, REJECTED, Ack
+from ackbus.hub import Hub
+from ackbus.wire import (
+    DEFAULT_LIMITS,
+    HELLO_FRAME,
+    MESSAGE_FRAME,
+    Command,
+    Limits,
+    decode_command,
+    decode_refusal,
+    encode_hello,
+    encode_message,
+    encode_welcome,
+    group_frame,
+    split_acks,
+)
+from ackbus.wire_pb2 import Bye, Hello, Welcome
+
+TIMEOUT = 2.0
+
+
+async def recv(sock: zmq.asyncio.Socket) -> list[bytes]:
+    async with asyncio.timeout(TIMEOUT):
+        return list(await sock.recv_multipart())
+
+
+async def refusal_code(sock: zmq.asyncio.Socket, frames: list[bytes]) -> str:
+    await sock.send_multipart(frames)
+    reply = await recv(sock)
+    assert decode_command(reply) is Command.REFUSAL, reply
+    return decode_refusal(reply).code
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
+    c = zmq.asyncio.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[Hub]:
+    limits = Limits(max_message_bytes=4096)
+    async with Hub("tcp://127.0.0.1:0", heartbeat=0.5, limits=limits) as h:
+        yield h
+
+
+def hello_frames(service: str = "raw") -> list[bytes]:
+    hello = Hello(versions=[1], heartbeat_ms=500, commands=["ackbus.Bye"])
+    hello.identity.service = service
+    hello.identity.instance = "raw-1"
+    return encode_hello(hello)
+
+
+async def test_hub_refuses_each_kind_of_bad_input_and_keeps_serving(
+    hub: Hub, ctx: zmq.asyncio.Context
+) -> None:
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(hub.addresses[0])
+    item = encode_message(os.urandom(16), "ackbus.Bye", b"")
+    try:
+        assert await refusal_code(raw, [b"garbage"]) == "BAD_SIGNATURE"
+        assert await refusal_code(raw, [b"AB\x09\x03", b"x"]) == "UNSUPPORTED_VERSION"
+        assert await refusal_code(raw, [HELLO_FRAME, b"\xff\xff\xff"]) == "MALFORMED"
+        assert await refusal_code(raw, [MESSAGE_FRAME, group_frame(1), item]) == ("NOT_REGISTERED")
+        await raw.send_multipart(hello_frames())
+        assert decode_command(await recv(raw)) is Command.WELCOME
+        too_big = encode_message(os.urandom(16), "ackbus.Bye", b"x" * 5000)
+        assert await refusal_code(raw, [MESSAGE_FRAME, group_frame(1), too_big]) == "TOO_LARGE"
+        assert await refusal_code(raw, [MESSAGE_FRAME, group_frame(2), item]) == "MALFORMED"
+        assert await refusal_code(raw, [MESSAGE_FRAME, group_frame(1), item[:20]]) == ("MALFORMED")
+        # An unknown type is not malformed: it has no route, and the sender is told so.
+        unknown = encode_message(os.urandom(16), "nobody.Handles", b"")
+        await raw.send_multipart([MESSAGE_FRAME, group_frame(1), unknown])
+        reply = await recv(raw)
+        assert decode_command(reply) is Command.ACK
+        [group] = split_acks(reply)
+        [ack] = group.full_acks()
+        assert ack.outcome == NO_ROUTE
+        assert "nobody.Handles" in ack.error.message
+    finally:
+        raw.close()
+    assert hub.stats.refused["BAD_SIGNATURE"] == 1
+    assert hub.stats.refused["TOO_LARGE"] == 1
+    assert hub.stats.refused["MALFORMED"] == 3
+    assert hub.stats.no_route == 1
+
+    # The hub still routes real traffic.
+    got: list[str] = []
+
+    async def on_bye(msg: Bye, c: Context) -> None:
+        got.append(msg.reason)
+
+    receiver = Endpoint("table", hub.addresses[0])
+    receiver.register_handler(Bye, on_bye)
+    async with receiver, Endpoint("dealer", hub.addresses[0]) as sender:
+        assert await sender.send(Bye(reason="still here"), timeout=2)
+    assert got == ["still here"]
+
+
+@pytest.fixture
+async def fake_hub(ctx: zmq.asyncio.Context) -> AsyncIterator[tuple[zmq.asyncio.Socket, str]]:
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    yield router, f"tcp://127.0.0.1:{port}"
+    router.close()
+
+
+async def test_endpoint_refuses_bad_input_from_its_hub_and_keeps_serving(
+    fake_hub: tuple[zmq.asyncio.Socket, str],
+) -> None:
+    router, address = fake_hub
+    handled: list[str] = []
+
+    async def on_bye(msg: Bye, c: Context) -> None:
+        handled.append(msg.reason)
+
+    ep = Endpoint("table", address, limits=Limits(max_message_bytes=4096), policy=Policy())
+    ep.register_handler(Bye, on_bye)
+    starting = asyncio.ensure_future(ep.start())
+    peer, *hello = await recv(router)
+    assert hello[0] == HELLO_FRAME
+    welcome = Welcome(heartbeat_ms=5000, version=1)
+    await router.send_multipart([peer, *encode_welcome(welcome)])
+    async with asyncio.timeout(TIMEOUT):
+        await starting
+
+    async def send(frames: list[bytes]) -> list[bytes]:
+        await router.send_multipart([peer, *frames])
+        while True:
+            reply = await recv(router)
+            assert reply[0] == peer
+            if decode_command(reply[1:]) is not Command.HEARTBEAT:
+                return reply[1:]
+
+    async def refused(frames: list[bytes]) -> str:
+        reply = await send(frames)
+        assert decode_command(reply) is Command.REFUSAL, reply
+        return decode_refusal(reply).code
+
+    async def acked(item: bytes) -> Ack | bytes:
+        reply = await send([MESSAGE_FRAME, group_frame(1, b"origin"), item])
+        assert decode_command(reply) is Command.ACK, reply
+        [group] = split_acks(reply)
+        assert group.peer == b"origin"
+        return group.full_acks()[0] if group.full else group.ok_ids[0]
+
+    try:
+        assert await refused([b"\x00\x01"]) == "BAD_SIGNATURE"
+        assert await refused([b"AB\x07\x03"]) == "UNSUPPORTED_VERSION"
+        too_big = encode_message(os.urandom(16), "ackbus.Bye", b"x" * 5000)
+        assert await refused([MESSAGE_FRAME, group_frame(1), too_big]) == "TOO_LARGE"
+        bad_env = encode_message(os.urandom(16), "ackbus.Bye", b"", envelope=b"\xff\xff")
+        ack = await acked(bad_env)
+        assert isinstance(ack, Ack)
+        assert ack.outcome == REJECTED
+        assert ack.error.permanent
+        assert "envelope" in ack.error.message
+        bad_body = encode_message(os.urandom(16), "ackbus.Bye", b"\xff\xff\xff")
+        ack = await acked(bad_body)
+        assert isinstance(ack, Ack)
+        assert ack.outcome == REJECTED
+        assert "undecodable ackbus.Bye" in ack.error.message
+        unknown = encode_message(os.urandom(16), "nobody.Handles", b"")
+        ack = await acked(unknown)
+        assert isinstance(ack, Ack)
+        assert ack.outcome == NO_ROUTE  # this instance has no handler for it
+        good_id = os.urandom(16)
+        good = encode_message(good_id, "ackbus.Bye", Bye(reason="ok").SerializeToString())
+        assert await acked(good) == good_id
+    finally:
+        await ep.close()
+    assert handled == ["ok"]
+    assert ep.stats.refused["BAD_SIGNATURE"] == 1
+    assert ep.stats.refused["TOO_LARGE"] == 1
+    assert ep.stats.refused["MALFORMED"] == 2
+    assert DEFAULT_LIMITS.max_message_bytes > 4096
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_endpoints_and_hubs_release_every_socket_on_close() -> None:
+    async def cycle() -> None:
+        async with Hub("tcp://127.0.0.1:0") as h:
+            for _ in range(5):
+                async with Endpoint("table", h.addresses[0]) as ep:
+                    assert ep.pending == 0
+
+    await cycle()  # warm-up: zmq's context and its internal sockets
+    before = open_fds()
+    for _ in range(5):
+        await cycle()
+    await asyncio.sleep(0.1)
+    assert open_fds() - before <= 2, "sockets leak across endpoint/hub close"
