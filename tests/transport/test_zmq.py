@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 
 import pytest
 import zmq
@@ -42,16 +44,17 @@ async def exchange(backend: ZmqBackend, bind: str, **link_opts: object) -> None:
     listener.close()
 
 
-async def test_close_releases_every_descriptor_and_task(tmp_path: object) -> None:
+async def test_close_releases_every_descriptor_and_task() -> None:
     ctx = zmq.Context()  # own context: its threads and fds exist before we count
     backend = ZmqBackend(ctx)
+    tmp = tempfile.mkdtemp(prefix="ackbus-", dir="/tmp")  # ipc paths must be short
     try:
         await exchange(backend, "tcp://127.0.0.1:0")  # warm up lazily created fds
         base = open_fds()
         tasks = asyncio.all_tasks()
         for _ in range(5):
             await exchange(backend, "tcp://127.0.0.1:0")
-            await exchange(backend, "ipc:///tmp/ackbus-fdtest.sock")
+            await exchange(backend, f"ipc://{tmp}/fd.sock")
         assert await settle_fds(base) <= base
         assert asyncio.all_tasks() == tasks
         loop = asyncio.get_running_loop()
@@ -60,6 +63,7 @@ async def test_close_releases_every_descriptor_and_task(tmp_path: object) -> Non
             assert all(key.fd >= 0 for key in selector.get_map().values())
     finally:
         ctx.term()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ackbus import LocalProtocolError, wire
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
@@ -108,6 +108,7 @@ def test_invalid_use_is_local_error() -> None:
         wire.Outbox(max_batch=65)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("mac"), st.sampled_from([b"", b"p", b"q"]))))
 def test_nothing_lost_nothing_duplicated(ops: list[tuple[str, bytes]]) -> None:
     ob = wire.Outbox(max_batch=5, max_acks=3)
@@ -135,3 +136,17 @@ def test_nothing_lost_nothing_duplicated(ops: list[tuple[str, bytes]]) -> None:
     assert got_msgs == sent_msgs
     assert sorted(got_acks) == sorted(sent_acks)
     assert got_controls == controls
+
+
+def test_bulk_acks_split_at_max_acks() -> None:
+    ob = wire.Outbox(max_acks=4)
+    ob.ack(mid(100), b"p")
+    assert ob.acks([mid(i) for i in range(10)], b"p")
+    assert len(ob) == 11
+    mps = drain(ob)
+    sizes = [sum(len(g.ok_ids) for g in wire.split_acks(mp)) for mp in mps]
+    assert sizes == [4, 4, 3]
+    got = [i for mp in mps for g in wire.split_acks(mp) for i in g.ok_ids]
+    assert got == [mid(100)] + [mid(i) for i in range(10)]
+    with pytest.raises(LocalProtocolError):
+        ob.acks([b"short"])

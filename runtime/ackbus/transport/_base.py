@@ -79,6 +79,10 @@ class TransportOptions:
     """Most multiparts read per wake-up before yielding to the event loop."""
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
+    zmtp_heartbeat_ms: int = 0
+    """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL, timeout 3x): detects a
+    half-open TCP connection (peer host gone, no RST) so a link reports the disconnect
+    and reconnects. 0: off (ackbus's HEARTBEAT command still detects dead peers)."""
     max_msgsize: int = -1
     """ZMQ_MAXMSGSIZE: a peer sending a bigger frame is disconnected. -1: no limit
     (the wire layer refuses oversized messages with a reason instead)."""

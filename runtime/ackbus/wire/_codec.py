@@ -172,6 +172,9 @@ def _check_name(name: str, what: str, *, empty_ok: bool) -> bytes:
         raise LocalProtocolError(f"{what} is empty")
     if len(raw) > MAX_NAME or not name.isprintable() or " " in name:
         raise LocalProtocolError(f"invalid {what} {name!r} (max {MAX_NAME} bytes, printable)")
+    if len(_valid_names) >= _NAME_CACHE_MAX:
+        _valid_names.clear()
+    _valid_names[raw] = name
     return raw
 
 

@@ -19,7 +19,7 @@ socket full); callers are expected to wait for it, and nothing is lost if they d
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..errors import LocalProtocolError
 from ._codec import (
@@ -119,6 +119,21 @@ class Outbox:
             raise LocalProtocolError("an acked message id must be 16 bytes")
         self._ack_group(peer).ok.append(message_id)
         return self._added_ack()
+
+    def acks(self, message_ids: Sequence[bytes], peer: bytes = b"") -> bool:
+        """Queue compact acks for several ids at once (a hub forwarding an ACK group)."""
+        if any(len(mid) != ID_SIZE for mid in message_ids):
+            raise LocalProtocolError("an acked message id must be 16 bytes")
+        pos = 0
+        while pos < len(message_ids):
+            room = self.max_acks - self._ack_count
+            chunk = message_ids[pos : pos + room]
+            self._ack_group(peer).ok.extend(chunk)
+            self._ack_count += len(chunk) - 1
+            self._count += len(chunk) - 1
+            self._added_ack()
+            pos += len(chunk)
+        return self._count < self.high_water and not self._blocked
 
     def full_ack(self, ack: bytes, peer: bytes = b"") -> bool:
         """Queue a serialized ``ackbus.Ack`` (any outcome other than plain OK)."""
