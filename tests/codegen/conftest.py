@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +59,3 @@ def gen(compile_request: Compile) -> Callable[..., Generation]:
         return generate(compile_request(files, generate_only))
 
     return run
-
-
-@pytest.fixture
-def python() -> str:
-    return sys.executable

@@ -1,0 +1,122 @@
+"""Generated code is typed where it matters: mistakes must fail ``mypy --strict``.
+
+Each snippet uses the committed poker code the way a service would, with one mistake
+on the line marked ``# error``; one more snippet without mistakes must pass. All run
+in one mypy process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ackbus
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME_ROOT = Path(ackbus.__file__).resolve().parents[1]
+
+HEADER = """\
+import ackbus
+from poker import cards_pb2, lobby_pb2, table_pb2
+from poker.table_ackbus import TableBlockingClient, TableClient, TableHandler
+
+"""
+
+BAD = {
+    "handler_wrong_message_type": """
+        class Table(TableHandler):
+            async def on_start_hand(
+                self, msg: table_pb2.DealCards, ctx: ackbus.Context  # error
+            ) -> None: ...
+    """,
+    "handler_wrong_reply_type": """
+        class Table(TableHandler):
+            async def on_get_table_state(  # error
+                self, msg: table_pb2.GetTableState, ctx: ackbus.Context
+            ) -> lobby_pb2.RegistrationResult:
+                return lobby_pb2.RegistrationResult()
+    """,
+    "field_of_wrong_type": """
+        async def f(client: TableClient) -> None:
+            await client.send_start_hand(table_id=3)  # error
+    """,
+    "unknown_field": """
+        async def f(client: TableClient) -> None:
+            await client.send_start_hand(table_idd="t1")  # error
+    """,
+    "enum_given_an_int": """
+        async def f(client: TableClient) -> None:
+            await client.send_player_action(kind=3)  # error
+    """,
+    "reply_is_typed": """
+        async def f(client: TableClient) -> lobby_pb2.RegistrationResult:
+            return await client.request_get_table_state(table_id="t")  # error
+    """,
+    "fields_are_keyword_only": """
+        async def f(client: TableClient) -> None:
+            await client.send_start_hand("t1")  # error
+    """,
+    "built_message_of_wrong_type": """
+        def f(client: TableBlockingClient) -> None:
+            client.send_start_hand_message(table_pb2.DealCards())  # error
+    """,
+    "client_needs_a_bus": """
+        client = TableClient(object())  # error
+    """,
+}
+
+GOOD = """
+    class Table(TableHandler):
+        async def on_start_hand(self, msg: table_pb2.StartHand, ctx: ackbus.Context) -> None:
+            print(msg.table_id, ctx.attempt)
+
+        async def on_get_table_state(
+            self, msg: table_pb2.GetTableState, ctx: ackbus.Context
+        ) -> table_pb2.TableState:
+            return table_pb2.TableState(table_id=msg.table_id)
+
+    async def f(client: TableClient, blocking: TableBlockingClient) -> None:
+        report: ackbus.DeliveryReport = await client.send_player_action(
+            table_id="t", from_="alice", kind=cards_pb2.RAISE, chips=10, comment=None
+        )
+        if not report:
+            print(report.error)
+        state: table_pb2.TableState = await client.request_get_table_state(table_id="t")
+        print(state.pots["main"], blocking.send_start_hand(seats=6, wait_ack=False))
+"""
+
+
+def test_mistakes_fail_mypy_strict(tmp_path: Path) -> None:
+    expected: dict[str, int] = {}
+    for name, body in BAD.items():
+        text = HEADER + textwrap.dedent(body)
+        (tmp_path / f"{name}.py").write_text(text)
+        expected[name] = next(i for i, line in enumerate(text.splitlines(), 1) if "# error" in line)
+    (tmp_path / "good.py").write_text(HEADER + textwrap.dedent(GOOD))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / ".cache"),
+            *sorted(p.name for p in tmp_path.glob("*.py")),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": f"{RUNTIME_ROOT}{os.pathsep}{ROOT / 'generated'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors: dict[str, set[int]] = {}
+    for match in re.finditer(r"^(\w+)\.py:(\d+): error:", run.stdout, re.MULTILINE):
+        errors.setdefault(match[1], set()).add(int(match[2]))
+    assert "good" not in errors, run.stdout
+    for name, line in expected.items():
+        assert line in errors.get(name, set()), f"{name}: no error on line {line}\n{run.stdout}"
+    assert set(errors) == set(BAD), run.stdout
