@@ -38,7 +38,7 @@ pytest: setup
 test: check-generated lint typecheck pytest
 
 demo: setup
-	$(PY) -m ackbus.demo
+	$(PY) examples/demo.py
 
 bench: setup
 	$(PY) -m bench $(if $(FULL),--full,)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -92,6 +93,19 @@ async def run(args: argparse.Namespace) -> None:
     async with ep:
         print("ready", flush=True)
         await stop.wait()
+        stats = ep.stats
+    # The last line a cleanly stopped service prints: its counters, for the demo.
+    print(
+        json.dumps(
+            {
+                "received": stats.received,
+                "handled": stats.handled,
+                "duplicates": stats.duplicates,
+                "handler_errors": stats.handler_errors,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
