@@ -22,7 +22,14 @@ from google.protobuf import descriptor_pb2 as d
 
 from . import policy as pol
 from .errors import GenerationError
-from .naming import Namespace, output_for_proto, param_name, qualified_alias, snake_case
+from .naming import (
+    Namespace,
+    importable,
+    output_for_proto,
+    param_name,
+    qualified_alias,
+    snake_case,
+)
 from .protos import FDP, ProtoFile, TypeIndex, TypeInfo, has_presence, is_required, scalar_type
 
 __all__ = [
@@ -216,6 +223,8 @@ class _Builder:
         known = self.aliases.get(module)
         if known is not None:
             return known
+        if not importable(module):
+            raise _Skip(f"module {module} cannot be spelled in an import statement")
         short = module.rpartition(".")[2]
         name = short if short not in self.names else qualified_alias(module)
         self.aliases[module] = self.names.claim(name, f"the import of {module}")
@@ -225,6 +234,15 @@ class _Builder:
         if info.reserved:
             raise _Skip(f"type {info.full_name} has a Python keyword in its name")
         return f"{self.alias(info.file.module)}.{info.attr_path}"
+
+    def _save(self) -> tuple[dict[str, str], dict[str, str], set[str], bool]:
+        return dict(self.aliases), self.names.snapshot(), set(self.abc), self.uses_fields_alias
+
+    def _restore(self, saved: tuple[dict[str, str], dict[str, str], set[str], bool]) -> None:
+        """Forget the imports and names a skipped element had asked for."""
+        aliases, names, abc, self.uses_fields_alias = saved
+        self.aliases, self.abc = dict(aliases), set(abc)
+        self.names.restore(names)
 
     # -- policies -------------------------------------------------------------
 
@@ -303,9 +321,11 @@ class _Builder:
             mpath = (*path, 2, i)
             mwhere = self.pf.where(mpath)
             rpc_full = f"{full}.{rpc.name}"
+            saved = self._save()
             try:
                 method = self.method(rpc, rpc_full, mpath, svc_opts, attrs)
             except _Skip as why:
+                self._restore(saved)
                 self.warnings.append(f"{mwhere}: rpc {rpc_full} skipped: {why}")
                 continue
             other = by_request.get(method.request_full_name)
@@ -542,6 +562,12 @@ def build_file(
     """The model of ``pf``'s ``_ackbus.py``; ``type_names`` spans all files generated
     together, so two files cannot register one type name."""
     b = _Builder(pf, index, version, warnings)
+    if not importable(pf.module):
+        warnings.append(
+            f"{pf.name}: file skipped: its module {pf.module} cannot be spelled in an "
+            "import statement"
+        )
+        return b.model
     services = []
     for i, proto in enumerate(pf.proto.service):
         built = b.service(i, proto)

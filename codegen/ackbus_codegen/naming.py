@@ -24,6 +24,7 @@ from .errors import GenerationError
 
 __all__ = [
     "Namespace",
+    "importable",
     "is_reserved",
     "module_for_proto",
     "output_for_proto",
@@ -43,6 +44,13 @@ def snake_case(name: str) -> str:
 def is_reserved(name: str) -> bool:
     """True for names that cannot be used as a Python identifier as they are."""
     return keyword.iskeyword(name) or not name.isidentifier()
+
+
+def importable(module: str) -> bool:
+    """Whether ``import``/``from ... import`` can spell a module path (protoc writes
+    modules for folders like ``import/`` or ``v1.2/`` too, but only ``importlib`` reaches
+    them)."""
+    return all(part.isidentifier() and not keyword.iskeyword(part) for part in module.split("."))
 
 
 def param_name(field_name: str, taken: frozenset[str] = frozenset()) -> str:
@@ -81,6 +89,12 @@ class Namespace:
 
     def __contains__(self, name: object) -> bool:
         return name in self._owners
+
+    def snapshot(self) -> dict[str, str]:
+        return dict(self._owners)
+
+    def restore(self, snapshot: dict[str, str]) -> None:
+        self._owners = dict(snapshot)
 
     def claim(self, name: str, owner: str) -> str:
         known = self._owners.get(name)

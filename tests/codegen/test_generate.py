@@ -360,3 +360,35 @@ def test_every_export_exists() -> None:
         for name in module.__all__:
             assert hasattr(module, name), (module.__name__, name)
     assert set(lobby_ackbus.__all__) >= {"LobbyClient", "AuditHandler", "REGISTRY"}
+
+
+def test_unimportable_modules_are_skipped_and_leave_no_import(compile_request: Compile) -> None:
+    files = {
+        "import/thing.proto": 'syntax = "proto3";\npackage th;\nmessage Thing { int32 a = 1; }\n',
+        "uses.proto": textwrap.dedent(
+            """\
+            syntax = "proto3";
+            package uses;
+            import "google/protobuf/empty.proto";
+            import "import/thing.proto";
+            message Wrap { th.Thing thing = 1; repeated string tags = 2; }
+            message Plain { int32 a = 1; }
+            service S {
+              rpc Wrap(uses.Wrap) returns (google.protobuf.Empty);
+              rpc Plain(uses.Plain) returns (google.protobuf.Empty);
+            }
+            """
+        ),
+    }
+    result = generate(compile_request(files))
+    assert result.warnings == [
+        "import/thing.proto: file skipped: its module import.thing_pb2 cannot be spelled in "
+        "an import statement",
+        "uses.proto:8: rpc uses.S.Wrap skipped: module import.thing_pb2 cannot be spelled in "
+        "an import statement",
+    ]
+    (module,) = result.files
+    assert module.name == "uses_ackbus.py"
+    assert "thing" not in module.content
+    assert "Iterable" not in module.content  # asked for by the skipped rpc only
+    assert "def send_plain(" in module.content
