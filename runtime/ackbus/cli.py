@@ -48,7 +48,39 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     gen.add_argument("files", nargs="+", metavar="FILE.proto")
     gen.set_defaults(run=_gen)
+
+    hub = sub.add_parser(
+        "hub",
+        help="run a hub",
+        description="Run a standalone hub: a stateless router between endpoints.",
+    )
+    hub.add_argument(
+        "--bind",
+        action="append",
+        required=True,
+        metavar="ADDRESS",
+        help="address to listen on, e.g. tcp://127.0.0.1:5555 (repeatable)",
+    )
+    hub.add_argument("--name", default="hub", help="the hub's name in logs and acks")
+    hub.add_argument(
+        "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)"
+    )
+    hub.add_argument("--log-level", default="WARNING", help="Python logging level")
+    hub.set_defaults(run=_hub)
     return root
+
+
+def _hub(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .hub import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    asyncio.run(serve(args.bind, name=args.name, heartbeat=args.heartbeat))
+    return 0
 
 
 def _gen(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import envelope_pb2, wire_pb2
 from ._timer import Timer
@@ -332,40 +331,9 @@ async def serve(bind: Sequence[str], *, name: str = "hub", heartbeat: float = 1.
         await hub.serve_forever()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ackbus.hub --bind ADDRESS [--bind ...]`` (also ``ackbus hub``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="ackbus hub", description="Run an ackbus hub.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_from_args(args)
-
-
-def add_arguments(parser: Any) -> None:
-    parser.add_argument(
-        "--bind",
-        action="append",
-        required=True,
-        metavar="ADDRESS",
-        help="address to listen on, e.g. tcp://127.0.0.1:5555 (repeatable)",
-    )
-    parser.add_argument("--name", default="hub", help="the hub's service name in logs and acks")
-    parser.add_argument(
-        "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)"
-    )
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level")
-
-
-def run_from_args(args: Any) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    asyncio.run(serve(args.bind, name=args.name, heartbeat=args.heartbeat))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m ackbus.hub ... is ackbus hub ...
     import sys
 
-    sys.exit(main())
+    from .cli import main
+
+    sys.exit(main(["hub", *sys.argv[1:]]))
