@@ -14,6 +14,7 @@ import pytest
 from ackbus import (
     Cancelled,
     ClosedError,
+    ConnectTimeout,
     Context,
     DeliveryStatus,
     Kind,
@@ -21,6 +22,7 @@ from ackbus import (
     Policy,
     Reject,
     Rejected,
+    SendWindowTimeout,
 )
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
@@ -194,3 +196,36 @@ async def test_pipelined_sends_are_all_acked(bus: Bus) -> None:
     assert all(reports)
     assert count == 2000
     assert dealer.pending == 0
+
+
+async def test_connect_timeout_when_no_hub_answers(tmp_path: Path) -> None:
+    ep = Endpoint("lonely", f"ipc://{tmp_path}/nobody.sock", connect_timeout=0.2)
+    with pytest.raises(ConnectTimeout, match="no hub"):
+        await ep.start()
+    assert ep.closed
+
+
+async def test_send_window_timeout_when_nothing_is_acked(bus: Bus) -> None:
+    async def never(msg: Bye, ctx: Context) -> None:
+        await asyncio.sleep(3600)
+
+    table = endpoint(bus, "table")
+    table.register_handler(Bye, never)
+    async with table, endpoint(bus, "dealer", window=3) as dealer:
+        reports = [await dealer.send(Bye(), wait_ack=False) for _ in range(3)]
+        with pytest.raises(SendWindowTimeout, match="stayed unacknowledged"):
+            await dealer.send(Bye(), timeout=0.2)
+        assert not any(r.done for r in reports)
+
+
+async def test_window_frees_up_as_acks_arrive(bus: Bus) -> None:
+    async def quick(msg: Bye, ctx: Context) -> None:
+        await asyncio.sleep(0.001)
+
+    table = endpoint(bus, "table")
+    table.register_handler(Bye, quick)
+    async with table, endpoint(bus, "dealer", window=4) as dealer:
+        reports = [await dealer.send(Bye(), wait_ack=False, timeout=5) for _ in range(50)]
+        for r in reports:
+            await r.wait(5)
+    assert all(reports)
