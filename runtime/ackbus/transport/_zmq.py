@@ -44,21 +44,30 @@ _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _EVENTS = int(zmq.EVENTS)
+_ZERO_COPY = 65536
+"""Frames this big are handed to libzmq without a copy (pyzmq keeps the bytes alive);
+below it, copying is cheaper than the bookkeeping."""
 
 
 def _send_rest(send: Any, frames: Multipart) -> None:
     """Send the frames of a multipart whose first frame was accepted.
 
     ``Socket.send_multipart`` costs about 2.5x this loop (it validates every frame in
-    Python). ZeroMQ multiparts are atomic: once the first frame is accepted, the others
+    Python). Big frames (message items with large bodies) go without a copy. ZeroMQ
+    multiparts are atomic: once the first frame is accepted, the others
     are too (if the peer vanished meanwhile, libzmq drops the rest silently), so only
     the first ``send`` of a multipart can raise EAGAIN.
     """
     last = len(frames) - 1
     for i in range(1, last):
-        send(frames[i], _MORE)
+        frame = frames[i]
+        if len(frame) < _ZERO_COPY:
+            send(frame, _MORE)
+        else:
+            send(frame, _MORE, copy=False)
     if last > 0:
-        send(frames[last], _NOBLOCK)
+        frame = frames[last]
+        send(frame, _NOBLOCK, copy=len(frame) < _ZERO_COPY)
 
 
 _MONITORED = (
