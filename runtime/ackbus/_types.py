@@ -9,7 +9,6 @@ and describe their rpcs with :class:`MethodSpec`; generated modules fill a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -268,15 +267,21 @@ class DeliveryReport:
         """Wait until settled; on timeout return the report still pending."""
         if self.done:
             return self
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
 
-        def wake(_: DeliveryReport) -> None:
+        def wake(_: object = None) -> None:
             if not fut.done():
                 fut.set_result(None)
 
         self.add_done_callback(wake)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        # A timer handle, not asyncio.wait_for: no task per wait on the hot path.
+        timer = loop.call_later(timeout, wake) if timeout is not None else None
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self
 
     def _settle(

@@ -813,8 +813,8 @@ class Endpoint:
             self._say_hello(hub)
 
     def _on_connection(self, hub: _HubLink, up: bool) -> None:
-        if self._closed:
-            return
+        if self._closed or not hasattr(hub, "link"):
+            return  # called during connect(): start() says hello right after
         if up:
             self._say_hello(hub)
         else:
