@@ -439,6 +439,9 @@ class _Builder:
         return tuple(out)
 
     def param(self, pf: ProtoFile, f: d.FieldDescriptorProto, name: str, doc: str) -> Param:
+        """Type, default and how the value reaches the constructor. ``direct`` only where
+        mypy-protobuf's constructor stub accepts exactly our argument type; everything
+        else goes through the ``**fields`` dict, set only when not ``None``."""
         keyword_name = keyword.iskeyword(f.name)
         editions = pf.syntax == "editions"
         required = is_required(pf, f)

@@ -2,6 +2,9 @@
 
 * every .proto file of the installed googleapis-common-protos distribution (63 files,
   all proto3), all of them, not a sample;
+* protobuf's own well-known types, ``descriptor.proto`` and ``compiler/plugin.proto``
+  (proto2, with extension ranges, defaults and required fields) among
+  them, checked against the types-protobuf stubs;
 * ``tests/codegen/schemas/edge``: proto2 (required, defaults, groups, extensions),
   editions 2023 (presence from features) and names Python treats specially.
 """
@@ -101,6 +104,61 @@ def test_googleapis_common_protos(tmp_path: Path) -> None:
     checked = _mypy(out, _typed_files(out))
     assert checked.returncode == 0, checked.stdout[-3000:]
     assert checked.stdout.startswith("Success: no issues found")
+
+
+def test_protobuf_well_known_types(tmp_path: Path) -> None:
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc as grpc_protoc
+
+    include = protoc._grpc_tools_include()
+    files = sorted(p.relative_to(include).as_posix() for p in include.rglob("*.proto"))
+    assert "google/protobuf/descriptor.proto" in files
+    out = tmp_path / "out"
+    out.mkdir()
+    code = grpc_protoc.main(
+        [
+            "protoc",
+            f"-I{include}",
+            f"--plugin=protoc-gen-ackbus={protoc._plugin('protoc-gen-ackbus')}",
+            f"--ackbus_out={out}",
+            *files,
+        ]
+    )
+    assert code == 0
+    # Only the ackbus modules: the _pb2 modules are protobuf's own, installed, and
+    # types-protobuf types those it ships (not the language-feature ones).
+    stubs = Path(descriptor_pb2.__file__).parents[2] / "google-stubs"
+    typed = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*_ackbus.py")
+        if (stubs / p.relative_to(out).parent.relative_to("google"))
+        .joinpath(p.name.replace("_ackbus.py", "_pb2.pyi"))
+        .exists()
+    )
+    assert "google/protobuf/descriptor_ackbus.py" in typed
+    assert "google/protobuf/compiler/plugin_ackbus.py" in typed
+    assert len(typed) >= 10
+    run = _python(
+        out,
+        f"""
+        import importlib.util
+        for path in {typed!r}:
+            spec = importlib.util.spec_from_file_location("m", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            assert len(module.REGISTRY) > 0, path
+        """,
+    )
+    assert run.returncode == 0, run.stderr
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--explicit-package-bases", *typed],
+        cwd=out,
+        env={**os.environ, "MYPYPATH": str(RUNTIME_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout[-3000:]
 
 
 @pytest.fixture(scope="module")
