@@ -263,7 +263,11 @@ class _Builder:
 
     def policy_const(self, preferred: str, owner: str, merged: pol.PolicyOptions) -> str:
         name = self.names.allocate(preferred, owner)
-        self.model.policies.append(PolicyConst(name, _policy_expr(merged)))
+        expr = _policy_expr(merged)
+        if len(name) + len(expr) > 96:  # one argument per line, as a formatter would
+            args = "".join(f"    {arg},\n" for arg in _policy_args(merged))
+            expr = f"ackbus.Policy(\n{args})"
+        self.model.policies.append(PolicyConst(name, expr))
         return name
 
     # -- messages -------------------------------------------------------------
@@ -547,11 +551,12 @@ def _method_docs(
     )
 
 
+def _policy_args(policy: pol.PolicyOptions) -> list[str]:
+    return [f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()]
+
+
 def _policy_expr(policy: pol.PolicyOptions) -> str:
-    args = ", ".join(
-        f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()
-    )
-    return f"ackbus.Policy({args})"
+    return f"ackbus.Policy({', '.join(_policy_args(policy))})"
 
 
 def build_file(

@@ -34,8 +34,18 @@ __all__ = [
 
 
 _LOBBY_REGISTER_SERVICE_POLICY = ackbus.Policy(ack_timeout=2.0, max_attempts=5, backoff_cap=5.0)
-_LOBBY_HAND_STARTED_POLICY = ackbus.Policy(ack_timeout=2.0, max_attempts=5, backoff_cap=5.0, kind=ackbus.Kind.EVENT)
-_AUDIT_HAND_STARTED_POLICY = ackbus.Policy(max_attempts=100, backoff_cap=10.0, deadline=300.0, kind=ackbus.Kind.EVENT)
+_LOBBY_HAND_STARTED_POLICY = ackbus.Policy(
+    ack_timeout=2.0,
+    max_attempts=5,
+    backoff_cap=5.0,
+    kind=ackbus.Kind.EVENT,
+)
+_AUDIT_HAND_STARTED_POLICY = ackbus.Policy(
+    max_attempts=100,
+    backoff_cap=10.0,
+    deadline=300.0,
+    kind=ackbus.Kind.EVENT,
+)
 
 
 class LobbyClient:

@@ -31,9 +31,19 @@ __all__ = [
 
 _Fields: TypeAlias = dict[str, Any]
 
-_TABLE_START_HAND_POLICY = ackbus.Policy(ack_timeout=0.5, max_attempts=8, deadline=10.0, priority=3)
+_TABLE_START_HAND_POLICY = ackbus.Policy(
+    ack_timeout=0.5,
+    max_attempts=8,
+    deadline=10.0,
+    priority=3,
+)
 _TABLE_DEAL_CARDS_POLICY = ackbus.Policy(ack_timeout=0.5, max_attempts=8)
-_TABLE_PLAYER_ACTION_POLICY = ackbus.Policy(ack_timeout=0.5, max_attempts=3, priority=5, retry_rejected=False)
+_TABLE_PLAYER_ACTION_POLICY = ackbus.Policy(
+    ack_timeout=0.5,
+    max_attempts=3,
+    priority=5,
+    retry_rejected=False,
+)
 _TABLE_GET_TABLE_STATE_POLICY = ackbus.Policy(ack_timeout=0.5, max_attempts=8)
 
 
