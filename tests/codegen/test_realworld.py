@@ -6,7 +6,7 @@
   (proto2, with extension ranges, defaults and required fields) among
   them, checked against the types-protobuf stubs;
 * ``tests/codegen/schemas/edge``: proto2 (required, defaults, groups, extensions),
-  editions 2023 (presence from features) and names Python treats specially.
+  editions 2023 and 2024 (presence from features) and names Python treats specially.
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             str(out),
             "edge/legacy.proto",
             "edge/modern.proto",
+            "edge/modern2024.proto",
             "edge/names.proto",
         ],
         capture_output=True,
@@ -211,7 +212,7 @@ def test_edge_schemas_warn_about_what_python_cannot_spell(edge: tuple[Path, str]
 def test_edge_schemas_pass_mypy_strict(edge: tuple[Path, str]) -> None:
     out, _ = edge
     files = _typed_files(out)
-    assert len(files) == 6
+    assert len(files) == 8
     checked = _mypy(out, files)
     assert checked.returncode == 0, checked.stdout[-3000:]
 
@@ -222,7 +223,8 @@ def test_edge_schemas_build_the_right_messages(edge: tuple[Path, str]) -> None:
         out,
         """
         import asyncio
-        from edge import legacy_ackbus, legacy_pb2, modern_ackbus, names_ackbus, names_pb2
+        from edge import legacy_ackbus, legacy_pb2, modern_ackbus, modern2024_ackbus
+        from edge import names_ackbus, names_pb2
 
         class Bus:
             async def send(self, msg, **kw):
@@ -256,9 +258,10 @@ def test_edge_schemas_build_the_right_messages(edge: tuple[Path, str]) -> None:
             assert m.IsInitialized() and not m.HasField("quantity") and m.quantity == 1
             assert m.mode == legacy_pb2.FAST and m.WhichOneof("payment") == "voucher"
 
-            await modern_ackbus.ItemsClient(bus).request_put(name="n", count=3, label="")
-            m = bus.msg
-            assert m.HasField("label") and m.count == 3 and not m.HasField("sub")
+            for client in (modern_ackbus.ItemsClient(bus), modern2024_ackbus.ItemsClient(bus)):
+                await client.request_put(name="n", count=3, label="")
+                m = bus.msg
+                assert m.HasField("label") and m.count == 3 and not m.HasField("sub")
             assert [s.name for s in names_ackbus.typeHandler.__ackbus_methods__] == ["Do"]
             print("ok")
 
