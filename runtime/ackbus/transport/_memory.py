@@ -17,21 +17,50 @@ import itertools
 from collections import deque
 
 from ..wire import Multipart
-from ._base import (
-    LinkBase,
-    ListenerBase,
-    OnConnection,
-    OnReceive,
-    OnUnroutable,
-    TransportOptions,
-)
+from ._base import OnConnection, OnReceive, OnUnroutable, TransportOptions
+from ._flow import FlowBase, LinkBase, ListenerBase
 
 __all__ = ["MemoryBackend", "MemoryLink", "MemoryListener"]
 
 SCHEME = "inmem://"
 
 
-class MemoryLink(LinkBase):
+class _Inbox(FlowBase):
+    """Received multiparts waiting for the owner, delivered on a later loop iteration
+    in batches of at most ``drain_limit`` (as the zmq reader drains)."""
+
+    def _init_inbox(self) -> None:
+        self._inbox: deque[Multipart] = deque()
+        self._delivery: asyncio.Handle | None = None
+
+    def _schedule_delivery(self) -> None:
+        if self._delivery is None and not self._paused and not self._closed:
+            self._delivery = self._loop.call_soon(self._deliver_some)
+
+    def _deliver_some(self) -> None:
+        self._delivery = None
+        if self._closed or self._paused or not self._inbox:
+            return
+        n = min(len(self._inbox), self.options.drain_limit)
+        batch = [self._inbox.popleft() for _ in range(n)]
+        self._taken(batch)
+        self._deliver(batch)
+        if self._inbox:
+            self._schedule_delivery()
+        self._space_freed_for_peers()
+
+    def _taken(self, batch: list[Multipart]) -> None:
+        """Bookkeeping for multiparts leaving the inbox."""
+
+    def _space_freed_for_peers(self) -> None:
+        """The inbox has room again: let blocked senders retry now."""
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self._schedule_delivery()
+
+
+class MemoryLink(_Inbox, LinkBase):
     def __init__(
         self,
         backend: MemoryBackend,
@@ -44,8 +73,7 @@ class MemoryLink(LinkBase):
         self._backend = backend
         self.routing_id = options.routing_id or b"\x00" + next(backend._ids).to_bytes(4, "big")
         self._peer: MemoryListener | None = None
-        self._inbox: deque[Multipart] = deque()
-        self._delivery: asyncio.Handle | None = None
+        self._init_inbox()
         backend._waiting.setdefault(address, set()).add(self)
         listener = backend._listeners.get(address)
         if listener is not None:
@@ -72,30 +100,14 @@ class MemoryLink(LinkBase):
         sndhwm = self._peer.options.sndhwm if self._peer is not None else 0
         return sndhwm + self.options.rcvhwm
 
-    def _schedule_delivery(self) -> None:
-        if self._delivery is None and not self._paused and not self._closed:
-            self._delivery = self._loop.call_soon(self._deliver_some)
-
-    def _deliver_some(self) -> None:
-        self._delivery = None
-        if self._closed or self._paused or not self._inbox:
-            return
-        n = min(len(self._inbox), self.options.drain_limit)
-        batch = [self._inbox.popleft() for _ in range(n)]
-        self._deliver(batch)
-        if self._inbox:
-            self._schedule_delivery()
-        if self._peer is not None:
-            self._peer._space_freed()
+    def _space_freed_for_peers(self) -> None:
+        if self._peer is not None and self._peer._blocked:
+            self._peer._schedule_flush()
 
     def _write(self, frames: Multipart) -> bool:
         if self._peer is None or not self._connected:
             return False
         return self._peer._accept(self, frames)
-
-    def resume_reading(self) -> None:
-        super().resume_reading()
-        self._schedule_delivery()
 
     def _release(self) -> None:
         waiting = self._backend._waiting.get(self._address)
@@ -107,7 +119,7 @@ class MemoryLink(LinkBase):
         self._inbox.clear()
 
 
-class MemoryListener(ListenerBase):
+class MemoryListener(_Inbox, ListenerBase):
     def __init__(
         self,
         backend: MemoryBackend,
@@ -119,9 +131,8 @@ class MemoryListener(ListenerBase):
         super().__init__(on_receive, on_unroutable, options)
         self._backend = backend
         self._peers: dict[bytes, MemoryLink] = {}
-        self._inbox: deque[Multipart] = deque()
         self._queued: dict[bytes, int] = {}
-        self._delivery: asyncio.Handle | None = None
+        self._init_inbox()
         bound = []
         for address in addresses:
             if not address.startswith(SCHEME):
@@ -158,38 +169,20 @@ class MemoryListener(ListenerBase):
         self._schedule_delivery()
         return True
 
-    def _schedule_delivery(self) -> None:
-        if self._delivery is None and not self._paused and not self._closed:
-            self._delivery = self._loop.call_soon(self._deliver_some)
-
-    def _deliver_some(self) -> None:
-        self._delivery = None
-        if self._closed or self._paused or not self._inbox:
-            return
-        n = min(len(self._inbox), self.options.drain_limit)
-        batch = [self._inbox.popleft() for _ in range(n)]
+    def _taken(self, batch: list[Multipart]) -> None:
         for frames in batch:
             self._queued[frames[0]] -= 1
-        self._deliver(batch)
-        if self._inbox:
-            self._schedule_delivery()
+
+    def _space_freed_for_peers(self) -> None:
         for link in list(self._peers.values()):
             if link.outbox.blocked:
                 link._schedule_flush()
-
-    def _space_freed(self) -> None:
-        if self._blocked and self._flush_handle is None and not self._closed:
-            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _write(self, peer: bytes, frames: Multipart) -> bool | None:
         link = self._peers.get(peer)
         if link is None:
             return None
         return link._accept(frames)
-
-    def resume_reading(self) -> None:
-        super().resume_reading()
-        self._schedule_delivery()
 
     def _release(self) -> None:
         for address in self._addresses:

@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..wire import Multipart
-from ._base import (
-    LinkBase,
-    ListenerBase,
-    OnConnection,
-    OnReceive,
-    OnUnroutable,
-    TransportOptions,
-    log,
-)
+from ._base import OnConnection, OnReceive, OnUnroutable, TransportOptions
+from ._flow import FlowBase, LinkBase, ListenerBase, log
 
 __all__ = ["ZmqBackend", "ZmqLink", "ZmqListener"]
 
@@ -91,14 +84,10 @@ def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * options.zmtp_heartbeat_ms)
 
 
-class _Reader:
+class _Reader(FlowBase):
     """Drains an edge-triggered zmq socket from the loop's reader callback."""
 
     _sock: zmq.Socket[Any]
-    _loop: asyncio.AbstractEventLoop
-    _paused: bool
-    _closed: bool
-    options: TransportOptions
 
     def _init_reader(self) -> None:
         self._drain_handle: asyncio.Handle | None = None
@@ -108,16 +97,9 @@ class _Reader:
         # Messages may have arrived before the reader was added: look once.
         self._schedule_drain()
 
-    if TYPE_CHECKING:  # provided by LinkBase/ListenerBase and the subclasses
-        _flush_handle: asyncio.Handle | None
-
-        def flush(self) -> None: ...
-
-        def _deliver(self, batch: list[Multipart]) -> None: ...
-
-        def _flush(self) -> None: ...
-
-        def _wants_pollout(self) -> bool: ...
+    def _wants_pollout(self) -> bool:
+        """Whether POLLOUT should trigger a flush (a blocked outbox is waiting)."""
+        raise NotImplementedError
 
     def _schedule_drain(self) -> None:
         if self._drain_handle is None and not self._closed:
