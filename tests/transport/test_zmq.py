@@ -110,3 +110,26 @@ def test_curve_link_needs_the_server_key() -> None:
             )
 
     asyncio.run(main())
+
+
+async def test_listener_serves_several_addresses() -> None:
+    tmp = tempfile.mkdtemp(prefix="ackbus-", dir="/tmp")
+    backend = ZmqBackend()
+    got: list[Multipart] = []
+    try:
+        with backend.bind(
+            ["tcp://127.0.0.1:0", f"ipc://{tmp}/multi.sock"], on_receive=got.extend
+        ) as listener:
+            assert len(listener.addresses) == 2
+            assert listener.addresses[0].startswith("tcp://127.0.0.1:")
+            assert not listener.addresses[0].endswith(":0")
+            links = [backend.connect(a, on_receive=lambda b: None) for a in listener.addresses]
+            for link in links:
+                await link.wait_connected(T)
+                link.outbox.control(wire.encode_heartbeat())
+            await eventually(lambda: len(got) == 2)
+            assert got[0][0] != got[1][0]  # two peers, two routing ids
+            for link in links:
+                link.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
