@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -67,7 +68,9 @@ async def test_close_releases_every_descriptor_and_task() -> None:
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
-async def test_curve_encrypts_and_refuses_a_wrong_server_key() -> None:
+async def test_curve_encrypts_and_refuses_a_wrong_server_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     server = CurveKeys(*zmq.curve_keypair())
     client = CurveKeys(*zmq.curve_keypair())
     backend = ZmqBackend()
@@ -90,9 +93,14 @@ async def test_curve_encrypts_and_refuses_a_wrong_server_key() -> None:
             on_receive=lambda b: None,
             options=TransportOptions(curve=client, curve_server_key=client.public),
         )
-        with pytest.raises(ConnectTimeout):
-            await wrong.wait_connected(0.3)
+        with (
+            caplog.at_level(logging.WARNING, logger="ackbus.transport"),
+            pytest.raises(ConnectTimeout),
+        ):
+            await wrong.wait_connected(0.5)  # several reconnect attempts
         wrong.close()
+        warnings = [r for r in caplog.records if "handshake failed" in r.getMessage()]
+        assert len(warnings) == 1  # said once, not at every attempt
 
         plain = backend.connect(listener.addresses[0], on_receive=lambda b: None)
         with pytest.raises(ConnectTimeout):

@@ -182,6 +182,7 @@ class ZmqLink(_Reader, LinkBase):
         sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
         self._sock = sock
         self._monitor: zmq.Socket[Any] | None = None
+        self._handshake_warned = False
         try:
             _configure(sock, options)
             # Queue only to completed connections: while disconnected, sends fail with
@@ -233,11 +234,18 @@ class ZmqLink(_Reader, LinkBase):
                 return
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_warned = False
                 self._set_connected(True)
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._set_connected(False)
-            else:
-                log.warning("%s: handshake failed (%s)", self._address, kind)
+            elif not self._handshake_warned:  # once, not at every reconnect attempt
+                self._handshake_warned = True
+                log.warning(
+                    "%s: handshake failed (%s); a CURVE key or the protocol is wrong, "
+                    "retrying quietly",
+                    self._address,
+                    zmq.Event(kind).name,
+                )
 
     def _release(self) -> None:
         self._close_reader()
