@@ -13,6 +13,7 @@ from ._types import (
     MethodSpec,
     Policy,
     Registry,
+    Untyped,
     unimplemented,
 )
 from ._version import __version__
@@ -65,6 +66,7 @@ __all__ = [
     "RetryLater",
     "SchemaError",
     "SendWindowTimeout",
+    "Untyped",
     "WaitTimeout",
     "__version__",
     "unimplemented",

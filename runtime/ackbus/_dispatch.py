@@ -29,7 +29,8 @@ class Route:
     """One registered handler."""
 
     msg_type: str
-    cls: type[Message]
+    cls: type[Message] | None
+    """``None`` for a handler registered by type name: it receives a dict."""
     fn: HandlerFn
     kind: Kind
     response: type[Message] | None
@@ -84,6 +85,30 @@ class Dispatcher:
         )
         self._add_all([route])
         return route
+
+    def add_named(
+        self,
+        names: list[str],
+        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind = Kind.COMMAND,
+    ) -> list[Route]:
+        """Register ``fn`` under each of ``names`` (a type's full and legacy names);
+        it receives the payload as a dict."""
+        origin = getattr(fn, "__qualname__", repr(fn))
+        routes = [
+            Route(
+                msg_type=name,
+                cls=None,
+                fn=cast(HandlerFn, fn),
+                kind=kind,
+                response=None,
+                origin=origin,
+            )
+            for name in names
+        ]
+        self._add_all(routes)
+        return routes
 
     def _add_all(self, routes: list[Route]) -> None:
         for route in routes:

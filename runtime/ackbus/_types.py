@@ -31,6 +31,7 @@ __all__ = [
     "MethodSpec",
     "Policy",
     "Registry",
+    "Untyped",
     "unimplemented",
 ]
 
@@ -187,6 +188,21 @@ class Context:
     headers: Mapping[str, str] = field(default_factory=dict)
     correlation_id: bytes = b""
     priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Untyped:
+    """A message given as a type name and a JSON-able payload, for code that has no
+    generated classes (the counterpart of ``MessageEnvelope.Create("Type", payload)``).
+
+    It is delivered, acknowledged, retried and deduplicated like a typed message. When
+    the sending endpoint's registry knows ``type_name`` (full proto name or legacy name)
+    the payload is converted with protobuf's JSON mapping and sent typed; otherwise it
+    travels as JSON under ``type_name``.
+    """
+
+    type_name: str
+    payload: Mapping[str, Any]
 
 
 class DeliveryStatus(enum.Enum):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from ._loop_thread import LoopThread
-from ._types import Context, DeliveryReport, Handler, Kind, Policy
+from ._types import Context, DeliveryReport, Handler, Kind, Policy, Untyped
 from .endpoint import Endpoint, EndpointStats
 from .errors import ClosedError
 
@@ -77,6 +77,7 @@ class BlockingEndpoint:
     def register(self, handler: Handler) -> None:
         self._call(self._ep.register, handler)
 
+    @overload
     def register_handler(
         self,
         msg_type: type[M],
@@ -84,12 +85,33 @@ class BlockingEndpoint:
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
+    ) -> None: ...
+
+    @overload
+    def register_handler(
+        self,
+        msg_type: str,
+        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]],
+        *,
+        kind: Kind | None = None,
+        response: None = None,
+    ) -> None: ...
+
+    def register_handler(
+        self,
+        msg_type: type[M] | str,
+        fn: Callable[[Any, Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind | None = None,
+        response: type[Message] | None = None,
     ) -> None:
-        self._call(lambda: self._ep.register_handler(msg_type, fn, kind=kind, response=response))
+        """Blocking :meth:`Endpoint.register_handler` (the handler runs on the loop thread)."""
+        register: Callable[..., None] = self._ep.register_handler
+        self._call(lambda: register(msg_type, fn, kind=kind, response=response))
 
     def send(
         self,
-        msg: Message,
+        msg: Message | Untyped,
         *,
         wait_ack: bool = True,
         timeout: float | None = None,
@@ -113,7 +135,7 @@ class BlockingEndpoint:
 
     def publish(
         self,
-        event: Message,
+        event: Message | Untyped,
         *,
         wait_ack: bool = True,
         timeout: float | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import random
@@ -28,8 +29,9 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from . import envelope_pb2, wire_pb2
@@ -45,6 +47,7 @@ from ._types import (
     Kind,
     Policy,
     Registry,
+    Untyped,
 )
 from .core import (
     Admit,
@@ -72,6 +75,7 @@ from .errors import (
     Rejected,
     RemoteProtocolError,
     RetryLater,
+    SchemaError,
     SendWindowTimeout,
 )
 from .transport import Backend, Link, TransportOptions, ZmqBackend
@@ -111,6 +115,8 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 
 _DEFAULT_POLICY = Policy()
+JSON_ENCODING = "json"
+"""``Envelope.content_encoding`` of a body that is a JSON object (untyped messages)."""
 _DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
 
@@ -242,6 +248,7 @@ class Endpoint:
         self._dispatch.add_handler(handler)
         self._hello_again()
 
+    @overload
     def register_handler(
         self,
         msg_type: type[M],
@@ -249,15 +256,45 @@ class Endpoint:
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
+    ) -> None: ...
+
+    @overload
+    def register_handler(
+        self,
+        msg_type: str,
+        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]],
+        *,
+        kind: Kind | None = None,
+        response: None = None,
+    ) -> None: ...
+
+    def register_handler(
+        self,
+        msg_type: type[M] | str,
+        fn: Callable[[Any, Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind | None = None,
+        response: type[Message] | None = None,
     ) -> None:
-        """Register a plain async function for messages of class ``msg_type``.
+        """Register a plain async function for messages of class ``msg_type``, or by
+        type name: ``register_handler("StartHand", fn)`` hands ``fn`` the payload as a
+        dict (reachable under the full and the legacy name when the registry knows it).
 
         ``kind`` defaults to the registry's policy for the type (else command).
         """
-        if kind is None:
-            spec = self.registry.for_class(msg_type)
-            kind = spec.policy.kind if spec is not None else Kind.COMMAND
-        self._dispatch.add_function(msg_type, fn, kind=kind, response=response)
+        if isinstance(msg_type, str):
+            spec = self.registry.get(msg_type)
+            names = [msg_type]
+            if spec is not None:
+                names = sorted({spec.full_name, *([spec.legacy_name] if spec.legacy_name else [])})
+            if kind is None:
+                kind = spec.policy.kind if spec is not None else Kind.COMMAND
+            self._dispatch.add_named(names, fn, kind=kind)
+        else:
+            if kind is None:
+                found = self.registry.for_class(msg_type)
+                kind = found.policy.kind if found is not None else Kind.COMMAND
+            self._dispatch.add_function(msg_type, fn, kind=kind, response=response)
         self._hello_again()
 
     # ------------------------------------------------------------------ lifecycle
@@ -344,7 +381,7 @@ class Endpoint:
 
     async def send(
         self,
-        msg: Message,
+        msg: Message | Untyped,
         *,
         wait_ack: bool = True,
         timeout: float | None = None,
@@ -366,7 +403,7 @@ class Endpoint:
 
     async def publish(
         self,
-        event: Message,
+        event: Message | Untyped,
         *,
         wait_ack: bool = True,
         timeout: float | None = None,
@@ -409,7 +446,7 @@ class Endpoint:
 
     async def _send(
         self,
-        msg: Message,
+        msg: Message | Untyped,
         kind: int,
         wait_ack: bool,
         timeout: float | None,
@@ -425,25 +462,31 @@ class Endpoint:
             )
         loop = self._loop
         assert loop is not None
-        pol = policy or self._policy_for(msg)
+        if isinstance(msg, Untyped):
+            msg_type, body, json_body, pol = self._untyped(msg, policy)
+        else:
+            msg_type, body, json_body = msg.DESCRIPTOR.full_name, msg.SerializeToString(), False
+            pol = policy or self._policy_for(msg)
         if timeout is not None:
             if not timeout > 0:
                 raise ValueError(f"timeout must be > 0, got {timeout}")
             pol = pol.with_(deadline=min(pol.deadline, timeout))
         if priority is not None:
             pol = pol.with_(priority=priority)
-        msg_type = msg.DESCRIPTOR.full_name
         destination = to or msg_type
         if self._tracker.in_flight(destination) >= self._window:
             await self._wait_window(destination, loop.time() + pol.deadline)
         now = loop.time()
         mid = os.urandom(16)
         now_ns = int((now + self._wall_offset) * 1e9)
-        envelope = self._envelope if not headers else self._envelope_with(headers)
+        if headers or json_body:
+            envelope = self._envelope_with(headers or {}, json_body)
+        else:
+            envelope = self._envelope
         frame = encode_message(
             mid,
             msg_type,
-            msg.SerializeToString(),
+            body,
             envelope=envelope,
             recipient=to or "",
             kind=kind,
@@ -499,11 +542,29 @@ class Endpoint:
         spec = self.registry.for_class(type(msg))
         return spec.policy if spec is not None else self.policy
 
-    def _envelope_with(self, headers: Mapping[str, str]) -> bytes:
+    def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:
         env = envelope_pb2.Envelope()
         env.ParseFromString(self._envelope)
         env.headers.update(headers)
+        if json_body:
+            env.content_encoding = JSON_ENCODING
         return env.SerializeToString()
+
+    def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
+        """Type name, body, whether the body is JSON, and policy of an untyped message."""
+        spec = self.registry.get(msg.type_name)
+        if spec is None:
+            try:
+                body = json.dumps(dict(msg.payload), separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(f"{msg.type_name} payload is not JSON-able: {exc}") from None
+            return msg.type_name, body, True, policy or self.policy
+        typed = spec.cls()
+        try:
+            json_format.ParseDict(dict(msg.payload), typed)
+        except json_format.ParseError as exc:
+            raise SchemaError(f"payload does not fit {spec.full_name}: {exc}") from None
+        return spec.full_name, typed.SerializeToString(), False, policy or spec.policy
 
     def _transmit(self, mid: bytes, frame: bytes) -> None:
         hub = self._pick_link()
@@ -688,9 +749,9 @@ class Endpoint:
                 self._reack(outbox, item)
             return  # RUNNING: the ack follows when the first run ends
         try:
-            msg = route.cls()
-            msg.ParseFromString(item.body)
-            ctx = self._context(item, now)
+            env = item.envelope()
+            msg = self._decode(route, item, env.content_encoding == JSON_ENCODING)
+            ctx = self._context(item, env, now)
         except Exception as exc:
             error = RemoteError(
                 "RemoteProtocolError", f"undecodable {item.type} message: {exc}", permanent=True
@@ -710,8 +771,28 @@ class Endpoint:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _context(self, item: MessageItem, now: float) -> Context:
-        env = item.envelope()
+    def _decode(self, route: Route, item: MessageItem, json_body: bool) -> Any:
+        """The handler's argument: a typed message, or a dict for a by-name handler."""
+        if route.cls is not None:
+            msg = route.cls()
+            if json_body:
+                json_format.ParseDict(json.loads(item.body), msg)
+            else:
+                msg.ParseFromString(item.body)
+            return msg
+        if json_body:
+            payload = json.loads(item.body)
+            if not isinstance(payload, dict):
+                raise ValueError("a JSON body must be an object")
+            return payload
+        spec = self.registry.get(item.type)
+        if spec is None:
+            raise ValueError("protobuf body of a type this endpoint's registry does not know")
+        typed = spec.cls()
+        typed.ParseFromString(item.body)
+        return json_format.MessageToDict(typed, preserving_proto_field_name=True)
+
+    def _context(self, item: MessageItem, env: envelope_pb2.Envelope, now: float) -> Context:
         return Context(
             message_id=item.id,
             message_type=item.type,
