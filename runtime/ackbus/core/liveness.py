@@ -121,13 +121,14 @@ class Liveness(Generic[K]):
                     due = now + state.interval
                 self._push(due, _SEND, peer, state)
             else:
-                limit = state.interval * state.misses
-                silence = now - state.last_seen
-                if silence >= limit:
+                # Compare sums, not differences: the re-armed time must lie after `now`
+                # in floating point, or this loop would never end.
+                expiry = state.last_seen + state.interval * state.misses
+                if expiry <= now:
                     del self._peers[peer]
-                    out.append(PeerDead(peer, silence))
+                    out.append(PeerDead(peer, now - state.last_seen))
                 else:
-                    self._push(state.last_seen + limit, _CHECK, peer, state)
+                    self._push(expiry, _CHECK, peer, state)
         if len(heap) > 4 * len(self._peers) + 64:
             # Entries of removed peers linger until they surface; drop them in bulk.
             self._heap = [e for e in heap if self._peers.get(e[3]) is e[4]]

@@ -93,6 +93,9 @@ class RoutingTable:
         """Command type → service → peers handling it."""
         self._events: dict[str, dict[str, list[bytes]]] = {}
         self._in_flight: dict[bytes, int] = {}
+        """Instance key → messages routed to it and not acked. Keyed by identity, not peer,
+        and kept across re-registration: each count is paid back exactly once, by an ack
+        or by its sticky entry expiring."""
         self._sticky: OrderedDict[_StickyKey, _Stick] = OrderedDict()
 
     # -- membership ------------------------------------------------------------------------
@@ -118,7 +121,7 @@ class RoutingTable:
         self._instances[peer] = inst
         self._by_key[key] = peer
         self._keys[peer] = key
-        self._in_flight[peer] = 0
+        self._in_flight.setdefault(key, 0)
         for table, types in ((self._commands, inst.commands), (self._events, inst.events)):
             for msg_type in types:
                 table.setdefault(msg_type, {}).setdefault(identity.service, []).append(peer)
@@ -132,7 +135,8 @@ class RoutingTable:
         key = self._keys.pop(peer)
         if self._by_key.get(key) == peer:
             del self._by_key[key]
-        self._in_flight.pop(peer, None)
+        if not self._in_flight.get(key):
+            self._in_flight.pop(key, None)
         service = inst.identity.service
         for table, types in ((self._commands, inst.commands), (self._events, inst.events)):
             for msg_type in types:
@@ -152,7 +156,8 @@ class RoutingTable:
         return list(self._instances.values())
 
     def in_flight(self, peer: bytes) -> int:
-        return self._in_flight.get(peer, 0)
+        key = self._keys.get(peer)
+        return self._in_flight.get(key, 0) if key is not None else 0
 
     def sticky_count(self) -> int:
         return len(self._sticky)
@@ -204,19 +209,23 @@ class RoutingTable:
         return "routed"
 
     def on_ack(self, peer: bytes, msg_id: bytes | None = None) -> None:
-        """``peer`` acked a message: one credit is free again. With ``msg_id`` an ack is
-        counted once per routed message, however often it is repeated."""
-        if msg_id is not None:
+        """``peer`` acked a message: a credit is free again. With ``msg_id`` the credit of
+        the instance the message was routed to is paid back once, however often the ack is
+        repeated and whichever instance sent it (an older copy may be acked elsewhere)."""
+        if msg_id is None:
+            key = self._keys.get(peer)
+            if key is not None:
+                self._release(key)
+            return
+        stick = self._sticky.get(msg_id)
+        if stick is None:
             inst = self._instances.get(peer)
             if inst is None:
                 return
-            stick = self._sticky.get(msg_id) or self._sticky.get((msg_id, inst.identity.service))
-            if stick is None or not stick.open:
-                return
+            stick = self._sticky.get((msg_id, inst.identity.service))
+        if stick is not None and stick.open:
             stick.open = False
-        n = self._in_flight.get(peer)
-        if n:
-            self._in_flight[peer] = n - 1
+            self._release(stick.key)
 
     def tick(self, now: float) -> None:
         """Expire sticky entries older than the TTL."""
@@ -232,32 +241,34 @@ class RoutingTable:
             if peer is not None and peer in peers:
                 if not stick.open:
                     stick.open = True
-                    self._in_flight[peer] += 1
+                    self._in_flight[stick.key] += 1
                 return peer
             del sticky[sticky_key]
             if stick.open:
                 self._release(stick.key)
         in_flight = self._in_flight
-        instances = self._instances
+        keys = self._keys
         if len(peers) == 1:
             best = peers[0]
         else:
+            instances = self._instances
             msg_key = zlib.crc32(msg_id)
-            keys = self._keys
             best = b""
             best_score = -1
             best_free = b""
             best_free_score = -1
             for peer in peers:
-                score = _score(msg_key, keys[peer])
+                key = keys[peer]
+                score = _score(msg_key, key)
                 if score > best_score:
                     best, best_score = peer, score
-                if score > best_free_score and in_flight[peer] < instances[peer].credit:
+                if score > best_free_score and in_flight[key] < instances[peer].credit:
                     best_free, best_free_score = peer, score
             if best_free:
                 best = best_free
-        in_flight[best] += 1
-        sticky[sticky_key] = _Stick(self._keys[best], now)
+        best_key = keys[best]
+        in_flight[best_key] += 1
+        sticky[sticky_key] = _Stick(best_key, now)
         if len(sticky) > self.sticky_capacity or next(iter(sticky.values())).at <= now - (
             self.sticky_ttl
         ):
@@ -276,8 +287,10 @@ class RoutingTable:
                 self._release(stick.key)
 
     def _release(self, key: bytes) -> None:
-        peer = self._by_key.get(key)
-        if peer is not None:
-            n = self._in_flight.get(peer)
-            if n:
-                self._in_flight[peer] = n - 1
+        n = self._in_flight.get(key)
+        if n is None:
+            return
+        if n > 1 or key in self._by_key:
+            self._in_flight[key] = max(n - 1, 0)
+        else:
+            del self._in_flight[key]
