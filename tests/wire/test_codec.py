@@ -103,7 +103,7 @@ def test_message_item_round_trip_with_envelope() -> None:
         3,
     )
     assert got.body == b"b"
-    assert got.frame is frame
+    assert got.frame == frame
     full = got.envelope()
     assert full.sender.service == "lobby"
     assert full.headers["traceparent"] == "00-abc"
@@ -231,6 +231,56 @@ def test_batch_limits() -> None:
         wire.decode_messages([wire.MESSAGE_FRAME, b"\x03", item()])
     with refused("MALFORMED"):
         wire.decode_messages([wire.MESSAGE_FRAME, b"\x01"])
+    with refused("MALFORMED"):
+        wire.decode_messages([wire.MESSAGE_FRAME])
+
+
+def test_small_items_are_packed_big_ones_travel_alone() -> None:
+    small = [item(message_id=bytes([i]) * 16) for i in range(3)]
+    big = item(message_id=b"B" * 16, body=b"x" * wire.PACK_BELOW)
+    frames = wire.encode_messages([(b"p", [small[0], small[1], big, small[2]])])
+    # packed(2), separate group + big item, packed(1)
+    assert len(frames) == 1 + 1 + 2 + 1
+    assert frames[1][0] == wire.PACKED | 2
+    assert frames[3] is big  # never copied into a batch: forwarded and sent as is
+    got = wire.decode_messages(frames)
+    assert [i.id[0] for i in got] == [0, 1, ord("B"), 2]
+    assert {i.peer for i in got} == {b"p"}
+    assert got[2].frame is big
+
+
+def test_packed_and_separate_groups_mix_in_one_multipart() -> None:
+    a, b = item(message_id=b"a" * 16), item(message_id=b"b" * 16)
+    frames = [
+        wire.MESSAGE_FRAME,
+        wire.group_frame(1, b"x"),
+        a,
+        wire.packed_group_frame(b"y", [b]),
+    ]
+    got = wire.decode_messages(frames)
+    assert [(i.id[:1], i.peer) for i in got] == [(b"a", b"x"), (b"b", b"y")]
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        bytes([wire.PACKED | 1]),  # no peer length
+        bytes([wire.PACKED | 1, 5]) + b"ab",  # peer longer than the frame
+        bytes([wire.PACKED | 1, 0]) + b"\x05\x00\x00",  # truncated length
+        bytes([wire.PACKED | 1, 0]) + b"\xff\x00\x00\x00abc",  # item past the end
+        bytes([wire.PACKED | 0, 0]),  # zero items
+        bytes([wire.PACKED | 65, 0]),  # too many items
+    ],
+)
+def test_malformed_packed_groups(group: bytes) -> None:
+    with refused("MALFORMED"):
+        wire.decode_messages([wire.MESSAGE_FRAME, group])
+
+
+def test_packed_group_with_trailing_bytes() -> None:
+    group = wire.packed_group_frame(b"", [item()]) + b"junk"
+    with refused("MALFORMED"):
+        wire.decode_messages([wire.MESSAGE_FRAME, group])
 
 
 def test_several_groups_keep_order_and_peers() -> None:

@@ -54,7 +54,8 @@ ENV = envelope_pb2.Envelope(
 ITEM = wire.encode_message(b"i" * 16, "pkg.Type", b"body" * 3, envelope=ENV, recipient="svc")
 FULL_ACK = envelope_pb2.Ack(message_id=b"a" * 16, outcome=envelope_pb2.REJECTED).SerializeToString()
 VALID: list[list[bytes]] = [
-    wire.encode_messages([(b"", [ITEM, ITEM]), (b"origin", [ITEM])]),
+    wire.encode_messages([(b"", [ITEM, ITEM]), (b"origin", [ITEM])]),  # packed
+    [wire.MESSAGE_FRAME, wire.group_frame(2, b"o"), ITEM, ITEM],  # items as frames
     wire.encode_acks([(b"p", wire.ok_ids_frame([b"x" * 16]), wire.full_acks_frame([FULL_ACK]))]),
     wire.encode_hello(
         wire_pb2.Hello(identity=envelope_pb2.Identity(service="s"), commands=["a.B"], versions=[1])

@@ -345,14 +345,56 @@ def reattempt(frame: bytes, attempt: int, sent_at_ns: int) -> bytes:
 
 # --------------------------------------------------------------------------- MESSAGE batch
 
-_GROUP: Final = struct.Struct("<B")
+PACKED: Final = 0x80
+"""Flag in a group frame's first byte: the group's items are inside the frame."""
+PACK_BELOW: Final = 16 * 1024
+"""Items smaller than this are packed into their group frame; bigger ones travel as
+frames of their own (no copy into a batch frame, zero-copy send)."""
+_U32: Final = struct.Struct("<I")
 
 
 def group_frame(count: int, peer: bytes = b"") -> bytes:
-    """Opens a group of ``count`` message items sharing one peer token."""
+    """Opens a group of ``count`` message items that follow as frames of their own."""
     if not 1 <= count <= MAX_BATCH or len(peer) > MAX_NAME:
         raise LocalProtocolError(f"bad group: {count} items, peer of {len(peer)} bytes")
     return bytes((count,)) + peer
+
+
+def packed_group_frame(peer: bytes, items: Sequence[bytes]) -> bytes:
+    """A group frame that carries its items: u8 ``0x80 | count``, u8 peer length, peer,
+    then per item a u32 length and the item. One frame instead of ``count``: on this
+    machine a frame costs about 0.8 µs to send and 0.9 µs to receive in Python, while
+    copying a small item into the batch costs a tenth of that."""
+    count = len(items)
+    if not 1 <= count <= MAX_BATCH or len(peer) > MAX_NAME:
+        raise LocalProtocolError(f"bad group: {count} items, peer of {len(peer)} bytes")
+    pack = _U32.pack
+    parts = [bytes((PACKED | count, len(peer))), peer]
+    for item in items:
+        parts.append(pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def message_frames(groups: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes]:
+    """A MESSAGE multipart from ``(peer, item frames)`` groups: small items packed into
+    their group frame, items of ``PACK_BELOW`` bytes or more as frames of their own.
+    The caller keeps the total within the batch limit."""
+    out = [MESSAGE_FRAME]
+    for peer, items in groups:
+        run: list[bytes] = []
+        for item in items:
+            if len(item) < PACK_BELOW:
+                run.append(item)
+                continue
+            if run:
+                out.append(packed_group_frame(peer, run))
+                run = []
+            out.append(bytes((1,)) + peer)
+            out.append(item)
+        if run:
+            out.append(packed_group_frame(peer, run))
+    return out
 
 
 def decode_messages(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> list[MessageItem]:
@@ -360,16 +402,37 @@ def decode_messages(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) ->
     items: list[MessageItem] = []
     n = len(frames)
     i = 1
-    if n < 3:
-        raise _bad("MESSAGE without a group and an item")
+    if n < 2:
+        raise _bad("MESSAGE without a group")
     while i < n:
         group = frames[i]
-        if not 1 <= len(group) <= 1 + MAX_NAME or not 1 <= group[0] <= limits.max_batch:
-            raise _bad("malformed MESSAGE group frame")
-        count = group[0]
-        peer = group[1:]
         i += 1
-        if i + count > n or len(items) + count > limits.max_batch:
+        size = len(group)
+        if not size or not 1 <= group[0] & ~PACKED <= limits.max_batch:
+            raise _bad("malformed MESSAGE group frame")
+        count = group[0] & ~PACKED
+        if len(items) + count > limits.max_batch:
+            raise _bad(f"MESSAGE carries more than {limits.max_batch} items")
+        if group[0] & PACKED:
+            if size < 2 or 2 + group[1] > size:
+                raise _bad("malformed packed MESSAGE group frame")
+            pos = 2 + group[1]
+            peer = group[2:pos]
+            for _ in range(count):
+                if pos + 4 > size:
+                    raise _bad("packed MESSAGE group is truncated")
+                end = pos + 4 + _U32.unpack_from(group, pos)[0]
+                if end > size:
+                    raise _bad("packed MESSAGE group is truncated")
+                items.append(MessageItem(group[pos + 4 : end], peer, limits))
+                pos = end
+            if pos != size:
+                raise _bad("packed MESSAGE group has trailing bytes")
+            continue
+        if size > 1 + MAX_NAME:
+            raise _bad("malformed MESSAGE group frame")
+        peer = group[1:]
+        if i + count > n:
             raise _bad(f"MESSAGE group promises {count} items that are not there")
         for frame in frames[i : i + count]:
             items.append(MessageItem(frame, peer, limits))
@@ -379,12 +442,7 @@ def decode_messages(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) ->
 
 def encode_messages(groups: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes]:
     """A MESSAGE multipart from ``(peer, item frames)`` groups (at most 64 items)."""
-    out = [MESSAGE_FRAME]
-    total = 0
-    for peer, items in groups:
-        out.append(group_frame(len(items), peer))
-        out.extend(items)
-        total += len(items)
+    total = sum(len(items) for _, items in groups)
     if not 1 <= total <= MAX_BATCH:
         raise LocalProtocolError(f"a MESSAGE carries 1 to {MAX_BATCH} items, not {total}")
-    return out
+    return message_frames(groups)

@@ -28,7 +28,7 @@ from ._codec import (
     MAX_ACKS,
     MAX_BATCH,
     MAX_NAME,
-    MESSAGE_FRAME,
+    message_frames,
 )
 from ._control import full_acks_frame
 
@@ -176,11 +176,7 @@ class Outbox:
     def _close_messages(self) -> None:
         if not self._msgs:
             return
-        out = [MESSAGE_FRAME]
-        for group in self._msgs:
-            out.append(bytes((len(group) - 1,)) + group[0])
-            out.extend(group[1:])
-        self._done.append((out, self._msg_count))
+        self._done.append((message_frames([(g[0], g[1:]) for g in self._msgs]), self._msg_count))
         self._msgs = []
         self._msg_count = 0
 
