@@ -1,5 +1,6 @@
 """The deterministic simulation: invariants over many seeds, and proof that it can fail."""
 
+import itertools
 import subprocess
 import sys
 
@@ -56,12 +57,14 @@ def test_simulation_catches_routing_that_is_not_sticky(monkeypatch: pytest.Monke
     assert bad, "routing that ignores stickiness went unnoticed"
 
 
+_rotation = itertools.count()
+
+
 def _random_pick(
     self: routing.RoutingTable, key: object, msg_id: bytes, peers: list[bytes], now: float
 ) -> bytes:
     # Deterministic but not sticky: a different instance for every attempt.
-    self._rotation = getattr(self, "_rotation", 0) + 1
-    return peers[self._rotation % len(peers)]
+    return peers[next(_rotation) % len(peers)]
 
 
 def test_command_line_runs_the_seeds_it_is_given() -> None:

@@ -1,0 +1,459 @@
+"""The outbound tracker: transitions, timing, windows, multi-receiver messages."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from ackbus import Identity, Policy
+from ackbus.core import (
+    Admit,
+    Completion,
+    MsgState,
+    OutboundTracker,
+    Outcome,
+    Reason,
+    RemoteError,
+    Status,
+    Transmit,
+    backoff_delay,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+# No jitter: every time below is exact.
+P = Policy(
+    ack_timeout=1.0, max_attempts=4, backoff_base=0.5, backoff_cap=2.0, jitter=0.0, deadline=30.0
+)
+ALICE = Identity("svc", "a")
+BOB = Identity("other", "b")
+TRANSIENT = RemoteError("ValueError", "try again", permanent=False)
+PERMANENT = RemoteError("KeyError", "no such table", permanent=True)
+
+
+def tracker(window: int = 10) -> OutboundTracker:
+    return OutboundTracker(window=window, rng=random.Random(7))
+
+
+def submit(t: OutboundTracker, msg_id: bytes = b"m", policy: Policy = P, **kw: object) -> Admit:
+    args: dict[str, object] = {"msg_type": "T", "destination": "hub", "policy": policy}
+    args.update(kw)
+    args.setdefault("now", 0.0)
+    return t.submit(msg_id, **args)  # type: ignore[arg-type]
+
+
+# -- the transition table ------------------------------------------------------------------
+
+
+def _in_flight(t: OutboundTracker) -> None:
+    submit(t)
+
+
+def _backoff(t: OutboundTracker) -> None:
+    submit(t)
+    assert t.tick(1.0) == []  # attempt 1 timed out: backing off
+
+
+def _queued(t: OutboundTracker) -> None:
+    submit(t, b"first")
+    submit(t)  # window of 1 is full
+
+
+def _ready(t: OutboundTracker) -> None:
+    _queued(t)
+    t.ack(b"first", outcome=Outcome.OK, now=0.1)
+
+
+SETUPS: dict[MsgState, Callable[[OutboundTracker], None]] = {
+    MsgState.IN_FLIGHT: _in_flight,
+    MsgState.BACKOFF: _backoff,
+    MsgState.QUEUED: _queued,
+    MsgState.READY: _ready,
+}
+
+
+def _ack(outcome: Outcome, **kw: object) -> Callable[[OutboundTracker], object]:
+    return lambda t: t.ack(b"m", outcome=outcome, now=0.2, **kw)  # type: ignore[arg-type]
+
+
+EVENTS: dict[str, Callable[[OutboundTracker], object]] = {
+    "ok": _ack(Outcome.OK, receiver=ALICE),
+    "duplicate": _ack(Outcome.DUPLICATE, receiver=ALICE),
+    "rejected": _ack(Outcome.REJECTED, error=TRANSIENT),
+    "rejected-permanent": _ack(Outcome.REJECTED, error=PERMANENT),
+    "retry-later": _ack(Outcome.RETRY_LATER, retry_after=0.5),
+    "no-route": _ack(Outcome.NO_ROUTE),
+    "expired": _ack(Outcome.EXPIRED),
+    "cancel": lambda t: t.cancel(b"m", 0.2),
+    "tick-now": lambda t: t.tick(0.2),
+    "tick-deadline": lambda t: t.tick(30.0),
+}
+
+ACKED, FAILED = "acked", "failed"
+_ENDS = ("cancel", "tick-deadline")
+
+# (state, event) -> resulting state, or (settled, reason). Missing rows would be a gap: the
+# test below checks the table covers every (state, event) pair.
+TABLE: dict[tuple[MsgState, str], MsgState | tuple[str, Reason | None]] = {
+    (MsgState.IN_FLIGHT, "ok"): (ACKED, None),
+    (MsgState.IN_FLIGHT, "duplicate"): (ACKED, None),
+    (MsgState.IN_FLIGHT, "rejected"): (FAILED, Reason.REJECTED),
+    (MsgState.IN_FLIGHT, "rejected-permanent"): (FAILED, Reason.REJECTED),
+    (MsgState.IN_FLIGHT, "retry-later"): MsgState.BACKOFF,
+    (MsgState.IN_FLIGHT, "no-route"): MsgState.BACKOFF,
+    (MsgState.IN_FLIGHT, "expired"): (FAILED, Reason.EXPIRED),
+    (MsgState.IN_FLIGHT, "cancel"): (FAILED, Reason.CANCELLED),
+    (MsgState.IN_FLIGHT, "tick-now"): MsgState.IN_FLIGHT,
+    (MsgState.IN_FLIGHT, "tick-deadline"): (FAILED, Reason.TIMEOUT),
+    # A late ack of an earlier attempt still counts while backing off.
+    (MsgState.BACKOFF, "ok"): (ACKED, None),
+    (MsgState.BACKOFF, "duplicate"): (ACKED, None),
+    (MsgState.BACKOFF, "rejected"): (FAILED, Reason.REJECTED),
+    (MsgState.BACKOFF, "rejected-permanent"): (FAILED, Reason.REJECTED),
+    (MsgState.BACKOFF, "retry-later"): MsgState.BACKOFF,
+    (MsgState.BACKOFF, "no-route"): MsgState.BACKOFF,
+    (MsgState.BACKOFF, "expired"): (FAILED, Reason.EXPIRED),
+    (MsgState.BACKOFF, "cancel"): (FAILED, Reason.CANCELLED),
+    (MsgState.BACKOFF, "tick-now"): MsgState.BACKOFF,
+    (MsgState.BACKOFF, "tick-deadline"): (FAILED, Reason.TIMEOUT),
+    # Never sent: acks cannot concern it and are ignored.
+    **{(MsgState.QUEUED, e): MsgState.QUEUED for e in EVENTS if e not in _ENDS},
+    (MsgState.QUEUED, "cancel"): (FAILED, Reason.CANCELLED),
+    (MsgState.QUEUED, "tick-deadline"): (FAILED, Reason.TIMEOUT),
+    **{(MsgState.READY, e): MsgState.READY for e in EVENTS if e not in (*_ENDS, "tick-now")},
+    (MsgState.READY, "tick-now"): MsgState.IN_FLIGHT,
+    (MsgState.READY, "cancel"): (FAILED, Reason.CANCELLED),
+    (MsgState.READY, "tick-deadline"): (FAILED, Reason.TIMEOUT),
+}  # fmt: skip
+
+
+def test_table_covers_every_state_and_event() -> None:
+    assert set(TABLE) == {(s, e) for s in SETUPS for e in EVENTS}
+
+
+@pytest.mark.parametrize(("state", "event"), [(s, e) for s in SETUPS for e in EVENTS])
+def test_transition(state: MsgState, event: str) -> None:
+    t = tracker(window=1)
+    SETUPS[state](t)
+    assert t.state(b"m") is state
+    out = EVENTS[event](t)
+    settled = [c for c in (out if isinstance(out, list) else [out]) if isinstance(c, Completion)]
+    settled = [c for c in settled if c.msg_id == b"m"]
+    expected = TABLE[(state, event)]
+    if isinstance(expected, MsgState):
+        assert settled == []
+        assert t.state(b"m") is expected
+    else:
+        status, reason = expected
+        assert len(settled) == 1
+        assert settled[0].status.value == status
+        assert settled[0].reason == reason
+        assert t.state(b"m") is None
+        # Settled means forgotten: a second event about it changes nothing.
+        assert t.ack(b"m", outcome=Outcome.OK, now=0.3) is None
+        assert t.cancel(b"m", 0.3) is None
+
+
+# -- timing --------------------------------------------------------------------------------
+
+
+def run_until_settled(t: OutboundTracker) -> tuple[list[tuple[float, Transmit]], Completion]:
+    sent = []
+    while (when := t.next_deadline()) is not None:
+        for action in t.tick(when):
+            if isinstance(action, Transmit):
+                sent.append((when, action))
+            else:
+                return sent, action
+    raise AssertionError("nothing settled")
+
+
+def test_retries_after_ack_timeout_plus_doubling_backoff_then_fail() -> None:
+    t = tracker()
+    assert submit(t) is Admit.SEND
+    sent, done = run_until_settled(t)
+    # attempt n+1 at t_n + ack_timeout + min(cap, base * 2**(n-1))
+    assert [(w, a.attempt) for w, a in sent] == [(1.5, 2), (3.5, 3), (6.5, 4)]
+    assert done.status is Status.FAILED
+    assert done.reason is Reason.TIMEOUT
+    assert done.attempts == 4
+    assert done.completed_at == 7.5  # the last attempt's ack timeout, not the deadline
+    assert not done
+    assert done.first_sent_at == 0.0
+    assert done.latency is None
+
+
+def test_deadline_caps_every_timer() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(deadline=2.0, max_attempts=100))
+    sent, done = run_until_settled(t)
+    assert [w for w, _ in sent] == [1.5]
+    assert done.completed_at == 2.0
+    assert done.reason is Reason.TIMEOUT
+
+
+def test_no_route_is_retried_within_the_deadline_and_named_at_the_end() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(deadline=5.0, max_attempts=100))
+    assert t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.1) is None
+    assert t.next_deadline() == 0.1 + 0.5  # backoff after attempt 1
+    assert t.tick(0.6) == [Transmit(b"m", 2, "hub")]
+    # The service appears: the retry is acked.
+    done = t.ack(b"m", outcome=Outcome.OK, now=0.7, receiver=ALICE)
+    assert done is not None
+    assert done.attempts == 2
+    assert done.acked_by == (ALICE,)
+
+    submit(t, b"n", policy=P.with_(deadline=5.0, max_attempts=100), now=10.0)
+    t.ack(b"n", outcome=Outcome.NO_ROUTE, now=10.1)
+    _, done = run_until_settled(t)
+    assert done.reason is Reason.NO_ROUTE
+    assert done.completed_at == 15.0
+
+
+def test_no_route_on_the_last_attempt_fails_at_once() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(max_attempts=1))
+    done = t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.1)
+    assert done is not None
+    assert done.reason is Reason.NO_ROUTE
+    assert t.pending_count() == 0
+
+
+def test_retry_later_honours_the_receivers_delay() -> None:
+    t = tracker()
+    submit(t)
+    t.ack(b"m", outcome=Outcome.RETRY_LATER, retry_after=3.0, now=0.2)
+    assert t.next_deadline() == pytest.approx(3.2)
+    assert t.tick(3.1) == []
+    assert t.tick(3.2) == [Transmit(b"m", 2, "hub")]
+
+
+def test_transient_rejection_is_retried_only_when_the_policy_says_so() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(retry_rejected=True))
+    assert t.ack(b"m", outcome=Outcome.REJECTED, error=TRANSIENT, now=0.1) is None
+    assert t.state(b"m") is MsgState.BACKOFF
+    # ...until the attempts run out: then the receiver's error is the reason.
+    _, done = run_until_settled(t)
+    assert done.reason is Reason.REJECTED
+    assert done.error == TRANSIENT
+
+    submit(t, b"p", policy=P.with_(retry_rejected=True))
+    done2 = t.ack(b"p", outcome=Outcome.REJECTED, error=PERMANENT, now=0.1)
+    assert done2 is not None
+    assert done2.reason is Reason.REJECTED
+    assert done2.error == PERMANENT
+
+
+def test_completion_carries_the_ack() -> None:
+    t = tracker()
+    submit(t, now=1.0)
+    t.tick(2.0)
+    t.tick(2.5)  # attempt 2 at 2.5
+    done = t.ack(b"m", outcome=Outcome.OK, now=2.75, receiver=ALICE, response=b"resp")
+    assert done is not None
+    assert done
+    assert (done.msg_type, done.destination, done.attempts) == ("T", "hub", 2)
+    assert (done.first_sent_at, done.acked_at, done.latency) == (1.0, 2.75, 1.75)
+    assert done.acked_by == (ALICE,)
+    assert done.response == b"resp"
+    assert done.error is None
+
+
+def test_unknown_and_duplicate_ids() -> None:
+    t = tracker()
+    assert t.ack(b"nope", outcome=Outcome.OK, now=0.0) is None
+    assert t.routed(b"nope", ["svc"], 0.0) is None
+    assert t.cancel(b"nope", 0.0) is None
+    submit(t)
+    with pytest.raises(ValueError, match="already pending"):
+        submit(t)
+    assert t.ack(b"m", outcome=Outcome.UNSPECIFIED, now=0.1) is None
+    assert t.state(b"m") is MsgState.IN_FLIGHT
+
+
+# -- the window ----------------------------------------------------------------------------
+
+
+def test_full_window_queues_in_order_and_never_drops() -> None:
+    t = tracker(window=2)
+    admits = [submit(t, bytes([i])) for i in range(5)]
+    assert admits == [Admit.SEND] * 2 + [Admit.QUEUED] * 3
+    assert (t.in_flight("hub"), t.queued("hub"), t.pending_count()) == (2, 3, 5)
+    assert t.attempts(b"\x02") == 0
+    # Another destination has its own window.
+    assert submit(t, b"x", destination="elsewhere") is Admit.SEND
+
+    t.ack(b"\x00", outcome=Outcome.OK, now=0.1)
+    assert t.next_deadline() == 0.1  # in the past once time moves on: tick at once
+    assert t.tick(0.15) == [Transmit(b"\x02", 1, "hub")]
+    # A failure frees a slot as well as an ack does.
+    t.cancel(b"\x01", 0.2)
+    assert t.tick(0.2) == [Transmit(b"\x03", 1, "hub")]
+    assert (t.in_flight("hub"), t.queued("hub")) == (2, 1)
+    # A queued message that is cancelled frees no slot and leaves the queue.
+    t.cancel(b"\x04", 0.3)
+    assert (t.in_flight("hub"), t.queued("hub")) == (2, 0)
+    # The deadline counts from submit, also while queued.
+    done = t.ack(b"\x02", outcome=Outcome.OK, now=0.4)
+    assert done is not None
+    assert done.first_sent_at == 0.15
+
+
+def test_queued_message_fails_at_its_deadline_unsent() -> None:
+    t = tracker(window=1)
+    submit(t, b"a", policy=P.with_(deadline=100.0))
+    submit(t, b"b", policy=P.with_(deadline=1.0))
+    done = [a for a in t.tick(1.0) if isinstance(a, Completion)]
+    assert [(c.msg_id, c.reason, c.attempts, c.first_sent_at) for c in done] == [
+        (b"b", Reason.TIMEOUT, 0, None)
+    ]
+    assert (t.in_flight("hub"), t.queued("hub")) == (1, 0)
+
+
+def test_timer_heap_stays_bounded_under_a_stream_of_acked_messages() -> None:
+    t = tracker(window=100_000)
+    for i in range(20_000):
+        msg_id = i.to_bytes(4, "big")
+        submit(t, msg_id, now=i * 1e-4)
+        t.ack(msg_id, outcome=Outcome.OK, now=i * 1e-4)
+    assert t.pending_count() == 0
+    assert t.timer_count() <= 64
+    assert t.next_deadline() is None
+
+
+# -- several receivers ---------------------------------------------------------------------
+
+
+def test_event_completes_when_every_routed_service_acked() -> None:
+    t = tracker()
+    submit(t, expect=None)
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.1, receiver=ALICE, response=b"") is None
+    # The routed notice may come after some acks (reordered).
+    assert t.routed(b"m", ["svc", "other"], 0.2) is None
+    assert t.ack(b"m", outcome=Outcome.DUPLICATE, now=0.3, receiver=ALICE) is None
+    done = t.ack(b"m", outcome=Outcome.OK, now=0.4, receiver=BOB)
+    assert done is not None
+    assert done.acked_by == (ALICE, BOB)
+    assert done.acked_at == 0.4
+
+
+def test_event_no_one_subscribes_to_is_acked_by_nobody() -> None:
+    t = tracker()
+    submit(t, expect=None)
+    done = t.routed(b"m", [], 0.1)
+    assert done is not None
+    assert done.status is Status.ACKED
+    assert done.acked_by == ()
+
+
+def test_event_retry_may_reach_a_smaller_set() -> None:
+    t = tracker()
+    submit(t, expect=None)
+    t.routed(b"m", ["svc", "other"], 0.1)
+    t.ack(b"m", outcome=Outcome.OK, now=0.2, receiver=ALICE)
+    t.tick(2.0)  # "other" never answered: retry
+    done = t.routed(b"m", ["svc"], 2.1)  # it left meanwhile
+    assert done is not None
+    assert done.acked_by == (ALICE,)
+
+
+def test_expect_counts_distinct_services() -> None:
+    t = tracker()
+    submit(t, expect=2)
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.1, receiver=ALICE) is None
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.1, receiver=Identity("svc", "z")) is None
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.2, receiver=BOB) is not None
+
+
+# -- properties ----------------------------------------------------------------------------
+
+policies = st.builds(
+    Policy,
+    ack_timeout=st.floats(0.001, 10.0),
+    max_attempts=st.integers(1, 50),
+    backoff_base=st.floats(0.0, 1.0),
+    backoff_cap=st.floats(1.0, 60.0),
+    jitter=st.floats(0.0, 1.0),
+    deadline=st.floats(0.01, 100.0),
+)
+
+
+@given(policies, st.integers(1, 10_000), st.integers(0, 2**32))
+def test_backoff_stays_within_its_bounds(policy: Policy, attempt: int, seed: int) -> None:
+    nominal = min(policy.backoff_cap, policy.backoff_base * 2.0 ** min(attempt - 1, 64))
+    delay = backoff_delay(policy, attempt, random.Random(seed))
+    assert nominal * (1 - policy.jitter) - 1e-9 <= delay <= nominal * (1 + policy.jitter) + 1e-9
+    assert 0.0 <= delay <= policy.backoff_cap * 2
+
+
+@given(policies, st.integers(1, 60))
+def test_nominal_backoff_never_shrinks(policy: Policy, attempt: int) -> None:
+    still = policy.with_(jitter=0.0)
+    rng = random.Random(0)
+    assert backoff_delay(still, attempt, rng) <= backoff_delay(still, attempt + 1, rng)
+
+
+@dataclass
+class Op:
+    kind: str
+    msg: int
+    dt: float
+    outcome: Outcome
+
+
+ops = st.lists(
+    st.builds(
+        Op,
+        kind=st.sampled_from(["submit", "submit", "ack", "routed", "cancel", "tick"]),
+        msg=st.integers(0, 7),
+        dt=st.floats(0.0, 3.0),
+        outcome=st.sampled_from(list(Outcome)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300)
+@given(ops, st.integers(1, 3), st.integers(0, 1000))
+def test_any_event_sequence_settles_every_message_exactly_once(
+    script: list[Op], window: int, seed: int
+) -> None:
+    t = OutboundTracker(window=window, rng=random.Random(seed))
+    policy = P.with_(jitter=0.3, retry_rejected=True, deadline=20.0, max_attempts=6)
+    now = 0.0
+    submitted: set[bytes] = set()
+    settled: list[bytes] = []
+
+    def record(done: object) -> None:
+        if isinstance(done, Completion):
+            settled.append(done.msg_id)
+            assert done.reason is None if done else done.reason is not None
+
+    for op in script:
+        now += op.dt
+        msg_id = bytes([op.msg])
+        if op.kind == "submit":
+            if t.state(msg_id) is None and msg_id not in submitted:
+                submitted.add(msg_id)
+                submit(t, msg_id, policy=policy, now=now, expect=None if op.msg % 2 else 1)
+        elif op.kind == "ack":
+            record(t.ack(msg_id, outcome=op.outcome, now=now, receiver=ALICE, retry_after=0.1))
+        elif op.kind == "routed":
+            record(t.routed(msg_id, ["svc"], now))
+        elif op.kind == "cancel":
+            record(t.cancel(msg_id, now))
+        else:
+            for action in t.tick(now):
+                record(action)
+        assert t.in_flight("hub") <= window
+    # Time runs on: everything settles by its deadline, and nothing is left behind.
+    while (when := t.next_deadline()) is not None:
+        now = max(now, when)
+        for action in t.tick(now):
+            record(action)
+    assert sorted(settled) == sorted(submitted)
+    assert (t.pending_count(), t.in_flight("hub"), t.queued("hub")) == (0, 0, 0)
