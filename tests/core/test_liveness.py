@@ -1,0 +1,105 @@
+"""Liveness: negotiated intervals, heartbeats when idle, death after missed intervals."""
+
+from __future__ import annotations
+
+import pytest
+from ackbus.core import Liveness, PeerDead, SendHeartbeat, negotiate
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@given(st.integers(0, 10**6), st.integers(0, 10**6))
+def test_negotiation_is_symmetric_and_takes_the_larger(a: int, b: int) -> None:
+    assert negotiate(a, b) == negotiate(b, a) == max(a, b)
+
+
+def test_negotiation_refuses_negative_proposals() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        negotiate(-1, 100)
+
+
+def test_idle_link_gets_heartbeats_and_a_silent_peer_dies() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    live.add("p", 0.0)
+    assert live.tick(0.99) == []
+    assert live.tick(1.0) == [SendHeartbeat("p")]
+    assert live.tick(2.0) == [SendHeartbeat("p")]
+    live.seen("p", 2.5)
+    assert live.tick(3.0) == [SendHeartbeat("p")]
+    assert live.tick(5.4) == [SendHeartbeat("p")]  # missed beats collapse into one
+    # 3 intervals of silence after the last traffic at 2.5
+    assert live.tick(5.5) == [PeerDead("p", 3.0)]
+    assert not live.is_alive("p")
+    assert live.tick(100.0) == []
+    assert live.next_deadline() is None
+
+
+def test_traffic_replaces_heartbeats() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    live.add("p", 0.0)
+    actions = []
+    for step in range(1, 50):
+        now = step * 0.5
+        live.sent("p", now)  # we talk to it...
+        live.seen("p", now)  # ...and it talks to us
+        actions += live.tick(now)
+    assert actions == []
+    assert live.is_alive("p")
+
+
+def test_each_peer_uses_its_negotiated_interval() -> None:
+    live: Liveness[bytes] = Liveness(interval=1.0, misses=2)
+    live.add(b"fast", 0.0)
+    live.add(b"slow", 0.0, interval=negotiate(1000, 5000) / 1000)
+    dead = [a.peer for t in range(1, 11) for a in live.tick(float(t)) if isinstance(a, PeerDead)]
+    assert dead == [b"fast", b"slow"]
+
+
+def test_remove_and_readd_do_not_multiply_timers() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    for i in range(200):
+        live.add("p", i * 0.01)
+        live.remove("p")
+        live.add("p", i * 0.01)
+    heartbeats = [a for a in live.tick(3.0) if isinstance(a, SendHeartbeat)]
+    assert len(heartbeats) == 1
+    live.tick(3.5)
+    assert len(live._heap) <= 4 * len(live.peers()) + 64
+
+
+def test_two_sides_configured_differently_stay_alive_and_both_notice_a_cut() -> None:
+    """Two peers heartbeat each other over a link with delay; each proposes its own interval
+    and both use the negotiated one. Cutting the link makes both declare the other dead
+    within misses * interval (+ one interval of scheduling slack)."""
+    interval = negotiate(200, 500) / 1000
+    a: Liveness[str] = Liveness(interval=0.2, misses=3)
+    b: Liveness[str] = Liveness(interval=0.5, misses=3)
+    a.add("b", 0.0, interval=interval)
+    b.add("a", 0.0, interval=interval)
+    sides = {"a": (a, "b"), "b": (b, "a")}
+    in_flight: list[tuple[float, str]] = []  # (arrival, receiver)
+    cut_at = 30.0
+    died: dict[str, float] = {}
+    now = 0.0
+    while now < 40.0 and len(died) < 2:
+        now = round(now + 0.01, 2)
+        for arrival, receiver in [m for m in in_flight if m[0] <= now]:
+            in_flight.remove((arrival, receiver))
+            live, sender = sides[receiver]
+            live.seen(sender, now)
+        for name, (live, other) in sides.items():
+            for action in live.tick(now):
+                if isinstance(action, PeerDead):
+                    died[name] = now
+                elif now < cut_at:
+                    in_flight.append((now + 0.05, other))
+    assert set(died) == {"a", "b"}
+    for t in died.values():
+        assert cut_at < t <= cut_at + 4 * interval
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Liveness(interval=0)
+    with pytest.raises(ValueError, match="misses"):
+        Liveness(interval=1, misses=0)

@@ -1,0 +1,162 @@
+"""The hub's routing table: who gets a command or an event, stickiness, credit."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from ackbus import Identity
+from ackbus.core import RoutingTable
+
+
+def table(credit: int = 100, **kw: float) -> RoutingTable:
+    t = RoutingTable(**kw)  # type: ignore[arg-type]
+    for i in range(3):
+        t.register(
+            f"t{i}".encode(),
+            Identity("table", str(i)),
+            ["poker.StartHand"],
+            ["poker.Tick"],
+            credit,
+            0.0,
+        )
+    t.register(b"l0", Identity("ledger", "0"), ["poker.Charge"], ["poker.Tick"], credit, 0.0)
+    return t
+
+
+def ids(n: int, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(16) for _ in range(n)]
+
+
+def test_a_command_goes_to_an_instance_of_the_service_handling_it() -> None:
+    t = table()
+    assert t.route_command("poker.Charge", b"m", None, 0.0) == b"l0"
+    assert t.route_command("poker.StartHand", b"m", None, 0.0) in (b"t0", b"t1", b"t2")
+    assert t.route_command("poker.StartHand", b"n", "table", 0.0) in (b"t0", b"t1", b"t2")
+
+
+def test_no_route_says_why() -> None:
+    t = table()
+    assert t.route_command("poker.Fold", b"m", None, 0.0) is None
+    assert t.no_route_reason("poker.Fold", None) == "no live service handles poker.Fold"
+    assert t.route_command("poker.Charge", b"m", "table", 0.0) is None
+    assert "no live instance of service 'table' handles poker.Charge" in t.no_route_reason(
+        "poker.Charge", "table"
+    )
+    assert t.route_event("poker.Nothing", b"e", 0.0) == []
+
+
+def test_several_services_for_one_command_type_need_a_recipient() -> None:
+    t = table()
+    t.register(b"x", Identity("audit", "0"), ["poker.Charge"], [], 10, 0.0)
+    assert t.route_command("poker.Charge", b"m", None, 0.0) is None
+    reason = t.no_route_reason("poker.Charge", None)
+    assert reason.startswith("ambiguous: services audit, ledger all handle poker.Charge")
+    assert t.route_command("poker.Charge", b"m", "audit", 0.0) == b"x"
+    assert t.route_command("poker.Charge", b"m2", "ledger", 0.0) == b"l0"
+
+
+def test_load_spreads_over_instances() -> None:
+    t = table(credit=10_000)
+    counts = Counter(t.route_command("poker.StartHand", m, None, 0.0) for m in ids(3000))
+    assert set(counts) == {b"t0", b"t1", b"t2"}
+    assert min(counts.values()) > 850  # ~1000 each
+
+
+def test_a_retry_goes_back_to_the_same_instance() -> None:
+    t = table()
+    for m in ids(50):
+        first = t.route_command("poker.StartHand", m, None, 0.0)
+        assert all(t.route_command("poker.StartHand", m, None, 1.0) == first for _ in range(3))
+
+
+def test_stickiness_survives_a_hub_restart_with_the_same_instances() -> None:
+    """The choice is rendezvous hashing of (message, instance identity): a fresh table (a
+    restarted hub, or a second hub) picks the same instance, whatever the register order."""
+    before = table()
+    choices = {m: before.route_command("poker.StartHand", m, None, 0.0) for m in ids(200)}
+    after = RoutingTable()
+    for i in (2, 0, 1):
+        after.register(
+            f"t{i}".encode(), Identity("table", str(i)), ["poker.StartHand"], [], 100, 5.0
+        )
+    assert {m: after.route_command("poker.StartHand", m, None, 5.0) for m in choices} == choices
+
+
+def test_reconnect_under_a_new_address_keeps_stickiness() -> None:
+    t = table()
+    m = ids(1)[0]
+    first = t.route_command("poker.StartHand", m, None, 0.0)
+    assert first is not None
+    index = first.decode()[1]
+    t.register(b"new", Identity("table", index), ["poker.StartHand"], [], 100, 1.0)
+    assert t.instance(first) is None
+    assert t.route_command("poker.StartHand", m, None, 2.0) == b"new"
+
+
+def test_a_dead_instance_leaves_and_its_messages_move() -> None:
+    t = table()
+    m = ids(1)[0]
+    first = t.route_command("poker.StartHand", m, None, 0.0)
+    assert first is not None
+    removed = t.unregister(first)
+    assert removed is not None
+    assert removed.identity.service == "table"
+    assert t.unregister(first) is None
+    second = t.route_command("poker.StartHand", m, None, 1.0)
+    assert second not in (None, first)
+    # Even when it comes back, the retry stays with the instance that got it last.
+    t.register(first, removed.identity, removed.commands, removed.events, 100, 2.0)
+    assert t.route_command("poker.StartHand", m, None, 3.0) == second
+    assert len(t.instances()) == 4
+
+
+def test_a_full_instance_is_skipped_while_another_has_room() -> None:
+    t = table(credit=2)
+    routed = [t.route_command("poker.StartHand", m, None, 0.0) for m in ids(6)]
+    assert Counter(routed) == {b"t0": 2, b"t1": 2, b"t2": 2}
+    # All full: the best-ranked instance still gets it (its own queue holds it).
+    assert t.route_command("poker.StartHand", b"extra", None, 0.0) is not None
+    # An ack frees a credit, once, however often it is repeated.
+    m0 = ids(6)[0]
+    t.on_ack(routed[0] or b"", m0)
+    t.on_ack(routed[0] or b"", m0)
+    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 6
+
+
+def test_credit_comes_back_when_acks_are_lost() -> None:
+    t = table(credit=5, sticky_ttl=10.0)
+    for m in ids(20):
+        t.route_command("poker.StartHand", m, None, 0.0)
+    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 20
+    t.tick(10.0)
+    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 0
+    assert t.sticky_count() == 0
+
+
+def test_ack_without_a_message_id_frees_one_credit() -> None:
+    t = table()
+    peer = t.route_command("poker.Charge", b"m", None, 0.0)
+    assert peer == b"l0"
+    assert t.in_flight(b"l0") == 1
+    t.on_ack(b"l0")
+    t.on_ack(b"l0")
+    assert t.in_flight(b"l0") == 0
+
+
+def test_sticky_map_is_bounded() -> None:
+    t = table(sticky_capacity=100)
+    for n, m in enumerate(ids(1000)):
+        t.route_command("poker.StartHand", m, None, n * 0.001)
+    assert t.sticky_count() == 100
+
+
+def test_an_event_goes_to_one_instance_of_every_subscribing_service() -> None:
+    t = table()
+    pairs = t.route_event("poker.Tick", b"e", 0.0)
+    assert [s for s, _ in pairs] == ["table", "ledger"]
+    assert dict(pairs)["ledger"] == b"l0"
+    assert t.route_event("poker.Tick", b"e", 1.0) == pairs  # sticky per service
+    t.unregister(b"l0")
+    assert [s for s, _ in t.route_event("poker.Tick", b"e", 2.0)] == ["table"]
