@@ -1,0 +1,21 @@
+"""Legacy formats and existing ZeroMQ services (docs/legacy.md).
+
+* :class:`LegacyCodec`: typed messages ⇄ the legacy JSON envelope, ``[topic, payload]``
+  frames and dicts, mapped through a :class:`~ackbus.Registry`;
+* :class:`~ackbus.legacy.bridge.Bridge`: puts a plain ZeroMQ service (PUB/SUB,
+  PUSH/PULL, REQ/REP) on the bus;
+* :func:`wrap_service` and :class:`LegacyServiceMixin`: register an existing object's
+  ``handle_<type>`` methods on an endpoint in one call;
+* :class:`ReliableSocket` and :func:`send_with_ack`: acknowledged sends from code that
+  owns a plain pyzmq DEALER socket.
+"""
+
+from ._codec import FieldCase, LegacyCodec, LegacyFormatError, LegacyMessage, PayloadFormat
+
+__all__ = [
+    "FieldCase",
+    "LegacyCodec",
+    "LegacyFormatError",
+    "LegacyMessage",
+    "PayloadFormat",
+]
