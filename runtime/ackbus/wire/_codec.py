@@ -8,9 +8,10 @@ shape the code:
   (with a refusal ``code`` and the message id when it could be read) for anything a
   peer sent. A decoder never raises anything else, whatever the bytes: the fuzz tests
   in ``tests/wire`` hold it to that.
-* The hot path is a hub forwarding message frames and an endpoint reading them, so a
-  message item is one frame with a fixed ``struct`` header the hub reads without
-  touching protobuf; the envelope and body are sliced lazily, only when asked for.
+* The hot path is a hub forwarding messages and an endpoint reading them, so a message
+  item starts with a fixed ``struct`` header the hub reads without touching protobuf;
+  the envelope and body are sliced lazily, only when asked for. Frames cost more than
+  bytes in Python, so the small items of a group share one frame.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ class MessageItem:
     """One message as it travels: the routing header, read eagerly, and the envelope
     and body, sliced from :attr:`frame` only when asked for.
 
-    :attr:`frame` is the untouched item frame; a hub forwards it as is.
+    :attr:`frame` is the item's bytes, exactly as the sender encoded them; a hub
+    forwards them unchanged (a big item is the very frame object it received).
     :attr:`peer` is the group's peer token: empty from an endpoint, the origin's
     route token when a hub delivers it (echo it in the ack).
     """
