@@ -13,7 +13,7 @@ from ackbus import (
     wire,
     wire_pb2,
 )
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 MID = bytes(range(16))
@@ -113,7 +113,7 @@ def test_message_item_round_trip_with_envelope() -> None:
     assert full.kind == options_pb2.EVENT
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mid=st.binary(min_size=16, max_size=16),
     type_name=st.text(

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 from ackbus import RemoteProtocolError, envelope_pb2, wire, wire_pb2
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 LIMITS = wire.Limits(max_message_bytes=4096, max_control_bytes=4096)
@@ -73,13 +73,13 @@ def test_valid_multiparts_decode() -> None:
         decode_all(frames)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=80), max_size=6))
 def test_random_frames(frames: list[bytes]) -> None:
     must_not_crash(frames)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(VALID),
     st.sampled_from(wire.Command),
@@ -92,7 +92,7 @@ def test_random_frames_behind_valid_command(
     must_not_crash([wire.command_frame(cmd), *template[1:]])  # wrong body for the command
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(VALID), st.data())
 def test_bit_flips_and_truncations(template: list[bytes], data: st.DataObject) -> None:
     frames = list(template)
@@ -116,13 +116,13 @@ def test_bit_flips_and_truncations(template: list[bytes], data: st.DataObject) -
     must_not_crash(frames)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=wire.ITEM_HEADER.size, max_size=200), st.binary(max_size=255))
 def test_random_items_and_groups(item: bytes, peer: bytes) -> None:
     must_not_crash([wire.MESSAGE_FRAME, bytes([1]) + peer, item])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=60))
 def test_identity_decoder(raw: bytes) -> None:
     with contextlib.suppress(RemoteProtocolError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ackbus import LocalProtocolError, wire
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
@@ -108,7 +108,7 @@ def test_invalid_use_is_local_error() -> None:
         wire.Outbox(max_batch=65)
 
 
-@settings(deadline=None)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from("mac"), st.sampled_from([b"", b"p", b"q"]))))
 def test_nothing_lost_nothing_duplicated(ops: list[tuple[str, bytes]]) -> None:
     ob = wire.Outbox(max_batch=5, max_acks=3)
