@@ -4,8 +4,9 @@ Same exchange as baseline (a): a sender keeps up to 1,000 messages in flight to 
 receiver in another OS process that acknowledges each by id. Here through
 ``ackbus.transport`` (Link → Listener over 127.0.0.1 TCP) and ``ackbus.wire`` (items
 encoded per message, coalesced into batches, acks as 16-byte ids): no hub, no endpoint,
-no handler. It shows what these two layers cost against raw pyzmq, and what batching
-buys back.
+no handler; and once more through a bare router process built on the same two layers
+(the floor under a hub). It shows what these layers cost against raw pyzmq, and what
+batching buys back.
 
 ``.venv/bin/python -m bench.transport`` prints figures; ``run()`` returns them.
 """
@@ -126,30 +127,99 @@ async def _sequential(address: str, n: int) -> dict[str, float]:
     }
 
 
-def pipelined(n: int = 100_000, window: int = 1000) -> dict[str, float]:
-    """Acked msgs/s through ackbus.transport + ackbus.wire, up to ``window`` in flight."""
-    return _with_receiver(lambda address: _pipelined(address, n, window))
+def pipelined(n: int = 100_000, window: int = 1000, *, forwarded: bool = False) -> dict[str, float]:
+    """Acked msgs/s through ackbus.transport + ackbus.wire, up to ``window`` in flight;
+    ``forwarded``: through a bare router process in the middle."""
+    return _with_receiver(lambda address: _pipelined(address, n, window), forwarded=forwarded)
 
 
-def sequential(n: int = 3_000) -> dict[str, float]:
+def sequential(n: int = 3_000, *, forwarded: bool = False) -> dict[str, float]:
     """One message at a time through ackbus.transport + ackbus.wire: round trip µs."""
-    return _with_receiver(lambda address: _sequential(address, n))
+    return _with_receiver(lambda address: _sequential(address, n), forwarded=forwarded)
+
+
+def _router(port_q: Any) -> None:
+    asyncio.run(_route(port_q))
+
+
+async def _route(port_q: Any) -> None:
+    """A bare router on the transport: forwards every message to the one receiver (the
+    peer that sent a HEARTBEAT) under the sender's origin token, and acks back to the
+    origin. What a hub does minus its routing table, liveness and refusals."""
+    listener: Listener | None = None
+    dest: list[bytes] = []
+
+    def on_receive(batch: list[Multipart]) -> None:
+        assert listener is not None
+        for frames in batch:
+            peer, body = frames[0], frames[1:]
+            cmd = wire.decode_command(body)
+            if cmd is wire.Command.HEARTBEAT:
+                dest[:] = [peer]
+            elif cmd is wire.Command.MESSAGE and dest:
+                out = listener.outbox(dest[0])
+                for item in wire.decode_messages(body):
+                    out.message(item.frame, peer)
+            elif cmd is wire.Command.ACK:
+                for group in wire.split_acks(body):
+                    listener.outbox(group.peer).acks(group.ok_ids, b"receiver")
+
+    listener = ZmqBackend().bind("tcp://127.0.0.1:0", on_receive=on_receive)
+    port_q.put(listener.addresses[0])
+    await asyncio.sleep(3600)
+
+
+def _forwarded_receiver(address: str, ready: Any) -> None:
+    asyncio.run(_forwarded_receive(address, ready))
+
+
+async def _forwarded_receive(address: str, ready: Any) -> None:
+    links: list[Link] = []
+
+    def on_receive(batch: list[Multipart]) -> None:
+        out = links[0].outbox
+        for frames in batch:
+            if wire.decode_command(frames) is wire.Command.MESSAGE:
+                for item in wire.decode_messages(frames):
+                    out.ack(item.id, item.peer)
+
+    link = ZmqBackend().connect(address, on_receive=on_receive)
+    links.append(link)
+    await link.wait_connected(10)
+    link.outbox.control(wire.encode_heartbeat())
+    await asyncio.sleep(0.2)
+    ready.set()
+    await asyncio.sleep(3600)
 
 
 def _with_receiver(
     scenario: Callable[[str], Coroutine[Any, Any, dict[str, float]]],
+    *,
+    forwarded: bool = False,
 ) -> dict[str, float]:
+    """Run ``scenario(address)`` against a receiver process, directly or through a
+    bare router process."""
     mp = multiprocessing.get_context("spawn")
     q = mp.Queue()
-    proc = mp.Process(target=_receiver, args=(q,), daemon=True)
-    proc.start()
+    procs = [mp.Process(target=_router if forwarded else _receiver, args=(q,), daemon=True)]
+    procs[0].start()
     try:
-        return asyncio.run(scenario(q.get(timeout=30)))
+        address = q.get(timeout=30)
+        if forwarded:
+            ready = mp.Event()
+            procs.append(mp.Process(target=_forwarded_receiver, args=(address, ready), daemon=True))
+            procs[1].start()
+            if not ready.wait(30):
+                raise RuntimeError("the receiver did not come up")
+        return asyncio.run(scenario(address))
     finally:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
+        for proc in procs:
+            if forwarded:
+                proc.terminate()
             proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
 
 
 def run(reps: int = 3) -> dict[str, dict[str, float]]:
@@ -160,12 +230,15 @@ def run(reps: int = 3) -> dict[str, dict[str, float]]:
 
     base = [baseline.acked_pipelined() for _ in range(reps)]
     ours = [pipelined() for _ in range(reps)]
+    fwd = [pipelined(forwarded=True) for _ in range(reps)]
     base_seq = [baseline.acked_sequential() for _ in range(reps)]
     ours_seq = [sequential() for _ in range(reps)]
-    b, o = med(base, "msgs_per_s"), med(ours, "msgs_per_s")
+    fwd_seq = [sequential(forwarded=True) for _ in range(reps)]
+    b, o, f = med(base, "msgs_per_s"), med(ours, "msgs_per_s"), med(fwd, "msgs_per_s")
     return {
         "baseline_a_pipelined": {"msgs_per_s": b},
         "transport_wire_pipelined": {"msgs_per_s": o, "ratio_to_baseline_a": o / b},
+        "via_bare_router_pipelined": {"msgs_per_s": f, "ratio_to_baseline_a": f / b},
         "baseline_a_sequential": {
             "p50_us": med(base_seq, "p50_us"),
             "p99_us": med(base_seq, "p99_us"),
@@ -173,6 +246,10 @@ def run(reps: int = 3) -> dict[str, dict[str, float]]:
         "transport_wire_sequential": {
             "p50_us": med(ours_seq, "p50_us"),
             "p99_us": med(ours_seq, "p99_us"),
+        },
+        "via_bare_router_sequential": {
+            "p50_us": med(fwd_seq, "p50_us"),
+            "p99_us": med(fwd_seq, "p99_us"),
         },
     }
 
