@@ -34,6 +34,7 @@ from .errors import (
     RetryLater,
     SchemaError,
     SendWindowTimeout,
+    StoreError,
     WaitTimeout,
 )
 
@@ -66,6 +67,7 @@ __all__ = [
     "RetryLater",
     "SchemaError",
     "SendWindowTimeout",
+    "StoreError",
     "Untyped",
     "WaitTimeout",
     "__version__",

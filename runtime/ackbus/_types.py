@@ -12,11 +12,14 @@ import asyncio
 import enum
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from .errors import DeliveryError, SchemaError
+
+if TYPE_CHECKING:
+    from .store import Transaction
 
 __all__ = [
     "AsyncBus",
@@ -188,6 +191,9 @@ class Context:
     headers: Mapping[str, str] = field(default_factory=dict)
     correlation_id: bytes = b""
     priority: int = 0
+    tx: Transaction | None = None
+    """With a durable store: writes that commit together with this message's inbox
+    record, exactly once (docs/durable.md). ``None`` in memory mode."""
 
 
 @dataclass(frozen=True, slots=True)

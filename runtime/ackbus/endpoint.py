@@ -78,6 +78,8 @@ from .errors import (
     SchemaError,
     SendWindowTimeout,
 )
+from .store import Store
+from .store._durable import Durable
 from .transport import Backend, Link, TransportOptions, ZmqBackend
 from .wire import (
     DEFAULT_LIMITS,
@@ -196,12 +198,17 @@ class Endpoint:
         options: TransportOptions | None = None,
         limits: Limits = DEFAULT_LIMITS,
         seed: int | None = None,
+        store: str | Store | None = None,
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
         self._hub_addresses = [hubs] if isinstance(hubs, str) else list(hubs)
         if not self._hub_addresses:
             raise ValueError("an endpoint needs at least one hub address")
+        # Durable mode (docs/durable.md): the store keeps this instance's identity.
+        self._durable = Durable(store, service, instance, dedupe_ttl) if store else None
+        if self._durable is not None:
+            instance = self._durable.instance
         self.identity = Identity(service, instance or uuid.uuid4().hex)
         self.policy = policy
         self.registry = registry if registry is not None else Registry()
@@ -309,6 +316,8 @@ class Endpoint:
         loop = self._loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - loop.time()
         self._timer = Timer(loop, self._tick)
+        if self._durable is not None:
+            self._durable.start(self, loop)
         for index, address in enumerate(self._hub_addresses):
             hub = _HubLink(index)
             hub.link = self._backend.connect(
@@ -328,6 +337,8 @@ class Endpoint:
                 f"{self.identity}: no hub of {self._hub_addresses} answered within "
                 f"{self.connect_timeout} s"
             ) from None
+        if self._durable is not None:
+            self._durable.resume()
         return self
 
     async def close(self, *, timeout: float = 1.0) -> None:
@@ -361,6 +372,8 @@ class Endpoint:
                 hub.link.outbox.control(encode_bye("closing"))
             hub.link.close()
         self._links.clear()
+        if self._durable is not None:
+            await self._durable.close()
 
     async def __aenter__(self) -> Endpoint:
         return await self.start()
@@ -376,6 +389,17 @@ class Endpoint:
     def pending(self) -> int:
         """Messages sent and not yet settled."""
         return len(self._pending)
+
+    @property
+    def store(self) -> Store | None:
+        """The durable store, or ``None`` in memory mode."""
+        return self._durable.store if self._durable is not None else None
+
+    @property
+    def resumed(self) -> list[DeliveryReport]:
+        """Reports of the messages a previous run left in the store's outbox, sent
+        again by :meth:`start` (empty in memory mode)."""
+        return self._durable.resumed if self._durable is not None else []
 
     # ------------------------------------------------------------------ sending
 
@@ -497,19 +521,12 @@ class Endpoint:
             deadline_ns=now_ns + int(pol.deadline * 1e9),
         )
         report = DeliveryReport(mid, msg_type)
-        self._pending[mid] = _Out(frame, report, kind, request)
-        self.stats.sent += 1
-        admit = self._tracker.submit(
-            mid,
-            msg_type=msg_type,
-            destination=destination,
-            policy=pol,
-            now=now,
-            expect=None if kind == KIND_EVENT else 1,
-        )
-        if admit is Admit.SEND:
-            self._transmit(mid, frame)
-        self._arm_timer()
+        if self._durable is not None:
+            # On disk before send returns; inside a handler, with the handler's commit.
+            if not await self._durable.keep(report, frame, destination, kind, request, pol, now_ns):
+                return report
+            now = loop.time()
+        self._track(report, frame, destination, kind, request, pol, now)
         if wait_ack:
             # The tracker settles every message by its deadline; the extra second only
             # guards against a bug leaving this wait open forever.
@@ -519,6 +536,32 @@ class Endpoint:
                 if completion is not None:
                     self._settle(completion, why="the tracker never settled it")
         return report
+
+    def _track(
+        self,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        request: bool,
+        pol: Policy,
+        now: float,
+    ) -> None:
+        """Hand a new message to the tracker and transmit it if its window has room."""
+        mid = report.message_id
+        self._pending[mid] = _Out(frame, report, kind, request)
+        self.stats.sent += 1
+        admit = self._tracker.submit(
+            mid,
+            msg_type=report.message_type,
+            destination=destination,
+            policy=pol,
+            now=now,
+            expect=None if kind == KIND_EVENT else 1,
+        )
+        if admit is Admit.SEND:
+            self._transmit(mid, frame)
+        self._arm_timer()
 
     async def _wait_window(self, destination: str, deadline: float) -> None:
         loop = self._loop
@@ -613,6 +656,8 @@ class Endpoint:
             )
             self.dead_letters.append(report)
             log.warning("delivery failed: %s", report.error)
+        if self._durable is not None:
+            self._durable.settled(c, report)
         if self._window_waiters:
             waiters, self._window_waiters = self._window_waiters, []
             for fut in waiters:
@@ -762,11 +807,14 @@ class Endpoint:
             return
         loop = self._loop
         assert loop is not None
-        task = run_eager(
-            route.fn(msg, ctx),
-            lambda result, exc: self._handled(hub, item, route, result, exc),
-            loop,
-        )
+        if self._durable is not None:
+            task = self._durable.run(hub, item, route, msg, ctx)
+        else:
+            task = run_eager(
+                route.fn(msg, ctx),
+                lambda result, exc: self._handled(hub, item, route, result, exc),
+                loop,
+            )
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

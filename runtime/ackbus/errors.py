@@ -16,7 +16,9 @@
     ├── ProtocolError            bytes on the wire break the protocol
     │   ├── LocalProtocolError   we were about to send something invalid (our bug)
     │   └── RemoteProtocolError  the peer sent something invalid (its bug); has a refusal code
-    └── SchemaError              a type is unknown, or a schema or option is invalid
+    ├── SchemaError              a type is unknown, or a schema or option is invalid
+    └── StoreError               the durable store cannot be opened or written (in use by
+                                 another process, foreign or corrupt file, I/O error)
 
 Every error that concerns one message carries its id (16 bytes) and type name, so
 a log line always says which message failed and why.
@@ -41,6 +43,7 @@ __all__ = [
     "RetryLater",
     "SchemaError",
     "SendWindowTimeout",
+    "StoreError",
     "WaitTimeout",
 ]
 
@@ -160,3 +163,9 @@ class RemoteProtocolError(ProtocolError):
 
 class SchemaError(AckbusError):
     """A message type is unknown, or a schema or option is invalid."""
+
+
+class StoreError(AckbusError):
+    """The durable store cannot be opened or written: the database is in use by another
+    live process, is not an ackbus database, is corrupt, or the disk failed. The message
+    names the file and what to do."""

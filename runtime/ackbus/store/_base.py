@@ -1,0 +1,157 @@
+"""What the durable store keeps, as plain records, and the interface an endpoint uses.
+
+The endpoint knows a store only through :class:`Store`: claim an identity, read back
+what a previous run left (pending outbox rows, recent inbox records), and queue writes
+on the group-commit writer. :class:`~ackbus.store.SqliteStore` is the implementation;
+in-memory mode is "no store at all", so it costs the hot path nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from dataclasses import dataclass
+
+from ._writer import Batch, Op
+
+__all__ = ["DeadLetter", "Durability", "InboxRecord", "OutboxRow", "Store"]
+
+
+class Durability(enum.Enum):
+    """What a commit waits for before ``send`` returns or an ack goes out."""
+
+    FULL = "full"
+    """fsync at every commit (WAL, ``synchronous=FULL``): survives a process crash and a
+    power loss. The default."""
+    RELAXED = "relaxed"
+    """No fsync at commit (WAL, ``synchronous=NORMAL``): survives a process crash; a power
+    loss or OS crash may lose the last transactions before the next checkpoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message accepted by ``send`` and not yet acked or failed."""
+
+    msg_id: bytes
+    msg_type: str
+    destination: str
+    kind: int
+    request: bool
+    policy: str
+    """The message's :class:`~ackbus.Policy` as JSON."""
+    created_at: float
+    """Unix time ``send`` accepted it."""
+    deadline: float
+    """Unix time it fails unless acked."""
+    frame: bytes
+    """The wire item frame, attempt 1, exactly as first sent."""
+
+    def params(self) -> tuple[bytes, str, str, int, int, str, float, float, bytes]:
+        return (
+            self.msg_id,
+            self.msg_type,
+            self.destination,
+            self.kind,
+            int(self.request),
+            self.policy,
+            self.created_at,
+            self.deadline,
+            self.frame,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRecord:
+    """The committed outcome of one handled message."""
+
+    msg_id: bytes
+    outcome: int
+    finished_at: float
+    """Unix time the outcome committed."""
+    response: bytes = b""
+    error_type: str = ""
+    error_message: str = ""
+    error_permanent: bool = False
+
+    def params(self) -> tuple[bytes, int, float, bytes, str, str, int]:
+        return (
+            self.msg_id,
+            self.outcome,
+            self.finished_at,
+            self.response,
+            self.error_type,
+            self.error_message,
+            int(self.error_permanent),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that failed for good, as ``ackbus dead-letters show`` prints it."""
+
+    msg_id: bytes
+    msg_type: str
+    destination: str
+    kind: int
+    reason: str
+    """"timeout", "rejected", "no-route", "expired"."""
+    attempts: int
+    error: str
+    """The last error, as the sender's report said it."""
+    created_at: float
+    failed_at: float
+    frame: bytes
+
+
+class Store(abc.ABC):
+    """A durable home for one service instance's outbox, inbox and dead letters."""
+
+    durability: Durability
+    location: str
+    """Where it lives, for messages (a path)."""
+
+    @abc.abstractmethod
+    def claim(self, service: str, instance: str | None) -> str:
+        """Take exclusive ownership for this process and return the instance id kept in
+        the store (created from ``instance`` or a fresh one on first use). Raises
+        :class:`~ackbus.StoreError` if another live process owns it, or it belongs to
+        another service or instance."""
+
+    @abc.abstractmethod
+    def pending_outbox(self) -> list[OutboxRow]:
+        """Messages a previous run accepted and never settled, oldest first."""
+
+    @abc.abstractmethod
+    def inbox_since(self, since: float) -> list[InboxRecord]:
+        """Inbox records committed at or after Unix time ``since``."""
+
+    @abc.abstractmethod
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the writer; :meth:`write` works from now on."""
+
+    @abc.abstractmethod
+    def write(self, op: Op, *, durable: bool = True) -> Batch:
+        """Queue ``op`` for the next group commit; ``durable=False`` for lazy marks."""
+
+    @abc.abstractmethod
+    def put_outbox(self, row: OutboxRow) -> Batch: ...
+
+    @abc.abstractmethod
+    def put_inbox(self, record: InboxRecord) -> Batch: ...
+
+    @abc.abstractmethod
+    def forget_outbox(self, msg_id: bytes) -> None:
+        """The message was acked (lazy: no fsync, rides on the next commit)."""
+
+    @abc.abstractmethod
+    def dead_letter(self, msg_id: bytes, reason: str, attempts: int, error: str) -> None:
+        """Move a failed message from the outbox to the dead letters (lazy)."""
+
+    @abc.abstractmethod
+    def prune_inbox(self, before: float) -> None:
+        """Delete inbox records that finished before Unix time ``before`` (lazy)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Commit what is queued, close, release ownership. Idempotent."""

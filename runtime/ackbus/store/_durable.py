@@ -1,0 +1,301 @@
+"""How an endpoint uses its store: the send, settle and receive paths in durable mode.
+
+An :class:`~ackbus.endpoint.Endpoint` made with ``store=...`` holds one :class:`Durable`
+and calls it at four points; without a store it holds ``None`` and pays one ``is None``
+test per message.
+
+* **send**: the outbox row commits (group commit, fsync) before ``send`` returns; then
+  the message is tracked and transmitted as in memory mode. Inside a handler (the
+  :data:`CURRENT` context variable names the handler's :class:`Transaction`), the row
+  joins the handler's unit of work instead and the message is transmitted only after
+  that unit committed; ``send`` returns a pending report at once (waiting for its ack
+  there would wait for the handler's own commit).
+* **settle**: an acked message's row is deleted, a failed one moves to the dead
+  letters; both lazily (no fsync: a lost delete only causes a re-send that the receiver
+  dedupes). A message cancelled by ``close()`` stays in the outbox for the next start.
+* **receive**: a handler that ends with a final outcome (OK, or a permanent
+  rejection) has its inbox record, writes and sends committed before the ack goes out.
+  A transient failure commits nothing: the sender retries and the handler runs again.
+* **start**: recent inbox records go back into the deduper (a restarted receiver still
+  recognises duplicates) and pending outbox rows are tracked again (same ids, the
+  remaining deadline, a fresh attempt budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextvars import ContextVar
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
+
+from .._types import Context, DeliveryReport, DeliveryStatus, Kind, Policy
+from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
+from ..errors import Cancelled, ClosedError, Reject, StoreError
+from ..wire import FLAG_REQUEST, MessageItem
+from ._base import InboxRecord, OutboxRow, Store
+from ._sqlite import open_store
+from ._unit import Deferred, Transaction
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from .._dispatch import Route
+    from ..endpoint import Endpoint, _HubLink
+
+__all__ = ["CURRENT", "Durable"]
+
+log = logging.getLogger("ackbus.store")
+
+CURRENT: ContextVar[Transaction | None] = ContextVar("ackbus_unit", default=None)
+"""The unit of work of the handler running in this context, if any."""
+
+_PRUNE_EVERY = 60.0
+"""Longest pause between inbox prunes, seconds (a quarter of the dedupe TTL if shorter)."""
+
+
+class Durable:
+    """One endpoint's durable state: its store, and the glue on each path."""
+
+    def __init__(self, spec: str | Store, service: str, instance: str | None, ttl: float):
+        self.store = open_store(spec)
+        self.instance = self.store.claim(service, instance)
+        self.ttl = ttl
+        self.resumed: list[DeliveryReport] = []
+        self._ep: Endpoint | None = None
+        self._policies: dict[Policy, str] = {}
+        self._prune_every = min(_PRUNE_EVERY, ttl / 4)
+        self._next_prune = 0.0
+
+    def _endpoint(self) -> Endpoint:
+        ep = self._ep
+        assert ep is not None, "Durable.start() runs first"
+        return ep
+
+    # -- start and close ----------------------------------------------------------------
+
+    def start(self, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        """Before the endpoint connects: reload the deduper and start the writer."""
+        self._ep = ep
+        offset = time.time() - loop.time()
+        records = self.store.inbox_since(time.time() - self.ttl)
+        ep._deduper.load((_dedupe_record(r, offset) for r in records), loop.time())
+        self.store.start(loop)
+
+    def resume(self) -> None:
+        """After the endpoint connected: track what a previous run left in the outbox."""
+        ep = self._endpoint()
+        loop = ep._loop
+        assert loop is not None
+        wall = time.time()
+        for row in self.store.pending_outbox():
+            if row.msg_id in ep._pending:
+                continue
+            pol = _policy(row.policy).with_(deadline=max(row.deadline - wall, 0.001))
+            report = DeliveryReport(row.msg_id, row.msg_type)
+            self.resumed.append(report)
+            ep._track(report, row.frame, row.destination, row.kind, row.request, pol, loop.time())
+        if self.resumed:
+            log.info(
+                "%s: resumed %d messages from %s",
+                ep.identity,
+                len(self.resumed),
+                self.store.location,
+            )
+
+    async def close(self) -> None:
+        await self.store.aclose()
+
+    # -- send -----------------------------------------------------------------------------
+
+    async def keep(
+        self,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        request: bool,
+        pol: Policy,
+        now_ns: int,
+    ) -> bool:
+        """Make the message durable. ``True``: committed, track it now. ``False``: it
+        joined the running handler's unit of work and is tracked after that commits."""
+        created = now_ns / 1e9
+        row = OutboxRow(
+            report.message_id,
+            report.message_type,
+            destination,
+            kind,
+            request,
+            self._policy_json(pol),
+            created,
+            created + pol.deadline,
+            frame,
+        )
+        unit = CURRENT.get()
+        if unit is not None and unit.owner is self._ep and unit.open and not request:
+            unit.add_send(Deferred(row, report, destination, kind, request, pol))
+            return False
+        await self.store.put_outbox(row).wait()
+        if self._endpoint().closed:
+            raise ClosedError(
+                f"{self._endpoint().identity}: endpoint closed while message "
+                f"{report.message_id.hex()} committed; it stays in the outbox and is sent "
+                "at the next start"
+            )
+        return True
+
+    def _policy_json(self, pol: Policy) -> str:
+        text = self._policies.get(pol)
+        if text is None:
+            if len(self._policies) > 256:
+                self._policies.clear()
+            fields = asdict(pol)
+            fields["kind"] = pol.kind.value
+            text = self._policies[pol] = json.dumps(fields, separators=(",", ":"))
+        return text
+
+    # -- settle -----------------------------------------------------------------------------
+
+    def settled(self, c: Completion, report: DeliveryReport) -> None:
+        if c:
+            self.store.forget_outbox(c.msg_id)
+        elif c.reason is not Reason.CANCELLED:
+            self.store.dead_letter(
+                c.msg_id, (c.reason or Reason.TIMEOUT).value, c.attempts, str(report.error or "")
+            )
+
+    # -- receive ----------------------------------------------------------------------------
+
+    def run(
+        self, hub: _HubLink, item: MessageItem, route: Route, msg: Any, ctx: Context
+    ) -> asyncio.Task[Any] | None:
+        """Run the handler inside a unit of work (``ctx.tx``, and :data:`CURRENT` for sends)."""
+        from .._eager import run_eager
+
+        ep = self._endpoint()
+        loop = ep._loop
+        assert loop is not None
+        unit = Transaction(ep)
+        token = CURRENT.set(unit)
+        try:
+            return run_eager(
+                route.fn(msg, replace(ctx, tx=unit)),
+                lambda result, exc: self._done(unit, hub, item, route, result, exc),
+                loop,
+            )
+        finally:
+            CURRENT.reset(token)
+
+    def _done(
+        self,
+        unit: Transaction,
+        hub: _HubLink,
+        item: MessageItem,
+        route: Route,
+        result: Message | None,
+        exc: BaseException | None,
+    ) -> None:
+        ep = self._endpoint()
+        request = bool(item.flags & FLAG_REQUEST)
+        ok = exc is None and not (request and result is None)
+        permanent = isinstance(exc, Reject) and exc.permanent
+        if ep.closed or not (ok or permanent):
+            # Transient failure, retry-later, cancellation: nothing to keep, the sender
+            # retries. The endpoint answers exactly as in memory mode.
+            self._drop(unit, "its handler failed")
+            ep._handled(hub, item, route, result, exc)
+            return
+        wall = time.time()
+        if ok:
+            body = result.SerializeToString() if request and result is not None else b""
+            record = InboxRecord(item.id, Outcome.OK, wall, body)
+        else:
+            record = InboxRecord(
+                item.id, Outcome.REJECTED, wall, b"", type(exc).__name__, str(exc), True
+            )
+            self._drop(unit, "its handler rejected the message")
+        unit.close(record)
+        batch = self.store.put_inbox(record) if unit.simple else self.store.write(unit)
+        batch.on_commit(lambda error: self._committed(unit, hub, item, route, result, exc, error))
+        if wall >= self._next_prune:
+            self._next_prune = wall + self._prune_every
+            self.store.prune_inbox(wall - self.ttl)
+
+    def _committed(
+        self,
+        unit: Transaction,
+        hub: _HubLink,
+        item: MessageItem,
+        route: Route,
+        result: Message | None,
+        exc: BaseException | None,
+        error: BaseException | None,
+    ) -> None:
+        ep = self._endpoint()
+        loop = ep._loop
+        if error is not None or loop is None:
+            # Nothing was committed: no ack, so the sender retries and the handler runs again.
+            ep._deduper.abandon(item.id)
+            self._drop(unit, f"the store failed: {error}")
+            log.error(
+                "%s: %s %s not acked, the store failed: %s",
+                ep.identity,
+                item.type,
+                item.id.hex(),
+                error,
+            )
+            return
+        if unit.duplicate is not None:
+            # Handled before, beyond the deduper's memory: answer with the stored outcome.
+            record = unit.duplicate
+            ep._deduper.abandon(item.id)
+            ep._deduper.load([_dedupe_record(record, time.time() - loop.time())], loop.time())
+            ep.stats.duplicates += 1
+            self._drop(unit, "the message was a duplicate")
+            if not ep.closed:
+                ep._reack(hub.link.outbox, item)
+            return
+        if unit.failed is not None:
+            self._drop(unit, "its transaction failed")
+            failure = StoreError(f"a statement of the handler's ctx.tx failed: {unit.failed}")
+            ep._handled(hub, item, route, None, failure)
+            return
+        ep._handled(hub, item, route, result, exc)
+        if ep.closed:
+            return  # the committed sends go out at the next start
+        now = loop.time()
+        for d in unit.sends:
+            ep._track(d.report, d.frame, d.destination, d.kind, d.request, d.policy, now)
+
+    @staticmethod
+    def _drop(unit: Transaction, why: str) -> None:
+        """Fail the reports of the unit's sends: they were never committed."""
+        for d in unit.sends:
+            d.report._settle(
+                DeliveryStatus.FAILED,
+                attempts=0,
+                first_sent_at=None,
+                error=Cancelled(
+                    f"not sent: {why}",
+                    message_id=d.report.message_id,
+                    message_type=d.report.message_type,
+                ),
+            )
+        unit.close(None)
+
+
+def _policy(text: str) -> Policy:
+    fields = json.loads(text)
+    fields["kind"] = Kind(fields["kind"])
+    return Policy(**fields)
+
+
+def _dedupe_record(r: InboxRecord, offset: float) -> DedupeRecord:
+    """A stored record for the deduper, whose clock is the loop's (``offset`` = wall - loop)."""
+    error = None
+    if r.error_type or r.error_message:
+        error = RemoteError(r.error_type, r.error_message, r.error_permanent)
+    return DedupeRecord(r.msg_id, Outcome(r.outcome), r.finished_at - offset, r.response, error)

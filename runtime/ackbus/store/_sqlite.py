@@ -1,0 +1,362 @@
+"""The SQLite store: one database file per service instance, WAL mode, group commit.
+
+Opening checks before it writes anything: a file that is not SQLite (SQLite itself
+refuses it; ackbus never opens the file otherwise, since closing a second descriptor
+would drop SQLite's POSIX locks), an SQLite file of
+another application (``PRAGMA application_id``), or one made by a newer ackbus
+(``PRAGMA user_version``) is refused with a :class:`~ackbus.StoreError` naming the
+file; nothing is overwritten. Ownership is an exclusive ``flock`` on the database file,
+held while the endpoint lives and released by the kernel when the process dies (even by
+``kill -9``), so a restarted process gets it back at once and a second live process is
+refused. Tables are prefixed ``ackbus_`` so a handler's own tables can live beside them
+(docs/durable.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import StoreError
+from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store
+from ._writer import Batch, GroupWriter, Op
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore", "open_store"]
+
+APPLICATION_ID = 0x41434B42
+"""``PRAGMA application_id`` of an ackbus database ("ACKB")."""
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version``: the layout of the ``ackbus_*`` tables."""
+
+_SCHEMA = """
+CREATE TABLE ackbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE ackbus_outbox (
+    id BLOB PRIMARY KEY, type TEXT NOT NULL, destination TEXT NOT NULL,
+    kind INTEGER NOT NULL, request INTEGER NOT NULL, policy TEXT NOT NULL,
+    created_at REAL NOT NULL, deadline REAL NOT NULL, frame BLOB NOT NULL);
+CREATE TABLE ackbus_inbox (
+    id BLOB PRIMARY KEY, outcome INTEGER NOT NULL, finished_at REAL NOT NULL,
+    response BLOB NOT NULL, error_type TEXT NOT NULL, error_message TEXT NOT NULL,
+    error_permanent INTEGER NOT NULL);
+CREATE INDEX ackbus_inbox_finished ON ackbus_inbox (finished_at);
+CREATE TABLE ackbus_dead_letters (
+    id BLOB PRIMARY KEY, type TEXT NOT NULL, destination TEXT NOT NULL,
+    kind INTEGER NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL,
+    error TEXT NOT NULL, created_at REAL NOT NULL, failed_at REAL NOT NULL,
+    frame BLOB NOT NULL);
+"""
+
+INSERT_OUTBOX = "INSERT OR IGNORE INTO ackbus_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_INBOX = "INSERT OR IGNORE INTO ackbus_inbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_INBOX_STRICT = "INSERT INTO ackbus_inbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+SELECT_INBOX = "SELECT * FROM ackbus_inbox WHERE id = ?"
+_DELETE_OUTBOX = "DELETE FROM ackbus_outbox WHERE id = ?"
+_MOVE_TO_DEAD = (
+    "INSERT OR REPLACE INTO ackbus_dead_letters "
+    "SELECT id, type, destination, kind, ?, ?, ?, created_at, ?, frame "
+    "FROM ackbus_outbox WHERE id = ?"
+)
+_PRUNE_INBOX = "DELETE FROM ackbus_inbox WHERE finished_at < ?"
+_DEAD_COLUMNS = "id, type, destination, kind, reason, attempts, error, created_at, failed_at, frame"
+
+
+def open_store(spec: str | Store) -> Store:
+    """A store from a URL (``sqlite:///relative.db``, ``sqlite:////abs/path.db``, with
+    ``?durability=relaxed`` to skip the fsync at commit) or a :class:`Store` as is."""
+    if isinstance(spec, Store):
+        return spec
+    return SqliteStore.from_url(spec)
+
+
+class SqliteStore(Store):
+    """A durable store in one SQLite file. Not shared between live processes."""
+
+    def __init__(self, path: str | os.PathLike[str], durability: Durability = Durability.FULL):
+        self.path = Path(path)
+        self.location = str(self.path)
+        self.durability = durability
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._writer: GroupWriter | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(
+                f"store URL must look like sqlite:///relative/path.db or "
+                f"sqlite:////absolute/path.db, got {url!r}"
+            )
+        path = parts.path[1:]
+        if not path:
+            raise ValueError(f"store URL {url!r} names no file")
+        query = parse_qs(parts.query, strict_parsing=False)
+        unknown = set(query) - {"durability"}
+        if unknown:
+            raise ValueError(f"unknown store URL option(s) {sorted(unknown)} in {url!r}")
+        names = query.get("durability", ["full"])
+        try:
+            durability = Durability(names[-1])
+        except ValueError:
+            raise ValueError(
+                f"durability must be 'full' or 'relaxed', got {names[-1]!r} in {url!r}"
+            ) from None
+        return cls(path, durability)
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _connect(self, *, create: bool) -> sqlite3.Connection:
+        """Open and check the file; create the schema if it is new and ``create``."""
+        path = self.path
+        if not path.exists() and not create:
+            raise StoreError(f"{path}: no such ackbus store")
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open: {exc}") from None
+        try:
+            self._check(conn, create=create)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path} is corrupt or not a database: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check(self, conn: sqlite3.Connection, *, create: bool) -> None:
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app == 0 and version == 0 and tables == 0:
+            if not create:
+                raise StoreError(f"{self.path} is an empty database, not an ackbus store")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        elif app != APPLICATION_ID:
+            raise StoreError(
+                f"{self.path} is an SQLite database of another application "
+                f"(application_id {app:#x}, {tables} schema objects); ackbus will not "
+                "write to it"
+            )
+        elif version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has ackbus store schema {version}, made by a newer ackbus; "
+                f"this one reads schema {SCHEMA_VERSION}: upgrade ackbus"
+            )
+        elif version < 1:
+            raise StoreError(f"{self.path}: ackbus store with no schema version (damaged)")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":  # pragma: no cover - e.g. a file system without shared memory
+            raise StoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+        sync = "FULL" if self.durability is Durability.FULL else "NORMAL"
+        conn.execute(f"PRAGMA synchronous={sync}")
+        # Bounded disk: the WAL is truncated back to this size after a checkpoint.
+        conn.execute("PRAGMA journal_size_limit=16777216")
+        conn.execute("PRAGMA busy_timeout=5000")
+
+    def claim(self, service: str, instance: str | None) -> str:
+        if self._conn is not None:
+            raise StoreError(f"{self.path} is already claimed by this store object")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            conn = self._connect(create=True)
+        except BaseException:
+            self._unlock()
+            raise
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM ackbus_meta").fetchall())
+            owner = meta.get("service")
+            if owner is not None and owner != service:
+                raise StoreError(
+                    f"{self.path} belongs to service {owner!r}, not {service!r}: "
+                    "each service instance needs its own store file"
+                )
+            kept = meta.get("instance")
+            if kept is not None and instance is not None and kept != instance:
+                raise StoreError(
+                    f"{self.path} belongs to instance {kept!r} of {service}, not {instance!r}: "
+                    "drop the instance argument to keep the stored identity"
+                )
+            chosen = kept or instance or uuid.uuid4().hex
+            conn.executemany(
+                "INSERT OR REPLACE INTO ackbus_meta VALUES (?, ?)",
+                [("service", service), ("instance", chosen), ("pid", str(os.getpid()))],
+            )
+        except BaseException:
+            conn.close()
+            self._unlock()
+            raise
+        self._conn = conn
+        return chosen
+
+    def _lock(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _owner_pid(self.path)
+            raise StoreError(
+                f"{self.path} is in use by another live process{f' (pid {pid})' if pid else ''}"
+                ": two processes must not share one store; give each instance its own file"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    # -- reading back (at start, before the writer runs) ------------------------------
+
+    def _claimed(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self.path}: claim() the store first")
+        return self._conn
+
+    def pending_outbox(self) -> list[OutboxRow]:
+        rows = self._claimed().execute(
+            "SELECT id, type, destination, kind, request, policy, created_at, deadline, frame "
+            "FROM ackbus_outbox ORDER BY rowid"
+        )
+        return [OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+
+    def inbox_since(self, since: float) -> list[InboxRecord]:
+        rows = self._claimed().execute(
+            "SELECT * FROM ackbus_inbox WHERE finished_at >= ? ORDER BY finished_at", (since,)
+        )
+        return [_inbox(r) for r in rows]
+
+    # -- writing (through the group-commit writer) --------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        conn = self._claimed()
+        if self._writer is None:
+            self._writer = GroupWriter(
+                conn, full=self.durability is Durability.FULL, name=f"ackbus-store:{self.path}"
+            )
+            self._writer.start(loop)
+
+    @property
+    def writer(self) -> GroupWriter:
+        if self._writer is None:
+            raise StoreError(f"{self.path}: the store is not started")
+        return self._writer
+
+    def write(self, op: Op, *, durable: bool = True) -> Batch:
+        return self.writer.add(op, durable=durable)
+
+    def put_outbox(self, row: OutboxRow) -> Batch:
+        return self.writer.add((INSERT_OUTBOX, row.params()))
+
+    def put_inbox(self, record: InboxRecord) -> Batch:
+        return self.writer.add((INSERT_INBOX, record.params()))
+
+    def forget_outbox(self, msg_id: bytes) -> None:
+        self.writer.add((_DELETE_OUTBOX, (msg_id,)), durable=False)
+
+    def dead_letter(self, msg_id: bytes, reason: str, attempts: int, error: str) -> None:
+        w = self.writer
+        w.add((_MOVE_TO_DEAD, (reason, attempts, error, time.time(), msg_id)), durable=False)
+        w.add((_DELETE_OUTBOX, (msg_id,)), durable=False)
+
+    def prune_inbox(self, before: float) -> None:
+        self.writer.add((_PRUNE_INBOX, (before,)), durable=False)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._writer.stop()
+        elif self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._unlock()
+
+    # -- administration (ackbus dead-letters; works beside a live owner) --------------
+
+    def execute_script(self, script: str) -> None:
+        """Run ``script`` (e.g. ``CREATE TABLE IF NOT EXISTS ...`` for a handler's own
+        tables) on a connection of its own, now. Call it before the endpoint starts."""
+        conn = self._connect(create=True)
+        try:
+            conn.executescript(script)
+        finally:
+            conn.close()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest failure first."""
+        return self._admin(f"SELECT {_DEAD_COLUMNS} FROM ackbus_dead_letters ORDER BY failed_at")
+
+    def find_dead_letters(self, prefix: str) -> list[DeadLetter]:
+        """Dead letters whose hex id starts with ``prefix``."""
+        p = prefix.lower()
+        return [d for d in self.dead_letters() if d.msg_id.hex().startswith(p)]
+
+    def remove_dead_letters(self, ids: list[bytes]) -> int:
+        """Delete dead letters by id; returns how many existed."""
+        conn = self._connect(create=False)
+        try:
+            with conn:
+                cur = conn.executemany(
+                    "DELETE FROM ackbus_dead_letters WHERE id = ?", [(i,) for i in ids]
+                )
+            return cur.rowcount
+        finally:
+            conn.close()
+
+    def counts(self) -> dict[str, int]:
+        """Rows per ackbus table (for tests, benches and operators)."""
+        conn = self._connect(create=False)
+        try:
+            return {
+                name: conn.execute(f"SELECT count(*) FROM ackbus_{name}").fetchone()[0]
+                for name in ("outbox", "inbox", "dead_letters")
+            }
+        finally:
+            conn.close()
+
+    def _admin(self, sql: str) -> list[DeadLetter]:
+        conn = self._connect(create=False)
+        try:
+            return [DeadLetter(*r) for r in conn.execute(sql)]
+        finally:
+            conn.close()
+
+
+def _inbox(r: tuple[bytes, int, float, bytes, str, str, int]) -> InboxRecord:
+    return InboxRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+
+
+def select_inbox(conn: sqlite3.Connection, msg_id: bytes) -> InboxRecord | None:
+    row = conn.execute(SELECT_INBOX, (msg_id,)).fetchone()
+    return _inbox(row) if row is not None else None
+
+
+def _owner_pid(path: Path) -> str:
+    """The pid the owner wrote into the store (best effort, for the error message)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)
+        try:
+            row = conn.execute("SELECT value FROM ackbus_meta WHERE key = 'pid'").fetchone()
+            return str(row[0]) if row else ""
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return ""

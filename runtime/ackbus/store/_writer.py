@@ -1,0 +1,202 @@
+"""Group commit: one writer thread, one connection, one transaction per batch.
+
+sqlite3 calls block, and a commit in ``synchronous=FULL`` mode waits for an fsync (a
+millisecond or more). Made on the event loop they would stall every socket; made one
+transaction per message they would cap a service at a few hundred messages a second.
+So every write goes to a :class:`GroupWriter`: the event loop appends operations to the
+one *open* :class:`Batch`, and the writer thread takes the whole open batch whenever it
+is free, runs it as one transaction with one fsync, and wakes the loop once for the batch.
+Everything queued while the previous transaction was committing lands in the next one,
+so batches grow exactly when the disk is the bottleneck.
+
+An operation is either ``(sql, params)`` (consecutive ones with the same statement object
+run as one ``executemany``) or a callable taking the connection (a handler's unit of
+work, which manages its own savepoint). A batch of *lazy* operations only (an "acked"
+mark, a dead letter move) commits with ``synchronous=NORMAL``: losing it in a power cut
+only causes a harmless re-send after restart, so it does not pay for an fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import StoreError
+
+__all__ = ["Batch", "GroupWriter", "Op"]
+
+log = logging.getLogger("ackbus.store")
+
+Op = tuple[str, Sequence[Any]] | Callable[[sqlite3.Connection], None]
+"""A statement with its parameters, or a unit of work run against the connection."""
+
+
+class Batch:
+    """Operations that commit in one transaction, and who waits for it.
+
+    Lives on the event loop's thread except for :attr:`ops`, which the writer takes
+    under the writer's lock. :meth:`wait` and :meth:`on_commit` must be called on the
+    loop's thread, before the commit was reported (i.e. right after adding to it).
+    """
+
+    __slots__ = ("_callbacks", "_future", "durable", "error", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.durable = False
+        self.error: BaseException | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
+
+    async def wait(self) -> None:
+        """Until the batch is on disk; raises :class:`StoreError` if it failed."""
+        fut = self._future
+        if fut is None:
+            fut = self._future = asyncio.get_running_loop().create_future()
+        await asyncio.shield(fut)
+        if self.error is not None:
+            raise StoreError(f"the durable store failed to commit: {self.error}") from self.error
+
+    def on_commit(self, fn: Callable[[BaseException | None], None]) -> None:
+        """Call ``fn(None)`` once committed, ``fn(error)`` if the transaction failed."""
+        self._callbacks.append(fn)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self.error = error
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        for fn in self._callbacks:
+            try:
+                fn(error)
+            except Exception:  # one broken callback must not starve the rest
+                log.exception("commit callback failed")
+
+
+class GroupWriter:
+    """The writer thread. ``full`` says the connection runs ``synchronous=FULL`` (lazy
+    batches then relax to NORMAL for their own commit)."""
+
+    def __init__(self, conn: sqlite3.Connection, *, full: bool, name: str = "ackbus-store") -> None:
+        self._conn = conn
+        self._full = full
+        self._name = name
+        self._cond = threading.Condition()
+        self._open: Batch | None = None
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+        """Transactions committed (each one fsync in FULL mode): for tests and benches."""
+        self.ops = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def add(self, op: Op, *, durable: bool = True) -> Batch:
+        """Append ``op`` to the open batch (opening one if the writer took the last)."""
+        with self._cond:
+            batch = self._open
+            if batch is None:
+                if self._stopping:
+                    raise StoreError("the durable store is closed")
+                batch = self._open = Batch()
+                self._cond.notify()
+            batch.ops.append(op)
+            if durable:
+                batch.durable = True
+        return batch
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the thread and close the connection."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, timeout)
+            if thread.is_alive():  # pragma: no cover - a disk hanging for `timeout`
+                log.error("%s: writer thread still busy after %.0f s", self._name, timeout)
+                return
+        else:
+            self._conn.close()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                with self._cond:
+                    while self._open is None and not self._stopping:
+                        self._cond.wait()
+                    batch, self._open = self._open, None
+                if batch is None:
+                    return
+                self._commit(conn, batch)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        error: BaseException | None = None
+        relax = self._full and not batch.durable
+        try:
+            if relax:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            _apply(conn, batch.ops)
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.ops += len(batch.ops)
+        except Exception as exc:
+            error = exc
+            log.error(
+                "%s: transaction of %d operations failed: %s", self._name, len(batch.ops), exc
+            )
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+        finally:
+            if relax:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA synchronous=FULL")
+        loop = self._loop
+        if loop is None:  # pragma: no cover - start() sets it before the thread runs
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(batch._finish, error)
+
+
+def _apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
+    """Run ``ops`` in order; consecutive statements that are the same object run as one
+    ``executemany`` (the statements are module constants, so identity is enough)."""
+    i = 0
+    n = len(ops)
+    while i < n:
+        op = ops[i]
+        if not isinstance(op, tuple):
+            op(conn)
+            i += 1
+            continue
+        sql = op[0]
+        j = i + 1
+        while j < n:
+            nxt = ops[j]
+            if not isinstance(nxt, tuple) or nxt[0] is not sql:
+                break
+            j += 1
+        if j == i + 1:
+            conn.execute(sql, op[1])
+        else:
+            conn.executemany(sql, [o[1] for o in ops[i:j]])  # type: ignore[index]
+        i = j
