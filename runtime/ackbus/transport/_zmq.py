@@ -129,15 +129,21 @@ class _Reader(FlowBase):
             self._flush()  # ends with _after_write -> _check_events
         if events & _POLLIN and not self._paused:
             recv = sock.recv_multipart
+            getopt = sock.getsockopt
             batch: list[Multipart] = []
-            for _ in range(self.options.drain_limit):
-                try:
+            try:
+                for _ in range(self.options.drain_limit):
+                    # POLLIN promises a whole multipart. Asking EVENTS before each
+                    # receive (1 µs) is cheaper than ending on an EAGAIN exception
+                    # (2.6 µs), which matters for the lone message of a round trip.
                     batch.append(recv(_NOBLOCK))
-                except zmq.Again:
-                    break
-                except zmq.ZMQError as exc:  # socket closed under us
-                    log.debug("recv stopped: %s", exc)
-                    return
+                    if not cast(int, getopt(_EVENTS)) & _POLLIN:
+                        break
+            except zmq.Again:  # defensive: POLLIN said otherwise
+                pass
+            except zmq.ZMQError as exc:  # socket closed under us
+                log.debug("recv stopped: %s", exc)
+                return
             if batch:
                 self._deliver(batch)
                 # What the callback queued in reply goes now, not one loop iteration
