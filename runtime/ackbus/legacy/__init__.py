@@ -10,11 +10,19 @@
   owns a plain pyzmq DEALER socket.
 """
 
-from ._codec import FieldCase, LegacyCodec, LegacyFormatError, LegacyMessage, PayloadFormat
+from ._codec import (
+    FieldCase,
+    LegacyCodec,
+    LegacyFormat,
+    LegacyFormatError,
+    LegacyMessage,
+    PayloadFormat,
+)
 
 __all__ = [
     "FieldCase",
     "LegacyCodec",
+    "LegacyFormat",
     "LegacyFormatError",
     "LegacyMessage",
     "PayloadFormat",

@@ -42,6 +42,7 @@ from ..errors import RemoteProtocolError, SchemaError
 __all__ = [
     "FieldCase",
     "LegacyCodec",
+    "LegacyFormat",
     "LegacyFormatError",
     "LegacyMessage",
     "PayloadFormat",
@@ -68,6 +69,18 @@ class PayloadFormat(enum.Enum):
 
     JSON = "json"
     PROTOBUF = "protobuf"
+
+
+class LegacyFormat(enum.Enum):
+    """The shape of a whole legacy multipart, for :meth:`LegacyCodec.encode` / ``decode``."""
+
+    ENVELOPE = "envelope"
+    """One frame holding the legacy JSON envelope. Reading also takes
+    ``[topic, envelope]``, as PUB services that want SUB-side filtering send it."""
+    TOPIC_JSON = "topic+json"
+    """``[topic, JSON payload]``; the topic is the type name (or mapped by ``topics``)."""
+    TOPIC_PROTOBUF = "topic+protobuf"
+    """``[topic, protobuf bytes]``; the type must be in the registry."""
 
 
 class FieldCase(enum.Enum):
@@ -428,6 +441,38 @@ class LegacyCodec:
                 f"undecodable {spec.full_name} bytes: {exc}", type_name=type_name
             ) from None
         return LegacyMessage(msg, topic)
+
+    # ------------------------------------------------------------------ any format
+
+    def encode(
+        self,
+        msg: Message | Untyped,
+        fmt: LegacyFormat,
+        *,
+        message_id: str | None = None,
+        sender: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> list[bytes]:
+        """``msg`` as the multipart ``fmt`` describes (metadata only travels in an
+        envelope: topic formats have nowhere to put it)."""
+        if fmt is LegacyFormat.ENVELOPE:
+            frame = self.encode_envelope(
+                msg, message_id=message_id, sender=sender, timestamp=timestamp
+            )
+            return [frame]
+        payload = PayloadFormat.JSON if fmt is LegacyFormat.TOPIC_JSON else PayloadFormat.PROTOBUF
+        return self.encode_frames(msg, payload)
+
+    def decode(self, frames: Sequence[bytes], fmt: LegacyFormat) -> LegacyMessage:
+        """Read a multipart in format ``fmt``."""
+        if fmt is LegacyFormat.ENVELOPE:
+            if not 1 <= len(frames) <= 2:
+                raise LegacyFormatError(
+                    f"expected [envelope] or [topic, envelope], got {len(frames)} frames"
+                )
+            return self.decode_envelope(frames[-1])
+        payload = PayloadFormat.JSON if fmt is LegacyFormat.TOPIC_JSON else PayloadFormat.PROTOBUF
+        return self.decode_frames(frames, payload)
 
     # ------------------------------------------------------------------ helpers
 

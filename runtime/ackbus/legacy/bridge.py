@@ -1,0 +1,448 @@
+"""The bridge: an existing ZeroMQ service that knows nothing of ackbus, on the bus.
+
+A :class:`Bridge` is an ackbus :class:`~ackbus.endpoint.Endpoint` (named after the
+legacy service) plus plain ZeroMQ sockets facing the legacy service:
+
+* **legacy → bus**: a SUB socket on the legacy PUB (:meth:`Bridge.subscribe`) or a
+  PULL socket (:meth:`Bridge.pull`) reads legacy messages, the codec turns them into
+  typed messages, and the endpoint sends them reliably (acks, retries, dedupe at the
+  receiver) to whatever handles their type: commands with ``send``, events (by the
+  registry's policy) with ``publish``;
+* **bus → legacy**: the bridge registers handlers on its endpoint for the types the
+  legacy service consumes and writes each message in the legacy format to a PUB
+  (:meth:`Bridge.publish_to`), PUSH (:meth:`Bridge.push_to`) or REQ
+  (:meth:`Bridge.request_to`) socket. The handler's outcome is the ack the bus sees.
+
+The legacy side cannot ack, so what holds at this boundary differs per socket type;
+docs/legacy.md states it exactly. Malformed legacy input is counted in
+``bridge.stats.malformed``, logged, and never reaches a handler or stops the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from google.protobuf.message import Message
+
+from .._types import Context, DeliveryReport, Kind, Untyped
+from ..endpoint import Endpoint
+from ..errors import AckbusError, ClosedError, Reject, RetryLater, SchemaError
+from ._codec import LegacyCodec, LegacyFormat, LegacyFormatError, LegacyMessage
+
+__all__ = ["Bridge", "BridgeStats", "LegacySocket", "SocketRole"]
+
+log = logging.getLogger("ackbus.legacy.bridge")
+
+MessageType = type[Message] | str
+"""A type the legacy service consumes: a generated class, or a type name."""
+
+LEGACY_ID_HEADER = "legacy-message-id"
+LEGACY_SENDER_HEADER = "legacy-sender"
+LEGACY_TIME_HEADER = "legacy-timestamp"
+
+
+class SocketRole(enum.Enum):
+    """The bridge's socket facing the legacy service."""
+
+    SUB = "sub"
+    PULL = "pull"
+    PUB = "pub"
+    PUSH = "push"
+    REQ = "req"
+
+
+_ZMQ_TYPE = {
+    SocketRole.SUB: zmq.SUB,
+    SocketRole.PULL: zmq.PULL,
+    SocketRole.PUB: zmq.PUB,
+    SocketRole.PUSH: zmq.PUSH,
+    SocketRole.REQ: zmq.REQ,
+}
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    """Counters since the bridge started."""
+
+    from_legacy: int = 0
+    """Multiparts read from the legacy service."""
+    malformed: Counter[str] = field(default_factory=Counter)
+    """Legacy input refused, by reason ("MALFORMED", "UNKNOWN_TYPE")."""
+    duplicates: int = 0
+    """Legacy messages dropped because their MessageId was seen before."""
+    forwarded: int = 0
+    """Legacy messages handed to the endpoint (send/publish)."""
+    delivered: int = 0
+    """Forwarded messages acked by the bus."""
+    failed: Counter[str] = field(default_factory=Counter)
+    """Forwarded messages whose delivery failed, by error class."""
+    to_legacy: Counter[str] = field(default_factory=Counter)
+    """Bus messages written to the legacy service, by socket role."""
+    backpressure: int = 0
+    """Bus messages refused with RetryLater (PUSH full or unconnected, REQ silent)."""
+
+
+@dataclass(slots=True)
+class LegacySocket:
+    """One socket facing the legacy service, as configured; ``address`` is resolved
+    (a ``tcp://127.0.0.1:*`` bind gets its port) once the bridge has started."""
+
+    role: SocketRole
+    address: str
+    fmt: LegacyFormat
+    bind: bool
+    topics: tuple[bytes, ...] = ()
+    types: dict[str, type[Message] | None] = field(default_factory=dict)
+    """Outbound: the type names this socket takes and, for REQ, each one's reply class."""
+    timeout: float = 5.0
+    sock: zmq.asyncio.Socket | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Bridge:
+    """Attach a plain ZeroMQ service to the bus. Use as ``async with Bridge(ep, codec)``.
+
+    ``endpoint`` is the bus side, usually named after the legacy service; the bridge
+    starts and closes it. ``codec`` converts messages (its registry decides which
+    legacy types are known). ``dedupe`` is how many legacy MessageIds are remembered
+    to drop legacy re-sends (0 turns it off). ``drain_timeout`` bounds how long
+    :meth:`close` waits for forwarded messages still awaiting their ack.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        codec: LegacyCodec,
+        *,
+        dedupe: int = 10_000,
+        drain_timeout: float = 2.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.codec = codec
+        self.stats = BridgeStats()
+        self.drain_timeout = drain_timeout
+        self._dedupe = dedupe
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._sockets: list[LegacySocket] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._inflight: set[DeliveryReport] = set()
+        self._ctx: zmq.asyncio.Context | None = None
+        self._started = False
+
+    # ------------------------------------------------------------------ configuration
+
+    def subscribe(
+        self,
+        address: str,
+        *,
+        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        topics: Iterable[bytes] = (b"",),
+        bind: bool = False,
+    ) -> LegacySocket:
+        """Read what the legacy service publishes (SUB to its PUB) onto the bus."""
+        return self._add(LegacySocket(SocketRole.SUB, address, fmt, bind, tuple(topics)))
+
+    def pull(
+        self, address: str, *, fmt: LegacyFormat = LegacyFormat.ENVELOPE, bind: bool = False
+    ) -> LegacySocket:
+        """Read what the legacy service pushes (PULL from its PUSH) onto the bus."""
+        return self._add(LegacySocket(SocketRole.PULL, address, fmt, bind))
+
+    def publish_to(
+        self,
+        address: str,
+        types: Iterable[MessageType],
+        *,
+        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        bind: bool = True,
+    ) -> LegacySocket:
+        """Write bus messages of ``types`` to a PUB socket the legacy service subscribes
+        to. Fire and forget: acked once in the socket (docs/legacy.md)."""
+        names: dict[str, type[Message] | None] = {self._name(t): None for t in types}
+        return self._add(LegacySocket(SocketRole.PUB, address, fmt, bind, types=names))
+
+    def push_to(
+        self,
+        address: str,
+        types: Iterable[MessageType],
+        *,
+        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        bind: bool = False,
+    ) -> LegacySocket:
+        """Write bus messages of ``types`` to a PUSH socket feeding the legacy PULL.
+        Acked once queued in the socket; refused with RetryLater while it cannot take
+        them (no peer connected, or full), so the sender retries."""
+        names: dict[str, type[Message] | None] = {self._name(t): None for t in types}
+        return self._add(LegacySocket(SocketRole.PUSH, address, fmt, bind, types=names))
+
+    def request_to(
+        self,
+        address: str,
+        types: Mapping[MessageType, type[Message] | None],
+        *,
+        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        timeout: float = 5.0,
+        bind: bool = False,
+    ) -> LegacySocket:
+        """Send bus messages of each request type to the legacy REP service, one at a
+        time, and ack only once its reply came: the reply is the ack. With a reply
+        class, the decoded reply is the handler's response (for ``ep.request``)."""
+        names = {self._name(t): resp for t, resp in types.items()}
+        return self._add(
+            LegacySocket(SocketRole.REQ, address, fmt, bind, types=names, timeout=timeout)
+        )
+
+    def _name(self, t: MessageType) -> str:
+        if isinstance(t, str):
+            spec = self.codec.registry.get(t)
+            return spec.full_name if spec is not None else t
+        return t.DESCRIPTOR.full_name
+
+    def _add(self, side: LegacySocket) -> LegacySocket:
+        if self._started:
+            raise ClosedError("configure the bridge's legacy sockets before starting it")
+        self._sockets.append(side)
+        return side
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Bridge:
+        """Open the legacy sockets, register the outbound handlers, start the endpoint."""
+        if self._started:
+            return self
+        self._started = True
+        self._ctx = zmq.asyncio.Context()
+        try:
+            for side in self._sockets:
+                self._open(side)
+                if side.role in (SocketRole.SUB, SocketRole.PULL):
+                    task = asyncio.create_task(self._read(side), name=f"bridge-{side.role.value}")
+                    self._readers.append(task)
+                else:
+                    for name, response in side.types.items():
+                        self._register(side, name, response)
+            await self.endpoint.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Stop reading the legacy side, wait (up to ``drain_timeout``) for forwarded
+        messages to be acked, close the endpoint and every socket. Idempotent."""
+        for task in self._readers:
+            task.cancel()
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=1.0)
+        self._readers.clear()
+        if self._inflight and not self.endpoint.closed:
+            waits = [asyncio.ensure_future(r.wait()) for r in self._inflight]
+            await asyncio.wait(waits, timeout=self.drain_timeout)
+            for w in waits:
+                w.cancel()
+        await self.endpoint.close()
+        for side in self._sockets:
+            if side.sock is not None:
+                side.sock.close(linger=0)
+                side.sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def __aenter__(self) -> Bridge:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _open(self, side: LegacySocket) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(_ZMQ_TYPE[side.role])
+        sock.linger = 0
+        if side.role is SocketRole.SUB:
+            for topic in side.topics:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if side.role is SocketRole.PUSH:
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing to a peer that is not there
+        if side.bind:
+            sock.bind(side.address)
+            side.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            sock.connect(side.address)
+        side.sock = sock
+
+    # ------------------------------------------------------------------ legacy → bus
+
+    async def _read(self, side: LegacySocket) -> None:
+        sock = side.sock
+        assert sock is not None
+        while True:
+            frames = await sock.recv_multipart()  # the reader runs until close() cancels it
+            self.stats.from_legacy += 1
+            try:
+                legacy = self.codec.decode(frames, side.fmt)
+            except (LegacyFormatError, SchemaError) as exc:
+                self._malformed(side, exc)
+                continue
+            if self._is_duplicate(legacy):
+                self.stats.duplicates += 1
+                continue
+            try:
+                await self._forward(legacy)
+            except ClosedError:
+                return
+            except AckbusError as exc:  # SendWindowTimeout, a payload the endpoint refuses
+                self.stats.failed[type(exc).__name__] += 1
+                log.warning("bridge %s: %s not forwarded: %s", side.address, legacy.type_name, exc)
+
+    def _malformed(self, side: LegacySocket, exc: LegacyFormatError | SchemaError) -> None:
+        code = "UNKNOWN_TYPE" if isinstance(exc, SchemaError) else exc.code
+        self.stats.malformed[code] += 1
+        log.warning("bridge %s %s: refused legacy input: %s", side.role.value, side.address, exc)
+
+    def _is_duplicate(self, legacy: LegacyMessage) -> bool:
+        if not self._dedupe or not legacy.message_id:
+            return False
+        key = (legacy.sender, legacy.message_id)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self._dedupe:
+            self._seen.popitem(last=False)
+        return False
+
+    async def _forward(self, legacy: LegacyMessage) -> None:
+        msg = legacy.message
+        headers = {}
+        if legacy.message_id:
+            headers[LEGACY_ID_HEADER] = legacy.message_id
+        if legacy.sender:
+            headers[LEGACY_SENDER_HEADER] = legacy.sender
+        if legacy.timestamp is not None:
+            headers[LEGACY_TIME_HEADER] = legacy.timestamp.isoformat()
+        if self._kind(msg) is Kind.EVENT:
+            report = await self.endpoint.publish(msg, wait_ack=False, headers=headers)
+        else:
+            report = await self.endpoint.send(msg, wait_ack=False, headers=headers)
+        self.stats.forwarded += 1
+        self._inflight.add(report)
+        report.add_done_callback(self._settled)
+
+    def _kind(self, msg: Message | Untyped) -> Kind:
+        if isinstance(msg, Untyped):
+            spec = self.codec.registry.get(msg.type_name)
+        else:
+            spec = self.codec.registry.for_class(type(msg))
+        return spec.policy.kind if spec is not None else Kind.COMMAND
+
+    def _settled(self, report: DeliveryReport) -> None:
+        self._inflight.discard(report)
+        if report:
+            self.stats.delivered += 1
+        else:
+            self.stats.failed[type(report.error).__name__] += 1
+            log.warning("bridge: legacy message not delivered: %s", report.error)
+
+    # ------------------------------------------------------------------ bus → legacy
+
+    def _register(self, side: LegacySocket, name: str, response: type[Message] | None) -> None:
+        spec = self.codec.registry.get(name)
+
+        async def handle(msg: Any, ctx: Context) -> Message | None:
+            if isinstance(msg, dict):
+                msg = Untyped(name, msg)
+            frames = self.codec.encode(
+                msg,
+                side.fmt,
+                message_id=str(uuid.UUID(bytes=ctx.message_id)),  # the same on every retry
+                sender=ctx.sender.service,
+                timestamp=datetime.fromtimestamp(ctx.created_at, UTC),
+            )
+            return await self._write(side, frames, response)
+
+        handle.__qualname__ = f"Bridge.{side.role.value}({side.address}).{name}"
+        if spec is None:
+            self.endpoint.register_handler(name, _no_response(handle))
+        else:
+            kind = spec.policy.kind
+            self.endpoint.register_handler(spec.cls, handle, kind=kind, response=response)
+
+    async def _write(
+        self, side: LegacySocket, frames: list[bytes], response: type[Message] | None
+    ) -> Message | None:
+        sock = side.sock
+        if sock is None:
+            raise ClosedError("the bridge is closed")
+        if side.role is SocketRole.REQ:
+            # In a task of its own: the endpoint steps handlers eagerly outside any task,
+            # and asyncio.timeout needs one. A REQ round trip dwarfs the task's cost.
+            return await asyncio.create_task(self._request(side, frames, response))
+        try:
+            await sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # PUSH with no connected peer (IMMEDIATE) or at its high-water mark: the
+            # legacy side cannot take it now; the sender's retry tries again.
+            self.stats.backpressure += 1
+            raise RetryLater(
+                0.2, f"legacy {side.role.value} {side.address} is not taking messages"
+            ) from None
+        self.stats.to_legacy[side.role.value] += 1
+        return None
+
+    async def _request(
+        self, side: LegacySocket, frames: list[bytes], response: type[Message] | None
+    ) -> Message | None:
+        async with side.lock:  # REQ is lockstep: one request in flight per socket
+            sock = side.sock
+            assert sock is not None
+            try:
+                async with asyncio.timeout(side.timeout):
+                    await sock.send_multipart(frames)
+                    reply = await sock.recv_multipart()
+            except TimeoutError:
+                # A REQ that missed its reply is stuck; replace it (the Lazy Pirate way).
+                sock.close(linger=0)
+                self._open(side)
+                self.stats.backpressure += 1
+                raise RetryLater(
+                    0.2, f"legacy REP {side.address} did not reply within {side.timeout} s"
+                ) from None
+        self.stats.to_legacy[side.role.value] += 1
+        if response is None:
+            return None  # any reply is the ack
+        try:
+            got = self.codec.decode(reply, side.fmt)
+        except (LegacyFormatError, SchemaError) as exc:
+            self._malformed(side, exc)
+            # The legacy handler ran: retrying would run it again. Refuse for good.
+            raise Reject(f"legacy REP {side.address} sent an unreadable reply: {exc}") from None
+        if not isinstance(got.message, response):
+            self.stats.malformed["WRONG_REPLY"] += 1
+            raise Reject(
+                f"legacy REP {side.address} replied {got.full_name}, "
+                f"expected {response.DESCRIPTOR.full_name}"
+            )
+        return got.message
+
+
+def _no_response(
+    fn: Callable[[Any, Context], Coroutine[Any, Any, Message | None]],
+) -> Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]]:
+    """A by-name (dict) handler returns nothing; the bridge's untyped route obeys."""
+
+    async def handle(payload: dict[str, Any], ctx: Context) -> None:
+        await fn(payload, ctx)
+
+    handle.__qualname__ = getattr(fn, "__qualname__", "bridge")
+    return handle
