@@ -2,7 +2,7 @@
 
 * :class:`LegacyCodec`: typed messages ⇄ the legacy JSON envelope, ``[topic, payload]``
   frames and dicts, mapped through a :class:`~ackbus.Registry`;
-* :class:`~ackbus.legacy.bridge.Bridge`: puts a plain ZeroMQ service (PUB/SUB,
+* :class:`Bridge` (:mod:`ackbus.legacy.bridge`): puts a plain ZeroMQ service (PUB/SUB,
   PUSH/PULL, REQ/REP) on the bus;
 * :func:`wrap_service` and :class:`LegacyServiceMixin`: register an existing object's
   ``handle_<type>`` methods on an endpoint in one call;
@@ -18,12 +18,24 @@ from ._codec import (
     LegacyMessage,
     PayloadFormat,
 )
+from ._reliable import ReliableSocket, send_with_ack
+from ._wrap import LegacyServiceMixin, handler_name, wrap_service
+from .bridge import Bridge, BridgeStats, LegacySocket, SocketRole
 
 __all__ = [
+    "Bridge",
+    "BridgeStats",
     "FieldCase",
     "LegacyCodec",
     "LegacyFormat",
     "LegacyFormatError",
     "LegacyMessage",
+    "LegacyServiceMixin",
+    "LegacySocket",
     "PayloadFormat",
+    "ReliableSocket",
+    "SocketRole",
+    "handler_name",
+    "send_with_ack",
+    "wrap_service",
 ]

@@ -1,0 +1,227 @@
+"""ReliableSocket / send_with_ack: code that owns a plain blocking pyzmq DEALER gets
+acknowledged, retried, deduplicated delivery through a real hub.
+
+The blocking calls run in a worker thread (``asyncio.to_thread``) while the hub and
+the receiving endpoints run on the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import zmq
+from ackbus import AckTimeout, Context, NoRoute, Policy, Registry, Reject, Rejected, Untyped
+from ackbus.endpoint import Endpoint
+from ackbus.hub import Hub
+from ackbus.legacy import ReliableSocket, send_with_ack
+from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
+from proc_harness import free_port
+
+POKER = Registry()
+POKER.update(table_ackbus.REGISTRY)
+POKER.update(lobby_ackbus.REGISTRY)
+FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[str]:
+    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
+        yield h.addresses[0]
+
+
+@pytest.fixture
+def dealer(hub: str) -> Iterator[zmq.Socket[Any]]:
+    """The legacy code's own socket: a plain blocking DEALER."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(hub)
+    try:
+        yield sock
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+async def test_send_is_acked_after_the_handler_ran(hub: str, dealer: zmq.Socket[Any]) -> None:
+    got: list[table_pb2.StartHand] = []
+
+    async def on_start(msg: table_pb2.StartHand, ctx: Context) -> None:
+        got.append(msg)
+
+    receiver = Endpoint("table", hub, policy=FAST)
+    receiver.register_handler(table_pb2.StartHand, on_start)
+    async with receiver:
+        rs = ReliableSocket(dealer, "legacy-lobby", policy=FAST)
+        report = await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="t1"), timeout=3)
+        assert report, report.error
+        assert got == [table_pb2.StartHand(table_id="t1")]
+        assert report.attempts == 1
+        assert [str(i) for i in report.acked_by] == [str(receiver.identity)]
+        # the same socket keeps working for the next one
+        assert await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="t2"))
+        await asyncio.to_thread(rs.close)
+    assert [m.table_id for m in got] == ["t1", "t2"]
+
+
+async def test_a_slow_handler_is_retried_and_runs_once(hub: str, dealer: zmq.Socket[Any]) -> None:
+    runs = 0
+
+    async def slow(payload: dict[str, Any], ctx: Context) -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.6)  # three ack timeouts: the sender retries meanwhile
+
+    receiver = Endpoint("legacy", hub, policy=FAST)
+    receiver.register_handler("Slow", slow)
+    async with receiver:
+        rs = ReliableSocket(dealer, "sender", policy=FAST)
+        report = await asyncio.to_thread(rs.send, Untyped("Slow", {"n": 1}), timeout=3)
+        assert report, report.error
+        assert report.attempts >= 2
+        assert rs.retries == report.attempts - 1
+        assert receiver.stats.duplicates >= 1
+    assert runs == 1
+
+
+async def test_untyped_reaches_a_by_name_handler_as_a_dict(
+    hub: str, dealer: zmq.Socket[Any]
+) -> None:
+    got: list[dict[str, Any]] = []
+
+    async def on_message(payload: dict[str, Any], ctx: Context) -> None:
+        got.append(payload)
+
+    receiver = Endpoint("old", hub, policy=FAST)
+    receiver.register_handler("MessageType", on_message)
+    async with receiver:
+        report = await asyncio.to_thread(
+            send_with_ack,
+            dealer,
+            Untyped("MessageType", {"Data": "payload"}),
+            service="c-sharp-port",
+            policy=FAST,
+        )
+    assert report, report.error
+    assert got == [{"Data": "payload"}]
+
+
+async def test_request_returns_the_response(hub: str, dealer: zmq.Socket[Any]) -> None:
+    async def register(
+        msg: lobby_pb2.ServiceRegistration, ctx: Context
+    ) -> lobby_pb2.RegistrationResult:
+        return lobby_pb2.RegistrationResult(accepted=True, table_ids=[msg.service_name])
+
+    receiver = Endpoint("lobby", hub, policy=FAST)
+    receiver.register_handler(
+        lobby_pb2.ServiceRegistration, register, response=lobby_pb2.RegistrationResult
+    )
+    async with receiver:
+        rs = ReliableSocket(dealer, "legacy", registry=POKER, policy=FAST)
+        result = await asyncio.to_thread(
+            rs.request,
+            Untyped("ServiceRegistration", {"serviceName": "table"}),
+            lobby_pb2.RegistrationResult,
+        )
+    assert result == lobby_pb2.RegistrationResult(accepted=True, table_ids=["table"])
+
+
+async def test_publish_is_acked_by_every_subscribed_service(
+    hub: str, dealer: zmq.Socket[Any]
+) -> None:
+    seen: list[str] = []
+
+    def subscriber(name: str) -> Endpoint:
+        async def on_event(msg: table_pb2.HandStarted, ctx: Context) -> None:
+            seen.append(name)
+
+        ep = Endpoint(name, hub, registry=POKER, policy=FAST)
+        ep.register_handler(table_pb2.HandStarted, on_event)  # an event by the registry
+        return ep
+
+    async with subscriber("audit"), subscriber("lobby"):
+        rs = ReliableSocket(dealer, "legacy-table", registry=POKER, policy=FAST)
+        report = await asyncio.to_thread(rs.publish, table_pb2.HandStarted(table_id="t"))
+        assert report, report.error
+        assert sorted(i.service for i in report.acked_by) == ["audit", "lobby"]
+        nobody = await asyncio.to_thread(rs.publish, Untyped("NobodyListens", {}))
+        assert nobody  # an event nobody subscribes to is acked at once
+    assert sorted(seen) == ["audit", "lobby"]
+
+
+async def test_failures_say_why(hub: str, dealer: zmq.Socket[Any]) -> None:
+    async def refuse(msg: table_pb2.StartHand, ctx: Context) -> None:
+        raise Reject("table is closed")
+
+    receiver = Endpoint("table", hub, policy=FAST)
+    receiver.register_handler(table_pb2.StartHand, refuse)
+    async with receiver:
+        rs = ReliableSocket(dealer, "legacy", policy=FAST)
+        rejected = await asyncio.to_thread(rs.send, table_pb2.StartHand(), timeout=2)
+        assert isinstance(rejected.error, Rejected)
+        assert rejected.error.remote_message == "table is closed"
+        assert rejected.attempts == 1  # permanent: not retried
+        no_route = await asyncio.to_thread(rs.send, Untyped("Nobody", {}), timeout=0.5)
+        assert isinstance(no_route.error, NoRoute)
+        assert not no_route
+
+
+def test_no_hub_fails_within_the_timeout() -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect("tcp://127.0.0.1:9")  # nothing listens there
+    try:
+        report = ReliableSocket(sock, "lonely", policy=FAST).send(Untyped("X", {}), timeout=0.3)
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert isinstance(report.error, AckTimeout)
+    assert not report
+
+
+def test_only_a_dealer_will_do() -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    try:
+        with pytest.raises(ValueError, match="DEALER"):
+            ReliableSocket(sock, "x")
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+async def test_hub_restart_mid_stream_loses_nothing() -> None:
+    """The hub forgets the socket when it restarts: the next MESSAGE is refused with
+    NOT_REGISTERED, the socket says HELLO again and retries."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    got: list[str] = []
+
+    async def on_start(msg: table_pb2.StartHand, ctx: Context) -> None:
+        got.append(msg.table_id)
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(address)
+    receiver = Endpoint("table", address, policy=FAST, heartbeat=0.1)
+    receiver.register_handler(table_pb2.StartHand, on_start)
+    try:
+        hub = await Hub(address, heartbeat=0.1).start()
+        async with receiver:
+            rs = ReliableSocket(sock, "legacy", policy=FAST)
+            assert await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="a"))
+            await hub.close()
+            hub = await Hub(address, heartbeat=0.1).start()
+            try:
+                report = await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="b"))
+                assert report, report.error
+                assert report.attempts >= 2, "the first attempt meets a hub that forgot us"
+            finally:
+                await hub.close()
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert got == ["a", "b"]
