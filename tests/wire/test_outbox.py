@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ackbus import LocalProtocolError, wire
+from ackbus import LocalProtocolError, envelope_pb2, wire, wire_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -150,3 +150,21 @@ def test_bulk_acks_split_at_max_acks() -> None:
     assert got == [mid(100)] + [mid(i) for i in range(10)]
     with pytest.raises(LocalProtocolError):
         ob.acks([b"short"])
+
+
+def test_a_newer_first_control_supersedes_the_unsent_one() -> None:
+    def hello(*commands: str) -> list[bytes]:
+        return wire.encode_hello(
+            wire_pb2.Hello(identity=envelope_pb2.Identity(service="s"), commands=commands)
+        )
+
+    ob = wire.Outbox()
+    ob.control(hello("a.A"), first=True)  # queued while not connected
+    ob.message(msg(1))
+    ob.control(wire.encode_heartbeat())
+    ob.control(hello("a.A", "b.B"), first=True)  # said again on connect
+    assert len(ob) == 3
+    mps = drain(ob)
+    cmds = [wire.decode_command(mp) for mp in mps]
+    assert cmds == [wire.Command.HELLO, wire.Command.MESSAGE, wire.Command.HEARTBEAT]
+    assert list(wire.decode_hello(mps[0]).commands) == ["a.A", "b.B"]

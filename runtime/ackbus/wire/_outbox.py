@@ -158,14 +158,26 @@ class Outbox:
 
     def control(self, frames: Multipart, *, first: bool = False) -> bool:
         """Queue a whole control multipart. It is a barrier: what was added before goes
-        before it. ``first=True`` puts it ahead of everything still queued."""
+        before it.
+
+        ``first=True`` puts it ahead of everything still queued and makes it supersede
+        any queued, unsent multipart of the same command: a HELLO said again on
+        reconnect (or after a new handler was registered) replaces the one still
+        waiting for the connection, so the hub gets one HELLO, the latest, not two in
+        the wrong order."""
         if not frames:
             raise LocalProtocolError("empty multipart")
         self._touch()
-        self._count += 1
         if first:
+            head = frames[0]
+            stale = [e for e in self._done if e[0][0] == head]
+            for entry in stale:
+                self._done.remove(entry)
+                self._count -= entry[1]
+            self._count += 1
             self._done.appendleft((frames, 1))
         else:
+            self._count += 1
             self._close_messages()
             self._close_acks()
             self._done.append((frames, 1))
