@@ -67,7 +67,83 @@ def parser() -> argparse.ArgumentParser:
     )
     hub.add_argument("--log-level", default="WARNING", help="Python logging level")
     hub.set_defaults(run=_hub)
+
+    dead = sub.add_parser(
+        "dead-letters",
+        help="list, show, replay or purge a durable store's dead letters",
+        description=(
+            "Messages that failed for good (timeout, rejected, no route, expired) are kept "
+            "in the sending endpoint's store. Works while the service runs."
+        ),
+    )
+    dead_sub = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    store_help = "the store: sqlite:///path/to.db (or a plain file path)"
+    for action, text in (
+        ("list", "one line per dead letter, oldest failure first"),
+        ("show", "everything about dead letters: error, envelope, body"),
+        ("replay", "send dead letters again through a hub (new ids); remove the acked ones"),
+        ("purge", "delete dead letters"),
+    ):
+        p = dead_sub.add_parser(action, help=text, description=text)
+        p.add_argument("--store", required=True, help=store_help)
+        if action != "list":
+            p.add_argument("ids", nargs="*", metavar="ID", help="message ids or hex prefixes")
+            p.add_argument("--all", action="store_true", help="every dead letter")
+        if action == "replay":
+            p.add_argument("--hub", required=True, metavar="ADDRESS", help="hub to send through")
+            p.add_argument(
+                "--timeout", type=float, default=30.0, help="seconds per message (default 30)"
+            )
+        p.set_defaults(run=_dead_letters)
     return root
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .errors import StoreError
+    from .store import SqliteStore
+    from .store._admin import describe, replay, summary_line
+
+    spec: str = args.store
+    try:
+        store = SqliteStore.from_url(spec) if spec.startswith("sqlite:") else SqliteStore(spec)
+        letters = store.dead_letters()
+        if args.action == "list":
+            for d in letters:
+                print(summary_line(d))
+            print(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
+            return 0
+        if args.all == bool(args.ids):
+            print(f"ackbus dead-letters {args.action}: give message ids or --all", file=sys.stderr)
+            return 2
+        if not args.all:
+            chosen = []
+            for prefix in args.ids:
+                found = [d for d in letters if d.msg_id.hex().startswith(prefix.lower())]
+                if len(found) != 1:
+                    what = "no dead letter" if not found else f"{len(found)} dead letters"
+                    print(f"ackbus dead-letters: {what} match {prefix!r}", file=sys.stderr)
+                    return 1
+                chosen.extend(found)
+            letters = chosen
+        if args.action == "show":
+            print("\n\n".join(describe(d) for d in letters))
+        elif args.action == "purge":
+            removed = store.remove_dead_letters([d.msg_id for d in letters])
+            print(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
+        else:
+            results = asyncio.run(replay(store, letters, args.hub, timeout=args.timeout))
+            for d, report in results:
+                outcome = "acked" if report else f"failed again: {report.error}"
+                print(f"{d.msg_id.hex()} -> {report.message_id.hex()}  {d.msg_type}  {outcome}")
+            failed = sum(1 for _, r in results if not r)
+            print(f"replayed {len(results)}: {len(results) - failed} acked, {failed} failed")
+            return 1 if failed else 0
+    except StoreError as err:
+        print(f"ackbus dead-letters: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _hub(args: argparse.Namespace) -> int:

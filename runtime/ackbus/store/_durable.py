@@ -64,6 +64,7 @@ class Durable:
         self.instance = self.store.claim(service, instance)
         self.ttl = ttl
         self.resumed: list[DeliveryReport] = []
+        self._leftover: list[OutboxRow] = []
         self._ep: Endpoint | None = None
         self._policies: dict[Policy, str] = {}
         self._prune_every = min(_PRUNE_EVERY, ttl / 4)
@@ -82,6 +83,8 @@ class Durable:
         offset = time.time() - loop.time()
         records = self.store.inbox_since(time.time() - self.ttl)
         ep._deduper.load((_dedupe_record(r, offset) for r in records), loop.time())
+        # Read before the writer runs: the connection is the writer's from then on.
+        self._leftover = self.store.pending_outbox()
         self.store.start(loop)
 
     def resume(self) -> None:
@@ -90,7 +93,8 @@ class Durable:
         loop = ep._loop
         assert loop is not None
         wall = time.time()
-        for row in self.store.pending_outbox():
+        leftover, self._leftover = self._leftover, []
+        for row in leftover:
             if row.msg_id in ep._pending:
                 continue
             pol = _policy(row.policy).with_(deadline=max(row.deadline - wall, 0.001))

@@ -40,33 +40,40 @@ class Batch:
     """Operations that commit in one transaction, and who waits for it.
 
     Lives on the event loop's thread except for :attr:`ops`, which the writer takes
-    under the writer's lock. :meth:`wait` and :meth:`on_commit` must be called on the
-    loop's thread, before the commit was reported (i.e. right after adding to it).
+    under the writer's lock. :meth:`wait` and :meth:`on_commit` are called on the loop's
+    thread, before or after the commit was reported.
     """
 
-    __slots__ = ("_callbacks", "_future", "durable", "error", "ops")
+    __slots__ = ("_callbacks", "_future", "done", "durable", "error", "ops")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.durable = False
+        self.done = False
         self.error: BaseException | None = None
         self._future: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[BaseException | None], None]] = []
 
     async def wait(self) -> None:
         """Until the batch is on disk; raises :class:`StoreError` if it failed."""
-        fut = self._future
-        if fut is None:
-            fut = self._future = asyncio.get_running_loop().create_future()
-        await asyncio.shield(fut)
+        if not self.done:
+            fut = self._future
+            if fut is None:
+                fut = self._future = asyncio.get_running_loop().create_future()
+            # Shielded: one cancelled waiter must not cancel the batch's future for all.
+            await asyncio.shield(fut)
         if self.error is not None:
             raise StoreError(f"the durable store failed to commit: {self.error}") from self.error
 
     def on_commit(self, fn: Callable[[BaseException | None], None]) -> None:
         """Call ``fn(None)`` once committed, ``fn(error)`` if the transaction failed."""
-        self._callbacks.append(fn)
+        if self.done:
+            fn(self.error)
+        else:
+            self._callbacks.append(fn)
 
     def _finish(self, error: BaseException | None) -> None:
+        self.done = True
         self.error = error
         if self._future is not None and not self._future.done():
             self._future.set_result(None)

@@ -1,0 +1,95 @@
+"""``ackbus dead-letters list|show|replay|purge`` against a real store and a real hub."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from ackbus import Policy, Untyped
+from ackbus.cli import main
+from ackbus.endpoint import Endpoint
+from ackbus.store import SqliteStore
+from ackbus.wire_pb2 import Bye
+from proc_harness import Procs, free_port
+
+HERE = Path(__file__).resolve().parent
+QUICK = Policy(ack_timeout=0.1, backoff_base=0.01, backoff_cap=0.05, deadline=0.4)
+
+
+async def fail_three(hub: str, db: Path) -> list[bytes]:
+    """Three messages nobody handles yet: they fail with no-route and become dead letters."""
+    async with Endpoint("dealer", hub, store=SqliteStore(db), policy=QUICK) as ep:
+        reports = [
+            await ep.send(Bye(reason="first"), wait_ack=False),
+            await ep.send(Bye(reason="second"), wait_ack=False),
+            await ep.send(Untyped("poker.Note", {"text": "hello"}), wait_ack=False),
+        ]
+        for r in reports:
+            await r.wait(5)
+        assert not any(reports)
+    return [r.message_id for r in reports]
+
+
+def test_list_show_replay_purge(
+    procs: Procs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    procs.hub(port)
+    hub = f"tcp://127.0.0.1:{port}"
+    db = tmp_path / "dealer.db"
+    url = f"sqlite:///{db}"
+    ids = asyncio.run(fail_three(hub, db))
+
+    assert main(["dead-letters", "list", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "3 dead letters" in out
+    assert all(mid.hex() in out for mid in ids)
+    assert out.count("no-route") == 3
+
+    assert main(["dead-letters", "show", "--store", str(db), ids[2].hex()[:10]]) == 0
+    out = capsys.readouterr().out
+    assert "type:        poker.Note" in out
+    assert "reason:      no-route" in out
+    assert "sender:      dealer/" in out
+    assert '"text": "hello"' in out, "a JSON body is shown as JSON"
+
+    assert main(["dead-letters", "show", "--store", url, "ffffffffffff"]) == 1
+    assert "no dead letter match" in capsys.readouterr().err
+    assert main(["dead-letters", "purge", "--store", url]) == 2, "ids or --all are required"
+    capsys.readouterr()
+
+    # A receiver for Bye now exists: replaying the two Byes delivers them (new ids).
+    runs = tmp_path / "runs.log"
+    procs.start(
+        str(HERE / "receiver.py"), "--hub", hub, "--store", str(tmp_path / "r.db"),
+        "--runs", str(runs), ready=b"ready",
+    )  # fmt: skip
+    assert (
+        main(["dead-letters", "replay", "--store", url, "--hub", hub, ids[0].hex(), ids[1].hex()])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "replayed 2: 2 acked, 0 failed" in out
+    left = [d.msg_id for d in SqliteStore(db).dead_letters()]
+    assert left == [ids[2]]
+    with sqlite3.connect(tmp_path / "r.db") as r:
+        texts = sorted(t for (t,) in r.execute("SELECT text FROM effects"))
+    assert texts == ["first", "second"]
+
+    assert main(["dead-letters", "purge", "--store", url, "--all"]) == 0
+    assert "purged 1 dead letter" in capsys.readouterr().out
+    assert SqliteStore(db).dead_letters() == []
+
+
+def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database " * 100)
+    assert main(["dead-letters", "list", "--store", str(notes)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ackbus dead-letters: error:")
+    assert "not a database" in err
+    assert main(["dead-letters", "list", "--store", str(tmp_path / "missing.db")]) == 1
+    assert "no such ackbus store" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()

@@ -1,0 +1,269 @@
+"""An endpoint with a SQLite store, end to end through a hub (in-memory transport):
+outbox before send returns, resume after restart, inbox across restarts, the
+transactional inbox (ctx.tx and sends from handlers), dead letters, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from ackbus import Cancelled, Context, DeliveryReport, Policy, Reject, StoreError
+from ackbus.endpoint import Endpoint
+from ackbus.hub import Hub
+from ackbus.store import SqliteStore, Transaction
+from ackbus.transport import MemoryBackend
+from ackbus.wire_pb2 import Bye, Refusal
+
+FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=5.0)
+EFFECTS = "CREATE TABLE IF NOT EXISTS effects (msg_id BLOB NOT NULL, text TEXT NOT NULL)"
+
+
+class Bus:
+    def __init__(self, backend: MemoryBackend, address: str, tmp: Path) -> None:
+        self.backend = backend
+        self.address = address
+        self.tmp = tmp
+
+    def endpoint(self, service: str, db: str | None = None, **kw: object) -> Endpoint:
+        if db is not None:
+            kw["store"] = f"sqlite:///{self.tmp / db}"
+        return Endpoint(
+            service,
+            self.address,
+            backend=self.backend,
+            policy=FAST,
+            heartbeat=0.2,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def rows(self, db: str, sql: str) -> list[tuple[object, ...]]:
+        with sqlite3.connect(self.tmp / db) as conn:
+            return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
+    backend = MemoryBackend()
+    async with Hub("inmem://hub", backend=backend, heartbeat=0.2) as hub:
+        yield Bus(backend, hub.addresses[0], tmp_path)
+
+
+async def settle(reports: list[DeliveryReport], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        for r in reports:
+            await r.wait(timeout)
+
+
+async def test_send_returns_only_once_the_outbox_row_is_on_disk(bus: Bus) -> None:
+    async with bus.endpoint("dealer", "dealer.db") as dealer:
+        report = await dealer.send(Bye(reason="hi"), wait_ack=False)
+        assert not report.done  # nobody handles Bye yet
+        # Another connection sees the committed row while the message is pending.
+        rows = bus.rows("dealer.db", "SELECT id, type FROM ackbus_outbox")
+        assert rows == [(report.message_id, "ackbus.Bye")]
+
+
+async def test_a_restarted_sender_resumes_its_outbox_with_the_same_ids(bus: Bus) -> None:
+    async with bus.endpoint("dealer", "dealer.db") as dealer:
+        first = dealer.identity
+        reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(20)]
+    # close() cancelled the reports, but the messages stay in the outbox.
+    assert all(isinstance(r.error, Cancelled) for r in reports)
+    assert len(bus.rows("dealer.db", "SELECT id FROM ackbus_outbox")) == 20
+
+    got: list[bytes] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        got.append(ctx.message_id)
+
+    table = bus.endpoint("table")
+    table.register_handler(Bye, on_bye)
+    async with table, bus.endpoint("dealer", "dealer.db") as dealer:
+        assert dealer.identity == first, "the store keeps the instance's identity"
+        assert [r.message_id for r in dealer.resumed] == [r.message_id for r in reports]
+        await settle(dealer.resumed)
+        assert all(dealer.resumed)
+    assert sorted(got) == sorted(r.message_id for r in reports)
+    assert bus.rows("dealer.db", "SELECT count(*) FROM ackbus_outbox") == [(0,)]
+
+
+async def test_a_restarted_receiver_still_recognises_duplicates(bus: Bus) -> None:
+    runs: list[bytes] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        runs.append(ctx.message_id)
+
+    async with bus.endpoint("dealer") as dealer:
+        async with bus.endpoint("table", "table.db") as table:
+            table.register_handler(Bye, on_bye)
+            await asyncio.sleep(0.05)
+            report = await dealer.send(Bye(reason="once"), wait_ack=False)
+            frame = dealer._pending[report.message_id].frame
+            await settle([report])
+        assert report
+        async with bus.endpoint("table", "table.db") as table:
+            table.register_handler(Bye, on_bye)
+            await asyncio.sleep(0.05)
+            # The same message again, as a sender that never saw the ack would resend it.
+            again = DeliveryReport(report.message_id, report.message_type)
+            dealer._track(
+                again, frame, "ackbus.Bye", 1, False, FAST, asyncio.get_running_loop().time()
+            )
+            await settle([again])
+            assert table.stats.duplicates == 1
+    assert again
+    assert runs == [report.message_id], "the handler ran again after a restart"
+
+
+async def test_ctx_tx_commits_with_the_inbox_record_exactly_once(bus: Bus) -> None:
+    SqliteStore(bus.tmp / "table.db").execute_script(EFFECTS)
+    runs = 0
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        nonlocal runs
+        runs += 1
+        assert ctx.tx is not None
+        await asyncio.sleep(0)  # writes survive a handler that suspends
+        ctx.tx.execute("INSERT INTO effects VALUES (?, ?)", (ctx.message_id, msg.reason))
+
+    # A deduper that remembers one message: the store's inbox must catch the rest.
+    async with bus.endpoint("table", "table.db", dedupe_capacity=1) as table:
+        table.register_handler(Bye, on_bye)
+        async with bus.endpoint("dealer") as dealer:
+            await asyncio.sleep(0.05)
+            reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(5)]
+            frames = [dealer._pending[r.message_id].frame for r in reports]
+            await settle(reports)
+            again = [DeliveryReport(r.message_id, r.message_type) for r in reports]
+            for r, frame in zip(again, frames, strict=True):
+                dealer._track(
+                    r, frame, "ackbus.Bye", 1, False, FAST, asyncio.get_running_loop().time()
+                )
+            await settle(again)
+    assert all(reports)
+    assert all(again)
+    assert runs > 5, "the in-memory deduper forgot, so handlers ran again"
+    rows = bus.rows("table.db", "SELECT text, count(*) FROM effects GROUP BY text ORDER BY text")
+    assert rows == [(str(i), 1) for i in range(5)], "an effect was applied twice"
+
+
+async def test_a_handler_that_raises_writes_and_sends_nothing(bus: Bus) -> None:
+    SqliteStore(bus.tmp / "table.db").execute_script(EFFECTS)
+    sent: list[DeliveryReport] = []
+    audited: list[str] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        assert ctx.tx is not None
+        ctx.tx.execute("INSERT INTO effects VALUES (?, ?)", (ctx.message_id, msg.reason))
+        # Joins the handler's unit: returns at once, pending, sent only after the commit.
+        sent.append(await table.send(Refusal(reason=msg.reason), to="audit"))
+        assert not sent[-1].done
+        if msg.reason == "bad":
+            raise Reject("no")
+
+    async def on_refusal(msg: Refusal, ctx: Context) -> None:
+        audited.append(msg.reason)
+
+    table = bus.endpoint("table", "table.db")
+    table.register_handler(Bye, on_bye)
+    audit = bus.endpoint("audit")
+    audit.register_handler(Refusal, on_refusal)
+    async with table, audit, bus.endpoint("dealer") as dealer:
+        await asyncio.sleep(0.05)
+        good = await dealer.send(Bye(reason="good"))
+        bad = await dealer.send(Bye(reason="bad"))
+        await settle(sent)
+    assert good
+    assert not bad
+    assert sent[0], "the good handler's send went out after its commit"
+    assert isinstance(sent[1].error, Cancelled)
+    assert "rejected" in str(sent[1].error)
+    assert audited == ["good"]
+    assert bus.rows("table.db", "SELECT text FROM effects") == [("good",)]
+    # The rejection is remembered in the inbox (a duplicate is refused again, not re-run).
+    outcomes = bus.rows("table.db", "SELECT error_type, error_permanent FROM ackbus_inbox")
+    assert sorted(outcomes) == [("", 0), ("Reject", 1)]
+
+
+async def test_a_failing_statement_rolls_back_the_unit_and_rejects(bus: Bus) -> None:
+    SqliteStore(bus.tmp / "table.db").execute_script(EFFECTS)
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        assert ctx.tx is not None
+        ctx.tx.execute("INSERT INTO effects VALUES (?, ?)", (ctx.message_id, msg.reason))
+        ctx.tx.execute("INSERT INTO no_such_table VALUES (1)")
+
+    table = bus.endpoint("table", "table.db")
+    table.register_handler(Bye, on_bye)
+    async with table, bus.endpoint("dealer") as dealer:
+        await asyncio.sleep(0.05)
+        report = await dealer.send(Bye(reason="x"))
+        ok = await dealer.send(Refusal(reason="no handler"), timeout=0.3)
+    assert not report
+    assert "no_such_table" in str(report.error)
+    assert not ok
+    assert bus.rows("table.db", "SELECT count(*) FROM effects") == [(0,)]
+    assert bus.rows("table.db", "SELECT count(*) FROM ackbus_inbox") == [(0,)]
+    with pytest.raises(ValueError, match="COMMIT is not allowed"):
+        Transaction(None).execute("COMMIT")
+
+
+async def test_failed_messages_become_dead_letters(bus: Bus) -> None:
+    async with bus.endpoint("dealer", "dealer.db") as dealer:
+        report = await dealer.send(Bye(reason="nobody"), timeout=0.3)
+        assert not report
+        await asyncio.sleep(0.05)  # the lazy move rides on the next commit
+        await dealer.send(Refusal(reason="flush"), wait_ack=False)
+    store = SqliteStore(bus.tmp / "dealer.db")
+    [dead] = store.dead_letters()
+    assert dead.msg_id == report.message_id
+    assert dead.msg_type == "ackbus.Bye"
+    assert dead.reason == "no-route"
+    assert dead.attempts >= 1
+    assert "no live service" in dead.error or "gave up" in dead.error
+    assert store.find_dead_letters(report.message_id.hex()[:8]) == [dead]
+    outbox = bus.rows("dealer.db", "SELECT id FROM ackbus_outbox")
+    assert (report.message_id,) not in outbox
+
+
+async def test_inbox_stays_bounded_under_a_steady_stream(bus: Bus) -> None:
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        return None
+
+    table = bus.endpoint("table", "table.db", dedupe_ttl=0.2)
+    table.register_handler(Bye, on_bye)
+    async with table, bus.endpoint("dealer", "dealer.db") as dealer:
+        await asyncio.sleep(0.05)
+        counts = []
+        for _ in range(12):
+            reports = await asyncio.gather(
+                *(dealer.send(Bye(reason="x"), wait_ack=False) for _ in range(100))
+            )
+            await settle(list(reports))
+            await asyncio.sleep(0.1)
+            counts.append(bus.rows("table.db", "SELECT count(*) FROM ackbus_inbox")[0][0])
+        outbox = bus.rows("dealer.db", "SELECT count(*) FROM ackbus_outbox")[0][0]
+    # 1,200 messages handled; only the last ttl's worth (plus a prune interval) is kept.
+    assert max(counts[4:]) <= 400, counts
+    assert outbox <= 100, "acked rows are deleted"
+
+
+async def test_memory_mode_has_no_tx_and_store_mode_refuses_a_second_owner(bus: Bus) -> None:
+    seen: list[object] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        seen.append(ctx.tx)
+
+    async with bus.endpoint("table") as table, bus.endpoint("dealer") as dealer:
+        table.register_handler(Bye, on_bye)
+        await asyncio.sleep(0.05)
+        assert await dealer.send(Bye())
+        assert table.store is None
+        assert table.resumed == []
+    assert seen == [None]
+    async with bus.endpoint("table", "table.db"):
+        with pytest.raises(StoreError, match="in use by another live process"):
+            bus.endpoint("table", "table.db")

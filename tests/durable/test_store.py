@@ -1,0 +1,167 @@
+"""The SQLite store alone: opening, refusing, ownership, identity, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from ackbus import StoreError
+from ackbus.store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Durability,
+    InboxRecord,
+    OutboxRow,
+    SqliteStore,
+    open_store,
+)
+
+
+def row(i: int) -> OutboxRow:
+    return OutboxRow(i.to_bytes(16, "big"), "T", "T", 1, False, "{}", 1.0, 2.0, b"frame")
+
+
+def test_url_forms_and_durability(tmp_path: Path) -> None:
+    store = open_store("sqlite:///relative/dir/x.db")
+    assert isinstance(store, SqliteStore)
+    assert store.path == Path("relative/dir/x.db")
+    assert store.durability is Durability.FULL
+    absolute = open_store(f"sqlite:///{tmp_path}/y.db?durability=relaxed")
+    assert isinstance(absolute, SqliteStore)
+    assert absolute.path == tmp_path / "y.db"
+    assert absolute.durability is Durability.RELAXED
+    assert open_store(absolute) is absolute
+    for bad in ("postgres:///x", "sqlite://host/x.db", "sqlite:///x.db?durability=never",
+                "sqlite:///x.db?fsync=0", "sqlite:///"):  # fmt: skip
+        with pytest.raises(ValueError, match=r"store URL|durability"):
+            open_store(bad)
+
+
+def test_new_store_is_marked_as_ackbus_and_in_wal_mode(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    instance = store.claim("table", None)
+    assert len(instance) == 32
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    asyncio.run(store.aclose())
+
+
+def test_identity_is_kept_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    kept = first.claim("table", "t-1")
+    asyncio.run(first.aclose())
+    again = SqliteStore(path)
+    assert again.claim("table", None) == kept == "t-1"
+    asyncio.run(again.aclose())
+    with pytest.raises(StoreError, match="belongs to instance 't-1'"):
+        SqliteStore(path).claim("table", "t-2")
+    with pytest.raises(StoreError, match="belongs to service 'table'"):
+        SqliteStore(path).claim("lobby", None)
+
+
+def test_second_owner_in_another_process_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from ackbus.store import SqliteStore
+            SqliteStore({str(path)!r}).claim("table", None)
+            print("held", flush=True)
+            sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(
+            StoreError, match=rf"in use by another live process \(pid {holder.pid}\)"
+        ):
+            SqliteStore(path).claim("table", None)
+    finally:
+        holder.kill()
+        holder.wait(5)
+    # The kernel released the lock with the process: the store opens again.
+    store = SqliteStore(path)
+    store.claim("table", None)
+    asyncio.run(store.aclose())
+
+
+def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = text.read_bytes()
+    with pytest.raises(StoreError, match="corrupt or not a database"):
+        SqliteStore(text).claim("table", None)
+    assert text.read_bytes() == before
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('ada')")
+    with pytest.raises(StoreError, match="another application"):
+        SqliteStore(foreign).claim("table", None)
+    with sqlite3.connect(foreign) as db:
+        assert db.execute("SELECT name FROM users").fetchall() == [("ada",)]
+        assert db.execute("PRAGMA application_id").fetchone()[0] == 0
+
+    newer = tmp_path / "newer.db"
+    store = SqliteStore(newer)
+    store.claim("table", None)
+    asyncio.run(store.aclose())
+    with sqlite3.connect(newer) as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer ackbus"):
+        SqliteStore(newer).claim("table", None)
+
+    with pytest.raises(StoreError, match="no such ackbus store"):
+        SqliteStore(tmp_path / "missing.db").dead_letters()
+
+
+async def test_group_commit_puts_concurrent_writes_in_few_transactions(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    await asyncio.gather(*(store.put_outbox(row(i)).wait() for i in range(500)))
+    writer = store.writer
+    assert writer.ops == 500
+    assert writer.commits <= 3, "500 writes queued together should share a transaction"
+    assert len(store.pending_outbox()) == 500
+    for i in range(0, 500, 2):
+        store.forget_outbox(row(i).msg_id)
+    await store.put_inbox(InboxRecord(b"i" * 16, 0, 5.0)).wait()
+    assert [r.msg_id for r in store.pending_outbox()] == [row(i).msg_id for i in range(1, 500, 2)]
+    assert [r.msg_id for r in store.inbox_since(4.0)] == [b"i" * 16]
+    assert store.inbox_since(6.0) == []
+    await store.aclose()
+    await store.aclose()  # idempotent
+    reopened = SqliteStore(tmp_path / "s.db")
+    reopened.claim("table", None)
+    assert len(reopened.pending_outbox()) == 250
+    await reopened.aclose()
+
+
+async def test_a_failed_transaction_reports_to_every_waiter(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    good = store.put_outbox(row(1))
+    bad = store.write(("INSERT INTO no_such_table VALUES (1)", ()))
+    assert good is bad, "queued together: one batch"
+    with pytest.raises(StoreError, match="no_such_table"):
+        await good.wait()
+    assert store.pending_outbox() == [], "the whole batch rolled back"
+    await store.put_outbox(row(2)).wait()  # the writer survives a failed batch
+    assert len(store.pending_outbox()) == 1
+    await store.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        store.put_outbox(row(3))
