@@ -68,6 +68,8 @@ class HubStats:
     routed: int = 0
     """Message items forwarded to an instance (an event counts once per service)."""
     no_route: int = 0
+    deferred: int = 0
+    """Retries answered retry-later during the grace period after start."""
     acks_forwarded: int = 0
     registered: int = 0
     """HELLOs accepted (re-registrations included)."""
@@ -86,6 +88,7 @@ class Hub:
         name: str = "hub",
         heartbeat: float = 1.0,
         misses: int = 3,
+        grace: float | None = None,
         backend: Backend | None = None,
         options: TransportOptions | None = None,
         limits: Limits = DEFAULT_LIMITS,
@@ -95,6 +98,10 @@ class Hub:
         self._token = encode_identity(name, self.identity.instance)
         """The hub's own identity as an ack group names it (on no-route acks)."""
         self.heartbeat = heartbeat
+        self.grace = 2 * heartbeat if grace is None else grace
+        """Seconds after start during which retries (attempt > 1) are answered
+        retry-later instead of routed: see :meth:`_on_messages`."""
+        self._grace_until = 0.0
         self.limits = limits
         self.stats = HubStats()
         self._backend = backend or ZmqBackend()
@@ -122,6 +129,7 @@ class Hub:
             options=self._options,
         )
         self._timer.at(self._loop.time() + _HOUSEKEEPING)
+        self._grace_until = self._loop.time() + self.grace
         log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
         return self
 
@@ -220,7 +228,18 @@ class Hub:
         routing = self._routing
         sender = self._out(peer)
         notices: list[Routed] = []
+        in_grace = now < self._grace_until
         for item in items:
+            if in_grace and item.attempt > 1:
+                # A retry reaching a hub that just started may belong to a message a
+                # live instance already handled, and that instance may not have said
+                # HELLO again yet: routing it now could pick another instance and run
+                # the handler twice. First attempts are safe; retries wait.
+                self.stats.deferred += 1
+                ack = _hub_ack(item.id, envelope_pb2.RETRY_LATER, self.identity)
+                ack.retry_after_ms = max(1, int((self._grace_until - now) * 1000))
+                sender.full_ack(ack.SerializeToString(), self._token)
+                continue
             if item.kind == KIND_EVENT:
                 targets = routing.route_event(item.type, item.id, now)
                 for _service, each in targets:
@@ -232,7 +251,10 @@ class Hub:
             if target is None:
                 self.stats.no_route += 1
                 reason = routing.no_route_reason(item.type, item.recipient or None)
-                sender.full_ack(_no_route_ack(item.id, reason, self.identity), self._token)
+                ack = _hub_ack(item.id, envelope_pb2.NO_ROUTE, self.identity)
+                ack.error.type = "NoRoute"
+                ack.error.message = reason
+                sender.full_ack(ack.SerializeToString(), self._token)
                 continue
             self._out(target).message(item.frame, peer)
             self.stats.routed += 1
@@ -310,13 +332,13 @@ class Hub:
         self._timer_for_liveness()
 
 
-def _no_route_ack(message_id: bytes, reason: str, hub: Identity) -> bytes:
-    ack = envelope_pb2.Ack(message_id=message_id, outcome=envelope_pb2.NO_ROUTE)
+def _hub_ack(
+    message_id: bytes, outcome: envelope_pb2.Outcome.ValueType, hub: Identity
+) -> envelope_pb2.Ack:
+    ack = envelope_pb2.Ack(message_id=message_id, outcome=outcome)
     ack.receiver.service = hub.service
     ack.receiver.instance = hub.instance
-    ack.error.type = "NoRoute"
-    ack.error.message = reason
-    return ack.SerializeToString()
+    return ack
 
 
 async def serve(bind: Sequence[str], *, name: str = "hub", heartbeat: float = 1.0) -> None:

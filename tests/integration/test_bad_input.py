@@ -16,7 +16,7 @@ import zmq
 import zmq.asyncio
 from ackbus import Context, Policy
 from ackbus.endpoint import Endpoint
-from ackbus.envelope_pb2 import NO_ROUTE, REJECTED, Ack
+from ackbus.envelope_pb2 import NO_ROUTE, REJECTED, RETRY_LATER, Ack
 from ackbus.hub import Hub
 from ackbus.wire import (
     DEFAULT_LIMITS,
@@ -63,8 +63,8 @@ async def hub() -> AsyncIterator[Hub]:
         yield h
 
 
-def hello_frames(service: str = "raw") -> list[bytes]:
-    hello = Hello(versions=[1], heartbeat_ms=500, commands=["ackbus.Bye"])
+def hello_frames(service: str = "raw", commands: tuple[str, ...] = ("ackbus.Bye",)) -> list[bytes]:
+    hello = Hello(versions=[1], heartbeat_ms=500, commands=commands)
     hello.identity.service = service
     hello.identity.instance = "raw-1"
     return encode_hello(hello)
@@ -216,3 +216,34 @@ async def test_endpoints_and_hubs_release_every_socket_on_close() -> None:
         await cycle()
     await asyncio.sleep(0.1)
     assert open_fds() - before <= 2, "sockets leak across endpoint/hub close"
+
+
+async def test_a_fresh_hub_defers_retries_but_routes_first_attempts(
+    ctx: zmq.asyncio.Context,
+) -> None:
+    async def on_bye(msg: Bye, c: Context) -> None:
+        return None
+
+    async with Hub("tcp://127.0.0.1:0", heartbeat=0.5, grace=5.0) as h:
+        receiver = Endpoint("table", h.addresses[0])
+        receiver.register_handler(Bye, on_bye)
+        async with receiver:
+            raw = ctx.socket(zmq.DEALER)
+            raw.linger = 0
+            raw.connect(h.addresses[0])
+            try:
+                await raw.send_multipart(hello_frames("sender", commands=()))
+                assert decode_command(await recv(raw)) is Command.WELCOME
+                first = encode_message(os.urandom(16), "ackbus.Bye", b"", attempt=1)
+                retry = encode_message(os.urandom(16), "ackbus.Bye", b"", attempt=2)
+                await raw.send_multipart([MESSAGE_FRAME, group_frame(1), first])
+                [group] = split_acks(await recv(raw))
+                assert group.ok_ids, "a first attempt is routed during the grace period"
+                await raw.send_multipart([MESSAGE_FRAME, group_frame(1), retry])
+                [group] = split_acks(await recv(raw))
+                [ack] = group.full_acks()
+                assert ack.outcome == RETRY_LATER
+                assert 0 < ack.retry_after_ms <= 5000
+            finally:
+                raw.close()
+        assert h.stats.deferred == 1
