@@ -1,0 +1,162 @@
+"""Durable mode against memory mode: pipelined acked throughput, same run, same machine.
+
+Three OS processes as in ``bench/endpoint.py`` (hub, receiver, sender on 127.0.0.1), once
+per mode:
+
+* ``memory``: no store (the default);
+* ``sqlite``: both endpoints with a SQLite store, ``durability=full``: every message's
+  outbox row is fsync'd before ``send`` returns, every inbox record before the ack;
+* ``relaxed``: the same with ``durability=relaxed`` (no fsync at commit).
+
+The sender accepts messages in groups of ``--group`` (``asyncio.gather`` of
+``send(wait_ack=False)``: one group commit per group in durable mode), up to
+``--window`` in flight, and the clock stops when the last ack arrived. Printed per mode:
+msgs/s, and for durable modes the sender's and receiver's transactions (= fsyncs in full
+mode) and messages per transaction; then the ratio sqlite / memory.
+
+Run: ``.venv/bin/python -m bench.durable [--n 20000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ackbus import Context
+from ackbus.endpoint import Endpoint
+from ackbus.store import SqliteStore
+from ackbus.wire_pb2 import Bye
+
+from .endpoint import PAYLOAD, POLICY, _hub_main
+
+
+def _receiver_main(address: str, store: str | None, up: Any, stop: Any, out: Any) -> None:
+    async def run() -> None:
+        async def on_bye(msg: Bye, ctx: Context) -> None:
+            return None
+
+        ep = Endpoint("sink", address, store=store)
+        ep.register_handler(Bye, on_bye)
+        async with ep:
+            up.set()
+            await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+            out.put(_commits(ep))
+
+    asyncio.run(run())
+
+
+def _commits(ep: Endpoint) -> tuple[int, int]:
+    store = ep.store
+    if isinstance(store, SqliteStore):
+        return store.writer.commits, store.writer.ops
+    return 0, 0
+
+
+class DurableCluster:
+    """A hub process and a receiver process (with or without a store), torn down on close."""
+
+    def __init__(self, store: str | None) -> None:
+        mp = multiprocessing.get_context("spawn")
+        self.stop = mp.Event()
+        self.out = mp.Queue()
+        q = mp.Queue()
+        self.hub = mp.Process(target=_hub_main, args=(q, self.stop), daemon=True)
+        self.hub.start()
+        self.address: str = q.get(timeout=30)
+        up = mp.Event()
+        self.receiver = mp.Process(
+            target=_receiver_main,
+            args=(self.address, store, up, self.stop, self.out),
+            daemon=True,
+        )
+        self.receiver.start()
+        if not up.wait(30):
+            raise RuntimeError("receiver did not start")
+
+    def close(self) -> tuple[int, int]:
+        """Stop both; the receiver's (transactions, operations)."""
+        self.stop.set()
+        commits: tuple[int, int] = self.out.get(timeout=30)
+        for p in (self.receiver, self.hub):
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        return commits
+
+
+async def _pipelined(
+    address: str, store: str | None, n: int, window: int, group: int
+) -> dict[str, float]:
+    async with Endpoint("source", address, window=window, policy=POLICY, store=store) as ep:
+        msg = Bye(reason=PAYLOAD)
+        for _ in range(200):  # warm-up
+            await ep.send(msg)
+        before = _commits(ep)
+        start = time.perf_counter()
+        reports = []
+        for i in range(0, n, group):
+            batch = min(group, n - i)
+            reports.extend(
+                await asyncio.gather(*(ep.send(msg, wait_ack=False) for _ in range(batch)))
+            )
+        for r in reports:
+            await r.wait(60)
+        took = time.perf_counter() - start
+        after = _commits(ep)
+        failed = sum(1 for r in reports if not r)
+    return {
+        "msgs_per_s": n / took,
+        "failed": failed,
+        "sender_tx": after[0] - before[0],
+        "sender_ops": after[1] - before[1],
+    }
+
+
+def run_mode(mode: str, n: int, window: int, group: int, folder: Path) -> dict[str, float]:
+    sender = receiver = None
+    if mode != "memory":
+        query = "?durability=relaxed" if mode == "relaxed" else ""
+        sender = f"sqlite:///{folder / mode}-sender.db{query}"
+        receiver = f"sqlite:///{folder / mode}-receiver.db{query}"
+    cluster = DurableCluster(receiver)
+    try:
+        figures = asyncio.run(_pipelined(cluster.address, sender, n, window, group))
+    finally:
+        r_tx, r_ops = cluster.close()
+    figures["receiver_tx"] = r_tx
+    figures["receiver_ops"] = r_ops
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--group", type=int, default=500)
+    parser.add_argument("--dir", type=Path, default=None, help="where the databases go")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        results = {}
+        for mode in ("memory", "sqlite", "relaxed"):
+            f = results[mode] = run_mode(mode, args.n, args.window, args.group, Path(tmp))
+            line = f"{mode:8} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
+            if mode != "memory":
+                line += (
+                    f"  sender: {f['sender_tx']:.0f} tx"
+                    f" ({f['sender_ops'] / max(f['sender_tx'], 1):.0f}"
+                    f" ops/tx)  receiver: {f['receiver_tx']:.0f} tx"
+                    f" ({f['receiver_ops'] / max(f['receiver_tx'], 1):.0f} ops/tx)"
+                )
+            print(line, flush=True)
+    memory = results["memory"]["msgs_per_s"]
+    print(f"ratio sqlite(full)/memory    {results['sqlite']['msgs_per_s'] / memory:.2f}")
+    print(f"ratio sqlite(relaxed)/memory {results['relaxed']['msgs_per_s'] / memory:.2f}")
+
+
+if __name__ == "__main__":
+    main()
