@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
+import zmq.asyncio
 from ackbus import Context, Policy, Registry, Rejected
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
-from ackbus.legacy import FieldCase, LegacyCodec
+from ackbus.legacy import FieldCase, LegacyCodec, LegacyFormat
 from ackbus.legacy.bridge import Bridge
 from poker import cards_pb2, lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 from proc_harness import Procs, free_port
@@ -261,3 +263,50 @@ def test_the_legacy_service_imports_nothing_of_ackbus() -> None:
     }
     assert "zmq" in imported
     assert not imported & {"ackbus", "google", "poker"}
+
+
+async def test_topic_formats_on_plain_pub_sub_sockets(hub: str) -> None:
+    """A plain pyzmq PUB sending ``[topic, JSON]`` feeds the bus; bus events go out to a
+    plain SUB as ``[topic, protobuf bytes]``, filtered by topic as SUB sockets do."""
+    zctx = zmq.asyncio.Context()
+    legacy_pub = zctx.socket(zmq.PUB)
+    legacy_sub = zctx.socket(zmq.SUB)
+    for sock in (legacy_pub, legacy_sub):
+        sock.linger = 0
+    pub_port = legacy_pub.bind_to_random_port("tcp://127.0.0.1")
+    legacy_sub.setsockopt(zmq.SUBSCRIBE, b"table/")
+    ep = Endpoint("legacy-table", hub, registry=POKER, policy=FAST)
+    bridge = Bridge(ep, LegacyCodec(POKER, topics={"table/started": "HandStarted"}))
+    bridge.subscribe(f"tcp://127.0.0.1:{pub_port}", fmt=LegacyFormat.TOPIC_JSON)
+    out = bridge.publish_to(
+        "tcp://127.0.0.1:*", [table_pb2.HandStarted], fmt=LegacyFormat.TOPIC_PROTOBUF
+    )
+    actions: list[table_pb2.PlayerAction] = []
+
+    async def on_action(msg: table_pb2.PlayerAction, ctx: Context) -> None:
+        actions.append(msg)
+
+    croupier = Endpoint("croupier", hub, registry=POKER, policy=FAST)
+    croupier.register_handler(table_pb2.PlayerAction, on_action)
+    frames = [b"PlayerAction", b'{"tableId": "t3", "kind": "FOLD"}']
+    try:
+        async with bridge, croupier:
+            legacy_sub.connect(out.address)
+            async with asyncio.timeout(5):
+                while not actions:  # PUB/SUB: resend until the subscription is up
+                    await legacy_pub.send_multipart(frames)
+                    await asyncio.sleep(0.05)
+            event = table_pb2.HandStarted(table_id="t3", hand_number=2)
+            async with asyncio.timeout(5):
+                while True:
+                    assert await croupier.publish(event)
+                    if await legacy_sub.poll(100):
+                        got = await legacy_sub.recv_multipart()
+                        break
+    finally:
+        legacy_pub.close(0)
+        legacy_sub.close(0)
+        zctx.term()
+    assert actions[0] == table_pb2.PlayerAction(table_id="t3", kind=cards_pb2.FOLD)
+    assert got[0] == b"table/started"  # mapped by the codec's topics
+    assert table_pb2.HandStarted.FromString(got[1]) == event

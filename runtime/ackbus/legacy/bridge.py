@@ -210,7 +210,7 @@ class Bridge:
 
     def _add(self, side: LegacySocket) -> LegacySocket:
         if self._started:
-            raise ClosedError("configure the bridge's legacy sockets before starting it")
+            raise RuntimeError("configure the bridge's legacy sockets before starting it")
         self._sockets.append(side)
         return side
 
