@@ -20,6 +20,7 @@ from ackbus.envelope_pb2 import NO_ROUTE, REJECTED, RETRY_LATER, Ack
 from ackbus.hub import Hub
 from ackbus.wire import (
     DEFAULT_LIMITS,
+    HEARTBEAT_FRAME,
     HELLO_FRAME,
     MESSAGE_FRAME,
     Command,
@@ -38,8 +39,12 @@ TIMEOUT = 2.0
 
 
 async def recv(sock: zmq.asyncio.Socket) -> list[bytes]:
+    """The next multipart that is not a heartbeat (peers send those on their own)."""
     async with asyncio.timeout(TIMEOUT):
-        return list(await sock.recv_multipart())
+        while True:
+            frames = list(await sock.recv_multipart())
+            if frames[-1:] != [HEARTBEAT_FRAME]:
+                return frames
 
 
 async def refusal_code(sock: zmq.asyncio.Socket, frames: list[bytes]) -> str:
