@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from contextvars import ContextVar
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from .._types import Context, DeliveryReport, DeliveryStatus, Kind, Policy
@@ -186,7 +186,7 @@ class Durable:
         token = CURRENT.set(unit)
         try:
             return run_eager(
-                route.fn(msg, replace(ctx, tx=unit)),
+                route.fn(msg, _with_tx(ctx, unit)),
                 lambda result, exc: self._done(unit, hub, item, route, result, exc),
                 loop,
             )
@@ -289,6 +289,23 @@ class Durable:
                 ),
             )
         unit.close(None)
+
+
+def _with_tx(c: Context, unit: Transaction) -> Context:
+    """``dataclasses.replace(c, tx=unit)``, at a fifth of its cost (once per message)."""
+    return Context(
+        message_id=c.message_id,
+        message_type=c.message_type,
+        sender=c.sender,
+        attempt=c.attempt,
+        created_at=c.created_at,
+        sent_at=c.sent_at,
+        received_at=c.received_at,
+        headers=c.headers,
+        correlation_id=c.correlation_id,
+        priority=c.priority,
+        tx=unit,
+    )
 
 
 def _policy(text: str) -> Policy:
