@@ -310,3 +310,31 @@ async def test_topic_formats_on_plain_pub_sub_sockets(hub: str) -> None:
     assert actions[0] == table_pb2.PlayerAction(table_id="t3", kind=cards_pb2.FOLD)
     assert got[0] == b"table/started"  # mapped by the codec's topics
     assert table_pb2.HandStarted.FromString(got[1]) == event
+
+
+async def test_a_type_the_bridge_takes_is_not_forwarded_back_to_it(hub: str) -> None:
+    """Misconfigured: the legacy service sends StartHand, and the bridge also takes
+    StartHand for it. Forwarding would loop; it is refused and counted instead."""
+    zctx = zmq.asyncio.Context()
+    legacy_push = zctx.socket(zmq.PUSH)
+    legacy_pull = zctx.socket(zmq.PULL)
+    for sock in (legacy_push, legacy_pull):
+        sock.linger = 0
+    pull_port = legacy_pull.bind_to_random_port("tcp://127.0.0.1")
+    bridge = Bridge(Endpoint("legacy", hub, registry=POKER, policy=FAST), LegacyCodec(POKER))
+    inbound = bridge.pull("tcp://127.0.0.1:*", bind=True)
+    bridge.push_to(f"tcp://127.0.0.1:{pull_port}", ["StartHand"])
+    try:
+        async with bridge:
+            legacy_push.connect(inbound.address)
+            await legacy_push.send(b'{"Type": "StartHand", "Payload": {"tableId": "x"}}')
+            async with asyncio.timeout(3):
+                while not bridge.stats.malformed:  # noqa: ASYNC110 (the reader runs here)
+                    await asyncio.sleep(0.02)
+            assert not await legacy_pull.poll(200)
+    finally:
+        legacy_push.close(0)
+        legacy_pull.close(0)
+        zctx.term()
+    assert bridge.stats.malformed == {"LOOP": 1}
+    assert bridge.stats.forwarded == 0

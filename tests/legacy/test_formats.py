@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from ackbus import Registry, SchemaError, Untyped, envelope_pb2, wire_pb2
 from ackbus._types import MessageSpec, Policy
-from ackbus.legacy import FieldCase, LegacyCodec, LegacyFormatError, PayloadFormat
+from ackbus.legacy import (
+    FieldCase,
+    LegacyCodec,
+    LegacyFormat,
+    LegacyFormatError,
+    PayloadFormat,
+)
 from google.protobuf import descriptor_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -288,6 +294,26 @@ def test_untyped_of_a_known_name_is_encoded_typed() -> None:
         LegacyCodec(POKER, allow_untyped=True).encode_frames(
             Untyped("Nope", {}), PayloadFormat.PROTOBUF
         )
+
+
+def test_a_payload_that_is_not_json_able_is_a_schema_error() -> None:
+    codec = LegacyCodec(POKER, allow_untyped=True)
+    with pytest.raises(SchemaError, match="not JSON-able"):
+        codec.encode_envelope(Untyped("Odd", {"x": object()}))
+    with pytest.raises(SchemaError, match="not JSON-able"):
+        codec.encode(Untyped("Odd", {"x": {1, 2}}), LegacyFormat.TOPIC_JSON)
+
+
+def test_the_envelope_format_reads_one_frame_or_topic_and_envelope() -> None:
+    codec = LegacyCodec(POKER)
+    msg = table_pb2.StartHand(table_id="t")
+    [frame] = codec.encode(msg, LegacyFormat.ENVELOPE, message_id="m")
+    assert codec.decode([frame], LegacyFormat.ENVELOPE).message == msg
+    assert codec.decode([b"any topic", frame], LegacyFormat.ENVELOPE).message_id == "m"
+    with pytest.raises(LegacyFormatError, match="3 frames"):
+        codec.decode([b"a", b"b", frame], LegacyFormat.ENVELOPE)
+    with pytest.raises(LegacyFormatError, match="0 frames"):
+        codec.decode([], LegacyFormat.ENVELOPE)
 
 
 def test_topics_map_both_ways() -> None:

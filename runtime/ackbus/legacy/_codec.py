@@ -353,7 +353,7 @@ class LegacyCodec:
         env = self.encode_envelope_dict(
             msg, message_id=message_id, sender=sender, timestamp=timestamp
         )
-        return json.dumps(env, separators=(",", ":"), ensure_ascii=False).encode()
+        return _dumps(env, env["Type"])
 
     def decode_envelope_dict(self, obj: object) -> LegacyMessage:
         """Read a legacy envelope already parsed from JSON."""
@@ -398,8 +398,7 @@ class LegacyCodec:
         """``[topic, payload]`` for ``msg``; a protobuf payload needs a known type."""
         topic = self.topic_for(msg).encode()
         if payload is PayloadFormat.JSON:
-            body = json.dumps(self.to_dict(msg), separators=(",", ":"), ensure_ascii=False)
-            return [topic, body.encode()]
+            return [topic, _dumps(self.to_dict(msg), topic.decode())]
         if isinstance(msg, Untyped):
             if msg.type_name not in self.registry:
                 raise SchemaError(f"{msg.type_name!r} is not in the registry: no protobuf form")
@@ -485,6 +484,13 @@ class LegacyCodec:
             raise LegacyFormatError(f"{what} is nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise LegacyFormatError(f"{what} is not JSON: {exc}") from None
+
+
+def _dumps(obj: dict[str, Any], type_name: str) -> bytes:
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:  # an untyped payload holding a non-JSON value
+        raise SchemaError(f"{type_name} payload is not JSON-able: {exc}") from None
 
 
 def _kind(obj: object) -> str:

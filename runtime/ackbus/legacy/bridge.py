@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from .._types import Context, DeliveryReport, Kind, Untyped
 from ..endpoint import Endpoint
-from ..errors import AckbusError, ClosedError, Reject, RetryLater, SchemaError
+from ..errors import ClosedError, Reject, RetryLater, SchemaError
 from ._codec import LegacyCodec, LegacyFormat, LegacyFormatError, LegacyMessage
 
 __all__ = ["Bridge", "BridgeStats", "LegacySocket", "SocketRole"]
@@ -136,6 +136,8 @@ class Bridge:
         self._sockets: list[LegacySocket] = []
         self._readers: list[asyncio.Task[None]] = []
         self._inflight: set[DeliveryReport] = set()
+        self._consumed: set[str] = set()
+        """Full names of the types the bridge takes for the legacy service."""
         self._ctx: zmq.asyncio.Context | None = None
         self._started = False
 
@@ -297,16 +299,23 @@ class Bridge:
             if self._is_duplicate(legacy):
                 self.stats.duplicates += 1
                 continue
+            if legacy.full_name in self._consumed:
+                # The bridge itself takes this type for the legacy service: forwarding
+                # it would bring it straight back. Only a misconfiguration does this.
+                self._malformed(side, SchemaError(f"{legacy.full_name} would loop back"), "LOOP")
+                continue
             try:
                 await self._forward(legacy)
             except ClosedError:
                 return
-            except AckbusError as exc:  # SendWindowTimeout, a payload the endpoint refuses
+            except Exception as exc:  # SendWindowTimeout, a name the wire refuses, a bug
                 self.stats.failed[type(exc).__name__] += 1
                 log.warning("bridge %s: %s not forwarded: %s", side.address, legacy.type_name, exc)
 
-    def _malformed(self, side: LegacySocket, exc: LegacyFormatError | SchemaError) -> None:
-        code = "UNKNOWN_TYPE" if isinstance(exc, SchemaError) else exc.code
+    def _malformed(
+        self, side: LegacySocket, exc: LegacyFormatError | SchemaError, code: str = ""
+    ) -> None:
+        code = code or ("UNKNOWN_TYPE" if isinstance(exc, SchemaError) else exc.code)
         self.stats.malformed[code] += 1
         log.warning("bridge %s %s: refused legacy input: %s", side.role.value, side.address, exc)
 
@@ -372,6 +381,7 @@ class Bridge:
             return await self._write(side, frames, response)
 
         handle.__qualname__ = f"Bridge.{side.role.value}({side.address}).{name}"
+        self._consumed.add(name)
         if spec is None:
             self.endpoint.register_handler(name, _no_response(handle))
         else:
