@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,12 @@ import zmq
 import zmq.asyncio
 from ackbus import Context, Policy, Registry, Rejected
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
 from ackbus.legacy import FieldCase, LegacyCodec, LegacyFormat
 from ackbus.legacy.bridge import Bridge
 from poker import cards_pb2, lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 from proc_harness import Procs, free_port
+
+PlainZmq = Callable[[int], zmq.asyncio.Socket]
 
 LEGACY = Path(__file__).with_name("legacy_service.py")
 POKER = Registry()
@@ -62,12 +63,6 @@ def ports(tmp_path: Path) -> Legacy:
         *("--push", legacy.push_to, "--log", str(legacy.log), "--slow", "0.8"),
     ]
     return legacy
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 def make_bridge(hub: str, legacy: Legacy) -> Bridge:
@@ -265,14 +260,11 @@ def test_the_legacy_service_imports_nothing_of_ackbus() -> None:
     assert not imported & {"ackbus", "google", "poker"}
 
 
-async def test_topic_formats_on_plain_pub_sub_sockets(hub: str) -> None:
+async def test_topic_formats_on_plain_pub_sub_sockets(hub: str, plain_zmq: PlainZmq) -> None:
     """A plain pyzmq PUB sending ``[topic, JSON]`` feeds the bus; bus events go out to a
     plain SUB as ``[topic, protobuf bytes]``, filtered by topic as SUB sockets do."""
-    zctx = zmq.asyncio.Context()
-    legacy_pub = zctx.socket(zmq.PUB)
-    legacy_sub = zctx.socket(zmq.SUB)
-    for sock in (legacy_pub, legacy_sub):
-        sock.linger = 0
+    legacy_pub = plain_zmq(zmq.PUB)
+    legacy_sub = plain_zmq(zmq.SUB)
     pub_port = legacy_pub.bind_to_random_port("tcp://127.0.0.1")
     legacy_sub.setsockopt(zmq.SUBSCRIBE, b"table/")
     ep = Endpoint("legacy-table", hub, registry=POKER, policy=FAST)
@@ -289,52 +281,41 @@ async def test_topic_formats_on_plain_pub_sub_sockets(hub: str) -> None:
     croupier = Endpoint("croupier", hub, registry=POKER, policy=FAST)
     croupier.register_handler(table_pb2.PlayerAction, on_action)
     frames = [b"PlayerAction", b'{"tableId": "t3", "kind": "FOLD"}']
-    try:
-        async with bridge, croupier:
-            legacy_sub.connect(out.address)
-            async with asyncio.timeout(5):
-                while not actions:  # PUB/SUB: resend until the subscription is up
-                    await legacy_pub.send_multipart(frames)
-                    await asyncio.sleep(0.05)
-            event = table_pb2.HandStarted(table_id="t3", hand_number=2)
-            async with asyncio.timeout(5):
-                while True:
-                    assert await croupier.publish(event)
-                    if await legacy_sub.poll(100):
-                        got = await legacy_sub.recv_multipart()
-                        break
-    finally:
-        legacy_pub.close(0)
-        legacy_sub.close(0)
-        zctx.term()
+    async with bridge, croupier:
+        legacy_sub.connect(out.address)
+        async with asyncio.timeout(5):
+            while not actions:  # PUB/SUB: resend until the subscription is up
+                await legacy_pub.send_multipart(frames)
+                await asyncio.sleep(0.05)
+        event = table_pb2.HandStarted(table_id="t3", hand_number=2)
+        async with asyncio.timeout(5):
+            while True:
+                assert await croupier.publish(event)
+                if await legacy_sub.poll(100):
+                    got = await legacy_sub.recv_multipart()
+                    break
     assert actions[0] == table_pb2.PlayerAction(table_id="t3", kind=cards_pb2.FOLD)
     assert got[0] == b"table/started"  # mapped by the codec's topics
     assert table_pb2.HandStarted.FromString(got[1]) == event
 
 
-async def test_a_type_the_bridge_takes_is_not_forwarded_back_to_it(hub: str) -> None:
+async def test_a_type_the_bridge_takes_is_not_forwarded_back_to_it(
+    hub: str, plain_zmq: PlainZmq
+) -> None:
     """Misconfigured: the legacy service sends StartHand, and the bridge also takes
     StartHand for it. Forwarding would loop; it is refused and counted instead."""
-    zctx = zmq.asyncio.Context()
-    legacy_push = zctx.socket(zmq.PUSH)
-    legacy_pull = zctx.socket(zmq.PULL)
-    for sock in (legacy_push, legacy_pull):
-        sock.linger = 0
+    legacy_push = plain_zmq(zmq.PUSH)
+    legacy_pull = plain_zmq(zmq.PULL)
     pull_port = legacy_pull.bind_to_random_port("tcp://127.0.0.1")
     bridge = Bridge(Endpoint("legacy", hub, registry=POKER, policy=FAST), LegacyCodec(POKER))
     inbound = bridge.pull("tcp://127.0.0.1:*", bind=True)
     bridge.push_to(f"tcp://127.0.0.1:{pull_port}", ["StartHand"])
-    try:
-        async with bridge:
-            legacy_push.connect(inbound.address)
-            await legacy_push.send(b'{"Type": "StartHand", "Payload": {"tableId": "x"}}')
-            async with asyncio.timeout(3):
-                while not bridge.stats.malformed:  # noqa: ASYNC110 (the reader runs here)
-                    await asyncio.sleep(0.02)
-            assert not await legacy_pull.poll(200)
-    finally:
-        legacy_push.close(0)
-        legacy_pull.close(0)
-        zctx.term()
+    async with bridge:
+        legacy_push.connect(inbound.address)
+        await legacy_push.send(b'{"Type": "StartHand", "Payload": {"tableId": "x"}}')
+        async with asyncio.timeout(3):
+            while not bridge.stats.malformed:  # noqa: ASYNC110 (the reader runs here)
+                await asyncio.sleep(0.02)
+        assert not await legacy_pull.poll(200)
     assert bridge.stats.malformed == {"LOOP": 1}
     assert bridge.stats.forwarded == 0

@@ -7,7 +7,7 @@ the receiving endpoints run on the test's loop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,12 +23,6 @@ POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
 POKER.update(lobby_ackbus.REGISTRY)
 FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 @pytest.fixture

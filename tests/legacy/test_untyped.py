@@ -6,28 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import zmq
 import zmq.asyncio
 from ackbus import Context, Kind, NoRoute, Policy, Registry, Untyped
 from ackbus.blocking import BlockingEndpoint
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
 from ackbus.legacy import Bridge, FieldCase, LegacyCodec
 from poker import table_ackbus, table_pb2
+
+PlainZmq = Callable[[int], zmq.asyncio.Socket]
 
 POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
 FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 async def test_an_untyped_event_reaches_by_name_and_typed_subscribers(hub: str) -> None:
@@ -79,15 +73,14 @@ async def test_a_failed_untyped_message_is_a_dead_letter_with_its_name(hub: str)
     assert list(ep.dead_letters) == [report]
 
 
-async def test_untyped_legacy_traffic_crosses_a_bridge_both_ways(hub: str) -> None:
+async def test_untyped_legacy_traffic_crosses_a_bridge_both_ways(
+    hub: str, plain_zmq: PlainZmq
+) -> None:
     """Types no schema declares: the legacy PUSH sends ``MessageType`` envelopes, a
     by-name handler on the bus gets the payload dict; a bus ``Untyped`` goes out to
     the legacy PULL with its name and payload untouched."""
-    ctx = zmq.asyncio.Context()
-    legacy_push = ctx.socket(zmq.PUSH)
-    legacy_pull = ctx.socket(zmq.PULL)
-    for sock in (legacy_push, legacy_pull):
-        sock.linger = 0
+    legacy_push = plain_zmq(zmq.PUSH)
+    legacy_pull = plain_zmq(zmq.PULL)
     pull_port = legacy_pull.bind_to_random_port("tcp://127.0.0.1")
     got: list[tuple[dict[str, Any], dict[str, str]]] = []
 
@@ -100,21 +93,16 @@ async def test_untyped_legacy_traffic_crosses_a_bridge_both_ways(hub: str) -> No
     bridge.push_to(f"tcp://127.0.0.1:{pull_port}", ["Reply"])
     receiver = Endpoint("modern", hub, policy=FAST)
     receiver.register_handler("MessageType", on_message)
-    try:
-        async with bridge, receiver, Endpoint("client", hub, policy=FAST) as client:
-            legacy_push.connect(inbound.address)
-            env = {"MessageId": "m-1", "Type": "MessageType", "Payload": {"Data": "payload"}}
-            await legacy_push.send(json.dumps(env).encode())
-            async with asyncio.timeout(3):
-                while not got:  # noqa: ASYNC110 (the handler runs on this loop)
-                    await asyncio.sleep(0.02)
-            assert await client.send(Untyped("Reply", {"Ok": True, "Items": [1, 2]}))
-            async with asyncio.timeout(3):
-                raw = await legacy_pull.recv()
-    finally:
-        legacy_push.close(0)
-        legacy_pull.close(0)
-        ctx.term()
+    async with bridge, receiver, Endpoint("client", hub, policy=FAST) as client:
+        legacy_push.connect(inbound.address)
+        env = {"MessageId": "m-1", "Type": "MessageType", "Payload": {"Data": "payload"}}
+        await legacy_push.send(json.dumps(env).encode())
+        async with asyncio.timeout(3):
+            while not got:  # noqa: ASYNC110 (the handler runs on this loop)
+                await asyncio.sleep(0.02)
+        assert await client.send(Untyped("Reply", {"Ok": True, "Items": [1, 2]}))
+        async with asyncio.timeout(3):
+            raw = await legacy_pull.recv()
     assert got == [({"Data": "payload"}, {"legacy-message-id": "m-1"})]
     out = json.loads(raw)
     assert (out["Type"], out["Payload"], out["SenderId"]) == (

@@ -4,13 +4,11 @@ an endpoint in one call, typed where the registry knows the type; over a real hu
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from ackbus import Context, Policy, Registry, SchemaError, Untyped, envelope_pb2
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
 from ackbus.legacy import LegacyServiceMixin, handler_name, wrap_service
 from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 
@@ -18,12 +16,6 @@ POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
 POKER.update(lobby_ackbus.REGISTRY)
 FAST = Policy(ack_timeout=0.3, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 class LegacyLobby:
