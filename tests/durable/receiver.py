@@ -19,8 +19,8 @@ import signal
 
 from ackbus import Context, Reject
 from ackbus.endpoint import Endpoint
-from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
+from slow_disk import SlowDiskStore
 
 EFFECTS = "CREATE TABLE IF NOT EXISTS effects (msg_id TEXT NOT NULL, text TEXT NOT NULL)"
 """No unique key on purpose: an effect applied twice would show as two rows."""
@@ -28,7 +28,7 @@ EFFECTS = "CREATE TABLE IF NOT EXISTS effects (msg_id TEXT NOT NULL, text TEXT N
 
 async def run(args: argparse.Namespace) -> None:
     runs = os.open(args.runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    store = SqliteStore(args.store)
+    store = SlowDiskStore(args.store, args.slow_commit)
     store.execute_script(EFFECTS)
     ep = Endpoint("sink", args.hub, store=store, heartbeat=0.25, dedupe_ttl=args.ttl)
 
@@ -53,6 +53,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hub", required=True)
+    parser.add_argument("--slow-commit", type=float, default=0.0, help="seconds added per commit")
     parser.add_argument("--store", required=True)
     parser.add_argument("--runs", required=True)
     parser.add_argument("--ttl", type=float, default=600.0)

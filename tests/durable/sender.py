@@ -19,8 +19,8 @@ import os
 
 from ackbus import DeliveryReport, Policy
 from ackbus.endpoint import Endpoint
-from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
+from slow_disk import SlowDiskStore
 
 PATIENT = Policy(
     ack_timeout=0.3, backoff_base=0.02, backoff_cap=0.2, max_attempts=1000, deadline=60
@@ -29,7 +29,7 @@ PATIENT = Policy(
 
 async def run(args: argparse.Namespace) -> None:
     accepted = os.open(args.accepted, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    store = SqliteStore(args.store)
+    store = SlowDiskStore(args.store, args.slow_commit)
     ep = Endpoint("source", args.hub, store=store, policy=PATIENT, heartbeat=0.25)
     async with ep:
         resumed_log = os.open(args.accepted + ".resumed", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -60,6 +60,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hub", required=True)
+    parser.add_argument("--slow-commit", type=float, default=0.0, help="seconds added per commit")
     parser.add_argument("--store", required=True)
     parser.add_argument("--accepted", required=True)
     parser.add_argument("--count", type=int, default=0)

@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 ITERATIONS = 16
 PER_RUN = 60
 """Messages each sender run sends (every tenth is refused on purpose)."""
+SLOW_COMMIT = "0.01"
+"""Seconds each commit is slowed by (slow_disk.py), so kills often land mid-commit."""
 
 
 class Cluster:
@@ -61,6 +63,7 @@ class Cluster:
             "--accepted", str(self.accepted),
             "--count", str(count),
             "--tag", f"run{self.sender_runs}",
+            "--slow-commit", SLOW_COMMIT,
             ready=b"ready",
         )  # fmt: skip
 
@@ -70,6 +73,7 @@ class Cluster:
             "--hub", self.hub,
             "--store", str(self.receiver_db),
             "--runs", str(self.runs),
+            "--slow-commit", SLOW_COMMIT,
             ready=b"ready",
         )  # fmt: skip
 
