@@ -267,3 +267,28 @@ async def test_memory_mode_has_no_tx_and_store_mode_refuses_a_second_owner(bus: 
     async with bus.endpoint("table", "table.db"):
         with pytest.raises(StoreError, match="in use by another live process"):
             bus.endpoint("table", "table.db")
+
+
+async def test_a_send_cancelled_while_committing_is_still_delivered(bus: Bus) -> None:
+    got: list[str] = []
+    handled = asyncio.Event()
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        got.append(msg.reason)
+        handled.set()
+
+    table = bus.endpoint("table")
+    table.register_handler(Bye, on_bye)
+    async with table, bus.endpoint("dealer", "dealer.db") as dealer:
+        await asyncio.sleep(0.05)
+        task = asyncio.create_task(dealer.send(Bye(reason="cancelled"), wait_ack=False))
+        await asyncio.sleep(0)  # the send now waits for its commit
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(3):
+            await handled.wait()
+        await asyncio.sleep(0.1)  # its ack comes back and the row is deleted
+        assert dealer.pending == 0
+    assert got == ["cancelled"], "the committed row was delivered in the same run"
+    assert bus.rows("dealer.db", "SELECT count(*) FROM ackbus_outbox") == [(0,)]

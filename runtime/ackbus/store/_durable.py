@@ -86,6 +86,7 @@ class Durable:
         # Read before the writer runs: the connection is the writer's from then on.
         self._leftover = self.store.pending_outbox()
         self.store.start(loop)
+        self.store.prune_inbox(time.time() - self.ttl)
 
     def resume(self) -> None:
         """After the endpoint connected: track what a previous run left in the outbox."""
@@ -142,7 +143,18 @@ class Durable:
         if unit is not None and unit.owner is self._ep and unit.open and not request:
             unit.add_send(Deferred(row, report, destination, kind, request, pol))
             return False
-        await self.store.put_outbox(row).wait()
+        batch = self.store.put_outbox(row)
+        try:
+            await batch.wait()
+        except asyncio.CancelledError:
+            # The row commits anyway: deliver it in this run rather than leave it for
+            # the next start. A cancelled send may still be delivered (docs/durable.md).
+            batch.on_commit(
+                lambda error: self._track_late(
+                    error, report, frame, destination, kind, request, pol
+                )
+            )
+            raise
         if self._endpoint().closed:
             raise ClosedError(
                 f"{self._endpoint().identity}: endpoint closed while message "
@@ -150,6 +162,20 @@ class Durable:
                 "at the next start"
             )
         return True
+
+    def _track_late(
+        self,
+        error: BaseException | None,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        request: bool,
+        pol: Policy,
+    ) -> None:
+        ep = self._endpoint()
+        if error is None and not ep.closed and ep._loop is not None:
+            ep._track(report, frame, destination, kind, request, pol, ep._loop.time())
 
     def _policy_json(self, pol: Policy) -> str:
         text = self._policies.get(pol)
