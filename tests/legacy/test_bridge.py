@@ -319,3 +319,30 @@ async def test_a_type_the_bridge_takes_is_not_forwarded_back_to_it(
         assert not await legacy_pull.poll(200)
     assert bridge.stats.malformed == {"LOOP": 1}
     assert bridge.stats.forwarded == 0
+
+
+async def test_the_bridge_outlives_a_legacy_kill_9_and_restart(
+    hub: str, procs: Procs, tmp_path: Path
+) -> None:
+    """ZeroMQ reconnects the bridge's sockets to the restarted legacy process; what was
+    sent while it was down waits in the sender's retries (PUSH refuses, RetryLater)."""
+    legacy = ports(tmp_path)
+    first = procs.start(*legacy.argv, ready=b"ready")
+    croupier = Croupier(hub)
+    async with make_bridge(hub, legacy) as bridge, croupier.ep as ep:
+
+        async def start_hand(table: str) -> object:
+            return await ep.send(table_pb2.StartHand(table_id=table), timeout=5)
+
+        await warm_up(croupier, start_hand)
+        procs.kill(first)
+        report = await ep.send(table_pb2.StartHand(table_id="while-down"), wait_ack=False)
+        await until(lambda: bridge.stats.backpressure >= 1)
+        procs.start(*legacy.argv, ready=b"ready")
+        await report.wait(6)
+        assert report, report.error
+        # the legacy PUSH → bridge PULL way does not depend on PUB/SUB's slow joiner
+        await until(lambda: any(a.table_id == "while-down" for a, _ in croupier.actions))
+        received = [e["Payload"].get("TableId") for e in legacy.received()]
+        assert received.count("while-down") == 1
+        assert bridge.stats.malformed.total() == 0
