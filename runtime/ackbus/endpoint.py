@@ -206,7 +206,7 @@ class Endpoint:
         if not self._hub_addresses:
             raise ValueError("an endpoint needs at least one hub address")
         # Durable mode (docs/durable.md): the store keeps this instance's identity.
-        self._durable = Durable(store, service, instance, dedupe_ttl) if store else None
+        self._durable = Durable(store, service, instance, dedupe_ttl) if store is not None else None
         if self._durable is not None:
             instance = self._durable.instance
         self.identity = Identity(service, instance or uuid.uuid4().hex)
@@ -317,7 +317,7 @@ class Endpoint:
         self._wall_offset = time.time() - loop.time()
         self._timer = Timer(loop, self._tick)
         if self._durable is not None:
-            self._durable.start(self, loop)
+            await self._durable.start(self, loop)
         for index, address in enumerate(self._hub_addresses):
             hub = _HubLink(index)
             hub.link = self._backend.connect(

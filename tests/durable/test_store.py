@@ -142,6 +142,10 @@ async def test_group_commit_puts_concurrent_writes_in_few_transactions(tmp_path:
     assert [r.msg_id for r in store.pending_outbox()] == [row(i).msg_id for i in range(1, 500, 2)]
     assert [r.msg_id for r in store.inbox_since(4.0)] == [b"i" * 16]
     assert store.inbox_since(6.0) == []
+    await store.put_inbox(InboxRecord(b"j" * 16, 0, 6.0)).wait()
+    await store.put_inbox(InboxRecord(b"k" * 16, 0, 7.0)).wait()
+    newest = [r.msg_id for r in store.inbox_since(0.0, limit=2)]
+    assert newest == [b"j" * 16, b"k" * 16], "the newest records, oldest first"
     await store.aclose()
     await store.aclose()  # idempotent
     reopened = SqliteStore(tmp_path / "s.db")

@@ -123,8 +123,9 @@ class Store(abc.ABC):
         """Messages a previous run accepted and never settled, oldest first."""
 
     @abc.abstractmethod
-    def inbox_since(self, since: float) -> list[InboxRecord]:
-        """Inbox records committed at or after Unix time ``since``."""
+    def inbox_since(self, since: float, limit: int = -1) -> list[InboxRecord]:
+        """Inbox records committed at or after Unix time ``since``, oldest first; only
+        the newest ``limit`` if ``limit`` >= 0."""
 
     @abc.abstractmethod
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -77,16 +77,20 @@ class Durable:
 
     # -- start and close ----------------------------------------------------------------
 
-    def start(self, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
-        """Before the endpoint connects: reload the deduper and start the writer."""
+    async def start(self, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        """Before the endpoint connects: reload the deduper and start the writer. The
+        reads run on a worker thread (a long inbox takes a moment to read)."""
         self._ep = ep
+        store = self.store
+        since = time.time() - self.ttl
+        records, self._leftover = await asyncio.to_thread(
+            lambda: (store.inbox_since(since, limit=ep._deduper.capacity), store.pending_outbox())
+        )
+        # The connection is the writer's from here on.
+        store.start(loop)
+        store.prune_inbox(since)
         offset = time.time() - loop.time()
-        records = self.store.inbox_since(time.time() - self.ttl)
         ep._deduper.load((_dedupe_record(r, offset) for r in records), loop.time())
-        # Read before the writer runs: the connection is the writer's from then on.
-        self._leftover = self.store.pending_outbox()
-        self.store.start(loop)
-        self.store.prune_inbox(time.time() - self.ttl)
 
     def resume(self) -> None:
         """After the endpoint connected: track what a previous run left in the outbox."""

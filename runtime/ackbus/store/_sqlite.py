@@ -236,9 +236,11 @@ class SqliteStore(Store):
         )
         return [OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
-    def inbox_since(self, since: float) -> list[InboxRecord]:
+    def inbox_since(self, since: float, limit: int = -1) -> list[InboxRecord]:
         rows = self._claimed().execute(
-            "SELECT * FROM ackbus_inbox WHERE finished_at >= ? ORDER BY finished_at", (since,)
+            "SELECT * FROM (SELECT * FROM ackbus_inbox WHERE finished_at >= ? "
+            "ORDER BY finished_at DESC LIMIT ?) ORDER BY finished_at",
+            (since, limit),
         )
         return [_inbox(r) for r in rows]
 
