@@ -346,3 +346,59 @@ async def test_the_bridge_outlives_a_legacy_kill_9_and_restart(
         received = [e["Payload"].get("TableId") for e in legacy.received()]
         assert received.count("while-down") == 1
         assert bridge.stats.malformed.total() == 0
+
+
+async def test_a_legacy_req_client_gets_the_bus_outcome_as_its_reply(
+    hub: str, plain_zmq: PlainZmq
+) -> None:
+    """Legacy REQ → bridge REP → bus: the reply is the response, an Ack once a handler
+    acked, or a Nack saying why; a re-sent MessageId gets the same reply, no second run."""
+    runs: list[str] = []
+
+    async def state(msg: table_pb2.GetTableState, ctx: Context) -> table_pb2.TableState:
+        runs.append(msg.table_id)
+        return table_pb2.TableState(table_id=msg.table_id, pots={"main": 30})
+
+    async def start(msg: table_pb2.StartHand, ctx: Context) -> None:
+        runs.append(msg.table_id)
+
+    table = Endpoint("table", hub, registry=POKER, policy=FAST)
+    table.register_handler(table_pb2.GetTableState, state, response=table_pb2.TableState)
+    table.register_handler(table_pb2.StartHand, start)
+    bridge = Bridge(
+        Endpoint("legacy", hub, registry=POKER, policy=FAST),
+        LegacyCodec(POKER, field_case=FieldCase.PASCAL),
+    )
+    rep = bridge.serve_requests(
+        "tcp://127.0.0.1:*", {"poker.GetTableState": table_pb2.TableState}, timeout=1.0
+    )
+    req = plain_zmq(zmq.REQ)
+
+    async def ask(raw: bytes) -> dict[str, Any]:
+        await req.send(raw)
+        async with asyncio.timeout(5):
+            reply: dict[str, Any] = json.loads(await req.recv())
+        return reply
+
+    async with bridge, table:
+        req.connect(rep.address)
+        get = b'{"MessageId": "q1", "Type": "poker.GetTableState", "Payload": {"TableId": "t"}}'
+        first = await ask(get)
+        assert (first["Type"], first["Payload"]) == (
+            "poker.TableState",
+            {"TableId": "t", "Pots": {"main": "30"}},
+        )
+        again = await ask(get)  # a legacy client retrying the same request
+        assert again == first
+        ack = await ask(b'{"MessageId": "c1", "Type": "StartHand", "Payload": {"TableId": "u"}}')
+        assert (ack["Type"], ack["Payload"]) == ("Ack", {"MessageId": "c1", "Acked": True})
+        nobody = await ask(b'{"MessageId": "c2", "Type": "DealCards", "Payload": {}}')
+        assert nobody["Type"] == "Nack"
+        assert nobody["Payload"]["Error"] == "NoRoute"
+        garbage = await ask(b"not json at all")
+        assert (garbage["Type"], garbage["Payload"]["Error"]) == ("Nack", "MALFORMED")
+        unknown = await ask(b'{"Type": "Who"}')
+        assert unknown["Payload"]["Error"] == "UNKNOWN_TYPE"
+    assert runs == ["t", "u"]
+    assert bridge.stats.duplicates == 1
+    assert bridge.stats.malformed == {"MALFORMED": 1, "UNKNOWN_TYPE": 1}

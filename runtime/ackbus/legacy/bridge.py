@@ -8,6 +8,9 @@ legacy service) plus plain ZeroMQ sockets facing the legacy service:
   typed messages, and the endpoint sends them reliably (acks, retries, dedupe at the
   receiver) to whatever handles their type: commands with ``send``, events (by the
   registry's policy) with ``publish``;
+* **legacy requests**: a REP socket (:meth:`Bridge.serve_requests`) answers the legacy
+  REQ with the bus's outcome — the response, ``Ack`` or ``Nack`` — the one place the
+  legacy side gets an ack;
 * **bus → legacy**: the bridge registers handlers on its endpoint for the types the
   legacy service consumes and writes each message in the legacy format to a PUB
   (:meth:`Bridge.publish_to`), PUSH (:meth:`Bridge.push_to`) or REQ
@@ -28,7 +31,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -36,7 +39,7 @@ from google.protobuf.message import Message
 
 from .._types import Context, DeliveryReport, Kind, Untyped
 from ..endpoint import Endpoint
-from ..errors import ClosedError, Reject, RetryLater, SchemaError
+from ..errors import ClosedError, DeliveryError, Reject, RetryLater, SchemaError
 from ._codec import LegacyCodec, LegacyFormat, LegacyFormatError, LegacyMessage
 
 __all__ = ["Bridge", "BridgeStats", "LegacySocket", "SocketRole"]
@@ -45,6 +48,9 @@ log = logging.getLogger("ackbus.legacy.bridge")
 
 MessageType = type[Message] | str
 """A type the legacy service consumes: a generated class, or a type name."""
+
+_REPLIES = 1000
+"""REP replies kept to answer a legacy client's re-send of the same MessageId."""
 
 LEGACY_ID_HEADER = "legacy-message-id"
 LEGACY_SENDER_HEADER = "legacy-sender"
@@ -59,6 +65,7 @@ class SocketRole(enum.Enum):
     PUB = "pub"
     PUSH = "push"
     REQ = "req"
+    REP = "rep"
 
 
 _ZMQ_TYPE = {
@@ -67,6 +74,7 @@ _ZMQ_TYPE = {
     SocketRole.PUB: zmq.PUB,
     SocketRole.PUSH: zmq.PUSH,
     SocketRole.REQ: zmq.REQ,
+    SocketRole.REP: zmq.REP,
 }
 
 
@@ -133,6 +141,8 @@ class Bridge:
         self.drain_timeout = drain_timeout
         self._dedupe = dedupe
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._replies: OrderedDict[tuple[str, str], list[bytes]] = OrderedDict()
+        """The last replies of the REP side by (SenderId, MessageId), for re-sends."""
         self._sockets: list[LegacySocket] = []
         self._readers: list[asyncio.Task[None]] = []
         self._inflight: set[DeliveryReport] = set()
@@ -159,6 +169,26 @@ class Bridge:
     ) -> LegacySocket:
         """Read what the legacy service pushes (PULL from its PUSH) onto the bus."""
         return self._add(LegacySocket(SocketRole.PULL, address, fmt, bind))
+
+    def serve_requests(
+        self,
+        address: str,
+        responses: Mapping[MessageType, type[Message] | None] | None = None,
+        *,
+        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        timeout: float = 5.0,
+        bind: bool = True,
+    ) -> LegacySocket:
+        """Answer the legacy service's REQ socket: each request goes on the bus and the
+        reply says how it went, so the legacy side finally gets an ack. A request type
+        mapped to a response class is sent with ``ep.request`` and the response is the
+        reply; any other is sent as a command (or event) and the reply is ``Ack``. A
+        failure, or input that cannot be read, is answered with ``Nack`` (docs/legacy.md).
+        ``timeout`` bounds each request's delivery; keep it below the legacy client's."""
+        names = {self._name(t): resp for t, resp in (responses or {}).items()}
+        return self._add(
+            LegacySocket(SocketRole.REP, address, fmt, bind, types=names, timeout=timeout)
+        )
 
     def publish_to(
         self,
@@ -227,8 +257,9 @@ class Bridge:
         try:
             for side in self._sockets:
                 self._open(side)
-                if side.role in (SocketRole.SUB, SocketRole.PULL):
-                    task = asyncio.create_task(self._read(side), name=f"bridge-{side.role.value}")
+                if side.role in (SocketRole.SUB, SocketRole.PULL, SocketRole.REP):
+                    read = self._serve(side) if side.role is SocketRole.REP else self._read(side)
+                    task = asyncio.create_task(read, name=f"bridge-{side.role.value}")
                     self._readers.append(task)
                 else:
                     for name, response in side.types.items():
@@ -312,6 +343,83 @@ class Bridge:
                 self.stats.failed[type(exc).__name__] += 1
                 log.warning("bridge %s: %s not forwarded: %s", side.address, legacy.type_name, exc)
 
+    async def _serve(self, side: LegacySocket) -> None:
+        """The REP loop: one request at a time, and every request gets a reply (a REP
+        that does not answer blocks its legacy REQ for good)."""
+        sock = side.sock
+        assert sock is not None
+        while True:
+            frames = await sock.recv_multipart()  # the loop runs until close() cancels it
+            self.stats.from_legacy += 1
+            try:
+                reply = await self._answer(side, frames)
+            except ClosedError:
+                reply = self._nack(side, "", "ClosedError", "the bridge is closing")
+            except Exception as exc:  # a bug must not leave the legacy REQ hanging
+                log.exception("bridge rep %s: request failed", side.address)
+                reply = self._nack(side, "", type(exc).__name__, str(exc))
+            await sock.send_multipart(reply)
+            self.stats.to_legacy[side.role.value] += 1
+
+    async def _answer(self, side: LegacySocket, frames: list[bytes]) -> list[bytes]:
+        try:
+            legacy = self.codec.decode(frames, side.fmt)
+        except (LegacyFormatError, SchemaError) as exc:
+            self._malformed(side, exc)
+            code = "UNKNOWN_TYPE" if isinstance(exc, SchemaError) else exc.code
+            return self._nack(side, "", code, str(exc))
+        key = (legacy.sender, legacy.message_id)
+        if legacy.message_id and key in self._replies:
+            # A legacy client re-sending after its own timeout: same answer, no second run.
+            self.stats.duplicates += 1
+            self._replies.move_to_end(key)
+            return self._replies[key]
+        if legacy.full_name in self._consumed:
+            self._malformed(side, SchemaError(f"{legacy.full_name} would loop back"), "LOOP")
+            return self._nack(side, legacy.message_id, "LOOP", "the bridge takes this type")
+        response = side.types.get(legacy.full_name)
+        self.stats.forwarded += 1
+        headers = _headers(legacy)
+        if response is not None:
+            try:
+                got = await self.endpoint.request(
+                    cast(Message, legacy.message), response, timeout=side.timeout, headers=headers
+                )
+            except DeliveryError as exc:
+                self.stats.failed[type(exc).__name__] += 1
+                reply = self._nack(side, legacy.message_id, type(exc).__name__, exc.reason)
+            else:
+                self.stats.delivered += 1
+                reply = self.codec.encode(got, side.fmt)
+        else:
+            msg = legacy.message
+            send = self.endpoint.publish if self._kind(msg) is Kind.EVENT else self.endpoint.send
+            report = await send(msg, timeout=side.timeout, headers=headers)
+            self._settled(report)
+            if report:
+                reply = self._ack(side, legacy.message_id)
+            else:
+                error = report.error
+                why = error.reason if error is not None else "not delivered"
+                reply = self._nack(side, legacy.message_id, type(error).__name__, why)
+        if legacy.message_id and self._dedupe:
+            self._replies[key] = reply
+            if len(self._replies) > _REPLIES:
+                self._replies.popitem(last=False)
+        return reply
+
+    def _ack(self, side: LegacySocket, message_id: str) -> list[bytes]:
+        return self._reply(side, Untyped("Ack", {"MessageId": message_id, "Acked": True}))
+
+    def _nack(self, side: LegacySocket, message_id: str, error: str, reason: str) -> list[bytes]:
+        payload = {"MessageId": message_id, "Acked": False, "Error": error, "Reason": reason}
+        return self._reply(side, Untyped("Nack", payload))
+
+    def _reply(self, side: LegacySocket, msg: Untyped) -> list[bytes]:
+        # Ack and Nack have no schema: a protobuf socket gets them as [topic, JSON].
+        fmt = LegacyFormat.TOPIC_JSON if side.fmt is LegacyFormat.TOPIC_PROTOBUF else side.fmt
+        return self.codec.encode(msg, fmt, sender=self.endpoint.identity.service)
+
     def _malformed(
         self, side: LegacySocket, exc: LegacyFormatError | SchemaError, code: str = ""
     ) -> None:
@@ -333,13 +441,7 @@ class Bridge:
 
     async def _forward(self, legacy: LegacyMessage) -> None:
         msg = legacy.message
-        headers = {}
-        if legacy.message_id:
-            headers[LEGACY_ID_HEADER] = legacy.message_id
-        if legacy.sender:
-            headers[LEGACY_SENDER_HEADER] = legacy.sender
-        if legacy.timestamp is not None:
-            headers[LEGACY_TIME_HEADER] = legacy.timestamp.isoformat()
+        headers = _headers(legacy)
         if self._kind(msg) is Kind.EVENT:
             report = await self.endpoint.publish(msg, wait_ack=False, headers=headers)
         else:
@@ -444,6 +546,18 @@ class Bridge:
                 f"expected {response.DESCRIPTOR.full_name}"
             )
         return got.message
+
+
+def _headers(legacy: LegacyMessage) -> dict[str, str]:
+    """The legacy metadata, as headers a handler reads from ``ctx.headers``."""
+    headers = {}
+    if legacy.message_id:
+        headers[LEGACY_ID_HEADER] = legacy.message_id
+    if legacy.sender:
+        headers[LEGACY_SENDER_HEADER] = legacy.sender
+    if legacy.timestamp is not None:
+        headers[LEGACY_TIME_HEADER] = legacy.timestamp.isoformat()
+    return headers
 
 
 def _no_response(
