@@ -153,7 +153,9 @@ class _Peer:
 # --------------------------------------------------------------------------- scenarios
 
 
-async def _acked_pipelined(peer: _Peer, n: int, window: int) -> dict[str, float]:
+async def _acked_pipelined(
+    peer: _Peer, n: int, window: int, payload: bytes = PAYLOAD
+) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     sock = peer.sock
     done = loop.create_future()
@@ -162,7 +164,7 @@ async def _acked_pipelined(peer: _Peer, n: int, window: int) -> dict[str, float]
     def send_more() -> None:
         send = sock.send_multipart
         while st["sent"] < n and st["sent"] - st["acked"] < window:
-            send([st["sent"].to_bytes(16, "big"), PAYLOAD])
+            send([st["sent"].to_bytes(16, "big"), payload])
             st["sent"] += 1
 
     def on_batch(batch: list[list[bytes]]) -> None:
@@ -247,11 +249,12 @@ async def _oneway(peer: _Peer, n: int) -> dict[str, float]:
     return {"msgs_per_s": n / elapsed, "n": n}
 
 
-def acked_pipelined(n: int = 50_000, window: int = 1000) -> dict[str, float]:
-    """Baseline (a), pipelined: msgs/s with up to ``window`` unacked in flight."""
+def acked_pipelined(n: int = 50_000, window: int = 1000, size: int = 100) -> dict[str, float]:
+    """Baseline (a), pipelined: msgs/s with up to ``window`` unacked in flight, payloads
+    of ``size`` bytes."""
     peer = _Peer("acked")
     try:
-        return asyncio.run(_acked_pipelined(peer, n, window))
+        return asyncio.run(_acked_pipelined(peer, n, window, b"p" * size))
     finally:
         peer.close()
 

@@ -1,0 +1,340 @@
+"""``make bench``: ackbus next to raw pyzmq, measured side by side in one run.
+
+``python -m bench`` (quick, about a minute) or ``python -m bench --full`` (bigger
+counts, the 1,000,000-message memory run). Every process is a separate OS process on
+127.0.0.1; payloads are 100 bytes unless a row says otherwise.
+
+Repetitions are interleaved (baseline, then each ackbus scenario, then the next
+repetition) so a change in the machine's load hits all rows alike; each figure is the
+median of the repetitions with min and max. Each ackbus row shows its ratio to baseline
+(a) of the same run and payload size: msgs/s for pipelined rows, p50 for sequential
+ones. The load average before and after is printed: on a shared machine figures move.
+
+The table is printed and written, with every repetition's raw figures, to
+``bench/results/<UTC time>-<profile>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import baseline
+from .cluster import Cluster
+
+RESULTS = Path(__file__).parent / "results"
+
+KB = 1024
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Message counts of one profile (per repetition)."""
+
+    name: str
+    reps: int
+    pipelined: int
+    sequential: int
+    oneway: int
+    sizes: dict[int, tuple[int, int]]
+    """payload bytes -> (messages, window) for the payload rows"""
+    senders: tuple[int, ...]
+    store: int
+    memory: tuple[int, int]
+    """message counts at which RSS and fds are sampled (early, late)"""
+    note: str = ""
+
+
+QUICK = Profile(
+    name="quick",
+    reps=3,
+    pipelined=20_000,
+    sequential=1_500,
+    oneway=50_000,
+    sizes={10 * KB: (4_000, 1000), 1024 * KB: (60, 8)},
+    senders=(4, 16),
+    store=4_000,
+    memory=(10_000, 100_000),
+    note="quick profile: smaller counts; memory is sampled at 10,000 and 100,000 messages "
+    "(while the receiver's deduper still fills towards its 100,000 ids); "
+    "--full samples at 100,000 and 1,000,000",
+)
+TINY = Profile(
+    name="tiny",
+    reps=1,
+    pipelined=300,
+    sequential=50,
+    oneway=500,
+    sizes={10 * KB: (100, 50)},
+    senders=(2,),
+    store=100,
+    memory=(100, 300),
+    note="tiny profile: a smoke test of the runner; its figures mean nothing",
+)
+FULL = Profile(
+    name="full",
+    reps=3,
+    pipelined=100_000,
+    sequential=5_000,
+    oneway=200_000,
+    sizes={10 * KB: (20_000, 1000), 1024 * KB: (200, 8)},
+    senders=(4, 16),
+    store=20_000,
+    memory=(100_000, 1_000_000),
+)
+
+
+@dataclass
+class Row:
+    """One line of the table: its repetitions and what it is compared with."""
+
+    name: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    base: str | None = None
+    """name of the baseline (a) row of the same payload"""
+    vs: str | None = None
+    """name of another row this one is compared with (sqlite against memory)"""
+
+    def med(self, key: str) -> float | None:
+        values = [r[key] for r in self.runs if key in r]
+        return statistics.median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reps": len(self.runs)}
+        for key in ("msgs_per_s", "p50_us", "p99_us"):
+            values = [r[key] for r in self.runs if key in r]
+            if values:
+                out[key] = statistics.median(values)
+                out[key + "_min"] = min(values)
+                out[key + "_max"] = max(values)
+        failed = sum(r.get("failed", 0) for r in self.runs)
+        if failed:
+            out["failed"] = failed
+        return out
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run every scenario of ``profile``; the JSON-able result."""
+    p = profile
+    rows: dict[str, Row] = {}
+
+    def row(name: str, base: str | None = None, vs: str | None = None) -> Row:
+        if name not in rows:
+            rows[name] = Row(name, base=base, vs=vs)
+        return rows[name]
+
+    load_before = _load()
+    started = time.time()
+    store_fn = _store_runner()
+    standalone = Cluster(hub="standalone", senders=1)
+    embedded = Cluster(hub="embedded", senders=1)
+    try:
+        for rep in range(p.reps):
+            log(f"repetition {rep + 1}/{p.reps} (load {_load()})")
+            a_pipe, a_seq = "(a) acked, pipelined", "(a) acked, sequential"
+            row(a_pipe).runs.append(baseline.acked_pipelined(p.pipelined))
+            row(a_seq).runs.append(baseline.acked_sequential(p.sequential))
+            row("(b) one-way").runs.append(baseline.oneway(p.oneway))
+            for name, cluster in (("standalone", standalone), ("embedded", embedded)):
+                row(f"ackbus sequential, {name} hub", base=a_seq).runs.append(
+                    cluster.run("sequential", p.sequential)
+                )
+                row(f"ackbus pipelined, {name} hub", base=a_pipe).runs.append(
+                    cluster.run("pipelined", p.pipelined)
+                )
+            for senders in p.senders:
+                row(f"ackbus pipelined, {senders} senders", base=a_pipe).runs.append(
+                    standalone.run(
+                        "pipelined",
+                        p.pipelined // senders,
+                        senders=senders,
+                        window=max(1, 1000 // senders),
+                    )
+                )
+            for size, (n, window) in p.sizes.items():
+                label = _size(size)
+                a_size = f"(a) acked, pipelined, {label}"
+                row(a_size).runs.append(baseline.acked_pipelined(n, window, size))
+                row(f"ackbus pipelined, {label}", base=a_size).runs.append(
+                    standalone.run("pipelined", n, window=window, size=size)
+                )
+            mem = row("ackbus pipelined, memory store", base=a_pipe)
+            mem.runs.append(store_fn("memory", p.store, store_dir))
+            row("ackbus pipelined, SQLite store", base=a_pipe, vs=mem.name).runs.append(
+                store_fn("sqlite", p.store, store_dir)
+            )
+        log(f"memory run: {p.memory[1]:,} messages (load {_load()})")
+        memory = standalone.run("pipelined", p.memory[1], checkpoints=p.memory)
+    finally:
+        standalone.close()
+        embedded.close()
+    return {
+        "profile": p.name,
+        "note": p.note,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "load_before": load_before,
+        "load_after": _load(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(),
+        },
+        "reps": p.reps,
+        "rows": {
+            name: {**r.summary(), **_ratios(r, rows), "raw": r.runs} for name, r in rows.items()
+        },
+        "memory": _memory(memory, p.memory),
+    }
+
+
+def _store_runner() -> Callable[[str, int, Path], dict[str, Any]]:
+    """The store rows: ``bench.durable.run_mode`` (its scenario: sends accepted in
+    groups, one group commit each) when it exists, else the same cluster as above with
+    ``store=`` on both endpoints."""
+    try:
+        from . import durable
+
+        run_mode: Callable[..., dict[str, Any]] | None = getattr(durable, "run_mode", None)
+    except ImportError:
+        run_mode = None
+    if run_mode is not None:
+        found = run_mode
+
+        def via_durable(mode: str, n: int, folder: Path) -> dict[str, Any]:
+            return found(mode, n, 1000, 500, folder)
+
+        return via_durable
+
+    def via_cluster(mode: str, n: int, folder: Path) -> dict[str, Any]:
+        url = None if mode == "memory" else f"sqlite:///{folder}/{time.time_ns()}"
+        with Cluster(store=f"{url}-receiver.db" if url else None) as cluster:
+            return cluster.run("pipelined", n, store=f"{url}-sender.db" if url else None)
+
+    return via_cluster
+
+
+def _ratios(r: Row, rows: dict[str, Row]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    base = rows[r.base] if r.base else None
+    if base is not None:
+        for key, name in (("msgs_per_s", "ratio_msgs_per_s"), ("p50_us", "ratio_p50")):
+            mine, theirs = r.med(key), base.med(key)
+            if mine is not None and theirs:
+                out[name] = mine / theirs
+    if r.vs is not None:
+        mine, theirs = r.med("msgs_per_s"), rows[r.vs].med("msgs_per_s")
+        if mine is not None and theirs:
+            out["ratio_to_compared"] = mine / theirs
+            out["compared_with"] = r.vs
+    return out
+
+
+def _memory(result: dict[str, Any], marks: tuple[int, int]) -> dict[str, Any]:
+    early, late = (result["samples"][str(m)] for m in marks)
+    out: dict[str, Any] = {"early": marks[0], "late": marks[1], "msgs_per_s": result["msgs_per_s"]}
+    for proc in early:
+        out[proc] = {
+            "rss_mib": [early[proc]["rss_mib"], late[proc]["rss_mib"]],
+            "rss_growth": late[proc]["rss_mib"] / early[proc]["rss_mib"] - 1,
+            "fds": [early[proc]["fds"], late[proc]["fds"]],
+        }
+    return out
+
+
+def _size(size: int) -> str:
+    return f"{size // (1024 * KB)} MB" if size >= 1024 * KB else f"{size // KB} KB"
+
+
+def _rate(fig: dict[str, Any]) -> str:
+    if "msgs_per_s" not in fig:
+        return ""
+    return f"{fig['msgs_per_s']:,.0f} ({fig['msgs_per_s_min']:,.0f}-{fig['msgs_per_s_max']:,.0f})"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as a Markdown table (what the README and docs carry)."""
+    lines = [
+        f"ackbus bench, {result['profile']} profile, {result['when']}; "
+        f"load {result['load_before']} → {result['load_after']}; "
+        f"{result['machine']['cpus']} cores, Python {result['machine']['python']}, "
+        f"pyzmq {result['machine']['pyzmq']}; median of {result['reps']} (min-max), "
+        f"{result['seconds']:.0f} s",
+        "",
+        "| scenario | msgs/s (min-max) | x (a) msgs/s | p50 µs | p99 µs | x (a) p50 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, fig in result["rows"].items():
+        ratio = f"{fig['ratio_msgs_per_s']:.2f}" if "ratio_msgs_per_s" in fig else ""
+        if "ratio_to_compared" in fig:
+            ratio += f" ({fig['ratio_to_compared']:.2f} x {fig['compared_with']})"
+        p50 = f"{fig['p50_us']:.0f}" if "p50_us" in fig else ""
+        p99 = f"{fig['p99_us']:.0f}" if "p99_us" in fig else ""
+        rp50 = f"{fig['ratio_p50']:.2f}" if "ratio_p50" in fig else ""
+        if "failed" in fig:
+            name += f" ({fig['failed']} FAILED)"
+        lines.append(f"| {name} | {_rate(fig)} | {ratio} | {p50} | {p99} | {rp50} |")
+    mem = result["memory"]
+    lines += [
+        "",
+        f"Memory and descriptors after {mem['early']:,} and {mem['late']:,} messages "
+        f"(pipelined, {mem['msgs_per_s']:,.0f} msgs/s):",
+        "",
+        "| process | RSS MiB | growth | fds |",
+        "|---|---:|---:|---:|",
+    ]
+    for proc in ("sender", "hub", "receiver"):
+        if proc in mem:
+            m = mem[proc]
+            lines.append(
+                f"| {proc} | {m['rss_mib'][0]:.1f} → {m['rss_mib'][1]:.1f} | "
+                f"{m['rss_growth']:+.1%} | {m['fds'][0]} → {m['fds'][1]} |"
+            )
+    if result["note"]:
+        lines += ["", f"({result['note']})"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="bigger counts, 1M-message memory")
+    parser.add_argument("--tiny", action="store_true", help="a few seconds; checks the runner")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    profile = TINY if args.tiny else FULL if args.full else QUICK
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ackbus-bench-") as tmp:
+        result = measure(profile, Path(tmp), log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = args.out / f"{stamp}-{profile.name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"\nwritten to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The processes of an ackbus benchmark: a hub, a receiver and reusable sender workers.
+
+A :class:`Cluster` starts, as separate OS processes on 127.0.0.1:
+
+* a hub: *standalone* (``python -m ackbus.hub``, what an operator runs) or *embedded*
+  (a :class:`~ackbus.hub.Hub` inside the receiver's process, on the receiver's loop);
+* a receiver: one endpoint (service ``sink``) whose handler does nothing, so every
+  figure is the cost of the bus alone; optionally with a store (``sqlite:///...``);
+* ``senders`` worker processes, kept for the cluster's life and reused for every
+  repetition and scenario, so process start-up and imports are never timed.
+
+A scenario runs in two phases on every selected worker: *prepare* (connect, warm up)
+and, once all are ready, *go*; each worker times its own part with the wall clock and
+:meth:`Cluster.run` combines them (total messages / (last end - first start)).
+
+Process figures (RSS, open file descriptors) are read from ``/proc`` by pid, so the
+sender can sample its own and the receiver's and hub's at the same instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import select
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ackbus import Context, Policy
+from ackbus.endpoint import Endpoint
+from ackbus.hub import Hub
+from ackbus.wire_pb2 import Bye
+
+POLICY = Policy(ack_timeout=5.0, deadline=120.0)
+_WARMUP = 200
+_TIMEOUT = 300.0
+"""Seconds any one exchange with a worker may take before the run is abandoned."""
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def proc_figures(pid: int) -> dict[str, float]:
+    """RSS (MiB) and open file descriptors of a live process (Linux ``/proc``)."""
+    rss_kib = 0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss_kib = int(line.split()[1])
+                break
+    return {"rss_mib": rss_kib / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+# --------------------------------------------------------------------------- receiver
+
+
+def _receiver_main(conn: Connection, embedded_hub: str | None, store: str | None) -> None:
+    asyncio.run(_receive(conn, embedded_hub, store))
+
+
+async def _receive(conn: Connection, embedded_hub: str | None, store: str | None) -> None:
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        return None
+
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        if embedded_hub is not None:
+            hub = await stack.enter_async_context(Hub(embedded_hub))
+            address = hub.addresses[0]
+        else:
+            address = conn.recv()
+        ep = Endpoint("sink", address, store=store, policy=POLICY)
+        ep.register_handler(Bye, on_bye)
+        await stack.enter_async_context(ep)
+        conn.send(address)
+        await loop.run_in_executor(None, conn.recv)  # until told to stop
+        conn.send({"received": ep.stats.received, "handled": ep.stats.handled})
+
+
+# --------------------------------------------------------------------------- sender
+
+
+def _sender_main(conn: Connection) -> None:
+    while (job := conn.recv()) is not None:
+        try:
+            result = asyncio.run(_sender_job(conn, job))
+        except Exception as exc:  # reported to the runner, which raises it there
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        conn.send(result)
+
+
+async def _sender_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    async with Endpoint(
+        "source", job["address"], window=job["window"], policy=POLICY, store=job.get("store")
+    ) as ep:
+        msg = Bye(reason="p" * job["size"])
+        for _ in range(min(_WARMUP, job["n"])):
+            await ep.send(msg)
+        conn.send("ready")
+        await loop.run_in_executor(None, conn.recv)  # "go"
+        if job["kind"] == "sequential":
+            return await _sequential(ep, msg, job["n"])
+        return await _pipelined(ep, msg, job["n"], job.get("checkpoints", ()), job["watch"])
+
+
+async def _sequential(ep: Endpoint, msg: Bye, n: int) -> dict[str, Any]:
+    rtts = []
+    start = time.time()
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        report = await ep.send(msg)
+        rtts.append(clock() - t0)
+        if not report:
+            raise RuntimeError(f"sequential send failed: {report.error}")
+    end = time.time()
+    rtts.sort()
+    return {
+        "start": start,
+        "end": end,
+        "n": n,
+        "p50_us": rtts[len(rtts) // 2] / 1000,
+        "p99_us": rtts[int(len(rtts) * 0.99)] / 1000,
+    }
+
+
+async def _pipelined(
+    ep: Endpoint, msg: Bye, n: int, checkpoints: tuple[int, ...], watch: dict[str, int]
+) -> dict[str, Any]:
+    """``n`` sends without waiting (the window holds up to ``window`` in flight), then
+    wait until every one settled. No report is kept: a million of them would be the
+    benchmark's own memory growth. At each checkpoint (a message count) sample the
+    watched processes."""
+    samples: dict[str, dict[str, dict[str, float]]] = {}
+    marks = set(checkpoints)
+    watch = {"sender": os.getpid(), **watch}
+    send = ep.send
+    start = time.time()
+    last = None
+    for i in range(1, n + 1):
+        last = await send(msg, wait_ack=False)
+        if i in marks:
+            samples[str(i)] = {name: proc_figures(pid) for name, pid in watch.items()}
+    if last is not None:
+        await last.wait(_TIMEOUT)
+    while ep.pending:  # noqa: ASYNC110 - the others' reports were not kept (see above)
+        await asyncio.sleep(0.0005)
+    end = time.time()
+    failed = sum(ep.stats.failed.values())
+    return {"start": start, "end": end, "n": n, "failed": failed, "samples": samples}
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class Cluster:
+    """Hub, receiver and ``senders`` sender workers; close (or ``with``) tears all down."""
+
+    def __init__(self, *, hub: str = "standalone", senders: int = 1, store: str | None = None):
+        if hub not in ("standalone", "embedded"):
+            raise ValueError(f"hub must be standalone or embedded, not {hub!r}")
+        mp = multiprocessing.get_context("spawn")
+        self.hub_mode = hub
+        self.hub_proc: subprocess.Popen[str] | None = None
+        self.workers: list[tuple[Any, Connection]] = []
+        self.pids: dict[str, int] = {}
+        try:
+            if hub == "standalone":
+                self.hub_proc, address = _standalone_hub()
+                self.pids["hub"] = self.hub_proc.pid
+            mine, theirs = mp.Pipe()
+            embedded = "tcp://127.0.0.1:0" if hub == "embedded" else None
+            self.receiver = mp.Process(
+                target=_receiver_main, args=(theirs, embedded, store), daemon=True
+            )
+            self.receiver.start()
+            self._receiver_conn = mine
+            if hub == "standalone":
+                mine.send(address)
+            self.address: str = _recv(mine)
+            assert self.receiver.pid is not None
+            self.pids["receiver"] = self.receiver.pid
+            for _ in range(senders):
+                self.add_sender()
+        except BaseException:
+            self.close()
+            raise
+
+    def add_sender(self) -> None:
+        mp = multiprocessing.get_context("spawn")
+        mine, theirs = mp.Pipe()
+        proc = mp.Process(target=_sender_main, args=(theirs,), daemon=True)
+        proc.start()
+        self.workers.append((proc, mine))
+
+    def run(
+        self,
+        kind: str,
+        n: int,
+        *,
+        senders: int = 1,
+        window: int = 1000,
+        size: int = 100,
+        store: str | None = None,
+        checkpoints: tuple[int, ...] = (),
+    ) -> dict[str, Any]:
+        """One repetition on ``senders`` workers, ``n`` messages each (``kind``:
+        ``pipelined`` or ``sequential``). Returns msgs/s over all of them, and the
+        latency figures and process samples of the first."""
+        while len(self.workers) < senders:
+            self.add_sender()
+        conns = [conn for _, conn in self.workers[:senders]]
+        job = {
+            "kind": kind,
+            "address": self.address,
+            "n": n,
+            "window": window,
+            "size": size,
+            "store": store,
+            "checkpoints": checkpoints,
+            "watch": {k: v for k, v in self.pids.items()},
+        }
+        for i, conn in enumerate(conns):
+            conn.send({**job, "store": _numbered(store, i)})
+        for conn in conns:
+            if (ready := _recv(conn)) != "ready":
+                raise RuntimeError(f"sender failed to start: {ready}")
+        for conn in conns:
+            conn.send("go")
+        results = [_recv(conn) for conn in conns]
+        for r in results:
+            if "error" in r:
+                raise RuntimeError(f"sender failed: {r['error']}")
+        took = max(r["end"] for r in results) - min(r["start"] for r in results)
+        first = results[0]
+        out: dict[str, Any] = {"msgs_per_s": n * senders / took}
+        for key in ("p50_us", "p99_us", "samples"):
+            if key in first:
+                out[key] = first[key]
+        out["failed"] = sum(r.get("failed", 0) for r in results)
+        return out
+
+    def close(self) -> None:
+        for proc, conn in self.workers:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            _stop(proc)
+        self.workers = []
+        if getattr(self, "receiver", None) is not None:
+            with contextlib.suppress(OSError):
+                self._receiver_conn.send("stop")
+            _stop(self.receiver)
+        if self.hub_proc is not None:
+            self.hub_proc.terminate()
+            try:
+                self.hub_proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.hub_proc.kill()
+                self.hub_proc.wait(5)
+            if self.hub_proc.stdout is not None:
+                self.hub_proc.stdout.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _numbered(store: str | None, i: int) -> str | None:
+    """Each sender gets a database of its own."""
+    if store is None:
+        return None
+    head, sep, query = store.partition("?")
+    return f"{head}.{i}{sep}{query}"
+
+
+def _recv(conn: Connection) -> Any:
+    if not conn.poll(_TIMEOUT):
+        raise TimeoutError(f"no answer from a benchmark worker within {_TIMEOUT} s")
+    return conn.recv()
+
+
+def _stop(proc: Any) -> None:
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+def _standalone_hub() -> tuple[subprocess.Popen[str], str]:
+    """``python -m ackbus.hub`` on a free port; its address from the line it prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ackbus.hub", "--bind", "tcp://127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    if " listening on " not in line:
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"the standalone hub did not start: {line!r}")
+    return proc, line.rsplit(" listening on ", 1)[1].split()[0]

@@ -1,0 +1,60 @@
+"""The benchmark runner works end to end: a tiny profile through every scenario.
+
+Never a performance assertion (figures on a shared machine mean nothing here): only
+that every row was measured, nothing failed, the table prints and the JSON is written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--quiet", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = list(tmp_path.glob("*-tiny.json"))
+    assert len(written) == 1
+    result = json.loads(written[0].read_text())
+    rows = result["rows"]
+    expected = {
+        "(a) acked, pipelined",
+        "(a) acked, sequential",
+        "(b) one-way",
+        "ackbus sequential, standalone hub",
+        "ackbus pipelined, standalone hub",
+        "ackbus sequential, embedded hub",
+        "ackbus pipelined, embedded hub",
+        "ackbus pipelined, 2 senders",
+        "ackbus pipelined, memory store",
+        "ackbus pipelined, SQLite store",
+    }
+    assert expected <= set(rows)
+    for name, fig in rows.items():
+        assert fig["msgs_per_s"] > 0, name
+        assert "failed" not in fig, name
+        if name.startswith("ackbus"):
+            assert fig["ratio_msgs_per_s"] > 0, name
+    assert rows["ackbus sequential, standalone hub"]["p99_us"] > 0
+    assert rows["ackbus pipelined, SQLite store"]["compared_with"] == (
+        "ackbus pipelined, memory store"
+    )
+    for proc_name in ("sender", "hub", "receiver"):
+        assert result["memory"][proc_name]["fds"][1] > 0
+    for name in expected:
+        assert f"| {name} |" in proc.stdout
+    assert str(written[0]) in proc.stdout
