@@ -12,7 +12,9 @@ The sender accepts messages in groups of ``--group`` (``asyncio.gather`` of
 ``send(wait_ack=False)``: one group commit per group in durable mode), up to
 ``--window`` in flight, and the clock stops when the last ack arrived. Printed per mode:
 msgs/s, and for durable modes the sender's and receiver's transactions (= fsyncs in full
-mode) and messages per transaction; then the ratio sqlite / memory.
+mode) and operations per transaction; then the ratio sqlite / memory. Then, in the same
+cluster, ``n / 20`` messages one at a time (send, wait for the ack, next): the round
+trip's p50 and p99, which in durable mode include two commits (outbox, inbox).
 
 Run: ``.venv/bin/python -m bench.durable [--n 20000]``.
 """
@@ -117,6 +119,25 @@ async def _pipelined(
     }
 
 
+async def _sequential(address: str, store: str | None, n: int) -> dict[str, float]:
+    """One message at a time, each waiting for its ack: the latency of a commit."""
+    async with Endpoint("source", address, policy=POLICY, store=store) as ep:
+        msg = Bye(reason=PAYLOAD)
+        for _ in range(50):
+            await ep.send(msg)
+        rtts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            report = await ep.send(msg)
+            rtts.append(time.perf_counter() - t0)
+            assert report
+    rtts.sort()
+    return {
+        "seq_p50_us": rtts[len(rtts) // 2] * 1e6,
+        "seq_p99_us": rtts[int(len(rtts) * 0.99)] * 1e6,
+    }
+
+
 def run_mode(mode: str, n: int, window: int, group: int, folder: Path) -> dict[str, float]:
     sender = receiver = None
     if mode != "memory":
@@ -126,6 +147,7 @@ def run_mode(mode: str, n: int, window: int, group: int, folder: Path) -> dict[s
     cluster = DurableCluster(receiver)
     try:
         figures = asyncio.run(_pipelined(cluster.address, sender, n, window, group))
+        figures.update(asyncio.run(_sequential(cluster.address, sender, max(n // 20, 100))))
     finally:
         r_tx, r_ops = cluster.close()
     figures["receiver_tx"] = r_tx
@@ -144,12 +166,15 @@ def main() -> None:
         results = {}
         for mode in ("memory", "sqlite", "relaxed"):
             f = results[mode] = run_mode(mode, args.n, args.window, args.group, Path(tmp))
-            line = f"{mode:8} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
+            line = (
+                f"{mode:8} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
+                f"  sequential p50={f['seq_p50_us']:,.0f} us p99={f['seq_p99_us']:,.0f} us"
+            )
             if mode != "memory":
                 line += (
                     f"  sender: {f['sender_tx']:.0f} tx"
                     f" ({f['sender_ops'] / max(f['sender_tx'], 1):.0f}"
-                    f" ops/tx)  receiver: {f['receiver_tx']:.0f} tx"
+                    f" ops/tx)  receiver (both parts): {f['receiver_tx']:.0f} tx"
                     f" ({f['receiver_ops'] / max(f['receiver_tx'], 1):.0f} ops/tx)"
                 )
             print(line, flush=True)
