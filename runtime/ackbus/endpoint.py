@@ -177,6 +177,8 @@ class Endpoint:
     addresses to connect to. ``instance`` defaults to a fresh unique id. ``policy``
     applies to messages whose type has no policy in ``registry`` (generated modules
     export a ``REGISTRY``; generated clients pass their policy themselves).
+    ``store`` (``"sqlite:///path.db"`` or an :class:`ackbus.store.Store`) makes it
+    durable: outbox, inbox, dead letters and identity survive restarts (docs/durable.md).
     """
 
     def __init__(

@@ -46,6 +46,11 @@ def test_new_store_is_marked_as_ackbus_and_in_wal_mode(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s.db")
     instance = store.claim("table", None)
     assert len(instance) == 32
+    assert store._claimed().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    relaxed = SqliteStore(tmp_path / "r.db", Durability.RELAXED)
+    relaxed.claim("table", None)
+    assert relaxed._claimed().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    asyncio.run(relaxed.aclose())
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
