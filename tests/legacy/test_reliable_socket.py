@@ -187,6 +187,19 @@ def test_only_a_dealer_will_do() -> None:
         ctx.term()
 
 
+async def rebind(address: str) -> Hub:
+    """A hub on the address another just closed: ZeroMQ releases a port in its I/O
+    thread, a moment after close() returned."""
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                return await Hub(address, heartbeat=0.1).start()
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE:
+                    raise
+                await asyncio.sleep(0.05)
+
+
 async def test_hub_restart_mid_stream_loses_nothing() -> None:
     """The hub forgets the socket when it restarts: the next MESSAGE is refused with
     NOT_REGISTERED, the socket says HELLO again and retries."""
@@ -208,7 +221,7 @@ async def test_hub_restart_mid_stream_loses_nothing() -> None:
             rs = ReliableSocket(sock, "legacy", policy=FAST)
             assert await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="a"))
             await hub.close()
-            hub = await Hub(address, heartbeat=0.1).start()
+            hub = await rebind(address)
             try:
                 report = await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="b"))
                 assert report, report.error

@@ -113,8 +113,9 @@ class LegacySocket:
     types: dict[str, type[Message] | None] = field(default_factory=dict)
     """Outbound: the type names this socket takes and, for REQ, each one's reply class."""
     timeout: float = 5.0
-    sock: zmq.asyncio.Socket | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sock: zmq.asyncio.Socket | None = field(default=None, repr=False)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    """REQ is lockstep: one request in flight per socket."""
 
 
 class Bridge:
@@ -254,17 +255,19 @@ class Bridge:
             return self
         self._started = True
         self._ctx = zmq.asyncio.Context()
+        inbound = (SocketRole.SUB, SocketRole.PULL, SocketRole.REP)
         try:
             for side in self._sockets:
                 self._open(side)
-                if side.role in (SocketRole.SUB, SocketRole.PULL, SocketRole.REP):
-                    read = self._serve(side) if side.role is SocketRole.REP else self._read(side)
-                    task = asyncio.create_task(read, name=f"bridge-{side.role.value}")
-                    self._readers.append(task)
-                else:
+                if side.role not in inbound:  # handlers first: the HELLO names their types
                     for name, response in side.types.items():
                         self._register(side, name, response)
             await self.endpoint.start()
+            for side in self._sockets:  # read only once there is an endpoint to send with
+                if side.role in inbound:
+                    read = self._serve(side) if side.role is SocketRole.REP else self._read(side)
+                    task = asyncio.create_task(read, name=f"bridge-{side.role.value}")
+                    self._readers.append(task)
         except BaseException:
             await self.close()
             raise
