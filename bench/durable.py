@@ -8,9 +8,11 @@ per mode:
   outbox row is fsync'd before ``send`` returns, every inbox record before the ack;
 * ``relaxed``: the same with ``durability=relaxed`` (no fsync at commit).
 
-The sender accepts messages in groups of ``--group`` (``asyncio.gather`` of
-``send(wait_ack=False)``: one group commit per group in durable mode), up to
-``--window`` in flight, and the clock stops when the last ack arrived. Printed per mode:
+The sender runs ``--producers`` tasks (as a service serves several requests at once),
+each accepting messages in groups of ``--group`` (``asyncio.gather`` of
+``send(wait_ack=False)``: one group commit per group in durable mode, and one
+producer's commit overlaps the others' work), up to ``--window`` in flight; the clock
+stops when the last ack arrived. Memory mode runs the very same code. Printed per mode:
 msgs/s, and for durable modes the sender's and receiver's transactions (= fsyncs in full
 mode) and operations per transaction; then the ratio sqlite / memory. Then, in the same
 cluster, ``n / 20`` messages one at a time (send, wait for the ack, next): the round
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ackbus import Context
+from ackbus import Context, DeliveryReport
 from ackbus.endpoint import Endpoint
 from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
@@ -92,7 +94,7 @@ class DurableCluster:
 
 
 async def _pipelined(
-    address: str, store: str | None, n: int, window: int, group: int
+    address: str, store: str | None, n: int, window: int, group: int, producers: int = 4
 ) -> dict[str, float]:
     async with Endpoint("source", address, window=window, policy=POLICY, store=store) as ep:
         msg = Bye(reason=PAYLOAD)
@@ -100,12 +102,17 @@ async def _pipelined(
             await ep.send(msg)
         before = _commits(ep)
         start = time.perf_counter()
-        reports = []
-        for i in range(0, n, group):
-            batch = min(group, n - i)
-            reports.extend(
-                await asyncio.gather(*(ep.send(msg, wait_ack=False) for _ in range(batch)))
-            )
+        reports: list[DeliveryReport] = []
+
+        async def produce(count: int) -> None:
+            for i in range(0, count, group):
+                batch = min(group, count - i)
+                reports.extend(
+                    await asyncio.gather(*(ep.send(msg, wait_ack=False) for _ in range(batch)))
+                )
+
+        share = [n // producers + (1 if k < n % producers else 0) for k in range(producers)]
+        await asyncio.gather(*(produce(count) for count in share))
         for r in reports:
             await r.wait(60)
         took = time.perf_counter() - start
@@ -138,7 +145,9 @@ async def _sequential(address: str, store: str | None, n: int) -> dict[str, floa
     }
 
 
-def run_mode(mode: str, n: int, window: int, group: int, folder: Path) -> dict[str, float]:
+def run_mode(
+    mode: str, n: int, window: int, group: int, producers: int, folder: Path
+) -> dict[str, float]:
     sender = receiver = None
     if mode != "memory":
         query = "?durability=relaxed" if mode == "relaxed" else ""
@@ -146,7 +155,7 @@ def run_mode(mode: str, n: int, window: int, group: int, folder: Path) -> dict[s
         receiver = f"sqlite:///{folder / mode}-receiver.db{query}"
     cluster = DurableCluster(receiver)
     try:
-        figures = asyncio.run(_pipelined(cluster.address, sender, n, window, group))
+        figures = asyncio.run(_pipelined(cluster.address, sender, n, window, group, producers))
         figures.update(asyncio.run(_sequential(cluster.address, sender, max(n // 20, 100))))
     finally:
         r_tx, r_ops = cluster.close()
@@ -159,13 +168,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=1000)
-    parser.add_argument("--group", type=int, default=500)
+    parser.add_argument("--group", type=int, default=250)
+    parser.add_argument("--producers", type=int, default=4)
     parser.add_argument("--dir", type=Path, default=None, help="where the databases go")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         results = {}
         for mode in ("memory", "sqlite", "relaxed"):
-            f = results[mode] = run_mode(mode, args.n, args.window, args.group, Path(tmp))
+            f = results[mode] = run_mode(
+                mode, args.n, args.window, args.group, args.producers, Path(tmp)
+            )
             line = (
                 f"{mode:8} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
                 f"  sequential p50={f['seq_p50_us']:,.0f} us p99={f['seq_p99_us']:,.0f} us"
