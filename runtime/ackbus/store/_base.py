@@ -12,6 +12,7 @@ import abc
 import asyncio
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._writer import Batch, Op
 
@@ -29,9 +30,9 @@ class Durability(enum.Enum):
     loss or OS crash may lose the last transactions before the next checkpoint."""
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """A message accepted by ``send`` and not yet acked or failed."""
+class OutboxRow(NamedTuple):
+    """A message accepted by ``send`` and not yet acked or failed. A tuple in the column
+    order of ``ackbus_outbox``: it is the INSERT's parameters as is."""
 
     msg_id: bytes
     msg_type: str
@@ -47,23 +48,10 @@ class OutboxRow:
     frame: bytes
     """The wire item frame, attempt 1, exactly as first sent."""
 
-    def params(self) -> tuple[bytes, str, str, int, int, str, float, float, bytes]:
-        return (
-            self.msg_id,
-            self.msg_type,
-            self.destination,
-            self.kind,
-            int(self.request),
-            self.policy,
-            self.created_at,
-            self.deadline,
-            self.frame,
-        )
 
-
-@dataclass(frozen=True, slots=True)
-class InboxRecord:
-    """The committed outcome of one handled message."""
+class InboxRecord(NamedTuple):
+    """The committed outcome of one handled message, in the column order of
+    ``ackbus_inbox``."""
 
     msg_id: bytes
     outcome: int
@@ -73,17 +61,6 @@ class InboxRecord:
     error_type: str = ""
     error_message: str = ""
     error_permanent: bool = False
-
-    def params(self) -> tuple[bytes, int, float, bytes, str, str, int]:
-        return (
-            self.msg_id,
-            self.outcome,
-            self.finished_at,
-            self.response,
-            self.error_type,
-            self.error_message,
-            int(self.error_permanent),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -264,10 +264,10 @@ class SqliteStore(Store):
         return self.writer.add(op, durable=durable)
 
     def put_outbox(self, row: OutboxRow) -> Batch:
-        return self.writer.add((INSERT_OUTBOX, row.params()))
+        return self.writer.add((INSERT_OUTBOX, row))
 
     def put_inbox(self, record: InboxRecord) -> Batch:
-        return self.writer.add((INSERT_INBOX, record.params()))
+        return self.writer.add((INSERT_INBOX, record))
 
     def forget_outbox(self, msg_id: bytes) -> None:
         self.writer.add((_DELETE_OUTBOX, (msg_id,)), durable=False)

@@ -147,7 +147,7 @@ class Transaction:
         assert record is not None
         conn.execute("SAVEPOINT ackbus_unit")
         try:
-            conn.execute(INSERT_INBOX_STRICT, record.params())
+            conn.execute(INSERT_INBOX_STRICT, record)
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO ackbus_unit")
             conn.execute("RELEASE ackbus_unit")
@@ -157,7 +157,7 @@ class Transaction:
             for sql, params in self._writes:
                 conn.execute(sql, params)
             if self._sends:
-                conn.executemany(INSERT_OUTBOX, [d.row.params() for d in self._sends])
+                conn.executemany(INSERT_OUTBOX, [d.row for d in self._sends])
         except sqlite3.Error as exc:
             self.failed = exc
             conn.execute("ROLLBACK TO ackbus_unit")
