@@ -83,23 +83,30 @@ async def test_a_slow_handler_is_retried_and_runs_once(hub: str, dealer: zmq.Soc
 async def test_untyped_reaches_a_by_name_handler_as_a_dict(
     hub: str, dealer: zmq.Socket[Any]
 ) -> None:
-    got: list[dict[str, Any]] = []
+    got: list[tuple[dict[str, Any], str]] = []
 
     async def on_message(payload: dict[str, Any], ctx: Context) -> None:
-        got.append(payload)
+        got.append((payload, str(ctx.sender)))
 
     receiver = Endpoint("old", hub, policy=FAST)
     receiver.register_handler("MessageType", on_message)
     async with receiver:
-        report = await asyncio.to_thread(
-            send_with_ack,
-            dealer,
-            Untyped("MessageType", {"Data": "payload"}),
-            service="c-sharp-port",
-            policy=FAST,
-        )
-    assert report, report.error
-    assert got == [{"Data": "payload"}]
+        for n in (1, 2):
+            report = await asyncio.to_thread(
+                send_with_ack,
+                dealer,
+                Untyped("MessageType", {"Data": "payload", "N": n}),
+                service="c-sharp-port",
+                policy=FAST,
+            )
+            assert report, report.error
+    assert [payload for payload, _ in got] == [
+        {"Data": "payload", "N": 1},
+        {"Data": "payload", "N": 2},
+    ]
+    senders = {sender for _, sender in got}
+    assert len(senders) == 1  # one registration per socket, reused
+    assert senders.pop().startswith("c-sharp-port/")
 
 
 async def test_request_returns_the_response(hub: str, dealer: zmq.Socket[Any]) -> None:

@@ -446,8 +446,12 @@ def send_with_ack(
 ) -> DeliveryReport:
     """Send ``msg`` over the caller's DEALER ``sock`` (connected to a hub) and block
     until it is acked or failed; the report is truthy once acked. The first call for
-    a socket says HELLO as ``service``; later calls reuse that registration."""
+    a socket says HELLO as ``service``; later calls reuse that registration (a
+    ``registry`` or ``policy`` passed later replaces the earlier one)."""
     rs = _sockets.get(sock)
     if rs is None or rs.identity.service != service:
         rs = _sockets[sock] = ReliableSocket(sock, service, registry=registry, policy=policy)
+    else:
+        rs.registry = registry if registry is not None else rs.registry
+        rs.policy = policy or rs.policy
     return rs.send(msg, timeout=timeout)
