@@ -24,6 +24,7 @@ never another exception. That is what lets the bridge count bad input instead of
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import uuid
@@ -123,18 +124,50 @@ def _squash(name: str) -> str:
     return name.replace("_", "").lower()
 
 
-def _field_key(field: FieldDescriptor, case: FieldCase) -> str:
-    if case is FieldCase.SNAKE:
-        return field.name
-    json_name = field.json_name
-    if case is FieldCase.CAMEL:
-        return json_name
-    return json_name[:1].upper() + json_name[1:]
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One field, as the renamers need it."""
+
+    name: str
+    """The proto field name, which ``MessageToDict`` writes and ``ParseDict`` reads."""
+    out: Mapping[FieldCase, str]
+    """The key written in each case."""
+    nested: Descriptor | None
+    """The message type to rename inside (a map's value type), if any."""
+    is_map: bool
+    """A map's keys are data: never renamed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    by_name: Mapping[str, _Field]
+    """Proto name and JSON name → field."""
+    by_squash: Mapping[str, _Field]
+    """Lower case without underscores → field (``TableId``, ``TABLE_ID``)."""
+
+
+@functools.cache
+def _table(desc: Descriptor) -> _Table:
+    """The renaming table of one message type, built once (descriptors are immutable)."""
+    by_name: dict[str, _Field] = {}
+    by_squash: dict[str, _Field] = {}
+    for fd in desc.fields:
+        json_name = fd.json_name
+        out = {
+            FieldCase.SNAKE: fd.name,
+            FieldCase.CAMEL: json_name,
+            FieldCase.PASCAL: json_name[:1].upper() + json_name[1:],
+        }
+        nested, is_map = _nested(fd)
+        field = _Field(fd.name, out, nested, is_map)
+        by_name.setdefault(fd.name, field)
+        by_squash.setdefault(_squash(fd.name), field)
+    for fd in desc.fields:  # JSON names after proto names: an exact name wins
+        by_name.setdefault(fd.json_name, by_name[fd.name])
+    return _Table(by_name, by_squash)
 
 
 def _nested(field: FieldDescriptor) -> tuple[Descriptor | None, bool]:
-    """The message type to recurse into for ``field`` (None if none) and whether the
-    field is a map (whose keys are data, never renamed)."""
     msg_type = field.message_type
     if msg_type is None:
         return None, False
@@ -150,27 +183,26 @@ def _nested(field: FieldDescriptor) -> tuple[Descriptor | None, bool]:
 
 def _rename_out(obj: dict[str, Any], desc: Descriptor, case: FieldCase) -> dict[str, Any]:
     """Keys of a ``MessageToDict(..., preserving_proto_field_name=True)`` result → ``case``."""
+    by_name = _table(desc).by_name
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        field = desc.fields_by_name.get(key)
+        field = by_name.get(key)
         if field is None:  # pragma: no cover - MessageToDict only writes known fields
             out[key] = value
             continue
-        out[_field_key(field, case)] = _recurse(value, field, case, _rename_out)
+        out[field.out[case]] = _recurse(value, field, case, _rename_out)
     return out
 
 
 def _rename_in(obj: dict[str, Any], desc: Descriptor, case: FieldCase) -> dict[str, Any]:
     """Keys of legacy JSON in any :class:`FieldCase` → proto field names, so that
     ``ParseDict`` reads PascalCase too. Unknown keys are kept: ParseDict judges them."""
-    by_squash: dict[str, FieldDescriptor] = {}
-    for fd in desc.fields:
-        by_squash.setdefault(_squash(fd.name), fd)
+    table = _table(desc)
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        field: FieldDescriptor | None = desc.fields_by_name.get(key)
-        if field is None:
-            field = desc.fields_by_camelcase_name.get(key) or by_squash.get(_squash(str(key)))
+        field = table.by_name.get(key)
+        if field is None and isinstance(key, str):
+            field = table.by_squash.get(_squash(key))
         if field is None or field.name in out:
             out[key] = value
             continue
@@ -178,11 +210,11 @@ def _rename_in(obj: dict[str, Any], desc: Descriptor, case: FieldCase) -> dict[s
     return out
 
 
-def _recurse(value: Any, field: FieldDescriptor, case: FieldCase, rename: Any) -> Any:
-    nested, is_map = _nested(field)
+def _recurse(value: Any, field: _Field, case: FieldCase, rename: Any) -> Any:
+    nested = field.nested
     if nested is None:
         return value
-    if is_map:
+    if field.is_map:
         if not isinstance(value, dict):
             return value
         return {k: rename(v, nested, case) if isinstance(v, dict) else v for k, v in value.items()}
