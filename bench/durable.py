@@ -146,8 +146,10 @@ async def _sequential(address: str, store: str | None, n: int) -> dict[str, floa
 
 
 def run_mode(
-    mode: str, n: int, window: int, group: int, producers: int, folder: Path
+    mode: str, n: int, window: int, group: int, folder: Path, producers: int = 4
 ) -> dict[str, float]:
+    """One mode's figures ("memory", "sqlite" or "relaxed"); databases go to ``folder``.
+    (``bench/__main__.py`` calls this with positional arguments up to ``folder``.)"""
     sender = receiver = None
     if mode != "memory":
         query = "?durability=relaxed" if mode == "relaxed" else ""
@@ -176,7 +178,7 @@ def main() -> None:
         results = {}
         for mode in ("memory", "sqlite", "relaxed"):
             f = results[mode] = run_mode(
-                mode, args.n, args.window, args.group, args.producers, Path(tmp)
+                mode, args.n, args.window, args.group, Path(tmp), args.producers
             )
             line = (
                 f"{mode:8} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
