@@ -202,3 +202,21 @@ def test_the_handler_context_keeps_every_field() -> None:
     unit = Transaction(None)
     ctx = Context(**values)  # type: ignore[arg-type]
     assert _with_tx(ctx, unit) == dataclasses.replace(ctx, tx=unit)
+
+
+async def test_a_store_with_damaged_pages_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    await asyncio.gather(*(store.put_outbox(row(i)).wait() for i in range(300)))
+    await store.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as f:
+        f.seek(4096 * 2)
+        f.write(b"\xa5" * 4096 * 2)
+    damaged = path.read_bytes()
+    with pytest.raises(StoreError, match=r"(?s)is corrupt .*will not write to it"):
+        SqliteStore(path).claim("table", None)
+    assert path.read_bytes() == damaged, "nothing was overwritten"
