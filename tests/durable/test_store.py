@@ -220,3 +220,29 @@ async def test_a_store_with_damaged_pages_is_refused_at_open(tmp_path: Path) -> 
     with pytest.raises(StoreError, match=r"(?s)is corrupt .*will not write to it"):
         SqliteStore(path).claim("table", None)
     assert path.read_bytes() == damaged, "nothing was overwritten"
+
+
+async def test_a_disk_that_does_not_answer_fails_the_wait(tmp_path: Path) -> None:
+    import time
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    writer = store.writer
+    writer._commit_timeout = 0.2
+    commit = writer._commit
+
+    def hanging_disk(conn: sqlite3.Connection, batch: object) -> None:
+        time.sleep(0.6)
+        commit(conn, batch)  # type: ignore[arg-type]
+
+    writer._commit = hanging_disk  # type: ignore[method-assign]
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="no commit within"):
+        await store.put_outbox(row(1)).wait()
+    assert time.monotonic() - started < 0.5
+    await store.aclose()  # the late commit still lands; closing waits for it
+    reopened = SqliteStore(tmp_path / "s.db")
+    reopened.claim("table", None)
+    assert len(reopened.pending_outbox()) == 1
+    await reopened.aclose()

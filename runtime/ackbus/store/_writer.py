@@ -48,9 +48,10 @@ class Batch:
     thread, before or after the commit was reported.
     """
 
-    __slots__ = ("_callbacks", "_future", "done", "durable", "error", "ops")
+    __slots__ = ("_callbacks", "_future", "_watchdog", "done", "durable", "error", "ops")
 
     def __init__(self) -> None:
+        self._watchdog: asyncio.TimerHandle | None = None
         self.ops: list[Op] = []
         self.durable = False
         self.done = False
@@ -77,6 +78,10 @@ class Batch:
             self._callbacks.append(fn)
 
     def _finish(self, error: BaseException | None) -> None:
+        if self.done:  # the watchdog gave up on it earlier; its waiters were told then
+            return
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self.done = True
         self.error = error
         if self._future is not None and not self._future.done():
@@ -92,8 +97,17 @@ class GroupWriter:
     """The writer thread. ``full`` says the connection runs ``synchronous=FULL`` (lazy
     batches then relax to NORMAL for their own commit)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, full: bool, name: str = "ackbus-store") -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        full: bool,
+        name: str = "ackbus-store",
+        commit_timeout: float = 30.0,
+    ) -> None:
         self._conn = conn
+        self._commit_timeout = commit_timeout
+        self._dead = False
         self._full = full
         self._name = name
         self._cond = threading.Condition()
@@ -121,8 +135,12 @@ class GroupWriter:
         with self._cond:
             batch = self._open
             if batch is None:
-                if self._stopping:
-                    raise StoreError("the durable store is closed")
+                if self._stopping or self._dead:
+                    raise StoreError(
+                        "the durable store is closed"
+                        if self._stopping
+                        else "the durable store's writer thread died (see the log)"
+                    )
                 batch = self._open = Batch()
                 # Hand the batch over at the end of this loop iteration, not now: what
                 # the iteration's other callbacks and tasks add joins it (fewer, fuller
@@ -130,10 +148,20 @@ class GroupWriter:
                 loop = self._loop
                 assert loop is not None, "start() the writer first"
                 loop.call_soon(self._release)
+                # Nothing waits forever: a disk that does not answer fails the batch.
+                batch._watchdog = loop.call_later(self._commit_timeout, self._expire, batch)
             batch.ops.append(op)
             if durable:
                 batch.durable = True
         return batch
+
+    def _expire(self, batch: Batch) -> None:
+        batch._finish(
+            StoreError(
+                f"{self._name}: no commit within {self._commit_timeout:.0f} s; the disk is "
+                "not answering (the batch may still commit later)"
+            )
+        )
 
     def _release(self) -> None:
         with self._cond:
@@ -168,7 +196,17 @@ class GroupWriter:
                 if batch is None:
                     return
                 self._commit(conn, batch)
+        except BaseException:  # pragma: no cover - _commit catches what sqlite raises
+            log.exception("%s: writer thread died", self._name)
+            raise
         finally:
+            with self._cond:
+                self._dead = True
+                orphan, self._open = self._open, None
+            if orphan is not None and self._loop is not None:
+                gone = StoreError("the durable store's writer thread stopped")
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(orphan._finish, gone)
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: Batch) -> None:
