@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from .._eager import run_eager
 from .._types import Context, DeliveryReport, DeliveryStatus, Kind, Policy
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
 from ..errors import Cancelled, ClosedError, Reject, StoreError
@@ -207,8 +208,6 @@ class Durable:
         self, hub: _HubLink, item: MessageItem, route: Route, msg: Any, ctx: Context
     ) -> asyncio.Task[Any] | None:
         """Run the handler inside a unit of work (``ctx.tx``, and :data:`CURRENT` for sends)."""
-        from .._eager import run_eager
-
         ep = self._endpoint()
         loop = ep._loop
         assert loop is not None
