@@ -169,6 +169,7 @@ class Cluster:
         self.hub_proc: subprocess.Popen[str] | None = None
         self.workers: list[tuple[Any, Connection]] = []
         self.pids: dict[str, int] = {}
+        self.receiver: Any = None
         try:
             if hub == "standalone":
                 self.hub_proc, address = _standalone_hub()
@@ -182,7 +183,7 @@ class Cluster:
             self._receiver_conn = mine
             if hub == "standalone":
                 mine.send(address)
-            self.address: str = _recv(mine)
+            self.address: str = _recv(mine, self.receiver)
             assert self.receiver.pid is not None
             self.pids["receiver"] = self.receiver.pid
             for _ in range(senders):
@@ -227,12 +228,13 @@ class Cluster:
         }
         for i, conn in enumerate(conns):
             conn.send({**job, "store": _numbered(store, i)})
-        for conn in conns:
-            if (ready := _recv(conn)) != "ready":
+        procs = [proc for proc, _ in self.workers[:senders]]
+        for proc, conn in zip(procs, conns, strict=True):
+            if (ready := _recv(conn, proc)) != "ready":
                 raise RuntimeError(f"sender failed to start: {ready}")
         for conn in conns:
             conn.send("go")
-        results = [_recv(conn) for conn in conns]
+        results = [_recv(conn, proc) for proc, conn in zip(procs, conns, strict=True)]
         for r in results:
             if "error" in r:
                 raise RuntimeError(f"sender failed: {r['error']}")
@@ -251,7 +253,7 @@ class Cluster:
                 conn.send(None)
             _stop(proc)
         self.workers = []
-        if getattr(self, "receiver", None) is not None:
+        if self.receiver is not None:
             with contextlib.suppress(OSError):
                 self._receiver_conn.send("stop")
             _stop(self.receiver)
@@ -280,9 +282,14 @@ def _numbered(store: str | None, i: int) -> str | None:
     return f"{head}.{i}{sep}{query}"
 
 
-def _recv(conn: Connection) -> Any:
-    if not conn.poll(_TIMEOUT):
-        raise TimeoutError(f"no answer from a benchmark worker within {_TIMEOUT} s")
+def _recv(conn: Connection, proc: Any) -> Any:
+    """The worker's next answer; an error if it died or stayed silent for too long."""
+    deadline = time.monotonic() + _TIMEOUT
+    while not conn.poll(0.1):
+        if not proc.is_alive():
+            raise RuntimeError(f"benchmark worker {proc.pid} died (exit code {proc.exitcode})")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no answer from a benchmark worker within {_TIMEOUT} s")
     return conn.recv()
 
 

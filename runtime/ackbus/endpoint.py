@@ -22,7 +22,6 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -89,6 +88,7 @@ from .wire import (
     NOT_REGISTERED,
     PROTOCOL_VERSION,
     Command,
+    IdSource,
     Limits,
     MessageItem,
     Multipart,
@@ -121,6 +121,8 @@ JSON_ENCODING = "json"
 """``Envelope.content_encoding`` of a body that is a JSON object (untyped messages)."""
 _DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
+_ENVELOPE_CACHE = 1024
+"""Distinct sender envelopes a receiver keeps parsed (one per sending instance)."""
 
 
 @dataclass(slots=True)
@@ -242,6 +244,9 @@ class Endpoint:
         env.sender.instance = self.identity.instance
         self._envelope = env.SerializeToString()
         self._identities: dict[bytes, Identity] = {}
+        self._ids = IdSource()
+        self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
+        """Parsed header-less envelopes by their bytes (see :meth:`_envelope_of`)."""
         self._window_waiters: list[asyncio.Future[None]] = []
         self._welcomed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -496,14 +501,15 @@ class Endpoint:
         if timeout is not None:
             if not timeout > 0:
                 raise ValueError(f"timeout must be > 0, got {timeout}")
-            pol = pol.with_(deadline=min(pol.deadline, timeout))
-        if priority is not None:
+            if timeout < pol.deadline:  # else the copy would equal pol
+                pol = pol.with_(deadline=timeout)
+        if priority is not None and priority != pol.priority:
             pol = pol.with_(priority=priority)
         destination = to or msg_type
         if self._tracker.in_flight(destination) >= self._window:
             await self._wait_window(destination, loop.time() + pol.deadline)
         now = loop.time()
-        mid = os.urandom(16)
+        mid = self._ids.next()
         now_ns = int((now + self._wall_offset) * 1e9)
         if headers or json_body:
             envelope = self._envelope_with(headers or {}, json_body)
@@ -796,9 +802,9 @@ class Endpoint:
                 self._reack(outbox, item)
             return  # RUNNING: the ack follows when the first run ends
         try:
-            env = item.envelope()
-            msg = self._decode(route, item, env.content_encoding == JSON_ENCODING)
-            ctx = self._context(item, env, now)
+            sender, json_body, env = self._envelope_of(item)
+            msg = self._decode(route, item, json_body)
+            ctx = self._context(item, sender, env, now)
         except Exception as exc:
             error = RemoteError(
                 "RemoteProtocolError", f"undecodable {item.type} message: {exc}", permanent=True
@@ -813,9 +819,7 @@ class Endpoint:
             task = self._durable.run(hub, item, route, msg, ctx)
         else:
             task = run_eager(
-                route.fn(msg, ctx),
-                lambda result, exc: self._handled(hub, item, route, result, exc),
-                loop,
+                route.fn(msg, ctx), functools.partial(self._handled, hub, item, route), loop
             )
         if task is not None:
             self._tasks.add(task)
@@ -842,17 +846,44 @@ class Endpoint:
         typed.ParseFromString(item.body)
         return json_format.MessageToDict(typed, preserving_proto_field_name=True)
 
-    def _context(self, item: MessageItem, env: envelope_pb2.Envelope, now: float) -> Context:
+    def _envelope_of(
+        self, item: MessageItem
+    ) -> tuple[Identity, bool, envelope_pb2.Envelope | None]:
+        """The sender, whether the body is JSON, and the parsed envelope if it has
+        headers or a correlation id (else None).
+
+        A sender puts the same envelope bytes on every message without headers, so
+        those are parsed once and kept by their bytes: a dict lookup instead of a
+        protobuf parse and an Identity per message (the profile's largest item on the
+        receiver). Envelopes with headers or a correlation id vary per message and
+        are parsed each time."""
+        raw = item.envelope_bytes
+        known = self._envelopes.get(raw)
+        if known is not None:
+            return known[0], known[1], None
+        env = item.envelope()
+        sender = Identity(env.sender.service, env.sender.instance)
+        json_body = env.content_encoding == JSON_ENCODING
+        if env.headers or env.correlation_id:
+            return sender, json_body, env
+        if len(self._envelopes) >= _ENVELOPE_CACHE:
+            self._envelopes.clear()
+        self._envelopes[raw] = (sender, json_body)
+        return sender, json_body, None
+
+    def _context(
+        self, item: MessageItem, sender: Identity, env: envelope_pb2.Envelope | None, now: float
+    ) -> Context:
         return Context(
             message_id=item.id,
             message_type=item.type,
-            sender=Identity(env.sender.service, env.sender.instance),
+            sender=sender,
             attempt=item.attempt,
             created_at=item.created_at_ns / 1e9,
             sent_at=item.sent_at_ns / 1e9,
             received_at=now + self._wall_offset,
-            headers=dict(env.headers),
-            correlation_id=env.correlation_id,
+            headers=dict(env.headers) if env is not None else {},
+            correlation_id=env.correlation_id if env is not None else b"",
             priority=item.priority,
         )
 

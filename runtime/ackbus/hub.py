@@ -275,9 +275,12 @@ class Hub:
             if origin not in self._identities:
                 continue  # the sender is gone; it will retry through another connection
             out = self._out(origin)
-            for mid in group.ok_ids:
-                routing.on_ack(peer, mid)
-                out.ack(mid, receiver)
+            ok_ids = group.ok_ids
+            if ok_ids:
+                on_ack = routing.on_ack
+                for mid in ok_ids:
+                    on_ack(peer, mid)
+                out.acks(ok_ids, receiver)  # one call per group, not one per id
             for raw in group.full:
                 out.full_ack(raw, receiver)
             self.stats.acks_forwarded += len(group.ok_ids) + len(group.full)

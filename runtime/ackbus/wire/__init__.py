@@ -76,6 +76,7 @@ from ._control import (
     refusal_for,
     split_acks,
 )
+from ._ids import IdSource
 from ._outbox import Multipart, Outbox
 
 __all__ = [
@@ -109,6 +110,7 @@ __all__ = [
     "WELCOME_FRAME",
     "AckGroup",
     "Command",
+    "IdSource",
     "Limits",
     "MessageItem",
     "Multipart",
