@@ -31,7 +31,7 @@ from typing import Any
 
 import zmq
 
-from . import baseline
+from . import baseline, transport
 from .cluster import Cluster
 
 RESULTS = Path(__file__).parent / "results"
@@ -151,6 +151,14 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             row(a_pipe).runs.append(baseline.acked_pipelined(p.pipelined))
             row(a_seq).runs.append(baseline.acked_sequential(p.sequential))
             row("(b) one-way").runs.append(baseline.oneway(p.oneway))
+            # The floor under any hub: a bare router process on ackbus's transport and
+            # wire that only forwards (bench/transport.py), same hops as through a hub.
+            row("bare router, sequential", base=a_seq).runs.append(
+                transport.sequential(p.sequential, forwarded=True)
+            )
+            row("bare router, pipelined", base=a_pipe).runs.append(
+                transport.pipelined(p.pipelined, forwarded=True)
+            )
             for name, cluster in (("standalone", standalone), ("embedded", embedded)):
                 row(f"ackbus sequential, {name} hub", base=a_seq).runs.append(
                     cluster.run("sequential", p.sequential)

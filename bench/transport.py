@@ -123,6 +123,7 @@ async def _sequential(address: str, n: int) -> dict[str, float]:
     return {
         "p50_us": samples[len(samples) // 2] / 1000,
         "p99_us": samples[int(len(samples) * 0.99)] / 1000,
+        "msgs_per_s": 1e9 / statistics.mean(samples),
         "n": n,
     }
 

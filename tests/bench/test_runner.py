@@ -35,6 +35,8 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         "(a) acked, pipelined",
         "(a) acked, sequential",
         "(b) one-way",
+        "bare router, sequential",
+        "bare router, pipelined",
         "ackbus sequential, standalone hub",
         "ackbus pipelined, standalone hub",
         "ackbus sequential, embedded hub",
