@@ -182,9 +182,9 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
                 row(f"ackbus pipelined, {label}", base=a_size).runs.append(
                     standalone.run("pipelined", n, window=window, size=size)
                 )
-            mem = row("ackbus pipelined, memory store", base=a_pipe)
+            mem = row("ackbus pipelined in groups, memory store", base=a_pipe)
             mem.runs.append(store_fn("memory", p.store, store_dir))
-            row("ackbus pipelined, SQLite store", base=a_pipe, vs=mem.name).runs.append(
+            row("ackbus pipelined in groups, SQLite store", base=a_pipe, vs=mem.name).runs.append(
                 store_fn("sqlite", p.store, store_dir)
             )
         log(f"memory run: {p.memory[1]:,} messages (load {_load()})")

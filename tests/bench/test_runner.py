@@ -42,8 +42,8 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         "ackbus sequential, embedded hub",
         "ackbus pipelined, embedded hub",
         "ackbus pipelined, 2 senders",
-        "ackbus pipelined, memory store",
-        "ackbus pipelined, SQLite store",
+        "ackbus pipelined in groups, memory store",
+        "ackbus pipelined in groups, SQLite store",
     }
     assert expected <= set(rows)
     for name, fig in rows.items():
@@ -52,8 +52,8 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         if name.startswith("ackbus"):
             assert fig["ratio_msgs_per_s"] > 0, name
     assert rows["ackbus sequential, standalone hub"]["p99_us"] > 0
-    assert rows["ackbus pipelined, SQLite store"]["compared_with"] == (
-        "ackbus pipelined, memory store"
+    assert rows["ackbus pipelined in groups, SQLite store"]["compared_with"] == (
+        "ackbus pipelined in groups, memory store"
     )
     for proc_name in ("sender", "hub", "receiver"):
         assert result["memory"][proc_name]["fds"][1] > 0
