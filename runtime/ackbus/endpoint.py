@@ -569,7 +569,12 @@ class Endpoint:
         )
         if admit is Admit.SEND:
             self._transmit(mid, frame)
-        self._arm_timer()
+        # The only timer submit added is this message's: its first ack timeout, or its
+        # deadline while it waits for window room (tracker.submit). Every other change
+        # already armed the timer; asking the tracker, liveness and deduper for their
+        # next deadline here was 10 % of a pipelined sender's profile samples.
+        if self._timer is not None:
+            self._timer.at(now + min(pol.ack_timeout, pol.deadline))
 
     async def _wait_window(self, destination: str, deadline: float) -> None:
         loop = self._loop
