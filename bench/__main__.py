@@ -68,8 +68,8 @@ QUICK = Profile(
     store=4_000,
     memory=(10_000, 100_000),
     note="quick profile: smaller counts; memory is sampled at 10,000 and 100,000 messages "
-    "(while the receiver's deduper still fills towards its 100,000 ids); "
-    "--full samples at 100,000 and 1,000,000",
+    "of one run, on the cluster that carried the rows above; --full samples at 100,000 "
+    "and 1,000,000",
 )
 TINY = Profile(
     name="tiny",
