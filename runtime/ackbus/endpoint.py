@@ -48,6 +48,7 @@ from ._types import (
     Registry,
     Untyped,
 )
+from ._untyped import encode_untyped
 from .core import (
     Admit,
     Completion,
@@ -74,7 +75,6 @@ from .errors import (
     Rejected,
     RemoteProtocolError,
     RetryLater,
-    SchemaError,
     SendWindowTimeout,
 )
 from .store import Store
@@ -607,20 +607,7 @@ class Endpoint:
         return env.SerializeToString()
 
     def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
-        """Type name, body, whether the body is JSON, and policy of an untyped message."""
-        spec = self.registry.get(msg.type_name)
-        if spec is None:
-            try:
-                body = json.dumps(dict(msg.payload), separators=(",", ":")).encode()
-            except (TypeError, ValueError) as exc:
-                raise SchemaError(f"{msg.type_name} payload is not JSON-able: {exc}") from None
-            return msg.type_name, body, True, policy or self.policy
-        typed = spec.cls()
-        try:
-            json_format.ParseDict(dict(msg.payload), typed)
-        except json_format.ParseError as exc:
-            raise SchemaError(f"payload does not fit {spec.full_name}: {exc}") from None
-        return spec.full_name, typed.SerializeToString(), False, policy or spec.policy
+        return encode_untyped(self.registry, msg, policy, self.policy)
 
     def _transmit(self, mid: bytes, frame: bytes) -> None:
         hub = self._pick_link()

@@ -8,7 +8,6 @@ import pytest
 import zmq
 import zmq.asyncio
 from ackbus.hub import Hub
-from proc_harness import Procs
 
 
 @pytest.fixture
@@ -37,13 +36,3 @@ def plain_zmq() -> Iterator[Callable[[int], zmq.asyncio.Socket]]:
         for sock in made:
             sock.close(0)
         ctx.term()
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        for proc in p.running:
-            p.kill(proc)

@@ -18,7 +18,6 @@ survive a hub restart mid-send (otherwise the retry after the restart is acked).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import time
@@ -28,11 +27,11 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import zmq
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .. import envelope_pb2, wire_pb2
 from .._types import DeliveryReport, DeliveryStatus, Identity, Policy, Registry, Untyped
+from .._untyped import encode_untyped
 from ..endpoint import JSON_ENCODING
 from ..errors import (
     AckTimeout,
@@ -42,7 +41,6 @@ from ..errors import (
     NoRoute,
     Rejected,
     RemoteProtocolError,
-    SchemaError,
 )
 from ..wire import (
     FLAG_REQUEST,
@@ -217,19 +215,7 @@ class ReliableSocket:
             spec = self.registry.for_class(type(msg))
             pol = policy or (spec.policy if spec is not None else self.policy)
             return msg.DESCRIPTOR.full_name, msg.SerializeToString(), False, pol
-        spec = self.registry.get(msg.type_name)
-        if spec is None:
-            try:
-                body = json.dumps(dict(msg.payload), separators=(",", ":")).encode()
-            except (TypeError, ValueError) as exc:
-                raise SchemaError(f"{msg.type_name} payload is not JSON-able: {exc}") from None
-            return msg.type_name, body, True, policy or self.policy
-        typed = spec.cls()
-        try:
-            json_format.ParseDict(dict(msg.payload), typed)
-        except json_format.ParseError as exc:
-            raise SchemaError(f"payload does not fit {spec.full_name}: {exc}") from None
-        return spec.full_name, typed.SerializeToString(), False, policy or spec.policy
+        return encode_untyped(self.registry, msg, policy, self.policy)
 
     def _deliver(
         self,
