@@ -175,9 +175,15 @@ class Registry:
         return len(self._by_cls)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
-    """What a handler knows of the message it runs for."""
+    """What a handler knows of the message it runs for.
+
+    Read-only by convention: the runtime never reads a context back, so changing one
+    changes nothing but the handler's own view. (Not a frozen dataclass: a frozen
+    ``__init__`` sets each field through ``object.__setattr__``, 1.1 µs per message
+    against 0.2 µs; see docs/performance.md.)
+    """
 
     message_id: bytes
     message_type: str

@@ -230,6 +230,9 @@ class Endpoint:
         self._dispatch = Dispatcher()
         self._pending: dict[bytes, _Out] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._receiving = False
+        """True while a received batch is being handled: it arms the timer once at the
+        end, so handlers finishing within it need not (one arm per batch, not per message)."""
         self._links: list[_HubLink] = []
         self._next_link = 0
         self._backend = backend or ZmqBackend()
@@ -672,15 +675,19 @@ class Endpoint:
             return
         now = loop.time()
         self._liveness.seen(hub.index, now)
-        for frames in multiparts:
-            try:
-                self._handle(hub, frames, now)
-            except RemoteProtocolError as exc:
-                self.stats.refused[exc.code] += 1
-                log.warning(
-                    "%s: refused input from hub %s: %s", self.identity, hub.link.address, exc
-                )
-                hub.link.outbox.control(refusal_for(exc))
+        self._receiving = True
+        try:
+            for frames in multiparts:
+                try:
+                    self._handle(hub, frames, now)
+                except RemoteProtocolError as exc:
+                    self.stats.refused[exc.code] += 1
+                    log.warning(
+                        "%s: refused input from hub %s: %s", self.identity, hub.link.address, exc
+                    )
+                    hub.link.outbox.control(refusal_for(exc))
+        finally:
+            self._receiving = False
         self._arm_timer()
 
     def _handle(self, hub: _HubLink, frames: Multipart, now: float) -> None:
@@ -915,7 +922,8 @@ class Endpoint:
                     ),
                     item.peer,
                 )
-            self._arm_timer()
+            if not self._receiving:
+                self._arm_timer()
             return
         if isinstance(exc, asyncio.CancelledError):
             self._deduper.abandon(mid)
@@ -933,7 +941,8 @@ class Endpoint:
             log.error("%s raised on %s %s", route.origin, item.type, mid.hex(), exc_info=exc)
         self._deduper.finish(mid, Outcome.REJECTED, now, error=error)
         outbox.full_ack(_ack(mid, self.identity, Outcome.REJECTED, error=error), item.peer)
-        self._arm_timer()
+        if not self._receiving:
+            self._arm_timer()
 
     def _reack(self, outbox: Any, item: MessageItem) -> None:
         record = self._deduper.record(item.id)

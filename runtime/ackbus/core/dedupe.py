@@ -45,9 +45,13 @@ class Verdict(enum.Enum):
 _FINAL = frozenset({Outcome.OK, Outcome.EXPIRED, Outcome.REJECTED})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DedupeRecord:
-    """The remembered outcome of one handled message (what :meth:`export` yields)."""
+    """The remembered outcome of one handled message (what :meth:`export` yields).
+
+    Read-only by convention (not frozen: one is built per handled message, and a
+    frozen ``__init__`` costs several times as much; docs/performance.md).
+    """
 
     msg_id: bytes
     outcome: Outcome
@@ -99,7 +103,9 @@ class InboundDeduper:
         ):
             self._done.pop(msg_id, None)
             return
-        record = DedupeRecord(msg_id, Outcome(outcome), now, response, error)
+        record = DedupeRecord(
+            msg_id, outcome if type(outcome) is Outcome else Outcome(outcome), now, response, error
+        )
         self._store(record)
         if len(self._running) + len(self._done) > self.capacity:
             self._evict_oldest(now)

@@ -104,9 +104,14 @@ class Transmit:
     destination: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Completion:
-    """How one message settled. Truthy only when acked."""
+    """How one message settled. Truthy only when acked.
+
+    A value the tracker hands out once and never reads back; treat it as read-only.
+    (Not frozen: one is built per message, and a frozen dataclass's ``__init__`` costs
+    five times as much; docs/performance.md.)
+    """
 
     msg_id: bytes
     msg_type: str
