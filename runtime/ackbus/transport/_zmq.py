@@ -92,6 +92,10 @@ class _Reader(FlowBase):
     def _init_reader(self) -> None:
         self._drain_handle: asyncio.Handle | None = None
         self._wrote = True
+        self._checks = 0
+        """How often EVENTS was read by :meth:`_check_events`: lets a drain skip a
+        second read when its flush already read it after the last socket operation
+        (each read polls libzmq's mailbox: a system call)."""
         self._fd = cast(int, self._sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self._on_readable)
         # Messages may have arrived before the reader was added: look once.
@@ -109,6 +113,7 @@ class _Reader(FlowBase):
         """Read ZMQ_EVENTS and act on it later in this loop iteration. Reading EVENTS
         (like any send or recv) consumes the FD's edge, so whatever it reports must be
         acted on here or it is lost until the next unrelated wake-up."""
+        self._checks += 1
         try:
             events = cast(int, self._sock.getsockopt(_EVENTS))
         except zmq.ZMQError:  # closed
@@ -151,7 +156,10 @@ class _Reader(FlowBase):
                 # with (a hub forwarding, an immediate ack). Saves a loop iteration
                 # per hop on a round trip.
                 if self._flush_handle is not None:
+                    checks = self._checks
                     self.flush()
+                    if self._checks != checks:
+                        return  # the flush read EVENTS after its last send: nothing since
         # Edge-triggered: the FD will not fire again for what is still queued.
         if not self._closed:
             self._check_events()
