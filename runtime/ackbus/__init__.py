@@ -20,6 +20,7 @@ from ._version import __version__
 from .errors import (
     AckbusError,
     AckTimeout,
+    AddressError,
     Cancelled,
     ClosedError,
     ConnectTimeout,
@@ -41,6 +42,7 @@ from .errors import (
 __all__ = [
     "AckTimeout",
     "AckbusError",
+    "AddressError",
     "AsyncBus",
     "BlockingBus",
     "Cancelled",

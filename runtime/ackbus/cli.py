@@ -150,12 +150,17 @@ def _hub(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from .errors import AddressError
     from .hub import serve
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    asyncio.run(serve(args.bind, name=args.name, heartbeat=args.heartbeat))
+    try:
+        asyncio.run(serve(args.bind, name=args.name, heartbeat=args.heartbeat))
+    except AddressError as err:  # a port in use, a typo: the user fixes it, no traceback
+        print(f"ackbus hub: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,6 +11,9 @@
     │   ├── SendWindowTimeout    the in-flight window stayed full (backpressure)
     │   └── ConnectTimeout       no hub answered in time
     ├── ClosedError              the endpoint or hub was closed (by you)
+    ├── AddressError             an address cannot be bound or connected to (in use,
+    │                            malformed, unknown transport, missing ipc directory);
+    │                            also an OSError with the errno; says what to do
     ├── Reject                   raised BY A HANDLER: refuse this message (permanent or not)
     ├── RetryLater               raised BY A HANDLER: ask the sender to retry after a pause
     ├── ProtocolError            bytes on the wire break the protocol
@@ -29,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "AckTimeout",
     "AckbusError",
+    "AddressError",
     "Cancelled",
     "ClosedError",
     "ConnectTimeout",
@@ -116,6 +120,38 @@ class ConnectTimeout(WaitTimeout):
 
 class ClosedError(AckbusError):
     """The endpoint or hub was closed by its owner; it cannot be used any more."""
+
+
+class AddressError(AckbusError, OSError):
+    """An address cannot be bound or connected to: another process listens on it, it is
+    malformed, its transport is unknown, an ipc path's directory does not exist, or the
+    host has no such interface. Raised by ``Hub(bind=...)`` and listeners when they
+    bind, by endpoints and links when they connect (an address that merely does not
+    answer yet is not an error: the link keeps retrying, see :class:`ConnectTimeout`).
+
+    ``address`` is the address as given, ``op`` ``"bind"`` or ``"connect"``,
+    ``reason`` the system's words for ``errno``, ``hint`` what to do about it. It is
+    an ``OSError`` too, so ``except OSError`` around a bind keeps working.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        reason: str,
+        *,
+        op: str = "bind",
+        hint: str = "",
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(errno, reason)
+        self.address = address
+        self.op = op
+        self.reason = reason
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"cannot {self.op} {self.address}: {self.reason}"
+        return f"{text}; {self.hint}" if self.hint else text
 
 
 class Reject(AckbusError):

@@ -118,6 +118,8 @@ class Hub:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> Hub:
+        """Bind and start routing. :class:`~ackbus.errors.AddressError` if an address
+        cannot be bound (in use, malformed); then nothing stays bound or open."""
         if self._listener is not None:
             return self
         self._loop = asyncio.get_running_loop()
@@ -345,7 +347,8 @@ def _hub_ack(
 
 
 async def serve(bind: Sequence[str], *, name: str = "hub", heartbeat: float = 1.0) -> None:
-    """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready."""
+    """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
+    Raises :class:`~ackbus.errors.AddressError` before that line if it cannot bind."""
     import signal
 
     loop = asyncio.get_running_loop()

@@ -1,14 +1,18 @@
-"""The ``ackbus hub`` command runs a hub that endpoints can use, and stops on SIGTERM."""
+"""The ``ackbus hub`` command runs a hub that endpoints can use, and stops on SIGTERM;
+an address it cannot bind is one line on stderr and exit code 1, not a traceback."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 
+import zmq
 from ackbus import Context
 from ackbus.endpoint import Endpoint
 from ackbus.wire_pb2 import Bye
-from proc_harness import Procs, free_port
+from proc_harness import ROOT, Procs, free_port
 
 
 async def test_ackbus_hub_command_routes_and_stops_on_sigterm(procs: Procs) -> None:
@@ -34,3 +38,42 @@ async def test_ackbus_hub_command_routes_and_stops_on_sigterm(procs: Procs) -> N
     assert got == ["via the cli hub"]
     hub.send_signal(signal.SIGTERM)
     assert hub.wait(5) == 0, sys.executable
+
+
+def run_hub(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+    return subprocess.run(
+        [sys.executable, "-m", "ackbus.hub", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
+def test_hub_on_a_port_in_use_prints_one_line_and_exits_1() -> None:
+    ctx = zmq.Context()
+    other = ctx.socket(zmq.ROUTER)  # another process's hub, as far as the bind can tell
+    try:
+        port = other.bind_to_random_port("tcp://127.0.0.1")
+        busy = f"tcp://127.0.0.1:{port}"
+        done = run_hub("--bind", "tcp://127.0.0.1:0", "--bind", busy)
+    finally:
+        other.close(0)
+        ctx.term()
+    assert done.returncode == 1
+    assert done.stdout == ""  # never said "listening"
+    assert done.stderr.splitlines() == [
+        f"ackbus hub: error: cannot bind {busy}: address already in use; another process "
+        f"(or another socket in this one) is listening on {busy}: stop it, or bind another "
+        "port (tcp://127.0.0.1:0 picks a free one)"
+    ]
+
+
+def test_hub_with_a_malformed_address_prints_one_line_and_exits_1() -> None:
+    done = run_hub("--bind", "tcp://127.0.0.1")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "ackbus hub: error: cannot bind tcp://127.0.0.1: invalid argument; "
+        "the port is missing: use tcp://HOST:PORT"
+    ]

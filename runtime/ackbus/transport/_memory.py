@@ -7,22 +7,30 @@ listener binds or goes away, automatic reconnection to an address that is bound 
 a bounded queue per direction (``sndhwm + rcvhwm`` multiparts) that makes a sender see
 backpressure, and an unknown peer reported as unroutable.
 
-Addresses look like ``inmem://name``; ``inmem://*`` picks a fresh name.
+Addresses look like ``inmem://name``; ``inmem://*`` picks a fresh name. A name bound
+twice, or another scheme, is an :class:`~ackbus.errors.AddressError`, as with ZeroMQ.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 from collections import deque
 
 from ..wire import Multipart
+from ._address import Op, address_error
 from ._base import OnConnection, OnReceive, OnUnroutable, TransportOptions
 from ._flow import FlowBase, LinkBase, ListenerBase
 
 __all__ = ["MemoryBackend", "MemoryLink", "MemoryListener"]
 
 SCHEME = "inmem://"
+
+
+def _check_scheme(address: str, op: Op) -> None:
+    if not address.startswith(SCHEME):
+        raise address_error(address, op, errno.EPROTONOSUPPORT, forms=f"{SCHEME}NAME")
 
 
 class _Inbox(FlowBase):
@@ -133,14 +141,13 @@ class MemoryListener(_Inbox, ListenerBase):
         self._peers: dict[bytes, MemoryLink] = {}
         self._queued: dict[bytes, int] = {}
         self._init_inbox()
-        bound = []
-        for address in addresses:
-            if not address.startswith(SCHEME):
-                raise ValueError(f"in-memory addresses start with {SCHEME}: {address!r}")
+        bound: list[str] = []
+        for address in addresses:  # all checked before any is taken: nothing to undo
+            _check_scheme(address, "bind")
             if address == SCHEME + "*":
                 address = f"{SCHEME}auto-{next(backend._ids)}"
-            if address in backend._listeners:
-                raise OSError(f"address in use: {address}")
+            if address in backend._listeners or address in bound:
+                raise address_error(address, "bind", errno.EADDRINUSE)
             bound.append(address)
         self._addresses = tuple(bound)
         for address in bound:
@@ -211,8 +218,7 @@ class MemoryBackend:
         on_connection: OnConnection | None = None,
         options: TransportOptions = TransportOptions(),  # noqa: B008 (frozen)
     ) -> MemoryLink:
-        if not address.startswith(SCHEME):
-            raise ValueError(f"in-memory addresses start with {SCHEME}: {address!r}")
+        _check_scheme(address, "connect")
         return MemoryLink(self, address, on_receive, on_connection, options)
 
     def bind(

@@ -12,7 +12,9 @@ next loop iteration, never recursively); a message is never left sitting unnotic
 
 zmq errors are translated here, at the boundary: a full socket is ``False`` from
 ``_write``, an unknown ROUTER peer is ``None`` (ROUTER_MANDATORY makes it an error
-rather than a silent drop), a closed socket stops the reader.
+rather than a silent drop), a closed socket stops the reader, and a failed bind or
+connect is an :class:`~ackbus.errors.AddressError` naming the address and what to do
+(after every socket the constructor made is closed again).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..wire import Multipart
+from ._address import Op, address_error, check
 from ._base import OnConnection, OnReceive, OnUnroutable, TransportOptions
 from ._flow import FlowBase, LinkBase, ListenerBase, log
 
@@ -82,6 +85,46 @@ def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
     if options.zmtp_heartbeat_ms > 0:
         sock.setsockopt(zmq.HEARTBEAT_IVL, options.zmtp_heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * options.zmtp_heartbeat_ms)
+
+
+def _bind_or_connect(sock: zmq.Socket[Any], op: Op, address: str) -> None:
+    """``sock.bind`` or ``sock.connect``, a failure translated to an AddressError."""
+    try:
+        if op == "bind":
+            sock.bind(address)
+        else:
+            sock.connect(address)
+    except zmq.ZMQError as exc:
+        code = exc.errno or errno.EINVAL  # always set by pyzmq; typed optional
+        # zmq.strerror, not exc.strerror: pyzmq appends the address, which we place.
+        raise address_error(address, op, code, reason=zmq.strerror(code)) from exc
+
+
+_UNBIND_WAIT_MS = 1000
+
+
+def _unbind_now(sock: zmq.Socket[Any], bound: list[str]) -> None:
+    """Give back the addresses a failed bind took before it returns.
+
+    libzmq closes a listening descriptor in its I/O thread, a moment after ``unbind``
+    or ``close``: a caller binding again at once (the same ports, another one for the
+    address that failed) would find its own ports still in use. So wait, on the
+    socket's monitor, until each TCP and IPC listener reported it closed (usually
+    well under a millisecond; at most ``_UNBIND_WAIT_MS``). Only on this failure path.
+    """
+    waits = sum(1 for address in bound if not address.startswith("inproc://"))
+    monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED) if waits else None
+    for address in bound:
+        sock.unbind(address)
+    if monitor is None:
+        return
+    try:
+        while waits and monitor.poll(_UNBIND_WAIT_MS):
+            recv_monitor_message(monitor)
+            waits -= 1
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
 
 
 class _Reader(FlowBase):
@@ -193,6 +236,7 @@ class ZmqLink(_Reader, LinkBase):
         options: TransportOptions,
     ) -> None:
         LinkBase.__init__(self, address, on_receive, on_connection, options)
+        check(address, "connect")
         sock: zmq.Socket[Any] = context.socket(zmq.DEALER)
         self._sock = sock
         self._monitor: zmq.Socket[Any] | None = None
@@ -212,7 +256,7 @@ class ZmqLink(_Reader, LinkBase):
                 sock.setsockopt(zmq.CURVE_SERVERKEY, options.curve_server_key)
             self._monitor = sock.get_monitor_socket(_MONITORED)
             self._mon_fd = cast(int, self._monitor.getsockopt(zmq.FD))
-            sock.connect(address)
+            _bind_or_connect(sock, "connect", address)
         except BaseException:
             if self._monitor is not None:
                 sock.disable_monitor()
@@ -284,6 +328,8 @@ class ZmqListener(_Reader, ListenerBase):
         options: TransportOptions,
     ) -> None:
         ListenerBase.__init__(self, on_receive, on_unroutable, options)
+        for address in addresses:
+            check(address, "bind")
         sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
         self._sock = sock
         bound = []
@@ -296,9 +342,10 @@ class ZmqListener(_Reader, ListenerBase):
                 sock.setsockopt(zmq.CURVE_SERVER, 1)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, options.curve.secret)
             for address in addresses:
-                sock.bind(address)
+                _bind_or_connect(sock, "bind", address)
                 bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except BaseException:
+            _unbind_now(sock, bound)
             sock.close(0)
             self._closed = True
             raise

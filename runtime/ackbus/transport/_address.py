@@ -1,0 +1,107 @@
+"""Why an address cannot be bound or connected to, and what to do about it.
+
+libzmq reports a failed bind or connect as a bare errno ("Address already in use",
+"Invalid argument"): it names neither the address nor what to change, and a service
+with three addresses in its configuration cannot tell which one is wrong. Both
+backends turn such a failure into one :class:`~ackbus.errors.AddressError` made here,
+from the address, the operation and the errno: the reason in the system's words, and
+a hint for that reason and that transport.
+
+One mistake libzmq does not report at all: a TCP port above 65535 is taken modulo
+65536, so ``tcp://127.0.0.1:70000`` binds port 4464. :func:`check` refuses it first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Literal
+
+from ..errors import AddressError
+
+__all__ = ["Op", "address_error", "check"]
+
+Op = Literal["bind", "connect"]
+
+_FORMS = "tcp://HOST:PORT, ipc:///PATH or inproc://NAME"
+"""The addresses ZeroMQ understands, as hints name them."""
+_MAX_PORT = 65535
+
+
+def check(address: str, op: Op) -> None:
+    """Raise :class:`AddressError` for what libzmq would accept but misread."""
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return
+    port = _split_tcp(rest)[1]
+    if port is not None and port.isdigit() and int(port) > _MAX_PORT:
+        raise address_error(address, op, errno.EINVAL)
+
+
+def address_error(
+    address: str, op: Op, errnum: int, *, reason: str | None = None, forms: str = _FORMS
+) -> AddressError:
+    """The error for ``op`` on ``address`` failing with ``errnum``. ``reason``
+    overrides the system's text for the errno; ``forms`` are the addresses the
+    backend understands, for the hint."""
+    text = reason if reason is not None else os.strerror(errnum)
+    text = text[:1].lower() + text[1:]
+    hint = _hint(address, op, errnum, forms)
+    return AddressError(address, text, op=op, hint=hint, errno=errnum)
+
+
+def _split_tcp(rest: str) -> tuple[str, str | None]:
+    """Host and port of what follows ``tcp://`` (``[SOURCE;]HOST:PORT``); port None
+    when there is no colon."""
+    target = rest.rpartition(";")[2]
+    host, colon, port = target.rpartition(":")
+    if not colon or port.endswith("]"):  # no port, or a bare [IPv6] address
+        return target, None
+    return host, port
+
+
+def _hint(address: str, op: Op, errnum: int, forms: str) -> str:
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        return f"an address looks like {forms}"
+    if errnum == errno.EPROTONOSUPPORT:
+        return f"unknown transport {scheme!r}: use {forms}"
+    if scheme == "tcp":
+        return _tcp_hint(address, op, errnum, rest)
+    if errnum == errno.EADDRINUSE:
+        if scheme == "inmem":
+            return "another listener of this backend has bound it: use another name, or inmem://*"
+        return "another socket has bound it: close that one, or use another name"
+    if errnum == errno.ENOENT and scheme == "ipc":
+        folder = os.path.dirname(rest) or "."
+        return f"the directory {folder} does not exist: create it, or use a path in one that does"
+    if errnum == errno.ENAMETOOLONG:
+        return "a Unix socket path holds about 100 bytes at most: use a shorter one (e.g. in /tmp)"
+    if errnum == errno.EACCES:
+        return "no permission to create the socket file there: use a directory you can write to"
+    return f"an address looks like {forms}"
+
+
+def _tcp_hint(address: str, op: Op, errnum: int, rest: str) -> str:
+    host, port = _split_tcp(rest)
+    if errnum == errno.EADDRINUSE:
+        return (
+            f"another process (or another socket in this one) is listening on {address}: "
+            f"stop it, or bind another port (tcp://{host}:0 picks a free one)"
+        )
+    if errnum in (errno.ENODEV, errno.EADDRNOTAVAIL):
+        return (
+            f"{host!r} is not an address of this machine: bind 127.0.0.1 (this machine "
+            "only), * (every interface) or one of its own addresses"
+        )
+    if errnum == errno.EACCES:
+        return "ports below 1024 need privileges: use a port above 1023"
+    if port is None or port == "":
+        return "the port is missing: use tcp://HOST:PORT"
+    if port.isdigit() and int(port) > _MAX_PORT:
+        return f"port {port} is out of range: ports are 0-{_MAX_PORT}"
+    if op == "connect" and (port in ("*", "0") or host == "*"):
+        return "a connect needs a real host and port, not * or 0: use the address the hub bound"
+    if not port.isdigit() and port != "*":
+        return f"the port {port!r} is not a number: use tcp://HOST:PORT"
+    return "use tcp://HOST:PORT (HOST an address, a name or *; PORT a number, 0 for any)"
