@@ -59,6 +59,15 @@ async def fails_later() -> None:
     raise KeyError("later")
 
 
+async def sleep_noting_cancel(log: list[object], note: str) -> None:
+    """Sleeps long; a CancelledError is noted in ``log`` and let through."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        log.append(note)
+        raise
+
+
 # -- the basic contract -----------------------------------------------------------------
 
 
@@ -92,18 +101,9 @@ async def test_errors_reach_on_done_never_the_caller(
 
 
 async def test_cancelling_the_task_cancels_the_handler() -> None:
-    log: list[str] = []
-
-    async def catches_cancel() -> str:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            log.append("saw cancel")
-            raise
-        return "unreachable"
-
+    log: list[object] = []
     outcomes = Outcomes()
-    task = start(catches_cancel(), outcomes)
+    task = start(sleep_noting_cancel(log, "saw cancel"), outcomes)
     assert task is not None
     await asyncio.sleep(0)
     task.cancel()
@@ -269,20 +269,15 @@ async def test_current_task_in_the_first_step_acts_on_the_handler_task() -> None
 
 
 async def test_cancel_requested_in_the_first_step_is_delivered_at_the_first_await() -> None:
-    log: list[str] = []
+    log: list[object] = []
 
-    async def cancels_itself() -> str:
+    async def cancels_itself() -> None:
         task = asyncio.current_task()
         assert task is not None
         task.cancel()
         assert task.cancelling() == 1
         log.append("still running")
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            log.append("cancelled at the await")
-            raise
-        return "unreachable"
+        await sleep_noting_cancel(log, "cancelled at the await")
 
     outcomes = Outcomes()
     start(cancels_itself(), outcomes)
@@ -356,15 +351,10 @@ async def test_run_from_inside_a_task_the_handler_does_not_see_that_task() -> No
     caller = asyncio.current_task()
     seen: list[object] = []
 
-    async def handler() -> str:
+    async def handler() -> None:
         seen.append(asyncio.current_task())
         async with asyncio.timeout(0.01):  # must cancel the handler, not the caller
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                seen.append("cancelled")
-                raise
-        return "unreachable"
+            await sleep_noting_cancel(seen, "cancelled")
 
     outcomes = Outcomes()
     start(handler(), outcomes)
