@@ -30,6 +30,7 @@ import enum
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from ._common import Outcome, RemoteError
 
@@ -44,14 +45,26 @@ class Verdict(enum.Enum):
 
 _FINAL = frozenset({Outcome.OK, Outcome.EXPIRED, Outcome.REJECTED})
 
+_Entry = tuple[bytes, int, float, bytes, "RemoteError | None"]
+"""A finished message as the deduper keeps it: ``(msg_id, outcome value, finished_at,
+response, error)``. A plain tuple of bytes, ints and floats (the Outcome's value, not
+the enum member) because up to ``capacity`` (100,000) of them live at once: Python's
+cyclic garbage collector stops tracking such a tuple, while it scans every object with
+slots (or a tuple subclass, or a tuple holding an enum member) at each full collection,
+which made those collections a large share of a busy receiver's time
+(docs/performance.md)."""
+_ID: Final = 0
+_AT: Final = 2
 
-@dataclass(slots=True)
+
+def _record(e: _Entry) -> DedupeRecord:
+    return DedupeRecord(e[0], Outcome(e[1]), e[2], e[3], e[4])
+
+
+@dataclass(frozen=True, slots=True)
 class DedupeRecord:
-    """The remembered outcome of one handled message (what :meth:`export` yields).
-
-    Read-only by convention (not frozen: one is built per handled message, and a
-    frozen ``__init__`` costs several times as much; docs/performance.md).
-    """
+    """The remembered outcome of one handled message (what :meth:`record` and
+    :meth:`export` return). Built on request from the deduper's compact entry."""
 
     msg_id: bytes
     outcome: Outcome
@@ -71,10 +84,10 @@ class InboundDeduper:
         self.capacity = capacity
         self.ttl = ttl
         self._running: dict[bytes, float] = {}
-        self._done: dict[bytes, DedupeRecord] = {}
+        self._done: dict[bytes, _Entry] = {}
         # Finished records in finish order; `now` never decreases, so the oldest is first.
         # A record evicted or replaced stays here until it reaches the front (skipped then).
-        self._order: deque[DedupeRecord] = deque()
+        self._order: deque[_Entry] = deque()
 
     def begin(self, msg_id: bytes, now: float) -> Verdict:
         """An envelope with ``msg_id`` arrived: may its handler run?"""
@@ -103,10 +116,7 @@ class InboundDeduper:
         ):
             self._done.pop(msg_id, None)
             return
-        record = DedupeRecord(
-            msg_id, outcome if type(outcome) is Outcome else Outcome(outcome), now, response, error
-        )
-        self._store(record)
+        self._store((msg_id, int(outcome), now, response, error))
         if len(self._running) + len(self._done) > self.capacity:
             self._evict_oldest(now)
 
@@ -116,7 +126,8 @@ class InboundDeduper:
 
     def record(self, msg_id: bytes) -> DedupeRecord | None:
         """The cached outcome of a finished message (for a DONE verdict)."""
-        return self._done.get(msg_id)
+        entry = self._done.get(msg_id)
+        return _record(entry) if entry is not None else None
 
     def tick(self, now: float) -> int:
         """Evict finished entries older than ``ttl``; returns how many."""
@@ -124,16 +135,16 @@ class InboundDeduper:
         done = self._done
         limit = now - self.ttl
         evicted = 0
-        while order and order[0].finished_at <= limit:
-            record = order.popleft()
-            if done.get(record.msg_id) is record:
-                del done[record.msg_id]
+        while order and order[0][_AT] <= limit:
+            entry = order.popleft()
+            if done.get(entry[_ID]) is entry:
+                del done[entry[_ID]]
                 evicted += 1
         return evicted
 
     def next_deadline(self) -> float | None:
         """When the oldest finished entry expires (an upper bound: it may be gone)."""
-        return self._order[0].finished_at + self.ttl if self._order else None
+        return self._order[0][_AT] + self.ttl if self._order else None
 
     def __len__(self) -> int:
         return len(self._running) + len(self._done)
@@ -144,32 +155,40 @@ class InboundDeduper:
     def export(self) -> list[DedupeRecord]:
         """Finished records, oldest first (running ones have no outcome to keep)."""
         done = self._done
-        return [r for r in self._order if done.get(r.msg_id) is r]
+        return [_record(e) for e in self._order if done.get(e[_ID]) is e]
 
     def load(self, records: Iterable[DedupeRecord], now: float) -> None:
         """Restore exported records (e.g. from a durable store), dropping expired ones."""
         for record in sorted(records, key=lambda r: r.finished_at):
             if record.finished_at > now - self.ttl:
-                self._store(record)
+                self._store(
+                    (
+                        record.msg_id,
+                        int(record.outcome),
+                        record.finished_at,
+                        record.response,
+                        record.error,
+                    )
+                )
         while len(self._running) + len(self._done) > self.capacity and self._evict_oldest(now):
             pass
 
-    def _store(self, record: DedupeRecord) -> None:
-        self._done[record.msg_id] = record
-        self._order.append(record)
+    def _store(self, entry: _Entry) -> None:
+        self._done[entry[_ID]] = entry
+        self._order.append(entry)
         # Replaced records linger in the deque until they reach the front; compact when
         # they would let it grow past twice its useful size.
         if len(self._order) > 2 * self.capacity:
             done = self._done
-            self._order = deque(r for r in self._order if done.get(r.msg_id) is r)
+            self._order = deque(e for e in self._order if done.get(e[_ID]) is e)
 
     def _evict_oldest(self, now: float) -> bool:
         """Drop the oldest finished entry (running ones are never evicted)."""
         order = self._order
         done = self._done
         while order:
-            record = order.popleft()
-            if done.get(record.msg_id) is record:
-                del done[record.msg_id]
+            entry = order.popleft()
+            if done.get(entry[_ID]) is entry:
+                del done[entry[_ID]]
                 return True
         return False

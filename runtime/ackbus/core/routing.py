@@ -32,7 +32,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from .._types import Identity
@@ -66,14 +66,15 @@ class Instance:
         return f"{self.identity.service}/{self.identity.instance}".encode()
 
 
-class _Stick:
-    __slots__ = ("at", "key", "open")
-
-    def __init__(self, key: bytes, at: float) -> None:
-        self.key = key
-        self.at = at
-        self.open = True
-
+_Stick = tuple[bytes, float, bool]
+"""Where a message went: ``(instance key, routed at, credit still held)``. A plain tuple,
+replaced rather than changed: up to ``sticky_capacity`` (100,000) live at once, and
+Python's cyclic garbage collector stops tracking a tuple of bytes, floats and bools,
+while it scans every object with slots (or a tuple subclass) at each full collection
+(docs/performance.md)."""
+_KEY: Final = 0
+_AT: Final = 1
+_OPEN: Final = 2
 
 _StickyKey = bytes | tuple[bytes, str]
 
@@ -217,15 +218,18 @@ class RoutingTable:
             if key is not None:
                 self._release(key)
             return
-        stick = self._sticky.get(msg_id)
+        sticky = self._sticky
+        skey: _StickyKey = msg_id
+        stick = sticky.get(skey)
         if stick is None:
             inst = self._instances.get(peer)
             if inst is None:
                 return
-            stick = self._sticky.get((msg_id, inst.identity.service))
-        if stick is not None and stick.open:
-            stick.open = False
-            self._release(stick.key)
+            skey = (msg_id, inst.identity.service)
+            stick = sticky.get(skey)
+        if stick is not None and stick[_OPEN]:
+            sticky[skey] = (stick[_KEY], stick[_AT], False)  # keeps its place in the order
+            self._release(stick[_KEY])
 
     def tick(self, now: float) -> None:
         """Expire sticky entries older than the TTL."""
@@ -237,15 +241,15 @@ class RoutingTable:
         sticky = self._sticky
         stick = sticky.get(sticky_key)
         if stick is not None:
-            peer = self._by_key.get(stick.key)
+            peer = self._by_key.get(stick[_KEY])
             if peer is not None and peer in peers:
-                if not stick.open:
-                    stick.open = True
-                    self._in_flight[stick.key] += 1
+                if not stick[_OPEN]:
+                    sticky[sticky_key] = (stick[_KEY], stick[_AT], True)
+                    self._in_flight[stick[_KEY]] += 1
                 return peer
             del sticky[sticky_key]
-            if stick.open:
-                self._release(stick.key)
+            if stick[_OPEN]:
+                self._release(stick[_KEY])
         in_flight = self._in_flight
         keys = self._keys
         if len(peers) == 1:
@@ -268,8 +272,8 @@ class RoutingTable:
                 best = best_free
         best_key = keys[best]
         in_flight[best_key] += 1
-        sticky[sticky_key] = _Stick(best_key, now)
-        if len(sticky) > self.sticky_capacity or next(iter(sticky.values())).at <= now - (
+        sticky[sticky_key] = (best_key, now, True)
+        if len(sticky) > self.sticky_capacity or next(iter(sticky.values()))[_AT] <= now - (
             self.sticky_ttl
         ):
             self._expire(now)
@@ -280,11 +284,11 @@ class RoutingTable:
         limit = now - self.sticky_ttl
         while sticky:
             stick = next(iter(sticky.values()))
-            if stick.at > limit and len(sticky) <= self.sticky_capacity:
+            if stick[_AT] > limit and len(sticky) <= self.sticky_capacity:
                 break
             sticky.popitem(last=False)
-            if stick.open:
-                self._release(stick.key)
+            if stick[_OPEN]:
+                self._release(stick[_KEY])
 
     def _release(self, key: bytes) -> None:
         n = self._in_flight.get(key)
