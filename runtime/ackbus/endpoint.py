@@ -326,19 +326,19 @@ class Endpoint:
         loop = self._loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - loop.time()
         self._timer = Timer(loop, self._tick)
-        if self._durable is not None:
-            await self._durable.start(self, loop)
-        for index, address in enumerate(self._hub_addresses):
-            hub = _HubLink(index)
-            hub.link = self._backend.connect(
-                address,
-                on_receive=functools.partial(self._on_receive, hub),
-                on_connection=functools.partial(self._on_connection, hub),
-                options=self._options,
-            )
-            self._links.append(hub)
-            self._say_hello(hub)
         try:
+            if self._durable is not None:
+                await self._durable.start(self, loop)
+            for index, address in enumerate(self._hub_addresses):
+                hub = _HubLink(index)
+                hub.link = self._backend.connect(
+                    address,
+                    on_receive=functools.partial(self._on_receive, hub),
+                    on_connection=functools.partial(self._on_connection, hub),
+                    options=self._options,
+                )
+                self._links.append(hub)
+                self._say_hello(hub)
             async with asyncio.timeout(self.connect_timeout):
                 await self._welcomed.wait()
         except TimeoutError:
@@ -347,6 +347,12 @@ class Endpoint:
                 f"{self.identity}: no hub of {self._hub_addresses} answered within "
                 f"{self.connect_timeout} s"
             ) from None
+        except BaseException:
+            # A bad address (AddressError), a store that cannot open, a cancel: release
+            # the links and the store opened so far; `async with` never calls __aexit__
+            # when __aenter__ raised.
+            await self.close()
+            raise
         if self._durable is not None:
             self._durable.resume()
         return self

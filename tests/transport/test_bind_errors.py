@@ -128,6 +128,17 @@ async def test_an_endpoint_with_a_malformed_hub_address_raises_at_start() -> Non
             pass
 
 
+async def test_an_endpoint_whose_second_hub_address_is_bad_releases_the_first_link() -> None:
+    memory = MemoryBackend()
+    async with Hub("inmem://hub-a", backend=memory) as hub:
+        ep = Endpoint("svc", [hub.addresses[0], "foo://x"], backend=memory, connect_timeout=T)
+        with pytest.raises(AddressError):
+            await ep.start()
+        assert ep._links == []  # the first hub's link was closed, not left behind
+        with pytest.raises(AckbusError):  # closed for good: no half-started endpoint
+            await ep.start()
+
+
 async def test_a_failed_bind_releases_what_it_bound_and_leaks_no_descriptor(
     busy: str, tmp: str
 ) -> None:
