@@ -48,7 +48,7 @@ class Batch:
     thread, before or after the commit was reported.
     """
 
-    __slots__ = ("_callbacks", "_future", "_watchdog", "done", "durable", "error", "ops")
+    __slots__ = ("_callbacks", "_waiters", "_watchdog", "done", "durable", "error", "ops")
 
     def __init__(self) -> None:
         self._watchdog: asyncio.TimerHandle | None = None
@@ -56,17 +56,18 @@ class Batch:
         self.durable = False
         self.done = False
         self.error: BaseException | None = None
-        self._future: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._callbacks: list[Callable[[BaseException | None], None]] = []
 
     async def wait(self) -> None:
         """Until the batch is on disk; raises :class:`StoreError` if it failed."""
         if not self.done:
-            fut = self._future
-            if fut is None:
-                fut = self._future = asyncio.get_running_loop().create_future()
-            # Shielded: one cancelled waiter must not cancel the batch's future for all.
-            await asyncio.shield(fut)
+            # A future per waiter, so that a cancelled waiter cancels only its own (an
+            # asyncio.shield around one shared future did the same at twice the cost:
+            # 8 % of a durable sender's profile, where hundreds wait on one batch).
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            await fut
         if self.error is not None:
             raise StoreError(f"the durable store failed to commit: {self.error}") from self.error
 
@@ -84,8 +85,10 @@ class Batch:
             self._watchdog.cancel()
         self.done = True
         self.error = error
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
         for fn in self._callbacks:
             try:
                 fn(error)
