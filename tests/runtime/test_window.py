@@ -1,0 +1,157 @@
+"""The send window: senders wait in line for room, one woken per settled message.
+
+Over the in-memory transport (the line is endpoint logic, not socket behaviour), so the
+counts below are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from ackbus import Context, DeliveryReport, Policy, SendWindowTimeout
+from ackbus.endpoint import Endpoint
+from ackbus.hub import Hub
+from ackbus.transport import MemoryBackend
+from ackbus.wire_pb2 import Bye
+
+FAST = Policy(ack_timeout=0.5, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+T = 5.0
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Callable[..., tuple[Endpoint, Endpoint]]]:
+    """``pair(handler, window=...)``: a started (table, dealer) pair through a hub."""
+    backend = MemoryBackend()
+    made: list[Endpoint] = []
+
+    async with Hub("inmem://hub", backend=backend, heartbeat=0.2):
+
+        def make(handler: Any, window: int) -> tuple[Endpoint, Endpoint]:
+            table = Endpoint("table", "inmem://hub", backend=backend, policy=FAST)
+            table.register_handler(Bye, handler)
+            dealer = Endpoint("dealer", "inmem://hub", backend=backend, policy=FAST, window=window)
+            made.extend((table, dealer))
+            return table, dealer
+
+        try:
+            yield make
+        finally:
+            for ep in made:
+                await ep.close()
+
+
+async def test_concurrent_senders_are_woken_once_each_not_once_per_ack(
+    pair: Callable[..., tuple[Endpoint, Endpoint]],
+) -> None:
+    async def quick(msg: Bye, ctx: Context) -> None:
+        return None
+
+    table, dealer = pair(quick, window=4)
+    async with asyncio.timeout(T):
+        await table.start()
+        await dealer.start()
+        loop = asyncio.get_running_loop()
+        created = 0
+        real = loop.create_future
+
+        def counting() -> asyncio.Future[Any]:
+            nonlocal created
+            created += 1
+            return real()
+
+        loop.create_future = counting  # type: ignore[method-assign]
+        try:
+            n = 200
+            reports = await asyncio.gather(
+                *(dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(n))
+            )
+            for r in reports:
+                await r.wait(T)
+        finally:
+            del loop.create_future  # back to the class's method
+    assert all(reports)
+    # One future per send that had to wait in line (and a few for the rest of the run).
+    # Waking every waiter on every ack, as before, made about n * n / 2 of them.
+    assert created < 2 * n, created
+
+
+async def test_the_line_is_first_come_first_served(
+    pair: Callable[..., tuple[Endpoint, Endpoint]],
+) -> None:
+    order: list[str] = []
+
+    async def note(msg: Bye, ctx: Context) -> None:
+        order.append(msg.reason)
+
+    table, dealer = pair(note, window=1)
+    async with asyncio.timeout(T):
+        await table.start()
+        await dealer.start()
+        reports = await asyncio.gather(
+            *(dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(30))
+        )
+        for r in reports:
+            await r.wait(T)
+    assert order == [str(i) for i in range(30)]
+
+
+async def test_a_waiter_that_timed_out_does_not_hold_up_a_later_send(
+    pair: Callable[..., tuple[Endpoint, Endpoint]],
+) -> None:
+    gate = asyncio.Event()
+
+    async def gated(msg: Bye, ctx: Context) -> None:
+        if msg.reason == "first":
+            await gate.wait()
+
+    table, dealer = pair(gated, window=1)
+    async with asyncio.timeout(T):
+        await table.start()
+        await dealer.start()
+        first = await dealer.send(Bye(reason="first"), wait_ack=False)
+        with pytest.raises(SendWindowTimeout):
+            await dealer.send(Bye(reason="second"), timeout=0.1)
+        gate.set()
+        await first.wait(T)
+        assert first
+    # The window is empty now; the timed-out waiter must not be a line to queue behind.
+    async with asyncio.timeout(1.0):
+        assert await dealer.send(Bye(reason="third"))
+
+
+async def test_a_waiter_woken_then_cancelled_passes_its_turn_on(
+    pair: Callable[..., tuple[Endpoint, Endpoint]],
+) -> None:
+    gate = asyncio.Event()
+
+    async def gated(msg: Bye, ctx: Context) -> None:
+        if msg.reason == "a":
+            await gate.wait()
+
+    table, dealer = pair(gated, window=1)
+    async with asyncio.timeout(T):
+        await table.start()
+        await dealer.start()
+        loop = asyncio.get_running_loop()
+        a = await dealer.send(Bye(reason="a"), wait_ack=False)
+        b = asyncio.create_task(dealer.send(Bye(reason="b"), wait_ack=False))
+        c = asyncio.create_task(dealer.send(Bye(reason="c")))
+        await asyncio.sleep(0.05)  # both wait in line behind a
+        assert not b.done()
+        assert not c.done()
+
+        def cancel_b(_: DeliveryReport) -> None:
+            # Runs as a settles, before b is woken: b's cancel then lands after its
+            # wake-up, so b leaves the line holding the turn a freed.
+            loop.call_soon(b.cancel)
+
+        a.add_done_callback(cancel_b)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await b
+    # Without the hand-over, c would wait for a slot no ack will ever free.
+    async with asyncio.timeout(1.5):
+        assert await c
