@@ -176,34 +176,6 @@ async def test_a_failed_transaction_reports_to_every_waiter(tmp_path: Path) -> N
         store.put_outbox(row(3))
 
 
-def test_the_handler_context_keeps_every_field() -> None:
-    """Durable mode rebuilds each Context with ``tx``: a field added to Context later
-    must not be dropped on the way."""
-    import dataclasses
-
-    from ackbus import Context, Identity
-    from ackbus.store import Transaction
-    from ackbus.store._durable import _with_tx
-
-    values = {
-        "message_id": b"i" * 16,
-        "message_type": "T",
-        "sender": Identity("s", "i"),
-        "attempt": 3,
-        "created_at": 1.0,
-        "sent_at": 2.0,
-        "received_at": 3.0,
-        "headers": {"k": "v"},
-        "correlation_id": b"c",
-        "priority": 7,
-    }
-    names = {f.name for f in dataclasses.fields(Context)}
-    assert names == {*values, "tx"}, "a new Context field: add it to _with_tx"
-    unit = Transaction(None)
-    ctx = Context(**values)  # type: ignore[arg-type]
-    assert _with_tx(ctx, unit) == dataclasses.replace(ctx, tx=unit)
-
-
 async def test_a_store_with_damaged_pages_is_refused_at_open(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = SqliteStore(path)
