@@ -92,6 +92,7 @@ from .wire import (
     Limits,
     MessageItem,
     Multipart,
+    check_name,
     decode_bye,
     decode_command,
     decode_heartbeat,
@@ -103,7 +104,7 @@ from .wire import (
     encode_bye,
     encode_heartbeat,
     encode_hello,
-    encode_message,
+    pack_item,
     reattempt,
     refusal_for,
     split_acks,
@@ -123,6 +124,8 @@ _DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
 _ENVELOPE_CACHE = 1024
 """Distinct sender envelopes a receiver keeps parsed (one per sending instance)."""
+_NAME_CACHE = 1024
+"""Distinct type names and recipients a sender keeps checked and encoded."""
 
 
 @dataclass(slots=True)
@@ -250,6 +253,8 @@ class Endpoint:
         self._ids = IdSource()
         self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_envelope_of`)."""
+        self._names: dict[str, bytes] = {"": b""}
+        """Type names and recipients already checked, as the wire carries them."""
         self._window_waiters: dict[str, deque[asyncio.Future[None]]] = {}
         """Sends waiting for window room, per destination, first come first served."""
         self._welcomed = asyncio.Event()
@@ -530,18 +535,20 @@ class Endpoint:
                 envelope = self._envelope_with(headers or {}, json_body)
             else:
                 envelope = self._envelope
-            frame = encode_message(
+            names = self._names
+            frame = pack_item(
                 mid,
-                msg_type,
+                names.get(msg_type) or self._name(msg_type, "type name"),
+                names.get(to) or self._name(to, "recipient") if to else b"",
+                envelope,
                 body,
-                envelope=envelope,
-                recipient=to or "",
-                kind=kind,
-                priority=pol.priority,
-                flags=FLAG_REQUEST if request else 0,
-                created_at_ns=now_ns,
-                sent_at_ns=now_ns,
-                deadline_ns=now_ns + int(pol.deadline * 1e9),
+                kind,
+                1,
+                pol.priority,
+                FLAG_REQUEST if request else 0,
+                now_ns,
+                now_ns,
+                now_ns + int(pol.deadline * 1e9),
             )
             report = DeliveryReport(mid, msg_type)
             if self._durable is not None:
@@ -588,8 +595,10 @@ class Endpoint:
             now=now,
             expect=None if kind == KIND_EVENT else 1,
         )
-        if admit is Admit.SEND:
-            self._transmit(mid, frame)
+        if admit is Admit.SEND:  # _transmit, inlined: once per message
+            links = self._links
+            (links[0] if len(links) == 1 else self._pick_link()).link.outbox.message(frame)
+            self.stats.transmits += 1
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer; asking the tracker, liveness and deduper for their
@@ -656,6 +665,13 @@ class Endpoint:
             waiters.popleft()
         if not waiters:
             self._window_waiters.pop(destination, None)
+
+    def _name(self, name: str, what: str) -> bytes:
+        raw = check_name(name, what)
+        if len(self._names) >= _NAME_CACHE:
+            self._names = {"": b""}
+        self._names[name] = raw
+        return raw
 
     def _policy_for(self, msg: Message) -> Policy:
         spec = self.registry.for_class(type(msg))

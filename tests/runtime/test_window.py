@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from ackbus import Context, DeliveryReport, Policy, SendWindowTimeout
+from ackbus import Context, DeliveryReport, LocalProtocolError, Policy, SendWindowTimeout
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.transport import MemoryBackend
@@ -155,3 +155,20 @@ async def test_a_waiter_woken_then_cancelled_passes_its_turn_on(
     # Without the hand-over, c would wait for a slot no ack will ever free.
     async with asyncio.timeout(1.5):
         assert await c
+
+
+async def test_a_recipient_the_wire_cannot_carry_is_refused_at_send(
+    pair: Callable[..., tuple[Endpoint, Endpoint]],
+) -> None:
+    async def quick(msg: Bye, ctx: Context) -> None:
+        return None
+
+    table, dealer = pair(quick, window=1)
+    async with asyncio.timeout(T):
+        await table.start()
+        await dealer.start()
+        for _ in range(2):  # refused every time, not remembered as checked
+            with pytest.raises(LocalProtocolError, match="recipient"):
+                await dealer.send(Bye(), to="no spaces allowed")
+        assert dealer.pending == 0
+        assert await dealer.send(Bye(), to="table")

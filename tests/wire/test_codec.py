@@ -162,6 +162,21 @@ def test_item_round_trip_property(
     )
     assert (got.attempt, got.priority, got.kind) == (attempt, priority, kind)
     assert (got.created_at_ns, got.sent_at_ns, got.deadline_ns) == times
+    # The endpoint's path: names checked once, then packed positionally; same bytes.
+    raw = wire.check_name(type_name, "type name")
+    packed = wire.pack_item(mid, raw, b"", envelope, body, kind, attempt, priority, 0, *times)
+    assert packed == frame
+
+
+@pytest.mark.parametrize("name", ["", "has space", "x" * 256, "bad\nname"])
+def test_check_name_refuses_what_the_wire_cannot_carry(name: str) -> None:
+    with pytest.raises(LocalProtocolError):
+        wire.check_name(name, "type name")
+
+
+def test_pack_item_still_refuses_out_of_range_header_fields() -> None:
+    with pytest.raises(LocalProtocolError, match="header"):
+        wire.pack_item(MID, b"T", b"", b"", b"", wire.KIND_COMMAND, 1, 2**15, 0, 0, 0, 0)
 
 
 def test_reattempt_patches_attempt_and_time_only() -> None:

@@ -308,6 +308,46 @@ def encode_message(
         raise LocalProtocolError(f"unknown message kind {kind}")
     if flags & ~_KNOWN_FLAGS or not 1 <= attempt < 2**32:
         raise LocalProtocolError(f"invalid flags {flags:#x} or attempt {attempt}")
+    return pack_item(
+        message_id,
+        tname,
+        rname,
+        envelope,
+        body,
+        kind,
+        attempt,
+        priority,
+        flags,
+        created_at_ns,
+        sent_at_ns,
+        deadline_ns,
+    )
+
+
+def check_name(name: str, what: str, *, empty_ok: bool = False) -> bytes:
+    """A type name or recipient as the wire carries it (UTF-8, printable, no spaces,
+    at most 255 bytes); :class:`LocalProtocolError` if it is not one."""
+    return _check_name(name, what, empty_ok=empty_ok)
+
+
+def pack_item(
+    message_id: bytes,
+    type_name: bytes,
+    recipient: bytes,
+    envelope: bytes,
+    body: bytes,
+    kind: int,
+    attempt: int,
+    priority: int,
+    flags: int,
+    created_at_ns: int,
+    sent_at_ns: int,
+    deadline_ns: int,
+) -> bytes:
+    """:func:`encode_message` without its checks, positional: for a sender that checked
+    its names once with :func:`check_name` and makes its ids and kinds itself (the
+    endpoint, once per message: the checks and eleven keyword arguments were a fifth
+    of its sending cost). Only the header's ranges are still checked, by ``struct``."""
     try:
         head = ITEM_HEADER.pack(
             message_id,
@@ -318,14 +358,14 @@ def encode_message(
             created_at_ns,
             sent_at_ns,
             deadline_ns,
-            len(tname),
-            len(rname),
+            len(type_name),
+            len(recipient),
             len(envelope),
             len(body),
         )
     except (struct.error, TypeError) as exc:  # priority or a timestamp out of range
         raise LocalProtocolError(f"cannot encode message header: {exc}") from None
-    return b"".join((head, tname, rname, envelope, body))
+    return b"".join((head, type_name, recipient, envelope, body))
 
 
 _ATTEMPT_AT: Final = 16
