@@ -4,8 +4,8 @@ Starts a :class:`~bench.cluster.Cluster` (standalone hub), runs a pipelined or a
 sequential scenario long enough for ``--seconds`` of samples, attaches ``py-spy record``
 to each of the three processes meanwhile, and prints per process the functions with
 the most samples: *self* (the function itself was running) and *total* (it was on the
-stack). Needs ``py-spy`` (``.venv/bin/pip install -e '.[profile]'``) and permission to attach (root, or
-ptrace allowed).
+stack). Needs ``py-spy`` (``.venv/bin/pip install -e '.[profile]'``) and permission
+to attach (root, or ptrace allowed).
 
 ``.venv/bin/python -m bench.profile [--kind sequential] [--seconds 8] [--top 25]``
 """
