@@ -809,10 +809,8 @@ class Endpoint:
         tracker = self._tracker
         for group in split_acks(frames, self.limits):
             receiver = self._identity_of(group.peer)
-            for mid in group.ok_ids:
-                c = tracker.ack(mid, outcome=Outcome.OK, now=now, receiver=receiver)
-                if c is not None:
-                    self._settle(c)
+            for c in tracker.ack_ok(group.ok_ids, now, receiver):
+                self._settle(c)
             if not group.full:
                 continue
             for ack in group.full_acks():

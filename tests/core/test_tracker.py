@@ -457,3 +457,42 @@ def test_any_event_sequence_settles_every_message_exactly_once(
             record(action)
     assert sorted(settled) == sorted(submitted)
     assert (t.pending_count(), t.in_flight("hub"), t.queued("hub")) == (0, 0, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    window=st.integers(1, 8),
+    kinds=st.lists(st.booleans(), min_size=30, max_size=30),
+    acked=st.lists(st.integers(0, 40), max_size=60),
+    ticks=st.integers(0, 3),
+)
+def test_ack_ok_settles_exactly_as_one_ok_ack_per_id(
+    n: int, window: int, kinds: list[bool], acked: list[int], ticks: int
+) -> None:
+    """The batch call a sender uses for compact ACK groups agrees with :meth:`ack`:
+    same completions in the same order, same state after, for commands and events,
+    queued, retried, unknown and repeated ids alike."""
+    who = Identity("table", "t-1")
+    one, many = tracker(window), tracker(window)
+    now = 0.0
+    for t in (one, many):
+        for i in range(n):
+            expect = 1 if kinds[i] else None  # an event waits for every routed service
+            t.submit(
+                bytes([i]) * 16, msg_type="T", destination="d", policy=P, now=0.0, expect=expect
+            )
+            if expect is None:
+                t.routed(bytes([i]) * 16, ["table"], 0.0)
+    for _ in range(ticks):  # some ack timeouts pass: retries, queued ones released
+        now += P.ack_timeout
+        assert one.tick(now) == many.tick(now)
+    ids = [bytes([i]) * 16 for i in acked]
+    singly = [c for mid in ids if (c := one.ack(mid, outcome=Outcome.OK, now=now, receiver=who))]
+    assert many.ack_ok(ids, now, who) == singly
+    assert one.pending_count() == many.pending_count()
+    assert [one.state(bytes([i]) * 16) for i in range(n)] == [
+        many.state(bytes([i]) * 16) for i in range(n)
+    ]
+    assert one.in_flight("d") == many.in_flight("d")
+    assert one.tick(now + 100) == many.tick(now + 100)

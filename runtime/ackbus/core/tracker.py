@@ -334,6 +334,46 @@ class OutboundTracker:
             return self._complete(p, Status.FAILED, Reason.EXPIRED, now, error=error)
         return None
 
+    def ack_ok(
+        self, msg_ids: Iterable[bytes], now: float, receiver: Identity | None
+    ) -> list[Completion]:
+        """Plain OK acks for ``msg_ids`` from one receiver (what a compact ACK group
+        carries): the completions they settled, in order. The same as calling
+        :meth:`ack` with ``Outcome.OK`` for each, in one call: a pipelined sender
+        settles tens of thousands of messages a second this way, and a call per id
+        with its keyword arguments was a measurable share of its time."""
+        out: list[Completion] = []
+        pending = self._pending
+        acked_by = (receiver,) if receiver is not None else ()
+        for mid in msg_ids:
+            p = pending.get(mid)
+            if p is None or p.attempts == 0:
+                continue
+            if p.expect != 1:  # an event: several services must ack
+                c = self.ack(mid, outcome=Outcome.OK, now=now, receiver=receiver)
+                if c is not None:
+                    out.append(c)
+                continue
+            del pending[mid]
+            p.done = True
+            p.timer = 0
+            self._free_slot(p.destination, now)  # attempts > 0: it holds a window slot
+            out.append(
+                Completion(
+                    mid,
+                    p.msg_type,
+                    p.destination,
+                    Status.ACKED,
+                    None,
+                    p.attempts,
+                    p.first_sent_at,
+                    now,
+                    now,
+                    acked_by,
+                )
+            )
+        return out
+
     def routed(self, msg_id: bytes, services: Iterable[str], now: float) -> Completion | None:
         """The hub says which services it routed a multi-receiver message (an event) to.
 
