@@ -218,3 +218,38 @@ async def test_a_disk_that_does_not_answer_fails_the_wait(tmp_path: Path) -> Non
     reopened.claim("table", None)
     assert len(reopened.pending_outbox()) == 1
     await reopened.aclose()
+
+
+@pytest.mark.parametrize("variables", [999, 20])
+def test_runs_of_one_statement_commit_as_multi_row_statements(
+    tmp_path: Path, variables: int
+) -> None:
+    """Consecutive outbox inserts, deletes and inbox inserts run as multi-row statements
+    (chunked to the connection's variable limit: 20 allows two outbox rows per
+    statement) with exactly executemany's effect: every row, in order, duplicates
+    ignored."""
+    from ackbus.store._sqlite import _DELETE_OUTBOX, INSERT_INBOX, INSERT_OUTBOX
+    from ackbus.store._writer import _apply
+
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    conn.execute(
+        "CREATE TABLE ackbus_outbox (id BLOB PRIMARY KEY, type TEXT, destination TEXT, "
+        "kind INT, request INT, policy TEXT, created_at REAL, deadline REAL, frame BLOB)"
+    )
+    conn.execute(
+        "CREATE TABLE ackbus_inbox (id BLOB PRIMARY KEY, outcome INT, finished_at REAL, "
+        "response BLOB, error_type TEXT, error_message TEXT, error_permanent INT)"
+    )
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
+    rows = [row(i) for i in range(701)] + [row(5)]  # the duplicate is ignored
+    _apply(conn, [(INSERT_OUTBOX, r) for r in rows])
+    stored = conn.execute("SELECT * FROM ackbus_outbox ORDER BY rowid").fetchall()
+    assert stored == [(*r[:4], 0, *r[5:]) for r in rows[:701]]
+    _apply(conn, [(_DELETE_OUTBOX, (row(i).msg_id,)) for i in range(0, 701, 3)])
+    left = [r[0] for r in conn.execute("SELECT id FROM ackbus_outbox ORDER BY rowid")]
+    assert left == [row(i).msg_id for i in range(701) if i % 3]
+    records = [InboxRecord(bytes([i]) * 16, 1, float(i), b"r", "E", "m", True) for i in range(97)]
+    _apply(conn, [(INSERT_INBOX, r) for r in records + records[:3]])
+    got = conn.execute("SELECT * FROM ackbus_inbox ORDER BY rowid").fetchall()
+    assert got == [(*r[:6], 1) for r in records]
+    conn.close()

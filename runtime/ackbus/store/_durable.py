@@ -24,6 +24,7 @@ test per message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from ..wire import FLAG_REQUEST, MessageItem
 from ._base import InboxRecord, OutboxRow, Store
 from ._sqlite import open_store
 from ._unit import Deferred, Transaction
+from ._writer import Batch
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -52,6 +54,11 @@ log = logging.getLogger("ackbus.store")
 
 CURRENT: ContextVar[Transaction | None] = ContextVar("ackbus_unit", default=None)
 """The unit of work of the handler running in this context, if any."""
+
+_Handled = tuple[
+    Transaction, "_HubLink", MessageItem, "Route", "Message | None", BaseException | None
+]
+"""A handled message waiting for its inbox commit: what answering it needs."""
 
 _PRUNE_EVERY = 60.0
 """Longest pause between inbox prunes, seconds (a quarter of the dedupe TTL if shorter)."""
@@ -68,6 +75,12 @@ class Durable:
         self._leftover: list[OutboxRow] = []
         self._ep: Endpoint | None = None
         self._policies: dict[Policy, str] = {}
+        self._last_policy: Policy | None = None
+        self._last_json = ""
+        # Handled messages waiting for the open batch's commit, acked together when it
+        # lands: one callback per batch instead of a closure per message.
+        self._handled_batch: Batch | None = None
+        self._handled: list[_Handled] = []
         self._prune_every = min(_PRUNE_EVERY, ttl / 4)
         self._next_prune = 0.0
 
@@ -133,13 +146,18 @@ class Durable:
         """Make the message durable. ``True``: committed, track it now. ``False``: it
         joined the running handler's unit of work and is tracked after that commits."""
         created = now_ns / 1e9
+        if pol is self._last_policy:  # nearly always: one Policy object per message type
+            text = self._last_json
+        else:
+            text = self._last_json = self._policy_json(pol)
+            self._last_policy = pol
         row = OutboxRow(
             report.message_id,
             report.message_type,
             destination,
             kind,
             request,
-            self._policy_json(pol),
+            text,
             created,
             created + pol.deadline,
             frame,
@@ -160,9 +178,11 @@ class Durable:
                 )
             )
             raise
-        if self._endpoint().closed:
+        ep = self._ep
+        assert ep is not None
+        if ep.closed:
             raise ClosedError(
-                f"{self._endpoint().identity}: endpoint closed while message "
+                f"{ep.identity}: endpoint closed while message "
                 f"{report.message_id.hex()} committed; it stays in the outbox and is sent "
                 "at the next start"
             )
@@ -216,9 +236,7 @@ class Durable:
         token = CURRENT.set(unit)
         try:
             return run_eager(
-                route.fn(msg, ctx),
-                lambda result, exc: self._done(unit, hub, item, route, result, exc),
-                loop,
+                route.fn(msg, ctx), functools.partial(self._done, unit, hub, item, route), loop
             )
         finally:
             CURRENT.reset(token)
@@ -253,10 +271,27 @@ class Durable:
             self._drop(unit, "its handler rejected the message")
         unit.close(record)
         batch = self.store.put_inbox(record) if unit.simple else self.store.write(unit)
-        batch.on_commit(lambda error: self._committed(unit, hub, item, route, result, exc, error))
+        entry = (unit, hub, item, route, result, exc)
+        if batch is self._handled_batch:
+            self._handled.append(entry)
+        else:  # the first handled message of this batch (on_commit may run at once)
+            self._handled_batch = batch
+            self._handled = handled = [entry]
+            batch.on_commit(functools.partial(self._batch_committed, handled))
         if wall >= self._next_prune:
             self._next_prune = wall + self._prune_every
             self.store.prune_inbox(wall - self.ttl)
+
+    def _batch_committed(self, handled: list[_Handled], error: BaseException | None) -> None:
+        """A batch holding handled messages committed (or failed): answer each in order."""
+        if handled is self._handled:
+            self._handled_batch = None
+            self._handled = []
+        for unit, hub, item, route, result, exc in handled:
+            try:
+                self._committed(unit, hub, item, route, result, exc, error)
+            except Exception:  # one broken answer must not starve the rest
+                log.exception("%s: answering %s failed", self._endpoint().identity, item.id.hex())
 
     def _committed(
         self,

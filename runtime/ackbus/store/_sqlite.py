@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import StoreError
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store
-from ._writer import Batch, GroupWriter, Op
+from ._writer import Batch, GroupWriter, Op, rows_statement
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore", "open_store"]
 
@@ -52,11 +52,13 @@ CREATE TABLE ackbus_dead_letters (
     frame BLOB NOT NULL);
 """
 
-INSERT_OUTBOX = "INSERT OR IGNORE INTO ackbus_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-INSERT_INBOX = "INSERT OR IGNORE INTO ackbus_inbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_OUTBOX = rows_statement(
+    "INSERT OR IGNORE INTO ackbus_outbox VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_INBOX = rows_statement("INSERT OR IGNORE INTO ackbus_inbox VALUES ", "(?, ?, ?, ?, ?, ?, ?)")
 INSERT_INBOX_STRICT = "INSERT INTO ackbus_inbox VALUES (?, ?, ?, ?, ?, ?, ?)"
 SELECT_INBOX = "SELECT * FROM ackbus_inbox WHERE id = ?"
-_DELETE_OUTBOX = "DELETE FROM ackbus_outbox WHERE id = ?"
+_DELETE_OUTBOX = rows_statement("DELETE FROM ackbus_outbox WHERE id IN (", "?", ")")
 _MOVE_TO_DEAD = (
     "INSERT OR REPLACE INTO ackbus_dead_letters "
     "SELECT id, type, destination, kind, ?, ?, ?, created_at, ?, frame "

@@ -28,11 +28,12 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 from ..errors import StoreError
 
-__all__ = ["Batch", "GroupWriter", "Op"]
+__all__ = ["Batch", "GroupWriter", "Op", "rows_statement"]
 
 log = logging.getLogger("ackbus.store")
 
@@ -113,7 +114,11 @@ class GroupWriter:
         self._dead = False
         self._full = full
         self._name = name
-        self._cond = threading.Condition()
+        # A plain lock (C-level ``with``) rather than Condition's default RLock, whose
+        # Python-level __enter__/__exit__ cost a visible share of every add() (two
+        # per message on a durable sender).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._open: Batch | None = None
         self._stopping = False
         self._released = False
@@ -135,7 +140,7 @@ class GroupWriter:
 
     def add(self, op: Op, *, durable: bool = True) -> Batch:
         """Append ``op`` to the open batch (opening one if the writer took the last)."""
-        with self._cond:
+        with self._lock:
             batch = self._open
             if batch is None:
                 if self._stopping or self._dead:
@@ -242,9 +247,53 @@ class GroupWriter:
             loop.call_soon_threadsafe(batch._finish, error)
 
 
+_ROWS: dict[str, tuple[str, str, str, int]] = {}
+"""Statements registered with :func:`rows_statement`: single-row text -> (head, one
+row's placeholders, tail, parameters per row)."""
+
+_TEXTS: dict[tuple[str, int], str] = {}
+
+
+def rows_statement(head: str, row: str, tail: str = "") -> str:
+    """A statement that takes one row, ``head + row + tail`` (``INSERT ... VALUES
+    (?, ?)``, ``DELETE ... WHERE id IN (?)``), which :func:`_apply` may also run as
+    ``head + row, row, ... + tail`` for many rows at once.
+
+    sqlite3's ``executemany`` binds and steps the statement once per row, releasing
+    and retaking the GIL around every step: on a busy event loop each step waits for
+    the loop's thread to let go. One statement for 64-256 rows binds them in one C
+    call and steps once (raw SQLite, 40,000 outbox rows in groups of 500: 4.0 ->
+    3.4 µs per row single-threaded)."""
+    sql = head + row + tail
+    _ROWS[sql] = (head, row, tail, row.count("?"))
+    return sql
+
+
+def _many(conn: sqlite3.Connection, sql: str, params: list[Sequence[Any]]) -> None:
+    """Run a registered single-row statement for every parameter set, in order, in
+    statements of up to a power-of-two number of rows (few distinct texts, all cached
+    by sqlite3's statement cache)."""
+    head, row, tail, width = _ROWS[sql]
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    top = 1
+    while top * 2 <= min(limit, 256):
+        top *= 2
+    i, n = 0, len(params)
+    while i < n:
+        size = top
+        while size > n - i:
+            size //= 2
+        text = _TEXTS.get((sql, size))
+        if text is None:
+            text = _TEXTS[(sql, size)] = head + ", ".join([row] * size) + tail
+        conn.execute(text, list(chain.from_iterable(params[i : i + size])))
+        i += size
+
+
 def _apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
-    """Run ``ops`` in order; consecutive statements that are the same object run as one
-    ``executemany`` (the statements are module constants, so identity is enough)."""
+    """Run ``ops`` in order; consecutive statements that are the same object run
+    together: as multi-row statements if registered with :func:`rows_statement`, else
+    as one ``executemany`` (the statements are module constants, so identity is enough)."""
     i = 0
     n = len(ops)
     while i < n:
@@ -262,6 +311,8 @@ def _apply(conn: sqlite3.Connection, ops: list[Op]) -> None:
             j += 1
         if j == i + 1:
             conn.execute(sql, op[1])
+        elif sql in _ROWS:
+            _many(conn, sql, [o[1] for o in ops[i:j]])  # type: ignore[index]
         else:
             conn.executemany(sql, [o[1] for o in ops[i:j]])  # type: ignore[index]
         i = j
