@@ -47,7 +47,7 @@ __all__ = [
 EMPTY = "google.protobuf.Empty"
 
 # Keyword arguments every send method takes besides the fields.
-SEND_OPTIONS = ("wait_ack", "timeout", "to", "priority", "headers")
+SEND_OPTIONS = ("wait_ack", "timeout", "to", "priority", "headers", "policy")
 # The one module-level name a method body uses besides its message's module.
 FIELDS_ALIAS = "_Fields"
 # Names the module header binds.

@@ -72,6 +72,7 @@ class LobbyClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Register a service instance; the reply says which tables it serves.
 
@@ -98,6 +99,7 @@ class LobbyClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def send_register_service_message(
@@ -109,6 +111,7 @@ class LobbyClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Register a service instance; the reply says which tables it serves.
 
@@ -121,7 +124,7 @@ class LobbyClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY,
+            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     async def request_register_service(
@@ -136,6 +139,7 @@ class LobbyClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> lobby_pb2.RegistrationResult:
         """Register a service instance; the reply says which tables it serves.
 
@@ -157,7 +161,7 @@ class LobbyClient:
             registered_at=registered_at,
         )
         return await self.request_register_service_message(
-            msg, timeout=timeout, to=to, priority=priority, headers=headers
+            msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )
 
     async def request_register_service_message(
@@ -168,6 +172,7 @@ class LobbyClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> lobby_pb2.RegistrationResult:
         """Register a service instance; the reply says which tables it serves.
 
@@ -180,7 +185,7 @@ class LobbyClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY,
+            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     async def publish_hand_started(
@@ -194,6 +199,7 @@ class LobbyClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Keeps the lobby's table list current.
 
@@ -216,6 +222,7 @@ class LobbyClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def publish_hand_started_message(
@@ -226,6 +233,7 @@ class LobbyClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Keeps the lobby's table list current.
 
@@ -237,7 +245,7 @@ class LobbyClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_HAND_STARTED_POLICY,
+            policy=_LOBBY_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -265,6 +273,7 @@ class LobbyBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Register a service instance; the reply says which tables it serves.
 
@@ -291,6 +300,7 @@ class LobbyBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def send_register_service_message(
@@ -302,6 +312,7 @@ class LobbyBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Register a service instance; the reply says which tables it serves.
 
@@ -314,7 +325,7 @@ class LobbyBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY,
+            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     def request_register_service(
@@ -329,6 +340,7 @@ class LobbyBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> lobby_pb2.RegistrationResult:
         """Register a service instance; the reply says which tables it serves.
 
@@ -350,7 +362,7 @@ class LobbyBlockingClient:
             registered_at=registered_at,
         )
         return self.request_register_service_message(
-            msg, timeout=timeout, to=to, priority=priority, headers=headers
+            msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )
 
     def request_register_service_message(
@@ -361,6 +373,7 @@ class LobbyBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> lobby_pb2.RegistrationResult:
         """Register a service instance; the reply says which tables it serves.
 
@@ -373,7 +386,7 @@ class LobbyBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY,
+            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     def publish_hand_started(
@@ -387,6 +400,7 @@ class LobbyBlockingClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Keeps the lobby's table list current.
 
@@ -409,6 +423,7 @@ class LobbyBlockingClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def publish_hand_started_message(
@@ -419,6 +434,7 @@ class LobbyBlockingClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Keeps the lobby's table list current.
 
@@ -430,7 +446,7 @@ class LobbyBlockingClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_HAND_STARTED_POLICY,
+            policy=_LOBBY_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -510,6 +526,7 @@ class AuditClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Audit records must not be lost: retry for up to five minutes.
 
@@ -532,6 +549,7 @@ class AuditClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def publish_hand_started_message(
@@ -542,6 +560,7 @@ class AuditClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Audit records must not be lost: retry for up to five minutes.
 
@@ -553,7 +572,7 @@ class AuditClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_AUDIT_HAND_STARTED_POLICY,
+            policy=_AUDIT_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -579,6 +598,7 @@ class AuditBlockingClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Audit records must not be lost: retry for up to five minutes.
 
@@ -601,6 +621,7 @@ class AuditBlockingClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def publish_hand_started_message(
@@ -611,6 +632,7 @@ class AuditBlockingClient:
         timeout: float | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Audit records must not be lost: retry for up to five minutes.
 
@@ -622,7 +644,7 @@ class AuditBlockingClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_AUDIT_HAND_STARTED_POLICY,
+            policy=_AUDIT_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 

@@ -71,6 +71,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Start a new hand. The table publishes HandStarted once it has.
 
@@ -97,6 +98,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def send_start_hand_message(
@@ -108,6 +110,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Start a new hand. The table publishes HandStarted once it has.
 
@@ -120,7 +123,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_START_HAND_POLICY,
+            policy=_TABLE_START_HAND_POLICY if policy is None else policy,
         )
 
     async def send_deal_cards(
@@ -134,6 +137,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Deal cards for the current hand.
 
@@ -156,6 +160,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def send_deal_cards_message(
@@ -167,6 +172,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Deal cards for the current hand.
 
@@ -179,7 +185,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_DEAL_CARDS_POLICY,
+            policy=_TABLE_DEAL_CARDS_POLICY if policy is None else policy,
         )
 
     async def send_player_action(
@@ -196,6 +202,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Take a player's action; stale or illegal actions are rejected, not retried.
 
@@ -227,6 +234,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def send_player_action_message(
@@ -238,6 +246,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Take a player's action; stale or illegal actions are rejected, not retried.
 
@@ -250,7 +259,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_PLAYER_ACTION_POLICY,
+            policy=_TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
         )
 
     async def send_get_table_state(
@@ -262,6 +271,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """The table's current state.
 
@@ -278,6 +288,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     async def send_get_table_state_message(
@@ -289,6 +300,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """The table's current state.
 
@@ -301,7 +313,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY,
+            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
     async def request_get_table_state(
@@ -312,6 +324,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> table_pb2.TableState:
         """The table's current state.
 
@@ -322,7 +335,7 @@ class TableClient:
             table_id=table_id,
         )
         return await self.request_get_table_state_message(
-            msg, timeout=timeout, to=to, priority=priority, headers=headers
+            msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )
 
     async def request_get_table_state_message(
@@ -333,6 +346,7 @@ class TableClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> table_pb2.TableState:
         """The table's current state.
 
@@ -345,7 +359,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY,
+            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
 
@@ -373,6 +387,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Start a new hand. The table publishes HandStarted once it has.
 
@@ -399,6 +414,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def send_start_hand_message(
@@ -410,6 +426,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Start a new hand. The table publishes HandStarted once it has.
 
@@ -422,7 +439,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_START_HAND_POLICY,
+            policy=_TABLE_START_HAND_POLICY if policy is None else policy,
         )
 
     def send_deal_cards(
@@ -436,6 +453,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Deal cards for the current hand.
 
@@ -458,6 +476,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def send_deal_cards_message(
@@ -469,6 +488,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Deal cards for the current hand.
 
@@ -481,7 +501,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_DEAL_CARDS_POLICY,
+            policy=_TABLE_DEAL_CARDS_POLICY if policy is None else policy,
         )
 
     def send_player_action(
@@ -498,6 +518,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Take a player's action; stale or illegal actions are rejected, not retried.
 
@@ -529,6 +550,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def send_player_action_message(
@@ -540,6 +562,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """Take a player's action; stale or illegal actions are rejected, not retried.
 
@@ -552,7 +575,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_PLAYER_ACTION_POLICY,
+            policy=_TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
         )
 
     def send_get_table_state(
@@ -564,6 +587,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """The table's current state.
 
@@ -580,6 +604,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
+            policy=policy,
         )
 
     def send_get_table_state_message(
@@ -591,6 +616,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> ackbus.DeliveryReport:
         """The table's current state.
 
@@ -603,7 +629,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY,
+            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
     def request_get_table_state(
@@ -614,6 +640,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> table_pb2.TableState:
         """The table's current state.
 
@@ -624,7 +651,7 @@ class TableBlockingClient:
             table_id=table_id,
         )
         return self.request_get_table_state_message(
-            msg, timeout=timeout, to=to, priority=priority, headers=headers
+            msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )
 
     def request_get_table_state_message(
@@ -635,6 +662,7 @@ class TableBlockingClient:
         to: str | None = None,
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
     ) -> table_pb2.TableState:
         """The table's current state.
 
@@ -647,7 +675,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY,
+            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
 

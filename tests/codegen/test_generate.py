@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -288,6 +289,69 @@ def test_blocking_client_mirrors_the_async_one() -> None:
     assert async_names == {
         n for n in vars(table_ackbus.TableBlockingClient) if not n.startswith("_")
     }
+
+
+async def test_a_per_call_policy_replaces_the_schema_policy() -> None:
+    from poker import lobby_ackbus, table_ackbus, table_pb2
+
+    mine = ackbus.Policy(max_attempts=1, ack_timeout=0.2)
+    bus = FakeBus()
+    table = table_ackbus.TableClient(bus)
+    await table.send_start_hand(table_id="t", policy=mine)
+    await table.send_start_hand_message(table_pb2.StartHand(), policy=mine)
+    await table.request_get_table_state(table_id="t", policy=mine)
+    await table.request_get_table_state_message(table_pb2.GetTableState(), policy=mine)
+    await lobby_ackbus.AuditClient(bus).publish_hand_started(table_id="t", policy=mine)
+    assert [(verb, kw["policy"] is mine) for verb, _, kw in bus.calls] == [
+        ("send", True),
+        ("send", True),
+        ("request", True),
+        ("request", True),
+        ("publish", True),
+    ]
+    await table.send_start_hand(table_id="t")  # without policy=: the schema's
+    assert bus.calls[-1][2]["policy"] == ackbus.Policy(
+        ack_timeout=0.5, max_attempts=8, deadline=10.0, priority=3
+    )
+
+
+def test_a_per_call_policy_reaches_the_blocking_bus() -> None:
+    from poker import lobby_ackbus, table_ackbus, table_pb2
+
+    mine = ackbus.Policy(max_attempts=1)
+    bus = BlockingFakeBus()
+    table_ackbus.TableBlockingClient(bus).send_start_hand(table_id="t", policy=mine)
+    table_ackbus.TableBlockingClient(bus).request_get_table_state(policy=mine)
+    lobby_ackbus.AuditBlockingClient(bus).publish_hand_started_message(
+        table_pb2.HandStarted(), policy=mine
+    )
+    assert [(verb, kw["policy"] is mine) for verb, _, kw in bus.inner.calls] == [
+        ("send", True),
+        ("request", True),
+        ("publish", True),
+    ]
+
+
+def test_every_client_method_takes_every_call_option() -> None:
+    from poker import lobby_ackbus, table_ackbus
+
+    clients = [
+        getattr(module, name)
+        for module in (lobby_ackbus, table_ackbus)
+        for name in module.__all__
+        if name.endswith("Client")
+    ]
+    assert len(clients) == 6
+    for cls in clients:
+        for name, fn in vars(cls).items():
+            if name.startswith("_"):
+                continue
+            options = {"timeout", "priority", "headers", "policy"}
+            if not name.startswith("request_"):
+                options.add("wait_ack")
+            params = inspect.signature(fn).parameters
+            assert options <= set(params), (cls.__name__, name)
+            assert params["policy"].default is None, (cls.__name__, name)
 
 
 async def test_handler_base() -> None:

@@ -34,7 +34,7 @@ def test_snake_case(proto: str, python: str) -> None:
     assert snake_case(proto) == python
 
 
-TAKEN = frozenset({"self", "timeout", "wait_ack", "to", "priority", "headers"})
+TAKEN = frozenset({"self", "timeout", "wait_ack", "to", "priority", "headers", "policy"})
 
 
 @pytest.mark.parametrize(
@@ -51,6 +51,7 @@ TAKEN = frozenset({"self", "timeout", "wait_ack", "to", "priority", "headers"})
         ("self", "self_"),  # names the method itself needs
         ("timeout", "timeout_"),
         ("headers", "headers_"),
+        ("policy", "policy_"),
         ("table_id", "table_id"),
     ],
 )

@@ -203,7 +203,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_edge_schemas_warn_about_what_python_cannot_spell(edge: tuple[Path, str]) -> None:
     _, stderr = edge
     assert (
-        "warning: edge/names.proto:54: rpc edge.names.Names.Nothing skipped: type "
+        "warning: edge/names.proto:55: rpc edge.names.Names.Nothing skipped: type "
         "edge.names.None has a Python keyword in its name"
     ) in stderr
     assert "message edge.names.None left out of the registry" in stderr
@@ -248,9 +248,11 @@ def test_edge_schemas_build_the_right_messages(edge: tuple[Path, str]) -> None:
             assert dict(getattr(m, "global")) == {"g": 1}
             assert m.WhichOneof("o") == "async" and m.HasField("None")
             await names.send_builtins(
-                id=7, type="t", str="s", self_="me", timeout_="t/o", timeout=1.0
+                id=7, type="t", str="s", self_="me", timeout_="t/o", timeout=1.0,
+                policy_="p", policy=None,
             )
             assert (bus.msg.id, bus.msg.type, bus.msg.str, bus.msg.timeout) == (7, "t", "s", "t/o")
+            assert bus.msg.policy == "p"
             assert getattr(bus.msg, "self") == "me"
 
             await legacy_ackbus.OrdersClient(bus).send_place(id="o1", voucher=5)

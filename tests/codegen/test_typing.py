@@ -64,6 +64,10 @@ BAD = {
         def f(client: TableBlockingClient) -> None:
             client.send_start_hand_message(table_pb2.DealCards())  # error
     """,
+    "policy_is_a_whole_policy": """
+        async def f(client: TableClient) -> None:
+            await client.send_start_hand(policy={"max_attempts": 1})  # error
+    """,
     "client_needs_a_bus": """
         client = TableClient(object())  # error
     """,
@@ -87,6 +91,9 @@ GOOD = """
             print(report.error)
         state: table_pb2.TableState = await client.request_get_table_state(table_id="t")
         print(state.pots["main"], blocking.send_start_hand(seats=6, wait_ack=False))
+        once = ackbus.Policy(max_attempts=1)
+        await client.send_start_hand_message(table_pb2.StartHand(), policy=once)
+        print(blocking.request_get_table_state(table_id="t", policy=once).hand_number)
 """
 
 
