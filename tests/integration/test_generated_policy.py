@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from ackbus import Context, Policy
-from ackbus._loop_thread import LoopThread
+from ackbus import Context, DeliveryReport, Policy
 from ackbus.blocking import BlockingEndpoint
 from ackbus.endpoint import Endpoint
 from ackbus.errors import AckTimeout
@@ -159,36 +158,30 @@ async def test_every_generated_method_passes_the_policy_on(call: Call, bus: Bus)
     assert bus.duplicates == 0
 
 
-@pytest.fixture
-def hub_thread() -> Iterator[str]:
-    """A hub on its own loop thread, for the blocking client's test."""
-    lt = LoopThread(name="hub")
-    h = Hub("tcp://127.0.0.1:0", heartbeat=0.2)
-    lt.run(h.start(), timeout=5)
-    try:
-        yield h.addresses[0]
-    finally:
-        lt.run(h.close(), timeout=5)
-        lt.close()
-
-
-def test_blocking_client_passes_the_policy_on(hub_thread: str) -> None:
+async def test_blocking_client_passes_the_policy_on() -> None:
+    """A blocking client in a worker thread; the hub stays on this test's loop."""
     seen: list[str] = []
 
     async def never_acks(msg: table_pb2.StartHand, ctx: Context) -> None:
         seen.append(msg.table_id)
         await asyncio.sleep(SETTLE)
 
-    with (
-        BlockingEndpoint("table", hub_thread, heartbeat=0.2) as receiver,
-        BlockingEndpoint("dealer", hub_thread, heartbeat=0.2) as sender,
-    ):
-        receiver.register_handler(table_pb2.StartHand, never_acks)
-        time.sleep(0.05)  # the table's hello reaches the hub
-        client = table_ackbus.TableBlockingClient(sender)
-        once = client.send_start_hand(table_id="b1", policy=ONE_SHOT)
-        retried = client.send_start_hand(table_id="b2", timeout=1.2)
-        duplicates = receiver.stats.duplicates
+    def blocking_side(hub: str) -> tuple[DeliveryReport, DeliveryReport, int]:
+        with (
+            BlockingEndpoint("table", hub, heartbeat=0.2) as receiver,
+            BlockingEndpoint("dealer", hub, heartbeat=0.2) as sender,
+        ):
+            receiver.register_handler(table_pb2.StartHand, never_acks)
+            time.sleep(0.05)  # the table's hello reaches the hub
+            client = table_ackbus.TableBlockingClient(sender)
+            once = client.send_start_hand(table_id="b1", policy=ONE_SHOT)
+            retried = client.send_start_hand(table_id="b2", timeout=1.2)
+            return once, retried, receiver.stats.duplicates
+
+    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as hub:
+        once, retried, duplicates = await asyncio.wait_for(
+            asyncio.to_thread(blocking_side, hub.addresses[0]), 2 * SETTLE
+        )
     assert (once.attempts, type(once.error)) == (1, AckTimeout)
     assert retried.attempts >= 2
     assert duplicates >= 1
