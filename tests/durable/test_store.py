@@ -253,3 +253,24 @@ def test_runs_of_one_statement_commit_as_multi_row_statements(
     got = conn.execute("SELECT * FROM ackbus_inbox ORDER BY rowid").fetchall()
     assert got == [(*r[:6], 1) for r in records]
     conn.close()
+
+
+async def test_inbox_records_read_back_as_written(tmp_path: Path) -> None:
+    """OK records without a response take a two-parameter statement; every record
+    still reads back exactly as written, in order."""
+    store = SqliteStore(tmp_path / "s.db")
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    records = [
+        InboxRecord(b"a" * 16, 1, 1.0),
+        InboxRecord(b"b" * 16, 1, 2.0),
+        InboxRecord(b"c" * 16, 1, 3.0, b"response"),
+        InboxRecord(b"d" * 16, 3, 4.0, b"", "Reject", "no", True),
+        InboxRecord(b"e" * 16, 1, 5.0),
+        InboxRecord(b"f" * 16, 1, 6.0, b"", "", "", True),
+    ]
+    batches = {store.put_inbox(r) for r in records}
+    assert len(batches) == 1
+    await batches.pop().wait()
+    assert store.inbox_since(0.0) == records
+    await store.aclose()

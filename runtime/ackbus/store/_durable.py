@@ -168,7 +168,8 @@ class Durable:
             return False
         batch = self.store.put_outbox(row)
         try:
-            await batch.wait()
+            await batch.waiter()
+            batch.check()
         except asyncio.CancelledError:
             # The row commits anyway: deliver it in this run rather than leave it for
             # the next start. A cancelled send may still be delivered (docs/durable.md).

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from ..core import Outcome
 from ..errors import StoreError
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store
 from ._writer import Batch, GroupWriter, Op, rows_statement
@@ -56,6 +57,11 @@ INSERT_OUTBOX = rows_statement(
     "INSERT OR IGNORE INTO ackbus_outbox VALUES ", "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_INBOX = rows_statement("INSERT OR IGNORE INTO ackbus_inbox VALUES ", "(?, ?, ?, ?, ?, ?, ?)")
+_INSERT_INBOX_OK = rows_statement(
+    "INSERT OR IGNORE INTO ackbus_inbox VALUES ", f"(?, {int(Outcome.OK)}, ?, x'', '', '', 0)"
+)
+"""The common record (OK, no response, no error) with only its two varying values as
+parameters: two bindings per row instead of seven."""
 INSERT_INBOX_STRICT = "INSERT INTO ackbus_inbox VALUES (?, ?, ?, ?, ?, ?, ?)"
 SELECT_INBOX = "SELECT * FROM ackbus_inbox WHERE id = ?"
 _DELETE_OUTBOX = rows_statement("DELETE FROM ackbus_outbox WHERE id IN (", "?", ")")
@@ -274,6 +280,8 @@ class SqliteStore(Store):
         return self.writer.add((INSERT_OUTBOX, row))
 
     def put_inbox(self, record: InboxRecord) -> Batch:
+        if record[1] == Outcome.OK and not (record[3] or record[4] or record[5] or record[6]):
+            return self.writer.add((_INSERT_INBOX_OK, (record[0], record[2])))
         return self.writer.add((INSERT_INBOX, record))
 
     def forget_outbox(self, msg_id: bytes) -> None:

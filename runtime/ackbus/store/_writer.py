@@ -63,12 +63,26 @@ class Batch:
     async def wait(self) -> None:
         """Until the batch is on disk; raises :class:`StoreError` if it failed."""
         if not self.done:
-            # A future per waiter, so that a cancelled waiter cancels only its own (an
-            # asyncio.shield around one shared future did the same at twice the cost:
-            # 8 % of a durable sender's profile, where hundreds wait on one batch).
-            fut = asyncio.get_running_loop().create_future()
+            await self.waiter()
+        self.check()
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future of the running loop's that completes when the batch is done (then
+        call :meth:`check`). Awaited directly by the send path, it saves a coroutine
+        per message over :meth:`wait`.
+
+        A future per waiter, so that a cancelled waiter cancels only its own (an
+        asyncio.shield around one shared future did the same at twice the cost: 8 % of
+        a durable sender's profile, where hundreds wait on one batch)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.done:
+            fut.set_result(None)
+        else:
             self._waiters.append(fut)
-            await fut
+        return fut
+
+    def check(self) -> None:
+        """Raise :class:`StoreError` if the batch failed to commit."""
         if self.error is not None:
             raise StoreError(f"the durable store failed to commit: {self.error}") from self.error
 
@@ -122,6 +136,8 @@ class GroupWriter:
         self._open: Batch | None = None
         self._stopping = False
         self._released = False
+        self._idle = False
+        """The writer thread waits for a batch (only then does a release notify it)."""
         """The open batch may be taken (set at the end of the loop iteration that opened it)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -172,9 +188,10 @@ class GroupWriter:
         )
 
     def _release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._released = True
-            self._cond.notify()
+            if self._idle:  # a busy writer looks again after its commit: no notify
+                self._cond.notify()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the thread and close the connection."""
@@ -198,7 +215,9 @@ class GroupWriter:
             while True:
                 with self._cond:
                     while not ((self._released and self._open) or self._stopping):
+                        self._idle = True
                         self._cond.wait()
+                        self._idle = False
                     batch, self._open = self._open, None
                     self._released = False
                 if batch is None:
