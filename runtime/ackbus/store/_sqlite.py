@@ -20,6 +20,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,6 +93,8 @@ class SqliteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._writer: GroupWriter | None = None
+        self._add: Callable[..., Batch] = self._not_started
+        """The writer's ``add`` once started (bound once: the put methods run per message)."""
         self._closed = False
 
     @classmethod
@@ -266,6 +269,7 @@ class SqliteStore(Store):
                 conn, full=self.durability is Durability.FULL, name=f"ackbus-store:{self.path}"
             )
             self._writer.start(loop)
+            self._add = self._writer.add
 
     @property
     def writer(self) -> GroupWriter:
@@ -273,19 +277,22 @@ class SqliteStore(Store):
             raise StoreError(f"{self.path}: the store is not started")
         return self._writer
 
+    def _not_started(self, op: Op, *, durable: bool = True) -> Batch:
+        raise StoreError(f"{self.path}: the store is not started")
+
     def write(self, op: Op, *, durable: bool = True) -> Batch:
         return self.writer.add(op, durable=durable)
 
     def put_outbox(self, row: OutboxRow) -> Batch:
-        return self.writer.add((INSERT_OUTBOX, row))
+        return self._add((INSERT_OUTBOX, row))
 
     def put_inbox(self, record: InboxRecord) -> Batch:
         if record[1] == Outcome.OK and not (record[3] or record[4] or record[5] or record[6]):
-            return self.writer.add((_INSERT_INBOX_OK, (record[0], record[2])))
-        return self.writer.add((INSERT_INBOX, record))
+            return self._add((_INSERT_INBOX_OK, (record[0], record[2])))
+        return self._add((INSERT_INBOX, record))
 
     def forget_outbox(self, msg_id: bytes) -> None:
-        self.writer.add((_DELETE_OUTBOX, (msg_id,)), durable=False)
+        self._add((_DELETE_OUTBOX, (msg_id,)), durable=False)
 
     def dead_letter(self, msg_id: bytes, reason: str, attempts: int, error: str) -> None:
         w = self.writer
