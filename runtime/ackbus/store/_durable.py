@@ -234,7 +234,8 @@ class Durable:
         self, hub: _HubLink, item: MessageItem, route: Route, msg: Any, ctx: Context
     ) -> asyncio.Task[Any] | None:
         """Run the handler inside a unit of work (``ctx.tx``, and :data:`CURRENT` for sends)."""
-        ep = self._endpoint()
+        ep = self._ep
+        assert ep is not None
         loop = ep._loop
         assert loop is not None
         unit = Transaction(ep)
@@ -256,11 +257,12 @@ class Durable:
         result: Message | None,
         exc: BaseException | None,
     ) -> None:
-        ep = self._endpoint()
+        ep = self._ep
+        assert ep is not None
         request = bool(item.flags & FLAG_REQUEST)
         ok = exc is None and not (request and result is None)
         permanent = isinstance(exc, Reject) and exc.permanent
-        if ep.closed or not (ok or permanent):
+        if ep._closed or not (ok or permanent):
             # Transient failure, retry-later, cancellation: nothing to keep, the sender
             # retries. The endpoint answers exactly as in memory mode.
             self._drop(unit, "its handler failed")
@@ -293,9 +295,14 @@ class Durable:
         if handled is self._handled:
             self._handled_batch = None
             self._handled = []
+        ep = self._ep
+        assert ep is not None
         for unit, hub, item, route, result, exc in handled:
             try:
-                self._committed(unit, hub, item, route, result, exc, error)
+                if error is None and unit.plain and not ep._closed:
+                    ep._handled(hub, item, route, result, exc)  # as in memory mode
+                else:
+                    self._committed(unit, hub, item, route, result, exc, error)
             except Exception:  # one broken answer must not starve the rest
                 log.exception("%s: answering %s failed", self._endpoint().identity, item.id.hex())
 

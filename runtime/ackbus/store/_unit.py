@@ -141,6 +141,12 @@ class Transaction:
         """Nothing but the inbox record (commits as a plain batched insert)."""
         return not self._writes and not self._sends
 
+    @property
+    def plain(self) -> bool:
+        """Committed as it was: no duplicate found, no statement failed, no sends to
+        transmit (the endpoint then answers exactly as in memory mode)."""
+        return self.duplicate is None and self.failed is None and not self._sends
+
     def __call__(self, conn: sqlite3.Connection) -> None:
         """Run in the writer thread, inside the batch's transaction."""
         record = self.record
