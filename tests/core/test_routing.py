@@ -135,6 +135,21 @@ def test_credit_comes_back_when_acks_are_lost() -> None:
     assert t.sticky_count() == 0
 
 
+def test_routing_alone_expires_old_sticky_entries_without_a_tick() -> None:
+    t = table(credit=100, sticky_ttl=10.0)
+    old, new = ids(6)[:3], ids(6)[3:]
+    for m in old:
+        t.route_command("poker.StartHand", m, None, 0.0)
+    for n, m in enumerate(new):  # the first at t=10 expires the three from t=0
+        t.route_command("poker.StartHand", m, None, 10.0 + n)
+    assert t.sticky_count() == 3
+    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 3
+    t.tick(19.9)  # nothing of the newer three is due yet: the next expiry is at 20
+    assert t.sticky_count() == 3
+    t.tick(22.0)
+    assert t.sticky_count() == 0
+
+
 def test_ack_without_a_message_id_frees_one_credit() -> None:
     t = table()
     peer = t.route_command("poker.Charge", b"m", None, 0.0)

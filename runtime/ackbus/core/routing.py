@@ -72,6 +72,7 @@ replaced rather than changed: up to ``sticky_capacity`` (100,000) live at once, 
 Python's cyclic garbage collector stops tracking a tuple of bytes, floats and bools,
 while it scans every object with slots (or a tuple subclass) at each full collection
 (docs/performance.md)."""
+_NEVER: Final = float("inf")
 _KEY: Final = 0
 _AT: Final = 1
 _OPEN: Final = 2
@@ -98,6 +99,10 @@ class RoutingTable:
         and kept across re-registration: each count is paid back exactly once, by an ack
         or by its sticky entry expiring."""
         self._sticky: OrderedDict[_StickyKey, _Stick] = OrderedDict()
+        self._expires_at = _NEVER
+        """No sticky entry expires before this (entries are added in time order, so it is
+        the oldest's expiry, or earlier if that one left): routing checks one float per
+        message instead of looking at the oldest entry."""
 
     # -- membership ------------------------------------------------------------------------
 
@@ -273,18 +278,24 @@ class RoutingTable:
         best_key = keys[best]
         in_flight[best_key] += 1
         sticky[sticky_key] = (best_key, now, True)
-        if len(sticky) > self.sticky_capacity or next(iter(sticky.values()))[_AT] <= now - (
-            self.sticky_ttl
-        ):
+        if len(sticky) > self.sticky_capacity:  # full: the oldest entry makes room
+            _, oldest = sticky.popitem(last=False)
+            if oldest[_OPEN]:
+                self._release(oldest[_KEY])
+        if now >= self._expires_at:
             self._expire(now)
+        elif self._expires_at == _NEVER:
+            self._expires_at = now + self.sticky_ttl
         return best
 
     def _expire(self, now: float) -> None:
         sticky = self._sticky
         limit = now - self.sticky_ttl
+        self._expires_at = _NEVER
         while sticky:
             stick = next(iter(sticky.values()))
             if stick[_AT] > limit and len(sticky) <= self.sticky_capacity:
+                self._expires_at = stick[_AT] + self.sticky_ttl
                 break
             sticky.popitem(last=False)
             if stick[_OPEN]:
