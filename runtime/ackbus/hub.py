@@ -279,9 +279,7 @@ class Hub:
             out = self._out(origin)
             ok_ids = group.ok_ids
             if ok_ids:
-                on_ack = routing.on_ack
-                for mid in ok_ids:
-                    on_ack(peer, mid)
+                routing.on_acks(peer, ok_ids)
                 out.acks(ok_ids, receiver)  # one call per group, not one per id
             for raw in group.full:
                 out.full_ack(raw, receiver)

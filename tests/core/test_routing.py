@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from ackbus import Identity
 from ackbus.core import RoutingTable
 
@@ -175,3 +176,32 @@ def test_an_event_goes_to_one_instance_of_every_subscribing_service() -> None:
     assert t.route_event("poker.Tick", b"e", 1.0) == pairs  # sticky per service
     t.unregister(b"l0")
     assert [s for s, _ in t.route_event("poker.Tick", b"e", 2.0)] == ["table"]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_on_acks_pays_credit_back_exactly_as_one_on_ack_per_id(seed: int) -> None:
+    """The batch call a hub uses for ACK groups agrees with :meth:`on_ack` per id, for
+    commands and events, repeated and unknown ids, and acks from any peer."""
+    rng = random.Random(seed)
+    one, many = table(credit=3), table(credit=3)
+    sent = ids(40, seed)
+    for n, m in enumerate(sent):
+        for t in (one, many):
+            if n % 4 == 0:
+                t.route_event("poker.Tick", m, n * 0.01)
+            else:
+                t.route_command("poker.StartHand", m, None, n * 0.01)
+    peers = [b"t0", b"t1", b"t2", b"l0", b"gone"]
+    for _ in range(8):
+        peer = rng.choice(peers)
+        group = [rng.choice(sent) for _ in range(rng.randrange(12))] + ids(2, seed + 99)
+        for m in group:
+            one.on_ack(peer, m)
+        many.on_acks(peer, group)
+        assert [one.in_flight(p) for p in peers] == [many.in_flight(p) for p in peers]
+        assert one.sticky_count() == many.sticky_count()
+    # and the tables still route alike afterwards
+    for m in ids(10, seed + 7):
+        assert one.route_command("poker.StartHand", m, None, 1.0) == many.route_command(
+            "poker.StartHand", m, None, 1.0
+        )

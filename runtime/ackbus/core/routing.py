@@ -236,6 +236,25 @@ class RoutingTable:
             sticky[skey] = (stick[_KEY], stick[_AT], False)  # keeps its place in the order
             self._release(stick[_KEY])
 
+    def on_acks(self, peer: bytes, msg_ids: Iterable[bytes]) -> None:
+        """:meth:`on_ack` for every id of an ACK group from ``peer``, in one call (a hub
+        forwards tens of thousands of acks a second)."""
+        sticky = self._sticky
+        inst = self._instances.get(peer)
+        service = inst.identity.service if inst is not None else None
+        release = self._release
+        for msg_id in msg_ids:
+            skey: _StickyKey = msg_id
+            stick = sticky.get(skey)
+            if stick is None:
+                if service is None:
+                    continue
+                skey = (msg_id, service)
+                stick = sticky.get(skey)
+            if stick is not None and stick[_OPEN]:
+                sticky[skey] = (stick[_KEY], stick[_AT], False)
+                release(stick[_KEY])
+
     def tick(self, now: float) -> None:
         """Expire sticky entries older than the TTL."""
         self._expire(now)
