@@ -28,6 +28,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from google.protobuf import json_format
@@ -124,6 +125,8 @@ _DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
 _ENVELOPE_CACHE = 1024
 """Distinct sender envelopes a receiver keeps parsed (one per sending instance)."""
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+"""The headers of a message that has none: one shared read-only mapping."""
 _NAME_CACHE = 1024
 """Distinct type names and recipients a sender keeps checked and encoded."""
 
@@ -236,6 +239,8 @@ class Endpoint:
         self._receiving = False
         """True while a received batch is being handled: it arms the timer once at the
         end, so handlers finishing within it need not (one arm per batch, not per message)."""
+        self._batch_now = 0.0
+        """The loop time the batch being received is handled at (while ``_receiving``)."""
         self._links: list[_HubLink] = []
         self._next_link = 0
         self._backend = backend or ZmqBackend()
@@ -749,6 +754,7 @@ class Endpoint:
         now = loop.time()
         self._liveness.seen(hub.index, now)
         self._receiving = True
+        self._batch_now = now
         try:
             for frames in multiparts:
                 try:
@@ -944,17 +950,32 @@ class Endpoint:
     def _context(
         self, item: MessageItem, sender: Identity, env: envelope_pb2.Envelope | None, now: float
     ) -> Context:
+        # Positional, in Context's field order: keyword arguments cost 0.3 µs more here,
+        # once per handled message.
+        if env is None:
+            return Context(
+                item.id,
+                item.type,
+                sender,
+                item.attempt,
+                item.created_at_ns / 1e9,
+                item.sent_at_ns / 1e9,
+                now + self._wall_offset,
+                _NO_HEADERS,
+                b"",
+                item.priority,
+            )
         return Context(
-            message_id=item.id,
-            message_type=item.type,
-            sender=sender,
-            attempt=item.attempt,
-            created_at=item.created_at_ns / 1e9,
-            sent_at=item.sent_at_ns / 1e9,
-            received_at=now + self._wall_offset,
-            headers=dict(env.headers) if env is not None else {},
-            correlation_id=env.correlation_id if env is not None else b"",
-            priority=item.priority,
+            item.id,
+            item.type,
+            sender,
+            item.attempt,
+            item.created_at_ns / 1e9,
+            item.sent_at_ns / 1e9,
+            now + self._wall_offset,
+            dict(env.headers),
+            env.correlation_id,
+            item.priority,
         )
 
     def _handled(
@@ -969,7 +990,7 @@ class Endpoint:
         if loop is None or self._closed:
             self._deduper.abandon(item.id)
             return
-        now = loop.time()
+        now = self._batch_now if self._receiving else loop.time()
         outbox = hub.link.outbox
         mid = item.id
         request = bool(item.flags & FLAG_REQUEST)
