@@ -315,7 +315,6 @@ class DeliveryReport:
     def _settle(
         self,
         status: DeliveryStatus,
-        *,
         attempts: int,
         first_sent_at: float | None,
         acked_at: float | None = None,

@@ -592,13 +592,8 @@ class Endpoint:
         mid = report.message_id
         self._pending[mid] = _Out(frame, report, kind, request)
         self.stats.sent += 1
-        admit = self._tracker.submit(
-            mid,
-            msg_type=report.message_type,
-            destination=destination,
-            policy=pol,
-            now=now,
-            expect=None if kind == KIND_EVENT else 1,
+        admit = self._tracker.submit(  # positional: once per message
+            mid, report.message_type, destination, pol, now, None if kind == KIND_EVENT else 1
         )
         if admit is Admit.SEND:  # _transmit, inlined: once per message
             links = self._links
@@ -721,13 +716,14 @@ class Endpoint:
         first = c.first_sent_at + offset if c.first_sent_at is not None else None
         if c:
             self.stats.acked += 1
-            report._settle(
+            report._settle(  # positional: once per acked message
                 DeliveryStatus.ACKED,
-                attempts=c.attempts,
-                first_sent_at=first,
-                acked_at=c.acked_at + offset if c.acked_at is not None else None,
-                acked_by=c.acked_by,
-                response=c.response,
+                c.attempts,
+                first,
+                c.acked_at + offset if c.acked_at is not None else None,
+                c.acked_by,
+                None,
+                c.response,
             )
         else:
             reason = c.reason or Reason.TIMEOUT

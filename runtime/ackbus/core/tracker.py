@@ -240,7 +240,6 @@ class OutboundTracker:
     def submit(
         self,
         msg_id: bytes,
-        *,
         msg_type: str,
         destination: str,
         policy: Policy,
