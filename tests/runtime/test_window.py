@@ -172,3 +172,29 @@ async def test_a_recipient_the_wire_cannot_carry_is_refused_at_send(
                 await dealer.send(Bye(), to="no spaces allowed")
         assert dealer.pending == 0
         assert await dealer.send(Bye(), to="table")
+
+
+async def test_messages_queued_in_the_tracker_go_out_as_soon_as_a_slot_frees() -> None:
+    """A message the tracker queued (window full when it was tracked: a resumed durable
+    outbox, or a send that overtook a woken waiter) is sent on the ack that frees a slot,
+    not when the next ack timeout fires (2 s here)."""
+    slow_timeout = Policy(ack_timeout=2.0, deadline=10.0)
+
+    async def quick(msg: Bye, ctx: Context) -> None:
+        return None
+
+    backend = MemoryBackend()
+    async with Hub("inmem://hub-q", backend=backend, heartbeat=0.2):
+        table = Endpoint("table", "inmem://hub-q", backend=backend, policy=slow_timeout)
+        table.register_handler(Bye, quick)
+        dealer = Endpoint("dealer", "inmem://hub-q", backend=backend, policy=slow_timeout, window=1)
+        async with asyncio.timeout(T), table, dealer:
+            dealer._window = 100  # the endpoint lets sends through; its tracker holds 1
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(5)]
+            assert dealer._tracker.queued("ackbus.Bye") == 4
+            for r in reports:
+                await r.wait(T)
+            assert all(reports)
+            assert loop.time() - start < 1.0
