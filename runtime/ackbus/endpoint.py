@@ -904,7 +904,7 @@ class Endpoint:
             if json_body:
                 json_format.ParseDict(json.loads(item.body), msg)
             else:
-                msg.ParseFromString(item.body)
+                msg.ParseFromString(item.body_buffer())  # type: ignore[arg-type]  # any buffer
             return msg
         if json_body:
             payload = json.loads(item.body)

@@ -229,3 +229,21 @@ async def test_window_frees_up_as_acks_arrive(bus: Bus) -> None:
         for r in reports:
             await r.wait(5)
     assert all(reports)
+
+
+@pytest.mark.parametrize("size", [100, 70_000, 2_000_000])
+async def test_payloads_small_and_big_arrive_whole(bus: Bus, size: int) -> None:
+    """Big bodies are parsed from a view into the received frame, small ones from a
+    copy: both arrive byte for byte."""
+    got: list[str] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        got.append(msg.reason)
+
+    table = endpoint(bus, "table")
+    table.register_handler(Bye, on_bye)
+    reason = "".join(chr(0x61 + i % 26) for i in range(size))
+    async with table, endpoint(bus, "dealer") as dealer:
+        report = await dealer.send(Bye(reason=reason), timeout=10)
+    assert report
+    assert got == [reason]

@@ -412,3 +412,15 @@ def test_negotiate() -> None:
     assert wire.negotiate([]) == 1
     with refused("UNSUPPORTED_VERSION"):
         wire.negotiate([2, 3])
+
+
+def test_body_buffer_is_a_view_for_big_bodies_and_bytes_for_small() -> None:
+    small = wire.MessageItem(item(body=b"s" * 10), b"")
+    assert small.body_buffer() == b"s" * 10
+    assert type(small.body_buffer()) is bytes
+    big_body = bytes(range(256)) * (wire.BUFFER_VIEW_FROM // 256 + 1)
+    big = wire.MessageItem(item(body=big_body), b"")
+    view = big.body_buffer()
+    assert isinstance(view, memoryview)
+    assert view.obj is big.frame  # no copy of the frame
+    assert bytes(view) == big_body == big.body

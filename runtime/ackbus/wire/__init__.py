@@ -13,6 +13,7 @@ have their own ``encode_*`` functions returning a whole multipart.
 from ._codec import (
     ACK_FRAME,
     BAD_SIGNATURE,
+    BUFFER_VIEW_FROM,
     BYE_FRAME,
     DEFAULT_LIMITS,
     FLAG_REQUEST,
@@ -84,6 +85,7 @@ from ._outbox import Multipart, Outbox
 __all__ = [
     "ACK_FRAME",
     "BAD_SIGNATURE",
+    "BUFFER_VIEW_FROM",
     "BYE_FRAME",
     "DEFAULT_LIMITS",
     "FLAG_REQUEST",
