@@ -27,6 +27,7 @@ from .naming import (
     importable,
     output_for_proto,
     param_name,
+    policy_name,
     qualified_alias,
     snake_case,
 )
@@ -51,7 +52,20 @@ SEND_OPTIONS = ("wait_ack", "timeout", "to", "priority", "headers", "policy")
 # The one module-level name a method body uses besides its message's module.
 FIELDS_ALIAS = "_Fields"
 # Names the module header binds.
-_HEADER_NAMES = ("ackbus", "Any", "Iterable", "Mapping", "REGISTRY", "TypeAlias", FIELDS_ALIAS)
+_HEADER_NAMES = (
+    "ackbus",
+    "Any",
+    "Final",
+    "Iterable",
+    "Mapping",
+    "REGISTRY",
+    "TypeAlias",
+    FIELDS_ALIAS,
+)
+# How a policy constant is declared: ``Final`` because the clients read the module
+# global at each call, so rebinding it would change every client's default silently.
+POLICY_ANNOTATION = "Final[ackbus.Policy]"
+_LINE_LENGTH = 100
 _COMPOSITE = (FDP.TYPE_MESSAGE, FDP.TYPE_GROUP)
 
 
@@ -114,7 +128,7 @@ class Method:
     request_message: str | None
     handler: str
     policy: str
-    """Name of the module-level ``ackbus.Policy`` constant."""
+    """Name of the public module-level ``ackbus.Policy`` constant (:func:`policy_name`)."""
     docs: MethodDocs
 
     @property
@@ -139,8 +153,13 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConst:
+    """One rpc's merged schema policy as a public, documented module constant."""
+
     name: str
     expr: str
+    doc: str
+    """Docstring literal printed under the constant."""
+    annotation: str = POLICY_ANNOTATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,14 +280,24 @@ class _Builder:
         where = info.file.where((*info.path, 7, options_pb2.message_policy.number), info.path)
         return self.level(found, where, f"message {info.full_name}")
 
-    def policy_const(self, preferred: str, owner: str, merged: pol.PolicyOptions) -> str:
-        name = self.names.allocate(preferred, owner)
+    def policy_const(self, name: str, rpc_full: str, merged: pol.PolicyOptions) -> None:
+        """Declare the constant ``name`` (already claimed) holding rpc ``rpc_full``'s policy."""
         expr = _policy_expr(merged)
-        if len(name) + len(expr) > 96:  # one argument per line, as a formatter would
+        if len(f"{name}: {POLICY_ANNOTATION} = {expr}") > _LINE_LENGTH:
+            # one argument per line, as a formatter would
             args = "".join(f"    {arg},\n" for arg in _policy_args(merged))
             expr = f"ackbus.Policy(\n{args})"
-        self.model.policies.append(PolicyConst(name, expr))
-        return name
+        doc = _join(
+            _fill(
+                f"The schema policy of rpc {rpc_full}: its method, request message and "
+                "service options merged, the runtime's defaults for the rest."
+            ),
+            _fill(
+                "A call's ``policy=`` replaces it whole; to change one field, start from it: "
+                f"``policy={name}.with_(max_attempts=1)``."
+            ),
+        )
+        self.model.policies.append(PolicyConst(name, expr, docstring(doc)))
 
     # -- messages -------------------------------------------------------------
 
@@ -401,7 +430,8 @@ class _Builder:
             request_message = attrs.claim(f"request_{snake}_message", owner)
         handler = attrs.claim(f"on_{snake}", owner)
         service_name = full.rpartition(".")[0].rpartition(".")[2]
-        const = f"_{snake_case(service_name).upper()}_{snake.upper()}_POLICY"
+        const = self.names.claim(policy_name(service_name, rpc.name), owner)
+        self.policy_const(const, full, merged)
         doc = self.pf.at(path).comment
         return Method(
             name=rpc.name,
@@ -417,9 +447,9 @@ class _Builder:
             request=request,
             request_message=request_message,
             handler=handler,
-            policy=self.policy_const(const, f"the policy of rpc {full}", merged),
+            policy=const,
             docs=_method_docs(
-                full, doc, req.full_name, merged.is_event, response_type, resp, params
+                full, doc, req.full_name, merged.is_event, response_type, resp, params, const
             ),
         )
 
@@ -520,25 +550,38 @@ def _method_docs(
     response_type: str | None,
     resp: TypeInfo,
     params: tuple[Param, ...],
+    policy: str,
 ) -> MethodDocs:
     summary = doc or f"The rpc {full}."
     what = "Publishes the event" if event else "Sends the command"
     args = _args_section(params)
     unset = "Fields left at None (or their zero value) stay unset."
     reply = f"returns the {resp.full_name} reply"
+    per_call = _fill(
+        f"Uses {policy} unless ``policy=`` replaces it whole; to change one field, pass "
+        f"``policy={policy}.with_(max_attempts=1)``."
+    )
     return MethodDocs(
         send=docstring(
-            _join(summary, _fill(f"{what} {request}, built from the fields. {unset}"), args)
+            _join(
+                summary,
+                _fill(f"{what} {request}, built from the fields. {unset}"),
+                per_call,
+                args,
+            )
         ),
-        send_message=docstring(_join(summary, _fill(f"{what} {request}, built by the caller."))),
+        send_message=docstring(
+            _join(summary, _fill(f"{what} {request}, built by the caller."), per_call)
+        ),
         request=docstring(
             _join(
                 summary,
                 _fill(f"Sends {request}, built from the fields, and {reply}. {unset}"),
+                per_call,
                 args,
             )
         ),
-        request_message=docstring(_join(summary, _fill(f"Sends {request} and {reply}."))),
+        request_message=docstring(_join(summary, _fill(f"Sends {request} and {reply}."), per_call)),
         handler=docstring(
             _join(
                 summary,
@@ -586,6 +629,7 @@ def build_file(
     m = b.model
     for svc in services:
         m.exports += [svc.client, svc.blocking_client, svc.handler]
+    m.exports += [p.name for p in m.policies]
     m.exports.append("REGISTRY")
     m.exports.sort()
     m.imports = [_import(module, alias) for module, alias in sorted(b.aliases.items())]
@@ -600,9 +644,11 @@ def build_file(
         )
     )
     m.abc_imports = sorted(b.abc)
+    typing = {"Final"} if m.policies else set()
     if b.uses_fields_alias:
         m.fields_alias = FIELDS_ALIAS
-        m.typing_imports = ["Any", "TypeAlias"]
+        typing |= {"Any", "TypeAlias"}
+    m.typing_imports = sorted(typing)
     return m
 
 

@@ -9,6 +9,8 @@ code is written. The rules (docs/codegen.md repeats them for users):
 * a field whose name is a Python keyword (``from``), or that would shadow a name the
   method itself needs (``self``, ``timeout``, ``wait_ack``, ...), becomes a keyword
   argument with a trailing underscore (``from_``, ``timeout_``);
+* rpc ``StartHand`` of service ``Table`` gives the public module constant
+  ``TABLE_START_HAND_POLICY``, its schema policy (:func:`policy_name`);
 * builtins (``id``, ``type``, ``str``) stay as they are: generated bodies never
   reference a builtin, so shadowing one is harmless and ``id=`` reads as users expect;
 * two things that end up with one Python name are an error naming both
@@ -29,6 +31,7 @@ __all__ = [
     "module_for_proto",
     "output_for_proto",
     "param_name",
+    "policy_name",
     "qualified_alias",
     "snake_case",
 ]
@@ -60,6 +63,14 @@ def param_name(field_name: str, taken: frozenset[str] = frozenset()) -> str:
     return field_name
 
 
+def policy_name(service: str, rpc: str) -> str:
+    """``Table``, ``StartHand`` -> ``TABLE_START_HAND_POLICY``: the module constant holding
+    the rpc's schema policy. Service and rpc both appear because one module may hold two
+    services with an rpc of one name (an event two services subscribe to); the rare pair
+    that still coincides (``Foo.BarBaz`` and ``FooBar.Baz``) is a collision error."""
+    return f"{snake_case(service).upper()}_{snake_case(rpc).upper()}_POLICY"
+
+
 def module_for_proto(proto_path: str) -> str:
     """The Python module protoc writes for a .proto file (``a/b-c.proto`` -> ``a.b_c_pb2``)."""
     stem = proto_path.removesuffix(".proto").replace("-", "_")
@@ -79,8 +90,8 @@ def qualified_alias(module: str) -> str:
 class Namespace:
     """One Python scope of generated names, each with the proto element it came from.
 
-    :meth:`claim` fails on a second owner of a name; :meth:`allocate` picks a free
-    variant, for private names the user never types.
+    :meth:`claim` fails on a second owner of a name: every generated name is one a user
+    may type, so none is ever silently renamed.
     """
 
     def __init__(self, scope: str, reserved: dict[str, str] | None = None) -> None:
@@ -102,13 +113,5 @@ class Namespace:
             raise GenerationError(
                 f"{owner} and {known} both become {name!r} in {self.scope}; rename one of them"
             )
-        self._owners[name] = owner
-        return name
-
-    def allocate(self, preferred: str, owner: str) -> str:
-        name, n = preferred, 1
-        while name in self._owners:
-            n += 1
-            name = f"{preferred}_{n}"
         self._owners[name] = owner
         return name

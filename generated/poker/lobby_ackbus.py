@@ -9,6 +9,7 @@ regenerate.
 """
 
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import ackbus
 from google.protobuf import timestamp_pb2
@@ -23,9 +24,12 @@ if ackbus.__version__.split(".")[:2] != ["0", "1"]:
     )
 
 __all__ = [
+    "AUDIT_HAND_STARTED_POLICY",
     "AuditBlockingClient",
     "AuditClient",
     "AuditHandler",
+    "LOBBY_HAND_STARTED_POLICY",
+    "LOBBY_REGISTER_SERVICE_POLICY",
     "LobbyBlockingClient",
     "LobbyClient",
     "LobbyHandler",
@@ -33,19 +37,43 @@ __all__ = [
 ]
 
 
-_LOBBY_REGISTER_SERVICE_POLICY = ackbus.Policy(ack_timeout=2.0, max_attempts=5, backoff_cap=5.0)
-_LOBBY_HAND_STARTED_POLICY = ackbus.Policy(
+LOBBY_REGISTER_SERVICE_POLICY: Final[ackbus.Policy] = ackbus.Policy(
+    ack_timeout=2.0,
+    max_attempts=5,
+    backoff_cap=5.0,
+)
+"""The schema policy of rpc poker.Lobby.RegisterService: its method, request
+message and service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
+"""
+
+LOBBY_HAND_STARTED_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     ack_timeout=2.0,
     max_attempts=5,
     backoff_cap=5.0,
     kind=ackbus.Kind.EVENT,
 )
-_AUDIT_HAND_STARTED_POLICY = ackbus.Policy(
+"""The schema policy of rpc poker.Lobby.HandStarted: its method, request message
+and service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
+"""
+
+AUDIT_HAND_STARTED_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     max_attempts=100,
     backoff_cap=10.0,
     deadline=300.0,
     kind=ackbus.Kind.EVENT,
 )
+"""The schema policy of rpc poker.Audit.HandStarted: its method, request message
+and service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
+"""
 
 
 class LobbyClient:
@@ -78,6 +106,10 @@ class LobbyClient:
 
         Sends the command poker.ServiceRegistration, built from the fields. Fields left
         at None (or their zero value) stay unset.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
 
         Args:
             service_name: The service name shared by all its instances ("table").
@@ -116,6 +148,10 @@ class LobbyClient:
         """Register a service instance; the reply says which tables it serves.
 
         Sends the command poker.ServiceRegistration, built by the caller.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.send(
             msg,
@@ -124,7 +160,7 @@ class LobbyClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     async def request_register_service(
@@ -146,6 +182,10 @@ class LobbyClient:
         Sends poker.ServiceRegistration, built from the fields, and returns the
         poker.RegistrationResult reply. Fields left at None (or their zero value) stay
         unset.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
 
         Args:
             service_name: The service name shared by all its instances ("table").
@@ -177,6 +217,10 @@ class LobbyClient:
         """Register a service instance; the reply says which tables it serves.
 
         Sends poker.ServiceRegistration and returns the poker.RegistrationResult reply.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.request(
             msg,
@@ -185,7 +229,7 @@ class LobbyClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     async def publish_hand_started(
@@ -205,6 +249,9 @@ class LobbyClient:
 
         Publishes the event poker.HandStarted, built from the fields. Fields left at
         None (or their zero value) stay unset.
+
+        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
 
         Args:
             hand_number: Counts up from 1 per table.
@@ -238,6 +285,9 @@ class LobbyClient:
         """Keeps the lobby's table list current.
 
         Publishes the event poker.HandStarted, built by the caller.
+
+        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.publish(
             msg,
@@ -245,7 +295,7 @@ class LobbyClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_HAND_STARTED_POLICY if policy is None else policy,
+            policy=LOBBY_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -279,6 +329,10 @@ class LobbyBlockingClient:
 
         Sends the command poker.ServiceRegistration, built from the fields. Fields left
         at None (or their zero value) stay unset.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
 
         Args:
             service_name: The service name shared by all its instances ("table").
@@ -317,6 +371,10 @@ class LobbyBlockingClient:
         """Register a service instance; the reply says which tables it serves.
 
         Sends the command poker.ServiceRegistration, built by the caller.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.send(
             msg,
@@ -325,7 +383,7 @@ class LobbyBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     def request_register_service(
@@ -347,6 +405,10 @@ class LobbyBlockingClient:
         Sends poker.ServiceRegistration, built from the fields, and returns the
         poker.RegistrationResult reply. Fields left at None (or their zero value) stay
         unset.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
 
         Args:
             service_name: The service name shared by all its instances ("table").
@@ -378,6 +440,10 @@ class LobbyBlockingClient:
         """Register a service instance; the reply says which tables it serves.
 
         Sends poker.ServiceRegistration and returns the poker.RegistrationResult reply.
+
+        Uses LOBBY_REGISTER_SERVICE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=LOBBY_REGISTER_SERVICE_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.request(
             msg,
@@ -386,7 +452,7 @@ class LobbyBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
     def publish_hand_started(
@@ -406,6 +472,9 @@ class LobbyBlockingClient:
 
         Publishes the event poker.HandStarted, built from the fields. Fields left at
         None (or their zero value) stay unset.
+
+        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
 
         Args:
             hand_number: Counts up from 1 per table.
@@ -439,6 +508,9 @@ class LobbyBlockingClient:
         """Keeps the lobby's table list current.
 
         Publishes the event poker.HandStarted, built by the caller.
+
+        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.publish(
             msg,
@@ -446,7 +518,7 @@ class LobbyBlockingClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_LOBBY_HAND_STARTED_POLICY if policy is None else policy,
+            policy=LOBBY_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -464,7 +536,7 @@ class LobbyHandler(ackbus.Handler):
             handler_attr="on_register_service",
             request=lobby_pb2.ServiceRegistration,
             response=lobby_pb2.RegistrationResult,
-            policy=_LOBBY_REGISTER_SERVICE_POLICY,
+            policy=LOBBY_REGISTER_SERVICE_POLICY,
         ),
         ackbus.MethodSpec(
             service="poker.Lobby",
@@ -472,7 +544,7 @@ class LobbyHandler(ackbus.Handler):
             handler_attr="on_hand_started",
             request=table_pb2.HandStarted,
             response=None,
-            policy=_LOBBY_HAND_STARTED_POLICY,
+            policy=LOBBY_HAND_STARTED_POLICY,
         ),
     )
 
@@ -533,6 +605,9 @@ class AuditClient:
         Publishes the event poker.HandStarted, built from the fields. Fields left at
         None (or their zero value) stay unset.
 
+        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
+
         Args:
             hand_number: Counts up from 1 per table.
             player_ids: The players dealt in, in seat order.
@@ -565,6 +640,9 @@ class AuditClient:
         """Audit records must not be lost: retry for up to five minutes.
 
         Publishes the event poker.HandStarted, built by the caller.
+
+        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.publish(
             msg,
@@ -572,7 +650,7 @@ class AuditClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_AUDIT_HAND_STARTED_POLICY if policy is None else policy,
+            policy=AUDIT_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -604,6 +682,9 @@ class AuditBlockingClient:
 
         Publishes the event poker.HandStarted, built from the fields. Fields left at
         None (or their zero value) stay unset.
+
+        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
 
         Args:
             hand_number: Counts up from 1 per table.
@@ -637,6 +718,9 @@ class AuditBlockingClient:
         """Audit records must not be lost: retry for up to five minutes.
 
         Publishes the event poker.HandStarted, built by the caller.
+
+        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.publish(
             msg,
@@ -644,7 +728,7 @@ class AuditBlockingClient:
             timeout=timeout,
             priority=priority,
             headers=headers,
-            policy=_AUDIT_HAND_STARTED_POLICY if policy is None else policy,
+            policy=AUDIT_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 
@@ -662,7 +746,7 @@ class AuditHandler(ackbus.Handler):
             handler_attr="on_hand_started",
             request=table_pb2.HandStarted,
             response=None,
-            policy=_AUDIT_HAND_STARTED_POLICY,
+            policy=AUDIT_HAND_STARTED_POLICY,
         ),
     )
 

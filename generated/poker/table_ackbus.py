@@ -8,7 +8,7 @@ regenerate.
 """
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import ackbus
 from google.protobuf import timestamp_pb2
@@ -24,6 +24,10 @@ if ackbus.__version__.split(".")[:2] != ["0", "1"]:
 
 __all__ = [
     "REGISTRY",
+    "TABLE_DEAL_CARDS_POLICY",
+    "TABLE_GET_TABLE_STATE_POLICY",
+    "TABLE_PLAYER_ACTION_POLICY",
+    "TABLE_START_HAND_POLICY",
     "TableBlockingClient",
     "TableClient",
     "TableHandler",
@@ -31,20 +35,47 @@ __all__ = [
 
 _Fields: TypeAlias = dict[str, Any]
 
-_TABLE_START_HAND_POLICY = ackbus.Policy(
+TABLE_START_HAND_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     ack_timeout=0.5,
     max_attempts=8,
     deadline=10.0,
     priority=3,
 )
-_TABLE_DEAL_CARDS_POLICY = ackbus.Policy(ack_timeout=0.5, max_attempts=8)
-_TABLE_PLAYER_ACTION_POLICY = ackbus.Policy(
+"""The schema policy of rpc poker.Table.StartHand: its method, request message and
+service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)``.
+"""
+
+TABLE_DEAL_CARDS_POLICY: Final[ackbus.Policy] = ackbus.Policy(ack_timeout=0.5, max_attempts=8)
+"""The schema policy of rpc poker.Table.DealCards: its method, request message and
+service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=TABLE_DEAL_CARDS_POLICY.with_(max_attempts=1)``.
+"""
+
+TABLE_PLAYER_ACTION_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     ack_timeout=0.5,
     max_attempts=3,
     priority=5,
     retry_rejected=False,
 )
-_TABLE_GET_TABLE_STATE_POLICY = ackbus.Policy(ack_timeout=0.5, max_attempts=8)
+"""The schema policy of rpc poker.Table.PlayerAction: its method, request message
+and service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=TABLE_PLAYER_ACTION_POLICY.with_(max_attempts=1)``.
+"""
+
+TABLE_GET_TABLE_STATE_POLICY: Final[ackbus.Policy] = ackbus.Policy(ack_timeout=0.5, max_attempts=8)
+"""The schema policy of rpc poker.Table.GetTableState: its method, request message
+and service options merged, the runtime's defaults for the rest.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
+"""
 
 
 class TableClient:
@@ -77,6 +108,9 @@ class TableClient:
 
         Sends the command poker.StartHand, built from the fields. Fields left at None
         (or their zero value) stay unset.
+
+        Uses TABLE_START_HAND_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)``.
 
         Args:
             table_id: The table that deals the hand.
@@ -115,6 +149,9 @@ class TableClient:
         """Start a new hand. The table publishes HandStarted once it has.
 
         Sends the command poker.StartHand, built by the caller.
+
+        Uses TABLE_START_HAND_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.send(
             msg,
@@ -123,7 +160,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_START_HAND_POLICY if policy is None else policy,
+            policy=TABLE_START_HAND_POLICY if policy is None else policy,
         )
 
     async def send_deal_cards(
@@ -143,6 +180,9 @@ class TableClient:
 
         Sends the command poker.DealCards, built from the fields. Fields left at None
         (or their zero value) stay unset.
+
+        Uses TABLE_DEAL_CARDS_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_DEAL_CARDS_POLICY.with_(max_attempts=1)``.
 
         Args:
             hands: Hole cards by player id.
@@ -177,6 +217,9 @@ class TableClient:
         """Deal cards for the current hand.
 
         Sends the command poker.DealCards, built by the caller.
+
+        Uses TABLE_DEAL_CARDS_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_DEAL_CARDS_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.send(
             msg,
@@ -185,7 +228,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_DEAL_CARDS_POLICY if policy is None else policy,
+            policy=TABLE_DEAL_CARDS_POLICY if policy is None else policy,
         )
 
     async def send_player_action(
@@ -208,6 +251,9 @@ class TableClient:
 
         Sends the command poker.PlayerAction, built from the fields. Fields left at None
         (or their zero value) stay unset.
+
+        Uses TABLE_PLAYER_ACTION_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=TABLE_PLAYER_ACTION_POLICY.with_(max_attempts=1)``.
 
         Args:
             from_: Player id of who acts. Named as in the legacy protocol.
@@ -251,6 +297,9 @@ class TableClient:
         """Take a player's action; stale or illegal actions are rejected, not retried.
 
         Sends the command poker.PlayerAction, built by the caller.
+
+        Uses TABLE_PLAYER_ACTION_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=TABLE_PLAYER_ACTION_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.send(
             msg,
@@ -259,7 +308,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
+            policy=TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
         )
 
     async def send_get_table_state(
@@ -277,6 +326,10 @@ class TableClient:
 
         Sends the command poker.GetTableState, built from the fields. Fields left at
         None (or their zero value) stay unset.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         msg = table_pb2.GetTableState(
             table_id=table_id,
@@ -305,6 +358,10 @@ class TableClient:
         """The table's current state.
 
         Sends the command poker.GetTableState, built by the caller.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.send(
             msg,
@@ -313,7 +370,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
     async def request_get_table_state(
@@ -330,6 +387,10 @@ class TableClient:
 
         Sends poker.GetTableState, built from the fields, and returns the
         poker.TableState reply. Fields left at None (or their zero value) stay unset.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         msg = table_pb2.GetTableState(
             table_id=table_id,
@@ -351,6 +412,10 @@ class TableClient:
         """The table's current state.
 
         Sends poker.GetTableState and returns the poker.TableState reply.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         return await self._bus.request(
             msg,
@@ -359,7 +424,7 @@ class TableClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
 
@@ -393,6 +458,9 @@ class TableBlockingClient:
 
         Sends the command poker.StartHand, built from the fields. Fields left at None
         (or their zero value) stay unset.
+
+        Uses TABLE_START_HAND_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)``.
 
         Args:
             table_id: The table that deals the hand.
@@ -431,6 +499,9 @@ class TableBlockingClient:
         """Start a new hand. The table publishes HandStarted once it has.
 
         Sends the command poker.StartHand, built by the caller.
+
+        Uses TABLE_START_HAND_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.send(
             msg,
@@ -439,7 +510,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_START_HAND_POLICY if policy is None else policy,
+            policy=TABLE_START_HAND_POLICY if policy is None else policy,
         )
 
     def send_deal_cards(
@@ -459,6 +530,9 @@ class TableBlockingClient:
 
         Sends the command poker.DealCards, built from the fields. Fields left at None
         (or their zero value) stay unset.
+
+        Uses TABLE_DEAL_CARDS_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_DEAL_CARDS_POLICY.with_(max_attempts=1)``.
 
         Args:
             hands: Hole cards by player id.
@@ -493,6 +567,9 @@ class TableBlockingClient:
         """Deal cards for the current hand.
 
         Sends the command poker.DealCards, built by the caller.
+
+        Uses TABLE_DEAL_CARDS_POLICY unless ``policy=`` replaces it whole; to change one
+        field, pass ``policy=TABLE_DEAL_CARDS_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.send(
             msg,
@@ -501,7 +578,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_DEAL_CARDS_POLICY if policy is None else policy,
+            policy=TABLE_DEAL_CARDS_POLICY if policy is None else policy,
         )
 
     def send_player_action(
@@ -524,6 +601,9 @@ class TableBlockingClient:
 
         Sends the command poker.PlayerAction, built from the fields. Fields left at None
         (or their zero value) stay unset.
+
+        Uses TABLE_PLAYER_ACTION_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=TABLE_PLAYER_ACTION_POLICY.with_(max_attempts=1)``.
 
         Args:
             from_: Player id of who acts. Named as in the legacy protocol.
@@ -567,6 +647,9 @@ class TableBlockingClient:
         """Take a player's action; stale or illegal actions are rejected, not retried.
 
         Sends the command poker.PlayerAction, built by the caller.
+
+        Uses TABLE_PLAYER_ACTION_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=TABLE_PLAYER_ACTION_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.send(
             msg,
@@ -575,7 +658,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
+            policy=TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
         )
 
     def send_get_table_state(
@@ -593,6 +676,10 @@ class TableBlockingClient:
 
         Sends the command poker.GetTableState, built from the fields. Fields left at
         None (or their zero value) stay unset.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         msg = table_pb2.GetTableState(
             table_id=table_id,
@@ -621,6 +708,10 @@ class TableBlockingClient:
         """The table's current state.
 
         Sends the command poker.GetTableState, built by the caller.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.send(
             msg,
@@ -629,7 +720,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
     def request_get_table_state(
@@ -646,6 +737,10 @@ class TableBlockingClient:
 
         Sends poker.GetTableState, built from the fields, and returns the
         poker.TableState reply. Fields left at None (or their zero value) stay unset.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         msg = table_pb2.GetTableState(
             table_id=table_id,
@@ -667,6 +762,10 @@ class TableBlockingClient:
         """The table's current state.
 
         Sends poker.GetTableState and returns the poker.TableState reply.
+
+        Uses TABLE_GET_TABLE_STATE_POLICY unless ``policy=`` replaces it whole; to
+        change one field, pass
+        ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
         return self._bus.request(
             msg,
@@ -675,7 +774,7 @@ class TableBlockingClient:
             to=to,
             priority=priority,
             headers=headers,
-            policy=_TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
         )
 
 
@@ -693,7 +792,7 @@ class TableHandler(ackbus.Handler):
             handler_attr="on_start_hand",
             request=table_pb2.StartHand,
             response=None,
-            policy=_TABLE_START_HAND_POLICY,
+            policy=TABLE_START_HAND_POLICY,
         ),
         ackbus.MethodSpec(
             service="poker.Table",
@@ -701,7 +800,7 @@ class TableHandler(ackbus.Handler):
             handler_attr="on_deal_cards",
             request=table_pb2.DealCards,
             response=None,
-            policy=_TABLE_DEAL_CARDS_POLICY,
+            policy=TABLE_DEAL_CARDS_POLICY,
         ),
         ackbus.MethodSpec(
             service="poker.Table",
@@ -709,7 +808,7 @@ class TableHandler(ackbus.Handler):
             handler_attr="on_player_action",
             request=table_pb2.PlayerAction,
             response=None,
-            policy=_TABLE_PLAYER_ACTION_POLICY,
+            policy=TABLE_PLAYER_ACTION_POLICY,
         ),
         ackbus.MethodSpec(
             service="poker.Table",
@@ -717,7 +816,7 @@ class TableHandler(ackbus.Handler):
             handler_attr="on_get_table_state",
             request=table_pb2.GetTableState,
             response=table_pb2.TableState,
-            policy=_TABLE_GET_TABLE_STATE_POLICY,
+            policy=TABLE_GET_TABLE_STATE_POLICY,
         ),
     )
 

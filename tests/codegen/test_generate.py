@@ -14,6 +14,7 @@ import ackbus
 import pytest
 from ackbus_codegen import plugin, protoc
 from ackbus_codegen.generate import generate
+from ackbus_codegen.naming import policy_name
 from google.protobuf.compiler import plugin_pb2
 from google.protobuf.message import Message
 
@@ -77,6 +78,7 @@ def test_custom_option_reaches_the_generated_policy(tmp_path: Path) -> None:
         import opt_ackbus
         (spec,) = opt_ackbus.PingerHandler.__ackbus_methods__
         print(spec.policy.ack_timeout, spec.policy.max_attempts, spec.policy.priority)
+        print(spec.policy is opt_ackbus.PINGER_PING_POLICY)
         registry = opt_ackbus.REGISTRY
         print(registry["PING"].full_name, registry["opt.Ping"].policy.priority)
         """
@@ -89,7 +91,7 @@ def test_custom_option_reaches_the_generated_policy(tmp_path: Path) -> None:
         timeout=30,
         check=True,
     ).stdout.split()
-    assert out == ["0.125", "7", "4", "opt.Ping", "4"]
+    assert out == ["0.125", "7", "4", "True", "opt.Ping", "4"]
 
 
 def test_options_are_invisible_unless_imported_before_parsing(compile_request: Compile) -> None:
@@ -112,9 +114,8 @@ def test_options_are_invisible_unless_imported_before_parsing(compile_request: C
     assert late.stdout.split() == [b"False"]
     response = plugin_pb2.CodeGeneratorResponse.FromString(plugin.run(data)[0])
     assert not response.error
-    assert (
-        "ackbus.Policy(ack_timeout=0.125, max_attempts=7, priority=4)" in response.file[0].content
-    )
+    compact = "".join(response.file[0].content.split()).replace(",)", ")")
+    assert "ackbus.Policy(ack_timeout=0.125,max_attempts=7,priority=4)" in compact
 
 
 def test_plugin_reports_errors_in_the_response(compile_request: Compile) -> None:
@@ -330,6 +331,66 @@ def test_a_per_call_policy_reaches_the_blocking_bus() -> None:
         ("request", True),
         ("publish", True),
     ]
+
+
+def test_public_policy_constants_are_what_the_handlers_declare() -> None:
+    """One public constant per rpc, exported, and the very object the handler base
+    declares (and so the runtime uses) for it: a user starting from it starts from
+    exactly the schema's policy."""
+    from poker import lobby_ackbus, table_ackbus
+
+    found = {}
+    for module in (lobby_ackbus, table_ackbus):
+        for name in module.__all__:
+            if name.endswith("Handler"):
+                for spec in getattr(module, name).__ackbus_methods__:
+                    const = policy_name(spec.service.rpartition(".")[2], spec.name)
+                    assert const in module.__all__, const
+                    assert getattr(module, const) is spec.policy, const
+                    found[const] = spec.policy
+    assert sorted(found) == [
+        "AUDIT_HAND_STARTED_POLICY",
+        "LOBBY_HAND_STARTED_POLICY",
+        "LOBBY_REGISTER_SERVICE_POLICY",
+        "TABLE_DEAL_CARDS_POLICY",
+        "TABLE_GET_TABLE_STATE_POLICY",
+        "TABLE_PLAYER_ACTION_POLICY",
+        "TABLE_START_HAND_POLICY",
+    ]
+    policies = [n for m in (lobby_ackbus, table_ackbus) for n in m.__all__ if "POLICY" in n]
+    assert sorted(policies) == sorted(found)  # no constant without an rpc
+    start_hand = table_ackbus.TABLE_START_HAND_POLICY
+    assert start_hand == ackbus.Policy(ack_timeout=0.5, max_attempts=8, deadline=10.0, priority=3)
+    # The registry holds the request message's own policy, not the rpc's merged one.
+    assert table_ackbus.REGISTRY["poker.StartHand"].policy == ackbus.Policy()
+    doc = inspect.getdoc(table_ackbus.TableClient.send_start_hand) or ""
+    assert "policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)" in doc
+
+
+async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None:
+    from poker import lobby_ackbus, table_ackbus, table_pb2
+
+    bus = FakeBus()
+    once = table_ackbus.TABLE_START_HAND_POLICY.with_(max_attempts=1)
+    await table_ackbus.TableClient(bus).send_start_hand(table_id="t", policy=once)
+    await table_ackbus.TableClient(bus).request_get_table_state(
+        policy=table_ackbus.TABLE_GET_TABLE_STATE_POLICY.with_(ack_timeout=0.1)
+    )
+    await lobby_ackbus.AuditClient(bus).publish_hand_started(
+        policy=lobby_ackbus.AUDIT_HAND_STARTED_POLICY.with_(deadline=5.0)
+    )
+    sent = [kw["policy"] for _, _, kw in bus.calls]
+    assert sent == [
+        ackbus.Policy(ack_timeout=0.5, max_attempts=1, deadline=10.0, priority=3),
+        ackbus.Policy(ack_timeout=0.1, max_attempts=8),
+        ackbus.Policy(max_attempts=100, backoff_cap=10.0, deadline=5.0, kind=ackbus.Kind.EVENT),
+    ]
+    await table_ackbus.TableClient(bus).send_start_hand_message(table_pb2.StartHand(), policy=once)
+    assert bus.calls[-1][2]["policy"] is once
+    # The schema's constant is untouched: the next call without policy= uses it as it was.
+    await table_ackbus.TableClient(bus).send_start_hand(table_id="t")
+    assert bus.calls[-1][2]["policy"] is table_ackbus.TABLE_START_HAND_POLICY
+    assert table_ackbus.TABLE_START_HAND_POLICY.max_attempts == 8
 
 
 def test_every_client_method_takes_every_call_option() -> None:

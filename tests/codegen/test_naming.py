@@ -10,6 +10,7 @@ from ackbus_codegen.naming import (
     module_for_proto,
     output_for_proto,
     param_name,
+    policy_name,
     qualified_alias,
     snake_case,
 )
@@ -32,6 +33,19 @@ from .conftest import Compile
 )
 def test_snake_case(proto: str, python: str) -> None:
     assert snake_case(proto) == python
+
+
+@pytest.mark.parametrize(
+    ("service", "rpc", "constant"),
+    [
+        ("Table", "StartHand", "TABLE_START_HAND_POLICY"),
+        ("HTTPGateway", "GetHTTPStatus", "HTTP_GATEWAY_GET_HTTP_STATUS_POLICY"),
+        ("type", "Do", "TYPE_DO_POLICY"),
+        ("S", "already_snake", "S_ALREADY_SNAKE_POLICY"),
+    ],
+)
+def test_policy_name(service: str, rpc: str, constant: str) -> None:
+    assert policy_name(service, rpc) == constant
 
 
 TAKEN = frozenset({"self", "timeout", "wait_ack", "to", "priority", "headers", "policy"})
@@ -84,7 +98,6 @@ def test_namespace_claim_names_both_sides() -> None:
         ns.claim("FooClient", "service a.Bar")
     with pytest.raises(GenerationError, match="the import of ackbus"):
         ns.claim("ackbus", "something")
-    assert ns.allocate("FooClient", "private") == "FooClient_2"
 
 
 SCHEMA = """
@@ -217,7 +230,15 @@ def test_service_and_method_names(compile_request: Compile) -> None:
         None,
         "on_do",
     )
-    assert model.exports == ["REGISTRY", "SvcBlockingClient", "SvcClient", "SvcHandler"]
+    assert m.policy == "SVC_DO_POLICY"
+    assert [p.name for p in model.policies] == ["SVC_DO_POLICY"]
+    assert model.exports == [
+        "REGISTRY",
+        "SVC_DO_POLICY",
+        "SvcBlockingClient",
+        "SvcClient",
+        "SvcHandler",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -255,8 +276,30 @@ def test_service_and_method_names(compile_request: Compile) -> None:
             r"the legacy_name of c\.Y \(c\.proto:\d+\) and the legacy_name of c\.X "
             r"\(c\.proto:\d+\) both become 'Old'",
         ),
+        (
+            "message X {} message Y {}\n"
+            "service Foo { rpc BarBaz(X) returns (google.protobuf.Empty); }\n"
+            "service FooBar { rpc Baz(Y) returns (google.protobuf.Empty); }",
+            r"rpc c\.FooBar\.Baz \(c\.proto:\d+\) and rpc c\.Foo\.BarBaz \(c\.proto:\d+\) "
+            r"both become 'FOO_BAR_BAZ_POLICY' in module c_ackbus\.py",
+        ),
+        (
+            "message X {} message Y {}\n"
+            "service Table { rpc Do(X) returns (google.protobuf.Empty); }\n"
+            "service table { rpc Do(Y) returns (google.protobuf.Empty); }",
+            r"rpc c\.table\.Do \(c\.proto:\d+\) and rpc c\.Table\.Do \(c\.proto:\d+\) "
+            r"both become 'TABLE_DO_POLICY'",
+        ),
     ],
-    ids=["fields", "rpcs", "services", "request-type", "legacy-name"],
+    ids=[
+        "fields",
+        "rpcs",
+        "services",
+        "request-type",
+        "legacy-name",
+        "policy-constants",
+        "policy-constants-by-case",
+    ],
 )
 def test_collisions_name_both_sides(compile_request: Compile, body: str, message: str) -> None:
     text = (

@@ -103,14 +103,16 @@ def test_policy_constants_in_the_generated_module(compile_request: Compile) -> N
     text = generate(compile_request({"o.proto": SCHEMA})).files[0].content
     compact = "".join(text.split()).replace(",)", ")")
     assert (
-        "_S_PING_POLICY=ackbus.Policy(ack_timeout=0.25,max_attempts=7,jitter=0.0,"
-        "deadline=12.5,priority=5)"
+        "S_PING_POLICY:Final[ackbus.Policy]=ackbus.Policy(ack_timeout=0.25,max_attempts=7,"
+        "jitter=0.0,deadline=12.5,priority=5)"
     ) in compact
     assert (
-        "_S_TICK_POLICY=ackbus.Policy(ack_timeout=0.25,max_attempts=8,jitter=0.0,"
-        "kind=ackbus.Kind.EVENT)"
+        "S_TICK_POLICY:Final[ackbus.Policy]=ackbus.Policy(ack_timeout=0.25,max_attempts=8,"
+        "jitter=0.0,kind=ackbus.Kind.EVENT)"
     ) in compact
-    assert "policy=_S_PING_POLICY" in compact
+    assert "policy=S_PING_POLICYifpolicyisNoneelsepolicy" in compact
+    assert "policy=S_TICK_POLICY)" in compact  # the handler's MethodSpec
+    assert "_S_PING_POLICY" not in text  # no private copy beside the public name
     assert "async def publish_tick(" in text
     assert "send_tick" not in text
 

@@ -68,12 +68,25 @@ BAD = {
         async def f(client: TableClient) -> None:
             await client.send_start_hand(policy={"max_attempts": 1})  # error
     """,
+    "schema_policy_is_final": """
+        import poker.table_ackbus
+        poker.table_ackbus.TABLE_START_HAND_POLICY = ackbus.Policy()  # error
+    """,
+    "schema_policy_is_a_policy": """
+        from poker.table_ackbus import TABLE_START_HAND_POLICY
+        def f() -> None:
+            print(TABLE_START_HAND_POLICY.max_attempt)  # error
+    """,
     "client_needs_a_bus": """
         client = TableClient(object())  # error
     """,
 }
 
 GOOD = """
+    from poker import table_ackbus
+    from poker.table_ackbus import TABLE_GET_TABLE_STATE_POLICY
+
+
     class Table(TableHandler):
         async def on_start_hand(self, msg: table_pb2.StartHand, ctx: ackbus.Context) -> None:
             print(msg.table_id, ctx.attempt)
@@ -94,6 +107,11 @@ GOOD = """
         once = ackbus.Policy(max_attempts=1)
         await client.send_start_hand_message(table_pb2.StartHand(), policy=once)
         print(blocking.request_get_table_state(table_id="t", policy=once).hand_number)
+        await client.send_start_hand(
+            table_id="t", policy=table_ackbus.TABLE_START_HAND_POLICY.with_(max_attempts=1)
+        )
+        fast = TABLE_GET_TABLE_STATE_POLICY.with_(ack_timeout=0.1)
+        print(blocking.request_get_table_state(policy=fast).hand_number)
 """
 
 
