@@ -82,9 +82,34 @@ class Policy:
         if problems:
             raise SchemaError("invalid policy: " + "; ".join(problems))
 
-    def with_(self, **changes: Any) -> Policy:
-        """A copy with some fields changed (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+    def with_(
+        self,
+        *,
+        ack_timeout: float | None = None,
+        max_attempts: int | None = None,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
+        jitter: float | None = None,
+        deadline: float | None = None,
+        priority: int | None = None,
+        kind: Kind | None = None,
+        retry_rejected: bool | None = None,
+    ) -> Policy:
+        """A copy with the fields given changed (``None`` leaves a field as it is): e.g.
+        ``TABLE_START_HAND_POLICY.with_(max_attempts=1)``. Every field is named here, so
+        a type checker catches a misspelled one."""
+        given: dict[str, Any] = {
+            "ack_timeout": ack_timeout,
+            "max_attempts": max_attempts,
+            "backoff_base": backoff_base,
+            "backoff_cap": backoff_cap,
+            "jitter": jitter,
+            "deadline": deadline,
+            "priority": priority,
+            "kind": kind,
+            "retry_rejected": retry_rejected,
+        }
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,16 @@ BAD = {
         def f() -> None:
             print(TABLE_START_HAND_POLICY.max_attempt)  # error
     """,
+    "policy_with_checks_field_names": """
+        from poker.table_ackbus import TABLE_START_HAND_POLICY
+        def f() -> None:
+            print(TABLE_START_HAND_POLICY.with_(max_attempt=1))  # error
+    """,
+    "policy_with_checks_field_types": """
+        from poker.table_ackbus import TABLE_START_HAND_POLICY
+        def f() -> None:
+            print(TABLE_START_HAND_POLICY.with_(max_attempts="1"))  # error
+    """,
     "client_needs_a_bus": """
         client = TableClient(object())  # error
     """,
