@@ -7,12 +7,23 @@ the receiving endpoints run on the test's loop."""
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import zmq
-from ackbus import AckTimeout, Context, NoRoute, Policy, Registry, Reject, Rejected, Untyped
+from ackbus import (
+    AckTimeout,
+    AddressError,
+    Context,
+    NoRoute,
+    Policy,
+    Registry,
+    Reject,
+    Rejected,
+    Untyped,
+)
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.legacy import ReliableSocket, send_with_ack
@@ -201,8 +212,8 @@ async def rebind(address: str) -> Hub:
         while True:
             try:
                 return await Hub(address, heartbeat=0.1).start()
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EADDRINUSE:
+            except AddressError as exc:
+                if exc.errno != errno.EADDRINUSE:
                     raise
                 await asyncio.sleep(0.05)
 
@@ -216,6 +227,7 @@ async def test_hub_restart_mid_stream_loses_nothing() -> None:
     async def on_start(msg: table_pb2.StartHand, ctx: Context) -> None:
         got.append(msg.table_id)
 
+    hub = await Hub(address, heartbeat=0.1).start()  # listening before anything connects
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -223,7 +235,6 @@ async def test_hub_restart_mid_stream_loses_nothing() -> None:
     receiver = Endpoint("table", address, policy=FAST, heartbeat=0.1)
     receiver.register_handler(table_pb2.StartHand, on_start)
     try:
-        hub = await Hub(address, heartbeat=0.1).start()
         async with receiver:
             rs = ReliableSocket(sock, "legacy", policy=FAST)
             assert await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="a"))

@@ -195,3 +195,17 @@ async def test_memory_backend_refuses_other_transports() -> None:
         backend.bind("tcp://127.0.0.1:0", on_receive=ignore)
     with pytest.raises(AddressError, match=r"cannot connect foo: .*inmem://NAME"):
         backend.connect("foo", on_receive=ignore)
+
+
+async def test_a_closed_listener_gives_its_address_back_at_once(tmp: str) -> None:
+    """A hub closed and started again on the same address in the same process (or a
+    test doing so) binds at once: close() returns once libzmq let go of the port."""
+    backend = ZmqBackend()
+    addresses = [f"tcp://127.0.0.1:{free_port()}", f"ipc://{tmp}/again.sock"]
+    for _ in range(30):
+        listener = backend.bind(addresses, on_receive=ignore)
+        listener.close()
+    async with Hub(addresses[0]) as hub:
+        first = hub.addresses[0]
+    async with Hub(first):
+        pass

@@ -104,13 +104,14 @@ _UNBIND_WAIT_MS = 1000
 
 
 def _unbind_now(sock: zmq.Socket[Any], bound: list[str]) -> None:
-    """Give back the addresses a failed bind took before it returns.
+    """Give back the addresses a listener took before returning.
 
     libzmq closes a listening descriptor in its I/O thread, a moment after ``unbind``
-    or ``close``: a caller binding again at once (the same ports, another one for the
-    address that failed) would find its own ports still in use. So wait, on the
-    socket's monitor, until each TCP and IPC listener reported it closed (usually
-    well under a millisecond; at most ``_UNBIND_WAIT_MS``). Only on this failure path.
+    or ``close``: a caller binding again at once (a hub restarted in the same process,
+    or the other addresses of a bind that failed part-way) would find the ports still
+    in use. So wait, on the socket's monitor, until each TCP and IPC listener reported
+    it closed (usually well under a millisecond; at most ``_UNBIND_WAIT_MS``). Used
+    when a listener closes and when a bind fails.
     """
     waits = sum(1 for address in bound if not address.startswith("inproc://"))
     monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED) if waits else None
@@ -374,6 +375,7 @@ class ZmqListener(_Reader, ListenerBase):
 
     def _release(self) -> None:
         self._close_reader()
+        _unbind_now(self._sock, list(self._addresses))  # free to bind again at once
         self._sock.close(self.options.linger_ms)
 
 
