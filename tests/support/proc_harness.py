@@ -5,6 +5,7 @@ Imported by tests as ``proc_harness`` (tests/support is on pytest's pythonpath).
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import socket
@@ -17,8 +18,33 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "examples" / "services.py"
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port on 127.0.0.1 for a listener a test binds later, below the
+    ephemeral range: a client that connects (and reconnects) to a port before anything
+    listens there can, by TCP simultaneous open, end up connected to itself when the
+    kernel picks that very port as its source port, and then holds it; the later bind
+    fails. A port outside the range the kernel picks source ports from cannot be taken
+    that way."""
+    rng = random.Random()
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # crowded: any free port, ephemeral or not
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 
 import pytest
 from ackbus import ClosedError, ConnectTimeout, SendWindowTimeout, wire
 from ackbus.transport import TransportOptions
 from ackbus.wire import Multipart
+from proc_harness import free_port
 
 from .conftest import Kit, eventually
 
@@ -95,12 +95,11 @@ async def test_burst_is_coalesced_and_lone_message_is_not_delayed(kit: Kit) -> N
 async def test_messages_wait_for_a_listener_that_binds_later(kit: Kit) -> None:
     address = kit.address()
     if address.startswith("tcp://"):
-        # A concrete free port, from a plain socket: its close is synchronous, while a
-        # zmq listener's happens later in libzmq's I/O thread, long enough for the link
-        # below to connect to the dying listener and hand it the messages (a flake).
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        # A concrete free port, from a plain socket (its close is synchronous, while a
+        # zmq listener's happened later in libzmq's I/O thread, long enough for the link
+        # below to connect to the dying listener), below the ephemeral range (so the
+        # link's reconnects cannot connect to themselves on it: see free_port).
+        address = f"tcp://127.0.0.1:{free_port()}"
     elif "*" in address or address.endswith(":0"):
         probe_listener = kit.backend.bind(address, on_receive=Inbox())
         address = probe_listener.addresses[0]
