@@ -7,7 +7,7 @@ counts below are exact.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,20 +21,43 @@ FAST = Policy(ack_timeout=0.5, backoff_base=0.01, backoff_cap=0.05, deadline=3.0
 T = 5.0
 
 
+Pair = Callable[..., Awaitable[Endpoint]]
+
+
+async def quick(msg: Bye, ctx: Context) -> None:
+    return None
+
+
+def held(reason: str, gate: asyncio.Event) -> Callable[[Bye, Context], Awaitable[None]]:
+    """A handler that holds the message with this reason until ``gate`` is set."""
+
+    async def handler(msg: Bye, ctx: Context) -> None:
+        if msg.reason == reason:
+            await gate.wait()
+
+    return handler
+
+
 @pytest.fixture
-async def pair() -> AsyncIterator[Callable[..., tuple[Endpoint, Endpoint]]]:
-    """``pair(handler, window=...)``: a started (table, dealer) pair through a hub."""
+async def pair() -> AsyncIterator[Pair]:
+    """``await pair(handler, window=...)``: a started dealer sending through a hub to a
+    started table whose ``Bye`` handler is ``handler``."""
     backend = MemoryBackend()
     made: list[Endpoint] = []
 
     async with Hub("inmem://hub", backend=backend, heartbeat=0.2):
 
-        def make(handler: Any, window: int) -> tuple[Endpoint, Endpoint]:
-            table = Endpoint("table", "inmem://hub", backend=backend, policy=FAST)
+        async def make(handler: Any, window: int, policy: Policy = FAST) -> Endpoint:
+            table = Endpoint("table", "inmem://hub", backend=backend, policy=policy)
             table.register_handler(Bye, handler)
-            dealer = Endpoint("dealer", "inmem://hub", backend=backend, policy=FAST, window=window)
+            dealer = Endpoint(
+                "dealer", "inmem://hub", backend=backend, policy=policy, window=window
+            )
             made.extend((table, dealer))
-            return table, dealer
+            async with asyncio.timeout(T):
+                await table.start()
+                await dealer.start()
+            return dealer
 
         try:
             yield make
@@ -44,15 +67,10 @@ async def pair() -> AsyncIterator[Callable[..., tuple[Endpoint, Endpoint]]]:
 
 
 async def test_concurrent_senders_are_woken_once_each_not_once_per_ack(
-    pair: Callable[..., tuple[Endpoint, Endpoint]],
+    pair: Pair,
 ) -> None:
-    async def quick(msg: Bye, ctx: Context) -> None:
-        return None
-
-    table, dealer = pair(quick, window=4)
+    dealer = await pair(quick, window=4)
     async with asyncio.timeout(T):
-        await table.start()
-        await dealer.start()
         loop = asyncio.get_running_loop()
         created = 0
         real = loop.create_future
@@ -79,17 +97,15 @@ async def test_concurrent_senders_are_woken_once_each_not_once_per_ack(
 
 
 async def test_the_line_is_first_come_first_served(
-    pair: Callable[..., tuple[Endpoint, Endpoint]],
+    pair: Pair,
 ) -> None:
     order: list[str] = []
 
     async def note(msg: Bye, ctx: Context) -> None:
         order.append(msg.reason)
 
-    table, dealer = pair(note, window=1)
+    dealer = await pair(note, window=1)
     async with asyncio.timeout(T):
-        await table.start()
-        await dealer.start()
         reports = await asyncio.gather(
             *(dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(30))
         )
@@ -99,18 +115,11 @@ async def test_the_line_is_first_come_first_served(
 
 
 async def test_a_waiter_that_timed_out_does_not_hold_up_a_later_send(
-    pair: Callable[..., tuple[Endpoint, Endpoint]],
+    pair: Pair,
 ) -> None:
     gate = asyncio.Event()
-
-    async def gated(msg: Bye, ctx: Context) -> None:
-        if msg.reason == "first":
-            await gate.wait()
-
-    table, dealer = pair(gated, window=1)
+    dealer = await pair(held("first", gate), window=1)
     async with asyncio.timeout(T):
-        await table.start()
-        await dealer.start()
         first = await dealer.send(Bye(reason="first"), wait_ack=False)
         with pytest.raises(SendWindowTimeout):
             await dealer.send(Bye(reason="second"), timeout=0.1)
@@ -123,18 +132,11 @@ async def test_a_waiter_that_timed_out_does_not_hold_up_a_later_send(
 
 
 async def test_a_waiter_woken_then_cancelled_passes_its_turn_on(
-    pair: Callable[..., tuple[Endpoint, Endpoint]],
+    pair: Pair,
 ) -> None:
     gate = asyncio.Event()
-
-    async def gated(msg: Bye, ctx: Context) -> None:
-        if msg.reason == "a":
-            await gate.wait()
-
-    table, dealer = pair(gated, window=1)
+    dealer = await pair(held("a", gate), window=1)
     async with asyncio.timeout(T):
-        await table.start()
-        await dealer.start()
         loop = asyncio.get_running_loop()
         a = await dealer.send(Bye(reason="a"), wait_ack=False)
         b = asyncio.create_task(dealer.send(Bye(reason="b"), wait_ack=False))
@@ -158,15 +160,10 @@ async def test_a_waiter_woken_then_cancelled_passes_its_turn_on(
 
 
 async def test_a_recipient_the_wire_cannot_carry_is_refused_at_send(
-    pair: Callable[..., tuple[Endpoint, Endpoint]],
+    pair: Pair,
 ) -> None:
-    async def quick(msg: Bye, ctx: Context) -> None:
-        return None
-
-    table, dealer = pair(quick, window=1)
+    dealer = await pair(quick, window=1)
     async with asyncio.timeout(T):
-        await table.start()
-        await dealer.start()
         for _ in range(2):  # refused every time, not remembered as checked
             with pytest.raises(LocalProtocolError, match="recipient"):
                 await dealer.send(Bye(), to="no spaces allowed")
@@ -174,27 +171,20 @@ async def test_a_recipient_the_wire_cannot_carry_is_refused_at_send(
         assert await dealer.send(Bye(), to="table")
 
 
-async def test_messages_queued_in_the_tracker_go_out_as_soon_as_a_slot_frees() -> None:
+async def test_messages_queued_in_the_tracker_go_out_as_soon_as_a_slot_frees(
+    pair: Pair,
+) -> None:
     """A message the tracker queued (window full when it was tracked: a resumed durable
     outbox, or a send that overtook a woken waiter) is sent on the ack that frees a slot,
     not when the next ack timeout fires (2 s here)."""
-    slow_timeout = Policy(ack_timeout=2.0, deadline=10.0)
-
-    async def quick(msg: Bye, ctx: Context) -> None:
-        return None
-
-    backend = MemoryBackend()
-    async with Hub("inmem://hub-q", backend=backend, heartbeat=0.2):
-        table = Endpoint("table", "inmem://hub-q", backend=backend, policy=slow_timeout)
-        table.register_handler(Bye, quick)
-        dealer = Endpoint("dealer", "inmem://hub-q", backend=backend, policy=slow_timeout, window=1)
-        async with asyncio.timeout(T), table, dealer:
-            dealer._window = 100  # the endpoint lets sends through; its tracker holds 1
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(5)]
-            assert dealer._tracker.queued("ackbus.Bye") == 4
-            for r in reports:
-                await r.wait(T)
-            assert all(reports)
-            assert loop.time() - start < 1.0
+    dealer = await pair(quick, window=1, policy=Policy(ack_timeout=2.0, deadline=10.0))
+    async with asyncio.timeout(T):
+        dealer._window = 100  # the endpoint lets sends through; its tracker holds 1
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(5)]
+        assert dealer._tracker.queued("ackbus.Bye") == 4
+        for r in reports:
+            await r.wait(T)
+        assert all(reports)
+        assert loop.time() - start < 1.0
