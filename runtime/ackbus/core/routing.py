@@ -223,18 +223,7 @@ class RoutingTable:
             if key is not None:
                 self._release(key)
             return
-        sticky = self._sticky
-        skey: _StickyKey = msg_id
-        stick = sticky.get(skey)
-        if stick is None:
-            inst = self._instances.get(peer)
-            if inst is None:
-                return
-            skey = (msg_id, inst.identity.service)
-            stick = sticky.get(skey)
-        if stick is not None and stick[_OPEN]:
-            sticky[skey] = (stick[_KEY], stick[_AT], False)  # keeps its place in the order
-            self._release(stick[_KEY])
+        self.on_acks(peer, (msg_id,))
 
     def on_acks(self, peer: bytes, msg_ids: Iterable[bytes]) -> None:
         """:meth:`on_ack` for every id of an ACK group from ``peer``, in one call (a hub
@@ -252,7 +241,7 @@ class RoutingTable:
                 skey = (msg_id, service)
                 stick = sticky.get(skey)
             if stick is not None and stick[_OPEN]:
-                sticky[skey] = (stick[_KEY], stick[_AT], False)
+                sticky[skey] = (stick[_KEY], stick[_AT], False)  # keeps its place in the order
                 release(stick[_KEY])
 
     def tick(self, now: float) -> None:

@@ -353,24 +353,7 @@ class OutboundTracker:
                 if c is not None:
                     out.append(c)
                 continue
-            del pending[mid]
-            p.done = True
-            p.timer = 0
-            self._free_slot(p.destination, now)  # attempts > 0: it holds a window slot
-            out.append(
-                Completion(
-                    mid,
-                    p.msg_type,
-                    p.destination,
-                    Status.ACKED,
-                    None,
-                    p.attempts,
-                    p.first_sent_at,
-                    now,
-                    now,
-                    acked_by,
-                )
-            )
+            out.append(self._complete(p, Status.ACKED, None, now, now, acked_by))
         return out
 
     def routed(self, msg_id: bytes, services: Iterable[str], now: float) -> Completion | None:
@@ -539,7 +522,6 @@ class OutboundTracker:
         status: Status,
         reason: Reason | None,
         now: float,
-        *,
         acked_at: float | None = None,
         acked_by: tuple[Identity, ...] = (),
         error: RemoteError | None = None,
