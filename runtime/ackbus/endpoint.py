@@ -127,8 +127,6 @@ _ENVELOPE_CACHE = 1024
 """Distinct sender envelopes a receiver keeps parsed (one per sending instance)."""
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 """The headers of a message that has none: one shared read-only mapping."""
-_NAME_CACHE = 1024
-"""Distinct type names and recipients a sender keeps checked and encoded."""
 
 
 @dataclass(slots=True)
@@ -258,8 +256,6 @@ class Endpoint:
         self._ids = IdSource()
         self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_envelope_of`)."""
-        self._names: dict[str, bytes] = {"": b""}
-        """Type names and recipients already checked, as the wire carries them."""
         self._window_waiters: dict[str, deque[asyncio.Future[None]]] = {}
         """Sends waiting for window room, per destination, first come first served."""
         self._welcomed = asyncio.Event()
@@ -540,11 +536,10 @@ class Endpoint:
                 envelope = self._envelope_with(headers or {}, json_body)
             else:
                 envelope = self._envelope
-            names = self._names
             frame = pack_item(
                 mid,
-                names.get(msg_type) or self._name(msg_type, "type name"),
-                names.get(to) or self._name(to, "recipient") if to else b"",
+                check_name(msg_type, "type name"),
+                check_name(to, "recipient") if to else b"",
                 envelope,
                 body,
                 kind,
@@ -595,10 +590,8 @@ class Endpoint:
         admit = self._tracker.submit(  # positional: once per message
             mid, report.message_type, destination, pol, now, None if kind == KIND_EVENT else 1
         )
-        if admit is Admit.SEND:  # _transmit, inlined: once per message
-            links = self._links
-            (links[0] if len(links) == 1 else self._pick_link()).link.outbox.message(frame)
-            self.stats.transmits += 1
+        if admit is Admit.SEND:
+            self._transmit(mid, frame)
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer; asking the tracker, liveness and deduper for their
@@ -665,13 +658,6 @@ class Endpoint:
             waiters.popleft()
         if not waiters:
             self._window_waiters.pop(destination, None)
-
-    def _name(self, name: str, what: str) -> bytes:
-        raw = check_name(name, what)
-        if len(self._names) >= _NAME_CACHE:
-            self._names = {"": b""}
-        self._names[name] = raw
-        return raw
 
     def _policy_for(self, msg: Message) -> Policy:
         spec = self.registry.for_class(type(msg))

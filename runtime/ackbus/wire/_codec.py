@@ -163,21 +163,31 @@ def _name(raw: bytes, what: str, message_id: bytes, code: str = MALFORMED) -> st
     return name
 
 
+_checked_names: dict[str, bytes] = {}
+"""Non-empty names that passed :func:`_check_name`, by their str: a sender checks the
+same few type names once per message."""
+
+
 def _check_name(name: str, what: str, *, empty_ok: bool) -> bytes:
+    raw = _checked_names.get(name) if type(name) is str else None
+    if raw is not None:
+        return raw
     if type(name) is not str:
         raise LocalProtocolError(f"{what} must be str, got {type(name).__name__}")
     raw = name.encode()
-    if raw in _valid_names:
-        return raw
     if not raw:
         if empty_ok:
             return raw
         raise LocalProtocolError(f"{what} is empty")
-    if len(raw) > MAX_NAME or not name.isprintable() or " " in name:
-        raise LocalProtocolError(f"invalid {what} {name!r} (max {MAX_NAME} bytes, printable)")
-    if len(_valid_names) >= _NAME_CACHE_MAX:
-        _valid_names.clear()
-    _valid_names[raw] = name
+    if raw not in _valid_names:
+        if len(raw) > MAX_NAME or not name.isprintable() or " " in name:
+            raise LocalProtocolError(f"invalid {what} {name!r} (max {MAX_NAME} bytes, printable)")
+        if len(_valid_names) >= _NAME_CACHE_MAX:
+            _valid_names.clear()
+        _valid_names[raw] = name
+    if len(_checked_names) >= _NAME_CACHE_MAX:
+        _checked_names.clear()
+    _checked_names[name] = raw
     return raw
 
 
