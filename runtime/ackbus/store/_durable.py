@@ -304,7 +304,7 @@ class Durable:
                 else:
                     self._committed(unit, hub, item, route, result, exc, error)
             except Exception:  # one broken answer must not starve the rest
-                log.exception("%s: answering %s failed", self._endpoint().identity, item.id.hex())
+                log.exception("%s: answering %s failed", ep.identity, item.id.hex())
 
     def _committed(
         self,

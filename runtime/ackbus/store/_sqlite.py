@@ -287,8 +287,10 @@ class SqliteStore(Store):
         return self._add((INSERT_OUTBOX, row))
 
     def put_inbox(self, record: InboxRecord) -> Batch:
-        if record[1] == Outcome.OK and not (record[3] or record[4] or record[5] or record[6]):
-            return self._add((_INSERT_INBOX_OK, (record[0], record[2])))
+        if record.outcome == Outcome.OK and not (
+            record.response or record.error_type or record.error_message or record.error_permanent
+        ):
+            return self._add((_INSERT_INBOX_OK, (record.msg_id, record.finished_at)))
         return self._add((INSERT_INBOX, record))
 
     def forget_outbox(self, msg_id: bytes) -> None:
