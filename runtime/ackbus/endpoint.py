@@ -80,7 +80,7 @@ from .errors import (
 )
 from .store import Store
 from .store._durable import Durable
-from .transport import Backend, Link, TransportOptions, ZmqBackend
+from .transport import Backend, DefaultBackend, Link, TransportOptions
 from .wire import (
     DEFAULT_LIMITS,
     FLAG_REQUEST,
@@ -241,7 +241,7 @@ class Endpoint:
         """The loop time the batch being received is handled at (while ``_receiving``)."""
         self._links: list[_HubLink] = []
         self._next_link = 0
-        self._backend = backend or ZmqBackend()
+        self._backend = backend or DefaultBackend()
         base = options or TransportOptions()
         # A stable routing id lets a restarted hub route acks to us by the token our
         # messages carried before the restart.

@@ -1,5 +1,7 @@
 """The transport layer: links (DEALER, client side) and listeners (ROUTER, server side)
 over ZeroMQ or in memory, with coalesced sends and explicit backpressure.
+:class:`DefaultBackend` (what a hub and an endpoint use unless given another) speaks
+both: ZeroMQ addresses, and ``inmem://`` within one process.
 
 See :mod:`ackbus.transport._base` for the contract both backends honour.
 """
@@ -14,12 +16,14 @@ from ._base import (
     OnUnroutable,
     TransportOptions,
 )
+from ._default import DefaultBackend
 from ._memory import MemoryBackend
 from ._zmq import ZmqBackend
 
 __all__ = [
     "Backend",
     "CurveKeys",
+    "DefaultBackend",
     "Link",
     "Listener",
     "MemoryBackend",

@@ -68,6 +68,11 @@ def _hint(address: str, op: Op, errnum: int, forms: str) -> str:
         return f"unknown transport {scheme!r}: use {forms}"
     if scheme == "tcp":
         return _tcp_hint(address, op, errnum, rest)
+    if errnum == errno.EXDEV and scheme == "inmem":
+        return (
+            "an inmem:// address reaches only endpoints on its listener's event loop: "
+            "between threads or loops use tcp://, ipc:// or inproc://"
+        )
     if errnum == errno.EADDRINUSE:
         if scheme == "inmem":
             return "another listener of this backend has bound it: use another name, or inmem://*"

@@ -1,7 +1,9 @@
 """The in-memory transport: the same contract as the ZeroMQ one, no sockets.
 
-It exists so the endpoint and hub can be unit-tested fast and deterministically, and
-so users can test their handlers without a network. It imitates what the layers above
+It exists so the endpoint and hub can be unit-tested fast and deterministically, so
+users can test their handlers without a network, and so a hub embedded in a service
+reaches that service's endpoints without sockets (``inmem://`` in the default backend,
+:mod:`._default`). It imitates what the layers above
 can observe of ZeroMQ: delivery on a later loop iteration, connection events after a
 listener binds or goes away, automatic reconnection to an address that is bound again,
 a bounded queue per direction (``sndhwm + rcvhwm`` multiparts) that makes a sender see
@@ -18,14 +20,26 @@ import errno
 import itertools
 from collections import deque
 
+from ..errors import AddressError
 from ..wire import Multipart
 from ._address import Op, address_error
 from ._base import OnConnection, OnReceive, OnUnroutable, TransportOptions
-from ._flow import FlowBase, LinkBase, ListenerBase
+from ._flow import FlowBase, LinkBase, ListenerBase, log
 
 __all__ = ["MemoryBackend", "MemoryLink", "MemoryListener"]
 
 SCHEME = "inmem://"
+_AUTO_ID = b"\x00m"
+
+
+def _other_loop(address: str) -> AddressError:
+    return address_error(
+        address,
+        "connect",
+        errno.EXDEV,
+        reason="bound on another event loop",
+        forms=f"{SCHEME}NAME",
+    )
 
 
 def _check_scheme(address: str, op: Op) -> None:
@@ -79,11 +93,16 @@ class MemoryLink(_Inbox, LinkBase):
     ) -> None:
         super().__init__(address, on_receive, on_connection, options)
         self._backend = backend
-        self.routing_id = options.routing_id or b"\x00" + next(backend._ids).to_bytes(4, "big")
+        # Six bytes: never equal to a ZeroMQ ROUTER's own ids (five), so one hub can
+        # listen on both (transport._default).
+        self.routing_id = options.routing_id or _AUTO_ID + next(backend._ids).to_bytes(4, "big")
         self._peer: MemoryListener | None = None
+        listener = backend._listeners.get(address)
+        if listener is not None and listener._loop is not self._loop:
+            self._closed = True
+            raise _other_loop(address)
         self._init_inbox()
         backend._waiting.setdefault(address, set()).add(self)
-        listener = backend._listeners.get(address)
         if listener is not None:
             listener._attach(self)
 
@@ -153,7 +172,14 @@ class MemoryListener(_Inbox, ListenerBase):
         for address in bound:
             backend._listeners[address] = self
             for link in list(backend._waiting.get(address, ())):
-                self._attach(link)
+                if link._loop is self._loop:
+                    self._attach(link)
+                else:  # it never connects: its wait_connected times out
+                    log.error("%s: %s", link.address, _other_loop(address))
+
+    def has_peer(self, peer: bytes) -> bool:
+        """Whether ``peer`` is a link connected to this listener now."""
+        return peer in self._peers
 
     def _attach(self, link: MemoryLink) -> None:
         old = self._peers.get(link.routing_id)
