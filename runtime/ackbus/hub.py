@@ -29,7 +29,7 @@ from ._timer import Timer
 from ._types import Identity
 from .core import Liveness, PeerDead, RoutingTable, SendHeartbeat
 from .errors import ClosedError, RemoteProtocolError
-from .transport import Backend, Listener, TransportOptions, ZmqBackend
+from .transport import Backend, DefaultBackend, Listener, TransportOptions
 from .wire import (
     DEFAULT_LIMITS,
     KIND_EVENT,
@@ -104,7 +104,7 @@ class Hub:
         self._grace_until = 0.0
         self.limits = limits
         self.stats = HubStats()
-        self._backend = backend or ZmqBackend()
+        self._backend = backend or DefaultBackend()
         self._options = options or TransportOptions()
         self._routing = RoutingTable()
         self._liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
