@@ -3,7 +3,8 @@
 A :class:`Cluster` starts, as separate OS processes on 127.0.0.1:
 
 * a hub: *standalone* (``python -m ackbus.hub``, what an operator runs) or *embedded*
-  (a :class:`~ackbus.hub.Hub` inside the receiver's process, on the receiver's loop);
+  (a :class:`~ackbus.hub.Hub` inside the receiver's process, on the receiver's loop,
+  which the receiver reaches at ``inmem://`` and the senders over TCP);
 * a receiver: one endpoint (service ``sink``) whose handler does nothing, so every
   figure is the cost of the bus alone; optionally with a store (``sqlite:///...``);
 * ``senders`` worker processes, kept for the cluster's life and reused for every
@@ -37,6 +38,8 @@ from ackbus.wire_pb2 import Bye
 
 POLICY = Policy(ack_timeout=5.0, deadline=120.0)
 _WARMUP = 200
+_LOCAL_HUB = "inmem://bench-hub"
+"""Where the receiver reaches an embedded hub (its own process)."""
 _TIMEOUT = 300.0
 """Seconds any one exchange with a worker may take before the run is abandoned."""
 
@@ -69,11 +72,13 @@ async def _receive(conn: Connection, embedded_hub: str | None, store: str | None
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         if embedded_hub is not None:
-            hub = await stack.enter_async_context(Hub(embedded_hub))
-            address = hub.addresses[0]
+            # The senders connect over TCP; this process's own endpoint reaches its hub
+            # in memory, as any service embedding a hub would (transport._default).
+            hub = await stack.enter_async_context(Hub([embedded_hub, _LOCAL_HUB]))
+            address, local = hub.addresses[0], _LOCAL_HUB
         else:
-            address = conn.recv()
-        ep = Endpoint("sink", address, store=store, policy=POLICY)
+            address = local = conn.recv()
+        ep = Endpoint("sink", local, store=store, policy=POLICY)
         ep.register_handler(Bye, on_bye)
         await stack.enter_async_context(ep)
         conn.send(address)
