@@ -1,13 +1,15 @@
 """Endpoint and hub end to end: the delivery contract.
 
-Every scenario runs over the in-memory transport and over real ZeroMQ sockets, on TCP
-loopback and on ipc://.
+Every scenario runs over the in-memory transport, over real ZeroMQ sockets on TCP
+loopback and on ipc://, and through an embedded hub that some endpoints reach in
+memory and others over TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -26,31 +28,39 @@ from ackbus import (
 )
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
-from ackbus.transport import Backend, MemoryBackend, ZmqBackend
+from ackbus.transport import Backend, DefaultBackend, MemoryBackend, ZmqBackend
 from ackbus.wire_pb2 import Bye, Refusal, Welcome
+from proc_harness import free_port
 
 FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
 
 
-Bus = tuple[Backend, str]
+Bus = tuple[Backend, Callable[[], str]]
+"""The backend, and the address the next endpoint connects to."""
 
 
-@pytest.fixture(params=["memory", "tcp", "ipc"])
+@pytest.fixture(params=["memory", "tcp", "ipc", "mixed"])
 async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bus]:
+    """Every scenario over each transport; *mixed* is a hub embedded in the test's
+    process, listening on TCP and ``inmem://``, with the endpoints taking turns: the
+    first (a receiver, in most scenarios) connects in memory, the next over TCP..."""
     backend: Backend
     if request.param == "memory":
-        backend, address = MemoryBackend(), "inmem://hub"
+        backend, addresses = MemoryBackend(), ["inmem://hub"]
     elif request.param == "tcp":
-        backend, address = ZmqBackend(), "tcp://127.0.0.1:0"
+        backend, addresses = ZmqBackend(), ["tcp://127.0.0.1:0"]
+    elif request.param == "ipc":
+        backend, addresses = ZmqBackend(), [f"ipc://{tmp_path}/hub.sock"]
     else:
-        backend, address = ZmqBackend(), f"ipc://{tmp_path}/hub.sock"
-    async with Hub(address, backend=backend, heartbeat=0.2) as hub:
-        yield backend, hub.addresses[0]
+        backend = DefaultBackend(local=MemoryBackend())
+        addresses = ["inmem://hub", "tcp://127.0.0.1:0"]
+    async with Hub(addresses, backend=backend, heartbeat=0.2) as hub:
+        yield backend, itertools.cycle(hub.addresses).__next__
 
 
 def endpoint(bus: Bus, service: str, **kw: object) -> Endpoint:
     backend, address = bus
-    return Endpoint(service, address, backend=backend, policy=FAST, heartbeat=0.2, **kw)  # type: ignore[arg-type]
+    return Endpoint(service, address(), backend=backend, policy=FAST, heartbeat=0.2, **kw)  # type: ignore[arg-type]
 
 
 async def test_ack_comes_after_the_handler_ran(bus: Bus) -> None:
@@ -247,3 +257,34 @@ async def test_payloads_small_and_big_arrive_whole(bus: Bus, size: int) -> None:
         report = await dealer.send(Bye(reason=reason), timeout=10)
     assert report
     assert got == [reason]
+
+
+async def test_an_embedded_hub_restarted_in_process_loses_nothing() -> None:
+    """Endpoints on both sides of an embedded hub (one in memory, one over TCP) wait
+    for it through a restart on the same addresses; what was sent meanwhile arrives,
+    once."""
+    backend = DefaultBackend(local=MemoryBackend())
+    addresses = ["inmem://hub", f"tcp://127.0.0.1:{free_port()}"]
+    runs: list[str] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        runs.append(msg.reason)
+
+    hub = await Hub(addresses, backend=backend, heartbeat=0.2).start()
+    table = Endpoint("table", addresses[0], backend=backend, policy=FAST, heartbeat=0.2)
+    table.register_handler(Bye, on_bye)
+    dealer = Endpoint("dealer", addresses[1], backend=backend, heartbeat=0.2)
+    async with table, dealer:
+        assert await dealer.send(Bye(reason="before"), timeout=3)
+        await hub.close()
+        during = await dealer.send(Bye(reason="during"), wait_ack=False, timeout=10)
+        await asyncio.sleep(0.3)
+        assert not during.done
+        hub = await Hub(addresses, backend=backend, heartbeat=0.2).start()
+        try:
+            await during.wait(10)
+            assert during, during.error
+            assert await dealer.send(Bye(reason="after"), timeout=3)
+        finally:
+            await hub.close()
+    assert runs == ["before", "during", "after"]
