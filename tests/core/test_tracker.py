@@ -325,6 +325,47 @@ def test_timer_heap_stays_bounded_under_a_stream_of_acked_messages() -> None:
     assert t.next_deadline() is None
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.01, 2.0), st.floats(0.0, 0.5), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(1, 40),
+    st.integers(0, 1000),
+)
+def test_timers_fire_in_time_order_whatever_order_they_were_armed_in(
+    sends: list[tuple[float, float, bool]], window: int, seed: int
+) -> None:
+    """Timers armed in time order go to a FIFO, the others (a shorter ack timeout after
+    a longer one, backoffs, deadlines of queued messages) to a heap; together they must
+    behave as one heap: the next deadline is always the earliest live timer, and a tick
+    leaves nothing due behind."""
+    t = OutboundTracker(window=window, rng=random.Random(seed))
+    now = 0.0
+    for i, (timeout, dt, ack) in enumerate(sends):
+        now += dt
+        msg_id = i.to_bytes(2, "big")
+        policy = P.with_(ack_timeout=timeout, deadline=5.0, max_attempts=3, jitter=0.3)
+        submit(t, msg_id, policy=policy, now=now)
+        if ack:
+            t.ack(msg_id, outcome=Outcome.OK, now=now)
+    while (when := t.next_deadline()) is not None:
+        timers = [p for p in t._pending.values() if p.timer]
+        live = [p.when for p in timers]
+        assert when <= min(live)  # a window slot freed may make it now, never later
+        assert t._ready or when == min(live)
+        now = max(now, when)
+        due = {p.msg_id: (p.when, p.timer) for p in timers if p.when <= now}
+        fired = [due[a.msg_id] for a in t.tick(now) if a.msg_id in due]
+        assert fired == sorted(fired)  # in (instant, arming order), as from one heap
+        after = t.next_deadline()
+        assert after is None or after > now
+    assert t.pending_count() == 0
+    assert t.timer_count() <= 64
+
+
 # -- several receivers ---------------------------------------------------------------------
 
 

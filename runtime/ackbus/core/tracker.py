@@ -229,6 +229,8 @@ class OutboundTracker:
         self._rng = rng if rng is not None else random.Random()
         self._pending: dict[bytes, _Pending] = {}
         self._heap: list[tuple[float, int, _Pending]] = []
+        self._fifo: deque[tuple[float, int, _Pending]] = deque()
+        """Timers armed in time order, which is nearly all of them (see :meth:`_arm`)."""
         self._token = 0
         self._in_flight: dict[str, int] = {}
         self._queues: dict[str, deque[_Pending]] = {}
@@ -381,9 +383,8 @@ class OutboundTracker:
         """Fire every timer due at ``now``: retransmits, failures, and the first transmit
         of queued messages that got window room since the last tick."""
         out: list[TrackerAction] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, token, p = heapq.heappop(heap)
+        while (entry := self._pop_due(now)) is not None:
+            _, token, p = entry
             if p.timer == token:
                 p.timer = 0
                 self._fire(p, now, out)
@@ -408,10 +409,16 @@ class OutboundTracker:
         """
         if self._ready:
             return self._ready_at
-        heap = self._heap
+        heap, fifo = self._heap, self._fifo
         while heap and heap[0][2].timer != heap[0][1]:
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        while fifo and fifo[0][2].timer != fifo[0][1]:
+            fifo.popleft()
+        if heap and fifo:
+            return min(heap[0][0], fifo[0][0])
+        if heap or fifo:
+            return (heap or fifo)[0][0]
+        return None
 
     def pending_count(self) -> int:
         """Messages not yet settled, queued ones included."""
@@ -437,8 +444,8 @@ class OutboundTracker:
         return p.attempts if p is not None else 0
 
     def timer_count(self) -> int:
-        """Heap entries, dead ones included (for leak checks in tests)."""
-        return len(self._heap)
+        """Timer entries, dead ones included (for leak checks in tests)."""
+        return len(self._heap) + len(self._fifo)
 
     def backoff(self, policy: Policy, attempt: int) -> float:
         """The jittered pause after ``attempt`` (see :func:`backoff_delay`)."""
@@ -447,17 +454,43 @@ class OutboundTracker:
     # -- internals -------------------------------------------------------------------------
 
     def _arm(self, p: _Pending, when: float) -> None:
+        """Set ``p``'s one live timer; an earlier entry of ``p`` is dead from now on and
+        is dropped when it reaches the front.
+
+        A message's first timer is its ack timeout, ``now + ack_timeout``: with one
+        policy, and the clock only moving forward, each is at or after the one armed
+        before it. Those go to the back of a FIFO, O(1) in and out, where a heap costs
+        O(log n) to pop each dead entry of an acked message (a pipelined sender arms
+        and drops one per message, at tens of thousands a second). An instant before
+        the FIFO's last (a shorter timeout, a backoff, a deadline) goes to the heap.
+        The due entries of both are taken in (instant, arming order), as from one heap.
+        """
         self._token += 1
         p.timer = self._token
         p.when = when
-        heap = self._heap
-        heapq.heappush(heap, (when, self._token, p))
-        if len(heap) > 2 * len(self._pending) + 64:
+        fifo = self._fifo
+        if not fifo or when >= fifo[-1][0]:
+            fifo.append((when, self._token, p))
+        else:
+            heapq.heappush(self._heap, (when, self._token, p))
+        if len(self._heap) + len(fifo) > 2 * len(self._pending) + 64:
             self._compact()
 
     def _compact(self) -> None:
-        self._heap = [(p.when, p.timer, p) for p in self._pending.values() if p.timer]
-        heapq.heapify(self._heap)
+        live = sorted((p.when, p.timer, p) for p in self._pending.values() if p.timer)
+        self._fifo = deque(live)  # sorted: in order, as the FIFO must be
+        self._heap = []
+
+    def _pop_due(self, now: float) -> tuple[float, int, _Pending] | None:
+        """The earliest timer entry due at ``now`` (live or dead), removed; else None."""
+        heap, fifo = self._heap, self._fifo
+        if fifo and fifo[0][0] <= now:
+            if not heap or fifo[0][:2] < heap[0][:2]:
+                return fifo.popleft()
+            return heapq.heappop(heap)
+        if heap and heap[0][0] <= now:
+            return heapq.heappop(heap)
+        return None
 
     def _fire(self, p: _Pending, now: float, out: list[TrackerAction]) -> None:
         if now >= p.deadline:
