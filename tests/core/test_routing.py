@@ -205,3 +205,86 @@ def test_on_acks_pays_credit_back_exactly_as_one_on_ack_per_id(seed: int) -> Non
         assert one.route_command("poker.StartHand", m, None, 1.0) == many.route_command(
             "poker.StartHand", m, None, 1.0
         )
+
+
+def state(t: RoutingTable) -> object:
+    """Everything routing decides by: sticky entries in order, credit counts (those of
+    instances that left too) and the expiry bound. Read from the inside on purpose: the
+    batch call must leave the table exactly as the calls it replaces."""
+    return list(t._sticky.items()), dict(t._in_flight), t._expires_at
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_route_commands_routes_exactly_as_route_command_per_id(seed: int) -> None:
+    """The batch call a hub uses for a run of commands agrees with :meth:`route_command`
+    per id: choices, sticky entries, credit and expiry, with one instance or several,
+    full credit, a small full table, short TTLs, retries and repeated ids in a batch,
+    recipients, no route, acks (one by one against :meth:`on_acks`), instances leaving
+    (their credit still owed) and coming back under a new address."""
+    rng = random.Random(seed)
+    kw = {"sticky_capacity": rng.choice([4, 15, 1000]), "sticky_ttl": rng.choice([0.3, 2.0, 60.0])}
+    one, many = RoutingTable(**kw), RoutingTable(**kw)  # type: ignore[arg-type]
+    members = [("table", "0"), ("table", "1"), ("table", "2"), ("ledger", "0")]
+    peer_of = {m: f"{m[0]}-{m[1]}-0".encode() for m in members}
+    credit = rng.choice([1, 3, 100])
+
+    def register(member: tuple[str, str], now: float) -> None:
+        commands = ["poker.Charge"] if member[0] == "ledger" else ["poker.StartHand"]
+        commands.append("poker.Both")
+        for t in (one, many):
+            t.register(peer_of[member], Identity(*member), commands, [], credit, now)
+
+    for member in members[: rng.randint(1, 4)]:
+        register(member, 0.0)
+    pool = ids(25, seed)
+    now = 0.0
+    for _ in range(80):
+        now += rng.choice([0.0, 0.0, 0.05, 0.4])
+        op = rng.random()
+        if op < 0.55:
+            batch = [rng.choice(pool) for _ in range(rng.randint(1, 8))]
+            msg_type = rng.choice(["poker.StartHand", "poker.Charge", "poker.Both", "x.None"])
+            recipient = rng.choice([None, None, "table", "ledger", "ghost"])
+            expected = [one.route_command(msg_type, m, recipient, now) for m in batch]
+            got = many.route_commands(msg_type, batch, recipient, now)
+            assert got == (None if expected[0] is None else expected)
+        elif op < 0.75:
+            peer = rng.choice([*peer_of.values(), b"gone"])
+            acked = [rng.choice(pool) for _ in range(rng.randint(1, 10))]
+            if rng.random() < 0.3:  # everything at once: what an instance that left owed
+                acked = rng.sample(pool, len(pool))
+            for m in acked:
+                one.on_ack(peer, m)
+            many.on_acks(peer, acked)
+        elif op < 0.8:
+            peer = rng.choice(list(peer_of.values()))
+            for t in (one, many):
+                t.on_ack(peer)  # an ack without an id: credit back, no sticky change
+        elif op < 0.88:
+            leaving = peer_of[rng.choice(members)]
+            for t in (one, many):
+                t.unregister(leaving)
+        elif op < 0.95:
+            member = rng.choice(members)
+            if rng.random() < 0.5:  # came back under a new address
+                peer_of[member] = peer_of[member][:-1] + bytes([peer_of[member][-1] + 1])
+            register(member, now)
+        else:
+            for t in (one, many):
+                t.tick(now)
+        assert state(many) == state(one)
+
+
+def test_credit_owed_by_an_instance_that_left_is_paid_back_in_one_group() -> None:
+    """Acks for everything an instance that left still had: the count goes entirely,
+    in one :meth:`on_acks` as with one :meth:`on_ack` per id."""
+    one, many = table(), table()
+    sent = ids(5)
+    for t in (one, many):
+        assert t.route_commands("poker.Charge", sent, None, 0.0) == [b"l0"] * 5
+        t.unregister(b"l0")
+    for m in sent:
+        one.on_ack(b"t0", m)
+    many.on_acks(b"t0", sent)
+    assert state(many) == state(one)
+    assert b"ledger/0" not in state(one)[1]  # type: ignore[index]

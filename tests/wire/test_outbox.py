@@ -168,3 +168,81 @@ def test_a_newer_first_control_supersedes_the_unsent_one() -> None:
     cmds = [wire.decode_command(mp) for mp in mps]
     assert cmds == [wire.Command.HELLO, wire.Command.MESSAGE, wire.Command.HEARTBEAT]
     assert list(wire.decode_hello(mps[0]).commands) == ["a.A", "b.B"]
+
+
+def packed(items: list[bytes]) -> bytes:
+    """Items laid out as a packed group carries them (what PackedRun.chunk gives)."""
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+BIG = wire.encode_message(mid(999), "t.T", b"x" * wire.PACK_BELOW)
+
+
+def test_messages_are_batched_as_message_frames_lays_them_out() -> None:
+    """The outbox builds its groups in wire layout as it goes: the result is byte for
+    byte the codec's own layout of the same groups."""
+    ob = wire.Outbox()
+    small = [msg(i) for i in range(5)]
+    for item, peer in zip(small[:3], [b"a", b"a", b"b"], strict=True):
+        ob.message(item, peer)
+    ob.message(BIG, b"b")
+    ob.message(small[3], b"b")
+    ob.message(small[4], b"")
+    expected = wire.message_frames(
+        [(b"a", small[:2]), (b"b", [small[2], BIG, small[3]]), (b"", [small[4]])]
+    )
+    assert drain(ob) == [expected]
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("run"), st.sampled_from([b"", b"p", b"q"]), st.integers(1, 90)),
+        st.tuples(st.just("big"), st.sampled_from([b"p", b"q"]), st.just(0)),
+        st.tuples(st.just("acks"), st.sampled_from([b"p", b"q"]), st.integers(1, 20)),
+        st.tuples(st.sampled_from(["control", "first", "pop"]), st.just(b""), st.just(0)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS, st.integers(1, 64), st.integers(1, 40))
+def test_packed_chunks_and_bulk_acks_batch_exactly_as_one_call_per_item(
+    ops: list[tuple[str, bytes, int]], max_batch: int, max_acks: int
+) -> None:
+    """``packed`` (a hub forwarding a run as one chunk) and ``acks`` give the same
+    multiparts, byte for byte, as ``message`` and ``ack`` once per item, whatever the
+    batch limits, peers, barriers and pops in between."""
+    one = wire.Outbox(max_batch=max_batch, max_acks=max_acks, high_water=50)
+    bulk = wire.Outbox(max_batch=max_batch, max_acks=max_acks, high_water=50)
+    n = 0
+    for op, peer, count in ops:
+        if op == "run":
+            items = [wire.encode_message(mid(n + k), "t.T", b"b" * k) for k in range(count)]
+            for item in items:
+                writable = one.message(item, peer)
+            assert bulk.packed(packed(items), count, peer) == writable
+        elif op == "big":
+            assert bulk.message(BIG, peer) == one.message(BIG, peer)
+        elif op == "acks":
+            ids = [mid(n + k) for k in range(count)]
+            for i in ids:
+                writable = one.ack(i, peer)
+            assert bulk.acks(ids, peer) == writable
+        elif op in ("control", "first"):
+            hb = wire.encode_heartbeat()
+            assert bulk.control(hb, first=op == "first") == one.control(hb, first=op == "first")
+        else:
+            assert bulk.pop() == one.pop()
+        n += count
+        assert len(bulk) == len(one)
+    assert drain(bulk) == drain(one)
+
+
+def test_packed_refuses_what_cannot_be_sent() -> None:
+    ob = wire.Outbox()
+    with pytest.raises(LocalProtocolError):
+        ob.packed(packed([msg(1)]), 1, peer=b"x" * 256)
+    with pytest.raises(LocalProtocolError):
+        ob.packed(b"", 0)
+    assert len(ob) == 0

@@ -79,6 +79,7 @@ from ._control import (
     refusal_for,
     split_acks,
 )
+from ._forward import PackedRun, scan_messages
 from ._ids import IdSource
 from ._outbox import Multipart, Outbox
 
@@ -119,6 +120,7 @@ __all__ = [
     "MessageItem",
     "Multipart",
     "Outbox",
+    "PackedRun",
     "Routed",
     "check_name",
     "command_frame",
@@ -150,5 +152,6 @@ __all__ = [
     "packed_group_frame",
     "reattempt",
     "refusal_for",
+    "scan_messages",
     "split_acks",
 ]

@@ -23,16 +23,51 @@ from collections.abc import Callable, Sequence
 
 from ..errors import LocalProtocolError
 from ._codec import (
+    _U32,
     ACK_FRAME,
     ID_SIZE,
     MAX_ACKS,
     MAX_BATCH,
     MAX_NAME,
-    message_frames,
+    MESSAGE_FRAME,
+    PACK_BELOW,
+    PACKED,
 )
 from ._control import full_acks_frame
 
 Multipart = list[bytes]
+
+_prefix = _U32.pack
+_length_at = _U32.unpack_from
+
+
+class _Group:
+    """A group of the MESSAGE batch being filled, already in its wire layout:
+    ``parts`` is the group frame in pieces (two header bytes, set on closing, the peer,
+    then each item's u32 length and bytes, or whole runs of them as received), so
+    closing it is one join. A big item (``PACK_BELOW`` or more) is a group of its own
+    with ``count`` 0 and the item alone in ``parts``: it travels as its own frame."""
+
+    __slots__ = ("count", "parts", "peer")
+
+    def __init__(self, peer: bytes, count: int, parts: list[bytes]) -> None:
+        self.peer = peer
+        self.count = count
+        self.parts = parts
+
+    def frames(self) -> tuple[bytes, ...]:
+        if not self.count:
+            return bytes((1,)) + self.peer, self.parts[0]
+        self.parts[0] = bytes((PACKED | self.count, len(self.peer)))
+        return (b"".join(self.parts),)
+
+
+def _skip(chunk: bytes, count: int) -> int:
+    """Where the ``count``-th length-prefixed item of ``chunk`` ends."""
+    pos = 0
+    for _ in range(count):
+        pos += 4 + _length_at(chunk, pos)[0]
+    return pos
 
 
 class _AckGroup:
@@ -40,7 +75,7 @@ class _AckGroup:
 
     def __init__(self, peer: bytes) -> None:
         self.peer = peer
-        self.ok: list[bytes] = []
+        self.ok: list[bytes] = []  # pieces of the ids frame: an id, or ids back to back
         self.full: list[bytes] = []
 
 
@@ -82,7 +117,7 @@ class Outbox:
         self.max_acks = max_acks
         self.on_ready = on_ready
         self._done: deque[tuple[Multipart, int]] = deque()  # (multipart, entries in it)
-        self._msgs: list[list[bytes]] = []  # open batch: [peer, item, item, ...] groups
+        self._msgs: list[_Group] = []  # the open MESSAGE batch
         self._msg_count = 0
         self._acks: list[_AckGroup] = []
         self._ack_count = 0
@@ -103,15 +138,56 @@ class Outbox:
             raise LocalProtocolError("peer token longer than 255 bytes")
         self._touch()
         msgs = self._msgs
-        if msgs and msgs[-1][0] == peer:
-            msgs[-1].append(item)
+        if len(item) >= PACK_BELOW:
+            msgs.append(_Group(peer, 0, [item]))
+        elif msgs and msgs[-1].count and msgs[-1].peer == peer:
+            group = msgs[-1]
+            group.parts += (_prefix(len(item)), item)
+            group.count += 1
         else:
-            msgs.append([peer, item])
+            msgs.append(_Group(peer, 1, [b"", peer, _prefix(len(item)), item]))
         self._msg_count += 1
         self._count += 1
         if self._msg_count >= self.max_batch:
             self._close_messages()
         return self._count < self.high_water and not self._blocked
+
+    def packed(self, chunk: bytes, count: int, peer: bytes = b"") -> bool:
+        """Queue ``count`` message items that come laid out as a packed group carries
+        them: each a u32 length and the item, every item under ``PACK_BELOW`` bytes (a
+        hub forwarding a run of items it received packed: ``PackedRun.chunk()``). The
+        chunk is not read again, so the caller vouches for it.
+
+        The batches come out byte for byte as ``count`` calls of :meth:`message` with
+        the items would make them: a chunk that does not fit in the open batch is cut
+        at the item where that batch is full. Returns :attr:`writable`."""
+        if len(peer) > MAX_NAME:
+            raise LocalProtocolError("peer token longer than 255 bytes")
+        if count < 1:
+            raise LocalProtocolError("a packed chunk carries at least one item")
+        self._touch()
+        while True:
+            room = self.max_batch - self._msg_count
+            if count <= room:
+                self._add_packed(chunk, count, peer)
+                return self._count < self.high_water and not self._blocked
+            cut = _skip(chunk, room)
+            self._add_packed(chunk[:cut], room, peer)  # fills the batch and closes it
+            chunk = chunk[cut:]
+            count -= room
+
+    def _add_packed(self, chunk: bytes, count: int, peer: bytes) -> None:
+        msgs = self._msgs
+        if msgs and msgs[-1].count and msgs[-1].peer == peer:
+            group = msgs[-1]
+            group.parts.append(chunk)
+            group.count += count
+        else:
+            msgs.append(_Group(peer, count, [b"", peer, chunk]))
+        self._msg_count += count
+        self._count += count
+        if self._msg_count >= self.max_batch:
+            self._close_messages()
 
     def ack(self, message_id: bytes, peer: bytes = b"") -> bool:
         """Queue a compact ack (outcome OK, no response) for ``message_id``."""
@@ -121,18 +197,23 @@ class Outbox:
         return self._added_ack()
 
     def acks(self, message_ids: Sequence[bytes], peer: bytes = b"") -> bool:
-        """Queue compact acks for several ids at once (a hub forwarding an ACK group)."""
-        if any(len(mid) != ID_SIZE for mid in message_ids):
+        """Queue compact acks for several ids at once (a hub forwarding an ACK group):
+        joined into one piece of the ids frame at once, cut where a batch is full."""
+        ids = b"".join(message_ids)
+        if len(ids) != ID_SIZE * len(message_ids):
             raise LocalProtocolError("an acked message id must be 16 bytes")
-        pos = 0
-        while pos < len(message_ids):
-            room = self.max_acks - self._ack_count
-            chunk = message_ids[pos : pos + room]
-            self._ack_group(peer).ok.extend(chunk)
-            self._ack_count += len(chunk) - 1
-            self._count += len(chunk) - 1
+        left = len(message_ids)
+        while left:
+            take = min(left, self.max_acks - self._ack_count)
+            if take < left:
+                piece, ids = ids[: take * ID_SIZE], ids[take * ID_SIZE :]
+            else:
+                piece = ids
+            self._ack_group(peer).ok.append(piece)
+            self._ack_count += take - 1
+            self._count += take - 1
             self._added_ack()
-            pos += len(chunk)
+            left -= take
         return self._count < self.high_water and not self._blocked
 
     def full_ack(self, ack: bytes, peer: bytes = b"") -> bool:
@@ -188,7 +269,10 @@ class Outbox:
     def _close_messages(self) -> None:
         if not self._msgs:
             return
-        self._done.append((message_frames([(g[0], g[1:]) for g in self._msgs]), self._msg_count))
+        out = [MESSAGE_FRAME]
+        for group in self._msgs:
+            out += group.frames()
+        self._done.append((out, self._msg_count))
         self._msgs = []
         self._msg_count = 0
 
