@@ -109,33 +109,6 @@ def test_valid_multiparts_read_the_same(frames: list[bytes]) -> None:
     assert rows
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(multiparts(), st.data())
-def test_damaged_multiparts_are_refused_with_the_same_error(
-    frames: list[bytes], data: st.DataObject
-) -> None:
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(1, len(frames) - 1))  # frame 0 is decode_command's
-        frame = bytearray(frames[i])
-        action = data.draw(st.sampled_from(["flip", "poke", "poke", "truncate", "extend", "drop"]))
-        if action == "poke" and frame:  # a header byte (packed items start at 6 or 12)
-            pos = data.draw(st.integers(0, min(len(frame), 80) - 1))
-            frame[pos] = data.draw(st.sampled_from([0, 1, 2, 3, 32, 0x80, 0xFF]))
-        elif action == "flip" and frame:
-            # mostly in the first 80 bytes of an item or group: the headers
-            pos = data.draw(st.integers(0, min(len(frame), 140) - 1))
-            frame[pos] ^= 1 << data.draw(st.integers(0, 7))
-        elif action == "truncate":
-            frame = frame[: data.draw(st.integers(0, len(frame)))]
-        elif action == "extend":
-            frame += data.draw(st.binary(min_size=1, max_size=8))
-        elif action == "drop" and len(frames) > 2:
-            del frames[i]
-            continue
-        frames[i] = bytes(frame)
-    agree(frames)
-
-
 def poked(item: bytes, at: int, value: int) -> bytes:
     out = bytearray(item)
     out[at] = value

@@ -18,7 +18,16 @@ def decode_all(frames: Sequence[bytes]) -> object:
     """Dispatch like a hub or endpoint would, and touch every lazy part."""
     cmd = wire.decode_command(frames)
     if cmd is wire.Command.MESSAGE:
-        items = wire.decode_messages(frames, LIMITS)
+        scanned = scan(frames)  # the hub's reading agrees, error for error
+        error: RemoteProtocolError | None = None
+        try:
+            items = wire.decode_messages(frames, LIMITS)
+        except RemoteProtocolError as exc:
+            error = exc
+        if error is not None:
+            assert scanned == (str(error), error.code, error.message_id)
+            raise error
+        assert scanned == [i.id for i in items]
         return [(i.envelope(), i.body) for i in items]
     if cmd is wire.Command.ACK:
         return [g.full_acks() for g in wire.split_acks(frames, LIMITS)]
@@ -32,6 +41,15 @@ def decode_all(frames: Sequence[bytes]) -> object:
     if cmd is wire.Command.HEARTBEAT:
         return wire.decode_heartbeat(frames)
     return decoders[cmd](frames, LIMITS)
+
+
+def scan(frames: Sequence[bytes]) -> object:
+    """The ids a hub's scan_messages finds, or the error it raises."""
+    try:
+        entries = wire.scan_messages(frames, LIMITS)
+    except RemoteProtocolError as exc:
+        return (str(exc), exc.code, exc.message_id)
+    return [i for e in entries for i in (e.ids if isinstance(e, wire.PackedRun) else [e.id])]
 
 
 CODES = {"MALFORMED", "BAD_SIGNATURE", "UNSUPPORTED_VERSION", "TOO_LARGE", "UNKNOWN_TYPE"}
@@ -53,8 +71,11 @@ ENV = envelope_pb2.Envelope(
 ).SerializeToString()
 ITEM = wire.encode_message(b"i" * 16, "pkg.Type", b"body" * 3, envelope=ENV, recipient="svc")
 FULL_ACK = envelope_pb2.Ack(message_id=b"a" * 16, outcome=envelope_pb2.REJECTED).SerializeToString()
+RETRY = wire.encode_message(b"r" * 16, "pkg.Type", b"", envelope=ENV, attempt=2)
+EVENT = wire.encode_message(b"e" * 16, "pkg.Ev", b"", kind=wire.KIND_EVENT)
 VALID: list[list[bytes]] = [
     wire.encode_messages([(b"", [ITEM, ITEM]), (b"origin", [ITEM])]),  # packed
+    wire.encode_messages([(b"", [ITEM, RETRY, ITEM, EVENT, ITEM])]),  # runs and items
     [wire.MESSAGE_FRAME, wire.group_frame(2, b"o"), ITEM, ITEM],  # items as frames
     wire.encode_acks([(b"p", wire.ok_ids_frame([b"x" * 16]), wire.full_acks_frame([FULL_ACK]))]),
     wire.encode_hello(
@@ -99,8 +120,11 @@ def test_bit_flips_and_truncations(template: list[bytes], data: st.DataObject) -
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(frames) - 1))
         frame = bytearray(frames[i])
-        action = data.draw(st.sampled_from(["flip", "truncate", "extend", "drop", "dup"]))
-        if action == "flip" and frame:
+        action = data.draw(st.sampled_from(["flip", "poke", "truncate", "extend", "drop", "dup"]))
+        if action == "poke" and frame:  # a header byte (a packed item's starts at 6 or 12)
+            pos = data.draw(st.integers(0, min(len(frame), 80) - 1))
+            frame[pos] = data.draw(st.sampled_from([0, 1, 2, 3, 32, 0x80, 0xFF]))
+        elif action == "flip" and frame:
             pos = data.draw(st.integers(0, len(frame) - 1))
             frame[pos] ^= 1 << data.draw(st.integers(0, 7))
         elif action == "truncate":
