@@ -206,22 +206,31 @@ class RoutingTable:
         capacity = self.sticky_capacity
         entry: _Stick = (key, now, True)
         expires_at = self._expires_at
+        evict = sticky.popitem
+        owed = 0  # credits taken and not yet counted: counted before anything reads them
         for msg_id in msg_ids:
             if msg_id in sticky:  # a retry, or an id seen before: as _pick does it
+                in_flight[key] += owed
+                owed = 0
                 pick(msg_id, msg_id, peers, now)
                 expires_at = self._expires_at
                 continue
-            in_flight[key] += 1
+            owed += 1
             sticky[msg_id] = entry
             if len(sticky) > capacity:  # full: the oldest entry makes room
-                _, oldest = sticky.popitem(last=False)
+                _, oldest = evict(last=False)
                 if oldest[_OPEN]:
+                    in_flight[key] += owed
+                    owed = 0
                     self._release(oldest[_KEY])
             if now >= expires_at:
+                in_flight[key] += owed
+                owed = 0
                 self._expire(now)
                 expires_at = self._expires_at
             elif expires_at == _NEVER:
                 expires_at = self._expires_at = now + self.sticky_ttl
+        in_flight[key] += owed
         return [best] * len(msg_ids)
 
     def route_event(self, msg_type: str, msg_id: bytes, now: float) -> list[tuple[str, bytes]]:
