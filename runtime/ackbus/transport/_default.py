@@ -21,12 +21,13 @@ another loop is refused with an :class:`~ackbus.errors.AddressError`; threads us
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any
 
 import zmq
 
 from ..wire import Multipart, Outbox
 from ._base import Link, Listener, OnConnection, OnReceive, OnUnroutable, TransportOptions
+from ._flow import ClosesOnExit
 from ._memory import SCHEME, MemoryBackend, MemoryListener
 from ._zmq import ZmqBackend, ZmqListener
 
@@ -96,7 +97,7 @@ class DefaultBackend:
         return _MixedListener(memory, sockets, addrs)
 
 
-class _MixedListener:
+class _MixedListener(ClosesOnExit):
     """An in-memory listener and a ZeroMQ one, bound together.
 
     Which side a peer is on: the in-memory listener knows its peers from the moment
@@ -154,15 +155,3 @@ class _MixedListener:
             self._sockets.close()
         finally:
             self._memory.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()

@@ -72,7 +72,26 @@ def _safe_call(fn: Callable[..., None], *args: object) -> None:
         log.exception("transport callback %r raised", fn)
 
 
-class FlowBase:
+class ClosesOnExit:
+    """``with`` and ``async with`` close the object (a link or listener) on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FlowBase(ClosesOnExit):
     """The part of a link or listener that does not depend on its role."""
 
     def __init__(self, on_receive: OnReceive, options: TransportOptions) -> None:
@@ -133,18 +152,6 @@ class FlowBase:
         self._flush_handle = self._retry_handle = None
         self._release()
         self._fail_waiters(ClosedError(f"{self._name()} closed"))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
     # --------------------------------------------------------------- internals
 
