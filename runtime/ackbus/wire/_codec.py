@@ -424,6 +424,22 @@ def group_frame(count: int, peer: bytes = b"") -> bytes:
     return bytes((count,)) + peer
 
 
+def packed_group_head(count: int, peer: bytes) -> bytes:
+    """The two bytes that open a packed group frame (the peer follows); unchecked: for
+    callers that keep ``count`` and ``peer`` within bounds (:func:`packed_group_frame`,
+    the outbox)."""
+    return bytes((PACKED | count, len(peer)))
+
+
+def skip_packed(buf: bytes, pos: int, count: int) -> int:
+    """Where the ``count`` length-prefixed items of a packed group that start at ``pos``
+    of ``buf`` end; the items must be there (a caller that read or made them)."""
+    length_at = _U32.unpack_from
+    for _ in range(count):
+        pos += 4 + length_at(buf, pos)[0]
+    return pos
+
+
 def packed_group_frame(peer: bytes, items: Sequence[bytes]) -> bytes:
     """A group frame that carries its items: u8 ``0x80 | count``, u8 peer length, peer,
     then per item a u32 length and the item. One frame instead of ``count``: on this
@@ -433,7 +449,7 @@ def packed_group_frame(peer: bytes, items: Sequence[bytes]) -> bytes:
     if not 1 <= count <= MAX_BATCH or len(peer) > MAX_NAME:
         raise LocalProtocolError(f"bad group: {count} items, peer of {len(peer)} bytes")
     pack = _U32.pack
-    parts = [bytes((PACKED | count, len(peer))), peer]
+    parts = [packed_group_head(count, peer), peer]
     for item in items:
         parts.append(pack(len(item)))
         parts.append(item)

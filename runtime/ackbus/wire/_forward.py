@@ -37,13 +37,13 @@ from ._codec import (
     MessageItem,
     _valid_names,
     decode_messages,
+    skip_packed,
 )
 
 _PREFIXED_HEADER: Final = struct.Struct("<I16sIBB26xBBII")
 """A packed item's u32 length, then its header's id, attempt, kind, flags, type length,
 recipient length, envelope length and body length (priority and times skipped: any
 bytes are valid there)."""
-_length_at: Final = _PREFIXED_HEADER.unpack_from  # its first field is the length
 _NAMES_AT: Final = 4 + _HDR
 """Where the type name starts, from an item's length prefix."""
 
@@ -83,13 +83,12 @@ class PackedRun:
         first = 0
         while first < n:
             target = targets[first]
-            stop = first
-            begin = pos
+            stop = first + 1
             while stop < n and targets[stop] == target:
-                pos += 4 + _length_at(frame, pos)[0]
                 stop += 1
-            out.append((target, frame[begin:pos], stop - first))
-            first = stop
+            end = skip_packed(frame, pos, stop - first)
+            out.append((target, frame[pos:end], stop - first))
+            pos, first = end, stop
         return out
 
     def __repr__(self) -> str:

@@ -31,14 +31,15 @@ from ._codec import (
     MAX_NAME,
     MESSAGE_FRAME,
     PACK_BELOW,
-    PACKED,
+    group_frame,
+    packed_group_head,
+    skip_packed,
 )
 from ._control import full_acks_frame
 
 Multipart = list[bytes]
 
 _prefix = _U32.pack
-_length_at = _U32.unpack_from
 
 
 class _Group:
@@ -57,17 +58,9 @@ class _Group:
 
     def frames(self) -> tuple[bytes, ...]:
         if not self.count:
-            return bytes((1,)) + self.peer, self.parts[0]
-        self.parts[0] = bytes((PACKED | self.count, len(self.peer)))
+            return group_frame(1, self.peer), self.parts[0]
+        self.parts[0] = packed_group_head(self.count, self.peer)
         return (b"".join(self.parts),)
-
-
-def _skip(chunk: bytes, count: int) -> int:
-    """Where the ``count``-th length-prefixed item of ``chunk`` ends."""
-    pos = 0
-    for _ in range(count):
-        pos += 4 + _length_at(chunk, pos)[0]
-    return pos
 
 
 class _AckGroup:
@@ -171,7 +164,7 @@ class Outbox:
             if count <= room:
                 self._add_packed(chunk, count, peer)
                 return self._count < self.high_water and not self._blocked
-            cut = _skip(chunk, room)
+            cut = skip_packed(chunk, 0, room)
             self._add_packed(chunk[:cut], room, peer)  # fills the batch and closes it
             chunk = chunk[cut:]
             count -= room
