@@ -239,6 +239,13 @@ class Endpoint:
         end, so handlers finishing within it need not (one arm per batch, not per message)."""
         self._batch_now = 0.0
         """The loop time the batch being received is handled at (while ``_receiving``)."""
+        self._batch_hub: _HubLink | None = None
+        """The hub the batch being received came from (while ``_receiving``)."""
+        self._batch_ok: list[bytes] = []
+        self._batch_peers: list[bytes] = []
+        """Ids (and their peer tokens) of the batch's messages whose handlers returned
+        during it: finished in the deduper and acked together at its end (see
+        :meth:`_ack_batch`)."""
         self._links: list[_HubLink] = []
         self._next_link = 0
         self._backend = backend or DefaultBackend()
@@ -737,6 +744,7 @@ class Endpoint:
         self._liveness.seen(hub.index, now)
         self._receiving = True
         self._batch_now = now
+        self._batch_hub = hub
         try:
             for frames in multiparts:
                 try:
@@ -749,7 +757,36 @@ class Endpoint:
                     hub.link.outbox.control(refusal_for(exc))
         finally:
             self._receiving = False
+            self._batch_hub = None
+            if self._batch_ok:
+                self._ack_batch(hub, now)
         self._arm_timer()
+
+    def _ack_batch(self, hub: _HubLink, now: float) -> None:
+        """Finish and ack, together, the messages whose handlers returned OK (without a
+        response) while their batch was being received: one deduper call and one ack
+        run per peer for the batch, where a call of each per message was a tenth of a
+        pipelined receiver's time. Until then, a copy of such a message arriving later
+        in the same batch is RUNNING: it gets no ack of its own, and needs none, since
+        the ack that follows here settles its id."""
+        ids, peers = self._batch_ok, self._batch_peers
+        self._batch_ok, self._batch_peers = [], []
+        if self._closed:
+            for mid in ids:
+                self._deduper.abandon(mid)
+            return
+        self._deduper.finish_ok(ids, now)
+        outbox = hub.link.outbox
+        peer = peers[0]
+        if peers.count(peer) == len(peers):  # one sender (or one hub token): one run
+            outbox.acks(ids, peer)
+            return
+        start = 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or peers[i] != peer:
+                outbox.acks(ids[start:i], peer)
+                if i < len(ids):
+                    start, peer = i, peers[i]
 
     def _handle(self, hub: _HubLink, frames: Multipart, now: float) -> None:
         cmd = decode_command(frames)
@@ -968,6 +1005,10 @@ class Endpoint:
         if exc is None:
             self.stats.handled += 1
             if result is None or not request:
+                if hub is self._batch_hub:  # returned within its batch: acked at its end
+                    self._batch_ok.append(mid)
+                    self._batch_peers.append(item.peer)
+                    return
                 self._deduper.finish(mid, Outcome.OK, now)
                 outbox.ack(mid, item.peer)
             else:

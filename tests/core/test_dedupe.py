@@ -148,3 +148,42 @@ def test_memory_stays_flat_under_endless_unique_ids(
         assert len(d) <= capacity
         assert len(d._order) <= 2 * capacity + 1
         assert all(d.begin(r, now) is Verdict.RUNNING for r in running)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 12),
+    batches=st.lists(
+        st.lists(st.tuples(st.integers(0, 20), st.booleans()), max_size=10),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_finish_ok_equals_finish_ok_per_id(
+    capacity: int, batches: list[list[tuple[int, bool]]]
+) -> None:
+    """A receiver finishes the handlers of a whole batch with one finish_ok call, at
+    the batch's end: every verdict, record and bound is what finishing them one by one
+    there gives (ids repeat: duplicates, refinished records, evictions, running entries
+    left running)."""
+    one, many = (
+        InboundDeduper(capacity=capacity, ttl=50.0),
+        InboundDeduper(capacity=capacity, ttl=50.0),
+    )
+    now = 0.0
+    for batch in batches:
+        now += 1.0
+        finished: list[bytes] = []
+        for n, handled in batch:
+            mid = n.to_bytes(2, "big")
+            verdict = one.begin(mid, now)
+            assert many.begin(mid, now) is verdict
+            if verdict is Verdict.NEW and handled:
+                finished.append(mid)
+        for mid in finished:
+            one.finish(mid, Outcome.OK, now)
+        many.finish_ok(finished, now)
+        assert one.export() == many.export()
+        assert len(one) == len(many)
+        assert one.running_count() == many.running_count()
+        assert one.tick(now) == many.tick(now)

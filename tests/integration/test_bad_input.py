@@ -2,7 +2,9 @@
 
 A raw DEALER talks to a real hub, and a raw ROUTER plays hub to a real endpoint. Each
 sends what a broken or hostile peer might; the target answers with a REFUSAL (or a
-negative ack) naming the problem, counts it, and keeps serving real traffic.
+negative ack) naming the problem, counts it, and keeps serving real traffic. The raw
+hub also packs what a real hub may put in one batch: several origins, a failing
+handler and a retry of a message next to the message itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import zmq
 import zmq.asyncio
 from ackbus import Context, Policy
 from ackbus.endpoint import Endpoint
-from ackbus.envelope_pb2 import NO_ROUTE, REJECTED, RETRY_LATER, Ack
+from ackbus.envelope_pb2 import DUPLICATE, NO_ROUTE, REJECTED, RETRY_LATER, Ack
+from ackbus.errors import Reject
 from ackbus.hub import Hub
 from ackbus.wire import (
     DEFAULT_LIMITS,
@@ -131,6 +134,29 @@ async def fake_hub(ctx: zmq.asyncio.Context) -> AsyncIterator[tuple[zmq.asyncio.
     router.close()
 
 
+async def welcome(router: zmq.asyncio.Socket, ep: Endpoint) -> bytes:
+    """Start ``ep`` against the raw hub: answer its HELLO; returns its routing id."""
+    starting = asyncio.ensure_future(ep.start())
+    peer, *hello = await recv(router)
+    assert hello[0] == HELLO_FRAME
+    await router.send_multipart([peer, *encode_welcome(Welcome(heartbeat_ms=5000, version=1))])
+    async with asyncio.timeout(TIMEOUT):
+        await starting
+    return peer
+
+
+async def answer(router: zmq.asyncio.Socket, peer: bytes, frames: list[bytes]) -> list[bytes]:
+    """Send ``frames`` to the endpoint; its next reply that answers something."""
+    await router.send_multipart([peer, *frames])
+    while True:
+        reply = await recv(router)
+        assert reply[0] == peer
+        # Heartbeats, and a repeated HELLO when the link reports its connection after
+        # start() already said hello, are not answers to what we sent.
+        if decode_command(reply[1:]) not in (Command.HEARTBEAT, Command.HELLO):
+            return reply[1:]
+
+
 async def test_endpoint_refuses_bad_input_from_its_hub_and_keeps_serving(
     fake_hub: tuple[zmq.asyncio.Socket, str],
 ) -> None:
@@ -142,23 +168,10 @@ async def test_endpoint_refuses_bad_input_from_its_hub_and_keeps_serving(
 
     ep = Endpoint("table", address, limits=Limits(max_message_bytes=4096), policy=Policy())
     ep.register_handler(Bye, on_bye)
-    starting = asyncio.ensure_future(ep.start())
-    peer, *hello = await recv(router)
-    assert hello[0] == HELLO_FRAME
-    welcome = Welcome(heartbeat_ms=5000, version=1)
-    await router.send_multipart([peer, *encode_welcome(welcome)])
-    async with asyncio.timeout(TIMEOUT):
-        await starting
+    peer = await welcome(router, ep)
 
     async def send(frames: list[bytes]) -> list[bytes]:
-        await router.send_multipart([peer, *frames])
-        while True:
-            reply = await recv(router)
-            assert reply[0] == peer
-            # Heartbeats, and a repeated HELLO when the link reports its connection
-            # after start() already said hello, are not answers to what we sent.
-            if decode_command(reply[1:]) not in (Command.HEARTBEAT, Command.HELLO):
-                return reply[1:]
+        return await answer(router, peer, frames)
 
     async def refused(frames: list[bytes]) -> str:
         reply = await send(frames)
@@ -252,3 +265,62 @@ async def test_a_fresh_hub_defers_retries_but_routes_first_attempts(
             finally:
                 raw.close()
         assert h.stats.deferred == 1
+
+
+async def test_a_batch_is_acked_per_origin_once_per_id_and_its_retry_runs_nothing(
+    fake_hub: tuple[zmq.asyncio.Socket, str],
+) -> None:
+    """One MESSAGE from the hub with items of two origins, a rejecting handler, and a
+    retry of the first item packed after it: each handler runs once, each origin's
+    ok ids come back in its own group in order, the rejection as a full ack, and the
+    retry gets no ack of its own (the first one settles its id). A retry in a later
+    batch is answered DUPLICATE without running the handler."""
+    router, address = fake_hub
+    runs: list[str] = []
+
+    async def on_bye(msg: Bye, c: Context) -> None:
+        runs.append(msg.reason)
+        if msg.reason == "boom":
+            raise Reject("not today", permanent=True)
+
+    ep = Endpoint("table", address, policy=Policy())
+    ep.register_handler(Bye, on_bye)
+    peer = await welcome(router, ep)
+    ids = [bytes([i]) * 16 for i in range(5)]
+    items = [
+        encode_message(mid, "ackbus.Bye", Bye(reason=reason).SerializeToString())
+        for mid, reason in zip(ids, ["a1", "a2", "b1", "boom", "a3"], strict=True)
+    ]
+    try:
+        reply = await answer(
+            router,
+            peer,
+            [
+                MESSAGE_FRAME,
+                group_frame(2, b"A"),
+                *items[0:2],
+                group_frame(2, b"B"),
+                *items[2:4],
+                group_frame(2, b"A"),
+                items[0],
+                items[4],
+            ],
+        )
+        assert decode_command(reply) is Command.ACK, reply
+        groups = {g.peer: g for g in split_acks(reply)}
+        assert sorted(groups) == [b"A", b"B"]
+        assert groups[b"A"].ok_ids == [ids[0], ids[1], ids[4]]
+        assert groups[b"A"].full == []
+        assert groups[b"B"].ok_ids == [ids[2]]
+        [rejected] = groups[b"B"].full_acks()
+        assert (rejected.message_id, rejected.outcome) == (ids[3], REJECTED)
+        assert runs == ["a1", "a2", "b1", "boom", "a3"]
+
+        reply = await answer(router, peer, [MESSAGE_FRAME, group_frame(1, b"A"), items[0]])
+        [group] = split_acks(reply)
+        [again] = group.full_acks()
+        assert (group.peer, again.message_id, again.outcome) == (b"A", ids[0], DUPLICATE)
+    finally:
+        await ep.close()
+    assert runs == ["a1", "a2", "b1", "boom", "a3"]
+    assert ep.stats.duplicates == 2

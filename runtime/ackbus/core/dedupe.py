@@ -55,6 +55,7 @@ which made those collections a large share of a busy receiver's time
 (docs/performance.md)."""
 _ID: Final = 0
 _AT: Final = 2
+_OK: Final = int(Outcome.OK)
 
 
 def _record(e: _Entry) -> DedupeRecord:
@@ -119,6 +120,23 @@ class InboundDeduper:
         self._store((msg_id, int(outcome), now, response, error))
         if len(self._running) + len(self._done) > self.capacity:
             self._evict_oldest(now)
+
+    def finish_ok(self, msg_ids: Iterable[bytes], now: float) -> None:
+        """:meth:`finish` with outcome OK and no response, for several ids at once:
+        what a receiver does for every handler that returned during one received batch
+        (a call per id was a visible slice of a pipelined receiver's time)."""
+        running = self._running
+        done = self._done
+        order = self._order
+        for mid in msg_ids:
+            running.pop(mid, None)
+            entry = (mid, _OK, now, b"", None)
+            done[mid] = entry
+            order.append(entry)
+        if len(order) > 2 * self.capacity:
+            self._order = deque(e for e in order if done.get(e[_ID]) is e)
+        while len(running) + len(done) > self.capacity and self._evict_oldest(now):
+            pass
 
     def abandon(self, msg_id: bytes) -> None:
         """The handler died without an outcome (e.g. cancelled): forget it so a retry runs."""
