@@ -257,6 +257,8 @@ class DeliveryReport:
 
     __slots__ = (
         "_callbacks",
+        "_frame",
+        "_note",
         "acked_at",
         "acked_by",
         "attempts",
@@ -279,6 +281,10 @@ class DeliveryReport:
         self.error: DeliveryError | None = None
         self.response: bytes | None = None
         self._callbacks: list[Callable[[DeliveryReport], None]] | None = None
+        self._frame = b""
+        """While pending: the encoded message, as the sender re-sends it."""
+        self._note = ""
+        """While pending: the hub's last word on why it found no route."""
 
     def __bool__(self) -> bool:
         return self.status is DeliveryStatus.ACKED

@@ -151,19 +151,6 @@ class EndpointStats:
     """Bad input refused, by code."""
 
 
-class _Out:
-    """An outbound message while it is pending."""
-
-    __slots__ = ("frame", "kind", "no_route_reason", "report", "request")
-
-    def __init__(self, frame: bytes, report: DeliveryReport, kind: int, request: bool) -> None:
-        self.frame = frame
-        self.report = report
-        self.kind = kind
-        self.request = request
-        self.no_route_reason = ""
-
-
 class _HubLink:
     """One hub connection and what the endpoint knows of it."""
 
@@ -232,7 +219,9 @@ class Endpoint:
         self._deduper = InboundDeduper(capacity=dedupe_capacity, ttl=dedupe_ttl)
         self._liveness: Liveness[int] = Liveness(interval=heartbeat, misses=misses)
         self._dispatch = Dispatcher()
-        self._pending: dict[bytes, _Out] = {}
+        self._pending: dict[bytes, DeliveryReport] = {}
+        """Reports of the messages sent and not settled; a pending report carries its
+        frame (no second object per message)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._receiving = False
         """True while a received batch is being handled: it arms the timer once at the
@@ -565,7 +554,7 @@ class Endpoint:
                 ):
                     return report
                 now = loop.time()
-            self._track(report, frame, destination, kind, request, pol, now)
+            self._track(report, frame, destination, kind, pol, now)
         except BaseException:
             if waited:
                 self._admit_next(destination)  # our turn in line goes to the next one
@@ -586,13 +575,13 @@ class Endpoint:
         frame: bytes,
         destination: str,
         kind: int,
-        request: bool,
         pol: Policy,
         now: float,
     ) -> None:
         """Hand a new message to the tracker and transmit it if its window has room."""
         mid = report.message_id
-        self._pending[mid] = _Out(frame, report, kind, request)
+        report._frame = frame
+        self._pending[mid] = report
         self.stats.sent += 1
         admit = self._tracker.submit(  # positional: once per message
             mid, report.message_type, destination, pol, now, None if kind == KIND_EVENT else 1
@@ -701,10 +690,10 @@ class Endpoint:
     # ------------------------------------------------------------------ settling
 
     def _settle(self, c: Completion, why: str = "") -> None:
-        out = self._pending.pop(c.msg_id, None)
-        if out is None:
+        report = self._pending.pop(c.msg_id, None)
+        if report is None:
             return
-        report = out.report
+        report._frame = b""  # a report the caller keeps must not keep the message
         offset = self._wall_offset
         first = c.first_sent_at + offset if c.first_sent_at is not None else None
         if c:
@@ -725,7 +714,7 @@ class Endpoint:
                 DeliveryStatus.FAILED,
                 attempts=c.attempts,
                 first_sent_at=first,
-                error=_delivery_error(c, out, why),
+                error=_delivery_error(c, report._note, why),
             )
             self.dead_letters.append(report)
             log.warning("delivery failed: %s", report.error)
@@ -847,9 +836,9 @@ class Endpoint:
         if ack.HasField("error"):
             error = RemoteError(ack.error.type, ack.error.message, ack.error.permanent)
         if ack.outcome == envelope_pb2.NO_ROUTE:
-            out = self._pending.get(mid)
-            if out is not None and error is not None:
-                out.no_route_reason = error.message
+            pending = self._pending.get(mid)
+            if pending is not None and error is not None:
+                pending._note = error.message
         c = self._tracker.ack(
             mid,
             outcome=ack.outcome,
@@ -1120,15 +1109,15 @@ class Endpoint:
         self._arm_timer()
 
     def _retransmit(self, action: Transmit, now: float) -> None:
-        out = self._pending.get(action.msg_id)
-        if out is None:  # pragma: no cover - the tracker only retransmits pending ids
+        report = self._pending.get(action.msg_id)
+        if report is None:  # pragma: no cover - the tracker only retransmits pending ids
             return
         if action.attempt > 1:
             self.stats.retries += 1
             sent_ns = int((now + self._wall_offset) * 1e9)
-            self._transmit(action.msg_id, reattempt(out.frame, action.attempt, sent_ns))
+            self._transmit(action.msg_id, reattempt(report._frame, action.attempt, sent_ns))
         else:
-            self._transmit(action.msg_id, out.frame)
+            self._transmit(action.msg_id, report._frame)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1160,7 +1149,7 @@ def _ack(
     return ack.SerializeToString()
 
 
-def _delivery_error(c: Completion, out: _Out, why: str) -> DeliveryError:
+def _delivery_error(c: Completion, no_route: str, why: str) -> DeliveryError:
     kw: dict[str, Any] = {"message_id": c.msg_id, "message_type": c.msg_type}
     reason = c.reason
     tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
@@ -1175,7 +1164,7 @@ def _delivery_error(c: Completion, out: _Out, why: str) -> DeliveryError:
             **kw,
         )
     if reason is Reason.NO_ROUTE:
-        detail = out.no_route_reason or f"no live service handles {c.msg_type}"
+        detail = no_route or f"no live service handles {c.msg_type}"
         return NoRoute(f"{detail} (gave up after {tries})", **kw)
     if reason is Reason.EXPIRED:
         return Expired(f"expired before a handler ran ({tries})", **kw)

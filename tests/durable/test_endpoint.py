@@ -101,7 +101,7 @@ async def test_a_restarted_receiver_still_recognises_duplicates(bus: Bus) -> Non
             table.register_handler(Bye, on_bye)
             await asyncio.sleep(0.05)
             report = await dealer.send(Bye(reason="once"), wait_ack=False)
-            frame = dealer._pending[report.message_id].frame
+            frame = dealer._pending[report.message_id]._frame
             await settle([report])
         assert report
         async with bus.endpoint("table", "table.db") as table:
@@ -109,9 +109,7 @@ async def test_a_restarted_receiver_still_recognises_duplicates(bus: Bus) -> Non
             await asyncio.sleep(0.05)
             # The same message again, as a sender that never saw the ack would resend it.
             again = DeliveryReport(report.message_id, report.message_type)
-            dealer._track(
-                again, frame, "ackbus.Bye", 1, False, FAST, asyncio.get_running_loop().time()
-            )
+            dealer._track(again, frame, "ackbus.Bye", 1, FAST, asyncio.get_running_loop().time())
             await settle([again])
             assert table.stats.duplicates == 1
     assert again
@@ -135,13 +133,11 @@ async def test_ctx_tx_commits_with_the_inbox_record_exactly_once(bus: Bus) -> No
         async with bus.endpoint("dealer") as dealer:
             await asyncio.sleep(0.05)
             reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(5)]
-            frames = [dealer._pending[r.message_id].frame for r in reports]
+            frames = [dealer._pending[r.message_id]._frame for r in reports]
             await settle(reports)
             again = [DeliveryReport(r.message_id, r.message_type) for r in reports]
             for r, frame in zip(again, frames, strict=True):
-                dealer._track(
-                    r, frame, "ackbus.Bye", 1, False, FAST, asyncio.get_running_loop().time()
-                )
+                dealer._track(r, frame, "ackbus.Bye", 1, FAST, asyncio.get_running_loop().time())
             await settle(again)
     assert all(reports)
     assert all(again)

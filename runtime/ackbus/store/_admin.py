@@ -17,7 +17,7 @@ import os
 import time
 
 from .._types import DeliveryReport, Policy
-from ..wire import FLAG_REQUEST, KIND_EVENT, MessageItem, encode_message
+from ..wire import KIND_EVENT, MessageItem, encode_message
 from ._base import DeadLetter
 from ._sqlite import SqliteStore
 
@@ -103,8 +103,7 @@ async def replay(
                 deadline_ns=now_ns + int(timeout * 1e9),
             )
             report = DeliveryReport(new_id, item.type)
-            request = bool(item.flags & FLAG_REQUEST)
-            ep._track(report, frame, d.destination, item.kind, request, policy, loop.time())
+            ep._track(report, frame, d.destination, item.kind, policy, loop.time())
             results.append((d, report))
         for _, report in results:
             await report.wait(timeout + 1.0)

@@ -119,7 +119,7 @@ class Durable:
             pol = _policy(row.policy).with_(deadline=max(row.deadline - wall, 0.001))
             report = DeliveryReport(row.msg_id, row.msg_type)
             self.resumed.append(report)
-            ep._track(report, row.frame, row.destination, row.kind, row.request, pol, loop.time())
+            ep._track(report, row.frame, row.destination, row.kind, pol, loop.time())
         if self.resumed:
             log.info(
                 "%s: resumed %d messages from %s",
@@ -169,7 +169,7 @@ class Durable:
         )
         unit = CURRENT.get()
         if unit is not None and unit.owner is self._ep and unit.open and not request:
-            unit.add_send(Deferred(row, report, destination, kind, request, pol))
+            unit.add_send(Deferred(row, report, destination, kind, pol))
             return False
         batch = self.store.put_outbox(row)
         try:
@@ -179,9 +179,7 @@ class Durable:
             # The row commits anyway: deliver it in this run rather than leave it for
             # the next start. A cancelled send may still be delivered (docs/durable.md).
             batch.on_commit(
-                lambda error: self._track_late(
-                    error, report, frame, destination, kind, request, pol
-                )
+                lambda error: self._track_late(error, report, frame, destination, kind, pol)
             )
             raise
         ep = self._ep
@@ -201,12 +199,11 @@ class Durable:
         frame: bytes,
         destination: str,
         kind: int,
-        request: bool,
         pol: Policy,
     ) -> None:
         ep = self._endpoint()
         if error is None and not ep.closed and ep._loop is not None:
-            ep._track(report, frame, destination, kind, request, pol, ep._loop.time())
+            ep._track(report, frame, destination, kind, pol, ep._loop.time())
 
     def _policy_json(self, pol: Policy) -> str:
         text = self._policies.get(pol)
@@ -350,7 +347,7 @@ class Durable:
             return  # the committed sends go out at the next start
         now = loop.time()
         for d in unit.sends:
-            ep._track(d.report, d.frame, d.destination, d.kind, d.request, d.policy, now)
+            ep._track(d.report, d.frame, d.destination, d.kind, d.policy, now)
 
     @staticmethod
     def _drop(unit: Transaction, why: str) -> None:

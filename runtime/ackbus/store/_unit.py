@@ -38,7 +38,7 @@ _NOT_IN_A_UNIT = frozenset(
 class Deferred:
     """A message sent from inside a handler: on disk with the unit, sent after it."""
 
-    __slots__ = ("destination", "frame", "kind", "policy", "report", "request", "row")
+    __slots__ = ("destination", "frame", "kind", "policy", "report", "row")
 
     def __init__(
         self,
@@ -46,7 +46,6 @@ class Deferred:
         report: DeliveryReport,
         destination: str,
         kind: int,
-        request: bool,
         policy: Policy,
     ) -> None:
         self.row = row
@@ -54,7 +53,6 @@ class Deferred:
         self.frame = row.frame
         self.destination = destination
         self.kind = kind
-        self.request = request
         self.policy = policy
 
 
