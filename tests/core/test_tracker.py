@@ -536,4 +536,5 @@ def test_ack_ok_settles_exactly_as_one_ok_ack_per_id(
         many.state(bytes([i]) * 16) for i in range(n)
     ]
     assert one.in_flight("d") == many.in_flight("d")
+    assert one._in_flight == many._in_flight  # no count left behind at zero
     assert one.tick(now + 100) == many.tick(now + 100)
