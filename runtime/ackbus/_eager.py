@@ -33,38 +33,59 @@ from collections.abc import Callable, Coroutine, Generator
 from contextvars import copy_context
 from typing import Any, TypeVar
 
-__all__ = ["run_eager"]
+__all__ = ["report_when_done", "run_eager", "start_eager"]
 
 T = TypeVar("T")
 
 Done = Callable[[T | None, BaseException | None], None]
+Ended = tuple[T | None, BaseException | None]
+"""How a coroutine ended: ``(result, None)``, or ``(None, error)``."""
+
+
+def _ended(task: asyncio.Task[T]) -> Ended[T]:
+    """A finished task's outcome (a CancelledError if it was cancelled)."""
+    try:
+        return task.result(), None
+    except BaseException as exc:  # the handler's own error, reported, never raised here
+        return None, exc
 
 
 def _report(on_done: Done[T], task: asyncio.Task[T]) -> None:
-    """Hand a finished task's outcome (a CancelledError if it was cancelled) to ``on_done``."""
-    try:
-        result = task.result()
-    except BaseException as exc:  # the handler's own error, reported, never raised here
-        on_done(None, exc)
-    else:
-        on_done(result, None)
+    on_done(*_ended(task))
+
+
+def report_when_done(task: asyncio.Task[T], on_done: Done[T]) -> None:
+    """Call ``on_done(result, None)`` or ``on_done(None, error)`` once ``task`` ends."""
+    task.add_done_callback(functools.partial(_report, on_done))
+
+
+def run_eager(
+    coro: Coroutine[Any, Any, T], on_done: Done[T], loop: asyncio.AbstractEventLoop
+) -> asyncio.Task[T] | None:
+    """Start ``coro``; call ``on_done(result, None)`` or ``on_done(None, error)`` when it ends.
+
+    Returns ``None`` when it finished synchronously, else the task that runs the rest
+    (cancel it to cancel the handler; ``on_done`` then receives the CancelledError).
+    """
+    started = start_eager(coro, loop)
+    if isinstance(started, tuple):
+        on_done(*started)
+        return None
+    report_when_done(started, on_done)
+    return started
 
 
 if sys.version_info >= (3, 12):
 
-    def run_eager(
-        coro: Coroutine[Any, Any, T], on_done: Done[T], loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Task[T] | None:
-        """Start ``coro``; call ``on_done(result, None)`` or ``on_done(None, error)`` when it ends.
-
-        Returns ``None`` when it finished synchronously, else the task that runs the rest
-        (cancel it to cancel the handler; ``on_done`` then receives the CancelledError).
-        """
+    def start_eager(
+        coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+    ) -> Ended[T] | asyncio.Task[T]:
+        """Step ``coro`` eagerly: how it ended if it finished in that step, else the task
+        that runs the rest (the caller that needs no callback object for a handler that
+        finished at once: most of them)."""
         task = asyncio.Task(coro, loop=loop, eager_start=True)
         if task.done():
-            _report(on_done, task)
-            return None
-        task.add_done_callback(functools.partial(_report, on_done))
+            return _ended(task)
         return task
 
 else:
@@ -73,14 +94,12 @@ else:
     _enter_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._enter_task
     _leave_task: Callable[[asyncio.AbstractEventLoop, Any], None] = asyncio.tasks._leave_task
 
-    def run_eager(
-        coro: Coroutine[Any, Any, T], on_done: Done[T], loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Task[T] | None:
-        """Start ``coro``; call ``on_done(result, None)`` or ``on_done(None, error)`` when it ends.
-
-        Returns ``None`` when it finished synchronously, else the task that runs the rest
-        (cancel it to cancel the handler; ``on_done`` then receives the CancelledError).
-        """
+    def start_eager(
+        coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+    ) -> Ended[T] | asyncio.Task[T]:
+        """Step ``coro`` eagerly: how it ended if it finished in that step, else the task
+        that runs the rest (the caller that needs no callback object for a handler that
+        finished at once: most of them)."""
         ctx = copy_context()
         stand_in = _StandIn()  # its slots are set here: an __init__ call would cost more
         stand_in._coro, stand_in._loop, stand_in._outcome = coro, loop, None
@@ -100,7 +119,6 @@ else:
         else:
             task = loop.create_task(_Continuation(coro, first), name=stand_in._name, context=ctx)
             stand_in._bind(task)
-            task.add_done_callback(functools.partial(_report, on_done))
             return task
         finally:
             _leave_task(loop, stand_in)
@@ -110,8 +128,7 @@ else:
             result, error = stand_in._finish(result, error)
         else:
             stand_in._outcome = (result, error)  # all _finish does for an untouched stand-in
-        on_done(result, error)
-        return None
+        return result, error
 
 
 _DELIVERED: Any = object()  # _Continuation: the first step's yield was handed to the task

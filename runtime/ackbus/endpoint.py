@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from . import envelope_pb2, wire_pb2
 from ._dispatch import Dispatcher, Route
-from ._eager import run_eager
+from ._eager import report_when_done, start_eager
 from ._timer import Timer
 from ._types import (
     Context,
@@ -922,13 +922,25 @@ class Endpoint:
         assert loop is not None
         if self._durable is not None:
             task = self._durable.run(hub, item, route, msg, ctx)
+            if task is None:
+                return
         else:
-            task = run_eager(
-                route.fn(msg, ctx), functools.partial(self._handled, hub, item, route), loop
-            )
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            started = start_eager(route.fn(msg, ctx), loop)
+            if isinstance(started, tuple):  # the handler returned (or raised) at once
+                result, failure = started
+                if failure is None and not item.flags & FLAG_REQUEST and not self._closed:
+                    # _handled's plain OK, inline and without a callback object: most
+                    # messages. (Items arrive only within their batch: acked at its end.)
+                    self.stats.handled += 1
+                    self._batch_ok.append(item.id)
+                    self._batch_peers.append(item.peer)
+                else:
+                    self._handled(hub, item, route, result, failure)
+                return
+            task = started
+            report_when_done(task, functools.partial(self._handled, hub, item, route))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _decode(self, route: Route, item: MessageItem, json_body: bool) -> Any:
         """The handler's argument: a typed message, or a dict for a by-name handler."""
