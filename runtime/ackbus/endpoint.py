@@ -124,7 +124,8 @@ JSON_ENCODING = "json"
 _DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
 _ENVELOPE_CACHE = 1024
-"""Distinct sender envelopes a receiver keeps parsed (one per sending instance)."""
+"""Distinct sender envelopes a receiver keeps parsed (one per sending instance), and
+distinct type names a sender keeps checked."""
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 """The headers of a message that has none: one shared read-only mapping."""
 
@@ -250,6 +251,8 @@ class Endpoint:
         self._envelope = env.SerializeToString()
         self._identities: dict[bytes, Identity] = {}
         self._ids = IdSource()
+        self._type_names: dict[str, bytes] = {}
+        """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
         self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_envelope_of`)."""
         self._window_waiters: dict[str, deque[asyncio.Future[None]]] = {}
@@ -510,7 +513,11 @@ class Endpoint:
             msg_type, body, json_body, pol = self._untyped(msg, policy)
         else:
             msg_type, body, json_body = msg.DESCRIPTOR.full_name, msg.SerializeToString(), False
-            pol = policy or self._policy_for(msg)
+            if policy is not None:  # generated clients pass their type's policy
+                pol = policy
+            else:
+                spec = self.registry.for_class(type(msg))
+                pol = spec.policy if spec is not None else self.policy
         if timeout is not None:
             if not timeout > 0:
                 raise ValueError(f"timeout must be > 0, got {timeout}")
@@ -532,9 +539,14 @@ class Endpoint:
                 envelope = self._envelope_with(headers or {}, json_body)
             else:
                 envelope = self._envelope
+            type_name = self._type_names.get(msg_type)
+            if type_name is None:
+                if len(self._type_names) >= _ENVELOPE_CACHE:
+                    self._type_names.clear()
+                type_name = self._type_names[msg_type] = check_name(msg_type, "type name")
             frame = pack_item(
                 mid,
-                check_name(msg_type, "type name"),
+                type_name,
                 check_name(to, "recipient") if to else b"",
                 envelope,
                 body,
@@ -586,8 +598,11 @@ class Endpoint:
         admit = self._tracker.submit(  # positional: once per message
             mid, report.message_type, destination, pol, now, None if kind == KIND_EVENT else 1
         )
-        if admit is Admit.SEND:
-            self._transmit(mid, frame)
+        if admit is Admit.SEND:  # _transmit, inline for the usual one hub: once per message
+            links = self._links
+            hub = links[0] if len(links) == 1 else self._pick_link()
+            hub.link.outbox.message(frame)
+            self.stats.transmits += 1
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer; asking the tracker, liveness and deduper for their
@@ -655,10 +670,6 @@ class Endpoint:
         if not waiters:
             self._window_waiters.pop(destination, None)
 
-    def _policy_for(self, msg: Message) -> Policy:
-        spec = self.registry.for_class(type(msg))
-        return spec.policy if spec is not None else self.policy
-
     def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:
         env = envelope_pb2.Envelope()
         env.ParseFromString(self._envelope)
@@ -670,7 +681,7 @@ class Endpoint:
     def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
         return encode_untyped(self.registry, msg, policy, self.policy)
 
-    def _transmit(self, mid: bytes, frame: bytes) -> None:
+    def _transmit(self, frame: bytes) -> None:
         hub = self._pick_link()
         hub.link.outbox.message(frame)
         self.stats.transmits += 1
@@ -1148,9 +1159,9 @@ class Endpoint:
         if action.attempt > 1:
             self.stats.retries += 1
             sent_ns = int((now + self._wall_offset) * 1e9)
-            self._transmit(action.msg_id, reattempt(report._frame, action.attempt, sent_ns))
+            self._transmit(reattempt(report._frame, action.attempt, sent_ns))
         else:
-            self._transmit(action.msg_id, report._frame)
+            self._transmit(report._frame)
 
 
 # ---------------------------------------------------------------------- helpers
