@@ -38,7 +38,7 @@ async def exchange(backend: ZmqBackend, bind: str, **link_opts: object) -> None:
         options=TransportOptions(**link_opts),  # type: ignore[arg-type]
     )
     await link.wait_connected(T)
-    for i in range(100):
+    for i in range(wire.MAX_BATCH + 1):  # two multiparts
         link.outbox.message(wire.encode_message(i.to_bytes(16, "big"), "t.T", b"x"))
     await eventually(lambda: len(got) >= 2)
     link.close()

@@ -236,10 +236,11 @@ def test_invalid_type_name_on_the_wire_is_unknown_type() -> None:
 
 
 def test_batch_limits() -> None:
-    frames = [item()] * 65
+    frames = [item()] * (wire.MAX_BATCH + 1)
     with pytest.raises(LocalProtocolError):
         wire.encode_messages([(b"", frames)])
-    raw = [wire.MESSAGE_FRAME, b"\x40", *frames[:64], b"\x01", frames[0]]
+    full = bytes([wire.MAX_BATCH])  # a separate group of MAX_BATCH items, then one more
+    raw = [wire.MESSAGE_FRAME, full, *frames[:-1], b"\x01", frames[0]]
     with refused("MALFORMED"):
         wire.decode_messages(raw)
     with refused("MALFORMED"):  # group promises more than there are

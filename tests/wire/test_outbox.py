@@ -37,14 +37,16 @@ def test_lone_message_is_one_multipart_and_on_ready_fires_once() -> None:
     assert calls == [1, 1]
 
 
-def test_burst_is_packed_in_batches_of_64_in_order() -> None:
+def test_burst_is_packed_in_full_batches_in_order() -> None:
     ob = wire.Outbox()
-    for i in range(200):
+    n = 3 * wire.MAX_BATCH + 8
+    for i in range(n):
         ob.message(msg(i), peer=b"even" if i % 2 == 0 else b"odd")
     mps = drain(ob)
-    assert [len(wire.decode_messages(mp)) for mp in mps] == [64, 64, 64, 8]
+    batch = wire.MAX_BATCH
+    assert [len(wire.decode_messages(mp)) for mp in mps] == [batch, batch, batch, 8]
     ids = [int.from_bytes(i.id, "big") for mp in mps for i in wire.decode_messages(mp)]
-    assert ids == list(range(200))
+    assert ids == list(range(n))
     peers = [i.peer for i in wire.decode_messages(mps[0])[:3]]
     assert peers == [b"even", b"odd", b"even"]
 
@@ -72,14 +74,15 @@ def test_control_is_a_barrier_and_first_jumps_the_queue() -> None:
 
 def test_unpop_restores_order_and_count() -> None:
     ob = wire.Outbox()
-    for i in range(70):
+    n = wire.MAX_BATCH + 6
+    for i in range(n):
         ob.message(msg(i))
-    assert len(ob) == 70
+    assert len(ob) == n
     first = ob.pop()
     assert first is not None
     assert len(ob) == 6
     ob.unpop(first)
-    assert len(ob) == 70
+    assert len(ob) == n
     assert drain(ob)[0] is first
 
 
@@ -105,7 +108,7 @@ def test_invalid_use_is_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         ob.message(msg(1), peer=b"x" * 256)
     with pytest.raises(LocalProtocolError):
-        wire.Outbox(max_batch=65)
+        wire.Outbox(max_batch=wire.MAX_BATCH + 1)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -206,7 +209,7 @@ OPS = st.lists(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(OPS, st.integers(1, 64), st.integers(1, 40))
+@given(OPS, st.integers(1, wire.MAX_BATCH), st.integers(1, 40))
 def test_packed_chunks_and_bulk_acks_batch_exactly_as_one_call_per_item(
     ops: list[tuple[str, bytes, int]], max_batch: int, max_acks: int
 ) -> None:

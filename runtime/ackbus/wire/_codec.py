@@ -38,8 +38,11 @@ _KNOWN_FLAGS: Final = FLAG_REQUEST
 ID_SIZE: Final = 16
 MAX_NAME: Final = 255
 """Longest type name, recipient, or group peer token, in UTF-8 bytes."""
-MAX_BATCH: Final = 64
-"""Most message items in one MESSAGE multipart."""
+MAX_BATCH: Final = 127
+"""Most message items in one MESSAGE multipart: as many as one group's count byte
+holds (its high bit marks a packed group). It was 64 until measured: at 127, a
+pipelined sender, hub and receiver make half as many multiparts, and each costs
+sends, receives and thread wake-ups (docs/performance.md, fourth pass)."""
 MAX_ACKS: Final = 256
 """Most acknowledgements (compact and full together) in one ACK multipart."""
 
