@@ -254,17 +254,31 @@ class OutboundTracker:
         ``None`` means "every service named by :meth:`routed`" (an event).
         Raises ``ValueError`` if ``msg_id`` is already pending (a caller bug).
         """
-        if msg_id in self._pending:
+        pending = self._pending
+        if msg_id in pending:
             raise ValueError(f"message {msg_id.hex()} is already pending")
-        p = _Pending(msg_id, msg_type, destination, policy, now + policy.deadline, expect)
-        self._pending[msg_id] = p
+        deadline = now + policy.deadline
+        p = _Pending(msg_id, msg_type, destination, policy, deadline, expect)
+        pending[msg_id] = p
         n = self._in_flight.get(destination, 0)
         if n < self._window and destination not in self._queues:
             self._in_flight[destination] = n + 1
             p.state = MsgState.IN_FLIGHT
             p.attempts = 1
             p.first_sent_at = now
-            self._arm(p, min(now + policy.ack_timeout, p.deadline))
+            when = now + policy.ack_timeout
+            if when > deadline:
+                when = deadline
+            fifo = self._fifo
+            if fifo and when < fifo[-1][0]:
+                self._arm(p, when)
+            else:  # _arm's usual case, inline (once per message): the back of the FIFO
+                token = self._token = self._token + 1
+                p.timer = token
+                p.when = when
+                fifo.append((when, token, p))
+                if len(fifo) > 2 * len(pending) + 64 + len(self._heap):
+                    self._compact()
             return Admit.SEND
         queue = self._queues.get(destination)
         if queue is None:
