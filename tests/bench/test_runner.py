@@ -60,3 +60,25 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
     for name in expected:
         assert f"| {name} |" in proc.stdout
     assert str(written[0]) in proc.stdout
+
+
+def test_side_by_side_runs_each_tree_alternately_and_prints_its_figures() -> None:
+    """``bench.ab`` with the same tree twice: a cluster each, every round run on both."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.ab", "--n", "300", "--warm", "300"),
+            *("--rounds", "2", str(ROOT), f"{ROOT}/."),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    for line in lines:
+        assert "msgs_per_s median" in line
+        assert "2 runs" in line
+        assert "sender" in line
+        assert "hub" in line
