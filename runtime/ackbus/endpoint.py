@@ -918,8 +918,17 @@ class Endpoint:
                 self._reack(outbox, item)
             return  # RUNNING: the ack follows when the first run ends
         try:
-            sender, json_body, env = self._envelope_of(item)
-            msg = self._decode(route, item, json_body)
+            known = self._envelopes.get(item.envelope_bytes)
+            if known is not None:  # _envelope_of's usual case, inline: once per message
+                sender, json_body = known
+                env = None
+            else:
+                sender, json_body, env = self._envelope_of(item)
+            if route.cls is not None and not json_body:  # _decode's usual case, inline
+                msg = route.cls()
+                msg.ParseFromString(item.body_buffer())  # type: ignore[arg-type]  # any buffer
+            else:
+                msg = self._decode(route, item, json_body)
             ctx = self._context(item, sender, env, now)
         except Exception as exc:
             error = RemoteError(
