@@ -721,7 +721,7 @@ class Endpoint:
         self.dead_letters.append(report)
         log.warning("delivery failed: %s", report.error)
         if self._durable is not None:
-            self._durable.settled(c, report)
+            self._durable.failed(c, report)
         if self._window_waiters:
             self._admit_next(c.destination)
 
@@ -730,13 +730,12 @@ class Endpoint:
         sender settles tens of thousands a second."""
         pending = self._pending
         offset = self._wall_offset
-        durable = self._durable
-        acked = 0
+        acked: list[bytes] = []
         for c in completions:
             report = pending.pop(c.msg_id, None)
             if report is None:
                 continue
-            acked += 1
+            acked.append(c.msg_id)
             report._frame = b""  # a report the caller keeps must not keep the message
             report._settle(  # positional: once per acked message
                 DeliveryStatus.ACKED,
@@ -747,9 +746,9 @@ class Endpoint:
                 None,
                 c.response,
             )
-            if durable is not None:
-                durable.settled(c, report)
-        self.stats.acked += acked
+        self.stats.acked += len(acked)
+        if self._durable is not None and acked:
+            self._durable.acked(acked)
         if self._window_waiters:
             for c in completions:
                 self._admit_next(c.destination)

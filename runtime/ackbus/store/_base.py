@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -121,6 +122,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def forget_outbox(self, msg_id: bytes) -> None:
         """The message was acked (lazy: no fsync, rides on the next commit)."""
+
+    def forget_outboxes(self, msg_ids: Iterable[bytes]) -> None:
+        """:meth:`forget_outbox` for each of ``msg_ids`` (an ack group's worth at once;
+        stores may do it in one call)."""
+        for msg_id in msg_ids:
+            self.forget_outbox(msg_id)
 
     @abc.abstractmethod
     def dead_letter(self, msg_id: bytes, reason: str, attempts: int, error: str) -> None:

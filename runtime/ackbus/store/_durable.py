@@ -217,10 +217,14 @@ class Durable:
 
     # -- settle -----------------------------------------------------------------------------
 
-    def settled(self, c: Completion, report: DeliveryReport) -> None:
-        if c:
-            self.store.forget_outbox(c.msg_id)
-        elif c.reason is not Reason.CANCELLED:
+    def acked(self, msg_ids: list[bytes]) -> None:
+        """Messages acked: their outbox rows go (lazy), an ack group's worth at once."""
+        self.store.forget_outboxes(msg_ids)
+
+    def failed(self, c: Completion, report: DeliveryReport) -> None:
+        """A message failed: to the dead letters, unless cancelled (it stays in the
+        outbox, sent again at the next start)."""
+        if c.reason is not Reason.CANCELLED:
             self.store.dead_letter(
                 c.msg_id, (c.reason or Reason.TIMEOUT).value, c.attempts, str(report.error or "")
             )

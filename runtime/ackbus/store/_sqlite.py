@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -295,6 +295,9 @@ class SqliteStore(Store):
 
     def forget_outbox(self, msg_id: bytes) -> None:
         self._add((_DELETE_OUTBOX, (msg_id,)), durable=False)
+
+    def forget_outboxes(self, msg_ids: Iterable[bytes]) -> None:
+        self.writer.add_many([(_DELETE_OUTBOX, (mid,)) for mid in msg_ids], durable=False)
 
     def dead_letter(self, msg_id: bytes, reason: str, attempts: int, error: str) -> None:
         w = self.writer

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -156,6 +156,10 @@ class GroupWriter:
 
     def add(self, op: Op, *, durable: bool = True) -> Batch:
         """Append ``op`` to the open batch (opening one if the writer took the last)."""
+        return self.add_many((op,), durable=durable)
+
+    def add_many(self, ops: Iterable[Op], *, durable: bool = True) -> Batch:
+        """Append ``ops`` to the open batch, in order, under one lock."""
         with self._lock:
             batch = self._open
             if batch is None:
@@ -174,7 +178,7 @@ class GroupWriter:
                 loop.call_soon(self._release)
                 # Nothing waits forever: a disk that does not answer fails the batch.
                 batch._watchdog = loop.call_later(self._commit_timeout, self._expire, batch)
-            batch.ops.append(op)
+            batch.ops.extend(ops)
             if durable:
                 batch.durable = True
         return batch
