@@ -229,8 +229,6 @@ class Endpoint:
         end, so handlers finishing within it need not (one arm per batch, not per message)."""
         self._batch_now = 0.0
         """The loop time the batch being received is handled at (while ``_receiving``)."""
-        self._batch_hub: _HubLink | None = None
-        """The hub the batch being received came from (while ``_receiving``)."""
         self._batch_ok: list[bytes] = []
         self._batch_peers: list[bytes] = []
         """Ids (and their peer tokens) of the batch's messages whose handlers returned
@@ -763,7 +761,6 @@ class Endpoint:
         self._liveness.seen(hub.index, now)
         self._receiving = True
         self._batch_now = now
-        self._batch_hub = hub
         try:
             for frames in multiparts:
                 try:
@@ -776,7 +773,6 @@ class Endpoint:
                     hub.link.outbox.control(refusal_for(exc))
         finally:
             self._receiving = False
-            self._batch_hub = None
             if self._batch_ok:
                 self._ack_batch(hub, now)
         self._arm_timer()
@@ -1046,10 +1042,8 @@ class Endpoint:
         if exc is None:
             self.stats.handled += 1
             if result is None or not request:
-                if hub is self._batch_hub:  # returned within its batch: acked at its end
-                    self._batch_ok.append(mid)
-                    self._batch_peers.append(item.peer)
-                    return
+                # (A handler that returned within its batch never gets here: _on_message
+                # acks it with the batch.)
                 self._deduper.finish(mid, Outcome.OK, now)
                 outbox.ack(mid, item.peer)
             else:
