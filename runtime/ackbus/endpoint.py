@@ -819,6 +819,7 @@ class Endpoint:
             decode_heartbeat(frames)
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames, self.limits)
+            hub.link.outbox.limit_batch(welcome.max_batch)  # what this hub accepts
             hub.welcomed = True
             self._liveness.add(hub.index, now, interval=max(welcome.heartbeat_ms, 1) / 1000)
             self._welcomed.set()
@@ -1103,6 +1104,7 @@ class Endpoint:
             heartbeat_ms=int(self.heartbeat * 1000),
             credit=self.credit,
             versions=[PROTOCOL_VERSION],
+            max_batch=self.limits.max_batch,
         )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance

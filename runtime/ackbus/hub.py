@@ -210,10 +210,14 @@ class Hub:
         self._identities[peer] = encode_identity(identity.service, identity.instance)
         self._liveness.add(peer, now, interval=interval_ms / 1000)
         self.stats.registered += 1
-        welcome = wire_pb2.Welcome(heartbeat_ms=interval_ms, version=version)
+        welcome = wire_pb2.Welcome(
+            heartbeat_ms=interval_ms, version=version, max_batch=self.limits.max_batch
+        )
         welcome.hub.service = self.identity.service
         welcome.hub.instance = self.identity.instance
-        self._out(peer).control(encode_welcome(welcome))
+        out = self._out(peer)
+        out.limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
+        out.control(encode_welcome(welcome))
         log.info(
             "registered %s: %d command types, %d event types",
             identity,

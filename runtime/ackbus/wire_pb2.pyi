@@ -32,10 +32,15 @@ class Hello(_message.Message):
     HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
     CREDIT_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
     credit: _builtins.int
     """How many unacknowledged messages this instance accepts at once."""
+    max_batch: _builtins.int
+    """Most message items per MESSAGE this instance accepts (its Limits.max_batch); the
+    hub sends it no bigger batches. 0: the protocol's maximum.
+    """
     @_builtins.property
     def identity(self) -> _envelope_pb2.Identity: ...
     @_builtins.property
@@ -59,10 +64,11 @@ class Hello(_message.Message):
         heartbeat_ms: _builtins.int = ...,
         credit: _builtins.int = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "credit", b"credit", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "credit", b"credit", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "max_batch", b"max_batch", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -77,9 +83,12 @@ class Welcome(_message.Message):
     HUB_FIELD_NUMBER: _builtins.int
     HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Negotiated heartbeat interval: the larger of both proposals."""
     version: _builtins.int
+    max_batch: _builtins.int
+    """Most message items per MESSAGE the hub accepts; 0: the protocol's maximum."""
     @_builtins.property
     def hub(self) -> _envelope_pb2.Identity: ...
     def __init__(
@@ -88,10 +97,11 @@ class Welcome(_message.Message):
         hub: _envelope_pb2.Identity | None = ...,
         heartbeat_ms: _builtins.int = ...,
         version: _builtins.int = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hub", b"hub"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ms", b"heartbeat_ms", "hub", b"hub", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ms", b"heartbeat_ms", "hub", b"hub", "max_batch", b"max_batch", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,7 +19,7 @@ from ackbus import hub as hub_module
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.transport import ZmqBackend
-from ackbus.wire import MessageItem, PackedRun
+from ackbus.wire import DEFAULT_LIMITS, Limits, MessageItem, PackedRun
 from ackbus.wire_pb2 import Bye, Refusal, Welcome
 from proc_harness import free_port
 
@@ -50,7 +50,9 @@ async def address() -> AsyncIterator[str]:
         yield address
 
 
-def endpoint(address: str, service: str, instance: str | None = None) -> Endpoint:
+def endpoint(
+    address: str, service: str, instance: str | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Endpoint:
     return Endpoint(
         service,
         address,
@@ -58,6 +60,7 @@ def endpoint(address: str, service: str, instance: str | None = None) -> Endpoin
         backend=ZmqBackend(),
         policy=QUICK,
         heartbeat=HEARTBEAT,
+        limits=limits,
     )
 
 
@@ -189,3 +192,28 @@ async def test_retries_after_a_hub_restart_go_back_to_the_instance_that_has_them
         await hub.close()
     assert len(runs) == 40  # no handler ran twice
     assert {name for name, _, _ in runs} == {"t-0", "t-1"}
+
+
+@pytest.mark.parametrize("side", ["receiver", "hub"])
+async def test_batches_never_exceed_what_the_peer_accepts(side: str) -> None:
+    """A receiver (or a hub) that accepts at most 8 items per MESSAGE says so in its
+    HELLO (or WELCOME), and the other side batches to that: a pipelined burst of 300
+    arrives without a single refusal. Without it, every batch over 8 is refused as
+    MALFORMED, and its retries too."""
+    small = Limits(max_batch=8)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    hub_limits = small if side == "hub" else DEFAULT_LIMITS
+    table_limits = small if side == "receiver" else DEFAULT_LIMITS
+    runs: list[tuple[str, bytes, str]] = []
+    async with Hub(address, backend=ZmqBackend(), heartbeat=HEARTBEAT, limits=hub_limits) as hub:
+        table = endpoint(address, "table", limits=table_limits)
+        async with table, endpoint(address, "dealer") as dealer:
+            table.register_handler(Bye, recorder(runs, "table"))
+            await asyncio.sleep(0.1)
+            reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(300)]
+            await settle(reports)
+    assert all(reports), [r.error for r in reports if not r][:3]
+    assert sorted(int(reason) for _, _, reason in runs) == list(range(300))
+    assert not table.stats.refused
+    assert not hub.stats.refused
+    assert dealer.stats.retries == 0

@@ -72,6 +72,20 @@ def test_control_is_a_barrier_and_first_jumps_the_queue() -> None:
     assert cmds == [C.BYE, C.MESSAGE, C.HEARTBEAT, C.MESSAGE]
 
 
+def test_limit_batch_caps_later_batches_and_closes_a_full_one() -> None:
+    ob = wire.Outbox()
+    for i in range(10):
+        ob.message(msg(i))
+    ob.limit_batch(4)  # the open batch already holds more: it is closed as it is
+    for i in range(10, 19):
+        ob.message(msg(i))
+    sizes = [len(wire.decode_messages(mp)) for mp in drain(ob)]
+    assert sizes == [10, 4, 4, 1]
+    for peer_says in (0, wire.MAX_BATCH + 1):  # "no limit" and nonsense: the maximum
+        ob.limit_batch(peer_says)
+        assert ob.max_batch == wire.MAX_BATCH
+
+
 def test_unpop_restores_order_and_count() -> None:
     ob = wire.Outbox()
     n = wire.MAX_BATCH + 6

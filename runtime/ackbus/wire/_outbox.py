@@ -120,6 +120,14 @@ class Outbox:
 
     # -------------------------------------------------------------- adding
 
+    def limit_batch(self, max_batch: int) -> None:
+        """Make MESSAGE batches of at most ``max_batch`` items from now on (what the peer
+        said it accepts; 0 or more than ``MAX_BATCH``: ``MAX_BATCH``). Batches already
+        closed keep their size."""
+        self.max_batch = max_batch if 1 <= max_batch <= MAX_BATCH else MAX_BATCH
+        if self._msg_count >= self.max_batch:
+            self._close_messages()
+
     def _touch(self) -> None:
         if self._count == 0 and self.on_ready is not None:
             self.on_ready()
