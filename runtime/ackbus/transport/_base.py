@@ -58,7 +58,8 @@ class CurveKeys:
 class TransportOptions:
     """Socket and queue settings. The defaults suit a hub and its endpoints on one host.
 
-    High-water marks count multiparts (each up to 64 messages), per peer connection.
+    High-water marks count multiparts (each up to ``wire.MAX_BATCH`` messages), per peer
+    connection.
     """
 
     sndhwm: int = 1000

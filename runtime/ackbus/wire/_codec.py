@@ -524,7 +524,7 @@ def decode_messages(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) ->
 
 
 def encode_messages(groups: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes]:
-    """A MESSAGE multipart from ``(peer, item frames)`` groups (at most 64 items)."""
+    """A MESSAGE multipart from ``(peer, item frames)`` groups (at most ``MAX_BATCH`` items)."""
     total = sum(len(items) for _, items in groups)
     if not 1 <= total <= MAX_BATCH:
         raise LocalProtocolError(f"a MESSAGE carries 1 to {MAX_BATCH} items, not {total}")
