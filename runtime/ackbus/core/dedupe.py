@@ -133,10 +133,8 @@ class InboundDeduper:
             entry = (mid, _OK, now, b"", None)
             done[mid] = entry
             order.append(entry)
-        if len(order) > 2 * self.capacity:
-            self._order = deque(e for e in order if done.get(e[_ID]) is e)
-        while len(running) + len(done) > self.capacity and self._evict_oldest(now):
-            pass
+        self._compact_order()
+        self._trim(now)
 
     def abandon(self, msg_id: bytes) -> None:
         """The handler died without an outcome (e.g. cancelled): forget it so a retry runs."""
@@ -188,17 +186,24 @@ class InboundDeduper:
                         record.error,
                     )
                 )
-        while len(self._running) + len(self._done) > self.capacity and self._evict_oldest(now):
-            pass
+        self._trim(now)
 
     def _store(self, entry: _Entry) -> None:
         self._done[entry[_ID]] = entry
         self._order.append(entry)
+        self._compact_order()
+
+    def _compact_order(self) -> None:
         # Replaced records linger in the deque until they reach the front; compact when
         # they would let it grow past twice its useful size.
         if len(self._order) > 2 * self.capacity:
             done = self._done
             self._order = deque(e for e in self._order if done.get(e[_ID]) is e)
+
+    def _trim(self, now: float) -> None:
+        """Evict the oldest finished entries while over capacity."""
+        while len(self._running) + len(self._done) > self.capacity and self._evict_oldest(now):
+            pass
 
     def _evict_oldest(self, now: float) -> bool:
         """Drop the oldest finished entry (running ones are never evicted)."""
