@@ -252,7 +252,7 @@ class Endpoint:
         self._type_names: dict[str, bytes] = {}
         """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
         self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
-        """Parsed header-less envelopes by their bytes (see :meth:`_envelope_of`)."""
+        """Parsed header-less envelopes by their bytes (see :meth:`_parse_envelope`)."""
         self._window_waiters: dict[str, deque[asyncio.Future[None]]] = {}
         """Sends waiting for window room, per destination, first come first served."""
         self._welcomed = asyncio.Event()
@@ -596,11 +596,8 @@ class Endpoint:
         admit = self._tracker.submit(  # positional: once per message
             mid, report.message_type, destination, pol, now, None if kind == KIND_EVENT else 1
         )
-        if admit is Admit.SEND:  # _transmit, inline for the usual one hub: once per message
-            links = self._links
-            hub = links[0] if len(links) == 1 else self._pick_link()
-            hub.link.outbox.message(frame)
-            self.stats.transmits += 1
+        if admit is Admit.SEND:
+            self._transmit(frame)
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer; asking the tracker, liveness and deduper for their
@@ -914,17 +911,14 @@ class Endpoint:
                 self._reack(outbox, item)
             return  # RUNNING: the ack follows when the first run ends
         try:
-            known = self._envelopes.get(item.envelope_bytes)
-            if known is not None:  # _envelope_of's usual case, inline: once per message
+            raw = item.envelope_bytes
+            known = self._envelopes.get(raw)  # see _parse_envelope
+            if known is not None:
                 sender, json_body = known
                 env = None
             else:
-                sender, json_body, env = self._envelope_of(item)
-            if route.cls is not None and not json_body:  # _decode's usual case, inline
-                msg = route.cls()
-                msg.ParseFromString(item.body_buffer())  # type: ignore[arg-type]  # any buffer
-            else:
-                msg = self._decode(route, item, json_body)
+                sender, json_body, env = self._parse_envelope(item, raw)
+            msg = self._decode(route, item, json_body)
             ctx = self._context(item, sender, env, now)
         except Exception as exc:
             error = RemoteError(
@@ -979,21 +973,18 @@ class Endpoint:
         typed.ParseFromString(item.body)
         return json_format.MessageToDict(typed, preserving_proto_field_name=True)
 
-    def _envelope_of(
-        self, item: MessageItem
+    def _parse_envelope(
+        self, item: MessageItem, raw: bytes
     ) -> tuple[Identity, bool, envelope_pb2.Envelope | None]:
         """The sender, whether the body is JSON, and the parsed envelope if it has
-        headers or a correlation id (else None).
+        headers or a correlation id (else None), for envelope bytes ``raw`` that
+        :attr:`_envelopes` does not know.
 
         A sender puts the same envelope bytes on every message without headers, so
-        those are parsed once and kept by their bytes: a dict lookup instead of a
-        protobuf parse and an Identity per message (the profile's largest item on the
-        receiver). Envelopes with headers or a correlation id vary per message and
-        are parsed each time."""
-        raw = item.envelope_bytes
-        known = self._envelopes.get(raw)
-        if known is not None:
-            return known[0], known[1], None
+        those are parsed once and kept by their bytes: the receiver looks them up
+        there first, a dict lookup instead of a protobuf parse and an Identity per
+        message (the profile's largest item on the receiver). Envelopes with headers
+        or a correlation id vary per message and are parsed each time."""
         env = item.envelope()
         sender = Identity(env.sender.service, env.sender.instance)
         json_body = env.content_encoding == JSON_ENCODING
