@@ -744,9 +744,12 @@ class Endpoint:
         self.stats.acked += len(acked)
         if self._durable is not None and acked:
             self._durable.acked(acked)
-        if self._window_waiters:
+        waiting = self._window_waiters
+        if waiting:
             for c in completions:
                 self._admit_next(c.destination)
+                if not waiting:  # the last line emptied: the rest would find no one
+                    break
 
     # ------------------------------------------------------------------ receiving
 
