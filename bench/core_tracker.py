@@ -62,6 +62,24 @@ def run() -> dict[str, float]:
             now += 0.00002
         clock[0] = now + 100.0
 
+    def tracker_queued() -> None:
+        """Window 1000 with 3,000 more queued behind it (a durable sender whose commits
+        outrun its window): each ack group of 100 lets 100 queued go, 100 more queue."""
+        t = OutboundTracker(window=1000, rng=rng)
+        submit, ack_ok, tick, next_deadline = t.submit, t.ack_ok, t.tick, t.next_deadline
+        now = clock[0]
+        ahead = 4000
+        for msg_id in ids[:ahead]:
+            submit(msg_id, "hand", "hub", POLICY, now)
+        for start in range(0, N - ahead, 100):
+            now += 0.001
+            ack_ok(ids[start : start + 100], now, RECEIVER)
+            tick(now)
+            for msg_id in ids[ahead + start : ahead + start + 100]:
+                submit(msg_id, "hand", "hub", POLICY, now)
+            next_deadline()  # as the endpoint asks after each batch
+        clock[0] = now + 200.0
+
     def deduper() -> None:
         d = InboundDeduper(capacity=10_000)
         begin, finish = d.begin, d.finish
@@ -89,6 +107,7 @@ def run() -> dict[str, float]:
     return {
         "tracker submit+ack, 100 in flight": _rate(tracker_pipelined, N),
         "tracker submit+ack, one at a time": _rate(tracker_sequential, N),
+        "tracker submit+ack_ok+tick, 3,000 queued": _rate(tracker_queued, N - 4000),
         "deduper begin+finish": _rate(deduper, N),
         "routing route_command+on_ack (3 instances)": _rate(routing, N),
     }

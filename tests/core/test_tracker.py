@@ -325,6 +325,26 @@ def test_timer_heap_stays_bounded_under_a_stream_of_acked_messages() -> None:
     assert t.next_deadline() is None
 
 
+def test_queued_deadlines_keep_later_ack_timeouts_out_of_the_heap() -> None:
+    """A queued message's timer is its deadline, far behind every ack timeout: it has a
+    FIFO of its own, so the ack timeouts armed after it still go to theirs (in one FIFO
+    they went to the heap, each one, until that deadline passed), and its entry, dead
+    once the message is sent, leaves from the front (messages leave the queue in order)."""
+    t = tracker(window=2)
+    for i in range(4):  # two in flight, two queued
+        submit(t, bytes([i]), policy=P.with_(deadline=100.0), now=0.0)
+    assert t.queued("hub") == 2
+    for i in range(4, 250):
+        now = i * 1e-3
+        t.ack(bytes([i - 4]), outcome=Outcome.OK, now=now)  # frees a slot: one goes
+        t.tick(now)
+        submit(t, bytes([i]), policy=P.with_(deadline=100.0), now=now)  # and one queues
+        t.next_deadline()  # as the endpoint asks after each batch
+    assert t._heap == []
+    assert t.timer_count() <= 2 * t.pending_count() + 2
+    assert (t.in_flight("hub"), t.queued("hub")) == (2, 2)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(

@@ -230,7 +230,9 @@ class OutboundTracker:
         self._pending: dict[bytes, _Pending] = {}
         self._heap: list[tuple[float, int, _Pending]] = []
         self._fifo: deque[tuple[float, int, _Pending]] = deque()
-        """Timers armed in time order, which is nearly all of them (see :meth:`_arm`)."""
+        """Ack timeouts armed in time order, which is nearly all timers (see :meth:`_arm`)."""
+        self._deadlines: deque[tuple[float, int, _Pending]] = deque()
+        """Deadlines of queued messages armed in time order (see :meth:`_arm`)."""
         self._token = 0
         self._in_flight: dict[str, int] = {}
         self._queues: dict[str, deque[_Pending]] = {}
@@ -277,7 +279,7 @@ class OutboundTracker:
                 p.timer = token
                 p.when = when
                 fifo.append((when, token, p))
-                if len(fifo) > 2 * len(pending) + 64 + len(self._heap):
+                if len(fifo) + len(self._heap) + len(self._deadlines) > 2 * len(pending) + 64:
                     self._compact()
             return Admit.SEND
         queue = self._queues.get(destination)
@@ -433,6 +435,7 @@ class OutboundTracker:
                 p.timer = 0
                 self._fire(p, now, out)
         ready = self._ready
+        fifo = self._fifo
         while ready:
             p = ready.popleft()
             if p.done:
@@ -440,8 +443,18 @@ class OutboundTracker:
             p.state = MsgState.IN_FLIGHT
             p.attempts = 1
             p.first_sent_at = now
-            self._arm(p, min(now + p.policy.ack_timeout, p.deadline))
+            when = now + p.policy.ack_timeout
+            if when < p.deadline and (not fifo or when >= fifo[-1][0]):
+                # _arm's usual case, inline (once per queued message): the back of the FIFO
+                token = self._token = self._token + 1
+                p.timer = token
+                p.when = when
+                fifo.append((when, token, p))
+            else:
+                self._arm(p, min(when, p.deadline))
             out.append(Transmit(p.msg_id, 1, p.destination))
+        if len(fifo) + len(self._heap) + len(self._deadlines) > 2 * len(self._pending) + 64:
+            self._compact()
         return out
 
     # -- queries ---------------------------------------------------------------------------
@@ -453,16 +466,16 @@ class OutboundTracker:
         """
         if self._ready:
             return self._ready_at
-        heap, fifo = self._heap, self._fifo
+        heap = self._heap
         while heap and heap[0][2].timer != heap[0][1]:
             heapq.heappop(heap)
-        while fifo and fifo[0][2].timer != fifo[0][1]:
-            fifo.popleft()
-        if heap and fifo:
-            return min(heap[0][0], fifo[0][0])
-        if heap or fifo:
-            return (heap or fifo)[0][0]
-        return None
+        first = heap[0][0] if heap else None
+        for fifo in (self._fifo, self._deadlines):
+            while fifo and fifo[0][2].timer != fifo[0][1]:
+                fifo.popleft()
+            if fifo and (first is None or fifo[0][0] < first):
+                first = fifo[0][0]
+        return first
 
     def pending_count(self) -> int:
         """Messages not yet settled, queued ones included."""
@@ -489,7 +502,7 @@ class OutboundTracker:
 
     def timer_count(self) -> int:
         """Timer entries, dead ones included (for leak checks in tests)."""
-        return len(self._heap) + len(self._fifo)
+        return len(self._heap) + len(self._fifo) + len(self._deadlines)
 
     def backoff(self, policy: Policy, attempt: int) -> float:
         """The jittered pause after ``attempt`` (see :func:`backoff_delay`)."""
@@ -505,29 +518,38 @@ class OutboundTracker:
         policy, and the clock only moving forward, each is at or after the one armed
         before it. Those go to the back of a FIFO, O(1) in and out, where a heap costs
         O(log n) to pop each dead entry of an acked message (a pipelined sender arms
-        and drops one per message, at tens of thousands a second). An instant before
-        the FIFO's last (a shorter timeout, a backoff, a deadline) goes to the heap.
-        The due entries of both are taken in (instant, arming order), as from one heap.
+        and drops one per message, at tens of thousands a second). A queued message's
+        timer is its deadline, ``now + deadline``: in order among themselves too, but
+        far behind the ack timeouts, so they have a FIFO of their own (in one FIFO, a
+        queued message's deadline sent every ack timeout armed after it to the heap,
+        until that deadline: a durable sender whose commits outrun its window queues
+        thousands). An instant before its FIFO's last (a shorter timeout, a backoff)
+        goes to the heap. The due entries of all three are taken in (instant, arming
+        order), as from one heap.
         """
         self._token += 1
         p.timer = self._token
         p.when = when
-        fifo = self._fifo
+        fifo = self._deadlines if when == p.deadline else self._fifo
         if not fifo or when >= fifo[-1][0]:
             fifo.append((when, self._token, p))
         else:
             heapq.heappush(self._heap, (when, self._token, p))
-        if len(self._heap) + len(fifo) > 2 * len(self._pending) + 64:
+        if len(self._heap) + len(self._fifo) + len(self._deadlines) > 2 * len(self._pending) + 64:
             self._compact()
 
     def _compact(self) -> None:
         live = sorted((p.when, p.timer, p) for p in self._pending.values() if p.timer)
-        self._fifo = deque(live)  # sorted: in order, as the FIFO must be
+        # Sorted, so each FIFO gets its entries in order, as a FIFO must.
+        self._fifo = deque(e for e in live if e[0] != e[2].deadline)
+        self._deadlines = deque(e for e in live if e[0] == e[2].deadline)
         self._heap = []
 
     def _pop_due(self, now: float) -> tuple[float, int, _Pending] | None:
         """The earliest timer entry due at ``now`` (live or dead), removed; else None."""
-        heap, fifo = self._heap, self._fifo
+        heap, fifo, deadlines = self._heap, self._fifo, self._deadlines
+        if deadlines and deadlines[0][0] <= now and (not fifo or deadlines[0][:2] < fifo[0][:2]):
+            fifo = deadlines  # the earlier of the two FIFOs' heads
         if fifo and fifo[0][0] <= now:
             if not heap or fifo[0][:2] < heap[0][:2]:
                 return fifo.popleft()
