@@ -786,6 +786,12 @@ class Endpoint:
         the ack that follows here settles its id."""
         ids, peers = self._batch_ok, self._batch_peers
         self._batch_ok, self._batch_peers = [], []
+        self._ack_ok(hub, ids, peers, now)
+
+    def _ack_ok(self, hub: _HubLink, ids: list[bytes], peers: list[bytes], now: float) -> None:
+        """Finish ``ids`` (handled, OK, no response) in the deduper and ack them through
+        ``hub``, each to its sender (``peers``, in the same order): one deduper call and
+        one ack run per sender."""
         if self._closed:
             for mid in ids:
                 self._deduper.abandon(mid)
