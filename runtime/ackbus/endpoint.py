@@ -557,12 +557,18 @@ class Endpoint:
                 now_ns + int(pol.deadline * 1e9),
             )
             report = DeliveryReport(mid, msg_type)
-            if self._durable is not None:
+            durable = self._durable
+            if durable is not None:
                 # On disk before send returns; inside a handler, with the handler's commit.
-                if not await self._durable.keep(
-                    report, frame, destination, kind, request, pol, now_ns
-                ):
+                batch = durable.stage(report, frame, destination, kind, request, pol, now_ns)
+                if batch is None:
                     return report
+                try:
+                    await batch.waiter()
+                except asyncio.CancelledError:
+                    durable.cancelled(batch, report, frame, destination, kind, pol)
+                    raise
+                durable.committed(batch, report)
                 now = loop.time()
             self._track(report, frame, destination, kind, pol, now)
         except BaseException:

@@ -133,7 +133,7 @@ class Durable:
 
     # -- send -----------------------------------------------------------------------------
 
-    async def keep(
+    def stage(
         self,
         report: DeliveryReport,
         frame: bytes,
@@ -142,9 +142,12 @@ class Durable:
         request: bool,
         pol: Policy,
         now_ns: int,
-    ) -> bool:
-        """Make the message durable. ``True``: committed, track it now. ``False``: it
-        joined the running handler's unit of work and is tracked after that commits."""
+    ) -> Batch | None:
+        """Queue the message's outbox row: the batch to wait for before it is tracked
+        (see :meth:`committed`), or ``None`` when it joined the running handler's unit
+        of work and is tracked after that commits. (The send awaits the batch itself:
+        a coroutine here per message was one more object per waiting send for the
+        garbage collector to walk, and one more frame to resume.)"""
         created = now_ns / 1e9
         if pol is self._last_policy:  # nearly always: one Policy object per message type
             text = self._last_json
@@ -170,18 +173,13 @@ class Durable:
         unit = CURRENT.get()
         if unit is not None and unit.owner is self._ep and unit.open and not request:
             unit.add_send(Deferred(row, report, destination, kind, pol))
-            return False
-        batch = self.store.put_outbox(row)
-        try:
-            await batch.waiter()
-            batch.check()
-        except asyncio.CancelledError:
-            # The row commits anyway: deliver it in this run rather than leave it for
-            # the next start. A cancelled send may still be delivered (docs/durable.md).
-            batch.on_commit(
-                lambda error: self._track_late(error, report, frame, destination, kind, pol)
-            )
-            raise
+            return None
+        return self.store.put_outbox(row)
+
+    def committed(self, batch: Batch, report: DeliveryReport) -> None:
+        """The send's batch is done: raise if it failed, or if the endpoint closed
+        meanwhile (the row stays in the outbox, sent at the next start)."""
+        batch.check()
         ep = self._ep
         assert ep is not None
         if ep._closed:
@@ -190,7 +188,22 @@ class Durable:
                 f"{report.message_id.hex()} committed; it stays in the outbox and is sent "
                 "at the next start"
             )
-        return True
+
+    def cancelled(
+        self,
+        batch: Batch,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        pol: Policy,
+    ) -> None:
+        """The send was cancelled while its row committed. The row commits anyway:
+        deliver it in this run rather than leave it for the next start. A cancelled
+        send may still be delivered (docs/durable.md)."""
+        batch.on_commit(
+            lambda error: self._track_late(error, report, frame, destination, kind, pol)
+        )
 
     def _track_late(
         self,
