@@ -229,7 +229,7 @@ def test_runs_of_one_statement_commit_as_multi_row_statements(
     statement) with exactly executemany's effect: every row, in order, duplicates
     ignored."""
     from ackbus.store._sqlite import _DELETE_OUTBOX, INSERT_INBOX, INSERT_OUTBOX
-    from ackbus.store._writer import _apply
+    from ackbus.store._writer import _apply, each_value
 
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
     conn.execute(
@@ -248,6 +248,12 @@ def test_runs_of_one_statement_commit_as_multi_row_statements(
     _apply(conn, [(_DELETE_OUTBOX, (row(i).msg_id,)) for i in range(0, 701, 3)])
     left = [r[0] for r in conn.execute("SELECT id FROM ackbus_outbox ORDER BY rowid")]
     assert left == [row(i).msg_id for i in range(701) if i % 3]
+    # An ack group's ids in one operation (each_value): the same multi-row statements.
+    _apply(conn, [each_value(_DELETE_OUTBOX, [row(i).msg_id for i in range(1, 701, 3)])])
+    left = [r[0] for r in conn.execute("SELECT id FROM ackbus_outbox ORDER BY rowid")]
+    assert left == [row(i).msg_id for i in range(701) if i % 3 == 2]
+    with pytest.raises(ValueError, match="one-parameter"):
+        each_value(INSERT_OUTBOX, [])
     records = [InboxRecord(bytes([i]) * 16, 1, float(i), b"r", "E", "m", True) for i in range(97)]
     _apply(conn, [(INSERT_INBOX, r) for r in records + records[:3]])
     got = conn.execute("SELECT * FROM ackbus_inbox ORDER BY rowid").fetchall()

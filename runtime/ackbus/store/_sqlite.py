@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..core import Outcome
 from ..errors import StoreError
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store
-from ._writer import Batch, GroupWriter, Op, rows_statement
+from ._writer import Batch, GroupWriter, Op, each_value, rows_statement
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore", "open_store"]
 
@@ -297,7 +297,7 @@ class SqliteStore(Store):
         self._add((_DELETE_OUTBOX, (msg_id,)), durable=False)
 
     def forget_outboxes(self, msg_ids: Iterable[bytes]) -> None:
-        self.writer.add_many([(_DELETE_OUTBOX, (mid,)) for mid in msg_ids], durable=False)
+        self.writer.add(each_value(_DELETE_OUTBOX, list(msg_ids)), durable=False)
 
     def dead_letter(self, msg_id: bytes, reason: str, attempts: int, error: str) -> None:
         w = self.writer

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..errors import StoreError
 
-__all__ = ["Batch", "GroupWriter", "Op", "rows_statement"]
+__all__ = ["Batch", "GroupWriter", "Op", "each_value", "rows_statement"]
 
 log = logging.getLogger("ackbus.store")
 
@@ -292,10 +293,25 @@ def rows_statement(head: str, row: str, tail: str = "") -> str:
     return sql
 
 
-def _many(conn: sqlite3.Connection, sql: str, params: list[Sequence[Any]]) -> None:
+def each_value(sql: str, values: list[Any]) -> Op:
+    """One operation that runs ``sql``, a statement registered with
+    :func:`rows_statement` that takes one parameter, for each of ``values`` in order
+    (``DELETE ... WHERE id IN (?)`` for an ack group's ids): one object where an
+    operation per value made two per value, each for the garbage collector to walk."""
+    if _ROWS[sql][3] != 1:
+        raise ValueError(f"each_value needs a one-parameter statement, not {sql!r}")
+    return functools.partial(_each_value, sql, values)
+
+
+def _each_value(sql: str, values: list[Any], conn: sqlite3.Connection) -> None:
+    _many(conn, sql, values, flat=True)
+
+
+def _many(conn: sqlite3.Connection, sql: str, params: list[Any], *, flat: bool = False) -> None:
     """Run a registered single-row statement for every parameter set, in order, in
     statements of up to a power-of-two number of rows (few distinct texts, all cached
-    by sqlite3's statement cache)."""
+    by sqlite3's statement cache). ``flat``: ``params`` holds the values themselves,
+    for a one-parameter statement."""
     head, row, tail, width = _ROWS[sql]
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
     top = 1
@@ -309,7 +325,8 @@ def _many(conn: sqlite3.Connection, sql: str, params: list[Sequence[Any]]) -> No
         text = _TEXTS.get((sql, size))
         if text is None:
             text = _TEXTS[(sql, size)] = head + ", ".join([row] * size) + tail
-        conn.execute(text, list(chain.from_iterable(params[i : i + size])))
+        part = params[i : i + size]
+        conn.execute(text, part if flat else list(chain.from_iterable(part)))
         i += size
 
 
