@@ -50,6 +50,7 @@ from ._types import (
     Untyped,
 )
 from ._untyped import encode_untyped
+from ._window import WindowLines
 from .core import (
     Admit,
     Completion,
@@ -253,7 +254,7 @@ class Endpoint:
         """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
         self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_parse_envelope`)."""
-        self._window_waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._window_waiters = WindowLines(self._window_timeout)
         """Sends waiting for window room, per destination, first come first served."""
         self._welcomed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -376,11 +377,7 @@ class Endpoint:
             completion = self._tracker.cancel(mid, now)
             if completion is not None:
                 self._settle(completion, why="the endpoint was closed")
-        for waiters in self._window_waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_exception(ClosedError(f"{self.identity}: endpoint closed"))
-        self._window_waiters.clear()
+        self._window_waiters.fail(ClosedError(f"{self.identity}: endpoint closed"))
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -530,11 +527,17 @@ class Endpoint:
         if priority is not None and priority != pol.priority:
             pol = pol.with_(priority=priority)
         destination = to or msg_type
-        waited = destination in self._window_waiters or (
-            self._tracker.in_flight(destination) >= self._window
-        )
+        line = self._window_waiters
+        waited = destination in line.lines or (self._tracker.in_flight(destination) >= self._window)
         if waited:
-            await self._wait_window(destination, loop.time() + pol.deadline)
+            # Wait in line for a slot (_window.py); the future is awaited here, not in
+            # a coroutine of its own: one object fewer per waiting send.
+            fut = line.enter(destination, loop.time() + pol.deadline, loop)
+            try:
+                await fut
+            except BaseException:
+                line.leave(destination, fut)
+                raise
         try:
             now = loop.time()
             mid = self._ids.next()
@@ -579,7 +582,7 @@ class Endpoint:
             self._track(report, frame, destination, kind, pol, now)
         except BaseException:
             if waited:
-                self._admit_next(destination)  # our turn in line goes to the next one
+                line.admit(destination)  # our turn in line goes to the next one
             raise
         if wait_ack:
             # The tracker settles every message by its deadline; the extra second only
@@ -617,65 +620,11 @@ class Endpoint:
         if self._timer is not None:
             self._timer.at(now + min(pol.ack_timeout, pol.deadline))
 
-    async def _wait_window(self, destination: str, deadline: float) -> None:
-        """Wait in line for a slot of ``destination``'s window.
-
-        Each settled message wakes the first waiter, and only that one, which then sends
-        without checking again (waking every waiter on every ack made a thousand
-        concurrent senders spin: each ack woke all, one went ahead, the rest slept again
-        with a new future and timer; 13 % of such a sender's profile). A new send queues
-        behind the waiters, so the line is fair. Should another send take the slot
-        first, the tracker queues the extra message: it never exceeds the window in
-        flight, and never drops. A waiter woken and then cancelled passes its turn on.
-        """
-        loop = self._loop
-        assert loop is not None
-        waiters = self._window_waiters.get(destination)
-        if waiters is None:
-            waiters = self._window_waiters[destination] = deque()
-        fut: asyncio.Future[None] = loop.create_future()
-        waiters.append(fut)
-        timer = loop.call_at(deadline, self._window_timeout, fut, destination)
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._admit_next(destination)  # woken, but will not send: pass it on
-            else:
-                self._prune_line(destination)  # timed out or cancelled while waiting
-            raise
-        finally:
-            timer.cancel()
-
-    def _window_timeout(self, fut: asyncio.Future[None], destination: str) -> None:
-        if not fut.done():
-            fut.set_exception(
-                SendWindowTimeout(
-                    f"{self.identity}: {self._window} messages to {destination} "
-                    "stayed unacknowledged for the whole timeout"
-                )
-            )
-
-    def _admit_next(self, destination: str) -> None:
-        """A slot of ``destination`` is free: wake the first live waiter for it.
-        (Cancelled and timed-out waiters are skipped here rather than removed when
-        they leave: no O(n) removal from the middle of the line.)"""
-        waiters = self._window_waiters.get(destination)
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                break
-        self._prune_line(destination)
-
-    def _prune_line(self, destination: str) -> None:
-        """Drop finished waiters from the head of the line, and the line once empty, so
-        that a line of none but timed-out waiters never makes a new send wait."""
-        waiters = self._window_waiters.get(destination)
-        while waiters and waiters[0].done():
-            waiters.popleft()
-        if not waiters:
-            self._window_waiters.pop(destination, None)
+    def _window_timeout(self, destination: str) -> SendWindowTimeout:
+        return SendWindowTimeout(
+            f"{self.identity}: {self._window} messages to {destination} "
+            "stayed unacknowledged for the whole timeout"
+        )
 
     def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:
         env = envelope_pb2.Envelope()
@@ -730,7 +679,7 @@ class Endpoint:
         if self._durable is not None:
             self._durable.failed(c, report)
         if self._window_waiters:
-            self._admit_next(c.destination)
+            self._window_waiters.admit(c.destination)
 
     def _settle_acked(self, completions: Sequence[Completion]) -> None:
         """Settle acked messages: an ACK group's worth in one loop, as a pipelined
@@ -759,7 +708,7 @@ class Endpoint:
         waiting = self._window_waiters
         if waiting:
             for c in completions:
-                self._admit_next(c.destination)
+                waiting.admit(c.destination)
                 if not waiting:  # the last line emptied: the rest would find no one
                     break
 

@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from ackbus import Context, DeliveryReport, LocalProtocolError, Policy, SendWindowTimeout
+from ackbus import (
+    ClosedError,
+    Context,
+    DeliveryReport,
+    LocalProtocolError,
+    Policy,
+    SendWindowTimeout,
+)
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.transport import MemoryBackend
@@ -188,3 +195,57 @@ async def test_messages_queued_in_the_tracker_go_out_as_soon_as_a_slot_frees(
             await r.wait(T)
         assert all(reports)
         assert loop.time() - start < 1.0
+
+
+# -- the lines alone (_window.WindowLines) -------------------------------------------------
+
+
+async def test_each_waiter_times_out_at_its_own_deadline_with_one_timer_per_line() -> None:
+    """Deadlines in any order: each waiter fails at its own (not at the head's, not at
+    the line's first timer), the others stay in line, and the line keeps one timer."""
+    from ackbus._window import WindowLines
+
+    loop = asyncio.get_running_loop()
+    lines = WindowLines(lambda dest: SendWindowTimeout(f"full: {dest}"))
+    start = loop.time()
+    offsets = [0.60, 0.10, 0.35, 5.0]  # a later waiter may have an earlier deadline
+    futs = [lines.enter("d", start + dt, loop) for dt in offsets]
+    line = lines.lines["d"]
+    failed_at: dict[int, float] = {}
+    for i, fut in enumerate(futs):
+        fut.add_done_callback(lambda _, i=i: failed_at.setdefault(i, loop.time() - start))
+    async with asyncio.timeout(T):
+        await asyncio.wait(futs[:3])
+    for i in range(3):
+        assert isinstance(futs[i].exception(), SendWindowTimeout)
+        # Never early; late only by the loop's own delay (far less than 5 s, the last
+        # waiter's deadline, which a timer armed only for the line's head or for the
+        # latest deadline would wait for).
+        assert offsets[i] - 0.002 <= failed_at[i] < offsets[i] + 1.0, (i, failed_at)
+    assert failed_at[1] < failed_at[2] < failed_at[0], failed_at  # each at its own
+    assert not futs[3].done()
+    assert line.timer is not None  # re-armed, and just one
+    assert line.timer_at == start + 5.0
+    lines.admit("d")  # the last waiter's turn
+    assert futs[3].result() is None
+    assert not lines
+    assert line.timer.cancelled(), "an empty line drops its timer"
+
+
+async def test_a_turn_skips_waiters_that_left_and_closing_fails_the_rest() -> None:
+    from ackbus._window import WindowLines
+
+    loop = asyncio.get_running_loop()
+    lines = WindowLines(lambda dest: SendWindowTimeout(dest))
+    a, b, c = (lines.enter("d", loop.time() + 5.0, loop) for _ in range(3))
+    a.cancel()
+    lines.leave("d", a)  # cancelled while waiting: it just leaves
+    lines.admit("d")
+    assert b.done()
+    assert not c.done()
+    lines.leave("d", b)  # woken, then did not send: the turn passes on to c
+    assert c.done()
+    d = lines.enter("e", loop.time() + 5.0, loop)
+    lines.fail(ClosedError("closed"))
+    assert isinstance(d.exception(), ClosedError)
+    assert not lines

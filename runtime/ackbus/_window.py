@@ -1,0 +1,140 @@
+"""Sends waiting for room in a destination's in-flight window: one line per destination.
+
+Each settled message wakes the first waiter of its destination's line, and only that
+one, which then sends without checking again (waking every waiter on every ack made a
+thousand concurrent senders spin: each ack woke all, one went ahead, the rest slept
+again with a new future and timer). A new send queues behind the waiters, so the line
+is fair. Should another send take the slot first, the tracker queues the extra message:
+it never exceeds the window in flight, and never drops. A waiter woken and then
+cancelled passes its turn on; cancelled and timed-out waiters are skipped when a turn is
+handed out rather than removed when they leave (no O(n) removal from the middle of the
+line).
+
+Each waiter has a deadline, but a line has one timer, armed for its earliest deadline
+and re-armed when it fires, instead of one per waiter: a loop timer per waiting send
+cost about 1 µs (a ``TimerHandle``, a push into the loop's heap, compared in Python,
+and the cancelled handle's removal), paid by most sends of a service that sends from
+more tasks at once than its window holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["WindowLines"]
+
+_EARLY = 0.001
+"""A waiter whose deadline is this close when its line's timer fires times out then."""
+
+
+class _Line:
+    __slots__ = ("timer", "timer_at", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: deque[tuple[asyncio.Future[None], float]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+
+class WindowLines:
+    """The lines of one endpoint. ``timeout_error(destination)`` is what a waiter whose
+    deadline passed gets."""
+
+    def __init__(self, timeout_error: Callable[[str], BaseException]) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout_error = timeout_error
+        self.lines: dict[str, _Line] = {}
+        """Destinations someone waits for (``destination in lines``: a send must wait
+        behind them)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+    def enter(
+        self, destination: str, deadline: float, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]:
+        """Join ``destination``'s line: a future of ``loop``'s that completes when it
+        is this waiter's turn (or fails at ``deadline``, loop time). Await it, and call
+        :meth:`leave` if the await raised."""
+        self._loop = loop
+        line = self.lines.get(destination)
+        if line is None:
+            line = self.lines[destination] = _Line()
+        fut: asyncio.Future[None] = loop.create_future()
+        line.waiters.append((fut, deadline))
+        if line.timer is None or deadline < line.timer_at:
+            self._arm(destination, line, deadline)
+        return fut
+
+    def leave(self, destination: str, fut: asyncio.Future[None]) -> None:
+        """The await of ``fut`` raised (cancelled, or timed out): a waiter whose turn
+        had come passes it on; any other leaves the line."""
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            self.admit(destination)
+        else:
+            self._prune(destination)
+
+    def admit(self, destination: str) -> None:
+        """A slot of ``destination`` is free: wake its first live waiter."""
+        line = self.lines.get(destination)
+        if line is None:
+            return
+        waiters = line.waiters
+        while waiters:
+            fut = waiters.popleft()[0]
+            if not fut.done():
+                fut.set_result(None)
+                break
+        self._prune(destination)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail every waiter (the endpoint closes)."""
+        lines, self.lines = self.lines, {}
+        for line in lines.values():
+            if line.timer is not None:
+                line.timer.cancel()
+            for fut, _ in line.waiters:
+                if not fut.done():
+                    fut.set_exception(error)
+
+    def _prune(self, destination: str) -> None:
+        """Drop finished waiters from the head of the line, and the line once empty, so
+        that a line of none but timed-out waiters never makes a new send wait."""
+        line = self.lines.get(destination)
+        if line is None:
+            return
+        waiters = line.waiters
+        while waiters and waiters[0][0].done():
+            waiters.popleft()
+        if not waiters:
+            if line.timer is not None:
+                line.timer.cancel()
+            del self.lines[destination]
+
+    def _arm(self, destination: str, line: _Line, when: float) -> None:
+        assert self._loop is not None
+        if line.timer is not None:
+            line.timer.cancel()
+        line.timer_at = when
+        line.timer = self._loop.call_at(when, self._expire, destination, line)
+
+    def _expire(self, destination: str, line: _Line) -> None:
+        """The line's timer fired: fail the waiters whose deadline passed, and arm the
+        timer for the earliest deadline left (a scan of the line: a timer fires once
+        per deadline that passes, not per send)."""
+        line.timer = None
+        assert self._loop is not None
+        now = self._loop.time() + _EARLY
+        earliest: float | None = None
+        for fut, deadline in line.waiters:
+            if fut.done():
+                continue
+            if deadline <= now:
+                fut.set_exception(self._timeout_error(destination))
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        self._prune(destination)
+        if earliest is not None and self.lines.get(destination) is line:
+            self._arm(destination, line, earliest)
