@@ -201,22 +201,13 @@ class Durable:
         """The send was cancelled while its row committed. The row commits anyway:
         deliver it in this run rather than leave it for the next start. A cancelled
         send may still be delivered (docs/durable.md)."""
-        batch.on_commit(
-            lambda error: self._track_late(error, report, frame, destination, kind, pol)
-        )
-
-    def _track_late(
-        self,
-        error: BaseException | None,
-        report: DeliveryReport,
-        frame: bytes,
-        destination: str,
-        kind: int,
-        pol: Policy,
-    ) -> None:
         ep = self._endpoint()
-        if error is None and not ep.closed and ep._loop is not None:
-            ep._track(report, frame, destination, kind, pol, ep._loop.time())
+
+        def track(error: BaseException | None) -> None:
+            if error is None and not ep.closed and ep._loop is not None:
+                ep._track(report, frame, destination, kind, pol, ep._loop.time())
+
+        batch.on_commit(track)
 
     def _policy_json(self, pol: Policy) -> str:
         text = self._policies.get(pol)
