@@ -527,16 +527,18 @@ class Endpoint:
         if priority is not None and priority != pol.priority:
             pol = pol.with_(priority=priority)
         destination = to or msg_type
-        line = self._window_waiters
-        waited = destination in line.lines or (self._tracker.in_flight(destination) >= self._window)
+        lines = self._window_waiters
+        waited = destination in lines.lines or (
+            self._tracker.in_flight(destination) >= self._window
+        )
         if waited:
             # Wait in line for a slot (_window.py); the future is awaited here, not in
             # a coroutine of its own: one object fewer per waiting send.
-            fut = line.enter(destination, loop.time() + pol.deadline, loop)
+            fut = lines.enter(destination, loop.time() + pol.deadline, loop)
             try:
                 await fut
             except BaseException:
-                line.leave(destination, fut)
+                lines.leave(destination, fut)
                 raise
         try:
             now = loop.time()
@@ -582,7 +584,7 @@ class Endpoint:
             self._track(report, frame, destination, kind, pol, now)
         except BaseException:
             if waited:
-                line.admit(destination)  # our turn in line goes to the next one
+                lines.admit(destination)  # our turn in line goes to the next one
             raise
         if wait_ack:
             # The tracker settles every message by its deadline; the extra second only
