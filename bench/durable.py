@@ -22,14 +22,25 @@ Each round runs the three modes one after the other; ``--repeat`` rounds (3) giv
 figure as the median with min and max, and the ratios are of the medians.
 
 Run: ``.venv/bin/python -m bench.durable [--n 20000] [--repeat 3]``.
+
+Two or more versions side by side: ``python -m bench.durable --trees TREE_A TREE_B
+[--mode sqlite] [--n 40000] [--repeat 4]`` runs the pipelined part of one mode once per
+tree per round (each in a fresh process with ``PYTHONPATH=<tree>/runtime``: this
+checkout's benchmark code against each tree's runtime; the trees alternating), and
+prints per tree the msgs/s and the CPU µs per message of each process (the sender's
+store writer thread included), as medians over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,14 +108,32 @@ class DurableCluster:
         return commits
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process, all its threads, from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _pipelined(
-    address: str, store: str | None, n: int, window: int, group: int, producers: int = 4
-) -> dict[str, float]:
+    address: str,
+    store: str | None,
+    n: int,
+    window: int,
+    group: int,
+    producers: int = 4,
+    pids: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The pipelined part; with ``pids``, also the CPU µs per message of each of those
+    processes and of this one (measured before the endpoint closes: its store's writer
+    thread is still counted)."""
+    watch = {"sender": os.getpid(), **(pids or {})}
     async with Endpoint("source", address, window=window, policy=POLICY, store=store) as ep:
         msg = Bye(reason=PAYLOAD)
         for _ in range(200):  # warm-up
             await ep.send(msg)
         before = _commits(ep)
+        cpu_before = {name: _cpu_seconds(pid) for name, pid in watch.items()}
         start = time.perf_counter()
         reports: list[DeliveryReport] = []
 
@@ -120,6 +149,9 @@ async def _pipelined(
         for r in reports:
             await r.wait(60)
         took = time.perf_counter() - start
+        cpu = {
+            name: (_cpu_seconds(pid) - cpu_before[name]) / n * 1e6 for name, pid in watch.items()
+        }
         after = _commits(ep)
         failed = sum(1 for r in reports if not r)
     return {
@@ -127,6 +159,7 @@ async def _pipelined(
         "failed": failed,
         "sender_tx": after[0] - before[0],
         "sender_ops": after[1] - before[1],
+        "cpu_us": cpu,
     }
 
 
@@ -170,6 +203,75 @@ def run_mode(
     return figures
 
 
+def _one(mode: str, n: int, window: int, group: int, producers: int) -> dict[str, Any]:
+    """One pipelined run of ``mode`` in a fresh cluster (``--trees`` runs this per tree)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sender = receiver = None
+        if mode != "memory":
+            query = "?durability=relaxed" if mode == "relaxed" else ""
+            sender = f"sqlite:///{tmp}/sender.db{query}"
+            receiver = f"sqlite:///{tmp}/receiver.db{query}"
+        cluster = DurableCluster(receiver)
+        try:
+            assert cluster.receiver.pid is not None
+            assert cluster.hub.pid is not None
+            pids = {"receiver": cluster.receiver.pid, "hub": cluster.hub.pid}
+            return asyncio.run(
+                _pipelined(cluster.address, sender, n, window, group, producers, pids)
+            )
+        finally:
+            cluster.close()
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+"""This checkout: ``--trees`` runs its benchmark code against each tree's runtime."""
+
+
+def _trees(trees: list[Path], args: argparse.Namespace) -> None:
+    """``--trees``: the trees alternating, round after round; medians per tree."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in trees]
+    for r in range(args.repeat):
+        order = range(len(trees)) if r % 2 == 0 else reversed(range(len(trees)))
+        for i in order:
+            tree = trees[i].resolve()
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.durable",
+                    "--one",
+                    args.mode,
+                    "--n",
+                    str(args.n),
+                    "--window",
+                    str(args.window),
+                    "--group",
+                    str(args.group),
+                    "--producers",
+                    str(args.producers),
+                ],
+                env={**os.environ, "PYTHONPATH": f"{tree}/runtime:{_ROOT}"},
+                cwd=_ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
+            )
+            runs[i].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for tree, tree_runs in zip(trees, runs, strict=True):
+        rates = [run["msgs_per_s"] for run in tree_runs]
+        cpu = {
+            name: statistics.median(run["cpu_us"][name] for run in tree_runs)
+            for name in tree_runs[0]["cpu_us"]
+        }
+        figures = ", ".join(f"{name} {us:.1f}" for name, us in sorted(cpu.items()))
+        print(
+            f"{tree}: {args.mode} median {statistics.median(rates):,.0f} msgs/s "
+            f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} runs); "
+            f"CPU µs per message: {figures}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000)
@@ -180,7 +282,16 @@ def main() -> None:
         "--repeat", type=int, default=3, help="rounds; the modes alternate within each"
     )
     parser.add_argument("--dir", type=Path, default=None, help="where the databases go")
+    parser.add_argument("--trees", type=Path, nargs="+", help="source trees side by side")
+    parser.add_argument("--mode", choices=("memory", "sqlite", "relaxed"), default="sqlite")
+    parser.add_argument("--one", choices=("memory", "sqlite", "relaxed"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(_one(args.one, args.n, args.window, args.group, args.producers)))
+        return
+    if args.trees:
+        _trees(args.trees, args)
+        return
     modes = ("memory", "sqlite", "relaxed")
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

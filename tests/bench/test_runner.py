@@ -82,3 +82,25 @@ def test_side_by_side_runs_each_tree_alternately_and_prints_its_figures() -> Non
         assert "2 runs" in line
         assert "sender" in line
         assert "hub" in line
+
+
+def test_durable_side_by_side_runs_each_tree_and_prints_cpu_per_process() -> None:
+    """``bench.durable --trees`` with the same tree twice: a fresh cluster per run."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.durable", "--n", "400", "--repeat", "1"),
+            *("--trees", str(ROOT), f"{ROOT}/."),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    for line in lines:
+        assert "sqlite median" in line
+        assert "1 runs" in line
+        for process in ("sender", "receiver", "hub"):
+            assert process in line
