@@ -75,8 +75,10 @@ class Transaction:
         self.owner = owner
         """The endpoint whose handler runs in this unit (sends of other endpoints do not join)."""
         self._open = True
-        self._writes: list[tuple[str, Params]] = []
-        self._sends: list[Deferred] = []
+        # Created on first use: most handlers neither write nor send (two lists per
+        # handled message, for the garbage collector to walk until the commit).
+        self._writes: list[tuple[str, Params]] | None = None
+        self._sends: list[Deferred] | None = None
         self.record: InboxRecord | None = None
         self.duplicate: InboxRecord | None = None
         """Set by the commit: the inbox already had this id (its stored outcome)."""
@@ -88,13 +90,14 @@ class Transaction:
     def execute(self, sql: str, params: Params = ()) -> None:
         """Run ``sql`` with ``params`` in the unit's transaction when the handler returns."""
         self._check(sql)
-        self._writes.append((sql, params))
+        self._writing().append((sql, params))
 
     def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> None:
         """``execute`` once per parameter set."""
         self._check(sql)
+        writes = self._writing()
         for params in seq_of_params:
-            self._writes.append((sql, params))
+            writes.append((sql, params))
 
     @property
     def open(self) -> bool:
@@ -103,7 +106,12 @@ class Transaction:
 
     @property
     def statements(self) -> int:
-        return len(self._writes)
+        return len(self._writes or ())
+
+    def _writing(self) -> list[tuple[str, Params]]:
+        if self._writes is None:
+            self._writes = []
+        return self._writes
 
     def _check(self, sql: str) -> None:
         if not self._open:
@@ -120,19 +128,20 @@ class Transaction:
     # -- the endpoint's side -------------------------------------------------------------
 
     def add_send(self, deferred: Deferred) -> None:
+        if self._sends is None:
+            self._sends = []
         self._sends.append(deferred)
 
     @property
-    def sends(self) -> list[Deferred]:
-        return self._sends
+    def sends(self) -> Sequence[Deferred]:
+        return self._sends or ()
 
     def close(self, record: InboxRecord | None) -> None:
         """The handler ended: ``record`` to commit, or ``None`` to drop writes and sends."""
         self._open = False
         self.record = record
         if record is None:
-            self._writes.clear()
-            self._sends.clear()
+            self._writes = self._sends = None
 
     @property
     def simple(self) -> bool:
@@ -158,7 +167,7 @@ class Transaction:
             self.duplicate = select_inbox(conn, record.msg_id)
             return
         try:
-            for sql, params in self._writes:
+            for sql, params in self._writes or ():
                 conn.execute(sql, params)
             if self._sends:
                 conn.executemany(INSERT_OUTBOX, [d.row for d in self._sends])
