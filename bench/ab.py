@@ -93,6 +93,12 @@ def compare(hub: str, kind: str, n: int, rounds: int, warm: int, trees: list[Pat
                 proc.kill()
                 proc.wait()
     key = "msgs_per_s" if kind == "pipelined" else "p50_us"
+    summarize(trees, runs, key, key)
+
+
+def summarize(trees: list[Path], runs: list[list[dict[str, Any]]], key: str, label: str) -> None:
+    """Print per tree the median, min and max of ``key`` over its runs, and the median
+    CPU µs per message of each process (each run's ``cpu_us``)."""
     for tree, tree_runs in zip(trees, runs, strict=True):
         values = [run[key] for run in tree_runs]
         cpu = {
@@ -101,7 +107,7 @@ def compare(hub: str, kind: str, n: int, rounds: int, warm: int, trees: list[Pat
         }
         figures = ", ".join(f"{name} {us:.2f}" for name, us in sorted(cpu.items()))
         print(
-            f"{tree}: {key} median {statistics.median(values):,.0f} "
+            f"{tree}: {label} median {statistics.median(values):,.0f} "
             f"(min {min(values):,.0f}, max {max(values):,.0f}, {len(values)} runs); "
             f"CPU µs per message: {figures}"
         )

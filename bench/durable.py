@@ -51,6 +51,7 @@ from ackbus.endpoint import Endpoint
 from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
 
+from .ab import summarize
 from .endpoint import PAYLOAD, POLICY, _hub_main
 
 
@@ -182,16 +183,23 @@ async def _sequential(address: str, store: str | None, n: int) -> dict[str, floa
     }
 
 
+def _store_urls(mode: str, folder: Path) -> tuple[str | None, str | None]:
+    """The sender's and the receiver's store for ``mode`` (none in memory mode)."""
+    if mode == "memory":
+        return None, None
+    query = "?durability=relaxed" if mode == "relaxed" else ""
+    return (
+        f"sqlite:///{folder / mode}-sender.db{query}",
+        f"sqlite:///{folder / mode}-receiver.db{query}",
+    )
+
+
 def run_mode(
     mode: str, n: int, window: int, group: int, folder: Path, producers: int = 4
 ) -> dict[str, float]:
     """One mode's figures ("memory", "sqlite" or "relaxed"); databases go to ``folder``.
     (``bench/__main__.py`` calls this with positional arguments up to ``folder``.)"""
-    sender = receiver = None
-    if mode != "memory":
-        query = "?durability=relaxed" if mode == "relaxed" else ""
-        sender = f"sqlite:///{folder / mode}-sender.db{query}"
-        receiver = f"sqlite:///{folder / mode}-receiver.db{query}"
+    sender, receiver = _store_urls(mode, folder)
     cluster = DurableCluster(receiver)
     try:
         figures = asyncio.run(_pipelined(cluster.address, sender, n, window, group, producers))
@@ -206,11 +214,7 @@ def run_mode(
 def _one(mode: str, n: int, window: int, group: int, producers: int) -> dict[str, Any]:
     """One pipelined run of ``mode`` in a fresh cluster (``--trees`` runs this per tree)."""
     with tempfile.TemporaryDirectory() as tmp:
-        sender = receiver = None
-        if mode != "memory":
-            query = "?durability=relaxed" if mode == "relaxed" else ""
-            sender = f"sqlite:///{tmp}/sender.db{query}"
-            receiver = f"sqlite:///{tmp}/receiver.db{query}"
+        sender, receiver = _store_urls(mode, Path(tmp))
         cluster = DurableCluster(receiver)
         try:
             assert cluster.receiver.pid is not None
@@ -258,18 +262,7 @@ def _trees(trees: list[Path], args: argparse.Namespace) -> None:
                 timeout=600,
             )
             runs[i].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    for tree, tree_runs in zip(trees, runs, strict=True):
-        rates = [run["msgs_per_s"] for run in tree_runs]
-        cpu = {
-            name: statistics.median(run["cpu_us"][name] for run in tree_runs)
-            for name in tree_runs[0]["cpu_us"]
-        }
-        figures = ", ".join(f"{name} {us:.1f}" for name, us in sorted(cpu.items()))
-        print(
-            f"{tree}: {args.mode} median {statistics.median(rates):,.0f} msgs/s "
-            f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} runs); "
-            f"CPU µs per message: {figures}"
-        )
+    summarize(trees, runs, "msgs_per_s", f"{args.mode} msgs_per_s")
 
 
 def main() -> None:

@@ -62,13 +62,22 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
     assert str(written[0]) in proc.stdout
 
 
-def test_side_by_side_runs_each_tree_alternately_and_prints_its_figures() -> None:
-    """``bench.ab`` with the same tree twice: a cluster each, every round run on both."""
+@pytest.mark.parametrize(
+    ("tool", "expected"),
+    [
+        # a live cluster per tree, every round run on both
+        (["bench.ab", "--n", "300", "--warm", "300", "--rounds", "2"], "msgs_per_s median"),
+        # the store rows' scenario, a fresh cluster per run
+        (["bench.durable", "--n", "400", "--repeat", "2", "--trees"], "sqlite msgs_per_s median"),
+    ],
+)
+def test_side_by_side_runs_each_tree_alternately_and_prints_its_figures(
+    tool: list[str], expected: str
+) -> None:
+    """The side-by-side tools with the same tree twice: a line per tree, with the
+    median over both rounds and CPU per message of every process."""
     proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.ab", "--n", "300", "--warm", "300"),
-            *("--rounds", "2", str(ROOT), f"{ROOT}/."),
-        ],
+        [sys.executable, "-m", *tool, str(ROOT), f"{ROOT}/."],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -78,29 +87,7 @@ def test_side_by_side_runs_each_tree_alternately_and_prints_its_figures() -> Non
     lines = proc.stdout.splitlines()
     assert len(lines) == 2, proc.stdout
     for line in lines:
-        assert "msgs_per_s median" in line
+        assert expected in line
         assert "2 runs" in line
-        assert "sender" in line
-        assert "hub" in line
-
-
-def test_durable_side_by_side_runs_each_tree_and_prints_cpu_per_process() -> None:
-    """``bench.durable --trees`` with the same tree twice: a fresh cluster per run."""
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.durable", "--n", "400", "--repeat", "1"),
-            *("--trees", str(ROOT), f"{ROOT}/."),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 2, proc.stdout
-    for line in lines:
-        assert "sqlite median" in line
-        assert "1 runs" in line
         for process in ("sender", "receiver", "hub"):
             assert process in line
