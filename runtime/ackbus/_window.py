@@ -53,17 +53,26 @@ class WindowLines:
         return bool(self.lines)
 
     def enter(
-        self, destination: str, deadline: float, loop: asyncio.AbstractEventLoop
+        self,
+        destination: str,
+        deadline: float,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        front: bool = False,
     ) -> asyncio.Future[None]:
-        """Join ``destination``'s line: a future of ``loop``'s that completes when it
-        is this waiter's turn (or fails at ``deadline``, loop time). Await it, and call
-        :meth:`leave` if the await raised."""
+        """Join ``destination``'s line (at its ``front``: a waiter whose turn came but
+        found the slot taken keeps its place): a future of ``loop``'s that completes
+        when it is this waiter's turn (or fails at ``deadline``, loop time). Await it,
+        and call :meth:`leave` if the await raised."""
         self._loop = loop
         line = self.lines.get(destination)
         if line is None:
             line = self.lines[destination] = _Line()
         fut: asyncio.Future[None] = loop.create_future()
-        line.waiters.append((fut, deadline))
+        if front:
+            line.waiters.appendleft((fut, deadline))
+        else:
+            line.waiters.append((fut, deadline))
         if line.timer is None or deadline < line.timer_at:
             self._arm(destination, line, deadline)
         return fut

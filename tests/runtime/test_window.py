@@ -197,6 +197,37 @@ async def test_messages_queued_in_the_tracker_go_out_as_soon_as_a_slot_frees(
         assert loop.time() - start < 1.0
 
 
+async def test_a_woken_sender_finding_its_slot_taken_waits_again_rather_than_queue(
+    pair: Pair,
+) -> None:
+    """The tracker hands a freed slot to a message it queued before anyone; a waiter woken
+    for that slot must not then queue its own message behind it. Once one message was
+    queued, every later one did (each freed slot went to the queue, each woken waiter
+    refilled it): the tracker's slower path for every message."""
+    dealer = await pair(quick, window=2)
+    queued = 0
+    submit = dealer._tracker.submit
+
+    def counting(*args: Any) -> Any:
+        nonlocal queued
+        admit = submit(*args)
+        queued += admit.name == "QUEUED"
+        return admit
+
+    dealer._tracker.submit = counting  # type: ignore[method-assign]
+    async with asyncio.timeout(T):
+        # One message queued in the tracker, as a resumed outbox leaves one.
+        dealer._window = 3
+        first = [await dealer.send(Bye(), wait_ack=False) for _ in range(3)]
+        dealer._window = 2
+        assert queued == 1
+        reports = await asyncio.gather(*(dealer.send(Bye(), wait_ack=False) for _ in range(60)))
+        for r in [*first, *reports]:
+            await r.wait(T)
+    assert all(reports)
+    assert queued == 1, f"{queued - 1} more queued in the tracker behind woken waiters"
+
+
 # -- the lines alone (_window.WindowLines) -------------------------------------------------
 
 
