@@ -239,7 +239,7 @@ async def test_each_waiter_times_out_at_its_own_deadline_with_one_timer_per_line
     loop = asyncio.get_running_loop()
     lines = WindowLines(lambda dest: SendWindowTimeout(f"full: {dest}"))
     start = loop.time()
-    offsets = [0.60, 0.10, 0.35, 5.0]  # a later waiter may have an earlier deadline
+    offsets = [0.90, 0.10, 0.50, 5.0]  # a later waiter may have an earlier deadline
     futs = [lines.enter("d", start + dt, loop) for dt in offsets]
     line = lines.lines["d"]
     failed_at: dict[int, float] = {}
