@@ -28,7 +28,7 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -157,10 +157,6 @@ class GroupWriter:
 
     def add(self, op: Op, *, durable: bool = True) -> Batch:
         """Append ``op`` to the open batch (opening one if the writer took the last)."""
-        return self.add_many((op,), durable=durable)
-
-    def add_many(self, ops: Iterable[Op], *, durable: bool = True) -> Batch:
-        """Append ``ops`` to the open batch, in order, under one lock."""
         with self._lock:
             batch = self._open
             if batch is None:
@@ -179,7 +175,7 @@ class GroupWriter:
                 loop.call_soon(self._release)
                 # Nothing waits forever: a disk that does not answer fails the batch.
                 batch._watchdog = loop.call_later(self._commit_timeout, self._expire, batch)
-            batch.ops.extend(ops)
+            batch.ops.append(op)
             if durable:
                 batch.durable = True
         return batch
