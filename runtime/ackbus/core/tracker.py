@@ -280,7 +280,7 @@ class OutboundTracker:
                 p.when = when
                 fifo.append((when, token, p))
                 if len(fifo) + len(self._heap) + len(self._deadlines) > 2 * len(pending) + 64:
-                    self._compact()
+                    self._compact()  # _maybe_compact's test, inline
             return Admit.SEND
         queue = self._queues.get(destination)
         if queue is None:
@@ -453,8 +453,7 @@ class OutboundTracker:
             else:
                 self._arm(p, min(when, p.deadline))
             out.append(Transmit(p.msg_id, 1, p.destination))
-        if len(fifo) + len(self._heap) + len(self._deadlines) > 2 * len(self._pending) + 64:
-            self._compact()
+        self._maybe_compact()
         return out
 
     # -- queries ---------------------------------------------------------------------------
@@ -535,7 +534,12 @@ class OutboundTracker:
             fifo.append((when, self._token, p))
         else:
             heapq.heappush(self._heap, (when, self._token, p))
-        if len(self._heap) + len(self._fifo) + len(self._deadlines) > 2 * len(self._pending) + 64:
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Drop the dead timer entries once they outnumber the live ones (``submit``
+        makes the same test inline for its usual case)."""
+        if self.timer_count() > 2 * len(self._pending) + 64:
             self._compact()
 
     def _compact(self) -> None:
