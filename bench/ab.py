@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process, all its threads, from ``/proc``."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -48,9 +49,9 @@ def drive(hub: str, warm: int) -> None:
         print("ready", flush=True)
         for line in sys.stdin:
             kind, n = line.split()
-            before = {k: _cpu_seconds(p) for k, p in pids.items()}
+            before = {k: cpu_seconds(p) for k, p in pids.items()}
             result = cluster.run(kind, int(n))
-            after = {k: _cpu_seconds(p) for k, p in pids.items()}
+            after = {k: cpu_seconds(p) for k, p in pids.items()}
             result.pop("samples", None)
             result["cpu_us"] = {k: (after[k] - before[k]) / int(n) * 1e6 for k in pids}
             print(json.dumps(result), flush=True)

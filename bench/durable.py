@@ -51,7 +51,7 @@ from ackbus.endpoint import Endpoint
 from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
 
-from .ab import summarize
+from .ab import cpu_seconds, summarize
 from .endpoint import PAYLOAD, POLICY, _hub_main
 
 
@@ -109,13 +109,6 @@ class DurableCluster:
         return commits
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process, all its threads, from ``/proc``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _pipelined(
     address: str,
     store: str | None,
@@ -134,7 +127,7 @@ async def _pipelined(
         for _ in range(200):  # warm-up
             await ep.send(msg)
         before = _commits(ep)
-        cpu_before = {name: _cpu_seconds(pid) for name, pid in watch.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in watch.items()}
         start = time.perf_counter()
         reports: list[DeliveryReport] = []
 
@@ -150,9 +143,7 @@ async def _pipelined(
         for r in reports:
             await r.wait(60)
         took = time.perf_counter() - start
-        cpu = {
-            name: (_cpu_seconds(pid) - cpu_before[name]) / n * 1e6 for name, pid in watch.items()
-        }
+        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / n * 1e6 for name, pid in watch.items()}
         after = _commits(ep)
         failed = sum(1 for r in reports if not r)
     return {
