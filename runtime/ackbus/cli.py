@@ -164,7 +164,40 @@ def _hub(args: argparse.Namespace) -> int:
     return 0
 
 
+_CODEGEN_MODULES = {
+    "grpc_tools": "grpcio-tools",
+    "mypy_protobuf": "mypy-protobuf",
+    "jinja2": "jinja2",
+}
+"""What ``ackbus gen`` imports or runs (module: the distribution that provides it): the
+``codegen`` extra, which ``pip install ackbus`` leaves out."""
+
+
+def _missing_codegen() -> list[str]:
+    """The distributions of the ``codegen`` extra that are not installed."""
+    import importlib.util
+
+    missing = []
+    for module, dist in _CODEGEN_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # blocked or half-imported: unusable either way
+            found = False
+        if not found:
+            missing.append(dist)
+    return missing
+
+
 def _gen(args: argparse.Namespace) -> int:
+    missing = _missing_codegen()
+    if missing:
+        print(
+            "ackbus gen needs the code generator: pip install 'ackbus[codegen]' "
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
+
     from ackbus_codegen.errors import GenerationError
     from ackbus_codegen.protoc import generate_to
 

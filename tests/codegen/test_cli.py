@@ -126,3 +126,30 @@ def test_failure_leaves_existing_output_alone(tmp_path: Path) -> None:
     broken = SERVICE.replace("uint32 quantity = 2;", "uint32 quantity = 2")
     assert _gen(tmp_path, {"shop/shop.proto": broken}, "proto/shop/shop.proto").returncode == 1
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.py")} == before
+
+
+@pytest.mark.parametrize(
+    ("blocked", "named"),
+    [
+        (["grpc_tools"], "grpcio-tools"),
+        (["mypy_protobuf"], "mypy-protobuf"),
+        (["jinja2", "grpc_tools"], "grpcio-tools, jinja2"),
+    ],
+)
+def test_gen_without_the_codegen_extra_says_what_to_install(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    blocked: list[str],
+    named: str,
+) -> None:
+    for module in blocked:
+        monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    (tmp_path / "a.proto").write_text('syntax = "proto3";\n')
+    code = main(["gen", "-I", str(tmp_path), "-o", str(tmp_path / "out"), "a.proto"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.splitlines() == [
+        f"ackbus gen needs the code generator: pip install 'ackbus[codegen]' (missing: {named})"
+    ]
+    assert not (tmp_path / "out").exists()
