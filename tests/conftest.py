@@ -1,10 +1,13 @@
-"""Fixtures every test folder may use; folder-specific ones live in each folder's conftest.py."""
+"""Fixtures every test folder may use; folder-specific ones live in each folder's conftest.py.
+Helpers that are not fixtures (FAST, running_hub, eventually, settle) are in
+tests/support/helpers.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from helpers import HubBus, running_hub
 from proc_harness import Procs
 
 
@@ -18,3 +21,18 @@ def procs() -> Iterator[Procs]:
     finally:
         for proc in p.running:
             p.kill(proc)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[str]:
+    """An embedded hub on a free TCP port; its address."""
+    async with running_hub("tcp") as bus:
+        yield bus.address
+
+
+@pytest.fixture
+async def memory_hub() -> AsyncIterator[HubBus]:
+    """An embedded hub on the in-memory transport; its endpoints connect to
+    ``memory_hub.address`` with ``backend=memory_hub.backend``."""
+    async with running_hub("memory") as bus:
+        yield bus

@@ -7,15 +7,17 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from ackbus import Policy, Untyped
+from ackbus import Untyped
 from ackbus.cli import main
 from ackbus.endpoint import Endpoint
 from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
+from helpers import FAST
 from proc_harness import Procs, free_port
 
 HERE = Path(__file__).resolve().parent
-QUICK = Policy(ack_timeout=0.1, backoff_base=0.01, backoff_cap=0.05, deadline=0.4)
+QUICK = FAST.with_(ack_timeout=0.1, deadline=0.4)
+"""Gives up within half a second: what nobody handles becomes a dead letter soon."""
 
 
 async def fail_three(hub: str, db: Path) -> list[bytes]:

@@ -6,23 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
+import helpers
 import pytest
-from ackbus import Cancelled, Context, DeliveryReport, Policy, Reject, StoreError
+from ackbus import Cancelled, Context, DeliveryReport, Reject, StoreError
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
 from ackbus.store import SqliteStore, Transaction
-from ackbus.transport import MemoryBackend
+from ackbus.transport import Backend
 from ackbus.wire_pb2 import Bye, Refusal
+from helpers import settle
 
-FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=5.0)
+FAST = helpers.FAST.with_(deadline=5.0)
 EFFECTS = "CREATE TABLE IF NOT EXISTS effects (msg_id BLOB NOT NULL, text TEXT NOT NULL)"
 
 
 class Bus:
-    def __init__(self, backend: MemoryBackend, address: str, tmp: Path) -> None:
+    def __init__(self, backend: Backend, address: str, tmp: Path) -> None:
         self.backend = backend
         self.address = address
         self.tmp = tmp
@@ -35,7 +35,7 @@ class Bus:
             self.address,
             backend=self.backend,
             policy=FAST,
-            heartbeat=0.2,
+            heartbeat=helpers.HEARTBEAT,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -45,16 +45,8 @@ class Bus:
 
 
 @pytest.fixture
-async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
-    backend = MemoryBackend()
-    async with Hub("inmem://hub", backend=backend, heartbeat=0.2) as hub:
-        yield Bus(backend, hub.addresses[0], tmp_path)
-
-
-async def settle(reports: list[DeliveryReport], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        for r in reports:
-            await r.wait(timeout)
+def bus(memory_hub: helpers.HubBus, tmp_path: Path) -> Bus:
+    return Bus(memory_hub.backend, memory_hub.address, tmp_path)
 
 
 async def test_send_returns_only_once_the_outbox_row_is_on_disk(bus: Bus) -> None:

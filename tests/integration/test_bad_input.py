@@ -37,6 +37,7 @@ from ackbus.wire import (
     split_acks,
 )
 from ackbus.wire_pb2 import Bye, Hello, Welcome
+from helpers import running_hub
 
 TIMEOUT = 2.0
 
@@ -67,8 +68,8 @@ async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
 @pytest.fixture
 async def hub() -> AsyncIterator[Hub]:
     limits = Limits(max_message_bytes=4096)
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.5, limits=limits) as h:
-        yield h
+    async with running_hub("tcp", heartbeat=0.5, limits=limits) as running:
+        yield running.hub
 
 
 def hello_frames(service: str = "raw", commands: tuple[str, ...] = ("ackbus.Bye",)) -> list[bytes]:

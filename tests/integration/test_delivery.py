@@ -21,46 +21,33 @@ from ackbus import (
     DeliveryStatus,
     Kind,
     NoRoute,
-    Policy,
     Reject,
     Rejected,
     SendWindowTimeout,
 )
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
-from ackbus.transport import Backend, DefaultBackend, MemoryBackend, ZmqBackend
+from ackbus.transport import Backend, DefaultBackend, MemoryBackend
 from ackbus.wire_pb2 import Bye, Refusal, Welcome
+from helpers import FAST, HEARTBEAT, TRANSPORTS, running_hub
 from proc_harness import free_port
-
-FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
-
 
 Bus = tuple[Backend, Callable[[], str]]
 """The backend, and the address the next endpoint connects to."""
 
 
-@pytest.fixture(params=["memory", "tcp", "ipc", "mixed"])
+@pytest.fixture(params=TRANSPORTS)
 async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Bus]:
     """Every scenario over each transport; *mixed* is a hub embedded in the test's
     process, listening on TCP and ``inmem://``, with the endpoints taking turns: the
     first (a receiver, in most scenarios) connects in memory, the next over TCP..."""
-    backend: Backend
-    if request.param == "memory":
-        backend, addresses = MemoryBackend(), ["inmem://hub"]
-    elif request.param == "tcp":
-        backend, addresses = ZmqBackend(), ["tcp://127.0.0.1:0"]
-    elif request.param == "ipc":
-        backend, addresses = ZmqBackend(), [f"ipc://{tmp_path}/hub.sock"]
-    else:
-        backend = DefaultBackend(local=MemoryBackend())
-        addresses = ["inmem://hub", "tcp://127.0.0.1:0"]
-    async with Hub(addresses, backend=backend, heartbeat=0.2) as hub:
-        yield backend, itertools.cycle(hub.addresses).__next__
+    async with running_hub(request.param, tmp_path) as running:
+        yield running.backend, itertools.cycle(running.hub.addresses).__next__
 
 
 def endpoint(bus: Bus, service: str, **kw: object) -> Endpoint:
     backend, address = bus
-    return Endpoint(service, address(), backend=backend, policy=FAST, heartbeat=0.2, **kw)  # type: ignore[arg-type]
+    return Endpoint(service, address(), backend=backend, policy=FAST, heartbeat=HEARTBEAT, **kw)  # type: ignore[arg-type]
 
 
 async def test_ack_comes_after_the_handler_ran(bus: Bus) -> None:
@@ -270,17 +257,17 @@ async def test_an_embedded_hub_restarted_in_process_loses_nothing() -> None:
     async def on_bye(msg: Bye, ctx: Context) -> None:
         runs.append(msg.reason)
 
-    hub = await Hub(addresses, backend=backend, heartbeat=0.2).start()
-    table = Endpoint("table", addresses[0], backend=backend, policy=FAST, heartbeat=0.2)
+    hub = await Hub(addresses, backend=backend, heartbeat=HEARTBEAT).start()
+    table = Endpoint("table", addresses[0], backend=backend, policy=FAST, heartbeat=HEARTBEAT)
     table.register_handler(Bye, on_bye)
-    dealer = Endpoint("dealer", addresses[1], backend=backend, heartbeat=0.2)
+    dealer = Endpoint("dealer", addresses[1], backend=backend, heartbeat=HEARTBEAT)
     async with table, dealer:
         assert await dealer.send(Bye(reason="before"), timeout=3)
         await hub.close()
         during = await dealer.send(Bye(reason="during"), wait_ack=False, timeout=10)
         await asyncio.sleep(0.3)
         assert not during.done
-        hub = await Hub(addresses, backend=backend, heartbeat=0.2).start()
+        hub = await Hub(addresses, backend=backend, heartbeat=HEARTBEAT).start()
         try:
             await during.wait(10)
             assert during, during.error

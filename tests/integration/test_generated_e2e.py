@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from ackbus import Context
@@ -43,12 +43,6 @@ class Lobby(lobby_ackbus.LobbyHandler):
 
     async def on_hand_started(self, msg: table_pb2.HandStarted, ctx: Context) -> None:
         self.seen.append(msg.hand_number)
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 async def test_typed_send_request_and_event(hub: str) -> None:

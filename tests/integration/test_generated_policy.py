@@ -19,8 +19,7 @@ from ackbus import Context, DeliveryReport, Policy
 from ackbus.blocking import BlockingEndpoint
 from ackbus.endpoint import Endpoint
 from ackbus.errors import AckTimeout
-from ackbus.hub import Hub
-from ackbus.transport import MemoryBackend
+from helpers import HEARTBEAT, HubBus
 from poker import lobby_ackbus, table_ackbus, table_pb2
 
 ONE_SHOT = Policy(max_attempts=1, ack_timeout=0.2, deadline=1.0)
@@ -76,28 +75,26 @@ class Bus:
 
 
 @pytest.fixture
-async def bus() -> AsyncIterator[Bus]:
-    backend = MemoryBackend()
+async def bus(memory_hub: HubBus) -> AsyncIterator[Bus]:
     stall = Stall()
-    async with Hub("inmem://policy", backend=backend, heartbeat=0.2) as hub:
-        address = hub.addresses[0]
-        async with (
-            Endpoint("table", address, backend=backend, heartbeat=0.2) as table,
-            Endpoint("audit", address, backend=backend, heartbeat=0.2) as audit,
-            Endpoint("dealer", address, backend=backend, heartbeat=0.2) as sender,
-        ):
-            table.register(StalledTable(stall))
-            audit.register(StalledAudit(stall))
-            await asyncio.sleep(0.05)  # the receivers' hellos reach the hub
-            try:
-                yield Bus(
-                    stall,
-                    (table, audit),
-                    table_ackbus.TableClient(sender),
-                    lobby_ackbus.AuditClient(sender),
-                )
-            finally:
-                stall.release.set()
+    address, backend = memory_hub.address, memory_hub.backend
+    async with (
+        Endpoint("table", address, backend=backend, heartbeat=HEARTBEAT) as table,
+        Endpoint("audit", address, backend=backend, heartbeat=HEARTBEAT) as audit,
+        Endpoint("dealer", address, backend=backend, heartbeat=HEARTBEAT) as sender,
+    ):
+        table.register(StalledTable(stall))
+        audit.register(StalledAudit(stall))
+        await asyncio.sleep(0.05)  # the receivers' hellos reach the hub
+        try:
+            yield Bus(
+                stall,
+                (table, audit),
+                table_ackbus.TableClient(sender),
+                lobby_ackbus.AuditClient(sender),
+            )
+        finally:
+            stall.release.set()
 
 
 async def test_per_call_policy_sends_once_where_the_schema_policy_retries(bus: Bus) -> None:
@@ -158,7 +155,7 @@ async def test_every_generated_method_passes_the_policy_on(call: Call, bus: Bus)
     assert bus.duplicates == 0
 
 
-async def test_blocking_client_passes_the_policy_on() -> None:
+async def test_blocking_client_passes_the_policy_on(hub: str) -> None:
     """A blocking client in a worker thread; the hub stays on this test's loop."""
     seen: list[str] = []
 
@@ -166,10 +163,10 @@ async def test_blocking_client_passes_the_policy_on() -> None:
         seen.append(msg.table_id)
         await asyncio.sleep(SETTLE)
 
-    def blocking_side(hub: str) -> tuple[DeliveryReport, DeliveryReport, int]:
+    def blocking_side() -> tuple[DeliveryReport, DeliveryReport, int]:
         with (
-            BlockingEndpoint("table", hub, heartbeat=0.2) as receiver,
-            BlockingEndpoint("dealer", hub, heartbeat=0.2) as sender,
+            BlockingEndpoint("table", hub, heartbeat=HEARTBEAT) as receiver,
+            BlockingEndpoint("dealer", hub, heartbeat=HEARTBEAT) as sender,
         ):
             receiver.register_handler(table_pb2.StartHand, never_acks)
             time.sleep(0.05)  # the table's hello reaches the hub
@@ -178,10 +175,7 @@ async def test_blocking_client_passes_the_policy_on() -> None:
             retried = client.send_start_hand(table_id="b2", timeout=1.2)
             return once, retried, receiver.stats.duplicates
 
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as hub:
-        once, retried, duplicates = await asyncio.wait_for(
-            asyncio.to_thread(blocking_side, hub.addresses[0]), 2 * SETTLE
-        )
+    once, retried, duplicates = await asyncio.wait_for(asyncio.to_thread(blocking_side), 2 * SETTLE)
     assert (once.attempts, type(once.error)) == (1, AckTimeout)
     assert retried.attempts >= 2
     assert duplicates >= 1

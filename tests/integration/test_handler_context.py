@@ -11,29 +11,27 @@ import asyncio
 import contextvars
 from collections.abc import AsyncIterator
 
+import helpers
 import pytest
-from ackbus import Context, Policy
+from ackbus import Context
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
-from ackbus.transport import Backend, MemoryBackend, ZmqBackend
+from ackbus.transport import Backend
 from ackbus.wire_pb2 import Bye
 
-FAST = Policy(ack_timeout=0.5, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+FAST = helpers.FAST.with_(ack_timeout=0.5)
 
 Bus = tuple[Backend, str]
 
 
 @pytest.fixture(params=["tcp", "memory"])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    backend: Backend = ZmqBackend() if request.param == "tcp" else MemoryBackend()
-    address = "tcp://127.0.0.1:0" if request.param == "tcp" else "inmem://hub"
-    async with Hub(address, backend=backend, heartbeat=0.2) as hub:
-        yield backend, hub.addresses[0]
+    async with helpers.running_hub(request.param) as running:
+        yield running.backend, running.address
 
 
 def endpoint(bus: Bus, service: str) -> Endpoint:
     backend, address = bus
-    return Endpoint(service, address, backend=backend, policy=FAST, heartbeat=0.2)
+    return Endpoint(service, address, backend=backend, policy=FAST, heartbeat=helpers.HEARTBEAT)
 
 
 async def test_a_handler_that_opens_with_asyncio_timeout_is_acked(bus: Bus) -> None:

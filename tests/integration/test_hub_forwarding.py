@@ -14,17 +14,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
-from ackbus import Context, DeliveryReport, Kind, NoRoute, Policy
+from ackbus import Context, DeliveryReport, Kind, NoRoute
 from ackbus import hub as hub_module
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.transport import ZmqBackend
 from ackbus.wire import DEFAULT_LIMITS, Limits, MessageItem, PackedRun
 from ackbus.wire_pb2 import Bye, Refusal, Welcome
+from helpers import FAST, HEARTBEAT, settle
 from proc_harness import free_port
 
-QUICK = Policy(ack_timeout=3.0, backoff_base=0.01, backoff_cap=0.05, deadline=8.0)
-HEARTBEAT = 0.2
+# An ack timeout longer than any scenario here takes: a report settled by a retry
+# after an ack timeout would show in the timings.
+QUICK = FAST.with_(ack_timeout=3.0, deadline=8.0)
 Seen = list[list[PackedRun | MessageItem]]
 
 
@@ -82,10 +84,6 @@ def runs_of_more_than_one(seen: Seen) -> int:
     )
 
 
-async def settle(reports: list[DeliveryReport]) -> None:
-    await asyncio.gather(*(r.wait(10) for r in reports))
-
-
 async def test_a_run_is_spread_over_two_instances_and_each_message_runs_once(
     address: str, seen: Seen
 ) -> None:
@@ -99,7 +97,7 @@ async def test_a_run_is_spread_over_two_instances_and_each_message_runs_once(
         t1.register_handler(Bye, recorder(runs, "t-1"))
         await asyncio.sleep(0.1)
         reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(300)]
-        await settle(reports)
+        await settle(reports, 10)
     assert all(reports), [r.error for r in reports if not r]
     assert sorted(int(reason) for _, _, reason in runs) == list(range(300))
     per_instance = Counter(name for name, _, _ in runs)
@@ -138,7 +136,7 @@ async def test_types_no_route_and_events_mixed_in_one_group(address: str, seen: 
                 report = await dealer.publish(Refusal(reason=f"e{n}"), wait_ack=False)
             reports.append((what, report))
         started = asyncio.get_running_loop().time()
-        await settle([r for _, r in reports])
+        await settle([r for _, r in reports], 10)
         took = asyncio.get_running_loop().time() - started
     # no report waited for an ack timeout: the hub answered every attempt of the
     # unroutable ones with NO_ROUTE (the sender retries those, quickly, then fails)
@@ -163,7 +161,7 @@ async def test_retries_after_a_hub_restart_go_back_to_the_instance_that_has_them
     hashing, the sticky map being gone) and no handler runs twice."""
     address = f"tcp://127.0.0.1:{free_port()}"
     runs: list[tuple[str, bytes, str]] = []
-    policy = Policy(ack_timeout=0.3, backoff_base=0.01, backoff_cap=0.05, deadline=10.0)
+    policy = FAST.with_(ack_timeout=0.3, deadline=10.0)
     hub = await Hub(address, backend=ZmqBackend(), heartbeat=HEARTBEAT).start()
     try:
         async with (
@@ -182,7 +180,7 @@ async def test_retries_after_a_hub_restart_go_back_to_the_instance_that_has_them
             await hub.close()
             await asyncio.sleep(0.2)
             hub = await Hub(address, backend=ZmqBackend(), heartbeat=HEARTBEAT).start()
-            await settle(reports)
+            await settle(reports, 10)
             assert all(reports), [r.error for r in reports if not r]
             assert max(r.attempts for r in reports) >= 2  # they were retried
             ran_on = {mid: name for name, mid, _ in runs}
@@ -211,7 +209,7 @@ async def test_batches_never_exceed_what_the_peer_accepts(side: str) -> None:
             table.register_handler(Bye, recorder(runs, "table"))
             await asyncio.sleep(0.1)
             reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(300)]
-            await settle(reports)
+            await settle(reports, 10)
     assert all(reports), [r.error for r in reports if not r][:3]
     assert sorted(int(reason) for _, _, reason in runs) == list(range(300))
     assert not table.stats.refused

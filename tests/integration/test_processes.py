@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from ackbus import DeliveryReport
 from ackbus.endpoint import Endpoint
+from helpers import settle
 from poker import table_ackbus, table_pb2
 from proc_harness import Procs, free_port, runs
 
@@ -33,12 +34,6 @@ async def send_many(
         if every:
             await asyncio.sleep(every)
     return reports
-
-
-async def settle(reports: list[DeliveryReport], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        for r in reports:
-            await r.wait(timeout)
 
 
 def start_hand_runs(log: Path) -> Counter[str]:

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ackbus import Context, Policy, Registry, SchemaError, Untyped
+from ackbus import Context, Registry, SchemaError, Untyped
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
+from helpers import FAST
 from poker import table_ackbus, table_pb2
 
-FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
 POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 async def test_dict_in_dict_out_for_a_type_nobody_declared(hub: str) -> None:

@@ -1,20 +1,12 @@
-"""Fixtures for the legacy tests: a hub, plain pyzmq sockets, real processes."""
+"""Fixtures for the legacy tests: plain pyzmq sockets (the hub is tests/conftest.py's)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import zmq
 import zmq.asyncio
-from ackbus.hub import Hub
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    """An in-process hub on a random TCP port; its address."""
-    async with Hub("tcp://127.0.0.1:0", heartbeat=0.2) as h:
-        yield h.addresses[0]
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import zmq
 import zmq.asyncio
-from ackbus import Context, Policy, Registry, Rejected
+from ackbus import Context, Registry, Rejected
 from ackbus.endpoint import Endpoint
 from ackbus.legacy import FieldCase, LegacyCodec, LegacyFormat
 from ackbus.legacy.bridge import Bridge
@@ -28,7 +29,9 @@ LEGACY = Path(__file__).with_name("legacy_service.py")
 POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
 POKER.update(lobby_ackbus.REGISTRY)
-FAST = Policy(ack_timeout=0.3, backoff_base=0.02, backoff_cap=0.2, deadline=8.0)
+# Slower retries and a longer deadline: messages wait in retries while the legacy
+# process starts or comes back.
+FAST = helpers.FAST.with_(ack_timeout=0.3, backoff_base=0.02, backoff_cap=0.2, deadline=8.0)
 
 
 @dataclass
@@ -94,10 +97,9 @@ class Croupier:
         self.actions.append((msg, ctx))
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 (polls state another task changes)
-            await asyncio.sleep(0.02)
+async def until(check: Callable[[], bool]) -> None:
+    """Polls every 20 ms (some checks read the legacy process's log file)."""
+    await helpers.eventually(check, timeout=5.0, every=0.02)
 
 
 async def warm_up(croupier: Croupier, send: Callable[[str], Awaitable[object]]) -> None:

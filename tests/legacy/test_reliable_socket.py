@@ -18,7 +18,6 @@ from ackbus import (
     AddressError,
     Context,
     NoRoute,
-    Policy,
     Registry,
     Reject,
     Rejected,
@@ -27,13 +26,13 @@ from ackbus import (
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.legacy import ReliableSocket, send_with_ack
+from helpers import FAST
 from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 from proc_harness import free_port
 
 POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
 POKER.update(lobby_ackbus.REGISTRY)
-FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
 
 
 @pytest.fixture

@@ -11,17 +11,17 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from ackbus import Context, Kind, NoRoute, Policy, Registry, Untyped
+from ackbus import Context, Kind, NoRoute, Registry, Untyped
 from ackbus.blocking import BlockingEndpoint
 from ackbus.endpoint import Endpoint
 from ackbus.legacy import Bridge, FieldCase, LegacyCodec
+from helpers import FAST
 from poker import table_ackbus, table_pb2
 
 PlainZmq = Callable[[int], zmq.asyncio.Socket]
 
 POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
-FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
 
 
 async def test_an_untyped_event_reaches_by_name_and_typed_subscribers(hub: str) -> None:

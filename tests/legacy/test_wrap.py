@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import helpers
 import pytest
-from ackbus import Context, Policy, Registry, SchemaError, Untyped, envelope_pb2
+from ackbus import Context, Registry, SchemaError, Untyped, envelope_pb2
 from ackbus.endpoint import Endpoint
 from ackbus.legacy import LegacyServiceMixin, handler_name, wrap_service
 from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
@@ -15,7 +16,7 @@ from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 POKER = Registry()
 POKER.update(table_ackbus.REGISTRY)
 POKER.update(lobby_ackbus.REGISTRY)
-FAST = Policy(ack_timeout=0.3, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+FAST = helpers.FAST.with_(ack_timeout=0.3)
 
 
 class LegacyLobby:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from ackbus import Context, Policy
+from ackbus import Context
 from ackbus.testing import TestBus, run_twice
+from helpers import FAST
 from poker import table_ackbus, table_pb2
 
-FAST = Policy(ack_timeout=0.05, backoff_base=0.005, backoff_cap=0.02, max_attempts=50, deadline=10)
+# A lossy bus: many quicker attempts, and a longer deadline, than the shared FAST.
+LOSSY = FAST.with_(
+    ack_timeout=0.05, backoff_base=0.005, backoff_cap=0.02, max_attempts=50, deadline=10
+)
 
 
 class Table(table_ackbus.TableHandler):
@@ -24,7 +28,7 @@ async def test_lossy_duplicating_reordering_bus_delivers_everything_once() -> No
     async with TestBus(seed=3) as bus:
         t_ep = bus.endpoint("table")
         t_ep.register(table)
-        dealer = bus.endpoint("dealer", policy=FAST)
+        dealer = bus.endpoint("dealer", policy=LOSSY)
         await bus.start()
         bus.faults.drop = 0.3
         bus.faults.duplicate = 0.3
@@ -32,7 +36,7 @@ async def test_lossy_duplicating_reordering_bus_delivers_everything_once() -> No
         # The generated client would apply the schema's policy (8 attempts); a lossy
         # test wants many quick attempts, so it sends with an explicit policy.
         reports = [
-            await dealer.send(table_pb2.StartHand(table_id=f"t{i}"), wait_ack=False, policy=FAST)
+            await dealer.send(table_pb2.StartHand(table_id=f"t{i}"), wait_ack=False, policy=LOSSY)
             for i in range(60)
         ]
         for r in reports:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import helpers
 import pytest
 from ackbus import (
     ClosedError,
@@ -20,11 +21,9 @@ from ackbus import (
     SendWindowTimeout,
 )
 from ackbus.endpoint import Endpoint
-from ackbus.hub import Hub
-from ackbus.transport import MemoryBackend
 from ackbus.wire_pb2 import Bye
 
-FAST = Policy(ack_timeout=0.5, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+FAST = helpers.FAST.with_(ack_timeout=0.5)
 T = 5.0
 
 
@@ -46,31 +45,27 @@ def held(reason: str, gate: asyncio.Event) -> Callable[[Bye, Context], Awaitable
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+async def pair(memory_hub: helpers.HubBus) -> AsyncIterator[Pair]:
     """``await pair(handler, window=...)``: a started dealer sending through a hub to a
     started table whose ``Bye`` handler is ``handler``."""
-    backend = MemoryBackend()
+    address, backend = memory_hub.address, memory_hub.backend
     made: list[Endpoint] = []
 
-    async with Hub("inmem://hub", backend=backend, heartbeat=0.2):
+    async def make(handler: Any, window: int, policy: Policy = FAST) -> Endpoint:
+        table = Endpoint("table", address, backend=backend, policy=policy)
+        table.register_handler(Bye, handler)
+        dealer = Endpoint("dealer", address, backend=backend, policy=policy, window=window)
+        made.extend((table, dealer))
+        async with asyncio.timeout(T):
+            await table.start()
+            await dealer.start()
+        return dealer
 
-        async def make(handler: Any, window: int, policy: Policy = FAST) -> Endpoint:
-            table = Endpoint("table", "inmem://hub", backend=backend, policy=policy)
-            table.register_handler(Bye, handler)
-            dealer = Endpoint(
-                "dealer", "inmem://hub", backend=backend, policy=policy, window=window
-            )
-            made.extend((table, dealer))
-            async with asyncio.timeout(T):
-                await table.start()
-                await dealer.start()
-            return dealer
-
-        try:
-            yield make
-        finally:
-            for ep in made:
-                await ep.close()
+    try:
+        yield make
+    finally:
+        for ep in made:
+            await ep.close()
 
 
 async def test_concurrent_senders_are_woken_once_each_not_once_per_ack(

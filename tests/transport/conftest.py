@@ -4,7 +4,6 @@ a default-backend listener bound to both kinds of address."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -73,11 +72,3 @@ def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
         count = iter(range(1000))
         yield Kit("ipc", ZmqBackend(), lambda: f"ipc://{tmp}/s{next(count)}")
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``cond`` until true; TimeoutError after ``timeout`` s. For states that no
-    event announces (a descriptor count, a callback list)."""
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 (nothing to wait on but time)
-            await asyncio.sleep(0.002)

@@ -10,9 +10,10 @@ import pytest
 from ackbus import ClosedError, ConnectTimeout, SendWindowTimeout, wire
 from ackbus.transport import TransportOptions
 from ackbus.wire import Multipart
+from helpers import eventually
 from proc_harness import free_port
 
-from .conftest import Kit, eventually
+from .conftest import Kit
 
 T = 5.0  # generous per-await timeout; tests finish in milliseconds
 

@@ -15,6 +15,7 @@ import zmq
 from ackbus import AddressError, wire
 from ackbus.transport import DefaultBackend, MemoryBackend, ZmqBackend
 from ackbus.wire import Multipart
+from helpers import eventually
 
 from .test_contract import Inbox, ids, item
 
@@ -72,9 +73,7 @@ async def test_a_gone_local_peer_is_reported_unroutable() -> None:
         peer = server.multiparts[0][0]
         link.close()
         hub.outbox(peer).message(item(2))  # to a peer neither side has any more
-        async with asyncio.timeout(T):
-            while not lost:  # noqa: ASYNC110 - reported by the next flush
-                await asyncio.sleep(0.005)
+        await eventually(lambda: bool(lost), T, every=0.005)  # reported by the next flush
         assert lost[0][0] == peer
         assert [i.id for i in wire.decode_messages(lost[0][1][0])] == [(2).to_bytes(16, "big")]
 

@@ -13,8 +13,7 @@ import zmq
 from ackbus import ConnectTimeout, wire
 from ackbus.transport import CurveKeys, TransportOptions, ZmqBackend
 from ackbus.wire import Multipart
-
-from .conftest import eventually
+from helpers import eventually
 
 T = 5.0
 

@@ -1,0 +1,86 @@
+"""What the runtime's tests share: the quick policy, an embedded hub, waiting helpers.
+
+A test that needs other timings says so where it uses them, e.g.
+``FAST.with_(deadline=8.0)``, so that the difference is visible in the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ackbus import DeliveryReport, Policy
+from ackbus.hub import Hub
+from ackbus.transport import Backend, DefaultBackend, MemoryBackend, ZmqBackend
+
+FAST = Policy(ack_timeout=0.2, backoff_base=0.01, backoff_cap=0.05, deadline=3.0)
+"""Quick retries and a short deadline: a lost message shows within a test's time."""
+
+HEARTBEAT = 0.2
+"""The heartbeat of the embedded hubs (and of the endpoints that pass it)."""
+
+TRANSPORTS = ("memory", "tcp", "ipc", "mixed")
+"""What :func:`running_hub` can listen on."""
+
+
+@dataclass
+class HubBus:
+    """A running embedded hub and the backend its endpoints connect with."""
+
+    hub: Hub
+    backend: Backend
+
+    @property
+    def address(self) -> str:
+        """The hub's first address (a port 0 resolved)."""
+        return self.hub.addresses[0]
+
+
+@asynccontextmanager
+async def running_hub(
+    transport: str = "tcp", tmp_path: Path | None = None, **options: Any
+) -> AsyncIterator[HubBus]:
+    """An embedded hub, started, with a heartbeat of :data:`HEARTBEAT` unless
+    ``options`` say otherwise; closed on exit.
+
+    *memory* listens on ``inmem://hub``, *tcp* on a free TCP port, *ipc* on a socket
+    in ``tmp_path``, and *mixed* on both ``inmem://hub`` and a free TCP port (in that
+    order) through the default backend.
+    """
+    backend: Backend
+    if transport == "memory":
+        backend, addresses = MemoryBackend(), ["inmem://hub"]
+    elif transport == "tcp":
+        backend, addresses = ZmqBackend(), ["tcp://127.0.0.1:0"]
+    elif transport == "ipc":
+        if tmp_path is None:
+            raise ValueError("an ipc hub needs tmp_path for its socket")
+        backend, addresses = ZmqBackend(), [f"ipc://{tmp_path}/hub.sock"]
+    elif transport == "mixed":
+        backend = DefaultBackend(local=MemoryBackend())
+        addresses = ["inmem://hub", "tcp://127.0.0.1:0"]
+    else:
+        raise ValueError(f"unknown transport {transport!r}; one of {TRANSPORTS}")
+    options.setdefault("heartbeat", HEARTBEAT)
+    async with Hub(addresses, backend=backend, **options) as hub:
+        yield HubBus(hub, backend)
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0, every: float = 0.002) -> None:
+    """Poll ``cond`` every ``every`` s until true; TimeoutError after ``timeout`` s. For
+    states that no event announces (a descriptor count, a callback list, a log file)."""
+    async with asyncio.timeout(timeout):
+        while not cond():  # noqa: ASYNC110 (nothing to wait on but time)
+            await asyncio.sleep(every)
+
+
+async def settle(reports: Iterable[DeliveryReport], timeout: float = 5.0) -> None:
+    """Wait until every report is settled (acked or failed); TimeoutError if they are
+    not all settled within ``timeout`` s in total."""
+    async with asyncio.timeout(timeout):
+        for r in reports:
+            await r.wait(timeout)
