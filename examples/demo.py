@@ -31,8 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "generated"))
 
-from ackbus import DeliveryReport  # noqa: E402
-from ackbus.endpoint import Endpoint  # noqa: E402
+from ackbus import DeliveryReport, Endpoint  # noqa: E402
 from poker import table_ackbus, table_pb2  # noqa: E402
 
 HANDS = 600

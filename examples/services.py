@@ -20,8 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generated"))
 
-from ackbus import Context
-from ackbus.endpoint import Endpoint
+from ackbus import Context, Endpoint
 from poker import lobby_ackbus, table_ackbus, table_pb2
 
 

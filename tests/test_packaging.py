@@ -58,6 +58,7 @@ def test_runtime_and_generated_code_do_not_import_the_code_generator() -> None:
     code = (
         "import sys, ackbus, ackbus.blocking, ackbus.hub\n"
         "import poker.cards_ackbus, poker.lobby_ackbus, poker.table_ackbus\n"
+        "from ackbus import BlockingEndpoint, Endpoint, Hub\n"
         "print(sorted(m for m in sys.modules"
         " if m.split('.')[0] in ('grpc_tools', 'jinja2', 'mypy_protobuf', 'ackbus_codegen')))\n"
     )

@@ -1,4 +1,11 @@
-"""ackbus: schema-first, typed, reliable messaging for Python microservices over ZeroMQ."""
+"""ackbus: schema-first, typed, reliable messaging for Python microservices over ZeroMQ.
+
+``Endpoint``, ``Hub``, ``BlockingEndpoint`` and their stats are imported on first use
+(a module ``__getattr__``): every generated module imports ``ackbus``, and a module that
+only declares types and policies should not pay for the endpoint, the hub and ZeroMQ.
+"""
+
+import typing as _typing
 
 from ._types import (
     AsyncBus,
@@ -39,12 +46,44 @@ from .errors import (
     WaitTimeout,
 )
 
+if _typing.TYPE_CHECKING:
+    from .blocking import BlockingEndpoint
+    from .endpoint import Endpoint, EndpointStats
+    from .hub import Hub, HubStats
+
+_LAZY = {
+    "BlockingEndpoint": "ackbus.blocking",
+    "Endpoint": "ackbus.endpoint",
+    "EndpointStats": "ackbus.endpoint",
+    "Hub": "ackbus.hub",
+    "HubStats": "ackbus.hub",
+}
+"""Names imported on first access, and the module each comes from."""
+
+if not _typing.TYPE_CHECKING:  # mypy sees the imports above; a __getattr__ would make typos Any
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
     "AckTimeout",
     "AckbusError",
     "AddressError",
     "AsyncBus",
     "BlockingBus",
+    "BlockingEndpoint",
     "Cancelled",
     "ClosedError",
     "ConnectTimeout",
@@ -52,8 +91,12 @@ __all__ = [
     "DeliveryError",
     "DeliveryReport",
     "DeliveryStatus",
+    "Endpoint",
+    "EndpointStats",
     "Expired",
     "Handler",
+    "Hub",
+    "HubStats",
     "Identity",
     "Kind",
     "LocalProtocolError",

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 
 from google.protobuf.message import Message
 
 from ._loop_thread import LoopThread
+from ._options import EndpointOptions
 from ._types import Context, DeliveryReport, Handler, Kind, Policy, Untyped
 from .endpoint import Endpoint, EndpointStats
 from .errors import ClosedError
@@ -32,11 +33,14 @@ T = TypeVar("T")
 class BlockingEndpoint:
     """A service instance on the bus, for synchronous code. Use as a context manager.
 
-    Takes the same arguments as :class:`~ackbus.endpoint.Endpoint`. Calls are thread
-    safe: several threads may send at once.
+    Takes the same arguments as :class:`~ackbus.endpoint.Endpoint`, typed alike
+    (:class:`~ackbus._options.EndpointOptions`). Calls are thread safe: several threads
+    may send at once.
     """
 
-    def __init__(self, service: str, hubs: str | Sequence[str], **options: Any) -> None:
+    def __init__(
+        self, service: str, hubs: str | Sequence[str], **options: Unpack[EndpointOptions]
+    ) -> None:
         self._thread = LoopThread(name=f"ackbus-{service}")
         try:
             self._ep: Endpoint = self._thread.run(_make(service, hubs, options))
@@ -190,5 +194,5 @@ class BlockingEndpoint:
         return self._thread.run(call())
 
 
-async def _make(service: str, hubs: str | Sequence[str], options: dict[str, Any]) -> Endpoint:
+async def _make(service: str, hubs: str | Sequence[str], options: EndpointOptions) -> Endpoint:
     return Endpoint(service, hubs, **options)

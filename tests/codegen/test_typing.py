@@ -1,8 +1,9 @@
-"""Generated code is typed where it matters: mistakes must fail ``mypy --strict``.
+"""Generated code, and the endpoints it runs on, are typed where it matters: mistakes
+must fail ``mypy --strict``.
 
-Each snippet uses the committed poker code the way a service would, with one mistake
-on the line marked ``# error``; one more snippet without mistakes must pass. All run
-in one mypy process.
+Each snippet uses the committed poker code (or ``ackbus.BlockingEndpoint``) the way a
+service would, with one mistake on the line marked ``# error``; one more snippet without
+mistakes must pass. All run in one mypy process.
 """
 
 from __future__ import annotations
@@ -90,7 +91,18 @@ BAD = {
     "client_needs_a_bus": """
         client = TableClient(object())  # error
     """,
+    "blocking_endpoint_option_misspelt": """
+        ackbus.BlockingEndpoint("svc", "tcp://x", windw=5)  # error
+    """,
+    "blocking_endpoint_option_of_wrong_type": """
+        ackbus.BlockingEndpoint("svc", "tcp://x", window="5")  # error
+    """,
 }
+NAMED = {
+    "blocking_endpoint_option_misspelt": '"windw"',
+    "blocking_endpoint_option_of_wrong_type": '"window"',
+}
+"""Snippets whose error must also name this (the option, not just the line)."""
 
 GOOD = """
     from poker import table_ackbus
@@ -122,6 +134,14 @@ GOOD = """
         )
         fast = TABLE_GET_TABLE_STATE_POLICY.with_(ack_timeout=0.1)
         print(blocking.request_get_table_state(policy=fast).hand_number)
+
+    def g() -> None:
+        with ackbus.BlockingEndpoint(
+            "svc", ["tcp://x"], window=5, heartbeat=0.2, store="sqlite:///x.db", seed=None
+        ) as ep:
+            print(ep.stats, TableBlockingClient(ep))
+        ep_async = ackbus.Endpoint("svc", "tcp://x", window=5)
+        print(ep_async.stats, ackbus.Hub(bind="tcp://*:5555").stats)
 """
 
 
@@ -150,9 +170,13 @@ def test_mistakes_fail_mypy_strict(tmp_path: Path) -> None:
         timeout=120,
     )
     errors: dict[str, set[int]] = {}
-    for match in re.finditer(r"^(\w+)\.py:(\d+): error:", run.stdout, re.MULTILINE):
+    messages: dict[str, str] = {}
+    for match in re.finditer(r"^(\w+)\.py:(\d+): error:(.*)$", run.stdout, re.MULTILINE):
         errors.setdefault(match[1], set()).add(int(match[2]))
+        messages[match[1]] = messages.get(match[1], "") + match[3]
     assert "good" not in errors, run.stdout
     for name, line in expected.items():
         assert line in errors.get(name, set()), f"{name}: no error on line {line}\n{run.stdout}"
     assert set(errors) == set(BAD), run.stdout
+    for name, text in NAMED.items():
+        assert text in messages[name], f"{name}: the error does not name {text}\n{run.stdout}"
