@@ -22,12 +22,11 @@ import asyncio
 import functools
 import json
 import logging
-import random
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
@@ -51,30 +50,13 @@ from ._types import (
 )
 from ._untyped import encode_untyped
 from ._window import WindowLines
-from .core import (
-    Admit,
-    Completion,
-    InboundDeduper,
-    Liveness,
-    OutboundTracker,
-    Outcome,
-    PeerDead,
-    Reason,
-    RemoteError,
-    SendHeartbeat,
-    Transmit,
-    Verdict,
-)
+from .core import Completion, Outcome, RemoteError
+from .core.endpoint_protocol import AckReply, EndpointProtocol, EndpointStats
 from .errors import (
-    AckTimeout,
-    Cancelled,
     ClosedError,
     ConnectTimeout,
     DeliveryError,
-    Expired,
-    NoRoute,
     Reject,
-    Rejected,
     RemoteProtocolError,
     RetryLater,
     SendWindowTimeout,
@@ -87,7 +69,6 @@ from .wire import (
     FLAG_REQUEST,
     KIND_COMMAND,
     KIND_EVENT,
-    NOT_REGISTERED,
     PROTOCOL_VERSION,
     Command,
     IdSource,
@@ -111,6 +92,7 @@ from .wire import (
     refusal_for,
     split_acks,
 )
+from .wire._control import AckGroup
 
 __all__ = ["Endpoint", "EndpointStats"]
 
@@ -131,38 +113,15 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 """The headers of a message that has none: one shared read-only mapping."""
 
 
-@dataclass(slots=True)
-class EndpointStats:
-    """Counters since the endpoint started."""
-
-    sent: int = 0
-    """Messages accepted by send/publish/request."""
-    transmits: int = 0
-    """Attempts put on the wire (first sends and retries)."""
-    retries: int = 0
-    acked: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    """Failed messages by reason ("timeout", "rejected", "no-route", ...)."""
-    received: int = 0
-    handled: int = 0
-    """Handler runs that returned."""
-    handler_errors: int = 0
-    duplicates: int = 0
-    """Received duplicates answered without running the handler."""
-    refused: Counter[str] = field(default_factory=Counter)
-    """Bad input refused, by code."""
-
-
 class _HubLink:
-    """One hub connection and what the endpoint knows of it."""
+    """One hub connection (its state lives in the protocol, under ``index``)."""
 
-    __slots__ = ("index", "link", "welcomed")
+    __slots__ = ("index", "link")
 
     link: Link
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.welcomed = False
 
 
 class Endpoint:
@@ -213,30 +172,28 @@ class Endpoint:
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
         self.limits = limits
-        self.stats = EndpointStats()
         self.dead_letters: deque[DeliveryReport] = deque(maxlen=_DEAD_LETTERS)
         """The latest failed reports (in-memory mode keeps the last 1,000)."""
         self._window = window
-        self._tracker = OutboundTracker(window=window, rng=random.Random(seed))
-        self._deduper = InboundDeduper(capacity=dedupe_capacity, ttl=dedupe_ttl)
-        self._liveness: Liveness[int] = Liveness(interval=heartbeat, misses=misses)
+        self._proto = EndpointProtocol(
+            self.identity,
+            self,
+            window=window,
+            heartbeat=heartbeat,
+            misses=misses,
+            dedupe_capacity=dedupe_capacity,
+            dedupe_ttl=dedupe_ttl,
+            seed=seed,
+        )
+        self.stats: EndpointStats = self._proto.stats
+        self._tracker = self._proto.tracker
+        self._deduper = self._proto.deduper
         self._dispatch = Dispatcher()
         self._pending: dict[bytes, DeliveryReport] = {}
         """Reports of the messages sent and not settled; a pending report carries its
         frame (no second object per message)."""
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._receiving = False
-        """True while a received batch is being handled: it arms the timer once at the
-        end, so handlers finishing within it need not (one arm per batch, not per message)."""
-        self._batch_now = 0.0
-        """The loop time the batch being received is handled at (while ``_receiving``)."""
-        self._batch_ok: list[bytes] = []
-        self._batch_peers: list[bytes] = []
-        """Ids (and their peer tokens) of the batch's messages whose handlers returned
-        during it: finished in the deduper and acked together at its end (see
-        :meth:`_ack_batch`)."""
         self._links: list[_HubLink] = []
-        self._next_link = 0
         self._backend = backend or DefaultBackend()
         base = options or TransportOptions()
         # A stable routing id lets a restarted hub route acks to us by the token our
@@ -268,7 +225,7 @@ class Endpoint:
     def register(self, handler: Handler) -> None:
         """Register a generated handler object: every ``on_*`` method its class overrides."""
         self._dispatch.add_handler(handler)
-        self._hello_again()
+        self._types_changed()
 
     @overload
     def register_handler(
@@ -317,7 +274,7 @@ class Endpoint:
                 found = self.registry.for_class(msg_type)
                 kind = found.policy.kind if found is not None else Kind.COMMAND
             self._dispatch.add_function(msg_type, fn, kind=kind, response=response)
-        self._hello_again()
+        self._types_changed()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -329,13 +286,13 @@ class Endpoint:
             return self
         self._started = True
         loop = self._loop = asyncio.get_running_loop()
-        self._wall_offset = time.time() - loop.time()
+        self._wall_offset = self._proto.wall_offset = time.time() - loop.time()
         self._timer = Timer(loop, self._tick)
         try:
             if self._durable is not None:
                 await self._durable.start(self, loop)
-            for index, address in enumerate(self._hub_addresses):
-                hub = _HubLink(index)
+            for address in self._hub_addresses:
+                hub = _HubLink(self._proto.add_hub())
                 hub.link = self._backend.connect(
                     address,
                     on_receive=functools.partial(self._on_receive, hub),
@@ -343,7 +300,7 @@ class Endpoint:
                     options=self._options,
                 )
                 self._links.append(hub)
-                self._say_hello(hub)
+                self._proto.connected(hub.index)
             async with asyncio.timeout(self.connect_timeout):
                 await self._welcomed.wait()
         except TimeoutError:
@@ -373,10 +330,7 @@ class Endpoint:
         self._closed = True
         loop = self._loop
         now = loop.time() if loop is not None else 0.0
-        for mid in list(self._pending):
-            completion = self._tracker.cancel(mid, now)
-            if completion is not None:
-                self._settle(completion, why="the endpoint was closed")
+        self._proto.close(self._pending, now)
         self._window_waiters.fail(ClosedError(f"{self.identity}: endpoint closed"))
         tasks = list(self._tasks)
         for task in tasks:
@@ -386,7 +340,7 @@ class Endpoint:
         if self._timer is not None:
             self._timer.cancel()
         for hub in self._links:
-            if hub.welcomed:
+            if self._proto.welcomed(hub.index):
                 hub.link.outbox.control(encode_bye("closing"))
             hub.link.close()
         self._links.clear()
@@ -605,9 +559,7 @@ class Endpoint:
             # guards against a bug leaving this wait open forever.
             await report.wait(pol.deadline + 1.0)
             if not report.done:  # pragma: no cover - would be a tracker bug
-                completion = self._tracker.cancel(mid, loop.time())
-                if completion is not None:
-                    self._settle(completion, why="the tracker never settled it")
+                self._proto.cancel(mid, loop.time(), "the tracker never settled it")
         return report
 
     def _track(
@@ -623,12 +575,7 @@ class Endpoint:
         mid = report.message_id
         report._frame = frame
         self._pending[mid] = report
-        self.stats.sent += 1
-        admit = self._tracker.submit(  # positional: once per message
-            mid, report.message_type, destination, pol, now, None if kind == KIND_EVENT else 1
-        )
-        if admit is Admit.SEND:
-            self._transmit(frame)
+        self._proto.submit(mid, report.message_type, destination, pol, now, kind == KIND_EVENT)
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer; asking the tracker, liveness and deduper for their
@@ -653,42 +600,62 @@ class Endpoint:
     def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
         return encode_untyped(self.registry, msg, policy, self.policy)
 
-    def _transmit(self, frame: bytes) -> None:
-        hub = self._pick_link()
-        hub.link.outbox.message(frame)
-        self.stats.transmits += 1
+    # ------------------------------------------------------------------ the protocol's actions
+    # (EndpointIO: what the protocol decided, encoded with the wire and carried out)
 
-    def _pick_link(self) -> _HubLink:
-        links = self._links
-        n = len(links)
-        if n == 1:
-            return links[0]
-        for _ in range(n):
-            self._next_link = (self._next_link + 1) % n
-            hub = links[self._next_link]
-            if hub.welcomed:
-                return hub
-        return links[0]
-
-    # ------------------------------------------------------------------ settling
-
-    def _settle(self, c: Completion, why: str = "") -> None:
-        if c:
-            self._settle_acked((c,))
+    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        report = self._pending.get(msg_id)
+        if report is None:  # pragma: no cover - the tracker only transmits pending ids
             return
+        frame = report._frame
+        if attempt > 1:
+            frame = reattempt(frame, attempt, int((now + self._wall_offset) * 1e9))
+        self._links[hub].link.outbox.message(frame)
+
+    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
+        outbox = self._links[hub].link.outbox
+        if len(msg_ids) == 1:
+            outbox.ack(msg_ids[0], peer)
+        else:
+            outbox.acks(msg_ids, peer)
+
+    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        self._links[hub].link.outbox.full_ack(_encode_ack(ack), peer)
+
+    def send_hello(self, hub: int) -> None:
+        proto = self._proto
+        hello = wire_pb2.Hello(
+            commands=proto.commands,
+            events=proto.events,
+            heartbeat_ms=int(self.heartbeat * 1000),
+            credit=self.credit,
+            versions=[PROTOCOL_VERSION],
+            max_batch=self.limits.max_batch,
+        )
+        hello.identity.service = self.identity.service
+        hello.identity.instance = self.identity.instance
+        self._links[hub].link.outbox.control(encode_hello(hello), first=True)
+
+    def send_heartbeat(self, hub: int) -> None:
+        self._links[hub].link.outbox.control(encode_heartbeat())
+
+    def hub_silent(self, hub: int, silence: float) -> None:
+        log.warning(
+            "%s: hub %s silent for %.1f s", self.identity, self._links[hub].link.address, silence
+        )
+
+    def failed(self, c: Completion, error: DeliveryError) -> None:
         report = self._pending.pop(c.msg_id, None)
         if report is None:
             return
         report._frame = b""  # a report the caller keeps must not keep the message
-        reason = c.reason or Reason.TIMEOUT
-        self.stats.failed[reason.value] += 1
         report._settle(
             DeliveryStatus.FAILED,
             attempts=c.attempts,
             first_sent_at=(
                 c.first_sent_at + self._wall_offset if c.first_sent_at is not None else None
             ),
-            error=_delivery_error(c, report._note, why),
+            error=error,
         )
         self.dead_letters.append(report)
         log.warning("delivery failed: %s", report.error)
@@ -697,7 +664,7 @@ class Endpoint:
         if self._window_waiters:
             self._window_waiters.admit(c.destination)
 
-    def _settle_acked(self, completions: Sequence[Completion]) -> None:
+    def acked(self, completions: Sequence[Completion]) -> None:
         """Settle acked messages: an ACK group's worth in one loop, as a pipelined
         sender settles tens of thousands a second."""
         pending = self._pending
@@ -718,7 +685,6 @@ class Endpoint:
                 None,
                 c.response,
             )
-        self.stats.acked += len(acked)
         if self._durable is not None and acked:
             self._durable.acked(acked)
         waiting = self._window_waiters
@@ -735,9 +701,8 @@ class Endpoint:
         if loop is None or self._closed:
             return
         now = loop.time()
-        self._liveness.seen(hub.index, now)
-        self._receiving = True
-        self._batch_now = now
+        proto = self._proto
+        proto.begin_batch(hub.index, now)
         try:
             for frames in multiparts:
                 try:
@@ -749,118 +714,38 @@ class Endpoint:
                     )
                     hub.link.outbox.control(refusal_for(exc))
         finally:
-            self._receiving = False
-            if self._batch_ok:
-                self._ack_batch(hub, now)
+            proto.end_batch()
         self._arm_timer()
-
-    def _ack_batch(self, hub: _HubLink, now: float) -> None:
-        """Finish and ack, together, the messages whose handlers returned OK (without a
-        response) while their batch was being received: one deduper call and one ack
-        run per peer for the batch, where a call of each per message was a tenth of a
-        pipelined receiver's time. Until then, a copy of such a message arriving later
-        in the same batch is RUNNING: it gets no ack of its own, and needs none, since
-        the ack that follows here settles its id."""
-        ids, peers = self._batch_ok, self._batch_peers
-        self._batch_ok, self._batch_peers = [], []
-        self._ack_ok(hub, ids, peers, now)
-
-    def _ack_ok(self, hub: _HubLink, ids: list[bytes], peers: list[bytes], now: float) -> None:
-        """Finish ``ids`` (handled, OK, no response) in the deduper and ack them through
-        ``hub``, each to its sender (``peers``, in the same order): one deduper call and
-        one ack run per sender."""
-        if self._closed:
-            for mid in ids:
-                self._deduper.abandon(mid)
-            return
-        self._deduper.finish_ok(ids, now)
-        outbox = hub.link.outbox
-        peer = peers[0]
-        if peers.count(peer) == len(peers):  # one sender (or one hub token): one run
-            outbox.acks(ids, peer)
-            return
-        start = 0
-        for i in range(1, len(ids) + 1):
-            if i == len(ids) or peers[i] != peer:
-                outbox.acks(ids[start:i], peer)
-                if i < len(ids):
-                    start, peer = i, peers[i]
 
     def _handle(self, hub: _HubLink, frames: Multipart, now: float) -> None:
         cmd = decode_command(frames)
+        proto = self._proto
         if cmd is Command.MESSAGE:
             for item in decode_messages(frames, self.limits):
-                self._on_message(hub, item, now)
+                if proto.accept(hub.index, item, now):
+                    self._on_message(hub, item, now)
         elif cmd is Command.ACK:
-            self._on_acks(frames, now)
+            for group in split_acks(frames, self.limits):
+                proto.on_acks(self._identity_of(group.peer), group.ok_ids, _full(group), now)
         elif cmd is Command.ROUTED:
             for entry in decode_routed(frames, self.limits):
-                c = self._tracker.routed(entry.message_id, entry.targets, now)
-                if c is not None:
-                    self._settle(c)
+                proto.on_routed(entry.message_id, entry.targets, now)
         elif cmd is Command.HEARTBEAT:
             decode_heartbeat(frames)
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames, self.limits)
             hub.link.outbox.limit_batch(welcome.max_batch)  # what this hub accepts
-            hub.welcomed = True
-            self._liveness.add(hub.index, now, interval=max(welcome.heartbeat_ms, 1) / 1000)
+            proto.on_welcome(hub.index, welcome.heartbeat_ms, now)
             self._welcomed.set()
         elif cmd is Command.REFUSAL:
-            self._on_refusal(hub, decode_refusal(frames, self.limits), now)
+            refusal = decode_refusal(frames, self.limits)
+            log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, refusal)
+            proto.on_refusal(hub.index, refusal.code, refusal.message_id, str(refusal), now)
         elif cmd is Command.BYE:
             decode_bye(frames, self.limits)
-            hub.welcomed = False
+            proto.on_bye(hub.index)
         else:
             raise RemoteProtocolError(f"{cmd.name} is not a command an endpoint accepts")
-
-    def _on_refusal(self, hub: _HubLink, refusal: RemoteProtocolError, now: float) -> None:
-        log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, refusal)
-        if refusal.code == NOT_REGISTERED:
-            # The hub does not know us (it restarted): register again; the refused
-            # messages are retried by their timers.
-            hub.welcomed = False
-            self._say_hello(hub)
-            return
-        mid = refusal.message_id
-        if mid in self._pending:
-            error = RemoteError("RemoteProtocolError", str(refusal), permanent=True)
-            c = self._tracker.ack(mid, outcome=Outcome.REJECTED, now=now, error=error)
-            if c is not None:
-                self._settle(c)
-
-    def _on_acks(self, frames: Multipart, now: float) -> None:
-        tracker = self._tracker
-        for group in split_acks(frames, self.limits):
-            receiver = self._identity_of(group.peer)
-            settled = tracker.ack_ok(group.ok_ids, now, receiver)
-            if settled:
-                self._settle_acked(settled)
-            if not group.full:
-                continue
-            for ack in group.full_acks():
-                self._on_full_ack(ack, receiver, now)
-
-    def _on_full_ack(self, ack: envelope_pb2.Ack, receiver: Identity, now: float) -> None:
-        mid = ack.message_id
-        error = None
-        if ack.HasField("error"):
-            error = RemoteError(ack.error.type, ack.error.message, ack.error.permanent)
-        if ack.outcome == envelope_pb2.NO_ROUTE:
-            pending = self._pending.get(mid)
-            if pending is not None and error is not None:
-                pending._note = error.message
-        c = self._tracker.ack(
-            mid,
-            outcome=ack.outcome,
-            now=now,
-            receiver=receiver,
-            error=error,
-            retry_after=ack.retry_after_ms / 1000,
-            response=ack.response if ack.response_type or ack.response else None,
-        )
-        if c is not None:
-            self._settle(c)
 
     def _identity_of(self, raw: bytes) -> Identity:
         ident = self._identities.get(raw)
@@ -870,32 +755,9 @@ class Endpoint:
         return ident
 
     def _on_message(self, hub: _HubLink, item: MessageItem, now: float) -> None:
-        self.stats.received += 1
+        """Run the handler of a message the protocol accepted."""
         route = self._dispatch.get(item.type)
-        outbox = hub.link.outbox
-        if route is None:
-            # The hub's view of us is stale (e.g. we re-registered): let it route again.
-            outbox.full_ack(
-                _ack(
-                    item.id,
-                    self.identity,
-                    Outcome.NO_ROUTE,
-                    error=RemoteError(
-                        "NoHandler", f"{self.identity} has no handler for {item.type}"
-                    ),
-                ),
-                item.peer,
-            )
-            return
-        if item.deadline_ns and (now + self._wall_offset) * 1e9 > item.deadline_ns:
-            outbox.full_ack(_ack(item.id, self.identity, Outcome.EXPIRED), item.peer)
-            return
-        verdict = self._deduper.begin(item.id, now)
-        if verdict is not Verdict.NEW:
-            self.stats.duplicates += 1
-            if verdict is Verdict.DONE:
-                self._reack(outbox, item)
-            return  # RUNNING: the ack follows when the first run ends
+        assert route is not None  # the protocol accepts only types it was told of
         try:
             raw = item.envelope_bytes
             known = self._envelopes.get(raw)  # see _parse_envelope
@@ -907,12 +769,7 @@ class Endpoint:
             msg = self._decode(route, item, json_body)
             ctx = self._context(item, sender, env, now)
         except Exception as exc:
-            error = RemoteError(
-                "RemoteProtocolError", f"undecodable {item.type} message: {exc}", permanent=True
-            )
-            self._deduper.finish(item.id, Outcome.REJECTED, now, error=error)
-            self.stats.refused["MALFORMED"] += 1
-            outbox.full_ack(_ack(item.id, self.identity, Outcome.REJECTED, error=error), item.peer)
+            self._proto.undecodable(hub.index, item, str(exc), now)
             return
         loop = self._loop
         assert loop is not None
@@ -925,11 +782,8 @@ class Endpoint:
             if isinstance(started, tuple):  # the handler returned (or raised) at once
                 result, failure = started
                 if failure is None and not item.flags & FLAG_REQUEST and not self._closed:
-                    # _handled's plain OK, inline and without a callback object: most
-                    # messages. (Items arrive only within their batch: acked at its end.)
-                    self.stats.handled += 1
-                    self._batch_ok.append(item.id)
-                    self._batch_peers.append(item.peer)
+                    # The plain OK of most messages: acked with the batch.
+                    self._proto.handled_ok(item.id, item.peer)
                 else:
                     self._handled(hub, item, route, result, failure)
                 return
@@ -1007,97 +861,40 @@ class Endpoint:
         result: Message | None,
         exc: BaseException | None,
     ) -> None:
+        """A handler ended (returned ``result`` or raised ``exc``): tell the protocol."""
         loop = self._loop
-        if loop is None or self._closed:
-            self._deduper.abandon(item.id)
+        proto = self._proto
+        if loop is None or self._closed or isinstance(exc, asyncio.CancelledError):
+            proto.abandon(item.id)
             return
-        now = self._batch_now if self._receiving else loop.time()
-        outbox = hub.link.outbox
-        mid = item.id
         request = bool(item.flags & FLAG_REQUEST)
         if exc is None and request and result is None:
             exc = Reject(f"{route.origin} returned no response to a request")
-        if exc is None:
-            self.stats.handled += 1
-            if result is None or not request:
-                # (A handler that returned within its batch never gets here: _on_message
-                # acks it with the batch.)
-                self._deduper.finish(mid, Outcome.OK, now)
-                outbox.ack(mid, item.peer)
-            else:
-                body = result.SerializeToString()
-                self._deduper.finish(mid, Outcome.OK, now, response=body)
-                outbox.full_ack(
-                    _ack(
-                        mid,
-                        self.identity,
-                        Outcome.OK,
-                        response=body,
-                        response_type=result.DESCRIPTOR.full_name,
-                    ),
-                    item.peer,
+        now = proto._batch_now if proto.receiving else loop.time()
+        if exc is not None:
+            if not isinstance(exc, Reject) and not isinstance(exc, RetryLater):
+                log.error(
+                    "%s raised on %s %s", route.origin, item.type, item.id.hex(), exc_info=exc
                 )
-            if not self._receiving:
-                self._arm_timer()
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            self._deduper.abandon(mid)
-            return
-        self.stats.handler_errors += 1
-        if isinstance(exc, RetryLater):
-            self._deduper.abandon(mid)
-            outbox.full_ack(
-                _ack(mid, self.identity, Outcome.RETRY_LATER, retry_after=exc.after), item.peer
+            proto.handled(hub.index, item, now, exc)
+        elif result is None or not request:
+            proto.handled(hub.index, item, now)
+        else:
+            proto.handled(
+                hub.index, item, now, None, result.SerializeToString(), result.DESCRIPTOR.full_name
             )
-            return
-        permanent = isinstance(exc, Reject) and exc.permanent
-        error = RemoteError(type(exc).__name__, str(exc), permanent=permanent)
-        if not isinstance(exc, Reject):
-            log.error("%s raised on %s %s", route.origin, item.type, mid.hex(), exc_info=exc)
-        self._deduper.finish(mid, Outcome.REJECTED, now, error=error)
-        outbox.full_ack(_ack(mid, self.identity, Outcome.REJECTED, error=error), item.peer)
-        if not self._receiving:
+        if not proto.receiving:
             self._arm_timer()
-
-    def _reack(self, outbox: Any, item: MessageItem) -> None:
-        record = self._deduper.record(item.id)
-        if record is None:  # pragma: no cover - DONE implies a record
-            return
-        if record.outcome == Outcome.OK and not record.response:
-            outbox.full_ack(_ack(item.id, self.identity, Outcome.DUPLICATE), item.peer)
-            return
-        outcome = Outcome.DUPLICATE if record.outcome == Outcome.OK else record.outcome
-        outbox.full_ack(
-            _ack(item.id, self.identity, outcome, error=record.error, response=record.response),
-            item.peer,
-        )
 
     # ------------------------------------------------------------------ hubs
 
-    def _say_hello(self, hub: _HubLink) -> None:
-        hello = wire_pb2.Hello(
-            commands=self._dispatch.types(Kind.COMMAND),
-            events=self._dispatch.types(Kind.EVENT),
-            heartbeat_ms=int(self.heartbeat * 1000),
-            credit=self.credit,
-            versions=[PROTOCOL_VERSION],
-            max_batch=self.limits.max_batch,
-        )
-        hello.identity.service = self.identity.service
-        hello.identity.instance = self.identity.instance
-        hub.link.outbox.control(encode_hello(hello), first=True)
-
-    def _hello_again(self) -> None:
-        for hub in self._links:
-            self._say_hello(hub)
+    def _types_changed(self) -> None:
+        self._proto.set_types(self._dispatch.types(Kind.COMMAND), self._dispatch.types(Kind.EVENT))
 
     def _on_connection(self, hub: _HubLink, up: bool) -> None:
         if self._closed or not hasattr(hub, "link"):
             return  # called during connect(): start() says hello right after
-        if up:
-            self._say_hello(hub)
-        else:
-            hub.welcomed = False
+        self._proto.connected(hub.index, up)
 
     # ------------------------------------------------------------------ timers
 
@@ -1105,94 +902,59 @@ class Endpoint:
         timer = self._timer
         if timer is None:
             return
-        timer.at(self._tracker.next_deadline())
-        timer.at(self._liveness.next_deadline())
-        timer.at(self._deduper.next_deadline())
+        timer.at(self._proto.next_deadline())
 
     def _tick(self) -> None:
         loop = self._loop
         if loop is None or self._closed:
             return
-        now = loop.time()
-        for action in self._tracker.tick(now):
-            if isinstance(action, Transmit):
-                self._retransmit(action, now)
-            else:
-                self._settle(action)
-        for lv in self._liveness.tick(now):
-            if isinstance(lv, SendHeartbeat):
-                self._links[lv.peer].link.outbox.control(encode_heartbeat())
-            elif isinstance(lv, PeerDead):
-                hub = self._links[lv.peer]
-                log.warning(
-                    "%s: hub %s silent for %.1f s", self.identity, hub.link.address, lv.silence
-                )
-                hub.welcomed = False
-                self._say_hello(hub)
-                self._liveness.add(lv.peer, now)
-        self._deduper.tick(now)
+        self._proto.tick(loop.time())
         self._arm_timer()
-
-    def _retransmit(self, action: Transmit, now: float) -> None:
-        report = self._pending.get(action.msg_id)
-        if report is None:  # pragma: no cover - the tracker only retransmits pending ids
-            return
-        if action.attempt > 1:
-            self.stats.retries += 1
-            sent_ns = int((now + self._wall_offset) * 1e9)
-            self._transmit(reattempt(report._frame, action.attempt, sent_ns))
-        else:
-            self._transmit(report._frame)
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def _ack(
-    mid: bytes,
-    receiver: Identity,
-    outcome: Outcome,
-    *,
-    error: RemoteError | None = None,
-    retry_after: float = 0.0,
-    response: bytes = b"",
-    response_type: str = "",
-) -> bytes:
-    ack = envelope_pb2.Ack(message_id=mid, outcome=envelope_pb2.Outcome.ValueType(outcome))
-    ack.receiver.service = receiver.service
-    ack.receiver.instance = receiver.instance
+def _encode_ack(a: AckReply) -> bytes:
+    ack = envelope_pb2.Ack(message_id=a.msg_id, outcome=envelope_pb2.Outcome.ValueType(a.outcome))
+    if a.receiver is not None:
+        ack.receiver.service = a.receiver.service
+        ack.receiver.instance = a.receiver.instance
     ack.acked_at_ns = time.time_ns()
+    error = a.error
     if error is not None:
         ack.error.type = error.type
         ack.error.message = error.message
         ack.error.permanent = error.permanent
-    if retry_after:
-        ack.retry_after_ms = int(retry_after * 1000)
-    if response or response_type:
-        ack.response = response
-        ack.response_type = response_type
+    if a.retry_after:
+        ack.retry_after_ms = int(a.retry_after * 1000)
+    if a.response or a.response_type:
+        ack.response = a.response
+        ack.response_type = a.response_type
     return ack.SerializeToString()
 
 
-def _delivery_error(c: Completion, no_route: str, why: str) -> DeliveryError:
-    kw: dict[str, Any] = {"message_id": c.msg_id, "message_type": c.msg_type}
-    reason = c.reason
-    tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
-    if reason is Reason.REJECTED:
-        err = c.error
-        remote = f"{err.type}: {err.message}" if err is not None else "rejected"
-        return Rejected(
-            f"rejected by the receiver after {tries}: {remote}",
-            remote_type=err.type if err else "",
-            remote_message=err.message if err else "",
-            permanent=err.permanent if err else False,
-            **kw,
+def _full(group: AckGroup) -> list[AckReply]:
+    """A group's full acks as plain values (most groups have none)."""
+    if not group.full:
+        return []
+    out = []
+    for ack in group.full_acks():
+        error = None
+        if ack.HasField("error"):
+            error = RemoteError(ack.error.type, ack.error.message, ack.error.permanent)
+        receiver = None
+        if ack.HasField("receiver"):
+            receiver = Identity(ack.receiver.service, ack.receiver.instance)
+        out.append(
+            AckReply(
+                ack.message_id,
+                Outcome(ack.outcome),
+                receiver,
+                error,
+                ack.retry_after_ms / 1000,
+                ack.response,
+                ack.response_type,
+            )
         )
-    if reason is Reason.NO_ROUTE:
-        detail = no_route or f"no live service handles {c.msg_type}"
-        return NoRoute(f"{detail} (gave up after {tries})", **kw)
-    if reason is Reason.EXPIRED:
-        return Expired(f"expired before a handler ran ({tries})", **kw)
-    if reason is Reason.CANCELLED:
-        return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
-    return AckTimeout(f"no acknowledgement after {tries}", **kw)
+    return out

@@ -328,7 +328,7 @@ class Durable:
             for hub, (ids, peers) in oks.items():
                 ep.stats.handled += len(ids)
                 try:
-                    ep._ack_ok(hub, ids, peers, now)
+                    ep._proto.ack_ok(hub.index, ids, peers, now)
                 except Exception:  # pragma: no cover - a bug; the senders retry
                     log.exception("%s: acking %d messages failed", ep.identity, len(ids))
             ep._arm_timer()
@@ -365,7 +365,7 @@ class Durable:
             ep.stats.duplicates += 1
             self._drop(unit, "the message was a duplicate")
             if not ep.closed:
-                ep._reack(hub.link.outbox, item)
+                ep._proto.reack(hub.index, item)
             return
         if unit.failed is not None:
             self._drop(unit, "its transaction failed")

@@ -1,0 +1,556 @@
+"""The endpoint protocol: everything an endpoint decides, with no I/O.
+
+In the manner of h11's ``Connection``, :class:`EndpointProtocol` owns an endpoint's
+protocol state (the outbound tracker, the inbound deduper, each hub's liveness and
+welcome, the acks a received batch collects, the notes that explain a failure) and
+takes decoded events and ``now`` in. What it decides to do goes out through the
+:class:`EndpointIO` it was given, one method per kind of action: transmit a message,
+ack, say hello, send a heartbeat, settle reports. A driver implements that interface:
+the asyncio endpoint encodes each action with ``ackbus.wire`` and puts it on a socket;
+the simulation (``ackbus.testing.simulate``) puts it on a simulated network; the
+legacy reliable socket drives it too. So every decision is written once, here, and the
+simulation runs the very code the runtime runs.
+
+The actions are calls on an interface rather than a list of action objects returned:
+a pipelined endpoint takes tens of thousands of these decisions a second, and an
+object per action per message would be the protocol's largest cost
+(docs/decisions.md).
+
+What stays with the driver: payloads and their decoding, handler functions and their
+tasks, the frames of pending messages, reports and their futures, the send window's
+waiting line, the clock and the timer (armed at :meth:`EndpointProtocol.next_deadline`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .._types import Identity, Policy
+from ..errors import (
+    AckTimeout,
+    Cancelled,
+    DeliveryError,
+    Expired,
+    NoRoute,
+    Reject,
+    Rejected,
+    RetryLater,
+)
+from ._common import Outcome, RemoteError
+from .dedupe import InboundDeduper, Verdict
+from .liveness import Liveness, PeerDead, SendHeartbeat
+from .tracker import Admit, Completion, OutboundTracker, Reason, Transmit
+
+__all__ = [
+    "AckReply",
+    "EndpointIO",
+    "EndpointProtocol",
+    "EndpointStats",
+    "InboundItem",
+    "delivery_error",
+]
+
+FLAG_REQUEST = 1
+"""The item's flag bit that marks a request (its ack carries the response); the
+wire's ``FLAG_REQUEST`` has the same value (a test checks it)."""
+NOT_REGISTERED = "NOT_REGISTERED"
+"""The refusal code of a hub that does not know the endpoint (the wire's code)."""
+
+
+class InboundItem(Protocol):
+    """What the protocol reads of a received message (``ackbus.wire.MessageItem``
+    has these, and the simulation's messages do too)."""
+
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def peer(self) -> bytes: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def deadline_ns(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AckReply:
+    """A full acknowledgement, as plain values (the wire encodes and decodes it)."""
+
+    msg_id: bytes
+    outcome: Outcome
+    receiver: Identity | None = None
+    error: RemoteError | None = None
+    retry_after: float = 0.0
+    """Seconds (a RETRY_LATER ack)."""
+    response: bytes = b""
+    response_type: str = ""
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Counters since the endpoint started."""
+
+    sent: int = 0
+    """Messages accepted by send/publish/request."""
+    transmits: int = 0
+    """Attempts put on the wire (first sends and retries)."""
+    retries: int = 0
+    acked: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    """Failed messages by reason ("timeout", "rejected", "no-route", ...)."""
+    received: int = 0
+    handled: int = 0
+    """Handler runs that returned."""
+    handler_errors: int = 0
+    duplicates: int = 0
+    """Received duplicates answered without running the handler."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Bad input refused, by code."""
+
+
+class EndpointIO(Protocol):
+    """The actions an :class:`EndpointProtocol` takes, carried out by its driver.
+
+    ``hub`` is the index of a hub link (the order the driver added them in)."""
+
+    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        """Put attempt ``attempt`` of pending message ``msg_id`` on ``hub``'s link."""
+
+    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
+        """Plain OK acks for ``msg_ids``, all for the sender behind token ``peer``."""
+
+    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        """A full ack (an error, a response, a duplicate's answer...)."""
+
+    def send_hello(self, hub: int) -> None:
+        """Register with ``hub`` (HELLO with :attr:`EndpointProtocol.commands`, ...)."""
+
+    def send_heartbeat(self, hub: int) -> None: ...
+
+    def acked(self, completions: Sequence[Completion]) -> None:
+        """Messages acked: settle their reports (an ACK group's worth at once)."""
+
+    def failed(self, completion: Completion, error: DeliveryError) -> None:
+        """A message failed for good: settle its report with ``error``."""
+
+    def hub_silent(self, hub: int, silence: float) -> None:
+        """``hub`` said nothing for ``silence`` seconds (the protocol says hello again)."""
+
+
+class _Hub:
+    __slots__ = ("index", "welcomed")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.welcomed = False
+
+
+class EndpointProtocol:
+    """One endpoint's protocol state and decisions (see the module docstring).
+
+    Sending: :meth:`submit` a new message; the tracker transmits it now or when its
+    window has room, retries it on :meth:`tick`, and settles it through
+    :meth:`EndpointIO.acked` or :meth:`EndpointIO.failed`.
+
+    Receiving: wrap each received batch in :meth:`begin_batch` / :meth:`end_batch`;
+    :meth:`accept` says whether to run an item's handler (else it answered already);
+    report each run's end with :meth:`handled_ok` (inside its batch) or
+    :meth:`handled`, or :meth:`abandon` it (cancelled: no answer, the sender retries).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        io: EndpointIO,
+        *,
+        window: int = 1000,
+        heartbeat: float = 1.0,
+        misses: int = 3,
+        dedupe_capacity: int = 100_000,
+        dedupe_ttl: float = 600.0,
+        seed: int | None = None,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.identity = identity
+        self.io = io
+        self.window = window
+        self.tracker = OutboundTracker(window=window, rng=random.Random(seed))
+        self.deduper = InboundDeduper(capacity=dedupe_capacity, ttl=dedupe_ttl)
+        self.liveness: Liveness[int] = Liveness(interval=heartbeat, misses=misses)
+        self.stats = EndpointStats()
+        self.wall_offset = wall_offset
+        """Unix time minus the driver's clock: the wall time of ``now``."""
+        self.commands: tuple[str, ...] = ()
+        """Command types the handlers take (what HELLO says)."""
+        self.events: tuple[str, ...] = ()
+        self._types: frozenset[str] = frozenset()
+        self.closed = False
+        self.receiving = False
+        """True between :meth:`begin_batch` and :meth:`end_batch`."""
+        self._hubs: list[_Hub] = []
+        self._next_hub = 0
+        self._notes: dict[bytes, str] = {}
+        """Why the hub found no route, by message id, for a failure's report."""
+        self._batch_hub = 0
+        self._batch_now = 0.0
+        self._batch_ok: list[bytes] = []
+        self._batch_peers: list[bytes] = []
+        """Ids (and their peer tokens) of the batch's messages whose handlers returned
+        during it: finished in the deduper and acked together at its end."""
+
+    # ------------------------------------------------------------------ hubs
+
+    def add_hub(self) -> int:
+        """A new hub link; returns its index. Say hello on it with :meth:`connected`."""
+        index = len(self._hubs)
+        self._hubs.append(_Hub(index))
+        return index
+
+    @property
+    def hubs(self) -> int:
+        return len(self._hubs)
+
+    def welcomed(self, hub: int) -> bool:
+        return self._hubs[hub].welcomed
+
+    def set_types(self, commands: Sequence[str], events: Sequence[str]) -> None:
+        """The types the handlers take changed: register again with every hub."""
+        self.commands = tuple(commands)
+        self.events = tuple(events)
+        self._types = frozenset(self.commands) | frozenset(self.events)
+        for hub in self._hubs:
+            self.io.send_hello(hub.index)
+
+    def connected(self, hub: int, up: bool = True) -> None:
+        """The link to ``hub`` came up (say hello) or went down."""
+        if up:
+            self.io.send_hello(hub)
+        else:
+            self._hubs[hub].welcomed = False
+
+    def on_welcome(self, hub: int, heartbeat_ms: int, now: float) -> None:
+        self._hubs[hub].welcomed = True
+        self.liveness.add(hub, now, interval=max(heartbeat_ms, 1) / 1000)
+
+    def on_bye(self, hub: int) -> None:
+        self._hubs[hub].welcomed = False
+
+    def on_refusal(self, hub: int, code: str, message_id: bytes, text: str, now: float) -> None:
+        """The hub refused something we sent."""
+        if code == NOT_REGISTERED:
+            # The hub does not know us (it restarted): register again; the refused
+            # messages are retried by their timers.
+            self._hubs[hub].welcomed = False
+            self.io.send_hello(hub)
+            return
+        if message_id and self.tracker.state(message_id) is not None:
+            error = RemoteError("RemoteProtocolError", text, permanent=True)
+            c = self.tracker.ack(message_id, outcome=Outcome.REJECTED, now=now, error=error)
+            if c is not None:
+                self._settle(c)
+
+    def _pick(self) -> int:
+        """The hub for the next transmit: round robin over the welcomed ones."""
+        hubs = self._hubs
+        n = len(hubs)
+        if n == 1:
+            return 0
+        for _ in range(n):
+            self._next_hub = (self._next_hub + 1) % n
+            if hubs[self._next_hub].welcomed:
+                return self._next_hub
+        return 0
+
+    # ------------------------------------------------------------------ sending
+
+    def submit(
+        self,
+        msg_id: bytes,
+        msg_type: str,
+        destination: str,
+        policy: Policy,
+        now: float,
+        event: bool = False,
+    ) -> bool:
+        """Track a new message, and transmit it if its window has room (True)."""
+        self.stats.sent += 1
+        admit = self.tracker.submit(  # positional: once per message
+            msg_id, msg_type, destination, policy, now, None if event else 1
+        )
+        if admit is Admit.SEND:
+            self.stats.transmits += 1
+            self.io.transmit(self._pick(), msg_id, 1, now)
+            return True
+        return False
+
+    def in_flight(self, destination: str) -> int:
+        return self.tracker.in_flight(destination)
+
+    def cancel(self, msg_id: bytes, now: float, why: str) -> None:
+        """Give up on a pending message (the endpoint closed, a caller bug)."""
+        c = self.tracker.cancel(msg_id, now)
+        if c is not None:
+            self._settle(c, why)
+
+    def close(self, pending: Iterable[bytes], now: float) -> None:
+        """Fail every pending message (``pending``: their ids) as cancelled; from now
+        on handlers' ends are abandoned rather than acked."""
+        self.closed = True
+        for msg_id in list(pending):
+            self.cancel(msg_id, now, "the endpoint was closed")
+
+    # ------------------------------------------------------------------ acks in
+
+    def on_acks(
+        self,
+        receiver: Identity,
+        ok_ids: Sequence[bytes],
+        full: Iterable[AckReply],
+        now: float,
+    ) -> None:
+        """One ACK group from ``receiver``: plain OKs and full acks."""
+        if ok_ids:
+            settled = self.tracker.ack_ok(ok_ids, now, receiver)
+            if settled:
+                self.stats.acked += len(settled)
+                if self._notes:
+                    self._forget_notes(settled)
+                self.io.acked(settled)
+        for ack in full:
+            self.on_ack(ack, now)
+
+    def on_ack(self, ack: AckReply, now: float) -> None:
+        mid = ack.msg_id
+        error = ack.error
+        if ack.outcome == Outcome.NO_ROUTE and error is not None and self.tracker.state(mid):
+            self._notes[mid] = error.message
+        c = self.tracker.ack(
+            mid,
+            outcome=ack.outcome,
+            now=now,
+            receiver=ack.receiver,
+            error=ack.error,
+            retry_after=ack.retry_after,
+            response=ack.response if ack.response_type or ack.response else None,
+        )
+        if c is not None:
+            self._settle(c)
+
+    def on_routed(self, msg_id: bytes, services: Iterable[str], now: float) -> None:
+        """The hub routed event ``msg_id`` to ``services``."""
+        c = self.tracker.routed(msg_id, services, now)
+        if c is not None:
+            self._settle(c)
+
+    def _settle(self, c: Completion, why: str = "") -> None:
+        if c:
+            self.stats.acked += 1
+            if self._notes:
+                self._notes.pop(c.msg_id, None)
+            self.io.acked((c,))
+            return
+        note = self._notes.pop(c.msg_id, "")
+        self.stats.failed[(c.reason or Reason.TIMEOUT).value] += 1
+        self.io.failed(c, delivery_error(c, note, why))
+
+    def _forget_notes(self, completions: Iterable[Completion]) -> None:
+        for c in completions:
+            self._notes.pop(c.msg_id, None)
+
+    # ------------------------------------------------------------------ receiving
+
+    def begin_batch(self, hub: int, now: float) -> None:
+        """A batch of input from ``hub`` arrives at ``now``."""
+        self.liveness.seen(hub, now)
+        self.receiving = True
+        self._batch_hub = hub
+        self._batch_now = now
+
+    def end_batch(self) -> None:
+        """The batch is handled: ack the messages whose handlers returned OK in it."""
+        self.receiving = False
+        if self._batch_ok:
+            ids, peers = self._batch_ok, self._batch_peers
+            self._batch_ok, self._batch_peers = [], []
+            self.ack_ok(self._batch_hub, ids, peers, self._batch_now)
+
+    def accept(self, hub: int, item: InboundItem, now: float) -> bool:
+        """A received message: True if its handler is to run now (the driver then
+        reports its end); False if the protocol answered it already (no handler,
+        expired, a duplicate) or its first run's answer will serve (still running)."""
+        self.stats.received += 1
+        if item.type not in self._types:
+            # The hub's view of us is stale (e.g. we re-registered): let it route again.
+            error = RemoteError("NoHandler", f"{self.identity} has no handler for {item.type}")
+            self.io.send_ack(
+                hub, AckReply(item.id, Outcome.NO_ROUTE, self.identity, error), item.peer
+            )
+            return False
+        if item.deadline_ns and (now + self.wall_offset) * 1e9 > item.deadline_ns:
+            self.io.send_ack(hub, AckReply(item.id, Outcome.EXPIRED, self.identity), item.peer)
+            return False
+        verdict = self.deduper.begin(item.id, now)
+        if verdict is not Verdict.NEW:
+            self.stats.duplicates += 1
+            if verdict is Verdict.DONE:
+                self.reack(hub, item)
+            return False  # RUNNING: the ack follows when the first run ends
+        return True
+
+    def undecodable(self, hub: int, item: InboundItem, why: str, now: float) -> None:
+        """An accepted message whose envelope or body could not be decoded."""
+        error = RemoteError("RemoteProtocolError", f"undecodable {item.type} message: {why}", True)
+        self.deduper.finish(item.id, Outcome.REJECTED, now, error=error)
+        self.stats.refused["MALFORMED"] += 1
+        self.io.send_ack(hub, AckReply(item.id, Outcome.REJECTED, self.identity, error), item.peer)
+
+    def handled_ok(self, msg_id: bytes, peer: bytes) -> None:
+        """A handler of the current batch returned OK, with no response to send: acked
+        with the batch at :meth:`end_batch`. Until then a copy of the message later in
+        the batch is RUNNING and gets no ack of its own; the batch's ack settles it."""
+        self.stats.handled += 1
+        self._batch_ok.append(msg_id)
+        self._batch_peers.append(peer)
+
+    def handled(
+        self,
+        hub: int,
+        item: InboundItem,
+        now: float,
+        exc: BaseException | None = None,
+        response: bytes | None = None,
+        response_type: str = "",
+    ) -> None:
+        """A handler ended: returned (``exc`` None; ``response`` for a request) or
+        raised ``exc``. A cancelled run goes to :meth:`abandon` instead."""
+        mid = item.id
+        if self.closed:
+            self.deduper.abandon(mid)
+            return
+        if exc is None:
+            self.stats.handled += 1
+            if response is None or not item.flags & FLAG_REQUEST:
+                self.deduper.finish(mid, Outcome.OK, now)
+                self.io.send_acks(hub, [mid], item.peer)
+            else:
+                self.deduper.finish(mid, Outcome.OK, now, response=response)
+                ack = AckReply(
+                    mid,
+                    Outcome.OK,
+                    self.identity,
+                    response=response,
+                    response_type=response_type,
+                )
+                self.io.send_ack(hub, ack, item.peer)
+            return
+        self.stats.handler_errors += 1
+        if isinstance(exc, RetryLater):
+            self.deduper.abandon(mid)
+            ack = AckReply(mid, Outcome.RETRY_LATER, self.identity, retry_after=exc.after)
+            self.io.send_ack(hub, ack, item.peer)
+            return
+        permanent = isinstance(exc, Reject) and exc.permanent
+        error = RemoteError(type(exc).__name__, str(exc), permanent=permanent)
+        self.deduper.finish(mid, Outcome.REJECTED, now, error=error)
+        self.io.send_ack(hub, AckReply(mid, Outcome.REJECTED, self.identity, error), item.peer)
+
+    def abandon(self, msg_id: bytes) -> None:
+        """A run ended without an answer (cancelled, not committed): forget it, so
+        the sender's retry runs the handler again."""
+        self.deduper.abandon(msg_id)
+
+    def ack_ok(self, hub: int, ids: list[bytes], peers: list[bytes], now: float) -> None:
+        """Finish ``ids`` (handled, OK, no response) in the deduper and ack them through
+        ``hub``, each to its sender (``peers``, in the same order): one deduper call and
+        one ack run per sender."""
+        if self.closed:
+            for mid in ids:
+                self.deduper.abandon(mid)
+            return
+        self.deduper.finish_ok(ids, now)
+        send = self.io.send_acks
+        peer = peers[0]
+        if peers.count(peer) == len(peers):  # one sender (or one hub token): one run
+            send(hub, ids, peer)
+            return
+        start = 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or peers[i] != peer:
+                send(hub, ids[start:i], peer)
+                if i < len(ids):
+                    start, peer = i, peers[i]
+
+    def reack(self, hub: int, item: InboundItem) -> None:
+        """Answer a duplicate of a handled message with the outcome it had."""
+        record = self.deduper.record(item.id)
+        if record is None:  # pragma: no cover - DONE implies a record
+            return
+        if record.outcome == Outcome.OK and not record.response:
+            self.io.send_ack(hub, AckReply(item.id, Outcome.DUPLICATE, self.identity), item.peer)
+            return
+        outcome = Outcome.DUPLICATE if record.outcome == Outcome.OK else record.outcome
+        ack = AckReply(item.id, outcome, self.identity, record.error, response=record.response)
+        self.io.send_ack(hub, ack, item.peer)
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`tick` has something to do."""
+        best = self.tracker.next_deadline()
+        for t in (self.liveness.next_deadline(), self.deduper.next_deadline()):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def tick(self, now: float) -> None:
+        """Time passed: retries, deadlines, heartbeats, silent hubs, dedupe expiry."""
+        if self.closed:
+            return
+        io = self.io
+        for action in self.tracker.tick(now):
+            if isinstance(action, Transmit):
+                self.stats.transmits += 1
+                if action.attempt > 1:
+                    self.stats.retries += 1
+                io.transmit(self._pick(), action.msg_id, action.attempt, now)
+            else:
+                self._settle(action)
+        for lv in self.liveness.tick(now):
+            if isinstance(lv, SendHeartbeat):
+                io.send_heartbeat(lv.peer)
+            elif isinstance(lv, PeerDead):
+                io.hub_silent(lv.peer, lv.silence)
+                self._hubs[lv.peer].welcomed = False
+                io.send_hello(lv.peer)
+                self.liveness.add(lv.peer, now)
+        self.deduper.tick(now)
+
+
+def delivery_error(c: Completion, no_route: str = "", why: str = "") -> DeliveryError:
+    """The error of a failed completion's report: what a caller can act on."""
+    kw: dict[str, Any] = {"message_id": c.msg_id, "message_type": c.msg_type}
+    reason = c.reason
+    tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
+    if reason is Reason.REJECTED:
+        err = c.error
+        remote = f"{err.type}: {err.message}" if err is not None else "rejected"
+        return Rejected(
+            f"rejected by the receiver after {tries}: {remote}",
+            remote_type=err.type if err else "",
+            remote_message=err.message if err else "",
+            permanent=err.permanent if err else False,
+            **kw,
+        )
+    if reason is Reason.NO_ROUTE:
+        detail = no_route or f"no live service handles {c.msg_type}"
+        return NoRoute(f"{detail} (gave up after {tries})", **kw)
+    if reason is Reason.EXPIRED:
+        return Expired(f"expired before a handler ran ({tries})", **kw)
+    if reason is Reason.CANCELLED:
+        return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
+    return AckTimeout(f"no acknowledgement after {tries}", **kw)

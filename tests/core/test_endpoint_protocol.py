@@ -1,0 +1,260 @@
+"""The endpoint protocol alone: events and ``now`` in, actions out through a recording IO."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from ackbus import Identity, Policy, Reject, RetryLater
+from ackbus.core import Outcome, RemoteError
+from ackbus.core.endpoint_protocol import FLAG_REQUEST, AckReply, EndpointProtocol
+from ackbus.core.tracker import Completion
+from ackbus.errors import Cancelled, DeliveryError, NoRoute
+from ackbus.wire import FLAG_REQUEST as WIRE_FLAG_REQUEST
+from ackbus.wire import NOT_REGISTERED
+
+ME = Identity("svc", "me")
+BOB = Identity("other", "b")
+P = Policy(ack_timeout=1.0, max_attempts=3, backoff_base=0.5, backoff_cap=1.0, jitter=0.0)
+
+
+@dataclass
+class Item:
+    id: bytes
+    type: str = "svc.Do"
+    peer: bytes = b"p1"
+    flags: int = 0
+    deadline_ns: int = 0
+
+
+@dataclass
+class Recorder:
+    """An EndpointIO that records every action as a tuple."""
+
+    actions: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        self.actions.append(("transmit", hub, msg_id, attempt))
+
+    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
+        self.actions.append(("acks", hub, list(msg_ids), peer))
+
+    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        self.actions.append(("ack", hub, ack, peer))
+
+    def send_hello(self, hub: int) -> None:
+        self.actions.append(("hello", hub))
+
+    def send_heartbeat(self, hub: int) -> None:
+        self.actions.append(("heartbeat", hub))
+
+    def acked(self, completions: Sequence[Completion]) -> None:
+        self.actions.append(("acked", [c.msg_id for c in completions]))
+
+    def failed(self, completion: Completion, error: DeliveryError) -> None:
+        self.actions.append(("failed", completion.msg_id, error))
+
+    def hub_silent(self, hub: int, silence: float) -> None:
+        self.actions.append(("silent", hub))
+
+    def take(self) -> list[tuple[Any, ...]]:
+        out, self.actions = self.actions, []
+        return out
+
+
+def make(hubs: int = 1, **kw: Any) -> tuple[EndpointProtocol, Recorder]:
+    io = Recorder()
+    proto = EndpointProtocol(ME, io, **kw)
+    for _ in range(hubs):
+        proto.connected(proto.add_hub())
+    proto.set_types(["svc.Do"], ["ev.Tick"])
+    for hub in range(hubs):
+        proto.on_welcome(hub, 1000, 0.0)
+    io.take()
+    return proto, io
+
+
+def test_the_request_flag_is_the_wires() -> None:
+    assert FLAG_REQUEST == WIRE_FLAG_REQUEST
+
+
+def test_registering_types_says_hello_on_every_hub() -> None:
+    proto, io = make(hubs=2)
+    proto.set_types(["svc.Do", "svc.Other"], [])
+    assert io.take() == [("hello", 0), ("hello", 1)]
+    assert proto.commands == ("svc.Do", "svc.Other")
+
+
+def test_a_sent_message_is_transmitted_round_robin_over_welcomed_hubs() -> None:
+    proto, io = make(hubs=3)
+    proto.on_bye(1)
+    for n in range(4):
+        proto.submit(bytes([n]) * 16, "x.Do", "x.Do", P, 0.0)
+    hubs = [a[1] for a in io.take()]
+    assert 1 not in hubs
+    assert set(hubs) == {0, 2}
+
+
+def test_an_unacked_message_is_retried_then_fails_with_its_reason() -> None:
+    proto, io = make()
+    mid = b"m" * 16
+    proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    assert io.take() == [("transmit", 0, mid, 1)]
+    proto.tick(1.0)  # the ack timeout: a backoff of 0.5 s, then attempt 2
+    proto.tick(1.5)
+    assert [a for a in io.take() if a[0] == "transmit"] == [("transmit", 0, mid, 2)]
+    assert proto.stats.retries == 1
+    for t in (2.5, 3.0, 4.0, 10.0):
+        proto.tick(t)
+    failed = [a for a in io.take() if a[0] == "failed"]
+    assert len(failed) == 1
+    assert "no acknowledgement after 3 attempts" in str(failed[0][2])
+    assert proto.stats.failed["timeout"] == 1
+
+
+def test_plain_acks_settle_and_count() -> None:
+    proto, io = make()
+    ids = [bytes([n]) * 16 for n in range(3)]
+    for mid in ids:
+        proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    io.take()
+    proto.on_acks(BOB, ids[:2], [AckReply(ids[2], Outcome.DUPLICATE, BOB)], 0.1)
+    assert io.take() == [("acked", ids[:2]), ("acked", [ids[2]])]
+    assert proto.stats.acked == 3
+
+
+def test_a_no_route_failure_says_why_the_hub_found_none() -> None:
+    proto, io = make()
+    mid = b"n" * 16
+    proto.submit(mid, "x.Do", "x.Do", P.with_(deadline=2.0), 0.0)
+    error = RemoteError("NoRoute", "no instance of x is registered")
+    proto.on_ack(AckReply(mid, Outcome.NO_ROUTE, None, error), 0.1)
+    for t in (1.0, 2.0, 3.0):
+        proto.tick(t)
+    failed = [a for a in io.take() if a[0] == "failed"]
+    assert len(failed) == 1
+    assert isinstance(failed[0][2], NoRoute)
+    assert "no instance of x is registered" in str(failed[0][2])
+
+
+def test_unknown_type_and_expired_items_are_answered_without_running() -> None:
+    proto, io = make()
+    assert not proto.accept(0, Item(b"a" * 16, type="nope.Do"), 0.0)
+    assert not proto.accept(0, Item(b"b" * 16, deadline_ns=1), 5.0)
+    (_, _, no_route, _), (_, _, expired, _) = io.take()
+    assert no_route.outcome == Outcome.NO_ROUTE
+    assert expired.outcome == Outcome.EXPIRED
+    assert proto.deduper.running_count() == 0
+
+
+def test_oks_within_a_batch_are_acked_together_per_sender() -> None:
+    proto, io = make()
+    proto.begin_batch(0, 1.0)
+    for mid, peer in ((b"1", b"p1"), (b"2", b"p1"), (b"3", b"p2"), (b"1", b"p1")):
+        if proto.accept(0, Item(mid * 16, peer=peer), 1.0):
+            proto.handled_ok(mid * 16, peer)
+    assert io.take() == []  # the copy of 1 is RUNNING: it needs no ack of its own
+    proto.end_batch()
+    assert io.take() == [
+        ("acks", 0, [b"1" * 16, b"2" * 16], b"p1"),
+        ("acks", 0, [b"3" * 16], b"p2"),
+    ]
+    assert proto.stats.handled == 3
+    assert proto.stats.duplicates == 1
+    # A later copy is a duplicate answered from the deduper's record.
+    assert not proto.accept(0, Item(b"2" * 16), 2.0)
+    ((_, _, ack, _),) = io.take()
+    assert ack.outcome == Outcome.DUPLICATE
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome", "runs_again"),
+    [
+        (RetryLater(0.5, "busy"), Outcome.RETRY_LATER, True),
+        (Reject("bad", permanent=True), Outcome.REJECTED, False),
+        (ValueError("boom"), Outcome.REJECTED, True),  # transient: the retry runs
+    ],
+)
+def test_a_failed_handler_is_answered_by_its_exception(
+    exc: BaseException, outcome: Outcome, runs_again: bool
+) -> None:
+    proto, io = make()
+    item = Item(b"f" * 16)
+    assert proto.accept(0, item, 0.0)
+    proto.handled(0, item, 0.1, exc)
+    ((_, _, ack, _),) = io.take()
+    assert ack.outcome == outcome
+    if outcome is Outcome.RETRY_LATER:
+        assert ack.retry_after == 0.5
+    else:
+        assert ack.error is not None
+        assert ack.error.type == type(exc).__name__
+        assert ack.error.permanent == (isinstance(exc, Reject) and exc.permanent)
+    assert proto.accept(0, item, 0.2) is runs_again
+    assert proto.stats.handler_errors == 1
+
+
+def test_a_request_is_answered_with_its_response_and_its_duplicate_too() -> None:
+    proto, io = make()
+    item = Item(b"r" * 16, flags=FLAG_REQUEST)
+    assert proto.accept(0, item, 0.0)
+    proto.handled(0, item, 0.1, None, b"resp", "svc.Resp")
+    ((_, _, ack, _),) = io.take()
+    assert (ack.outcome, ack.response, ack.response_type) == (Outcome.OK, b"resp", "svc.Resp")
+    assert not proto.accept(0, item, 0.2)
+    ((_, _, again, _),) = io.take()
+    assert (again.outcome, again.response) == (Outcome.DUPLICATE, b"resp")
+
+
+def test_an_abandoned_run_runs_again() -> None:
+    proto, io = make()
+    item = Item(b"c" * 16)
+    assert proto.accept(0, item, 0.0)
+    assert not proto.accept(0, item, 0.1)  # RUNNING: no answer
+    proto.abandon(item.id)
+    assert proto.accept(0, item, 0.2)
+    assert [a for a in io.take() if a[0] != "hello"] == []
+
+
+def test_not_registered_says_hello_again_and_other_refusals_reject() -> None:
+    proto, io = make()
+    proto.on_refusal(0, NOT_REGISTERED, b"", "not registered", 0.0)
+    assert io.take() == [("hello", 0)]
+    assert not proto.welcomed(0)
+    mid = b"z" * 16
+    proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    io.take()
+    proto.on_refusal(0, "MALFORMED", mid, "bad frame", 0.1)
+    ((kind, failed_id, error),) = io.take()
+    assert (kind, failed_id) == ("failed", mid)
+    assert "bad frame" in str(error)
+
+
+def test_a_silent_hub_is_greeted_again() -> None:
+    proto, io = make(misses=3)
+    proto.on_welcome(0, 100, 0.0)
+    proto.tick(0.05)
+    proto.tick(0.15)
+    assert ("heartbeat", 0) in io.take()
+    proto.tick(5.0)
+    assert io.take()[-2:] == [("silent", 0), ("hello", 0)]
+    assert not proto.welcomed(0)
+
+
+def test_closing_cancels_pending_and_abandons_running_handlers() -> None:
+    proto, io = make()
+    mid = b"x" * 16
+    proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    item = Item(b"h" * 16)
+    assert proto.accept(0, item, 0.0)
+    io.take()
+    proto.close([mid], 0.5)
+    ((kind, _, error),) = io.take()
+    assert kind == "failed"
+    assert isinstance(error, Cancelled)
+    assert "the endpoint was closed" in str(error)
+    proto.handled(0, item, 0.6)
+    assert io.take() == []
+    assert proto.deduper.running_count() == 0
