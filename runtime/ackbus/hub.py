@@ -20,22 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from . import envelope_pb2, wire_pb2
 from ._timer import Timer
 from ._types import Identity
-from .core import Liveness, PeerDead, RoutingTable, SendHeartbeat
+from .core import Instance, RoutingTable
+from .core.hub_protocol import HubProtocol, HubStats
 from .errors import ClosedError, RemoteProtocolError
 from .transport import Backend, DefaultBackend, Listener, TransportOptions
 from .wire import (
     DEFAULT_LIMITS,
-    KIND_EVENT,
-    NOT_REGISTERED,
     Command,
     Limits,
+    MessageItem,
     Multipart,
     Outbox,
     PackedRun,
@@ -58,29 +56,13 @@ __all__ = ["Hub", "HubStats"]
 
 log = logging.getLogger("ackbus.hub")
 
-_HOUSEKEEPING = 1.0
-"""Seconds between sweeps of the sticky-routing map."""
-
-
-@dataclass(slots=True)
-class HubStats:
-    """Counters since the hub started."""
-
-    routed: int = 0
-    """Message items forwarded to an instance (an event counts once per service)."""
-    no_route: int = 0
-    deferred: int = 0
-    """Retries answered retry-later during the grace period after start."""
-    acks_forwarded: int = 0
-    registered: int = 0
-    """HELLOs accepted (re-registrations included)."""
-    dead_peers: int = 0
-    refused: Counter[str] = field(default_factory=Counter)
-    """Refusals sent, by code."""
-
 
 class Hub:
-    """A stateless router between endpoints. Use as an async context manager."""
+    """A stateless router between endpoints. Use as an async context manager.
+
+    The decisions are :class:`~ackbus.core.hub_protocol.HubProtocol`'s; this class
+    binds the sockets, decodes input and encodes the protocol's actions with the wire.
+    """
 
     def __init__(
         self,
@@ -99,22 +81,26 @@ class Hub:
         self._token = encode_identity(name, self.identity.instance)
         """The hub's own identity as an ack group names it (on no-route acks)."""
         self.heartbeat = heartbeat
-        self.grace = 2 * heartbeat if grace is None else grace
-        """Seconds after start during which retries (attempt > 1) are answered
-        retry-later instead of routed: see :meth:`_on_messages`."""
-        self._grace_until = 0.0
         self.limits = limits
-        self.stats = HubStats()
+        self._proto: HubProtocol[MessageItem, PackedRun] = HubProtocol(
+            self, heartbeat=heartbeat, misses=misses, grace=grace
+        )
+        self.stats: HubStats = self._proto.stats
         self._backend = backend or DefaultBackend()
         self._options = options or TransportOptions()
-        self._routing = RoutingTable()
-        self._liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
-        self._identities: dict[bytes, bytes] = {}
-        """Peer → encoded identity, put on the acks it sends."""
+        self._version = 0
+        """The protocol version negotiated with the peer saying HELLO."""
+        self._notices: list[Routed] = []
+        """ROUTED entries of the multipart being routed, sent together at its end."""
         self._listener: Listener | None = None
         self._timer: Timer | None = None
         self._closed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def grace(self) -> float:
+        """Seconds after start during which retries are answered retry-later."""
+        return self._proto.grace
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,8 +117,8 @@ class Hub:
             on_unroutable=self._on_unroutable,
             options=self._options,
         )
-        self._timer.at(self._loop.time() + _HOUSEKEEPING)
-        self._grace_until = self._loop.time() + self.grace
+        self._proto.start(self._loop.time())
+        self._arm_timer()
         log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
         return self
 
@@ -145,7 +131,7 @@ class Hub:
 
     @property
     def routing(self) -> RoutingTable:
-        return self._routing
+        return self._proto.routing
 
     async def close(self) -> None:
         """Stop listening and release the sockets. Idempotent."""
@@ -178,46 +164,52 @@ class Hub:
                 self._handle(peer, frames, now)
             except RemoteProtocolError as exc:
                 self._refuse(peer, exc)
-        self._timer_for_liveness()
+        self._arm_timer()
 
     def _handle(self, peer: bytes, frames: Multipart, now: float) -> None:
         cmd = decode_command(frames)
+        proto = self._proto
         if cmd is Command.MESSAGE:
-            self._on_messages(peer, frames, now)
+            items = scan_messages(frames, self.limits)
+            first = items[0] if items else None
+            first_id = first.ids[0] if isinstance(first, PackedRun) else first.id if first else b""
+            proto.begin(peer, first_id, now)
+            for item in items:
+                if isinstance(item, PackedRun):
+                    proto.route_run(peer, item, now)
+                else:
+                    proto.route(peer, item, now)
+            if self._notices:
+                notices, self._notices = self._notices, []
+                self._out(peer).control(encode_routed(notices))
         elif cmd is Command.ACK:
-            self._on_acks(peer, frames, now)
+            proto.acks(peer, split_acks(frames, self.limits), now)
         elif cmd is Command.HEARTBEAT:
             decode_heartbeat(frames)
-            if peer not in self._identities:
-                raise RemoteProtocolError("heartbeat before HELLO", code=NOT_REGISTERED)
-            self._liveness.seen(peer, now)
+            proto.heard(peer, now)
         elif cmd is Command.HELLO:
             self._on_hello(peer, frames, now)
         elif cmd is Command.BYE:
             decode_bye(frames, self.limits)
-            self._forget(peer, "said bye")
+            proto.forget(peer, "said bye")
         else:
             raise RemoteProtocolError(f"{cmd.name} is not a command a hub accepts")
 
     def _on_hello(self, peer: bytes, frames: Multipart, now: float) -> None:
         hello = decode_hello(frames, self.limits)
-        version = negotiate(list(hello.versions))
+        self._version = negotiate(list(hello.versions))
         identity = Identity(hello.identity.service, hello.identity.instance)
-        interval_ms = max(int(self.heartbeat * 1000), hello.heartbeat_ms)
-        self._routing.register(
-            peer, identity, hello.commands, hello.events, hello.credit or 1000, now
+        self._out(peer).limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
+        self._proto.hello(
+            peer,
+            identity,
+            encode_identity(identity.service, identity.instance),
+            hello.commands,
+            hello.events,
+            hello.credit,
+            hello.heartbeat_ms,
+            now,
         )
-        self._identities[peer] = encode_identity(identity.service, identity.instance)
-        self._liveness.add(peer, now, interval=interval_ms / 1000)
-        self.stats.registered += 1
-        welcome = wire_pb2.Welcome(
-            heartbeat_ms=interval_ms, version=version, max_batch=self.limits.max_batch
-        )
-        welcome.hub.service = self.identity.service
-        welcome.hub.instance = self.identity.instance
-        out = self._out(peer)
-        out.limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
-        out.control(encode_welcome(welcome))
         log.info(
             "registered %s: %d command types, %d event types",
             identity,
@@ -225,103 +217,60 @@ class Hub:
             len(hello.events),
         )
 
-    def _on_messages(self, peer: bytes, frames: Multipart, now: float) -> None:
-        items = scan_messages(frames, self.limits)
-        if peer not in self._identities:
-            first = items[0]
-            raise RemoteProtocolError(
-                "MESSAGE before HELLO",
-                code=NOT_REGISTERED,
-                message_id=first.ids[0] if isinstance(first, PackedRun) else first.id,
-            )
-        self._liveness.seen(peer, now)
-        routing = self._routing
-        sender = self._out(peer)
-        notices: list[Routed] = []
-        in_grace = now < self._grace_until
-        for item in items:
-            if isinstance(item, PackedRun):
-                self._forward_run(item, peer, sender, now)
-                continue
-            if in_grace and item.attempt > 1:
-                # A retry reaching a hub that just started may belong to a message a
-                # live instance already handled, and that instance may not have said
-                # HELLO again yet: routing it now could pick another instance and run
-                # the handler twice. First attempts are safe; retries wait.
-                self.stats.deferred += 1
-                ack = _hub_ack(item.id, envelope_pb2.RETRY_LATER, self.identity)
-                ack.retry_after_ms = max(1, int((self._grace_until - now) * 1000))
-                sender.full_ack(ack.SerializeToString(), self._token)
-                continue
-            if item.kind == KIND_EVENT:
-                targets = routing.route_event(item.type, item.id, now)
-                for _service, each in targets:
-                    self._out(each).message(item.frame, peer)
-                self.stats.routed += len(targets)
-                notices.append(Routed(item.id, tuple(sorted(s for s, _ in targets))))
-                continue
-            target = routing.route_command(item.type, item.id, item.recipient or None, now)
-            if target is None:
-                self._no_route(item.id, item.type, item.recipient, sender)
-                continue
-            self._out(target).message(item.frame, peer)
-            self.stats.routed += 1
-        if notices:
-            sender.control(encode_routed(notices))
+    # ------------------------------------------------------------------ the protocol's actions
+    # (HubIO: what the protocol decided, encoded with the wire and sent)
 
-    def _forward_run(self, run: PackedRun, peer: bytes, sender: Outbox, now: float) -> None:
-        """Route a run of first-attempt commands of one type in one call and forward
-        each target's share as one chunk of the bytes they arrived in: the same
-        choices, sticky entries and batches as item by item, without an object per
-        item (docs/performance.md)."""
-        ids = run.ids
-        targets = self._routing.route_commands(run.type, ids, run.recipient or None, now)
-        if targets is None:
-            for msg_id in ids:
-                self._no_route(msg_id, run.type, run.recipient, sender)
-            return
-        n = len(ids)
-        self.stats.routed += n
+    def forward(self, target: bytes, item: MessageItem, origin: bytes) -> None:
+        self._out(target).message(item.frame, origin)
+
+    def forward_run(self, run: PackedRun, targets: Sequence[bytes], origin: bytes) -> None:
+        """Each target's share of the run as one chunk of the bytes it arrived in."""
         first = targets[0]
-        if targets.count(first) == n:  # one instance, or all picked the same
-            self._out(first).packed(run.chunk(), n, peer)
+        if targets.count(first) == len(targets):  # one instance, or all picked the same
+            self._out(first).packed(run.chunk(), len(targets), origin)
             return
         for target, chunk, count in run.stretches(targets):
-            self._out(target).packed(chunk, count, peer)
+            self._out(target).packed(chunk, count, origin)
 
-    def _no_route(self, msg_id: bytes, msg_type: str, recipient: str, sender: Outbox) -> None:
-        """Answer a command no instance can take with a NO_ROUTE ack saying why."""
-        self.stats.no_route += 1
-        reason = self._routing.no_route_reason(msg_type, recipient or None)
+    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
+        self._notices.append(Routed(msg_id, services))
+
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
         ack = _hub_ack(msg_id, envelope_pb2.NO_ROUTE, self.identity)
         ack.error.type = "NoRoute"
         ack.error.message = reason
-        sender.full_ack(ack.SerializeToString(), self._token)
+        self._out(origin).full_ack(ack.SerializeToString(), self._token)
 
-    def _on_acks(self, peer: bytes, frames: Multipart, now: float) -> None:
-        groups = split_acks(frames, self.limits)
-        receiver = self._identities.get(peer)
-        if receiver is None:
-            # The acks are dropped: their senders retry, and the receiver's deduper
-            # answers the retry with the same outcome once it said HELLO again.
-            raise RemoteProtocolError("ACK before HELLO", code=NOT_REGISTERED)
-        self._liveness.seen(peer, now)
-        routing = self._routing
-        for group in groups:
-            origin = group.peer
-            if origin not in self._identities:
-                continue  # the sender is gone; it will retry through another connection
-            out = self._out(origin)
-            ok_ids = group.ok_ids
-            if ok_ids:
-                routing.on_acks(peer, ok_ids)
-                out.acks(ok_ids, receiver)  # one call per group, not one per id
-            for raw in group.full:
-                out.full_ack(raw, receiver)
-            self.stats.acks_forwarded += len(group.ok_ids) + len(group.full)
-        # Full acks free credit too; their ids are inside the protobuf, which the hub
-        # does not parse: a full ack is rare (errors, responses), and sticky entries
-        # expire, so the credit comes back either way.
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+        ack = _hub_ack(msg_id, envelope_pb2.RETRY_LATER, self.identity)
+        ack.retry_after_ms = max(1, int(after * 1000))
+        self._out(origin).full_ack(ack.SerializeToString(), self._token)
+
+    def forward_acks(
+        self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes
+    ) -> None:
+        out = self._out(origin)
+        if ok_ids:
+            out.acks(ok_ids, receiver)  # one call per group, not one per id
+        for raw in full:
+            out.full_ack(raw, receiver)
+
+    def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None:
+        welcome = wire_pb2.Welcome(
+            heartbeat_ms=heartbeat_ms, version=self._version, max_batch=self.limits.max_batch
+        )
+        welcome.hub.service = self.identity.service
+        welcome.hub.instance = self.identity.instance
+        self._out(peer).control(encode_welcome(welcome))
+
+    def send_heartbeat(self, peer: bytes) -> None:
+        self._out(peer).control(encode_heartbeat())
+
+    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
+        if self._listener is not None:
+            self._listener.forget(peer)
+        if instance is not None:
+            log.info("instance %s left: %s", instance.identity, why)
 
     # ------------------------------------------------------------------ sending
 
@@ -338,36 +287,18 @@ class Hub:
             log.exception("could not send a refusal to %s", peer.hex())
 
     def _on_unroutable(self, peer: bytes, lost: list[Multipart]) -> None:
-        self._forget(peer, f"unreachable ({len(lost)} multiparts dropped; senders retry)")
-
-    def _forget(self, peer: bytes, why: str) -> None:
-        inst = self._routing.unregister(peer)
-        self._identities.pop(peer, None)
-        self._liveness.remove(peer)
-        if self._listener is not None:
-            self._listener.forget(peer)
-        if inst is not None:
-            log.info("instance %s left: %s", inst.identity, why)
+        self._proto.forget(peer, f"unreachable ({len(lost)} multiparts dropped; senders retry)")
 
     # ------------------------------------------------------------------ timers
 
-    def _timer_for_liveness(self) -> None:
+    def _arm_timer(self) -> None:
         if self._timer is not None:
-            self._timer.at(self._liveness.next_deadline())
+            self._timer.at(self._proto.next_deadline())
 
     def _tick(self) -> None:
         assert self._loop is not None
-        assert self._timer is not None
-        now = self._loop.time()
-        for action in self._liveness.tick(now):
-            if isinstance(action, SendHeartbeat):
-                self._out(action.peer).control(encode_heartbeat())
-            elif isinstance(action, PeerDead):
-                self.stats.dead_peers += 1
-                self._forget(action.peer, f"silent for {action.silence:.1f} s")
-        self._routing.tick(now)
-        self._timer.at(now + _HOUSEKEEPING)
-        self._timer_for_liveness()
+        self._proto.tick(self._loop.time())
+        self._arm_timer()
 
 
 def _hub_ack(

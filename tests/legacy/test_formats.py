@@ -172,7 +172,7 @@ def test_the_strategy_fills_every_field(cls: type[Message]) -> None:
     pass without proving anything."""
     seen: set[str] = set()
 
-    @settings(max_examples=60, database=None)
+    @settings(max_examples=60, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(msg=messages(cls))
     def collect(msg: Message) -> None:
         seen.update(f.name for f, _ in msg.ListFields())

@@ -1,0 +1,288 @@
+"""The hub protocol: everything a hub decides, with no I/O.
+
+Beside the :class:`~ackbus.core.RoutingTable` (which instance gets which message),
+:class:`HubProtocol` owns who is registered, each peer's liveness, the grace period
+after start, and what to answer: forward an item, say where an event went, refuse a
+retry during the grace period, answer "no route", forward acks to their senders, greet,
+heartbeat, forget a dead peer. Actions go out through the :class:`HubIO` its driver
+gives it, as for :class:`~ackbus.core.endpoint_protocol.EndpointProtocol`: the asyncio
+:class:`~ackbus.hub.Hub` encodes them with ``ackbus.wire``; the simulation puts them on
+its simulated network.
+
+The hub parses no envelope and no body: an item is read by its fixed header only
+(:class:`HubItem`), and a run of first-attempt commands of one type (:class:`HubRun`,
+the wire's packed form) is routed in one call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from .._types import Identity
+from ..errors import RemoteProtocolError
+from .liveness import Liveness, PeerDead, SendHeartbeat
+from .routing import Instance, RoutingTable
+
+__all__ = ["HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
+
+KIND_EVENT = 2
+"""The item kind of an event (the wire's ``KIND_EVENT``; a test checks it)."""
+NOT_REGISTERED = "NOT_REGISTERED"
+HOUSEKEEPING = 1.0
+"""Seconds between sweeps of the sticky-routing map."""
+
+
+class HubItem(Protocol):
+    """What the hub reads of one message item: its fixed header."""
+
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+class HubRun(Protocol):
+    """First-attempt commands of one type and recipient, routed together."""
+
+    @property
+    def ids(self) -> Sequence[bytes]: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+
+
+I = TypeVar("I", bound=HubItem)  # noqa: E741 - the item type, as in the docs
+R = TypeVar("R", bound=HubRun)
+I_contra = TypeVar("I_contra", bound=HubItem, contravariant=True)
+R_contra = TypeVar("R_contra", bound=HubRun, contravariant=True)
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters since the hub started."""
+
+    routed: int = 0
+    """Message items forwarded to an instance (an event counts once per service)."""
+    no_route: int = 0
+    deferred: int = 0
+    """Retries answered retry-later during the grace period after start."""
+    acks_forwarded: int = 0
+    registered: int = 0
+    """HELLOs accepted (re-registrations included)."""
+    dead_peers: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    """Refusals sent, by code."""
+
+
+class HubIO(Protocol[I_contra, R_contra]):
+    """The actions a :class:`HubProtocol` takes, carried out by its driver. ``peer`` is
+    a transport address (e.g. a ZeroMQ routing id)."""
+
+    def forward(self, target: bytes, item: I_contra, origin: bytes) -> None:
+        """Send ``item`` (as it arrived) to ``target``, its acks to go to ``origin``."""
+
+    def forward_run(self, run: R_contra, targets: Sequence[bytes], origin: bytes) -> None:
+        """Send each of ``run``'s items to the target at the same position."""
+
+    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
+        """Tell ``origin`` which services its event ``msg_id`` went to."""
+
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
+        """Answer a command no instance can take (a NO_ROUTE ack from the hub)."""
+
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+        """Answer a retry with RETRY_LATER after ``after`` seconds (grace period)."""
+
+    def forward_acks(
+        self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes
+    ) -> None:
+        """Pass acks from the instance ``receiver`` (its token) on to their sender."""
+
+    def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None: ...
+
+    def send_heartbeat(self, peer: bytes) -> None: ...
+
+    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
+        """``peer`` is no longer registered (bye, silent, unreachable)."""
+
+
+class _AckGroup(Protocol):
+    @property
+    def peer(self) -> bytes: ...
+    @property
+    def ok_ids(self) -> list[bytes]: ...
+    @property
+    def full(self) -> list[bytes]: ...
+
+
+class HubProtocol(Generic[I, R]):
+    """One hub's registrations, liveness and routing decisions (module docstring)."""
+
+    def __init__(
+        self,
+        io: HubIO[I, R],
+        *,
+        heartbeat: float = 1.0,
+        misses: int = 3,
+        grace: float | None = None,
+        sticky_ttl: float = 120.0,
+    ) -> None:
+        self.io = io
+        self.heartbeat = heartbeat
+        self.grace = 2 * heartbeat if grace is None else grace
+        """Seconds after start during which retries (attempt > 1) are answered
+        retry-later instead of routed: see :meth:`route`."""
+        self.grace_until = 0.0
+        self.routing = RoutingTable(sticky_ttl=sticky_ttl)
+        self.liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
+        self.stats = HubStats()
+        self._tokens: dict[bytes, bytes] = {}
+        """Peer → its token (encoded identity), put on the acks it sends."""
+        self._next_sweep = 0.0
+
+    def start(self, now: float) -> None:
+        """The hub starts routing at ``now``; the grace period begins."""
+        self.grace_until = now + self.grace
+        self._next_sweep = now + HOUSEKEEPING
+
+    def registered(self, peer: bytes) -> bool:
+        return peer in self._tokens
+
+    # ------------------------------------------------------------------ peers
+
+    def hello(
+        self,
+        peer: bytes,
+        identity: Identity,
+        token: bytes,
+        commands: Sequence[str],
+        events: Sequence[str],
+        credit: int,
+        heartbeat_ms: int,
+        now: float,
+    ) -> None:
+        """A peer registers (or registers again); ``token`` names it on its acks."""
+        interval_ms = max(int(self.heartbeat * 1000), heartbeat_ms)
+        self.routing.register(peer, identity, commands, events, credit or 1000, now)
+        self._tokens[peer] = token
+        self.liveness.add(peer, now, interval=interval_ms / 1000)
+        self.stats.registered += 1
+        self.io.send_welcome(peer, interval_ms)
+
+    def heard(self, peer: bytes, now: float) -> None:
+        """A heartbeat (or anything) from ``peer``; refused before its HELLO."""
+        if peer not in self._tokens:
+            raise RemoteProtocolError("heartbeat before HELLO", code=NOT_REGISTERED)
+        self.liveness.seen(peer, now)
+
+    def forget(self, peer: bytes, why: str) -> None:
+        inst = self.routing.unregister(peer)
+        self._tokens.pop(peer, None)
+        self.liveness.remove(peer)
+        self.io.forgotten(peer, inst, why)
+
+    # ------------------------------------------------------------------ messages
+
+    def begin(self, peer: bytes, first_id: bytes, now: float) -> None:
+        """A MESSAGE multipart from ``peer`` (``first_id``: its first item's id):
+        refused unless ``peer`` said HELLO."""
+        if peer not in self._tokens:
+            raise RemoteProtocolError(
+                "MESSAGE before HELLO", code=NOT_REGISTERED, message_id=first_id
+            )
+        self.liveness.seen(peer, now)
+
+    def route(self, origin: bytes, item: I, now: float) -> None:
+        """Route one item from ``origin``."""
+        io = self.io
+        if item.attempt > 1 and now < self.grace_until:
+            # A retry reaching a hub that just started may belong to a message a
+            # live instance already handled, and that instance may not have said
+            # HELLO again yet: routing it now could pick another instance and run
+            # the handler twice. First attempts are safe; retries wait.
+            self.stats.deferred += 1
+            io.retry_later(origin, item.id, self.grace_until - now)
+            return
+        routing = self.routing
+        if item.kind == KIND_EVENT:
+            targets = routing.route_event(item.type, item.id, now)
+            for _service, each in targets:
+                io.forward(each, item, origin)
+            self.stats.routed += len(targets)
+            io.routed(origin, item.id, tuple(sorted(s for s, _ in targets)))
+            return
+        target = routing.route_command(item.type, item.id, item.recipient or None, now)
+        if target is None:
+            self._no_route(origin, item.id, item.type, item.recipient)
+            return
+        io.forward(target, item, origin)
+        self.stats.routed += 1
+
+    def route_run(self, origin: bytes, run: R, now: float) -> None:
+        """Route a run of first-attempt commands of one type in one call: the same
+        choices and sticky entries as item by item."""
+        ids = run.ids
+        targets = self.routing.route_commands(run.type, ids, run.recipient or None, now)
+        if targets is None:
+            for msg_id in ids:
+                self._no_route(origin, msg_id, run.type, run.recipient)
+            return
+        self.stats.routed += len(ids)
+        self.io.forward_run(run, targets, origin)
+
+    def _no_route(self, origin: bytes, msg_id: bytes, msg_type: str, recipient: str) -> None:
+        self.stats.no_route += 1
+        self.io.no_route(origin, msg_id, self.routing.no_route_reason(msg_type, recipient or None))
+
+    # ------------------------------------------------------------------ acks
+
+    def acks(self, peer: bytes, groups: Iterable[_AckGroup], now: float) -> None:
+        """An ACK multipart from instance ``peer``: pass each group on to its sender."""
+        receiver = self._tokens.get(peer)
+        if receiver is None:
+            # The acks are dropped: their senders retry, and the receiver's deduper
+            # answers the retry with the same outcome once it said HELLO again.
+            raise RemoteProtocolError("ACK before HELLO", code=NOT_REGISTERED)
+        self.liveness.seen(peer, now)
+        routing = self.routing
+        tokens = self._tokens
+        for group in groups:
+            origin = group.peer
+            if origin not in tokens:
+                continue  # the sender is gone; it will retry through another connection
+            ok_ids = group.ok_ids
+            if ok_ids:
+                routing.on_acks(peer, ok_ids)
+            self.io.forward_acks(origin, ok_ids, group.full, receiver)
+            self.stats.acks_forwarded += len(ok_ids) + len(group.full)
+        # Full acks free credit too; their ids are inside the protobuf, which the hub
+        # does not parse: a full ack is rare (errors, responses), and sticky entries
+        # expire, so the credit comes back either way.
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        t = self.liveness.next_deadline()
+        return self._next_sweep if t is None or self._next_sweep < t else t
+
+    def tick(self, now: float) -> None:
+        """Heartbeats due, silent peers forgotten, and the sticky map swept."""
+        for action in self.liveness.tick(now):
+            if isinstance(action, SendHeartbeat):
+                self.io.send_heartbeat(action.peer)
+            elif isinstance(action, PeerDead):
+                self.stats.dead_peers += 1
+                self.forget(action.peer, f"silent for {action.silence:.1f} s")
+        if now >= self._next_sweep:
+            self.routing.tick(now)
+            self._next_sweep = now + HOUSEKEEPING

@@ -1,0 +1,188 @@
+"""The hub protocol alone: events and ``now`` in, actions out through a recording IO."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from ackbus import Identity, RemoteProtocolError
+from ackbus.core import Instance
+from ackbus.core.hub_protocol import KIND_EVENT, NOT_REGISTERED, HubProtocol
+from ackbus.wire import KIND_COMMAND
+from ackbus.wire import KIND_EVENT as WIRE_KIND_EVENT
+from ackbus.wire import NOT_REGISTERED as WIRE_NOT_REGISTERED
+
+
+@dataclass
+class Item:
+    id: bytes
+    type: str = "alpha.Do"
+    recipient: str = ""
+    kind: int = KIND_COMMAND
+    attempt: int = 1
+
+
+@dataclass
+class Run:
+    ids: list[bytes]
+    type: str = "alpha.Do"
+    recipient: str = ""
+
+
+@dataclass
+class Group:
+    peer: bytes
+    ok_ids: list[bytes]
+    full: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Recorder:
+    actions: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def forward(self, target: bytes, item: Item, origin: bytes) -> None:
+        self.actions.append(("forward", target, item.id, origin))
+
+    def forward_run(self, run: Run, targets: Sequence[bytes], origin: bytes) -> None:
+        self.actions.append(("forward_run", list(targets), origin))
+
+    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
+        self.actions.append(("routed", origin, msg_id, services))
+
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
+        self.actions.append(("no_route", origin, msg_id, reason))
+
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+        self.actions.append(("retry_later", origin, msg_id, round(after, 3)))
+
+    def forward_acks(
+        self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes
+    ) -> None:
+        self.actions.append(("acks", origin, list(ok_ids), list(full), receiver))
+
+    def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None:
+        self.actions.append(("welcome", peer, heartbeat_ms))
+
+    def send_heartbeat(self, peer: bytes) -> None:
+        self.actions.append(("heartbeat", peer))
+
+    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
+        self.actions.append(("forgotten", peer, why))
+
+    def take(self) -> list[tuple[Any, ...]]:
+        out, self.actions = self.actions, []
+        return out
+
+
+def hub(grace: float = 0.0) -> tuple[HubProtocol[Item, Run], Recorder]:
+    io = Recorder()
+    proto: HubProtocol[Item, Run] = HubProtocol(io, heartbeat=1.0, misses=3, grace=grace)
+    proto.start(0.0)
+    for peer, service, commands, events in (
+        (b"a1", "alpha", ["alpha.Do"], ["ev.Tick"]),
+        (b"b1", "beta", ["beta.Do"], ["ev.Tick"]),
+        (b"s", "sender", [], []),
+    ):
+        ident = Identity(service, peer.decode())
+        proto.hello(peer, ident, b"tok-" + peer, commands, events, 100, 500, 0.0)
+    io.take()
+    return proto, io
+
+
+def test_constants_are_the_wires() -> None:
+    assert (KIND_EVENT, NOT_REGISTERED) == (WIRE_KIND_EVENT, WIRE_NOT_REGISTERED)
+
+
+def test_hello_is_welcomed_with_the_slower_heartbeat() -> None:
+    io = Recorder()
+    proto: HubProtocol[Item, Run] = HubProtocol(io, heartbeat=1.0)
+    proto.hello(b"p", Identity("x", "1"), b"t", [], [], 0, 2500, 0.0)
+    proto.hello(b"q", Identity("x", "2"), b"t", [], [], 0, 100, 0.0)
+    assert io.take() == [("welcome", b"p", 2500), ("welcome", b"q", 1000)]
+
+
+def test_a_command_goes_to_its_service_and_an_unknown_one_gets_no_route() -> None:
+    proto, io = hub()
+    proto.begin(b"s", b"1" * 16, 0.1)
+    proto.route(b"s", Item(b"1" * 16), 0.1)
+    proto.route(b"s", Item(b"2" * 16, type="nobody.Do"), 0.1)
+    (fwd, nr) = io.take()
+    assert fwd == ("forward", b"a1", b"1" * 16, b"s")
+    assert nr[:3] == ("no_route", b"s", b"2" * 16)
+    assert "nobody.Do" in nr[3]
+    assert (proto.stats.routed, proto.stats.no_route) == (1, 1)
+
+
+def test_an_event_goes_to_every_subscribing_service_and_its_sender_is_told() -> None:
+    proto, io = hub()
+    proto.route(b"s", Item(b"e" * 16, type="ev.Tick", kind=KIND_EVENT), 0.1)
+    actions = io.take()
+    assert sorted(a[1] for a in actions if a[0] == "forward") == [b"a1", b"b1"]
+    assert actions[-1] == ("routed", b"s", b"e" * 16, ("alpha", "beta"))
+
+
+def test_retries_wait_out_the_grace_period_first_attempts_do_not() -> None:
+    proto, io = hub(grace=2.0)
+    proto.route(b"s", Item(b"1" * 16), 0.5)
+    proto.route(b"s", Item(b"2" * 16, attempt=2), 0.5)
+    proto.route(b"s", Item(b"3" * 16, attempt=2), 2.5)
+    assert io.take() == [
+        ("forward", b"a1", b"1" * 16, b"s"),
+        ("retry_later", b"s", b"2" * 16, 1.5),
+        ("forward", b"a1", b"3" * 16, b"s"),
+    ]
+    assert proto.stats.deferred == 1
+
+
+def test_a_run_is_routed_in_one_call() -> None:
+    proto, io = hub()
+    proto.route_run(b"s", Run([b"1" * 16, b"2" * 16]), 0.1)
+    assert io.take() == [("forward_run", [b"a1", b"a1"], b"s")]
+    proto.route_run(b"s", Run([b"3" * 16], type="nobody.Do"), 0.1)
+    assert [a[0] for a in io.take()] == ["no_route"]
+
+
+def test_strangers_are_refused() -> None:
+    proto, _ = hub()
+    calls: list[Callable[[], None]] = [
+        lambda: proto.begin(b"x", b"1" * 16, 0.0),
+        lambda: proto.heard(b"x", 0.0),
+        lambda: proto.acks(b"x", [], 0.0),
+    ]
+    for call in calls:
+        with pytest.raises(RemoteProtocolError) as info:
+            call()
+        assert info.value.code == NOT_REGISTERED
+
+
+def test_acks_go_to_registered_senders_only_and_free_credit() -> None:
+    proto, io = hub()
+    proto.route(b"s", Item(b"1" * 16), 0.1)
+    io.take()
+    assert proto.routing.in_flight(b"a1") == 1
+    proto.acks(b"a1", [Group(b"s", [b"1" * 16], [b"full"]), Group(b"gone", [b"2" * 16])], 0.2)
+    assert io.take() == [("acks", b"s", [b"1" * 16], [b"full"], b"tok-a1")]
+    assert proto.routing.in_flight(b"a1") == 0
+    assert proto.stats.acks_forwarded == 2
+
+
+def test_a_silent_peer_is_forgotten_and_no_longer_routed_to() -> None:
+    proto, io = hub()
+    for t in (0.6, 1.1, 1.6):
+        proto.heard(b"b1", t)
+        proto.heard(b"s", t)
+        proto.tick(t)
+    proto.tick(5.0)
+    assert ("forgotten", b"a1", "silent for 5.0 s") in io.take()
+    assert proto.stats.dead_peers >= 1
+    proto.route(b"s", Item(b"1" * 16), 5.0)
+    assert io.take()[0][0] == "no_route"
+
+
+def test_bye_forgets_at_once() -> None:
+    proto, io = hub()
+    proto.forget(b"a1", "said bye")
+    assert io.take() == [("forgotten", b"a1", "said bye")]
+    assert not proto.registered(b"a1")
