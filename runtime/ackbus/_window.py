@@ -1,20 +1,20 @@
 """Sends waiting for room in a destination's in-flight window: one line per destination.
 
 Each settled message wakes the first waiter of its destination's line, and only that
-one, which then sends without checking again (waking every waiter on every ack made a
-thousand concurrent senders spin: each ack woke all, one went ahead, the rest slept
-again with a new future and timer). A new send queues behind the waiters, so the line
-is fair. Should another send take the slot first, the tracker queues the extra message:
-it never exceeds the window in flight, and never drops. A waiter woken and then
+one, which then sends without checking again (waking every waiter on every ack would
+make concurrent senders spin: each ack would wake all, one would go ahead, the rest
+would sleep again with a new future and timer). A new send queues behind the waiters, so
+the line is fair. Should another send take the slot first, the tracker queues the extra
+message: it never exceeds the window in flight, and never drops. A waiter woken and then
 cancelled passes its turn on; cancelled and timed-out waiters are skipped when a turn is
 handed out rather than removed when they leave (no O(n) removal from the middle of the
 line).
 
 Each waiter has a deadline, but a line has one timer, armed for its earliest deadline
 and re-armed when it fires, instead of one per waiter: a loop timer per waiting send
-cost about 1 µs (a ``TimerHandle``, a push into the loop's heap, compared in Python,
-and the cancelled handle's removal), paid by most sends of a service that sends from
-more tasks at once than its window holds.
+would cost a ``TimerHandle``, a push into the loop's heap (compared in Python) and the
+cancelled handle's removal, paid by most sends of a service that sends from more tasks
+at once than its window holds.
 """
 
 from __future__ import annotations

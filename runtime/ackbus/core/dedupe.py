@@ -51,8 +51,7 @@ response, error)``. A plain tuple of bytes, ints and floats (the Outcome's value
 the enum member) because up to ``capacity`` (100,000) of them live at once: Python's
 cyclic garbage collector stops tracking such a tuple, while it scans every object with
 slots (or a tuple subclass, or a tuple holding an enum member) at each full collection,
-which made those collections a large share of a busy receiver's time
-(docs/performance.md)."""
+which would make those collections long on a busy receiver (docs/performance.md)."""
 _ID: Final = 0
 _AT: Final = 2
 _OK: Final = int(Outcome.OK)
@@ -124,7 +123,8 @@ class InboundDeduper:
     def finish_ok(self, msg_ids: Iterable[bytes], now: float) -> None:
         """:meth:`finish` with outcome OK and no response, for several ids at once:
         what a receiver does for every handler that returned during one received batch
-        (a call per id was a visible slice of a pipelined receiver's time)."""
+        (one call per batch rather than per id: it is on a pipelined receiver's hot
+        path)."""
         running = self._running
         done = self._done
         order = self._order

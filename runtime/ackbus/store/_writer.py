@@ -9,9 +9,8 @@ one *open* :class:`Batch`, releases it at the end of the loop iteration that ope
 takes the whole open batch whenever it is free, runs it as one transaction with one
 fsync, and wakes the loop once for the batch. Everything queued while the previous
 transaction was committing lands in the next one, so batches grow exactly when the disk
-is the bottleneck. (Measured in bench/durable.py: 500 concurrent sends commit in one
-transaction instead of 5-25 when the writer took each batch as soon as it opened, at the
-same throughput.)
+is the bottleneck. (The writer does not take a batch as soon as it opens: concurrent
+sends would then commit in many small transactions.)
 
 An operation is either ``(sql, params)`` (consecutive ones with the same statement object
 run as one ``executemany``) or a callable taking the connection (a handler's unit of
@@ -73,8 +72,8 @@ class Batch:
         per message over :meth:`wait`.
 
         A future per waiter, so that a cancelled waiter cancels only its own (an
-        asyncio.shield around one shared future did the same at twice the cost: 8 % of
-        a durable sender's profile, where hundreds wait on one batch)."""
+        asyncio.shield around one shared future would do the same at more cost per
+        waiter, and hundreds wait on one batch)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.done:
             fut.set_result(None)
@@ -130,8 +129,8 @@ class GroupWriter:
         self._full = full
         self._name = name
         # A plain lock (C-level ``with``) rather than Condition's default RLock, whose
-        # Python-level __enter__/__exit__ cost a visible share of every add() (two
-        # per message on a durable sender).
+        # __enter__/__exit__ run in Python on every add() (two per message on a
+        # durable sender).
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._open: Batch | None = None
@@ -282,8 +281,7 @@ def rows_statement(head: str, row: str, tail: str = "") -> str:
     sqlite3's ``executemany`` binds and steps the statement once per row, releasing
     and retaking the GIL around every step: on a busy event loop each step waits for
     the loop's thread to let go. One statement for 64-256 rows binds them in one C
-    call and steps once (raw SQLite, 40,000 outbox rows in groups of 500: 4.0 ->
-    3.4 µs per row single-threaded)."""
+    call and steps once."""
     sql = head + row + tail
     _ROWS[sql] = (head, row, tail, row.count("?"))
     return sql
@@ -293,7 +291,8 @@ def each_value(sql: str, values: list[Any]) -> Op:
     """One operation that runs ``sql``, a statement registered with
     :func:`rows_statement` that takes one parameter, for each of ``values`` in order
     (``DELETE ... WHERE id IN (?)`` for an ack group's ids): one object where an
-    operation per value made two per value, each for the garbage collector to walk."""
+    operation per value would make two per value, each for the garbage collector to
+    walk."""
     if _ROWS[sql][3] != 1:
         raise ValueError(f"each_value needs a one-parameter statement, not {sql!r}")
     return functools.partial(_each_value, sql, values)

@@ -7,9 +7,8 @@ addresses). A :class:`Backend` makes them: :class:`~._zmq.ZmqBackend` over real 
 pass one shared test class (``tests/transport``).
 
 Receiving is push: the transport calls ``on_receive(multiparts)`` with every multipart
-it could drain in one go (no future per message; this is where ``zmq.asyncio`` lost
-a factor of six on the reference machine). A listener's multiparts start with the
-peer's routing id.
+it could drain in one go (no future per message: that is what makes ``zmq.asyncio``
+slow, see :mod:`._zmq`). A listener's multiparts start with the peer's routing id.
 
 Sending is coalesced: callers add to an :class:`~ackbus.wire.Outbox` (one per
 destination); the first addition schedules one flush with ``loop.call_soon``, so a

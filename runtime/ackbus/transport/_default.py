@@ -1,12 +1,12 @@
 """The backend a hub and an endpoint use unless told otherwise: ZeroMQ, plus
 ``inmem://`` addresses for a hub and endpoints that share one process.
 
-Why in-process addresses: a hub embedded in a service (``Hub`` on the service's own
-event loop) reached that service's endpoint over TCP loopback, so each message and
-each ack crossed the loopback twice inside one process: four libzmq I/O-thread and
-event-loop wake-ups and four system calls per round trip that carried nothing a
-function call could not. Bound to an ``inmem://`` address as well, the hub hands
-multiparts to its in-process endpoints through the in-memory transport (the same
+Why in-process addresses: without them a hub embedded in a service (``Hub`` on the
+service's own event loop) reaches that service's endpoint over TCP loopback, so each
+message and each ack crosses the loopback twice inside one process: four libzmq
+I/O-thread and event-loop wake-ups and four system calls per round trip that carry
+nothing a function call could not. Bound to an ``inmem://`` address as well, the hub
+hands multiparts to its in-process endpoints through the in-memory transport (the same
 contract, run by the same tests as ZeroMQ), and reaches everyone else over ZeroMQ:
 
     async with Hub(["tcp://0.0.0.0:5555", "inmem://hub"]) as hub, \\

@@ -40,9 +40,8 @@ MAX_NAME: Final = 255
 """Longest type name, recipient, or group peer token, in UTF-8 bytes."""
 MAX_BATCH: Final = 127
 """Most message items in one MESSAGE multipart: as many as one group's count byte
-holds (its high bit marks a packed group). It was 64 until measured: at 127, a
-pipelined sender, hub and receiver make half as many multiparts, and each costs
-sends, receives and thread wake-ups (docs/performance.md, fourth pass)."""
+holds (its high bit marks a packed group), because every multipart costs sends,
+receives and thread wake-ups to a pipelined sender, the hub and the receiver."""
 MAX_ACKS: Final = 256
 """Most acknowledgements (compact and full together) in one ACK multipart."""
 
@@ -277,8 +276,8 @@ class MessageItem:
     def body_buffer(self) -> bytes | memoryview:
         """The body for a parser that takes any buffer (protobuf's ``ParseFromString``):
         a view into :attr:`frame` when the body is big, so it is not copied first. A copy
-        of 128 KiB or more is a fresh ``mmap`` with its page faults: for a 1 MB body, ten
-        times the cost of parsing it."""
+        of 128 KiB or more is a fresh ``mmap`` with its page faults, which cost more than
+        parsing the body."""
         start = self._body_start
         if len(self.frame) - start < BUFFER_VIEW_FROM:
             return self.frame[start:]
@@ -371,8 +370,9 @@ def pack_item(
 ) -> bytes:
     """:func:`encode_message` without its checks, positional: for a sender that checked
     its names once with :func:`check_name` and makes its ids and kinds itself (the
-    endpoint, once per message: the checks and eleven keyword arguments were a fifth
-    of its sending cost). Only the header's ranges are still checked, by ``struct``."""
+    endpoint, once per message, where the checks and eleven keyword arguments would be
+    a large share of its sending cost). Only the header's ranges are still checked, by
+    ``struct``."""
     try:
         head = ITEM_HEADER.pack(
             message_id,
@@ -445,9 +445,9 @@ def skip_packed(buf: bytes, pos: int, count: int) -> int:
 
 def packed_group_frame(peer: bytes, items: Sequence[bytes]) -> bytes:
     """A group frame that carries its items: u8 ``0x80 | count``, u8 peer length, peer,
-    then per item a u32 length and the item. One frame instead of ``count``: on this
-    machine a frame costs about 0.8 µs to send and 0.9 µs to receive in Python, while
-    copying a small item into the batch costs a tenth of that."""
+    then per item a u32 length and the item. One frame instead of ``count``: a frame
+    costs far more to send and to receive in Python than copying a small item into the
+    batch does."""
     count = len(items)
     if not 1 <= count <= MAX_BATCH or len(peer) > MAX_NAME:
         raise LocalProtocolError(f"bad group: {count} items, peer of {len(peer)} bytes")

@@ -1,10 +1,9 @@
 """The per-destination outgoing queue that turns many small sends into few multiparts.
 
-Through a plain Python router, one message per multipart reached about 10,000 msgs/s
-on the reference machine and up to 64 coalesced messages per multipart about 52,000:
-the cost is per wake-up and per multipart, not per byte. So callers never build
-multiparts for messages or acks; they add items to an :class:`Outbox`, and the
-transport pops whole batches from it once per event-loop iteration.
+Through a Python router the cost is per wake-up and per multipart, not per byte:
+several messages coalesced into one multipart cost little more than one. So callers
+never build multiparts for messages or acks; they add items to an :class:`Outbox`, and
+the transport pops whole batches from it once per event-loop iteration.
 
 Order: messages keep their order among themselves, and so do acks; a control
 multipart (HELLO, HEARTBEAT, BYE, REFUSAL, ROUTED...) is a barrier: everything added
