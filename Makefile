@@ -44,7 +44,7 @@ bench: setup
 	$(PY) -m bench $(if $(FULL),--full,)
 
 simulate: setup
-	$(PY) -m ackbus.core.simulate --seeds $(SEEDS)
+	$(PY) -m ackbus.testing.simulate --seeds $(SEEDS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

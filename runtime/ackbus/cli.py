@@ -151,13 +151,12 @@ def _hub(args: argparse.Namespace) -> int:
     import logging
 
     from .errors import AddressError
-    from .hub import serve
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        asyncio.run(serve(args.bind, name=args.name, heartbeat=args.heartbeat))
+        asyncio.run(_serve_hub(args.bind, name=args.name, heartbeat=args.heartbeat))
     except AddressError as err:  # a port in use, a typo: the user fixes it, no traceback
         print(f"ackbus hub: error: {err}", file=sys.stderr)
         return 1
@@ -186,6 +185,22 @@ def _missing_codegen() -> list[str]:
         if not found:
             missing.append(dist)
     return missing
+
+
+async def _serve_hub(bind: Sequence[str], *, name: str, heartbeat: float) -> None:
+    """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
+    Raises :class:`~ackbus.errors.AddressError` before that line if it cannot bind."""
+    import asyncio
+    import signal
+
+    from .hub import Hub
+
+    loop = asyncio.get_running_loop()
+    async with Hub(bind, name=name, heartbeat=heartbeat) as hub:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
+        print(f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}", flush=True)
+        await hub.serve_forever()
 
 
 def _gen(args: argparse.Namespace) -> int:

@@ -310,19 +310,6 @@ def _hub_ack(
     return ack
 
 
-async def serve(bind: Sequence[str], *, name: str = "hub", heartbeat: float = 1.0) -> None:
-    """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
-    Raises :class:`~ackbus.errors.AddressError` before that line if it cannot bind."""
-    import signal
-
-    loop = asyncio.get_running_loop()
-    async with Hub(bind, name=name, heartbeat=heartbeat) as hub:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
-        print(f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}", flush=True)
-        await hub.serve_forever()
-
-
 if __name__ == "__main__":  # python -m ackbus.hub ... is ackbus hub ...
     import sys
 

@@ -32,10 +32,9 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from .._types import Identity
+from ._values import Identity
 
 __all__ = ["Instance", "RoutingTable"]
 

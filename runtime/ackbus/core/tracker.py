@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._common import Outcome, RemoteError
+from ._values import Identity, Policy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from .._types import Identity, Policy
 
 __all__ = [
     "Admit",

@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from ackbus.core import dedupe, routing, simulate
+from ackbus.core import dedupe, routing
+from ackbus.testing import simulate
 
 SEEDS = 600
 
@@ -22,7 +23,7 @@ def test_invariants_hold_over_many_seeds() -> None:
             failing[seed] = result.violations[:3]
     assert failing == {}, (
         f"failing seeds {sorted(failing)}; reproduce with "
-        f"python -m ackbus.core.simulate --seed {min(failing)} -v: {failing}"
+        f"python -m ackbus.testing.simulate --seed {min(failing)} -v: {failing}"
     )
     # The faults were real: some messages needed a second handler run after a crash.
     assert totals["messages"] == SEEDS * 24
@@ -69,7 +70,7 @@ def _random_pick(
 
 def test_command_line_runs_the_seeds_it_is_given() -> None:
     ok = subprocess.run(
-        [sys.executable, "-m", "ackbus.core.simulate", "--seeds", "3"],
+        [sys.executable, "-m", "ackbus.testing.simulate", "--seeds", "3"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,8 +2,8 @@
 
 They use the core exactly as the endpoint and the hub do (trackers, dedupers, liveness, the
 routing table, driven by events and ``now``), exchange small message objects through a
-:class:`~ackbus.core.simnet.SimNetwork`, and record the ground truth the checks in
-:mod:`ackbus.core.simulate` need in a :class:`Ledger`: which instance incarnation ran which
+:class:`~ackbus.testing.simnet.SimNetwork`, and record the ground truth the checks in
+:mod:`ackbus.testing.simulate` need in a :class:`Ledger`: which instance incarnation ran which
 message, and why a hub routed a retry somewhere new.
 """
 
@@ -13,13 +13,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .._types import Identity, Policy
-from ._common import Outcome, RemoteError
-from .dedupe import InboundDeduper, Verdict
-from .liveness import Liveness, PeerDead, negotiate
-from .routing import RoutingTable
+from ..core import Identity, Policy
+from ..core._common import Outcome, RemoteError
+from ..core.dedupe import InboundDeduper, Verdict
+from ..core.liveness import Liveness, PeerDead, negotiate
+from ..core.routing import RoutingTable
+from ..core.tracker import Completion, OutboundTracker, Transmit
 from .simnet import SimNetwork
-from .tracker import Completion, OutboundTracker, Transmit
 
 __all__ = [
     "COMMANDS",

@@ -1,6 +1,6 @@
 """Deterministic simulation of senders, a hub and service instances over a faulty network.
 
-Run it: ``python -m ackbus.core.simulate --seeds 2000`` (or ``--seed S -v`` to replay one
+Run it: ``python -m ackbus.testing.simulate --seeds 2000`` (or ``--seed S -v`` to replay one
 seed with a trace). Each seed draws its own faults (loss, duplicates, delays that reorder,
 partitions, receiver crashes with memory loss, hub crashes with table loss) and traffic
 (commands by type, commands to a named service, events with several subscribers, a command
@@ -20,8 +20,8 @@ nobody handles, an event nobody subscribes to), runs every message to its end, a
 - nothing leaks: trackers, windows and timers are empty; the hub's in-flight credits return
   to zero once its sticky entries expire; no handler is left running.
 
-The actors live in :mod:`ackbus.core.simactors`, the faulty network in
-:mod:`ackbus.core.simnet`.
+The actors live in :mod:`ackbus.testing.simactors`, the faulty network in
+:mod:`ackbus.testing.simnet`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
-from .._types import Policy
+from ..core import Policy
+from ..core.tracker import Reason, Status
 from .simactors import HUB, SERVICES, Ledger, Planned, SimHub, SimInstance, SimSender
 from .simnet import FaultModel, SimNetwork
-from .tracker import Reason, Status
 
 __all__ = ["SimResult", "main", "run_seed"]
 
@@ -216,7 +216,7 @@ def _check_sender(sender: SimSender, ledger: Ledger, result: SimResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ackbus.core.simulate", description=__doc__.split("\n\n")[0]
+        prog="python -m ackbus.testing.simulate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--seeds", type=int, default=500, help="how many seeds to run")
     parser.add_argument("--start", type=int, default=0, help="first seed")
@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} FAILED ({result.faults}):", file=sys.stderr)
             for problem in result.violations[:10]:
                 print(f"  {problem}", file=sys.stderr)
-            print(f"  reproduce: python -m ackbus.core.simulate --seed {seed} -v", file=sys.stderr)
+            reproduce = f"python -m ackbus.testing.simulate --seed {seed} -v"
+            print(f"  reproduce: {reproduce}", file=sys.stderr)
     summary = ", ".join(f"{k}={n}" for k, n in sorted(totals.items()))
     print(f"{len(seeds)} seeds: {summary}; {len(failing)} failing")
     return 1 if failing else 0

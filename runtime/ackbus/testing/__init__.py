@@ -5,8 +5,8 @@ in-memory transport, so a test exercises exactly the code that runs in productio
 acks after the handler, retries, dedupe, routing, request/reply. Its
 :class:`Faults` drop, duplicate and delay message and ack batches on their way into
 the hub, drawn from a seeded generator (timers still run on the event loop's clock, so
-a run is not replayed step by step; the sans-IO simulation in ``ackbus.core.simulate``
-is the deterministic one)::
+a run is not replayed step by step; the sans-IO simulation in
+:mod:`ackbus.testing.simulate` is the deterministic one)::
 
     async with TestBus(seed=7) as bus:
         table = bus.endpoint("table")
@@ -35,13 +35,13 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from ._types import Context, Identity
-from .endpoint import Endpoint
-from .hub import Hub
-from .transport import MemoryBackend, TransportOptions
-from .transport._base import OnReceive, OnUnroutable
-from .transport._memory import MemoryListener
-from .wire import ACK_FRAME, MESSAGE_FRAME, Multipart
+from .._types import Context, Identity
+from ..endpoint import Endpoint
+from ..hub import Hub
+from ..transport import MemoryBackend, TransportOptions
+from ..transport._base import OnReceive, OnUnroutable
+from ..transport._memory import MemoryListener
+from ..wire import ACK_FRAME, MESSAGE_FRAME, Multipart
 
 __all__ = ["Faults", "TestBus", "run_twice"]
 
