@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from .._types import Identity
 from ..errors import RemoteProtocolError
+from ._values import Identity
 from .liveness import Liveness, PeerDead, SendHeartbeat
 from .routing import Instance, RoutingTable
 
