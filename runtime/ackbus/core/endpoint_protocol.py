@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._types import Identity, Policy
 from ..errors import (
     AckTimeout,
     Cancelled,
@@ -41,6 +40,7 @@ from ..errors import (
     RetryLater,
 )
 from ._common import Outcome, RemoteError
+from ._values import Identity, Policy
 from .dedupe import InboundDeduper, Verdict
 from .liveness import Liveness, PeerDead, SendHeartbeat
 from .tracker import Admit, Completion, OutboundTracker, Reason, Transmit
