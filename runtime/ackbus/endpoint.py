@@ -300,7 +300,7 @@ class Endpoint:
                     options=self._options,
                 )
                 self._links.append(hub)
-                self._proto.connected(hub.index)
+                self._proto.connected(hub.index, loop.time())
             async with asyncio.timeout(self.connect_timeout):
                 await self._welcomed.wait()
         except TimeoutError:
@@ -889,12 +889,16 @@ class Endpoint:
     # ------------------------------------------------------------------ hubs
 
     def _types_changed(self) -> None:
-        self._proto.set_types(self._dispatch.types(Kind.COMMAND), self._dispatch.types(Kind.EVENT))
+        self._proto.set_types(
+            self._dispatch.types(Kind.COMMAND),
+            self._dispatch.types(Kind.EVENT),
+            self._loop.time() if self._loop is not None else 0.0,
+        )
 
     def _on_connection(self, hub: _HubLink, up: bool) -> None:
         if self._closed or not hasattr(hub, "link"):
             return  # called during connect(): start() says hello right after
-        self._proto.connected(hub.index, up)
+        self._proto.connected(hub.index, self._loop.time() if self._loop else 0.0, up)
 
     # ------------------------------------------------------------------ timers
 

@@ -68,8 +68,8 @@ def make(hubs: int = 1, **kw: Any) -> tuple[EndpointProtocol, Recorder]:
     io = Recorder()
     proto = EndpointProtocol(ME, io, **kw)
     for _ in range(hubs):
-        proto.connected(proto.add_hub())
-    proto.set_types(["svc.Do"], ["ev.Tick"])
+        proto.connected(proto.add_hub(), 0.0)
+    proto.set_types(["svc.Do"], ["ev.Tick"], 0.0)
     for hub in range(hubs):
         proto.on_welcome(hub, 1000, 0.0)
     io.take()
@@ -82,7 +82,7 @@ def test_the_request_flag_is_the_wires() -> None:
 
 def test_registering_types_says_hello_on_every_hub() -> None:
     proto, io = make(hubs=2)
-    proto.set_types(["svc.Do", "svc.Other"], [])
+    proto.set_types(["svc.Do", "svc.Other"], [], 0.0)
     assert io.take() == [("hello", 0), ("hello", 1)]
     assert proto.commands == ("svc.Do", "svc.Other")
 
@@ -230,6 +230,21 @@ def test_not_registered_says_hello_again_and_other_refusals_reject() -> None:
     ((kind, failed_id, error),) = io.take()
     assert (kind, failed_id) == ("failed", mid)
     assert "bad frame" in str(error)
+
+
+def test_hello_is_said_again_until_a_welcome_comes() -> None:
+    io = Recorder()
+    proto = EndpointProtocol(ME, io, hello_retry=0.5)
+    hub = proto.add_hub()
+    proto.connected(hub, 0.0)
+    assert proto.next_deadline() == 0.5
+    proto.tick(0.4)
+    proto.tick(0.5)
+    assert io.take() == [("hello", 0), ("hello", 0)]
+    proto.on_welcome(hub, 1000, 0.6)
+    proto.tick(1.5)
+    assert ("hello", 0) not in io.take()
+    assert proto.welcomed(hub)
 
 
 def test_a_silent_hub_is_greeted_again() -> None:

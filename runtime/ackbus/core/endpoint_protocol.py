@@ -143,11 +143,13 @@ class EndpointIO(Protocol):
 
 
 class _Hub:
-    __slots__ = ("index", "welcomed")
+    __slots__ = ("hello_at", "index", "welcomed")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.welcomed = False
+        self.hello_at: float | None = None
+        """When to say hello again if no WELCOME came (None: not waiting for one)."""
 
 
 class EndpointProtocol:
@@ -175,6 +177,7 @@ class EndpointProtocol:
         dedupe_ttl: float = 600.0,
         seed: int | None = None,
         wall_offset: float = 0.0,
+        hello_retry: float = 1.0,
     ) -> None:
         self.identity = identity
         self.io = io
@@ -189,6 +192,8 @@ class EndpointProtocol:
         """Command types the handlers take (what HELLO says)."""
         self.events: tuple[str, ...] = ()
         self._types: frozenset[str] = frozenset()
+        self.hello_retry = hello_retry
+        """Seconds to wait for a WELCOME before saying HELLO again."""
         self.closed = False
         self.receiving = False
         """True between :meth:`begin_batch` and :meth:`end_batch`."""
@@ -218,23 +223,32 @@ class EndpointProtocol:
     def welcomed(self, hub: int) -> bool:
         return self._hubs[hub].welcomed
 
-    def set_types(self, commands: Sequence[str], events: Sequence[str]) -> None:
+    def set_types(self, commands: Sequence[str], events: Sequence[str], now: float) -> None:
         """The types the handlers take changed: register again with every hub."""
         self.commands = tuple(commands)
         self.events = tuple(events)
         self._types = frozenset(self.commands) | frozenset(self.events)
         for hub in self._hubs:
-            self.io.send_hello(hub.index)
+            self._hello(hub, now)
 
-    def connected(self, hub: int, up: bool = True) -> None:
+    def connected(self, hub: int, now: float, up: bool = True) -> None:
         """The link to ``hub`` came up (say hello) or went down."""
         if up:
-            self.io.send_hello(hub)
+            self._hello(self._hubs[hub], now)
         else:
             self._hubs[hub].welcomed = False
 
+    def _hello(self, hub: _Hub, now: float) -> None:
+        """Say HELLO, and again every :attr:`hello_retry` seconds until a WELCOME: a
+        HELLO lost on the way (a hub restarting, a link cut) must not leave the
+        endpoint unregistered for good."""
+        hub.hello_at = now + self.hello_retry
+        self.io.send_hello(hub.index)
+
     def on_welcome(self, hub: int, heartbeat_ms: int, now: float) -> None:
-        self._hubs[hub].welcomed = True
+        state = self._hubs[hub]
+        state.welcomed = True
+        state.hello_at = None
         self.liveness.add(hub, now, interval=max(heartbeat_ms, 1) / 1000)
 
     def on_bye(self, hub: int) -> None:
@@ -246,7 +260,7 @@ class EndpointProtocol:
             # The hub does not know us (it restarted): register again; the refused
             # messages are retried by their timers.
             self._hubs[hub].welcomed = False
-            self.io.send_hello(hub)
+            self._hello(self._hubs[hub], now)
             return
         if message_id and self.tracker.state(message_id) is not None:
             error = RemoteError("RemoteProtocolError", text, permanent=True)
@@ -505,6 +519,10 @@ class EndpointProtocol:
         for t in (self.liveness.next_deadline(), self.deduper.next_deadline()):
             if t is not None and (best is None or t < best):
                 best = t
+        for hub in self._hubs:
+            t = hub.hello_at
+            if t is not None and (best is None or t < best):
+                best = t
         return best
 
     def tick(self, now: float) -> None:
@@ -526,8 +544,11 @@ class EndpointProtocol:
             elif isinstance(lv, PeerDead):
                 io.hub_silent(lv.peer, lv.silence)
                 self._hubs[lv.peer].welcomed = False
-                io.send_hello(lv.peer)
+                self._hello(self._hubs[lv.peer], now)
                 self.liveness.add(lv.peer, now)
+        for hub in self._hubs:
+            if hub.hello_at is not None and hub.hello_at <= now:
+                self._hello(hub, now)
         self.deduper.tick(now)
 
 
