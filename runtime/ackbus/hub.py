@@ -82,7 +82,7 @@ class Hub:
         """The hub's own identity as an ack group names it (on no-route acks)."""
         self.heartbeat = heartbeat
         self.limits = limits
-        self._proto: HubProtocol[MessageItem, PackedRun] = HubProtocol(
+        self._proto: HubProtocol[MessageItem, PackedRun, bytes] = HubProtocol(
             self, heartbeat=heartbeat, misses=misses, grace=grace
         )
         self.stats: HubStats = self._proto.stats

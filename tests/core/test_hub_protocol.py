@@ -76,9 +76,9 @@ class Recorder:
         return out
 
 
-def hub(grace: float = 0.0) -> tuple[HubProtocol[Item, Run], Recorder]:
+def hub(grace: float = 0.0) -> tuple[HubProtocol[Item, Run, bytes], Recorder]:
     io = Recorder()
-    proto: HubProtocol[Item, Run] = HubProtocol(io, heartbeat=1.0, misses=3, grace=grace)
+    proto: HubProtocol[Item, Run, bytes] = HubProtocol(io, heartbeat=1.0, misses=3, grace=grace)
     proto.start(0.0)
     for peer, service, commands, events in (
         (b"a1", "alpha", ["alpha.Do"], ["ev.Tick"]),
@@ -97,7 +97,7 @@ def test_constants_are_the_wires() -> None:
 
 def test_hello_is_welcomed_with_the_slower_heartbeat() -> None:
     io = Recorder()
-    proto: HubProtocol[Item, Run] = HubProtocol(io, heartbeat=1.0)
+    proto: HubProtocol[Item, Run, bytes] = HubProtocol(io, heartbeat=1.0)
     proto.hello(b"p", Identity("x", "1"), b"t", [], [], 0, 2500, 0.0)
     proto.hello(b"q", Identity("x", "2"), b"t", [], [], 0, 100, 0.0)
     assert io.take() == [("welcome", b"p", 2500), ("welcome", b"q", 1000)]

@@ -26,7 +26,7 @@ from ._values import Identity
 from .liveness import Liveness, PeerDead, SendHeartbeat
 from .routing import Instance, RoutingTable
 
-__all__ = ["HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
+__all__ = ["AckGroup", "HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
 
 KIND_EVENT = 2
 """The item kind of an event (the wire's ``KIND_EVENT``; a test checks it)."""
@@ -63,8 +63,11 @@ class HubRun(Protocol):
 
 I = TypeVar("I", bound=HubItem)  # noqa: E741 - the item type, as in the docs
 R = TypeVar("R", bound=HubRun)
+A = TypeVar("A")
 I_contra = TypeVar("I_contra", bound=HubItem, contravariant=True)
 R_contra = TypeVar("R_contra", bound=HubRun, contravariant=True)
+A_contra = TypeVar("A_contra", contravariant=True)
+A_co = TypeVar("A_co", covariant=True)
 
 
 @dataclass(slots=True)
@@ -84,9 +87,10 @@ class HubStats:
     """Refusals sent, by code."""
 
 
-class HubIO(Protocol[I_contra, R_contra]):
+class HubIO(Protocol[I_contra, R_contra, A_contra]):
     """The actions a :class:`HubProtocol` takes, carried out by its driver. ``peer`` is
-    a transport address (e.g. a ZeroMQ routing id)."""
+    a transport address (e.g. a ZeroMQ routing id). The type parameters are the
+    driver's item, run and full-ack types (the hub reads no full ack: it passes them on)."""
 
     def forward(self, target: bytes, item: I_contra, origin: bytes) -> None:
         """Send ``item`` (as it arrived) to ``target``, its acks to go to ``origin``."""
@@ -104,7 +108,7 @@ class HubIO(Protocol[I_contra, R_contra]):
         """Answer a retry with RETRY_LATER after ``after`` seconds (grace period)."""
 
     def forward_acks(
-        self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes
+        self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[A_contra], receiver: bytes
     ) -> None:
         """Pass acks from the instance ``receiver`` (its token) on to their sender."""
 
@@ -116,21 +120,23 @@ class HubIO(Protocol[I_contra, R_contra]):
         """``peer`` is no longer registered (bye, silent, unreachable)."""
 
 
-class _AckGroup(Protocol):
+class AckGroup(Protocol[A_co]):
+    """Acks from one instance for one sender (``peer``): plain OK ids and full acks."""
+
     @property
     def peer(self) -> bytes: ...
     @property
     def ok_ids(self) -> list[bytes]: ...
     @property
-    def full(self) -> list[bytes]: ...
+    def full(self) -> Sequence[A_co]: ...
 
 
-class HubProtocol(Generic[I, R]):
+class HubProtocol(Generic[I, R, A]):
     """One hub's registrations, liveness and routing decisions (module docstring)."""
 
     def __init__(
         self,
-        io: HubIO[I, R],
+        io: HubIO[I, R, A],
         *,
         heartbeat: float = 1.0,
         misses: int = 3,
@@ -246,7 +252,7 @@ class HubProtocol(Generic[I, R]):
 
     # ------------------------------------------------------------------ acks
 
-    def acks(self, peer: bytes, groups: Iterable[_AckGroup], now: float) -> None:
+    def acks(self, peer: bytes, groups: Iterable[AckGroup[A]], now: float) -> None:
         """An ACK multipart from instance ``peer``: pass each group on to its sender."""
         receiver = self._tokens.get(peer)
         if receiver is None:
