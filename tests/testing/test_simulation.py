@@ -1,11 +1,14 @@
 """The deterministic simulation: invariants over many seeds, and proof that it can fail."""
 
 import itertools
+import random
 import subprocess
 import sys
 
 import pytest
+from ackbus import Identity
 from ackbus.core import dedupe, routing
+from ackbus.core.endpoint_protocol import EndpointProtocol
 from ackbus.testing import simulate
 
 SEEDS = 600
@@ -78,3 +81,51 @@ def test_command_line_runs_the_seeds_it_is_given() -> None:
     assert ok.returncode == 0, ok.stderr
     assert "3 seeds:" in ok.stdout
     assert "0 failing" in ok.stdout
+
+
+def test_the_simulation_drives_the_protocol_classes_the_runtime_drives() -> None:
+    from ackbus import Endpoint, Hub
+    from ackbus.core.endpoint_protocol import EndpointProtocol
+    from ackbus.core.hub_protocol import HubProtocol
+    from ackbus.testing.simactors import Ledger, SimEndpoint, SimHub
+    from ackbus.testing.simnet import SimNetwork
+
+    net = SimNetwork(random.Random(0))
+    hub = SimHub(net, Ledger())
+    net.add(hub)
+    ep = SimEndpoint("a/0", Identity("a", "0"), net, Ledger(), random.Random(0))
+    assert type(ep.proto) is type(Endpoint("a", "tcp://127.0.0.1:1")._proto) is EndpointProtocol
+    assert type(hub.proto) is type(Hub("tcp://127.0.0.1:1")._proto) is HubProtocol
+
+
+def _forgetful_reack(self: EndpointProtocol, hub: int, item: object) -> None:
+    """A glue bug: a duplicate of a handled message gets no answer."""
+
+
+def test_simulation_catches_a_glue_bug_in_the_endpoint_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(EndpointProtocol, "reack", _forgetful_reack)
+    bad = [s for s in range(40) if simulate.run_seed(s).violations]
+    assert bad, "an endpoint that never re-acks duplicates went unnoticed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: a hub that restarted routes an event before its subscribers said "
+    "HELLO again, and the event is acked by the services registered at that moment "
+    "(possibly none)",
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_hub_restart_with_events_in_flight_loses_no_event(seed: int) -> None:
+    result = simulate.run_seed(seed, scenario="hub-restart-events", strict_events=True)
+    assert result.ok, result.violations[:3]
+
+
+def test_the_hub_restart_scenario_restarts_the_hub_with_events_in_flight() -> None:
+    """The replay above is real: every event settles, the hub restarted mid-stream, and
+    only the fan-out check (issue 15) fails, not delivery or dedupe."""
+    result = simulate.run_seed(0, scenario="hub-restart-events")
+    assert result.ok, result.violations[:3]
+    assert result.acked == result.messages == 24
+    assert result.event_gaps

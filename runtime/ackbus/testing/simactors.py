@@ -1,24 +1,28 @@
-"""The actors of the simulation: senders, service instances and a hub, over ``simnet``.
+"""The actors of the simulation: endpoints and a hub over ``simnet``, driving the runtime's
+own protocols.
 
-They use the core exactly as the endpoint and the hub do (trackers, dedupers, liveness, the
-routing table, driven by events and ``now``), exchange small message objects through a
-:class:`~ackbus.testing.simnet.SimNetwork`, and record the ground truth the checks in
-:mod:`ackbus.testing.simulate` need in a :class:`Ledger`: which instance incarnation ran which
-message, and why a hub routed a retry somewhere new.
+Each :class:`SimEndpoint` is an :class:`~ackbus.core.endpoint_protocol.EndpointProtocol`
+and :class:`SimHub` a :class:`~ackbus.core.hub_protocol.HubProtocol`: the very classes the
+asyncio :class:`~ackbus.Endpoint` and :class:`~ackbus.Hub` drive. These drivers only carry
+the protocols' actions over a :class:`~ackbus.testing.simnet.SimNetwork` as small value
+objects (where the runtime encodes them with ``ackbus.wire``), run simulated handlers, and
+record in a :class:`Ledger` the ground truth the checks in :mod:`ackbus.testing.simulate`
+need: which instance incarnation ran which message, and why a hub routed a retry somewhere
+new.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
-from ..core import Identity, Policy
-from ..core._common import Outcome, RemoteError
-from ..core.dedupe import InboundDeduper, Verdict
-from ..core.liveness import Liveness, PeerDead, negotiate
-from ..core.routing import RoutingTable
-from ..core.tracker import Completion, OutboundTracker, Transmit
+from ..core import Completion, Instance, Outcome, Policy, RemoteError
+from ..core._values import Identity
+from ..core.endpoint_protocol import AckReply, EndpointProtocol
+from ..core.hub_protocol import KIND_EVENT, HubProtocol
+from ..errors import DeliveryError, RemoteProtocolError, RetryLater
 from .simnet import SimNetwork
 
 __all__ = [
@@ -26,78 +30,108 @@ __all__ = [
     "EVENTS",
     "HUB",
     "SERVICES",
-    "AckMsg",
-    "Env",
-    "Hello",
     "Ledger",
     "Planned",
+    "SimEndpoint",
     "SimHub",
-    "SimInstance",
-    "SimSender",
 ]
 
 HUB = "hub"
+HUB_IDENTITY = Identity("hub", "sim")
 SERVICES = {"alpha": 3, "beta": 2, "gamma": 1}
 COMMANDS = {"alpha": ["alpha.Do", "shared.Cmd"], "beta": ["beta.Do", "shared.Cmd"], "gamma": []}
 EVENTS = {"alpha": ["ev.Tick"], "beta": ["ev.Tick"], "gamma": ["ev.Tick"]}
-HUB_HEARTBEAT_MS = 300
-HELLO_RETRY = 0.2
+SUBSCRIBERS = {
+    event: sorted(s for s, types in EVENTS.items() if event in types)
+    for types in EVENTS.values()
+    for event in types
+}
+"""Event type → the services that subscribe to it (what a schema says)."""
+HUB_HEARTBEAT = 0.3
 HUB_GRACE = 2.0
-"""After a restart the hub routes nothing for this long (senders retry), so that instances
-re-register first: a retry then finds the instance that ran it, and nothing is refused as
-no-route or routed around an instance the new hub does not know yet."""
+HELLO_RETRY = 0.2
+AT_ONCE = 0.3
+"""Share of handler runs that return at once (acked with their batch)."""
 
 
-# -- messages on the simulated wire ---------------------------------------------------------
+# -- values on the simulated wire -----------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Env:
-    msg_id: bytes
-    msg_type: str
-    recipient: str | None
-    sender: str
-    deadline: float
-    event: bool
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A message item: what the endpoint and hub protocols read of one."""
+
+    id: bytes
+    type: str
+    recipient: str
+    kind: int
     attempt: int
+    deadline_ns: int
+    peer: bytes = b""
+    """Empty from a sender; the origin's address once a hub forwarded it."""
+    flags: int = 0
     routed_by: int = 0
-    """Incarnation of the hub that routed this copy."""
+    """Incarnation of the hub that routed this copy (for the ledger)."""
 
     def __str__(self) -> str:
-        return f"env {self.msg_type} {self.msg_id.hex()} #{self.attempt}"
+        return f"item {self.type} {self.id.hex()[:8]} #{self.attempt}"
 
 
-@dataclass(slots=True)
-class AckMsg:
-    msg_id: bytes
-    outcome: Outcome
-    receiver: Identity | None
-    to: str
-    retry_after: float = 0.0
-    error: RemoteError | None = None
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A packed run of commands (the simulation's senders send none)."""
+
+    ids: tuple[bytes, ...]
+    type: str
+    recipient: str
+
+
+@dataclass(frozen=True, slots=True)
+class Items:
+    items: tuple[Item, ...]
 
     def __str__(self) -> str:
-        return f"ack {self.msg_id.hex()} {self.outcome.name} by {self.receiver}"
+        return ", ".join(map(str, self.items))
 
 
-@dataclass(slots=True)
-class RoutedMsg:
+@dataclass(frozen=True, slots=True)
+class AckGroup:
+    """Acks for one peer: from an endpoint, ``peer`` is the sender's address; from the
+    hub, the receiver's token."""
+
+    peer: bytes
+    ok_ids: list[bytes]
+    full: list[AckReply]
+
+    def __str__(self) -> str:
+        full = [f"{a.outcome.name} {a.msg_id.hex()[:8]}" for a in self.full]
+        return f"acks {[i.hex()[:8] for i in self.ok_ids]} {full} ({self.peer.decode()})"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
     msg_id: bytes
     services: tuple[str, ...]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Hello:
     identity: Identity
     commands: tuple[str, ...]
     events: tuple[str, ...]
     heartbeat_ms: int
-    credit: int
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Welcome:
     heartbeat_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    msg_id: bytes
+    text: str
 
 
 class Heartbeat:
@@ -105,9 +139,13 @@ class Heartbeat:
         return "heartbeat"
 
 
-class NotRegistered:
-    def __str__(self) -> str:
-        return "not-registered"
+def _token(identity: Identity) -> bytes:
+    return f"{identity.service}/{identity.instance}".encode()
+
+
+def _identity(token: bytes) -> Identity:
+    service, _, instance = token.decode().partition("/")
+    return Identity(service, instance)
 
 
 # -- bookkeeping shared by the actors -------------------------------------------------------
@@ -143,92 +181,60 @@ class Planned:
     """"acked", "no-route" or "nobody" (an event acked by no one)."""
 
 
-class SimSender:
-    def __init__(self, addr: str, net: SimNetwork, rng: random.Random) -> None:
+# -- the endpoint driver --------------------------------------------------------------------
+
+
+class SimEndpoint:
+    """One endpoint (a service instance, or a sender that handles nothing): an
+    :class:`EndpointProtocol` whose actions travel over the simulated network. A crash
+    loses it whole; a restart starts a new one (as a process would)."""
+
+    def __init__(
+        self,
+        addr: str,
+        identity: Identity,
+        net: SimNetwork,
+        ledger: Ledger,
+        rng: random.Random,
+        *,
+        commands: Sequence[str] = (),
+        events: Sequence[str] = (),
+        window: int = 1000,
+    ) -> None:
         self.addr = addr
-        self.up = True
-        self.incarnation = 0
-        self.net = net
-        self.tracker = OutboundTracker(window=8, rng=random.Random(rng.random()))
-        self.planned: dict[bytes, Planned] = {}
-        self.results: dict[bytes, Completion] = {}
-
-    def submit(self, plan: Planned, now: float) -> None:
-        self.planned[plan.msg_id] = plan
-        admit = self.tracker.submit(
-            plan.msg_id,
-            msg_type=plan.msg_type,
-            destination=HUB,
-            policy=plan.policy,
-            now=now,
-            expect=None if plan.event else 1,
-        )
-        if admit.value == "send":
-            self._transmit(plan.msg_id, 1, now)
-
-    def _transmit(self, msg_id: bytes, attempt: int, now: float) -> None:
-        plan = self.planned[msg_id]
-        env = Env(
-            msg_id,
-            plan.msg_type,
-            plan.recipient,
-            self.addr,
-            plan.at + plan.policy.deadline,
-            plan.event,
-            attempt,
-        )
-        self.net.send(self.addr, HUB, env)
-
-    def _settled(self, completion: Completion | None) -> None:
-        if completion is not None:
-            self.results[completion.msg_id] = completion
-
-    def on_message(self, src: str, msg: object, now: float) -> None:
-        if isinstance(msg, AckMsg):
-            self._settled(
-                self.tracker.ack(
-                    msg.msg_id,
-                    outcome=msg.outcome,
-                    now=now,
-                    receiver=msg.receiver,
-                    error=msg.error,
-                    retry_after=msg.retry_after,
-                )
-            )
-        elif isinstance(msg, RoutedMsg):
-            self._settled(self.tracker.routed(msg.msg_id, msg.services, now))
-
-    def next_deadline(self) -> float | None:
-        return self.tracker.next_deadline()
-
-    def tick(self, now: float) -> None:
-        for action in self.tracker.tick(now):
-            if isinstance(action, Transmit):
-                self._transmit(action.msg_id, action.attempt, now)
-            else:
-                self._settled(action)
-
-
-class SimInstance:
-    """One instance of a service: a deduper, a handler, heartbeats to the hub."""
-
-    def __init__(self, service: str, index: int, net: SimNetwork, ledger: Ledger) -> None:
-        self.service = service
-        self.addr = f"{service}/{index}"
-        self.identity = Identity(service, str(index))
+        self.identity = identity
         self.net = net
         self.ledger = ledger
+        self.rng = rng
+        self.commands = tuple(commands)
+        self.events = tuple(events)
+        self.window = window
         self.up = True
         self.incarnation = 0
-        self.heartbeat_ms = net.rng.choice((200, 300, 500))
+        self.heartbeat = rng.choice((0.2, 0.3, 0.5))
         self.fail_rate = 0.0
+        self.planned: dict[bytes, Planned] = {}
+        self.results: dict[bytes, Completion] = {}
+        self._out: list[Item] = []
         self._start(0.0)
 
     def _start(self, now: float) -> None:
-        self.dedupe = InboundDeduper(capacity=10_000, ttl=600.0)
-        self.live: Liveness[str] = Liveness(interval=self.heartbeat_ms / 1000, misses=3)
-        self.registered = False
-        self.hello_at: float | None = now
+        self.proto = EndpointProtocol(
+            self.identity,
+            self,
+            window=self.window,
+            heartbeat=self.heartbeat,
+            misses=3,
+            dedupe_capacity=10_000,
+            dedupe_ttl=600.0,
+            seed=self.rng.getrandbits(32),
+            hello_retry=HELLO_RETRY,
+        )
+        hub = self.proto.add_hub()
+        self.proto.set_types(self.commands, self.events, now)
+        self.proto.connected(hub, now)
+
+    # -- the node's life --------------------------------------------------------------
 
     def crash(self, now: float) -> None:
         self.up = False
@@ -241,114 +247,153 @@ class SimInstance:
     def alive_as(self, incarnation: int) -> bool:
         return self.up and self.incarnation == incarnation
 
-    def _send(self, msg: object, now: float) -> None:
-        self.live.sent(HUB, now)
-        self.net.send(self.addr, HUB, msg)
-
-    def _hello(self, now: float) -> None:
-        svc = self.service
-        hello = Hello(
-            self.identity, tuple(COMMANDS[svc]), tuple(EVENTS[svc]), self.heartbeat_ms, 1000
-        )
-        self._send(hello, now)
-        self.hello_at = now + HELLO_RETRY
-
     def next_deadline(self) -> float | None:
-        t = self.live.next_deadline()
-        if self.hello_at is not None and (t is None or self.hello_at < t):
-            return self.hello_at
-        return t
+        return self.proto.next_deadline()
 
     def tick(self, now: float) -> None:
-        if self.hello_at is not None and self.hello_at <= now:
-            self._hello(now)
-        for action in self.live.tick(now):
-            if isinstance(action, PeerDead):
-                # The hub went quiet: it may have restarted. Say hello until welcomed.
-                self.registered = False
-                self._hello(now)
-            else:
-                self._send(Heartbeat(), now)
+        self.proto.tick(now)
+        self._flush()
+
+    # -- sending -----------------------------------------------------------------------
+
+    def submit(self, plan: Planned, now: float) -> None:
+        """Send a planned message (a sender's ``send`` or ``publish``)."""
+        self.planned[plan.msg_id] = plan
+        self.proto.submit(
+            plan.msg_id,
+            plan.msg_type,
+            plan.recipient or plan.msg_type,
+            plan.policy,
+            now,
+            plan.event,
+        )
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the items this step transmitted as one batch (as an outbox would)."""
+        if self._out:
+            items, self._out = tuple(self._out), []
+            self.net.send(self.addr, HUB, Items(items))
+
+    # -- EndpointIO ----------------------------------------------------------------------
+
+    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        plan = self.planned[msg_id]
+        deadline_ns = int((plan.at + plan.policy.deadline) * 1e9)
+        kind = KIND_EVENT if plan.event else 1
+        self._out.append(
+            Item(msg_id, plan.msg_type, plan.recipient or "", kind, attempt, deadline_ns)
+        )
+
+    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
+        self.net.send(self.addr, HUB, AckGroup(peer, list(msg_ids), []))
+
+    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        self.net.send(self.addr, HUB, AckGroup(peer, [], [ack]))
+
+    def send_hello(self, hub: int) -> None:
+        hello = Hello(self.identity, self.commands, self.events, int(self.heartbeat * 1000))
+        self.net.send(self.addr, HUB, hello)
+
+    def send_heartbeat(self, hub: int) -> None:
+        self.net.send(self.addr, HUB, Heartbeat())
+
+    def acked(self, completions: Sequence[Completion]) -> None:
+        for c in completions:
+            self.results[c.msg_id] = c
+
+    def failed(self, completion: Completion, error: DeliveryError) -> None:
+        self.results[completion.msg_id] = completion
+
+    def hub_silent(self, hub: int, silence: float) -> None:
+        pass
+
+    # -- receiving -----------------------------------------------------------------------
 
     def on_message(self, src: str, msg: object, now: float) -> None:
-        self.live.seen(HUB, now)
-        if isinstance(msg, Env):
-            self._on_env(msg, now)
-        elif isinstance(msg, Welcome):
-            if not self.registered:
-                self.registered = True
-                self.hello_at = None
-                self.live.add(HUB, now, interval=msg.heartbeat_ms / 1000)
-        elif isinstance(msg, NotRegistered) and self.hello_at is None:
-            self.registered = False
-            self._hello(now)
+        proto = self.proto
+        proto.begin_batch(0, now)
+        try:
+            if isinstance(msg, Items):
+                for item in msg.items:
+                    if proto.accept(0, item, now):
+                        self._run(item, now)
+            elif isinstance(msg, AckGroup):
+                proto.on_acks(_identity(msg.peer), msg.ok_ids, msg.full, now)
+            elif isinstance(msg, Routed):
+                proto.on_routed(msg.msg_id, msg.services, now)
+            elif isinstance(msg, Welcome):
+                proto.on_welcome(0, msg.heartbeat_ms, now)
+            elif isinstance(msg, Refusal):
+                proto.on_refusal(0, msg.code, msg.msg_id, msg.text, now)
+        finally:
+            proto.end_batch()
+        self._flush()
 
-    def _on_env(self, env: Env, now: float) -> None:
-        verdict = self.dedupe.begin(env.msg_id, now)
-        if verdict is Verdict.RUNNING:
-            return
-        if verdict is Verdict.DONE:
-            record = self.dedupe.record(env.msg_id)
-            assert record is not None
-            outcome = Outcome.DUPLICATE if record.outcome == Outcome.OK else record.outcome
-            self._send(AckMsg(env.msg_id, outcome, self.identity, env.sender, 0, record.error), now)
-            return
-        if now > env.deadline:
-            self._finish(env, Outcome.EXPIRED, now)
+    def _run(self, item: Item, now: float) -> None:
+        """Run the handler: at once (acked with its batch) or after a while."""
+        if self.rng.random() < AT_ONCE:
+            self._finish(item, now, in_batch=True)
             return
         incarnation = self.incarnation
-        duration = self.net.rng.uniform(0.0, 0.25)
+        proto = self.proto
 
         def done(at: float) -> None:
-            if self.alive_as(incarnation):
-                self._run(env, at)
+            if self.alive_as(incarnation) and self.proto is proto:
+                self._finish(item, at, in_batch=False)
+                self._flush()
 
-        self.net.call_at(now + duration, done)
+        self.net.call_at(now + self.rng.uniform(0.0, 0.25), done)
 
-    def _run(self, env: Env, now: float) -> None:
-        """The handler returns (or raises) at ``now``."""
-        roll = self.net.rng.random()
+    def _finish(self, item: Item, now: float, *, in_batch: bool) -> None:
+        proto = self.proto
+        roll = self.rng.random()
         if roll < self.fail_rate:
-            err = RemoteError("TransientError", "simulated failure", permanent=False)
-            self.dedupe.finish(env.msg_id, Outcome.REJECTED, now, error=err)
-            self._send(AckMsg(env.msg_id, Outcome.REJECTED, self.identity, env.sender, 0, err), now)
+            proto.handled(0, item, now, RuntimeError("simulated failure"))
             return
         if roll < 2 * self.fail_rate:
-            self.dedupe.finish(env.msg_id, Outcome.RETRY_LATER, now)
-            self._send(AckMsg(env.msg_id, Outcome.RETRY_LATER, self.identity, env.sender, 0.1), now)
+            proto.handled(0, item, now, RetryLater(0.1))
             return
-        key = (self.service, env.msg_id)
-        first = self.ledger.ok_runs.get(key)
-        me = (self.addr, self.incarnation, env.routed_by)
-        if first is None:
-            self.ledger.ok_runs[key] = me
-        elif first[:2] == me[:2]:
-            self.ledger.violations.append(
-                f"{self.addr} ran {env.msg_id.hex()} twice in one incarnation (dedupe failed)"
-            )
+        self._record_run(item)
+        if in_batch:
+            proto.handled_ok(item.id, item.peer)
         else:
-            owner = self.net.nodes[first[0]]
-            if owner.incarnation != first[1]:
-                cause = "crashed"
-            elif key in self.ledger.diverted:
-                cause = self.ledger.diverted[key]
-            else:
-                cause = "unexplained"
-                self.ledger.violations.append(
-                    f"{env.msg_id.hex()} ran on {self.addr} although {first[0]} ran it, is"
-                    " alive, and the message was never routed away from it"
-                )
-            self.ledger.reruns[cause] += 1
-            self.ledger.ok_runs[key] = me
-        self._finish(env, Outcome.OK, now)
+            proto.handled(0, item, now)
 
-    def _finish(self, env: Env, outcome: Outcome, now: float) -> None:
-        self.dedupe.finish(env.msg_id, outcome, now)
-        self._send(AckMsg(env.msg_id, outcome, self.identity, env.sender), now)
+    def _record_run(self, item: Item) -> None:
+        """The ledger's view of a successful run: a second run needs a cause."""
+        ledger = self.ledger
+        key = (self.identity.service, item.id)
+        first = ledger.ok_runs.get(key)
+        me = (self.addr, self.incarnation, item.routed_by)
+        if first is None:
+            ledger.ok_runs[key] = me
+            return
+        if first[:2] == me[:2]:
+            ledger.violations.append(
+                f"{self.addr} ran {item.id.hex()} twice in one incarnation (dedupe failed)"
+            )
+            return
+        owner = self.net.nodes[first[0]]
+        if owner.incarnation != first[1]:
+            cause = "crashed"
+        elif key in ledger.diverted:
+            cause = ledger.diverted[key]
+        else:
+            cause = "unexplained"
+            ledger.violations.append(
+                f"{item.id.hex()} ran on {self.addr} although {first[0]} ran it, is"
+                " alive, and the message was never routed away from it"
+            )
+        ledger.reruns[cause] += 1
+        ledger.ok_runs[key] = me
+
+
+# -- the hub driver -------------------------------------------------------------------------
 
 
 class SimHub:
-    """The stateless router: a routing table and liveness, lost on every crash."""
+    """The stateless router: a :class:`HubProtocol`, lost on every crash."""
 
     def __init__(self, net: SimNetwork, ledger: Ledger) -> None:
         self.addr = HUB
@@ -357,13 +402,14 @@ class SimHub:
         self.up = True
         self.incarnation = 0
         self.restarts = 0
+        self._batches: dict[bytes, list[Item]] = {}
         self._start(0.0)
 
     def _start(self, now: float) -> None:
-        self.table = RoutingTable(sticky_ttl=120.0)
-        self.live: Liveness[bytes] = Liveness(interval=HUB_HEARTBEAT_MS / 1000, misses=3)
-        self.started_at = now
-        self.grace_until = now + (HUB_GRACE if self.restarts else 0.0)
+        self.proto: HubProtocol[Item, Run, AckReply] = HubProtocol(
+            self, heartbeat=HUB_HEARTBEAT, misses=3, grace=HUB_GRACE
+        )
+        self.proto.start(now)
 
     def crash(self, now: float) -> None:
         self.up = False
@@ -375,84 +421,95 @@ class SimHub:
         self._start(now)
 
     def next_deadline(self) -> float | None:
-        return self.live.next_deadline()
+        return self.proto.next_deadline()
 
     def tick(self, now: float) -> None:
-        for action in self.live.tick(now):
-            peer = action.peer
-            if isinstance(action, PeerDead):
-                self.table.unregister(peer)
-            else:
-                self._to_peer(peer, Heartbeat(), now)
-
-    def _to_peer(self, peer: bytes, msg: object, now: float) -> None:
-        self.live.sent(peer, now)
-        self.net.send(HUB, peer.decode(), msg)
+        self.proto.tick(now)
 
     def on_message(self, src: str, msg: object, now: float) -> None:
-        if isinstance(msg, Env):
-            self._on_env(src, msg, now)
-            return
         peer = src.encode()
-        if isinstance(msg, Hello):
-            interval = negotiate(HUB_HEARTBEAT_MS, msg.heartbeat_ms)
-            self.table.register(peer, msg.identity, msg.commands, msg.events, msg.credit, now)
-            self.live.add(peer, now, interval=interval / 1000)
-            self._to_peer(peer, Welcome(interval), now)
-            return
-        known = self.table.instance(peer) is not None
-        if known:
-            self.live.seen(peer, now)
-        else:
-            self.net.send(HUB, src, NotRegistered())
-        if isinstance(msg, AckMsg):
-            if known:
-                self.table.on_ack(peer, msg.msg_id)
-            self.net.send(HUB, msg.to, msg)
+        proto = self.proto
+        try:
+            if isinstance(msg, Items):
+                proto.begin(peer, msg.items[0].id, now)
+                for item in msg.items:
+                    proto.route(peer, item, now)
+                self._flush()
+            elif isinstance(msg, AckGroup):
+                proto.acks(peer, [msg], now)
+            elif isinstance(msg, Hello):
+                proto.hello(
+                    peer,
+                    msg.identity,
+                    _token(msg.identity),
+                    msg.commands,
+                    msg.events,
+                    1000,
+                    msg.heartbeat_ms,
+                    now,
+                )
+            elif isinstance(msg, Heartbeat):
+                proto.heard(peer, now)
+        except RemoteProtocolError as exc:
+            self.net.send(HUB, src, Refusal(exc.code, exc.message_id, str(exc)))
 
-    def _in_grace(self, now: float) -> bool:
-        return now < self.grace_until
+    def _flush(self) -> None:
+        batches, self._batches = self._batches, {}
+        for target, items in batches.items():
+            self.net.send(HUB, target.decode(), Items(tuple(items)))
 
-    def _on_env(self, sender: str, env: Env, now: float) -> None:
-        table = self.table
-        if self._in_grace(now):
-            return
-        if env.event:
-            pairs = table.route_event(env.msg_type, env.msg_id, now)
-            self.net.send(HUB, sender, RoutedMsg(env.msg_id, tuple(s for s, _ in pairs)))
-            for service, target in pairs:
-                self._forward(service, target, env, now)
-            return
-        peer = table.route_command(env.msg_type, env.msg_id, env.recipient, now)
-        if peer is None:
-            reason = table.no_route_reason(env.msg_type, env.recipient)
-            err = RemoteError("NoRoute", reason, permanent=False)
-            self.net.send(HUB, sender, AckMsg(env.msg_id, Outcome.NO_ROUTE, None, sender, 0, err))
-            return
-        inst = table.instance(peer)
+    # -- HubIO ---------------------------------------------------------------------------
+
+    def forward(self, target: bytes, item: Item, origin: bytes) -> None:
+        copy = replace(item, peer=origin, routed_by=self.incarnation)
+        inst = self.proto.routing.instance(target)
         assert inst is not None
-        self._forward(inst.identity.service, peer, env, now)
+        self._check_sticky(inst.identity.service, target.decode(), item.id)
+        self._batches.setdefault(target, []).append(copy)
 
-    def _forward(self, service: str, peer: bytes, env: Env, now: float) -> None:
-        copy = Env(
-            env.msg_id, env.msg_type, env.recipient, env.sender, env.deadline, env.event,
-            env.attempt, routed_by=self.incarnation,
-        )  # fmt: skip
-        # Check the sticky contract: a retry goes where the previous attempt went while that
-        # instance is registered with this hub.
-        key = (service, env.msg_id)
-        addr = peer.decode()
+    def forward_run(self, run: Run, targets: Sequence[bytes], origin: bytes) -> None:
+        raise AssertionError("the simulation sends no packed runs")
+
+    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
+        self.net.send(HUB, origin.decode(), Routed(msg_id, services))
+
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
+        error = RemoteError("NoRoute", reason)
+        ack = AckReply(msg_id, Outcome.NO_ROUTE, HUB_IDENTITY, error)
+        self.net.send(HUB, origin.decode(), AckGroup(_token(HUB_IDENTITY), [], [ack]))
+
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+        ack = AckReply(msg_id, Outcome.RETRY_LATER, HUB_IDENTITY, retry_after=after)
+        self.net.send(HUB, origin.decode(), AckGroup(_token(HUB_IDENTITY), [], [ack]))
+
+    def forward_acks(
+        self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[AckReply], receiver: bytes
+    ) -> None:
+        self.net.send(HUB, origin.decode(), AckGroup(receiver, list(ok_ids), list(full)))
+
+    def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None:
+        self.net.send(HUB, peer.decode(), Welcome(heartbeat_ms))
+
+    def send_heartbeat(self, peer: bytes) -> None:
+        self.net.send(HUB, peer.decode(), Heartbeat())
+
+    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
+        pass
+
+    def _check_sticky(self, service: str, addr: str, msg_id: bytes) -> None:
+        """The sticky contract: a retry goes where the previous attempt went while that
+        instance is registered with this hub."""
+        key = (service, msg_id)
         ledger = self.ledger
         last = ledger.last_route.get(key)
         if last is not None and last[0] != addr:
             if last[1] != self.incarnation:
                 ledger.diverted.setdefault(key, "hub-restart")
-            elif self.table.instance(last[0].encode()) is None:
+            elif self.proto.routing.instance(last[0].encode()) is None:
                 ledger.diverted.setdefault(key, "unregistered")
             else:
                 ledger.violations.append(
-                    f"hub routed {env.msg_id.hex()} to {addr}, but the previous attempt went to"
+                    f"hub routed {msg_id.hex()} to {addr}, but the previous attempt went to"
                     f" {last[0]}, which is still registered (sticky routing failed)"
                 )
         ledger.last_route[key] = (addr, self.incarnation)
-        self._to_peer(peer, copy, now)

@@ -1,4 +1,5 @@
-"""Deterministic simulation of senders, a hub and service instances over a faulty network.
+"""Deterministic simulation of senders, a hub and service instances over a faulty network,
+running the runtime's own endpoint and hub protocols.
 
 Run it: ``python -m ackbus.testing.simulate --seeds 2000`` (or ``--seed S -v`` to replay one
 seed with a trace). Each seed draws its own faults (loss, duplicates, delays that reorder,
@@ -20,8 +21,16 @@ nobody handles, an event nobody subscribes to), runs every message to its end, a
 - nothing leaks: trackers, windows and timers are empty; the hub's in-flight credits return
   to zero once its sticky entries expire; no handler is left running.
 
-The actors live in :mod:`ackbus.testing.simactors`, the faulty network in
-:mod:`ackbus.testing.simnet`.
+Event fan-out is checked against the schema: an acked event must have run on every service
+that subscribes to its type. Until issue 15 ("events across restarts and late joiners")
+lands, an event published while a subscriber is not registered (a hub restart, a crash) is
+acked by the services that were: such gaps are counted, and are violations only with
+``--strict-events`` (or ``run_seed(..., strict_events=True)``). ``--scenario
+hub-restart-events`` replays a hub restart with events in flight.
+
+The actors (drivers of :class:`~ackbus.core.endpoint_protocol.EndpointProtocol` and
+:class:`~ackbus.core.hub_protocol.HubProtocol`) live in :mod:`ackbus.testing.simactors`,
+the faulty network in :mod:`ackbus.testing.simnet`.
 """
 
 from __future__ import annotations
@@ -33,9 +42,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..core import Policy
+from ..core import Identity, Policy
 from ..core.tracker import Reason, Status
-from .simactors import HUB, SERVICES, Ledger, Planned, SimHub, SimInstance, SimSender
+from .simactors import (
+    COMMANDS,
+    EVENTS,
+    HUB,
+    SERVICES,
+    SUBSCRIBERS,
+    Ledger,
+    Planned,
+    SimEndpoint,
+    SimHub,
+)
 from .simnet import FaultModel, SimNetwork
 
 __all__ = ["SimResult", "main", "run_seed"]
@@ -55,6 +74,8 @@ class SimResult:
     then on two instances may hold a dedupe entry, and a second run is allowed."""
     reruns: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    event_gaps: list[str] = field(default_factory=list)
+    """Acked events that did not run on every subscribing service (issue 15)."""
     sim_time: float = 0.0
     net: dict[str, int] = field(default_factory=dict)
     faults: str = ""
@@ -65,7 +86,7 @@ class SimResult:
 
 
 def _plan_faults(
-    rng: random.Random, instances: list[SimInstance], senders: list[SimSender]
+    rng: random.Random, instances: list[SimEndpoint], senders: list[SimEndpoint]
 ) -> FaultModel:
     faults = FaultModel(
         loss=rng.choice((0.0, 0.02, 0.1, 0.3)),
@@ -82,45 +103,90 @@ def _plan_faults(
     return faults
 
 
-def _submit(sender: SimSender, plan: Planned, now: float) -> None:
+def _submit(sender: SimEndpoint, plan: Planned, now: float) -> None:
     sender.submit(plan, now)
 
 
-def _crash(node: SimInstance | SimHub, now: float) -> None:
+def _crash(node: SimEndpoint | SimHub, now: float) -> None:
     if node.up:
         node.crash(now)
 
 
-def _restart(node: SimInstance | SimHub, now: float) -> None:
+def _restart(node: SimEndpoint | SimHub, now: float) -> None:
     if not node.up:
         node.restart(now)
 
 
-def run_seed(seed: int, *, messages: int = 24, trace: bool = False) -> SimResult:
+_POLICY = Policy(
+    ack_timeout=0.3, max_attempts=100, backoff_base=0.02, backoff_cap=0.5, jitter=0.3,
+    deadline=60.0, retry_rejected=True,
+)  # fmt: skip
+
+
+SCENARIOS = ("random", "hub-restart-events")
+
+
+def _cluster(
+    rng: random.Random, net: SimNetwork, ledger: Ledger
+) -> tuple[SimHub, list[SimEndpoint], list[SimEndpoint]]:
+    hub = SimHub(net, ledger)
+    net.add(hub)
+    instances = [
+        SimEndpoint(
+            f"{s}/{i}",
+            Identity(s, str(i)),
+            net,
+            ledger,
+            random.Random(rng.random()),
+            commands=COMMANDS[s],
+            events=EVENTS[s],
+        )
+        for s, n in SERVICES.items()
+        for i in range(n)
+    ]
+    senders = [
+        SimEndpoint(
+            f"sender{i}",
+            Identity("sender", f"sender{i}"),
+            net,
+            ledger,
+            random.Random(rng.random()),
+            window=8,
+        )
+        for i in range(2)
+    ]
+    for node in [*instances, *senders]:
+        net.add(node)
+    return hub, instances, senders
+
+
+def run_seed(
+    seed: int,
+    *,
+    messages: int = 24,
+    trace: bool = False,
+    scenario: str = "random",
+    strict_events: bool = False,
+) -> SimResult:
     """Run one seeded scenario to its end and check the invariants."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; one of {SCENARIOS}")
     rng = random.Random(seed)
     net = SimNetwork(rng)
     ledger = Ledger()
     result = SimResult(seed)
     if trace:
         net.trace = print
-    hub = SimHub(net, ledger)
-    net.add(hub)
-    instances = [SimInstance(s, i, net, ledger) for s, n in SERVICES.items() for i in range(n)]
-    senders = [SimSender(f"sender{i}", net, rng) for i in range(2)]
-    for inst in instances:
-        net.add(inst)
-    for sender in senders:
-        net.add(sender)
+    hub, instances, senders = _cluster(rng, net, ledger)
+    if scenario == "hub-restart-events":
+        _hub_restart_events(rng, net, hub, senders, messages)
+        return _finish(result, net, ledger, hub, instances, senders, strict_events)
     net.faults = _plan_faults(rng, instances, senders)
     fail_rate = rng.choice((0.0, 0.0, 0.05))
     for inst in instances:
         inst.fail_rate = fail_rate
 
-    policy = Policy(
-        ack_timeout=0.3, max_attempts=100, backoff_base=0.02, backoff_cap=0.5, jitter=0.3,
-        deadline=60.0, retry_rejected=True,
-    )  # fmt: skip
+    policy = _POLICY
     short = policy.with_(deadline=20.0)
     kinds = [
         ("alpha.Do", None, False, policy, "acked"),
@@ -138,7 +204,7 @@ def run_seed(seed: int, *, messages: int = 24, trace: bool = False) -> SimResult
         plan = Planned(rng.randbytes(16), msg_type, recipient, event, at, pol, expect)
         net.call_at(at, partial(_submit, senders[n % len(senders)], plan))
 
-    crash_targets: list[SimInstance | SimHub] = [*instances, hub]
+    crash_targets: list[SimEndpoint | SimHub] = [*instances, hub]
     for _ in range(rng.randint(0, 3)):
         victim = rng.choice(crash_targets)
         at = rng.uniform(0.0, 10.0)
@@ -149,6 +215,33 @@ def run_seed(seed: int, *, messages: int = 24, trace: bool = False) -> SimResult
         f"loss={net.faults.loss} dup={net.faults.duplicate} jitter={net.faults.jitter} "
         f"partitions={len(net.faults.partitions)} fail_rate={fail_rate}"
     )
+    return _finish(result, net, ledger, hub, instances, senders, strict_events)
+
+
+def _hub_restart_events(
+    rng: random.Random, net: SimNetwork, hub: SimHub, senders: list[SimEndpoint], messages: int
+) -> None:
+    """Events published steadily while the hub is killed at 2 s and back 0.3 s later: the
+    restarted hub routes an event's first attempt before every subscriber said HELLO
+    again (issue 15)."""
+    for n in range(messages):
+        at = 1.5 + 1.5 * n / messages
+        plan = Planned(rng.randbytes(16), "ev.Tick", None, True, at, _POLICY, "acked")
+        net.call_at(at, partial(_submit, senders[n % len(senders)], plan))
+    net.call_at(2.0, partial(_crash, hub))
+    net.call_at(2.3, partial(_restart, hub))
+
+
+def _finish(
+    result: SimResult,
+    net: SimNetwork,
+    ledger: Ledger,
+    hub: SimHub,
+    instances: list[SimEndpoint],
+    senders: list[SimEndpoint],
+    strict_events: bool,
+) -> SimResult:
+    """Run the scenario to its end and check the invariants."""
 
     def settled() -> bool:
         return net.now > 12.0 and all(len(s.results) == len(s.planned) for s in senders)
@@ -166,20 +259,25 @@ def run_seed(seed: int, *, messages: int = 24, trace: bool = False) -> SimResult
     for sender in senders:
         _check_sender(sender, ledger, result)
     for inst in instances:
-        if inst.up and inst.dedupe.running_count():
-            v.append(f"{inst.addr} still has {inst.dedupe.running_count()} handlers running")
+        running = inst.proto.deduper.running_count()
+        if inst.up and running:
+            v.append(f"{inst.addr} still has {running} handlers running")
     if hub.up:
-        hub.table.tick(net.now + hub.table.sticky_ttl + 1)
-        leaked = {i.peer: hub.table.in_flight(i.peer) for i in hub.table.instances()}
-        if any(leaked.values()) or hub.table.sticky_count():
-            v.append(f"hub leaks credits {leaked} / {hub.table.sticky_count()} sticky entries")
+        table = hub.proto.routing
+        table.tick(net.now + table.sticky_ttl + 1)
+        leaked = {i.peer: table.in_flight(i.peer) for i in table.instances()}
+        if any(leaked.values()) or table.sticky_count():
+            v.append(f"hub leaks credits {leaked} / {table.sticky_count()} sticky entries")
+    if strict_events:
+        v.extend(result.event_gaps)
     return result
 
 
-def _check_sender(sender: SimSender, ledger: Ledger, result: SimResult) -> None:
+def _check_sender(sender: SimEndpoint, ledger: Ledger, result: SimResult) -> None:
     v = result.violations
-    tracker = sender.tracker
-    if tracker.pending_count() or tracker.in_flight(HUB) or tracker.next_deadline() is not None:
+    tracker = sender.proto.tracker
+    in_flight = sum(tracker.in_flight(p.recipient or p.msg_type) for p in sender.planned.values())
+    if tracker.pending_count() or in_flight or tracker.next_deadline() is not None:
         v.append(f"{sender.addr} tracker leaks: {tracker.pending_count()} pending")
     for msg_id, plan in sender.planned.items():
         result.messages += 1
@@ -209,6 +307,12 @@ def _check_sender(sender: SimSender, ledger: Ledger, result: SimResult) -> None:
         for service in services:
             if (service, msg_id) not in ledger.ok_runs:
                 v.append(f"{label}: acked by {service} whose handler never ran it (lost)")
+        if plan.event:
+            missing = sorted(set(SUBSCRIBERS.get(plan.msg_type, ())) - set(services))
+            if missing:
+                result.event_gaps.append(
+                    f"{label}: acked, but never handled by subscribers {missing} (issue 15)"
+                )
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -223,16 +327,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="run only this seed")
     parser.add_argument("--messages", type=int, default=24, help="messages per seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="trace every message")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="random")
+    parser.add_argument(
+        "--strict-events",
+        action="store_true",
+        help="fail a seed whose acked event missed a subscribing service (issue 15)",
+    )
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     totals: Counter[str] = Counter()
     failing: list[int] = []
     for seed in seeds:
-        result = run_seed(seed, messages=args.messages, trace=args.verbose)
+        result = run_seed(
+            seed,
+            messages=args.messages,
+            trace=args.verbose,
+            scenario=args.scenario,
+            strict_events=args.strict_events,
+        )
         totals["messages"] += result.messages
         totals["acked"] += result.acked
         totals.update({f"failed {k}": n for k, n in result.failed.items()})
         totals.update({f"rerun after {k}": n for k, n in result.reruns.items()})
+        totals["event gaps (issue 15)"] += len(result.event_gaps)
         if not result.ok:
             failing.append(seed)
             print(f"seed {seed} FAILED ({result.faults}):", file=sys.stderr)
