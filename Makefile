@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SEEDS  ?= 2000
 export PYTHONPATH := $(CURDIR)/generated
 
-.PHONY: setup generate check-generated lint typecheck pytest test demo bench simulate clean
+.PHONY: setup generate check-generated lint typecheck layers pytest test demo bench simulate clean
 
 setup: $(VENV)/.installed
 
@@ -31,11 +31,16 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy runtime codegen $(wildcard generated/*/)
 
+# Imports point only downward (the `layers` contract in pyproject.toml; DESIGN.md, "Layers").
+layers: setup
+	$(BIN)/lint-imports --no-logo
+
 pytest: setup
 	$(BIN)/pytest -q
 
-# What CI runs (.ci/run): the stale-generated-code check, the linter, mypy --strict, the suite.
-test: check-generated lint typecheck pytest
+# What CI runs (.ci/run): the stale-generated-code check, the linter, mypy --strict, the
+# layers check, the suite.
+test: check-generated lint typecheck layers pytest
 
 demo: setup
 	$(PY) examples/demo.py
@@ -47,4 +52,4 @@ simulate: setup
 	$(PY) -m ackbus.testing.simulate --seeds $(SEEDS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -101,9 +101,9 @@ def parser() -> argparse.ArgumentParser:
 def _dead_letters(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ._dead_letters import describe, replay, summary_line
     from .errors import StoreError
     from .store import SqliteStore
-    from .store._admin import describe, replay, summary_line
 
     spec: str = args.store
     try:

@@ -24,7 +24,8 @@ from ._base import InboxRecord, OutboxRow
 from ._sqlite import INSERT_INBOX_STRICT, INSERT_OUTBOX, select_inbox
 
 if TYPE_CHECKING:
-    from .._types import DeliveryReport, Policy
+    from .._report import DeliveryReport
+    from ..core import Policy
 
 __all__ = ["Deferred", "Transaction"]
 

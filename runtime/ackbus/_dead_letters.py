@@ -16,10 +16,9 @@ import json
 import os
 import time
 
-from .._types import DeliveryReport, Policy
-from ..wire import KIND_EVENT, MessageItem, encode_message
-from ._base import DeadLetter
-from ._sqlite import SqliteStore
+from ._types import DeliveryReport, Policy
+from .store import DeadLetter, SqliteStore
+from .wire import KIND_EVENT, MessageItem, encode_message
 
 __all__ = ["describe", "replay", "summary_line"]
 
@@ -79,7 +78,7 @@ async def replay(
     store: SqliteStore, letters: list[DeadLetter], hub: str, *, timeout: float = 30.0
 ) -> list[tuple[DeadLetter, DeliveryReport]]:
     """Send ``letters`` again through ``hub``; remove those acked from the store."""
-    from ..endpoint import Endpoint
+    from .endpoint import Endpoint
 
     policy = Policy(deadline=timeout)
     results: list[tuple[DeadLetter, DeliveryReport]] = []
