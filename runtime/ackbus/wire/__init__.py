@@ -10,6 +10,7 @@ items and acks for one destination into MESSAGE and ACK batches; control command
 have their own ``encode_*`` functions returning a whole multipart.
 """
 
+from ._acks import ack_replies, encode_ack
 from ._codec import (
     ACK_FRAME,
     BAD_SIGNATURE,
@@ -122,6 +123,7 @@ __all__ = [
     "Outbox",
     "PackedRun",
     "Routed",
+    "ack_replies",
     "check_name",
     "command_frame",
     "decode_bye",
@@ -133,6 +135,7 @@ __all__ = [
     "decode_refusal",
     "decode_routed",
     "decode_welcome",
+    "encode_ack",
     "encode_acks",
     "encode_bye",
     "encode_heartbeat",

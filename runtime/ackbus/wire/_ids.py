@@ -1,14 +1,13 @@
 """Message ids: 16 bytes, unique across endpoints and restarts, cheap to make.
 
-``os.urandom(16)`` is a system call per message (about 0.3 µs here, a visible slice of
-a sender's hot path). An :class:`IdSource` draws 16 random bytes once, as its start on
-a cycle of all 2**128 values, and steps through that cycle by a fixed odd constant (a
-Weyl sequence): every step changes all bytes, so ids look random and their short hex
-prefixes stay distinct (``ackbus dead-letters show 87b0c0f973``), and a source never
-repeats an id. Two sources (two endpoints, or one endpoint restarted) collide only if
-their random starts fall within as many steps of each other as they make ids: about
-n / 2**128. Ids are opaque: nothing may read order or meaning into them.
-"""
+``os.urandom(16)`` is a system call per message, on a sender's hot path. An
+:class:`IdSource` draws 16 random bytes once, as its start on a cycle of all 2**128
+values, and steps through that cycle by a fixed odd constant (a Weyl sequence): every
+step changes all bytes, so ids look random and their short hex prefixes stay distinct
+(``ackbus dead-letters show 87b0c0f973``), and a source never repeats an id. Two sources
+(two endpoints, or one endpoint restarted) collide only if their random starts fall
+within as many steps of each other as they make ids: about n / 2**128. Ids are opaque:
+nothing may read order or meaning into them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 An :class:`~ackbus.endpoint.Endpoint` made with ``store=...`` holds one :class:`Durable`
 and calls it at four points; without a store it holds ``None`` and pays one ``is None``
-test per message.
+test per message. Durable mode talks back to its endpoint through :class:`Hooks` only:
+the endpoint's protocol, and the few endpoint operations it needs (track a message,
+answer a handled one, arm the timer).
 
 * **send**: the outbox row commits (group commit, fsync) before ``send`` returns; then
   the message is tracked and transmitted as in memory mode. Inside a handler (the
@@ -28,27 +30,29 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._eager import report_when_done, start_eager
-from .._types import Context, DeliveryReport, DeliveryStatus, Kind, Policy
+from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Kind, Policy
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
+from ..core.endpoint_protocol import EndpointProtocol
 from ..errors import Cancelled, ClosedError, Reject, StoreError
+from ..store import InboxRecord, OutboxRow, Store
+from ..store._sqlite import open_store
+from ..store._unit import Deferred, Transaction
+from ..store._writer import Batch
 from ..wire import FLAG_REQUEST, MessageItem
-from ._base import InboxRecord, OutboxRow, Store
-from ._sqlite import open_store
-from ._unit import Deferred, Transaction
-from ._writer import Batch
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from .._dispatch import Route
-    from ..endpoint import Endpoint, _HubLink
+    from ._base import HubLink
 
-__all__ = ["CURRENT", "Durable"]
+__all__ = ["CURRENT", "Durable", "Hooks"]
 
 log = logging.getLogger("ackbus.store")
 
@@ -56,9 +60,30 @@ CURRENT: ContextVar[Transaction | None] = ContextVar("ackbus_unit", default=None
 """The unit of work of the handler running in this context, if any."""
 
 _Handled = tuple[
-    Transaction, "_HubLink", MessageItem, "Route", "Message | None", BaseException | None
+    Transaction, "HubLink", MessageItem, "Route", "Message | None", BaseException | None
 ]
 """A handled message waiting for its inbox commit: what answering it needs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What durable mode may do with its endpoint: the whole interface between them."""
+
+    identity: Identity
+    protocol: EndpointProtocol
+    """The endpoint's protocol: its deduper (reloaded at start), acks, re-acks."""
+    closed: Callable[[], bool]
+    now: Callable[[], float]
+    """The endpoint's clock (the loop's)."""
+    is_pending: Callable[[bytes], bool]
+    """Whether a message id is being sent already."""
+    track: Callable[[DeliveryReport, bytes, str, int, Policy, float], None]
+    """Track and transmit a message whose frame is committed: (report, frame,
+    destination, kind, policy, now)."""
+    answer: Callable[[HubLink, MessageItem, Route, Message | None, BaseException | None], None]
+    """Answer a handled message as memory mode does: (hub, item, route, result, error)."""
+    arm_timer: Callable[[], None]
+
 
 _PRUNE_EVERY = 60.0
 """Longest pause between inbox prunes, seconds (a quarter of the dedupe TTL if shorter)."""
@@ -73,7 +98,8 @@ class Durable:
         self.ttl = ttl
         self.resumed: list[DeliveryReport] = []
         self._leftover: list[OutboxRow] = []
-        self._ep: Endpoint | None = None
+        self._hooks: Hooks | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._policies: dict[Policy, str] = {}
         self._last_policy: Policy | None = None
         self._last_json = ""
@@ -84,46 +110,47 @@ class Durable:
         self._prune_every = min(_PRUNE_EVERY, ttl / 4)
         self._next_prune = 0.0
 
-    def _endpoint(self) -> Endpoint:
-        ep = self._ep
-        assert ep is not None, "Durable.start() runs first"
-        return ep
+    def _host(self) -> Hooks:
+        hooks = self._hooks
+        assert hooks is not None, "Durable.start() runs first"
+        return hooks
 
     # -- start and close ----------------------------------------------------------------
 
-    async def start(self, ep: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+    async def start(self, hooks: Hooks, loop: asyncio.AbstractEventLoop) -> None:
         """Before the endpoint connects: reload the deduper and start the writer. The
         reads run on a worker thread (a long inbox takes a moment to read)."""
-        self._ep = ep
+        self._hooks = hooks
+        self._loop = loop
         store = self.store
         since = time.time() - self.ttl
+        deduper = hooks.protocol.deduper
         records, self._leftover = await asyncio.to_thread(
-            lambda: (store.inbox_since(since, limit=ep._deduper.capacity), store.pending_outbox())
+            lambda: (store.inbox_since(since, limit=deduper.capacity), store.pending_outbox())
         )
         # The connection is the writer's from here on.
         store.start(loop)
         store.prune_inbox(since)
-        offset = time.time() - loop.time()
-        ep._deduper.load((_dedupe_record(r, offset) for r in records), loop.time())
+        now = hooks.now()
+        offset = time.time() - now
+        deduper.load((_dedupe_record(r, offset) for r in records), now)
 
     def resume(self) -> None:
         """After the endpoint connected: track what a previous run left in the outbox."""
-        ep = self._endpoint()
-        loop = ep._loop
-        assert loop is not None
+        hooks = self._host()
         wall = time.time()
         leftover, self._leftover = self._leftover, []
         for row in leftover:
-            if row.msg_id in ep._pending:
+            if hooks.is_pending(row.msg_id):
                 continue
             pol = _policy(row.policy).with_(deadline=max(row.deadline - wall, 0.001))
             report = DeliveryReport(row.msg_id, row.msg_type)
             self.resumed.append(report)
-            ep._track(report, row.frame, row.destination, row.kind, pol, loop.time())
+            hooks.track(report, row.frame, row.destination, row.kind, pol, hooks.now())
         if self.resumed:
             log.info(
                 "%s: resumed %d messages from %s",
-                ep.identity,
+                hooks.identity,
                 len(self.resumed),
                 self.store.location,
             )
@@ -154,8 +181,8 @@ class Durable:
         else:
             text = self._last_json = self._policy_json(pol)
             self._last_policy = pol
-        # tuple.__new__: a NamedTuple's own __new__ is a Python function (a visible
-        # slice of a sender's profile, once per message).
+        # tuple.__new__: a NamedTuple's own __new__ is a Python function, and this
+        # runs once per durable message.
         row = tuple.__new__(
             OutboxRow,
             (
@@ -171,7 +198,7 @@ class Durable:
             ),
         )
         unit = CURRENT.get()
-        if unit is not None and unit.owner is self._ep and unit.open and not request:
+        if unit is not None and unit.owner is self._hooks and unit.open and not request:
             unit.add_send(Deferred(row, report, destination, kind, pol))
             return None
         return self.store.put_outbox(row)
@@ -180,11 +207,10 @@ class Durable:
         """The send's batch is done: raise if it failed, or if the endpoint closed
         meanwhile (the row stays in the outbox, sent at the next start)."""
         batch.check()
-        ep = self._ep
-        assert ep is not None
-        if ep._closed:
+        hooks = self._host()
+        if hooks.closed():
             raise ClosedError(
-                f"{ep.identity}: endpoint closed while message "
+                f"{hooks.identity}: endpoint closed while message "
                 f"{report.message_id.hex()} committed; it stays in the outbox and is sent "
                 "at the next start"
             )
@@ -201,11 +227,11 @@ class Durable:
         """The send was cancelled while its row committed. The row commits anyway:
         deliver it in this run rather than leave it for the next start. A cancelled
         send may still be delivered (docs/durable.md)."""
-        ep = self._endpoint()
+        hooks = self._host()
 
         def track(error: BaseException | None) -> None:
-            if error is None and not ep.closed and ep._loop is not None:
-                ep._track(report, frame, destination, kind, pol, ep._loop.time())
+            if error is None and not hooks.closed():
+                hooks.track(report, frame, destination, kind, pol, hooks.now())
 
         batch.on_commit(track)
 
@@ -236,14 +262,12 @@ class Durable:
     # -- receive ----------------------------------------------------------------------------
 
     def run(
-        self, hub: _HubLink, item: MessageItem, route: Route, msg: Any, ctx: Context
+        self, hub: HubLink, item: MessageItem, route: Route, msg: Any, ctx: Context
     ) -> asyncio.Task[Any] | None:
         """Run the handler inside a unit of work (``ctx.tx``, and :data:`CURRENT` for sends)."""
-        ep = self._ep
-        assert ep is not None
-        loop = ep._loop
+        loop = self._loop
         assert loop is not None
-        unit = Transaction(ep)
+        unit = Transaction(self._hooks)
         ctx.tx = unit  # the endpoint built this context for this run alone
         token = CURRENT.set(unit)
         try:
@@ -259,22 +283,21 @@ class Durable:
     def _done(
         self,
         unit: Transaction,
-        hub: _HubLink,
+        hub: HubLink,
         item: MessageItem,
         route: Route,
         result: Message | None,
         exc: BaseException | None,
     ) -> None:
-        ep = self._ep
-        assert ep is not None
+        hooks = self._host()
         request = bool(item.flags & FLAG_REQUEST)
         ok = exc is None and not (request and result is None)
         permanent = isinstance(exc, Reject) and exc.permanent
-        if ep._closed or not (ok or permanent):
+        if hooks.closed() or not (ok or permanent):
             # Transient failure, retry-later, cancellation: nothing to keep, the sender
             # retries. The endpoint answers exactly as in memory mode.
             self._drop(unit, "its handler failed")
-            ep._handled(hub, item, route, result, exc)
+            hooks.answer(hub, item, route, result, exc)
             return
         wall = time.time()
         if ok:
@@ -303,55 +326,55 @@ class Durable:
         if handled is self._handled:
             self._handled_batch = None
             self._handled = []
-        ep = self._ep
-        assert ep is not None
+        hooks = self._host()
+        closed = hooks.closed()
         # Plain OKs (most messages) are finished and acked together per hub, as memory
         # mode acks a received batch: one deduper call, one ack run and one timer check
-        # for the batch, where a call of each per message was a third of a durable
-        # receiver's own time.
-        oks: dict[_HubLink, tuple[list[bytes], list[bytes]]] = {}
+        # for the batch.
+        oks: dict[HubLink, tuple[list[bytes], list[bytes]]] = {}
         for unit, hub, item, route, result, exc in handled:
             try:
-                if error is None and unit.plain and not ep._closed:
+                if error is None and unit.plain and not closed:
                     if exc is None and not item.flags & FLAG_REQUEST:
                         ids, peers = oks.get(hub) or oks.setdefault(hub, ([], []))
                         ids.append(item.id)
                         peers.append(item.peer)
                     else:
-                        ep._handled(hub, item, route, result, exc)  # as in memory mode
+                        hooks.answer(hub, item, route, result, exc)  # as in memory mode
                 else:
                     self._committed(unit, hub, item, route, result, exc, error)
             except Exception:  # one broken answer must not starve the rest
-                log.exception("%s: answering %s failed", ep.identity, item.id.hex())
-        if oks and ep._loop is not None:
-            now = ep._loop.time()
+                log.exception("%s: answering %s failed", hooks.identity, item.id.hex())
+        if oks:
+            now = hooks.now()
+            protocol = hooks.protocol
             for hub, (ids, peers) in oks.items():
-                ep.stats.handled += len(ids)
+                protocol.stats.handled += len(ids)
                 try:
-                    ep._proto.ack_ok(hub.index, ids, peers, now)
+                    protocol.ack_ok(hub.index, ids, peers, now)
                 except Exception:  # pragma: no cover - a bug; the senders retry
-                    log.exception("%s: acking %d messages failed", ep.identity, len(ids))
-            ep._arm_timer()
+                    log.exception("%s: acking %d messages failed", hooks.identity, len(ids))
+            hooks.arm_timer()
 
     def _committed(
         self,
         unit: Transaction,
-        hub: _HubLink,
+        hub: HubLink,
         item: MessageItem,
         route: Route,
         result: Message | None,
         exc: BaseException | None,
         error: BaseException | None,
     ) -> None:
-        ep = self._endpoint()
-        loop = ep._loop
-        if error is not None or loop is None:
+        hooks = self._host()
+        protocol = hooks.protocol
+        if error is not None:
             # Nothing was committed: no ack, so the sender retries and the handler runs again.
-            ep._deduper.abandon(item.id)
+            protocol.abandon(item.id)
             self._drop(unit, f"the store failed: {error}")
             log.error(
                 "%s: %s %s not acked, the store failed: %s",
-                ep.identity,
+                hooks.identity,
                 item.type,
                 item.id.hex(),
                 error,
@@ -360,24 +383,25 @@ class Durable:
         if unit.duplicate is not None:
             # Handled before, beyond the deduper's memory: answer with the stored outcome.
             record = unit.duplicate
-            ep._deduper.abandon(item.id)
-            ep._deduper.load([_dedupe_record(record, time.time() - loop.time())], loop.time())
-            ep.stats.duplicates += 1
+            now = hooks.now()
+            protocol.abandon(item.id)
+            protocol.deduper.load([_dedupe_record(record, time.time() - now)], now)
+            protocol.stats.duplicates += 1
             self._drop(unit, "the message was a duplicate")
-            if not ep.closed:
-                ep._proto.reack(hub.index, item)
+            if not hooks.closed():
+                protocol.reack(hub.index, item)
             return
         if unit.failed is not None:
             self._drop(unit, "its transaction failed")
             failure = StoreError(f"a statement of the handler's ctx.tx failed: {unit.failed}")
-            ep._handled(hub, item, route, None, failure)
+            hooks.answer(hub, item, route, None, failure)
             return
-        ep._handled(hub, item, route, result, exc)
-        if ep.closed:
+        hooks.answer(hub, item, route, result, exc)
+        if hooks.closed():
             return  # the committed sends go out at the next start
-        now = loop.time()
+        now = hooks.now()
         for d in unit.sends:
-            ep._track(d.report, d.frame, d.destination, d.kind, d.policy, now)
+            hooks.track(d.report, d.frame, d.destination, d.kind, d.policy, now)
 
     @staticmethod
     def _drop(unit: Transaction, why: str) -> None:

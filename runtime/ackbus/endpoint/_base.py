@@ -1,0 +1,101 @@
+"""What the endpoint's parts share: its state, declared once, and its hub links.
+
+:class:`~ackbus.endpoint.Endpoint` is one object whose methods live in rooms by path:
+sending (``_send.py``), receiving (``_receive.py``), hub links (``_links.py``), the
+facade with its lifecycle (``_endpoint.py``) and durable mode (``_durable.py``). Each
+room's class derives from :class:`EndpointBase`, which declares every attribute they
+share, so each reads as a whole and mypy checks every access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from .._dispatch import Dispatcher
+from .._timer import Timer
+from .._types import DeliveryReport, Identity, Policy, Registry
+from .._window import WindowLines
+from ..core import InboundDeduper, OutboundTracker
+from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
+from ..transport import Backend, Link, TransportOptions
+from ..wire import IdSource, Limits
+from ._durable import Durable
+
+JSON_ENCODING = "json"
+"""``Envelope.content_encoding`` of a body that is a JSON object (untyped messages)."""
+DEAD_LETTERS = 1000
+"""Failed reports kept in memory (the durable store keeps all)."""
+ENVELOPE_CACHE = 1024
+"""Distinct sender envelopes a receiver keeps parsed (one per sending instance), and
+distinct type names a sender keeps checked."""
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+"""The headers of a message that has none: one shared read-only mapping."""
+
+
+class HubLink:
+    """One hub connection (its state lives in the protocol, under ``index``)."""
+
+    __slots__ = ("index", "link")
+
+    link: Link
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class EndpointBase:
+    """The endpoint's state (set by ``Endpoint.__init__``) and what every path uses."""
+
+    identity: Identity
+    policy: Policy
+    registry: Registry
+    credit: int
+    heartbeat: float
+    connect_timeout: float
+    limits: Limits
+    stats: EndpointStats
+    dead_letters: deque[DeliveryReport]
+    """The latest failed reports (in-memory mode keeps the last 1,000)."""
+    _hub_addresses: list[str]
+    _durable: Durable | None
+    _window: int
+    _proto: EndpointProtocol
+    _tracker: OutboundTracker
+    """The protocol's tracker (the send path asks it for window room)."""
+    _deduper: InboundDeduper
+    _dispatch: Dispatcher
+    _pending: dict[bytes, DeliveryReport]
+    """Reports of the messages sent and not settled; a pending report carries its
+    frame (no second object per message)."""
+    _tasks: set[asyncio.Task[Any]]
+    _links: list[HubLink]
+    _backend: Backend
+    _options: TransportOptions
+    _envelope: bytes
+    """This sender's envelope (header-less), encoded once."""
+    _identities: dict[bytes, Identity]
+    _ids: IdSource
+    _type_names: dict[str, bytes]
+    """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
+    _envelopes: dict[bytes, tuple[Identity, bool]]
+    """Parsed header-less envelopes by their bytes (see ``_parse_envelope``)."""
+    _window_waiters: WindowLines
+    """Sends waiting for window room, per destination, first come first served."""
+    _welcomed: asyncio.Event
+    _loop: asyncio.AbstractEventLoop | None
+    _timer: Timer | None
+    _wall_offset: float
+    """Unix time minus loop time: reports and contexts carry Unix time."""
+    _started: bool
+    _closed: bool
+
+    def _arm_timer(self) -> None:
+        """Arm the endpoint's one timer for the protocol's next deadline."""
+        timer = self._timer
+        if timer is None:
+            return
+        timer.at(self._proto.next_deadline())

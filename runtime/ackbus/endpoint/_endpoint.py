@@ -1,0 +1,334 @@
+"""The endpoint: one per service instance; sends, receives, acknowledges.
+
+An endpoint connects a link to each hub, says HELLO with the types its handlers take,
+and then
+
+* sends: every message gets a 16-byte id and is tracked by the core
+  :class:`~ackbus.core.OutboundTracker` until an ack settles it or its attempts or
+  deadline run out; retries re-send the same frame with a new attempt number;
+* receives: every message passes the core :class:`~ackbus.core.InboundDeduper` (a
+  duplicate is re-acknowledged without running the handler), runs its handler
+  (eagerly, see :mod:`ackbus._eager`), and is acknowledged only after the handler
+  returned.
+
+Every decision is :class:`~ackbus.core.endpoint_protocol.EndpointProtocol`'s; the endpoint
+is its asyncio driver. All timers share one ``loop.call_at`` handle armed at the
+protocol's next deadline. Time inside is the loop's monotonic clock; reports and
+contexts carry Unix time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar, overload
+
+from google.protobuf.message import Message
+
+from .. import envelope_pb2
+from .._dispatch import Dispatcher
+from .._timer import Timer
+from .._types import (
+    Context,
+    DeliveryReport,
+    Handler,
+    Identity,
+    Kind,
+    Policy,
+    Registry,
+)
+from .._window import WindowLines
+from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
+from ..errors import (
+    ClosedError,
+    ConnectTimeout,
+)
+from ..store import Store
+from ..transport import Backend, DefaultBackend, TransportOptions
+from ..wire import (
+    DEFAULT_LIMITS,
+    IdSource,
+    Limits,
+    encode_bye,
+)
+from ._base import DEAD_LETTERS, HubLink
+from ._durable import Durable, Hooks
+from ._links import HubLinks
+from ._receive import Receiving
+from ._send import Sending
+
+log = logging.getLogger("ackbus.endpoint")
+
+M = TypeVar("M", bound=Message)
+
+
+_DEFAULT_POLICY = Policy()
+
+
+class Endpoint(Sending, Receiving, HubLinks):
+    """A service instance on the bus. Use as ``async with Endpoint(...) as ep``.
+
+    ``service`` names the service (all its instances share it); ``hubs`` are the hub
+    addresses to connect to. ``instance`` defaults to a fresh unique id. ``policy``
+    applies to messages whose type has no policy in ``registry`` (generated modules
+    export a ``REGISTRY``; generated clients pass their policy themselves).
+    ``store`` (``"sqlite:///path.db"`` or an :class:`ackbus.store.Store`) makes it
+    durable: outbox, inbox, dead letters and identity survive restarts (docs/durable.md).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        hubs: str | Sequence[str],
+        *,
+        instance: str | None = None,
+        policy: Policy = _DEFAULT_POLICY,
+        registry: Registry | None = None,
+        window: int = 1000,
+        credit: int = 1000,
+        heartbeat: float = 1.0,
+        misses: int = 3,
+        connect_timeout: float = 5.0,
+        dedupe_capacity: int = 100_000,
+        dedupe_ttl: float = 600.0,
+        backend: Backend | None = None,
+        options: TransportOptions | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        seed: int | None = None,
+        store: str | Store | None = None,
+    ) -> None:
+        if not service:
+            raise ValueError("an endpoint needs a service name")
+        self._hub_addresses = [hubs] if isinstance(hubs, str) else list(hubs)
+        if not self._hub_addresses:
+            raise ValueError("an endpoint needs at least one hub address")
+        # Durable mode (docs/durable.md): the store keeps this instance's identity.
+        self._durable = Durable(store, service, instance, dedupe_ttl) if store is not None else None
+        if self._durable is not None:
+            instance = self._durable.instance
+        self.identity = Identity(service, instance or uuid.uuid4().hex)
+        self.policy = policy
+        self.registry = registry if registry is not None else Registry()
+        self.credit = credit
+        self.heartbeat = heartbeat
+        self.connect_timeout = connect_timeout
+        self.limits = limits
+        self.dead_letters: deque[DeliveryReport] = deque(maxlen=DEAD_LETTERS)
+        """The latest failed reports (in-memory mode keeps the last 1,000)."""
+        self._window = window
+        self._proto = EndpointProtocol(
+            self.identity,
+            self,
+            window=window,
+            heartbeat=heartbeat,
+            misses=misses,
+            dedupe_capacity=dedupe_capacity,
+            dedupe_ttl=dedupe_ttl,
+            seed=seed,
+        )
+        self.stats: EndpointStats = self._proto.stats
+        self._tracker = self._proto.tracker
+        self._deduper = self._proto.deduper
+        self._dispatch = Dispatcher()
+        self._pending: dict[bytes, DeliveryReport] = {}
+        """Reports of the messages sent and not settled; a pending report carries its
+        frame (no second object per message)."""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._links: list[HubLink] = []
+        self._backend = backend or DefaultBackend()
+        base = options or TransportOptions()
+        # A stable routing id lets a restarted hub route acks to us by the token our
+        # messages carried before the restart.
+        self._options = replace(
+            base, routing_id=base.routing_id or self.identity.instance.encode()[:255]
+        )
+        env = envelope_pb2.Envelope()
+        env.sender.service = service
+        env.sender.instance = self.identity.instance
+        self._envelope = env.SerializeToString()
+        self._identities: dict[bytes, Identity] = {}
+        self._ids = IdSource()
+        self._type_names: dict[str, bytes] = {}
+        """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
+        self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
+        """Parsed header-less envelopes by their bytes (see :meth:`_parse_envelope`)."""
+        self._window_waiters = WindowLines(self._window_timeout)
+        """Sends waiting for window room, per destination, first come first served."""
+        self._welcomed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: Timer | None = None
+        self._wall_offset = 0.0
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ registration
+
+    def register(self, handler: Handler) -> None:
+        """Register a generated handler object: every ``on_*`` method its class overrides."""
+        self._dispatch.add_handler(handler)
+        self._types_changed()
+
+    @overload
+    def register_handler(
+        self,
+        msg_type: type[M],
+        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind | None = None,
+        response: type[Message] | None = None,
+    ) -> None: ...
+
+    @overload
+    def register_handler(
+        self,
+        msg_type: str,
+        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]],
+        *,
+        kind: Kind | None = None,
+        response: None = None,
+    ) -> None: ...
+
+    def register_handler(
+        self,
+        msg_type: type[M] | str,
+        fn: Callable[[Any, Context], Coroutine[Any, Any, Message | None]],
+        *,
+        kind: Kind | None = None,
+        response: type[Message] | None = None,
+    ) -> None:
+        """Register a plain async function for messages of class ``msg_type``, or by
+        type name: ``register_handler("StartHand", fn)`` hands ``fn`` the payload as a
+        dict (reachable under the full and the legacy name when the registry knows it).
+
+        ``kind`` defaults to the registry's policy for the type (else command).
+        """
+        if isinstance(msg_type, str):
+            spec = self.registry.get(msg_type)
+            names = [msg_type]
+            if spec is not None:
+                names = sorted({spec.full_name, *([spec.legacy_name] if spec.legacy_name else [])})
+            if kind is None:
+                kind = spec.policy.kind if spec is not None else Kind.COMMAND
+            self._dispatch.add_named(names, fn, kind=kind)
+        else:
+            if kind is None:
+                found = self.registry.for_class(msg_type)
+                kind = found.policy.kind if found is not None else Kind.COMMAND
+            self._dispatch.add_function(msg_type, fn, kind=kind, response=response)
+        self._types_changed()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Endpoint:
+        """Connect to every hub and wait until one welcomed us (``ConnectTimeout``)."""
+        if self._closed:
+            raise ClosedError("endpoint closed")
+        if self._started:
+            return self
+        self._started = True
+        loop = self._loop = asyncio.get_running_loop()
+        self._wall_offset = self._proto.wall_offset = time.time() - loop.time()
+        self._timer = Timer(loop, self._tick)
+        try:
+            if self._durable is not None:
+                await self._durable.start(self._hooks(loop), loop)
+            for address in self._hub_addresses:
+                hub = HubLink(self._proto.add_hub())
+                hub.link = self._backend.connect(
+                    address,
+                    on_receive=functools.partial(self._on_receive, hub),
+                    on_connection=functools.partial(self._on_connection, hub),
+                    options=self._options,
+                )
+                self._links.append(hub)
+                self._proto.connected(hub.index, loop.time())
+            async with asyncio.timeout(self.connect_timeout):
+                await self._welcomed.wait()
+        except TimeoutError:
+            await self.close()
+            raise ConnectTimeout(
+                f"{self.identity}: no hub of {self._hub_addresses} answered within "
+                f"{self.connect_timeout} s"
+            ) from None
+        except BaseException:
+            # A bad address (AddressError), a store that cannot open, a cancel: release
+            # the links and the store opened so far; `async with` never calls __aexit__
+            # when __aenter__ raised.
+            await self.close()
+            raise
+        if self._durable is not None:
+            self._durable.resume()
+        return self
+
+    def _hooks(self, loop: asyncio.AbstractEventLoop) -> Hooks:
+        """Durable mode's whole interface to this endpoint."""
+        return Hooks(
+            self.identity,
+            self._proto,
+            lambda: self._closed,
+            loop.time,
+            self._pending.__contains__,
+            self._track,
+            self._handled,
+            self._arm_timer,
+        )
+
+    async def close(self, *, timeout: float = 1.0) -> None:
+        """Fail what is pending with :class:`Cancelled`, say BYE and release everything.
+
+        Handlers still running are cancelled (their messages are not acked, so the
+        sender retries them elsewhere). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        loop = self._loop
+        now = loop.time() if loop is not None else 0.0
+        self._proto.close(self._pending, now)
+        self._window_waiters.fail(ClosedError(f"{self.identity}: endpoint closed"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        for hub in self._links:
+            if self._proto.welcomed(hub.index):
+                hub.link.outbox.control(encode_bye("closing"))
+            hub.link.close()
+        self._links.clear()
+        if self._durable is not None:
+            await self._durable.close()
+
+    async def __aenter__(self) -> Endpoint:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Messages sent and not yet settled."""
+        return len(self._pending)
+
+    @property
+    def store(self) -> Store | None:
+        """The durable store, or ``None`` in memory mode."""
+        return self._durable.store if self._durable is not None else None
+
+    @property
+    def resumed(self) -> list[DeliveryReport]:
+        """Reports of the messages a previous run left in the store's outbox, sent
+        again by :meth:`start` (empty in memory mode)."""
+        return self._durable.resumed if self._durable is not None else []

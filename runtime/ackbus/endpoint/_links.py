@@ -1,0 +1,77 @@
+"""Hub links: the protocol's actions toward hubs (acks, HELLO, heartbeats), encoded
+with the wire; link events; the timer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import wire_pb2
+from .._types import (
+    Kind,
+)
+from ..core.endpoint_protocol import AckReply
+from ..wire import (
+    PROTOCOL_VERSION,
+    encode_ack,
+    encode_heartbeat,
+    encode_hello,
+)
+from ._base import EndpointBase, HubLink
+
+log = logging.getLogger("ackbus.endpoint")
+
+
+class HubLinks(EndpointBase):
+    """Hub links of :class:`~ackbus.endpoint.Endpoint`."""
+
+    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
+        outbox = self._links[hub].link.outbox
+        if len(msg_ids) == 1:
+            outbox.ack(msg_ids[0], peer)
+        else:
+            outbox.acks(msg_ids, peer)
+
+    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        self._links[hub].link.outbox.full_ack(encode_ack(ack), peer)
+
+    def send_hello(self, hub: int) -> None:
+        proto = self._proto
+        hello = wire_pb2.Hello(
+            commands=proto.commands,
+            events=proto.events,
+            heartbeat_ms=int(self.heartbeat * 1000),
+            credit=self.credit,
+            versions=[PROTOCOL_VERSION],
+            max_batch=self.limits.max_batch,
+        )
+        hello.identity.service = self.identity.service
+        hello.identity.instance = self.identity.instance
+        self._links[hub].link.outbox.control(encode_hello(hello), first=True)
+
+    def send_heartbeat(self, hub: int) -> None:
+        self._links[hub].link.outbox.control(encode_heartbeat())
+
+    def hub_silent(self, hub: int, silence: float) -> None:
+        log.warning(
+            "%s: hub %s silent for %.1f s", self.identity, self._links[hub].link.address, silence
+        )
+
+    def _types_changed(self) -> None:
+        self._proto.set_types(
+            self._dispatch.types(Kind.COMMAND),
+            self._dispatch.types(Kind.EVENT),
+            self._loop.time() if self._loop is not None else 0.0,
+        )
+
+    def _on_connection(self, hub: HubLink, up: bool) -> None:
+        if self._closed or not hasattr(hub, "link"):
+            return  # called during connect(): start() says hello right after
+        self._proto.connected(hub.index, self._loop.time() if self._loop else 0.0, up)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        self._proto.tick(loop.time())
+        self._arm_timer()

@@ -1,0 +1,242 @@
+"""The receive path: input from a hub decoded and fed to the protocol; the handlers of
+the messages it accepts run (eagerly, see :mod:`ackbus._eager`), and their ends go back to
+the protocol, which acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .. import envelope_pb2
+from .._dispatch import Route
+from .._eager import report_when_done, start_eager
+from .._types import (
+    Context,
+    Identity,
+)
+from ..errors import (
+    Reject,
+    RemoteProtocolError,
+    RetryLater,
+)
+from ..wire import (
+    FLAG_REQUEST,
+    Command,
+    MessageItem,
+    Multipart,
+    ack_replies,
+    decode_bye,
+    decode_command,
+    decode_heartbeat,
+    decode_identity,
+    decode_messages,
+    decode_refusal,
+    decode_routed,
+    decode_welcome,
+    refusal_for,
+    split_acks,
+)
+from ._base import ENVELOPE_CACHE, JSON_ENCODING, NO_HEADERS, EndpointBase, HubLink
+
+log = logging.getLogger("ackbus.endpoint")
+
+
+class Receiving(EndpointBase):
+    """The receive path of :class:`~ackbus.endpoint.Endpoint`."""
+
+    def _on_receive(self, hub: HubLink, multiparts: list[Multipart]) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        now = loop.time()
+        proto = self._proto
+        proto.begin_batch(hub.index, now)
+        try:
+            for frames in multiparts:
+                try:
+                    self._handle(hub, frames, now)
+                except RemoteProtocolError as exc:
+                    self.stats.refused[exc.code] += 1
+                    log.warning(
+                        "%s: refused input from hub %s: %s", self.identity, hub.link.address, exc
+                    )
+                    hub.link.outbox.control(refusal_for(exc))
+        finally:
+            proto.end_batch()
+        self._arm_timer()
+
+    def _handle(self, hub: HubLink, frames: Multipart, now: float) -> None:
+        cmd = decode_command(frames)
+        proto = self._proto
+        if cmd is Command.MESSAGE:
+            for item in decode_messages(frames, self.limits):
+                if proto.accept(hub.index, item, now):
+                    self._on_message(hub, item, now)
+        elif cmd is Command.ACK:
+            for group in split_acks(frames, self.limits):
+                proto.on_acks(self._identity_of(group.peer), group.ok_ids, ack_replies(group), now)
+        elif cmd is Command.ROUTED:
+            for entry in decode_routed(frames, self.limits):
+                proto.on_routed(entry.message_id, entry.targets, now)
+        elif cmd is Command.HEARTBEAT:
+            decode_heartbeat(frames)
+        elif cmd is Command.WELCOME:
+            welcome = decode_welcome(frames, self.limits)
+            hub.link.outbox.limit_batch(welcome.max_batch)  # what this hub accepts
+            proto.on_welcome(hub.index, welcome.heartbeat_ms, now)
+            self._welcomed.set()
+        elif cmd is Command.REFUSAL:
+            refusal = decode_refusal(frames, self.limits)
+            log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, refusal)
+            proto.on_refusal(hub.index, refusal.code, refusal.message_id, str(refusal), now)
+        elif cmd is Command.BYE:
+            decode_bye(frames, self.limits)
+            proto.on_bye(hub.index)
+        else:
+            raise RemoteProtocolError(f"{cmd.name} is not a command an endpoint accepts")
+
+    def _identity_of(self, raw: bytes) -> Identity:
+        ident = self._identities.get(raw)
+        if ident is None:
+            service, instance = decode_identity(raw)
+            ident = self._identities[raw] = Identity(service, instance)
+        return ident
+
+    def _on_message(self, hub: HubLink, item: MessageItem, now: float) -> None:
+        """Run the handler of a message the protocol accepted."""
+        route = self._dispatch.get(item.type)
+        assert route is not None  # the protocol accepts only types it was told of
+        try:
+            raw = item.envelope_bytes
+            known = self._envelopes.get(raw)  # see _parse_envelope
+            if known is not None:
+                sender, json_body = known
+                env = None
+            else:
+                sender, json_body, env = self._parse_envelope(item, raw)
+            msg = self._decode(route, item, json_body)
+            ctx = self._context(item, sender, env, now)
+        except Exception as exc:
+            self._proto.undecodable(hub.index, item, str(exc), now)
+            return
+        loop = self._loop
+        assert loop is not None
+        if self._durable is not None:
+            task = self._durable.run(hub, item, route, msg, ctx)
+            if task is None:
+                return
+        else:
+            started = start_eager(route.fn(msg, ctx), loop)
+            if isinstance(started, tuple):  # the handler returned (or raised) at once
+                result, failure = started
+                if failure is None and not item.flags & FLAG_REQUEST and not self._closed:
+                    # The plain OK of most messages: acked with the batch.
+                    self._proto.handled_ok(item.id, item.peer)
+                else:
+                    self._handled(hub, item, route, result, failure)
+                return
+            task = started
+            report_when_done(task, functools.partial(self._handled, hub, item, route))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _decode(self, route: Route, item: MessageItem, json_body: bool) -> Any:
+        """The handler's argument: a typed message, or a dict for a by-name handler."""
+        if route.cls is not None:
+            msg = route.cls()
+            if json_body:
+                json_format.ParseDict(json.loads(item.body), msg)
+            else:
+                msg.ParseFromString(item.body_buffer())  # type: ignore[arg-type]  # any buffer
+            return msg
+        if json_body:
+            payload = json.loads(item.body)
+            if not isinstance(payload, dict):
+                raise ValueError("a JSON body must be an object")
+            return payload
+        spec = self.registry.get(item.type)
+        if spec is None:
+            raise ValueError("protobuf body of a type this endpoint's registry does not know")
+        typed = spec.cls()
+        typed.ParseFromString(item.body)
+        return json_format.MessageToDict(typed, preserving_proto_field_name=True)
+
+    def _parse_envelope(
+        self, item: MessageItem, raw: bytes
+    ) -> tuple[Identity, bool, envelope_pb2.Envelope | None]:
+        """The sender, whether the body is JSON, and the parsed envelope if it has
+        headers or a correlation id (else None), for envelope bytes ``raw`` that
+        :attr:`_envelopes` does not know.
+
+        A sender puts the same envelope bytes on every message without headers, so
+        those are parsed once and kept by their bytes: the receiver looks them up
+        there first, a dict lookup instead of a protobuf parse and an Identity per
+        message. Envelopes with headers
+        or a correlation id vary per message and are parsed each time."""
+        env = item.envelope()
+        sender = Identity(env.sender.service, env.sender.instance)
+        json_body = env.content_encoding == JSON_ENCODING
+        if env.headers or env.correlation_id:
+            return sender, json_body, env
+        if len(self._envelopes) >= ENVELOPE_CACHE:
+            self._envelopes.clear()
+        self._envelopes[raw] = (sender, json_body)
+        return sender, json_body, None
+
+    def _context(
+        self, item: MessageItem, sender: Identity, env: envelope_pb2.Envelope | None, now: float
+    ) -> Context:
+        # Positional, in Context's field order: keyword arguments cost more, and this
+        # runs once per handled message.
+        return Context(
+            item.id,
+            item.type,
+            sender,
+            item.attempt,
+            item.created_at_ns / 1e9,
+            item.sent_at_ns / 1e9,
+            now + self._wall_offset,
+            NO_HEADERS if env is None else dict(env.headers),
+            b"" if env is None else env.correlation_id,
+            item.priority,
+        )
+
+    def _handled(
+        self,
+        hub: HubLink,
+        item: MessageItem,
+        route: Route,
+        result: Message | None,
+        exc: BaseException | None,
+    ) -> None:
+        """A handler ended (returned ``result`` or raised ``exc``): tell the protocol."""
+        loop = self._loop
+        proto = self._proto
+        if loop is None or self._closed or isinstance(exc, asyncio.CancelledError):
+            proto.abandon(item.id)
+            return
+        request = bool(item.flags & FLAG_REQUEST)
+        if exc is None and request and result is None:
+            exc = Reject(f"{route.origin} returned no response to a request")
+        now = proto._batch_now if proto.receiving else loop.time()
+        if exc is not None:
+            if not isinstance(exc, Reject) and not isinstance(exc, RetryLater):
+                log.error(
+                    "%s raised on %s %s", route.origin, item.type, item.id.hex(), exc_info=exc
+                )
+            proto.handled(hub.index, item, now, exc)
+        elif result is None or not request:
+            proto.handled(hub.index, item, now)
+        else:
+            proto.handled(
+                hub.index, item, now, None, result.SerializeToString(), result.DESCRIPTOR.full_name
+            )
+        if not proto.receiving:
+            self._arm_timer()

@@ -1,0 +1,332 @@
+"""The send path: send, publish and request; framing, the send window, tracking;
+and settling each report when the protocol says it was acked or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from .. import envelope_pb2
+from .._types import (
+    DeliveryReport,
+    DeliveryStatus,
+    Policy,
+    Untyped,
+)
+from .._untyped import encode_untyped
+from ..core import Completion
+from ..errors import (
+    ClosedError,
+    DeliveryError,
+    RemoteProtocolError,
+    SendWindowTimeout,
+)
+from ..wire import (
+    FLAG_REQUEST,
+    KIND_COMMAND,
+    KIND_EVENT,
+    check_name,
+    pack_item,
+    reattempt,
+)
+from ._base import ENVELOPE_CACHE, JSON_ENCODING, EndpointBase
+
+log = logging.getLogger("ackbus.endpoint")
+
+R = TypeVar("R", bound=Message)
+
+
+class Sending(EndpointBase):
+    """The send path of :class:`~ackbus.endpoint.Endpoint`."""
+
+    # ------------------------------------------------------------------ sending
+
+    # send and publish are plain functions returning _send's coroutine, which the caller
+    # awaits: the same as ``async def`` to every caller, without a second coroutine
+    # object per waiting send for the garbage collector to walk, nor a second frame to
+    # resume.
+
+    def send(
+        self,
+        msg: Message | Untyped,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> Coroutine[Any, Any, DeliveryReport]:
+        """Send a command (await it). With ``wait_ack`` (the default) return once it
+        was acked or failed; otherwise at once, with a pending report to ``await
+        report.wait()``.
+
+        ``timeout`` caps the message's whole life (its deadline); the report is never
+        pending after it. Raises :class:`SendWindowTimeout` if the in-flight window
+        stayed full that long, :class:`ClosedError` after :meth:`close`.
+        """
+        return self._send(
+            msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False
+        )
+
+    def publish(
+        self,
+        event: Message | Untyped,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> Coroutine[Any, Any, DeliveryReport]:
+        """Publish an event to one instance of every service subscribed to its type
+        (await it). Acked once every such service acked (at once if none subscribes)."""
+        return self._send(
+            event, KIND_EVENT, wait_ack, timeout, None, priority, headers, policy, False
+        )
+
+    async def request(
+        self,
+        msg: Message,
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+    ) -> R:
+        """Send a command whose handler returns a ``response_type``; return the response.
+        Raises the :class:`DeliveryError` of the failed report."""
+        report = await self._send(
+            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True
+        )
+        report.raise_for_status()
+        response = response_type()
+        try:
+            response.ParseFromString(report.response or b"")
+        except Exception as exc:
+            raise RemoteProtocolError(
+                f"undecodable {response_type.DESCRIPTOR.full_name} response: {exc}",
+                message_id=report.message_id,
+            ) from None
+        return response
+
+    async def _send(
+        self,
+        msg: Message | Untyped,
+        kind: int,
+        wait_ack: bool,
+        timeout: float | None,
+        to: str | None,
+        priority: int | None,
+        headers: Mapping[str, str] | None,
+        policy: Policy | None,
+        request: bool,
+    ) -> DeliveryReport:
+        if self._closed or not self._started:
+            raise ClosedError(
+                f"{self.identity}: endpoint is {'closed' if self._closed else 'not started'}"
+            )
+        loop = self._loop
+        assert loop is not None
+        if isinstance(msg, Untyped):
+            msg_type, body, json_body, pol = self._untyped(msg, policy)
+        else:
+            msg_type, body, json_body = msg.DESCRIPTOR.full_name, msg.SerializeToString(), False
+            if policy is not None:  # generated clients pass their type's policy
+                pol = policy
+            else:
+                spec = self.registry.for_class(type(msg))
+                pol = spec.policy if spec is not None else self.policy
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError(f"timeout must be > 0, got {timeout}")
+            if timeout < pol.deadline:  # else the copy would equal pol
+                pol = pol.with_(deadline=timeout)
+        if priority is not None and priority != pol.priority:
+            pol = pol.with_(priority=priority)
+        destination = to or msg_type
+        lines = self._window_waiters
+        durable = self._durable
+        waited = destination in lines.lines or (
+            self._tracker.in_flight(destination) >= self._window
+        )
+        if waited:
+            # Wait in line for a slot (_window.py); the future is awaited here, not in
+            # a coroutine of its own: one object fewer per waiting send.
+            deadline = loop.time() + pol.deadline
+            front = False
+            while True:
+                fut = lines.enter(destination, deadline, loop, front=front)
+                try:
+                    await fut
+                except BaseException:
+                    lines.leave(destination, fut)
+                    raise
+                # Woken for a settled message's slot. The tracker gives a freed slot
+                # to a message it queued (resumed, or committed while the window was
+                # full) before anyone: then the slot is gone, and this send waits for
+                # the next at the front of the line rather than queue behind that one
+                # (else every later send would queue there too, and a queued message
+                # costs the tracker more than a direct one). A durable send goes on to
+                # its commit, which so overlaps the wait for a slot.
+                if durable is not None or self._tracker.in_flight(destination) < self._window:
+                    break
+                front = True
+        try:
+            now = loop.time()
+            mid = self._ids.next()
+            now_ns = int((now + self._wall_offset) * 1e9)
+            if headers or json_body:
+                envelope = self._envelope_with(headers or {}, json_body)
+            else:
+                envelope = self._envelope
+            type_name = self._type_names.get(msg_type)
+            if type_name is None:
+                if len(self._type_names) >= ENVELOPE_CACHE:
+                    self._type_names.clear()
+                type_name = self._type_names[msg_type] = check_name(msg_type, "type name")
+            frame = pack_item(
+                mid,
+                type_name,
+                check_name(to, "recipient") if to else b"",
+                envelope,
+                body,
+                kind,
+                1,
+                pol.priority,
+                FLAG_REQUEST if request else 0,
+                now_ns,
+                now_ns,
+                now_ns + int(pol.deadline * 1e9),
+            )
+            report = DeliveryReport(mid, msg_type)
+            if durable is not None:
+                # On disk before send returns; inside a handler, with the handler's commit.
+                batch = durable.stage(report, frame, destination, kind, request, pol, now_ns)
+                if batch is None:
+                    return report
+                try:
+                    await batch.waiter()
+                except asyncio.CancelledError:
+                    durable.cancelled(batch, report, frame, destination, kind, pol)
+                    raise
+                durable.committed(batch, report)
+                now = loop.time()
+            self._track(report, frame, destination, kind, pol, now)
+        except BaseException:
+            if waited:
+                lines.admit(destination)  # our turn in line goes to the next one
+            raise
+        if wait_ack:
+            # The tracker settles every message by its deadline; the extra second only
+            # guards against a bug leaving this wait open forever.
+            await report.wait(pol.deadline + 1.0)
+            if not report.done:  # pragma: no cover - would be a tracker bug
+                self._proto.cancel(mid, loop.time(), "the tracker never settled it")
+        return report
+
+    def _track(
+        self,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        pol: Policy,
+        now: float,
+    ) -> None:
+        """Hand a new message to the tracker and transmit it if its window has room."""
+        mid = report.message_id
+        report._frame = frame
+        self._pending[mid] = report
+        self._proto.submit(mid, report.message_type, destination, pol, now, kind == KIND_EVENT)
+        # The only timer submit added is this message's: its first ack timeout, or its
+        # deadline while it waits for window room (tracker.submit). Every other change
+        # already armed the timer, so the protocol's next deadline (three machines
+        # asked) is not needed here, once per message.
+        if self._timer is not None:
+            self._timer.at(now + min(pol.ack_timeout, pol.deadline))
+
+    def _window_timeout(self, destination: str) -> SendWindowTimeout:
+        return SendWindowTimeout(
+            f"{self.identity}: {self._window} messages to {destination} "
+            "stayed unacknowledged for the whole timeout"
+        )
+
+    def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:
+        env = envelope_pb2.Envelope()
+        env.ParseFromString(self._envelope)
+        env.headers.update(headers)
+        if json_body:
+            env.content_encoding = JSON_ENCODING
+        return env.SerializeToString()
+
+    def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
+        return encode_untyped(self.registry, msg, policy, self.policy)
+
+    # -- the protocol's actions on the send path (EndpointIO) --
+
+    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        report = self._pending.get(msg_id)
+        if report is None:  # pragma: no cover - the tracker only transmits pending ids
+            return
+        frame = report._frame
+        if attempt > 1:
+            frame = reattempt(frame, attempt, int((now + self._wall_offset) * 1e9))
+        self._links[hub].link.outbox.message(frame)
+
+    def failed(self, c: Completion, error: DeliveryError) -> None:
+        report = self._pending.pop(c.msg_id, None)
+        if report is None:
+            return
+        report._frame = b""  # a report the caller keeps must not keep the message
+        report._settle(
+            DeliveryStatus.FAILED,
+            attempts=c.attempts,
+            first_sent_at=(
+                c.first_sent_at + self._wall_offset if c.first_sent_at is not None else None
+            ),
+            error=error,
+        )
+        self.dead_letters.append(report)
+        log.warning("delivery failed: %s", report.error)
+        if self._durable is not None:
+            self._durable.failed(c, report)
+        if self._window_waiters:
+            self._window_waiters.admit(c.destination)
+
+    def acked(self, completions: Sequence[Completion]) -> None:
+        """Settle acked messages: an ACK group's worth in one loop, as a pipelined
+        sender settles tens of thousands a second."""
+        pending = self._pending
+        offset = self._wall_offset
+        acked: list[bytes] = []
+        for c in completions:
+            report = pending.pop(c.msg_id, None)
+            if report is None:
+                continue
+            acked.append(c.msg_id)
+            report._frame = b""  # a report the caller keeps must not keep the message
+            report._settle(  # positional: once per acked message
+                DeliveryStatus.ACKED,
+                c.attempts,
+                c.first_sent_at + offset if c.first_sent_at is not None else None,
+                c.acked_at + offset if c.acked_at is not None else None,
+                c.acked_by,
+                None,
+                c.response,
+            )
+        if self._durable is not None and acked:
+            self._durable.acked(acked)
+        waiting = self._window_waiters
+        if waiting:
+            for c in completions:
+                waiting.admit(c.destination)
+                if not waiting:  # the last line emptied: the rest would find no one
+                    break
