@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, TypeVar, Unpack
 
 from google.protobuf.message import Message
 
@@ -160,81 +160,64 @@ class Untyped:
     payload: Mapping[str, Any]
 
 
+class SendOptionsBase(TypedDict, total=False):
+    """The options every send takes; :class:`PublishOptions`, :class:`RequestOptions`
+    and :class:`SendOptions` add theirs. Each option is declared once, here or there.
+
+    :class:`ackbus.Endpoint` spells them out in its own signatures (a test checks that
+    they match these); the protocols below and :class:`ackbus.BlockingEndpoint` take
+    them as ``**options``."""
+
+    timeout: float | None
+    """Cap the message's whole life (its deadline), in seconds."""
+    priority: int | None
+    headers: Mapping[str, str] | None
+    policy: Policy | None
+    """The delivery policy (generated clients pass their type's)."""
+
+
+class PublishOptions(SendOptionsBase, total=False):
+    """An event's options."""
+
+    wait_ack: bool
+    """Return once the message was acked or failed (default), or at once with a
+    pending report."""
+
+
+class RequestOptions(SendOptionsBase, total=False):
+    """A request's options (a request always waits for its response)."""
+
+    to: str | None
+    """The service to send to, when several handle the type."""
+
+
+class SendOptions(PublishOptions, RequestOptions, total=False):
+    """A command's options: an event's, and a recipient."""
+
+
 class AsyncBus(Protocol):
     """What generated async clients call; :class:`ackbus.Endpoint` implements it."""
 
-    async def send(
-        self,
-        msg: Message,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        to: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
-    ) -> DeliveryReport: ...
+    async def send(self, msg: Message, **options: Unpack[SendOptions]) -> DeliveryReport: ...
 
     async def publish(
-        self,
-        event: Message,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
+        self, event: Message, **options: Unpack[PublishOptions]
     ) -> DeliveryReport: ...
 
     async def request(
-        self,
-        msg: Message,
-        response_type: type[R],
-        *,
-        timeout: float | None = None,
-        to: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
+        self, msg: Message, response_type: type[R], **options: Unpack[RequestOptions]
     ) -> R: ...
 
 
 class BlockingBus(Protocol):
     """The blocking twin of :class:`AsyncBus`, for plain threads."""
 
-    def send(
-        self,
-        msg: Message,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        to: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
-    ) -> DeliveryReport: ...
+    def send(self, msg: Message, **options: Unpack[SendOptions]) -> DeliveryReport: ...
 
-    def publish(
-        self,
-        event: Message,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
-    ) -> DeliveryReport: ...
+    def publish(self, event: Message, **options: Unpack[PublishOptions]) -> DeliveryReport: ...
 
     def request(
-        self,
-        msg: Message,
-        response_type: type[R],
-        *,
-        timeout: float | None = None,
-        to: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
+        self, msg: Message, response_type: type[R], **options: Unpack[RequestOptions]
     ) -> R: ...
 
 

@@ -12,14 +12,23 @@ Generated ``*BlockingClient`` classes take a ``BlockingEndpoint``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar, Unpack, overload
 
 from google.protobuf.message import Message
 
 from ._loop_thread import LoopThread
 from ._options import EndpointOptions
-from ._types import Context, DeliveryReport, Handler, Kind, Policy, Untyped
+from ._types import (
+    Context,
+    DeliveryReport,
+    Handler,
+    Kind,
+    PublishOptions,
+    RequestOptions,
+    SendOptions,
+    Untyped,
+)
 from .endpoint import Endpoint, EndpointStats
 from .errors import ClosedError
 
@@ -113,75 +122,19 @@ class BlockingEndpoint:
         register: Callable[..., None] = self._ep.register_handler
         self._call(lambda: register(msg_type, fn, kind=kind, response=response))
 
-    def send(
-        self,
-        msg: Message | Untyped,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        to: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
-    ) -> DeliveryReport:
+    def send(self, msg: Message | Untyped, **options: Unpack[SendOptions]) -> DeliveryReport:
         """Blocking :meth:`Endpoint.send`."""
-        return self._thread.run(
-            self._ep.send(
-                msg,
-                wait_ack=wait_ack,
-                timeout=timeout,
-                to=to,
-                priority=priority,
-                headers=headers,
-                policy=policy,
-            )
-        )
+        return self._thread.run(self._ep.send(msg, **options))
 
     def publish(
-        self,
-        event: Message | Untyped,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
+        self, event: Message | Untyped, **options: Unpack[PublishOptions]
     ) -> DeliveryReport:
         """Blocking :meth:`Endpoint.publish`."""
-        return self._thread.run(
-            self._ep.publish(
-                event,
-                wait_ack=wait_ack,
-                timeout=timeout,
-                priority=priority,
-                headers=headers,
-                policy=policy,
-            )
-        )
+        return self._thread.run(self._ep.publish(event, **options))
 
-    def request(
-        self,
-        msg: Message,
-        response_type: type[R],
-        *,
-        timeout: float | None = None,
-        to: str | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: Policy | None = None,
-    ) -> R:
+    def request(self, msg: Message, response_type: type[R], **options: Unpack[RequestOptions]) -> R:
         """Blocking :meth:`Endpoint.request`."""
-        return self._thread.run(
-            self._ep.request(
-                msg,
-                response_type,
-                timeout=timeout,
-                to=to,
-                priority=priority,
-                headers=headers,
-                policy=policy,
-            )
-        )
+        return self._thread.run(self._ep.request(msg, response_type, **options))
 
     def wait(self, report: DeliveryReport, timeout: float | None = None) -> DeliveryReport:
         """Block until a report from ``send(..., wait_ack=False)`` settles (or timeout)."""

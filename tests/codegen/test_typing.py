@@ -97,10 +97,20 @@ BAD = {
     "blocking_endpoint_option_of_wrong_type": """
         ackbus.BlockingEndpoint("svc", "tcp://x", window="5")  # error
     """,
+    "blocking_send_option_misspelt": """
+        def f(ep: ackbus.BlockingEndpoint) -> None:
+            ep.send(table_pb2.StartHand(), wait_ak=False)  # error
+    """,
+    "publish_takes_no_recipient": """
+        def f(ep: ackbus.BlockingEndpoint) -> None:
+            ep.publish(table_pb2.StartHand(), to="table")  # error
+    """,
 }
 NAMED = {
     "blocking_endpoint_option_misspelt": '"windw"',
     "blocking_endpoint_option_of_wrong_type": '"window"',
+    "blocking_send_option_misspelt": '"wait_ak"',
+    "publish_takes_no_recipient": '"to"',
 }
 """Snippets whose error must also name this (the option, not just the line)."""
 
@@ -140,6 +150,8 @@ GOOD = """
             "svc", ["tcp://x"], window=5, heartbeat=0.2, store="sqlite:///x.db", seed=None
         ) as ep:
             print(ep.stats, TableBlockingClient(ep))
+            print(ep.send(table_pb2.StartHand(), wait_ack=False, to="table", priority=1))
+            print(ep.request(table_pb2.GetTableState(), table_pb2.TableState, timeout=1.0))
         ep_async = ackbus.Endpoint("svc", "tcp://x", window=5)
         print(ep_async.stats, ackbus.Hub(bind="tcp://*:5555").stats)
 """
