@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from .. import envelope_pb2
+from .._pending import attempt_frame, settle_acked, settle_failed
 from .._types import (
     DeliveryReport,
-    DeliveryStatus,
     Policy,
     Untyped,
 )
@@ -32,7 +32,6 @@ from ..wire import (
     KIND_EVENT,
     check_name,
     pack_item,
-    reattempt,
 )
 from ._base import ENVELOPE_CACHE, JSON_ENCODING, EndpointBase
 
@@ -273,27 +272,14 @@ class Sending(EndpointBase):
     # -- the protocol's actions on the send path (EndpointIO) --
 
     def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
-        report = self._pending.get(msg_id)
-        if report is None:  # pragma: no cover - the tracker only transmits pending ids
-            return
-        frame = report._frame
-        if attempt > 1:
-            frame = reattempt(frame, attempt, int((now + self._wall_offset) * 1e9))
-        self._links[hub].link.outbox.message(frame)
+        frame = attempt_frame(self._pending, msg_id, attempt, now + self._wall_offset)
+        if frame is not None:
+            self._links[hub].link.outbox.message(frame)
 
     def failed(self, c: Completion, error: DeliveryError) -> None:
-        report = self._pending.pop(c.msg_id, None)
+        report = settle_failed(self._pending, c, error, self._wall_offset)
         if report is None:
             return
-        report._frame = b""  # a report the caller keeps must not keep the message
-        report._settle(
-            DeliveryStatus.FAILED,
-            attempts=c.attempts,
-            first_sent_at=(
-                c.first_sent_at + self._wall_offset if c.first_sent_at is not None else None
-            ),
-            error=error,
-        )
         self.dead_letters.append(report)
         log.warning("delivery failed: %s", report.error)
         if self._durable is not None:
@@ -304,24 +290,7 @@ class Sending(EndpointBase):
     def acked(self, completions: Sequence[Completion]) -> None:
         """Settle acked messages: an ACK group's worth in one loop, as a pipelined
         sender settles tens of thousands a second."""
-        pending = self._pending
-        offset = self._wall_offset
-        acked: list[bytes] = []
-        for c in completions:
-            report = pending.pop(c.msg_id, None)
-            if report is None:
-                continue
-            acked.append(c.msg_id)
-            report._frame = b""  # a report the caller keeps must not keep the message
-            report._settle(  # positional: once per acked message
-                DeliveryStatus.ACKED,
-                c.attempts,
-                c.first_sent_at + offset if c.first_sent_at is not None else None,
-                c.acked_at + offset if c.acked_at is not None else None,
-                c.acked_by,
-                None,
-                c.response,
-            )
+        acked = settle_acked(self._pending, completions, self._wall_offset)
         if self._durable is not None and acked:
             self._durable.acked(acked)
         waiting = self._window_waiters
