@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,15 +20,30 @@ from ackbus import (
     AckTimeout,
     AddressError,
     Context,
+    DeliveryReport,
     NoRoute,
+    Policy,
     Registry,
     Reject,
     Rejected,
     Untyped,
+    envelope_pb2,
+    wire_pb2,
 )
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.legacy import ReliableSocket, send_with_ack
+from ackbus.wire import (
+    Command,
+    decode_command,
+    decode_messages,
+    encode_acks,
+    encode_identity,
+    encode_message,
+    encode_messages,
+    encode_welcome,
+    split_acks,
+)
 from helpers import FAST
 from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 from proc_harness import free_port
@@ -249,3 +267,118 @@ async def test_hub_restart_mid_stream_loses_nothing() -> None:
         sock.close(0)
         ctx.term()
     assert got == ["a", "b"]
+
+
+async def test_a_huge_attempt_budget_still_ends_at_the_deadline(
+    hub: str, dealer: zmq.Socket[Any]
+) -> None:
+    """The backoff is the tracker's, with its overflow guard: past attempt 1025 the
+    plain ``base * 2 ** (n - 1)`` no longer fits a float."""
+    eager = Policy(
+        ack_timeout=0.5,
+        max_attempts=10**9,
+        backoff_base=1e-7,
+        backoff_cap=1e-6,
+        jitter=0.0,
+        deadline=2.5,
+    )
+    rs = ReliableSocket(dealer, "eager", policy=eager)
+    start = time.monotonic()
+    report = await asyncio.to_thread(rs.send, Untyped("Nobody", {}))
+    took = time.monotonic() - start
+    assert isinstance(report.error, NoRoute), report.error
+    assert report.attempts > 1100, "not enough attempts to reach the overflow"
+    assert took < eager.deadline + 0.3
+
+
+async def test_failures_read_as_the_endpoints_do(hub: str, dealer: zmq.Socket[Any]) -> None:
+    """For the same outcome, ReliableSocket and Endpoint fail with the same error: one
+    protocol decides both (core/endpoint_protocol.delivery_error)."""
+
+    async def refuse(msg: table_pb2.StartHand, ctx: Context) -> None:
+        raise Reject("table is closed")
+
+    async def stall(msg: table_pb2.DealCards, ctx: Context) -> None:
+        await asyncio.sleep(1.0)
+
+    receiver = Endpoint("table", hub, policy=FAST)
+    receiver.register_handler(table_pb2.StartHand, refuse)
+    receiver.register_handler(table_pb2.DealCards, stall)
+    once = FAST.with_(max_attempts=1)
+    twice = FAST.with_(ack_timeout=0.1, max_attempts=2)
+    cases: list[tuple[Any, Policy, type[Exception]]] = [
+        (Untyped("Nobody", {}), once, NoRoute),
+        (table_pb2.StartHand(table_id="t"), FAST, Rejected),
+        (table_pb2.DealCards(table_id="t"), twice, AckTimeout),
+    ]
+    async with receiver, Endpoint("typed", hub, policy=FAST) as sender:
+        await asyncio.sleep(0.45)  # past the hub's grace period: retries are routed
+        rs = ReliableSocket(dealer, "legacy", policy=FAST)
+        for msg, pol, kind in cases:
+            by_endpoint = (await sender.send(msg, policy=pol)).error
+            by_socket = (await asyncio.to_thread(rs.send, msg, policy=pol)).error
+            assert isinstance(by_endpoint, kind), by_endpoint
+            assert type(by_socket) is type(by_endpoint)
+            assert by_socket.reason == by_endpoint.reason
+            assert by_socket.message_type == by_endpoint.message_type
+
+
+async def test_after_a_long_silence_the_next_send_says_hello_first(
+    hub: str, dealer: zmq.Socket[Any]
+) -> None:
+    """Between calls the socket sends no heartbeats, so the hub forgets it; the next
+    call says HELLO with its message instead of meeting NOT_REGISTERED and retrying."""
+
+    async def on_start(msg: table_pb2.StartHand, ctx: Context) -> None:
+        pass
+
+    receiver = Endpoint("table", hub, policy=FAST)
+    receiver.register_handler(table_pb2.StartHand, on_start)
+    async with receiver:
+        rs = ReliableSocket(dealer, "legacy", policy=FAST, heartbeat=0.05)
+        assert await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="a"))
+        await asyncio.sleep(1.0)  # the hub forgets a peer silent for 3 x 0.2 s
+        report = await asyncio.to_thread(rs.send, table_pb2.StartHand(table_id="b"))
+        assert report, report.error
+        assert report.attempts == 1
+
+
+def test_a_message_from_the_hub_is_answered_no_route() -> None:
+    """It handles no messages: one a hub sends it anyway is answered NO_ROUTE at once
+    (the protocol's answer, so that the hub routes it again), not left to time out."""
+    ctx = zmq.Context()
+    fake_hub = ctx.socket(zmq.ROUTER)
+    fake_hub.linger = 0
+    port = fake_hub.bind_to_random_port("tcp://127.0.0.1")
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    rs = ReliableSocket(sock, "legacy", policy=FAST)
+    stray = os.urandom(16)
+    sent: list[DeliveryReport] = []
+    worker = threading.Thread(target=lambda: sent.append(rs.send(Untyped("X", {}))))
+    worker.start()
+    try:
+        rid, *hello = fake_hub.recv_multipart()
+        assert decode_command(hello) is Command.HELLO
+        fake_hub.send_multipart([rid, *encode_welcome(wire_pb2.Welcome(heartbeat_ms=1000))])
+        rid, *message = fake_hub.recv_multipart()
+        [item] = decode_messages(message)
+        fake_hub.send_multipart(
+            [rid, *encode_messages([(b"origin", [encode_message(stray, "Stray", b"")])])]
+        )
+        rid, *answer = fake_hub.recv_multipart()
+        [group] = split_acks(answer)
+        [ack] = group.full_acks()
+        assert (group.peer, ack.message_id) == (b"origin", stray)
+        assert ack.outcome == envelope_pb2.NO_ROUTE
+        assert ack.receiver.service == "legacy"
+        peer = encode_identity("x", "1")
+        fake_hub.send_multipart([rid, *encode_acks([(peer, item.id, b"")])])
+    finally:
+        worker.join(5)
+        sock.close(0)
+        fake_hub.close(0)
+        ctx.term()
+    [report] = sent
+    assert report, report.error

@@ -9,110 +9,82 @@ attempts or deadline ran out, or it was refused. The receiver deduplicates by id
 a retry never runs a handler twice. It is the Python counterpart of the C# original's
 ``MessageBrokerExtensions`` (:func:`send_with_ack` is the one-call form).
 
+It decides nothing itself: it is a blocking driver of the endpoint protocol
+(:class:`~ackbus.core.endpoint_protocol.EndpointProtocol`, one per socket, the socket
+its only hub link), as the asyncio endpoint is an asyncio one. Retries, backoff,
+deadlines, the HELLO/WELCOME handshake, HELLO again after ``NOT_REGISTERED``,
+heartbeats and the error of a failed message are the protocol's; the socket builds
+frames, carries out the protocol's actions with the wire, and polls the socket until
+the protocol's next deadline or the message's, whichever comes first.
+
 Blocking and single-threaded, like the socket it wraps: every call returns within
 its message's deadline. It sends only; it handles no messages (its HELLO declares
-none). Give the socket a fixed ``ROUTING_ID`` before connecting if acks should
-survive a hub restart mid-send (otherwise the retry after the restart is acked).
+none, so the protocol answers any message a hub sends it with NO_ROUTE). Give the
+socket a fixed ``ROUTING_ID`` before connecting if acks should survive a hub restart
+mid-send (otherwise the retry after the restart is acked).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
-import random
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import zmq
 from google.protobuf.message import Message
 
 from .. import envelope_pb2, wire_pb2
-from .._types import DeliveryReport, DeliveryStatus, Identity, Policy, Registry, Untyped
+from .._pending import attempt_frame, settle_acked, settle_failed
+from .._types import DeliveryReport, Identity, Policy, Registry, Untyped
 from .._untyped import encode_untyped
+from ..core import Completion
+from ..core.endpoint_protocol import AckReply, EndpointProtocol
 from ..endpoint import JSON_ENCODING
-from ..errors import (
-    AckTimeout,
-    ConnectTimeout,
-    DeliveryError,
-    Expired,
-    NoRoute,
-    Rejected,
-    RemoteProtocolError,
-)
+from ..errors import DeliveryError, RemoteProtocolError
 from ..wire import (
     FLAG_REQUEST,
     KIND_COMMAND,
     KIND_EVENT,
-    NOT_REGISTERED,
     PROTOCOL_VERSION,
     Command,
+    ack_replies,
+    decode_bye,
     decode_command,
     decode_identity,
+    decode_messages,
     decode_refusal,
     decode_routed,
     decode_welcome,
+    encode_ack,
+    encode_acks,
     encode_bye,
     encode_heartbeat,
     encode_hello,
     encode_message,
     encode_messages,
-    reattempt,
+    full_acks_frame,
+    ok_ids_frame,
     split_acks,
 )
 
 __all__ = ["ReliableSocket", "send_with_ack"]
 
+log = logging.getLogger("ackbus.legacy")
+
 R = TypeVar("R", bound=Message)
 
-_OK = (envelope_pb2.OK, envelope_pb2.DUPLICATE)
-
-
-class _Pending:
-    """What is known of the one message in flight."""
-
-    __slots__ = (
-        "acked_by",
-        "error",
-        "id",
-        "kind",
-        "reregister",
-        "response",
-        "retry_after",
-        "targets",
-    )
-
-    def __init__(self, mid: bytes, kind: int) -> None:
-        self.id = mid
-        self.kind = kind
-        self.acked_by: dict[str, Identity] = {}
-        self.targets: set[str] | None = None if kind == KIND_EVENT else {"*"}
-        """Whose acks settle it: ``{"*"}`` (anyone: a command), the services the hub
-        fanned an event out to, or ``None`` until the hub said (ROUTED)."""
-        self.error: DeliveryError | None = None
-        self.retry_after: float | None = None
-        """Set when the receiver or hub asked for a retry (seconds to wait)."""
-        self.reregister = False
-        self.response: bytes | None = None
-
-    def reset(self) -> None:
-        """Forget the last attempt's verdict (acks stay: an event's acks add up)."""
-        self.error = None
-        self.retry_after = None
-        self.reregister = False
-
-    def acked(self) -> bool:
-        if self.targets is None:
-            return False  # an event: wait for the hub's ROUTED notice
-        if "*" in self.targets:
-            return bool(self.acked_by)
-        return all(t in self.acked_by for t in self.targets)
-
-    def ack(self, who: Identity) -> None:
-        self.acked_by[who.service] = who
-        self.acked_by[str(who)] = who
+_HUB = 0
+"""The index of the socket's one hub link in its protocol."""
+_GUARD = 1.0
+"""Seconds past a message's deadline after which a call gives up on it even if the
+protocol has not settled it (it settles every message by its deadline; this only
+guards against a bug leaving a call blocked for good)."""
 
 
 class ReliableSocket:
@@ -141,14 +113,32 @@ class ReliableSocket:
         self.registry = registry if registry is not None else Registry()
         self.policy = policy or Policy()
         self.heartbeat = heartbeat
-        self.welcomed = False
-        self.retries = 0
-        self._rng = random.Random(seed)
-        self._last_sent = 0.0
+        self._wall_offset = time.time() - time.monotonic()
+        self._proto = EndpointProtocol(
+            self.identity, self, heartbeat=heartbeat, seed=seed, wall_offset=self._wall_offset
+        )
+        self._proto.add_hub()
+        self._pending: dict[bytes, DeliveryReport] = {}
+        """The report of the message in flight (the protocol's ``transmit`` re-sends
+        its frame)."""
+        self._interval = heartbeat
+        """The heartbeat interval the hub's WELCOME agreed on."""
+        self._last_sent: float | None = None
+        """When we last sent the hub anything; None before the first HELLO."""
         env = envelope_pb2.Envelope()
         env.sender.service = service
         env.sender.instance = self.identity.instance
         self._envelope = env
+
+    @property
+    def welcomed(self) -> bool:
+        """Whether the hub welcomed this socket (and has not refused or left it since)."""
+        return self._proto.welcomed(_HUB)
+
+    @property
+    def retries(self) -> int:
+        """Attempts after the first, over all messages sent."""
+        return self._proto.stats.retries
 
     # ------------------------------------------------------------------ public
 
@@ -204,7 +194,8 @@ class ReliableSocket:
         """Say BYE to the hub (the socket stays the caller's to close)."""
         if self.welcomed:
             self._send(encode_bye("closing"))
-            self.welcomed = False
+        self._proto.connected(_HUB, time.monotonic(), up=False)
+        self._last_sent = None  # a later call says HELLO again
 
     # ------------------------------------------------------------------ delivery
 
@@ -237,8 +228,10 @@ class ReliableSocket:
         if json_body:
             env.content_encoding = JSON_ENCODING
         mid = os.urandom(16)
-        now_ns = time.time_ns()
-        frame = encode_message(
+        now = time.monotonic()
+        now_ns = int((now + self._wall_offset) * 1e9)
+        report = DeliveryReport(mid, type_name)
+        report._frame = encode_message(
             mid,
             type_name,
             body,
@@ -251,49 +244,42 @@ class ReliableSocket:
             sent_at_ns=now_ns,
             deadline_ns=now_ns + int(pol.deadline * 1e9),
         )
-        report = DeliveryReport(mid, type_name)
-        deadline = time.monotonic() + pol.deadline
-        pending = _Pending(mid, kind)
-        first_sent = time.time()
-        attempt = 0
-        last: DeliveryError = AckTimeout("no acknowledgement", message_id=mid)
-        while attempt < pol.max_attempts and time.monotonic() < deadline:
-            try:
-                self._hello(deadline)
-            except ConnectTimeout as exc:
-                last = AckTimeout(str(exc), message_id=mid, message_type=type_name)
-                break
-            attempt += 1
-            if attempt > 1:
-                self.retries += 1
-            out = frame if attempt == 1 else reattempt(frame, attempt, time.time_ns())
-            self._send(encode_messages([(b"", [out])]))
-            pending.reset()
-            self._pump(pending, min(deadline, time.monotonic() + pol.ack_timeout))
-            if pending.acked():
-                return _acked(report, pending, attempt, first_sent)
-            if pending.error is not None:
-                last = pending.error
-                if not _retryable(last, pol):
-                    break
-            if pending.reregister:
-                continue  # the hub forgot us: HELLO again and retry at once
-            pause = pending.retry_after
-            if pause is None:
-                base = min(pol.backoff_cap, pol.backoff_base * 2 ** (attempt - 1))
-                pause = base * self._rng.uniform(1 - pol.jitter, 1 + pol.jitter)
-            pending.reset()
-            self._pump(pending, min(deadline, time.monotonic() + pause))  # late acks count
-            if pending.acked():
-                return _acked(report, pending, attempt, first_sent)
-        last.message_type = last.message_type or type_name
-        last.message_id = mid
-        if isinstance(last, AckTimeout) and attempt:
-            last.reason = f"no acknowledgement after {attempt} attempt{'s' * (attempt != 1)}"
-        report._settle(
-            DeliveryStatus.FAILED, attempts=attempt, first_sent_at=first_sent, error=last
-        )
+        self._register(now)
+        self._pending[mid] = report
+        self._proto.submit(mid, type_name, to or type_name, pol, now, kind == KIND_EVENT)
+        self._run(report, now + pol.deadline + _GUARD)
         return report
+
+    def _register(self, now: float) -> None:
+        """Read what arrived since the last call, then say HELLO if the hub may not
+        know us: before the first message, after :meth:`close`, and after a silence
+        longer than one heartbeat interval. This socket is read and written only
+        during calls, so between them it sends no heartbeats, and a hub forgets a
+        peer silent for a few intervals: saying HELLO with the message spares the
+        message a NOT_REGISTERED refusal and a retry an ack timeout later."""
+        self._receive(now)
+        last = self._last_sent
+        if last is None or now - last > self._interval:
+            self._proto.connected(_HUB, now, up=False)
+            self._proto.connected(_HUB, now)
+
+    def _run(self, report: DeliveryReport, give_up: float) -> None:
+        """Drive the protocol until ``report`` is settled: poll the socket until the
+        protocol's next deadline, feed it what arrives, tick it when due."""
+        proto = self._proto
+        poll = self.sock.poll
+        while not report.done:
+            now = time.monotonic()
+            due = proto.next_deadline()
+            if due is not None and due <= now:
+                proto.tick(now)
+                continue
+            if now >= give_up:  # pragma: no cover - would be a tracker bug
+                proto.cancel(report.message_id, now, "the tracker never settled it")
+                return
+            until = give_up if due is None else min(due, give_up)
+            if poll(math.ceil((until - now) * 1000), zmq.POLLIN):
+                self._receive(time.monotonic())
 
     # ------------------------------------------------------------------ the socket
 
@@ -303,119 +289,84 @@ class ReliableSocket:
             self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
         self._last_sent = time.monotonic()
 
-    def _hello(self, deadline: float) -> None:
-        """Say HELLO until the hub welcomes us (ConnectTimeout at ``deadline``)."""
-        while not self.welcomed:
-            hello = wire_pb2.Hello(
-                heartbeat_ms=int(self.heartbeat * 1000), versions=[PROTOCOL_VERSION]
-            )
-            hello.identity.service = self.identity.service
-            hello.identity.instance = self.identity.instance
-            self._send(encode_hello(hello))
-            now = time.monotonic()
-            if now >= deadline:
-                raise ConnectTimeout(f"{self.identity}: no hub welcomed us in time")
-            self._pump(None, min(deadline, now + 0.5))
-
-    def _pump(self, pending: _Pending | None, until: float) -> None:
-        """Read what the hub sends until ``until``, or until ``pending`` is settled or
-        needs a retry (or, with no pending message, until welcomed)."""
+    def _receive(self, now: float) -> None:
+        """Feed the protocol everything the hub sent that is waiting, as one batch."""
         sock = self.sock
-        while True:
-            if pending is None and self.welcomed:
-                return
-            if pending is not None and (
-                pending.acked()
-                or pending.error is not None
-                or pending.retry_after is not None
-                or pending.reregister
-            ):
-                return
-            now = time.monotonic()
-            if now >= until:
-                return
-            if self.welcomed and now - self._last_sent >= self.heartbeat:
-                self._send(encode_heartbeat())
-            wait = min(until - now, self.heartbeat)
-            if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
-                continue
-            frames = sock.recv_multipart(flags=zmq.NOBLOCK)
-            try:
-                self._on_frames(frames, pending)
-            except RemoteProtocolError:
-                continue  # garbage from the hub: ignored, as the endpoint would refuse it
+        proto = self._proto
+        proto.begin_batch(_HUB, now)
+        try:
+            while True:
+                try:
+                    frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                try:
+                    self._handle(frames, now)
+                except RemoteProtocolError as exc:
+                    # Garbage from the hub: ignored (the message's timers cover a
+                    # lost ack), as it always was here.
+                    log.debug("%s: ignored input from the hub: %s", self.identity, exc)
+        finally:
+            proto.end_batch()
 
-    def _on_frames(self, frames: list[bytes], pending: _Pending | None) -> None:
+    def _handle(self, frames: list[bytes], now: float) -> None:
+        """Decode one multipart from the hub and tell the protocol."""
         cmd = decode_command(frames)
-        if cmd is Command.WELCOME:
-            decode_welcome(frames)
-            self.welcomed = True
-        elif cmd is Command.REFUSAL:
-            refusal = decode_refusal(frames)
-            if refusal.code == NOT_REGISTERED:
-                self.welcomed = False
-                if pending is not None:
-                    pending.reregister = True
-            elif pending is not None and refusal.message_id == pending.id:
-                pending.error = Rejected(
-                    f"refused by the hub: {refusal}",
-                    remote_type="RemoteProtocolError",
-                    remote_message=str(refusal),
-                    permanent=True,
-                )
-        elif cmd is Command.ROUTED and pending is not None:
-            for entry in decode_routed(frames):
-                if entry.message_id == pending.id:
-                    pending.targets = set(entry.targets)
-        elif cmd is Command.ACK and pending is not None:
+        proto = self._proto
+        if cmd is Command.ACK:
             for group in split_acks(frames):
                 who = Identity(*decode_identity(group.peer))
-                if pending.id in group.ok_ids:
-                    pending.ack(who)
-                for ack in group.full_acks() if group.full else ():
-                    if ack.message_id == pending.id:
-                        self._on_full_ack(pending, ack, who)
+                proto.on_acks(who, group.ok_ids, ack_replies(group), now)
+        elif cmd is Command.ROUTED:
+            for entry in decode_routed(frames):
+                proto.on_routed(entry.message_id, entry.targets, now)
+        elif cmd is Command.WELCOME:
+            welcome = decode_welcome(frames)
+            self._interval = max(welcome.heartbeat_ms, 1) / 1000
+            proto.on_welcome(_HUB, welcome.heartbeat_ms, now)
+        elif cmd is Command.REFUSAL:
+            refusal = decode_refusal(frames)
+            proto.on_refusal(_HUB, refusal.code, refusal.message_id, str(refusal), now)
+        elif cmd is Command.MESSAGE:
+            for item in decode_messages(frames):
+                # No types declared: the protocol answers each (NO_ROUTE), none runs.
+                proto.accept(_HUB, item, now)
+        elif cmd is Command.BYE:
+            decode_bye(frames)
+            proto.on_bye(_HUB)
+        # HEARTBEAT: hearing anything is all liveness needs (begin_batch).
 
-    def _on_full_ack(self, pending: _Pending, ack: envelope_pb2.Ack, who: Identity) -> None:
-        outcome = ack.outcome
-        if ack.HasField("receiver"):
-            who = Identity(ack.receiver.service, ack.receiver.instance)
-        if outcome in _OK:
-            pending.response = ack.response if ack.response or ack.response_type else None
-            pending.ack(who)
-        elif outcome == envelope_pb2.RETRY_LATER:
-            pending.retry_after = ack.retry_after_ms / 1000
-        elif outcome == envelope_pb2.NO_ROUTE:
-            pending.error = NoRoute(ack.error.message or "no live service handles it")
-        elif outcome == envelope_pb2.EXPIRED:
-            pending.error = Expired("expired before a handler ran")
-        else:
-            pending.error = Rejected(
-                f"rejected by the receiver: {ack.error.type}: {ack.error.message}",
-                remote_type=ack.error.type,
-                remote_message=ack.error.message,
-                permanent=ack.error.permanent,
-            )
+    # ------------------------------------------------------------------ the protocol's actions
+    # (EndpointIO: what the protocol decided, encoded with the wire and sent on the socket)
 
+    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        frame = attempt_frame(self._pending, msg_id, attempt, now + self._wall_offset)
+        if frame is not None:
+            self._send(encode_messages([(b"", [frame])]))
 
-def _retryable(error: DeliveryError, policy: Policy) -> bool:
-    """NO_ROUTE waits for a receiver to appear; a transient rejection is retried only
-    under a ``retry_rejected`` policy; anything else is final."""
-    if isinstance(error, NoRoute):
-        return True
-    return isinstance(error, Rejected) and not error.permanent and policy.retry_rejected
+    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
+        self._send(encode_acks([(peer, ok_ids_frame(msg_ids), b"")]))
 
+    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        self._send(encode_acks([(peer, b"", full_acks_frame([encode_ack(ack)]))]))
 
-def _acked(report: DeliveryReport, p: _Pending, attempts: int, first_sent: float) -> DeliveryReport:
-    report._settle(
-        DeliveryStatus.ACKED,
-        attempts=attempts,
-        first_sent_at=first_sent,
-        acked_at=time.time(),
-        acked_by=tuple(dict.fromkeys(p.acked_by.values())),
-        response=p.response,
-    )
-    return report
+    def send_hello(self, hub: int) -> None:
+        hello = wire_pb2.Hello(heartbeat_ms=int(self.heartbeat * 1000), versions=[PROTOCOL_VERSION])
+        hello.identity.service = self.identity.service
+        hello.identity.instance = self.identity.instance
+        self._send(encode_hello(hello))
+
+    def send_heartbeat(self, hub: int) -> None:
+        self._send(encode_heartbeat())
+
+    def acked(self, completions: Sequence[Completion]) -> None:
+        settle_acked(self._pending, completions, self._wall_offset)
+
+    def failed(self, c: Completion, error: DeliveryError) -> None:
+        settle_failed(self._pending, c, error, self._wall_offset)
+
+    def hub_silent(self, hub: int, silence: float) -> None:
+        log.warning("%s: hub silent for %.1f s", self.identity, silence)
 
 
 _sockets: weakref.WeakKeyDictionary[zmq.Socket[Any], ReliableSocket] = weakref.WeakKeyDictionary()
