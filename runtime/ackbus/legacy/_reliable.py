@@ -39,13 +39,12 @@ from typing import Any, TypeVar
 import zmq
 from google.protobuf.message import Message
 
-from .. import envelope_pb2, wire_pb2
+from .. import wire_pb2
 from .._pending import attempt_frame, settle_acked, settle_failed
 from .._types import DeliveryReport, Identity, Policy, Registry, Untyped
 from .._untyped import encode_untyped
 from ..core import Completion
 from ..core.endpoint_protocol import AckReply, EndpointProtocol
-from ..endpoint import JSON_ENCODING
 from ..errors import DeliveryError, RemoteProtocolError
 from ..wire import (
     FLAG_REQUEST,
@@ -64,6 +63,7 @@ from ..wire import (
     encode_ack,
     encode_acks,
     encode_bye,
+    encode_envelope,
     encode_heartbeat,
     encode_hello,
     encode_message,
@@ -125,10 +125,6 @@ class ReliableSocket:
         """The heartbeat interval the hub's WELCOME agreed on."""
         self._last_sent: float | None = None
         """When we last sent the hub anything; None before the first HELLO."""
-        env = envelope_pb2.Envelope()
-        env.sender.service = service
-        env.sender.instance = self.identity.instance
-        self._envelope = env
 
     @property
     def welcomed(self) -> bool:
@@ -222,11 +218,6 @@ class ReliableSocket:
         type_name, body, json_body, pol = self._body(msg, policy)
         if timeout is not None:
             pol = pol.with_(deadline=min(pol.deadline, timeout))
-        env = envelope_pb2.Envelope()
-        env.CopyFrom(self._envelope)
-        env.headers.update(headers or {})
-        if json_body:
-            env.content_encoding = JSON_ENCODING
         mid = os.urandom(16)
         now = time.monotonic()
         now_ns = int((now + self._wall_offset) * 1e9)
@@ -235,7 +226,7 @@ class ReliableSocket:
             mid,
             type_name,
             body,
-            envelope=env.SerializeToString(),
+            envelope=encode_envelope(self.identity, headers=headers, json_body=json_body),
             recipient=to or "",
             kind=kind,
             priority=pol.priority,

@@ -5,12 +5,14 @@ command; the matching ``decode_*`` function returns typed objects. Any bytes a p
 can send end in a typed object or a :class:`~ackbus.RemoteProtocolError` carrying a
 refusal code (answer it with :func:`refusal_for`), never another exception.
 
-Sending: ``encode_message`` builds one message item frame; an :class:`Outbox` packs
-items and acks for one destination into MESSAGE and ACK batches; control commands
-have their own ``encode_*`` functions returning a whole multipart.
+Sending: ``encode_envelope`` and ``encode_full_ack`` build the envelope and ack
+protobufs (here and nowhere else); ``encode_message`` builds one message item frame;
+an :class:`Outbox` packs items and acks for one destination into MESSAGE and ACK
+batches; control commands have their own ``encode_*`` functions returning a whole
+multipart.
 """
 
-from ._acks import ack_replies, encode_ack
+from ._acks import ack_replies, encode_ack, encode_full_ack
 from ._codec import (
     ACK_FRAME,
     BAD_SIGNATURE,
@@ -80,6 +82,7 @@ from ._control import (
     refusal_for,
     split_acks,
 )
+from ._envelope import JSON_ENCODING, encode_envelope
 from ._forward import PackedRun, scan_messages
 from ._ids import IdSource
 from ._outbox import Multipart, Outbox
@@ -95,6 +98,7 @@ __all__ = [
     "HELLO_FRAME",
     "ID_SIZE",
     "ITEM_HEADER",
+    "JSON_ENCODING",
     "KIND_COMMAND",
     "KIND_EVENT",
     "MALFORMED",
@@ -138,6 +142,8 @@ __all__ = [
     "encode_ack",
     "encode_acks",
     "encode_bye",
+    "encode_envelope",
+    "encode_full_ack",
     "encode_heartbeat",
     "encode_hello",
     "encode_identity",

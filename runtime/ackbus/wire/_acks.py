@@ -1,5 +1,6 @@
-"""Full acknowledgements between the wire's ``ackbus.Ack`` protobuf and the core's
-plain :class:`~ackbus.core.endpoint_protocol.AckReply`."""
+"""Full acknowledgements: the wire's ``ackbus.Ack`` protobuf built from plain values
+(:func:`encode_full_ack`, for any driver; :func:`encode_ack` from the core's
+:class:`~ackbus.core.endpoint_protocol.AckReply`) and read back into ``AckReply`` values."""
 
 from __future__ import annotations
 
@@ -10,27 +11,56 @@ from ..core import Identity, Outcome, RemoteError
 from ..core.endpoint_protocol import AckReply
 from ._control import AckGroup
 
-__all__ = ["ack_replies", "encode_ack"]
+__all__ = ["ack_replies", "encode_ack", "encode_full_ack"]
 
 
-def encode_ack(a: AckReply) -> bytes:
-    """A serialized ``ackbus.Ack`` for ``a``, stamped with the time now."""
-    ack = envelope_pb2.Ack(message_id=a.msg_id, outcome=envelope_pb2.Outcome.ValueType(a.outcome))
-    if a.receiver is not None:
-        ack.receiver.service = a.receiver.service
-        ack.receiver.instance = a.receiver.instance
-    ack.acked_at_ns = time.time_ns()
-    error = a.error
+def encode_full_ack(
+    message_id: bytes,
+    outcome: Outcome,
+    *,
+    receiver: Identity | None = None,
+    acked_at_ns: int = 0,
+    error: RemoteError | None = None,
+    retry_after: float = 0.0,
+    response: bytes = b"",
+    response_type: str = "",
+) -> bytes:
+    """A serialized full :class:`Ack` for one message.
+
+    ``receiver`` is who acks (an instance, or a hub answering for it); ``acked_at_ns`` Unix
+    time in ns (0: not given); ``error`` what a handler or the hub reports; ``retry_after``
+    seconds the sender should pause (whole ms on the wire; 0: none given); ``response`` and
+    ``response_type`` a request's answer."""
+    ack = envelope_pb2.Ack(message_id=message_id, outcome=envelope_pb2.Outcome.ValueType(outcome))
+    if receiver is not None:
+        ack.receiver.service = receiver.service
+        ack.receiver.instance = receiver.instance
+    if acked_at_ns:
+        ack.acked_at_ns = acked_at_ns
     if error is not None:
         ack.error.type = error.type
         ack.error.message = error.message
         ack.error.permanent = error.permanent
-    if a.retry_after:
-        ack.retry_after_ms = int(a.retry_after * 1000)
-    if a.response or a.response_type:
-        ack.response = a.response
-        ack.response_type = a.response_type
+    if retry_after:
+        ack.retry_after_ms = int(retry_after * 1000)
+    if response or response_type:
+        ack.response = response
+        ack.response_type = response_type
     return ack.SerializeToString()
+
+
+def encode_ack(a: AckReply) -> bytes:
+    """A serialized ``ackbus.Ack`` for ``a``, stamped with the time now."""
+    return encode_full_ack(
+        a.msg_id,
+        a.outcome,
+        receiver=a.receiver,
+        acked_at_ns=time.time_ns(),
+        error=a.error,
+        retry_after=a.retry_after,
+        response=a.response,
+        response_type=a.response_type,
+    )
 
 
 def ack_replies(group: AckGroup) -> list[AckReply]:
