@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SEEDS  ?= 2000
 export PYTHONPATH := $(CURDIR)/generated
 
-.PHONY: setup generate check-generated lint typecheck layers pytest test demo bench simulate clean
+.PHONY: setup generate check-generated lint typecheck layers pytest test demo bench simulate chaos clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ bench: setup
 
 simulate: setup
 	$(PY) -m ackbus.testing.simulate --seeds $(SEEDS)
+
+# The long real-process scenarios (the suite runs their short versions): events across
+# five hub kill -9s in a 5,000-event stream, a subscriber down while 1,000 go out.
+chaos: setup
+	ACKBUS_CHAOS=1 $(BIN)/pytest -q -p no:randomly --timeout 600 tests/integration/test_events.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -16,7 +16,7 @@ import jinja2
 from google.protobuf.compiler import plugin_pb2
 
 from . import __version__
-from .model import FileModel, build_file
+from .model import FileModel, build_file, event_subscribers
 from .naming import Namespace
 from .protos import TypeIndex
 
@@ -67,6 +67,7 @@ def generate(request: plugin_pb2.CodeGeneratorRequest, *, version: str = __versi
     conflict) when a file cannot be mapped faithfully; then no file is produced.
     """
     index = TypeIndex(request.proto_file)
+    subscribers = event_subscribers(index)
     out = Generation()
     type_names = Namespace("the registry of the files generated together")
     for name in request.file_to_generate:
@@ -76,6 +77,7 @@ def generate(request: plugin_pb2.CodeGeneratorRequest, *, version: str = __versi
             version=version,
             warnings=out.warnings,
             type_names=type_names,
+            subscribers=subscribers,
         )
         if model.empty:
             continue

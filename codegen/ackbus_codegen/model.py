@@ -43,6 +43,7 @@ __all__ = [
     "Service",
     "build_file",
     "docstring",
+    "event_subscribers",
 ]
 
 EMPTY = "google.protobuf.Empty"
@@ -215,10 +216,46 @@ def docstring(text: str) -> str:
     return f'"""{body}"""'
 
 
+def event_subscribers(index: TypeIndex) -> dict[str, tuple[str, ...]]:
+    """Event type → the schema services (full names, sorted) with an rpc that takes it as
+    an EVENT, across every file protoc passed: who a publisher waits for."""
+    found: dict[str, set[str]] = {}
+    for pf in index.files.values():
+        pkg = f"{pf.proto.package}." if pf.proto.package else ""
+        for svc in pf.proto.service:
+            svc_opts = pol.PolicyOptions()
+            if svc.options.HasExtension(options_pb2.service_policy):
+                svc_opts = pol.from_proto(svc.options.Extensions[options_pb2.service_policy])
+            for rpc in svc.method:
+                req = index.get(rpc.input_type)
+                if rpc.client_streaming or rpc.server_streaming or req is None:
+                    continue
+                levels = [pol.PolicyOptions()]
+                if rpc.options.HasExtension(options_pb2.method_policy):
+                    levels = [pol.from_proto(rpc.options.Extensions[options_pb2.method_policy])]
+                if req.message is not None and req.message.options.HasExtension(
+                    options_pb2.message_policy
+                ):
+                    msg = req.message.options.Extensions[options_pb2.message_policy]
+                    levels.append(pol.from_proto(msg))
+                if pol.merge([*levels, svc_opts]).is_event:
+                    found.setdefault(req.full_name, set()).add(pkg + svc.name)
+    return {event: tuple(sorted(services)) for event, services in found.items()}
+
+
 class _Builder:
-    def __init__(self, pf: ProtoFile, index: TypeIndex, version: str, warnings: list[str]):
+    def __init__(
+        self,
+        pf: ProtoFile,
+        index: TypeIndex,
+        version: str,
+        warnings: list[str],
+        subscribers: dict[str, tuple[str, ...]] | None = None,
+    ):
         self.pf = pf
         self.index = index
+        self.subscribers = subscribers if subscribers is not None else {}
+        """Event type → its subscriber services (see :func:`event_subscribers`)."""
         self.warnings = warnings
         major, minor = [*version.split("."), "0"][:2]
         self.model = FileModel(
@@ -280,12 +317,18 @@ class _Builder:
         where = info.file.where((*info.path, 7, options_pb2.message_policy.number), info.path)
         return self.level(found, where, f"message {info.full_name}")
 
-    def policy_const(self, name: str, rpc_full: str, merged: pol.PolicyOptions) -> None:
+    def policy_const(
+        self,
+        name: str,
+        rpc_full: str,
+        merged: pol.PolicyOptions,
+        subscribers: tuple[str, ...] = (),
+    ) -> None:
         """Declare the constant ``name`` (already claimed) holding rpc ``rpc_full``'s policy."""
-        expr = _policy_expr(merged)
+        expr = _policy_expr(merged, subscribers)
         if len(f"{name}: {POLICY_ANNOTATION} = {expr}") > _LINE_LENGTH:
             # one argument per line, as a formatter would
-            args = "".join(f"    {arg},\n" for arg in _policy_args(merged))
+            args = "".join(f"    {arg},\n" for arg in _policy_args(merged, subscribers))
             expr = f"ackbus.Policy(\n{args})"
         doc = _join(
             _fill(
@@ -323,7 +366,7 @@ class _Builder:
                 MessageEntry(
                     full_name=info.full_name,
                     cls=self.type_expr(info),
-                    policy=_policy_expr(policy),
+                    policy=_policy_expr(policy, self.subscribers.get(info.full_name, ())),
                     legacy_name=None if legacy is None else json.dumps(legacy),
                 )
             )
@@ -431,7 +474,8 @@ class _Builder:
         handler = attrs.claim(f"on_{snake}", owner)
         service_name = full.rpartition(".")[0].rpartition(".")[2]
         const = self.names.claim(policy_name(service_name, rpc.name), owner)
-        self.policy_const(const, full, merged)
+        subscribers = self.subscribers.get(req.full_name, ()) if merged.is_event else ()
+        self.policy_const(const, full, merged, subscribers)
         doc = self.pf.at(path).comment
         return Method(
             name=rpc.name,
@@ -594,12 +638,16 @@ def _method_docs(
     )
 
 
-def _policy_args(policy: pol.PolicyOptions) -> list[str]:
-    return [f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()]
+def _policy_args(policy: pol.PolicyOptions, subscribers: tuple[str, ...] = ()) -> list[str]:
+    args = [f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()]
+    if subscribers:
+        names = ", ".join(json.dumps(name) for name in subscribers)
+        args.append(f"subscribers=({names}{',' if len(subscribers) == 1 else ''})")
+    return args
 
 
-def _policy_expr(policy: pol.PolicyOptions) -> str:
-    return f"ackbus.Policy({', '.join(_policy_args(policy))})"
+def _policy_expr(policy: pol.PolicyOptions, subscribers: tuple[str, ...] = ()) -> str:
+    return f"ackbus.Policy({', '.join(_policy_args(policy, subscribers))})"
 
 
 def build_file(
@@ -609,10 +657,12 @@ def build_file(
     version: str,
     warnings: list[str],
     type_names: Namespace,
+    subscribers: dict[str, tuple[str, ...]] | None = None,
 ) -> FileModel:
     """The model of ``pf``'s ``_ackbus.py``; ``type_names`` spans all files generated
-    together, so two files cannot register one type name."""
-    b = _Builder(pf, index, version, warnings)
+    together, so two files cannot register one type name; ``subscribers`` (from
+    :func:`event_subscribers`) says which services each event type's publishers wait for."""
+    b = _Builder(pf, index, version, warnings, subscribers)
     if not importable(pf.module):
         warnings.append(
             f"{pf.name}: file skipped: its module {pf.module} cannot be spelled in an "

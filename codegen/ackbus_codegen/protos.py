@@ -155,6 +155,10 @@ class TypeIndex:
         """Look up a field's ``type_name`` (``.poker.Card``) or a full name."""
         return self._types[type_name.removeprefix(".")]
 
+    def get(self, type_name: str) -> TypeInfo | None:
+        """:meth:`__getitem__`, or ``None`` for a type the request does not hold."""
+        return self._types.get(type_name.removeprefix("."))
+
     def messages_of(self, file_name: str) -> Iterator[TypeInfo]:
         """The messages declared in one file, nested ones included, in source order."""
         for info in self._types.values():

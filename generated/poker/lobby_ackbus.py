@@ -54,6 +54,7 @@ LOBBY_HAND_STARTED_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     max_attempts=5,
     backoff_cap=5.0,
     kind=ackbus.Kind.EVENT,
+    subscribers=("poker.Audit", "poker.Lobby"),
 )
 """The schema policy of rpc poker.Lobby.HandStarted: its method, request message
 and service options merged, the runtime's defaults for the rest.
@@ -67,6 +68,7 @@ AUDIT_HAND_STARTED_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     backoff_cap=10.0,
     deadline=300.0,
     kind=ackbus.Kind.EVENT,
+    subscribers=("poker.Audit", "poker.Lobby"),
 )
 """The schema policy of rpc poker.Audit.HandStarted: its method, request message
 and service options merged, the runtime's defaults for the rest.

@@ -890,7 +890,7 @@ REGISTRY = ackbus.Registry(
         ackbus.MessageSpec(
             full_name="poker.HandStarted",
             cls=table_pb2.HandStarted,
-            policy=ackbus.Policy(kind=ackbus.Kind.EVENT),
+            policy=ackbus.Policy(kind=ackbus.Kind.EVENT, subscribers=("poker.Audit", "poker.Lobby")),
             legacy_name="HandStarted",
         ),
         ackbus.MessageSpec(

@@ -43,6 +43,8 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        self._services: set[str] = set()
+        """Schema services whose rpcs registered handlers run."""
 
     def add_handler(self, handler: Handler) -> list[Route]:
         """Register every rpc ``handler``'s class implements; returns the new routes."""
@@ -64,6 +66,7 @@ class Dispatcher:
             for spec in methods
         ]
         self._add_all(routes)
+        self._services.update(spec.service for spec in methods)
         return routes
 
     def add_function(
@@ -127,6 +130,16 @@ class Dispatcher:
     def types(self, kind: Kind) -> list[str]:
         """Registered type names of one kind, sorted (for the hello)."""
         return sorted(name for name, r in self._routes.items() if r.kind is kind)
+
+    def add_service(self, service: str) -> None:
+        """Count schema service ``service`` among those this endpoint runs."""
+        if not service:
+            raise SchemaError("a schema service name cannot be empty")
+        self._services.add(service)
+
+    def services(self) -> list[str]:
+        """The schema services (full names) registered handlers run, sorted."""
+        return sorted(self._services)
 
     def __len__(self) -> int:
         return len(self._routes)

@@ -51,6 +51,12 @@ class MessageSpec:
     policy: Policy
     legacy_name: str | None = None
 
+    @property
+    def subscribers(self) -> tuple[str, ...]:
+        """For an event type: the schema services its publishers wait for (from the
+        schemas the code was generated with)."""
+        return self.policy.subscribers
+
 
 @dataclass(frozen=True, slots=True)
 class MethodSpec:

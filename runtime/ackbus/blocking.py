@@ -98,6 +98,7 @@ class BlockingEndpoint:
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
+        implements: str | None = None,
     ) -> None: ...
 
     @overload
@@ -108,6 +109,7 @@ class BlockingEndpoint:
         *,
         kind: Kind | None = None,
         response: None = None,
+        implements: str | None = None,
     ) -> None: ...
 
     def register_handler(
@@ -117,10 +119,13 @@ class BlockingEndpoint:
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
+        implements: str | None = None,
     ) -> None:
         """Blocking :meth:`Endpoint.register_handler` (the handler runs on the loop thread)."""
         register: Callable[..., None] = self._ep.register_handler
-        self._call(lambda: register(msg_type, fn, kind=kind, response=response))
+        self._call(
+            lambda: register(msg_type, fn, kind=kind, response=response, implements=implements)
+        )
 
     def send(self, msg: Message | Untyped, **options: Unpack[SendOptions]) -> DeliveryReport:
         """Blocking :meth:`Endpoint.send`."""

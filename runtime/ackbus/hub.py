@@ -209,6 +209,7 @@ class Hub:
             hello.credit,
             hello.heartbeat_ms,
             now,
+            hello.implements,
         )
         log.info(
             "registered %s: %d command types, %d event types",
@@ -232,8 +233,14 @@ class Hub:
         for target, chunk, count in run.stretches(targets):
             self._out(target).packed(chunk, count, origin)
 
-    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
-        self._notices.append(Routed(msg_id, services))
+    def routed(
+        self,
+        origin: bytes,
+        msg_id: bytes,
+        services: tuple[str, ...],
+        implements: tuple[tuple[str, ...], ...],
+    ) -> None:
+        self._notices.append(Routed(msg_id, services, implements))
 
     def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
         ack = _hub_ack(msg_id, envelope_pb2.NO_ROUTE, self.identity)

@@ -33,6 +33,7 @@ class Hello(_message.Message):
     CREDIT_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    IMPLEMENTS_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
     credit: _builtins.int
@@ -55,6 +56,12 @@ class Hello(_message.Message):
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Protocol versions the endpoint speaks."""
 
+    @_builtins.property
+    def implements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Schema services (full proto names, e.g. "poker.Audit") whose handlers this instance
+        runs: what a publisher's declared event subscribers are matched against.
+        """
+
     def __init__(
         self,
         *,
@@ -65,10 +72,11 @@ class Hello(_message.Message):
         credit: _builtins.int = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
         max_batch: _builtins.int = ...,
+        implements: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "credit", b"credit", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "max_batch", b"max_batch", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "credit", b"credit", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

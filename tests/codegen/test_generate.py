@@ -383,7 +383,13 @@ async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None
     assert sent == [
         ackbus.Policy(ack_timeout=0.5, max_attempts=1, deadline=10.0, priority=3),
         ackbus.Policy(ack_timeout=0.1, max_attempts=8),
-        ackbus.Policy(max_attempts=100, backoff_cap=10.0, deadline=5.0, kind=ackbus.Kind.EVENT),
+        ackbus.Policy(
+            max_attempts=100,
+            backoff_cap=10.0,
+            deadline=5.0,
+            kind=ackbus.Kind.EVENT,
+            subscribers=("poker.Audit", "poker.Lobby"),
+        ),
     ]
     await table_ackbus.TableClient(bus).send_start_hand_message(table_pb2.StartHand(), policy=once)
     assert bus.calls[-1][2]["policy"] is once
@@ -517,3 +523,18 @@ def test_unimportable_modules_are_skipped_and_leave_no_import(compile_request: C
     assert "thing" not in module.content
     assert "Iterable" not in module.content  # asked for by the skipped rpc only
     assert "def send_plain(" in module.content
+
+
+def test_an_event_types_policies_name_the_services_that_subscribe_to_it() -> None:
+    """Every service with an rpc that takes an event type subscribes to it, across the
+    files generated together: the rpc policies and the registry say so, and a
+    publisher waits for each."""
+    from poker import lobby_ackbus, table_ackbus
+
+    both = ("poker.Audit", "poker.Lobby")
+    assert lobby_ackbus.LOBBY_HAND_STARTED_POLICY.subscribers == both
+    assert lobby_ackbus.AUDIT_HAND_STARTED_POLICY.subscribers == both
+    assert table_ackbus.REGISTRY["poker.HandStarted"].subscribers == both
+    # Commands have none.
+    assert table_ackbus.TABLE_START_HAND_POLICY.subscribers == ()
+    assert table_ackbus.REGISTRY["poker.StartHand"].subscribers == ()

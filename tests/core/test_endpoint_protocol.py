@@ -11,7 +11,7 @@ from ackbus import Identity, Policy, Reject, RetryLater
 from ackbus.core import Outcome, RemoteError
 from ackbus.core.endpoint_protocol import FLAG_REQUEST, AckReply, EndpointProtocol
 from ackbus.core.tracker import Completion
-from ackbus.errors import Cancelled, DeliveryError, NoRoute
+from ackbus.errors import AckTimeout, Cancelled, DeliveryError, NoRoute
 from ackbus.wire import FLAG_REQUEST as WIRE_FLAG_REQUEST
 from ackbus.wire import NOT_REGISTERED
 
@@ -273,3 +273,23 @@ def test_closing_cancels_pending_and_abandons_running_handlers() -> None:
     proto.handled(0, item, 0.6)
     assert io.take() == []
     assert proto.deduper.running_count() == 0
+
+
+def test_an_event_no_declared_subscriber_acked_fails_naming_them() -> None:
+    proto, io = make()
+    mid = b"e" * 16
+    declared = P.with_(subscribers=("poker.Audit",), deadline=3.0)
+    proto.submit(mid, "ev.Tick", "ev.Tick", declared, 0.0, event=True)
+    proto.on_routed(mid, [], 0.1)  # nobody registered: not "delivered"
+    for t in (1.0, 1.5, 2.0, 2.5, 3.0):
+        proto.tick(t)
+    ((_, _, error),) = [a for a in io.take() if a[0] == "failed"]
+    assert isinstance(error, AckTimeout)
+    assert "no acknowledgement from subscriber poker.Audit" in str(error)
+
+
+def test_hello_names_the_schema_services_the_handlers_run() -> None:
+    proto, io = make()
+    proto.set_types(["svc.Do"], [], 1.0, ["poker.Table"])
+    assert proto.implements == ("poker.Table",)
+    assert io.take() == [("hello", 0)]

@@ -48,8 +48,14 @@ class Recorder:
     def forward_run(self, run: Run, targets: Sequence[bytes], origin: bytes) -> None:
         self.actions.append(("forward_run", list(targets), origin))
 
-    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
-        self.actions.append(("routed", origin, msg_id, services))
+    def routed(
+        self,
+        origin: bytes,
+        msg_id: bytes,
+        services: tuple[str, ...],
+        implements: tuple[tuple[str, ...], ...],
+    ) -> None:
+        self.actions.append(("routed", origin, msg_id, services, implements))
 
     def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
         self.actions.append(("no_route", origin, msg_id, reason))
@@ -80,13 +86,13 @@ def hub(grace: float = 0.0) -> tuple[HubProtocol[Item, Run, bytes], Recorder]:
     io = Recorder()
     proto: HubProtocol[Item, Run, bytes] = HubProtocol(io, heartbeat=1.0, misses=3, grace=grace)
     proto.start(0.0)
-    for peer, service, commands, events in (
-        (b"a1", "alpha", ["alpha.Do"], ["ev.Tick"]),
-        (b"b1", "beta", ["beta.Do"], ["ev.Tick"]),
-        (b"s", "sender", [], []),
+    for peer, service, commands, events, implements in (
+        (b"a1", "alpha", ["alpha.Do"], ["ev.Tick"], ["schema.Alpha"]),
+        (b"b1", "beta", ["beta.Do"], ["ev.Tick"], []),
+        (b"s", "sender", [], [], []),
     ):
         ident = Identity(service, peer.decode())
-        proto.hello(peer, ident, b"tok-" + peer, commands, events, 100, 500, 0.0)
+        proto.hello(peer, ident, b"tok-" + peer, commands, events, 100, 500, 0.0, implements)
     io.take()
     return proto, io
 
@@ -120,7 +126,9 @@ def test_an_event_goes_to_every_subscribing_service_and_its_sender_is_told() -> 
     proto.route(b"s", Item(b"e" * 16, type="ev.Tick", kind=KIND_EVENT), 0.1)
     actions = io.take()
     assert sorted(a[1] for a in actions if a[0] == "forward") == [b"a1", b"b1"]
-    assert actions[-1] == ("routed", b"s", b"e" * 16, ("alpha", "beta"))
+    # Each target with the schema services it runs: how the publisher matches its
+    # declared subscribers.
+    assert actions[-1] == ("routed", b"s", b"e" * 16, ("alpha", "beta"), (("schema.Alpha",), ()))
 
 
 def test_retries_wait_out_the_grace_period_first_attempts_do_not() -> None:

@@ -402,6 +402,62 @@ def test_event_completes_when_every_routed_service_acked() -> None:
     assert done.acked_at == 0.4
 
 
+DECLARED = P.with_(subscribers=("poker.Audit", "poker.Lobby"))
+"""An event whose schema declares two subscriber services."""
+
+
+def test_an_event_routed_to_nobody_waits_for_its_declared_subscribers() -> None:
+    t = tracker()
+    submit(t, policy=DECLARED, expect=None)
+    assert t.routed(b"m", [], 0.1) is None  # a hub that just restarted knows no one yet
+    t.tick(1.0)  # the ack timeout: back off, then send again
+    (retry,) = [a for a in t.tick(1.5) if isinstance(a, Transmit)]
+    assert retry.attempt == 2
+    assert t.routed(b"m", ["audit", "lobby"], 1.6, [["poker.Audit"], ["poker.Lobby"]]) is None
+    assert t.ack(b"m", outcome=Outcome.OK, now=1.7, receiver=Identity("audit", "1")) is None
+    done = t.ack(b"m", outcome=Outcome.OK, now=1.8, receiver=Identity("lobby", "1"))
+    assert done is not None
+    assert done.status is Status.ACKED
+    assert [i.service for i in done.acked_by] == ["audit", "lobby"]
+
+
+def test_a_declared_subscriber_matches_by_the_schema_service_its_endpoint_runs() -> None:
+    t = tracker()
+    submit(t, policy=DECLARED, expect=None)
+    # One endpoint ("both") runs both schema services: its ack covers both.
+    t.routed(b"m", ["both"], 0.1, [["poker.Audit", "poker.Lobby"]])
+    done = t.ack(b"m", outcome=Outcome.OK, now=0.2, receiver=Identity("both", "1"))
+    assert done is not None
+
+
+def test_an_ack_before_its_routed_notice_counts_once_the_notice_comes() -> None:
+    t = tracker()
+    submit(t, policy=DECLARED, expect=None)
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.1, receiver=Identity("audit", "1")) is None
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.1, receiver=Identity("lobby", "1")) is None
+    done = t.routed(b"m", ["audit", "lobby"], 0.2, [["poker.Audit"], ["poker.Lobby"]])
+    assert done is not None
+
+
+def test_run_time_subscribers_routed_to_must_ack_too() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(subscribers=("poker.Audit",)), expect=None)
+    t.routed(b"m", ["audit", "spy"], 0.1, [["poker.Audit"], []])
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.2, receiver=Identity("audit", "1")) is None
+    assert t.ack(b"m", outcome=Outcome.OK, now=0.3, receiver=Identity("spy", "1")) is not None
+
+
+def test_an_event_fails_naming_the_declared_subscribers_that_never_acked() -> None:
+    t = tracker()
+    submit(t, policy=DECLARED.with_(deadline=5.0), expect=None)
+    t.routed(b"m", ["audit"], 0.1, [["poker.Audit"]])
+    t.ack(b"m", outcome=Outcome.OK, now=0.2, receiver=Identity("audit", "1"))
+    failed = [a for now in (1.0, 2.0, 3.0, 4.0, 5.0) for a in t.tick(now)]
+    (done,) = [a for a in failed if isinstance(a, Completion)]
+    assert done.status is Status.FAILED
+    assert done.missing == ("poker.Lobby",)
+
+
 def test_event_no_one_subscribes_to_is_acked_by_nobody() -> None:
     t = tracker()
     submit(t, expect=None)
@@ -558,3 +614,33 @@ def test_ack_ok_settles_exactly_as_one_ok_ack_per_id(
     assert one.in_flight("d") == many.in_flight("d")
     assert one._in_flight == many._in_flight  # no count left behind at zero
     assert one.tick(now + 100) == many.tick(now + 100)
+
+
+def test_attempts_not_routed_to_a_missing_subscriber_do_not_spend_the_budget() -> None:
+    t = tracker()
+    two = DECLARED.with_(max_attempts=2, deadline=20.0)
+    submit(t, policy=two, expect=None)
+    t.routed(b"m", ["lobby"], 0.1, [["poker.Lobby"]])
+    t.ack(b"m", outcome=Outcome.OK, now=0.2, receiver=Identity("lobby", "1"))
+    now, sent = 0.0, 1
+    while now < 10.0:  # audit is down: the hub routes every retry to lobby alone
+        now += 0.5
+        for action in t.tick(now):
+            assert isinstance(action, Transmit), action  # no failure at 2 attempts
+            sent = action.attempt
+            t.routed(b"m", ["lobby"], now, [["poker.Lobby"]])
+    assert sent > 2
+    t.routed(b"m", ["audit", "lobby"], now, [["poker.Audit"], ["poker.Lobby"]])
+    done = t.ack(b"m", outcome=Outcome.OK, now=now, receiver=Identity("audit", "1"))
+    assert done is not None
+    assert done.status is Status.ACKED
+
+
+def test_attempts_that_reached_every_subscriber_spend_the_budget() -> None:
+    t = tracker()
+    submit(t, policy=DECLARED.with_(max_attempts=2, deadline=20.0), expect=None)
+    t.routed(b"m", ["audit", "lobby"], 0.1, [["poker.Audit"], ["poker.Lobby"]])
+    failed = [a for now in (1.0, 1.5, 2.5, 3.0, 4.0) for a in t.tick(now)]
+    (done,) = [a for a in failed if isinstance(a, Completion)]
+    assert done.status is Status.FAILED
+    assert done.missing == ("poker.Audit", "poker.Lobby")

@@ -26,9 +26,11 @@ from proc_harness import Procs, free_port
 PlainZmq = Callable[[int], zmq.asyncio.Socket]
 
 LEGACY = Path(__file__).with_name("legacy_service.py")
-POKER = Registry()
-POKER.update(table_ackbus.REGISTRY)
-POKER.update(lobby_ackbus.REGISTRY)
+_SCHEMA = Registry()
+_SCHEMA.update(table_ackbus.REGISTRY)
+_SCHEMA.update(lobby_ackbus.REGISTRY)
+POKER = helpers.run_time_subscribers(_SCHEMA)
+"""The poker registry; its events' subscribers here are not the schema's Audit and Lobby."""
 # Slower retries and a longer deadline: messages wait in retries while the legacy
 # process starts or comes back.
 FAST = helpers.FAST.with_(ack_timeout=0.3, backoff_base=0.02, backoff_cap=0.2, deadline=8.0)

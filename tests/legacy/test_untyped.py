@@ -34,9 +34,10 @@ async def test_an_untyped_event_reaches_by_name_and_typed_subscribers(hub: str) 
         got.append(("lobby", msg))
 
     a = Endpoint("audit", hub, policy=FAST, registry=POKER)
-    a.register_handler("HandStarted", audit)  # by legacy name; an event by the registry
+    # By legacy name, an event by the registry; the schema's subscriber poker.Audit.
+    a.register_handler("HandStarted", audit, implements="poker.Audit")
     b = Endpoint("lobby", hub, policy=FAST)
-    b.register_handler(table_pb2.HandStarted, lobby, kind=Kind.EVENT)
+    b.register_handler(table_pb2.HandStarted, lobby, kind=Kind.EVENT, implements="poker.Lobby")
     async with a, b, Endpoint("old-table", hub, policy=FAST, registry=POKER) as sender:
         report = await sender.publish(Untyped("HandStarted", {"tableId": "t", "handNumber": 7}))
     assert report, report.error

@@ -13,9 +13,11 @@ from ackbus.endpoint import Endpoint
 from ackbus.legacy import LegacyServiceMixin, handler_name, wrap_service
 from poker import lobby_ackbus, lobby_pb2, table_ackbus, table_pb2
 
-POKER = Registry()
-POKER.update(table_ackbus.REGISTRY)
-POKER.update(lobby_ackbus.REGISTRY)
+_SCHEMA = Registry()
+_SCHEMA.update(table_ackbus.REGISTRY)
+_SCHEMA.update(lobby_ackbus.REGISTRY)
+POKER = helpers.run_time_subscribers(_SCHEMA)
+"""The poker registry; its events' subscribers here are not the schema's Audit and Lobby."""
 FAST = helpers.FAST.with_(ack_timeout=0.3)
 
 

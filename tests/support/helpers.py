@@ -7,13 +7,14 @@ A test that needs other timings says so where it uses them, e.g.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ackbus import DeliveryReport, Policy
+from ackbus import DeliveryReport, Policy, Registry
 from ackbus.hub import Hub
 from ackbus.transport import Backend, DefaultBackend, MemoryBackend, ZmqBackend
 
@@ -84,3 +85,12 @@ async def settle(reports: Iterable[DeliveryReport], timeout: float = 5.0) -> Non
     async with asyncio.timeout(timeout):
         for r in reports:
             await r.wait(timeout)
+
+
+def run_time_subscribers(registry: Registry) -> Registry:
+    """``registry`` with no declared event subscribers: for tests whose subscribers stand
+    in for none of the schema's (a publish then waits for whoever the hub routes it to)."""
+    out = Registry()
+    for spec in registry:
+        out.add(dataclasses.replace(spec, policy=spec.policy.with_(subscribers=())))
+    return out

@@ -368,6 +368,30 @@ def test_routed_round_trip() -> None:
         wire.encode_routed([])
 
 
+def test_routed_with_implemented_services_round_trip() -> None:
+    entries = [
+        wire.Routed(b"a" * 16, ("audit", "lobby"), (("poker.Audit",), ())),
+        wire.Routed(b"b" * 16, ()),
+        wire.Routed(b"c" * 16, ("both",), (("poker.Audit", "poker.Lobby"),)),
+    ]
+    frames = wire.encode_routed(entries)
+    assert len(frames) == 3
+    got = wire.decode_routed(frames)
+    assert [(e.targets, e.implements) for e in got] == [
+        (("audit", "lobby"), (("poker.Audit",), ())),
+        ((), ()),
+        (("both",), (("poker.Audit", "poker.Lobby"),)),
+    ]
+    # Without implemented services the notice stays two frames, as before.
+    assert len(wire.encode_routed([wire.Routed(b"a" * 16, ("audit",))])) == 2
+    with refused("MALFORMED"):
+        wire.decode_routed([*frames[:2], frames[2][:-1]])
+    with refused("MALFORMED"):
+        wire.decode_routed([*frames[:2], frames[2] + b"\x00"])
+    with pytest.raises(LocalProtocolError):
+        wire.encode_routed([wire.Routed(b"a" * 16, ("audit", "lobby"), (("x",),))])
+
+
 def test_hello_welcome_bye_heartbeat_refusal_round_trip() -> None:
     hello = wire_pb2.Hello(
         identity=envelope_pb2.Identity(service="table", instance="t-1"),

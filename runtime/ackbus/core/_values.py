@@ -36,9 +36,17 @@ class Policy:
     priority: int = 0
     kind: Kind = Kind.COMMAND
     retry_rejected: bool = False
+    subscribers: tuple[str, ...] = ()
+    """For an event: the schema services (full names, e.g. ``"poker.Audit"``) that must
+    each ack it, whether or not one is running when it is published; generated code
+    fills it in from the schemas. Empty: the services the hub routes it to."""
 
     def __post_init__(self) -> None:
         problems = []
+        if not isinstance(self.subscribers, tuple) or not all(
+            isinstance(s, str) and s for s in self.subscribers
+        ):
+            problems.append(f"subscribers must be a tuple of names, got {self.subscribers!r}")
         if not self.ack_timeout > 0:
             problems.append(f"ack_timeout must be > 0, got {self.ack_timeout}")
         if self.max_attempts < 1:
@@ -67,6 +75,7 @@ class Policy:
         priority: int | None = None,
         kind: Kind | None = None,
         retry_rejected: bool | None = None,
+        subscribers: tuple[str, ...] | None = None,
     ) -> Policy:
         """A copy with the fields given changed (``None`` leaves a field as it is): e.g.
         ``TABLE_START_HAND_POLICY.with_(max_attempts=1)``. Every field is named here, so
@@ -81,6 +90,7 @@ class Policy:
             "priority": priority,
             "kind": kind,
             "retry_rejected": retry_rejected,
+            "subscribers": subscribers,
         }
         return replace(self, **{k: v for k, v in given.items() if v is not None})
 

@@ -191,6 +191,9 @@ class EndpointProtocol:
         self.commands: tuple[str, ...] = ()
         """Command types the handlers take (what HELLO says)."""
         self.events: tuple[str, ...] = ()
+        self.implements: tuple[str, ...] = ()
+        """Schema services the handlers run (what HELLO says; declared event
+        subscriptions are matched against them)."""
         self._types: frozenset[str] = frozenset()
         self.hello_retry = hello_retry
         """Seconds to wait for a WELCOME before saying HELLO again."""
@@ -223,10 +226,18 @@ class EndpointProtocol:
     def welcomed(self, hub: int) -> bool:
         return self._hubs[hub].welcomed
 
-    def set_types(self, commands: Sequence[str], events: Sequence[str], now: float) -> None:
-        """The types the handlers take changed: register again with every hub."""
+    def set_types(
+        self,
+        commands: Sequence[str],
+        events: Sequence[str],
+        now: float,
+        implements: Sequence[str] = (),
+    ) -> None:
+        """The types the handlers take (and the schema services they run) changed:
+        register again with every hub."""
         self.commands = tuple(commands)
         self.events = tuple(events)
+        self.implements = tuple(implements)
         self._types = frozenset(self.commands) | frozenset(self.events)
         for hub in self._hubs:
             self._hello(hub, now)
@@ -355,9 +366,16 @@ class EndpointProtocol:
         if c is not None:
             self._settle(c)
 
-    def on_routed(self, msg_id: bytes, services: Iterable[str], now: float) -> None:
-        """The hub routed event ``msg_id`` to ``services``."""
-        c = self.tracker.routed(msg_id, services, now)
+    def on_routed(
+        self,
+        msg_id: bytes,
+        services: Sequence[str],
+        now: float,
+        implements: Sequence[Sequence[str]] = (),
+    ) -> None:
+        """The hub routed event ``msg_id`` to ``services`` (``implements``: the schema
+        services each runs)."""
+        c = self.tracker.routed(msg_id, services, now, implements)
         if c is not None:
             self._settle(c)
 
@@ -574,4 +592,7 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
         return Expired(f"expired before a handler ran ({tries})", **kw)
     if reason is Reason.CANCELLED:
         return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
+    if c.missing:
+        who = ", ".join(c.missing)
+        return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}", **kw)
     return AckTimeout(f"no acknowledgement after {tries}", **kw)

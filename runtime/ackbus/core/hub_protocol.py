@@ -98,8 +98,15 @@ class HubIO(Protocol[I_contra, R_contra, A_contra]):
     def forward_run(self, run: R_contra, targets: Sequence[bytes], origin: bytes) -> None:
         """Send each of ``run``'s items to the target at the same position."""
 
-    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
-        """Tell ``origin`` which services its event ``msg_id`` went to."""
+    def routed(
+        self,
+        origin: bytes,
+        msg_id: bytes,
+        services: tuple[str, ...],
+        implements: tuple[tuple[str, ...], ...],
+    ) -> None:
+        """Tell ``origin`` which services its event ``msg_id`` went to, and which schema
+        services each runs (one tuple per service)."""
 
     def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
         """Answer a command no instance can take (a NO_ROUTE ack from the hub)."""
@@ -176,10 +183,12 @@ class HubProtocol(Generic[I, R, A]):
         credit: int,
         heartbeat_ms: int,
         now: float,
+        implements: Sequence[str] = (),
     ) -> None:
-        """A peer registers (or registers again); ``token`` names it on its acks."""
+        """A peer registers (or registers again); ``token`` names it on its acks;
+        ``implements``: the schema services whose handlers it runs."""
         interval_ms = max(int(self.heartbeat * 1000), heartbeat_ms)
-        self.routing.register(peer, identity, commands, events, credit or 1000, now)
+        self.routing.register(peer, identity, commands, events, credit or 1000, now, implements)
         self._tokens[peer] = token
         self.liveness.add(peer, now, interval=interval_ms / 1000)
         self.stats.registered += 1
@@ -221,11 +230,14 @@ class HubProtocol(Generic[I, R, A]):
             return
         routing = self.routing
         if item.kind == KIND_EVENT:
-            targets = routing.route_event(item.type, item.id, now)
+            targets = sorted(routing.route_event(item.type, item.id, now))
+            implements = []
             for _service, each in targets:
                 io.forward(each, item, origin)
+                inst = routing.instance(each)
+                implements.append(tuple(sorted(inst.implements)) if inst is not None else ())
             self.stats.routed += len(targets)
-            io.routed(origin, item.id, tuple(sorted(s for s, _ in targets)))
+            io.routed(origin, item.id, tuple(s for s, _ in targets), tuple(implements))
             return
         target = routing.route_command(item.type, item.id, item.recipient or None, now)
         if target is None:

@@ -59,6 +59,8 @@ class Instance:
     events: frozenset[str]
     credit: int
     registered_at: float
+    implements: frozenset[str] = frozenset()
+    """Schema services (full names) whose handlers the instance runs."""
 
     @property
     def key(self) -> bytes:
@@ -113,10 +115,19 @@ class RoutingTable:
         events: Iterable[str],
         credit: int,
         now: float,
+        implements: Iterable[str] = (),
     ) -> Instance:
         """Add (or refresh) an instance. A known identity under a new peer address replaces
         the old address (the instance reconnected)."""
-        inst = Instance(peer, identity, frozenset(commands), frozenset(events), credit, now)
+        inst = Instance(
+            peer,
+            identity,
+            frozenset(commands),
+            frozenset(events),
+            credit,
+            now,
+            frozenset(implements),
+        )
         key = inst.key
         old_peer = self._by_key.get(key)
         if old_peer is not None:

@@ -94,6 +94,9 @@ class Completion:
     error: RemoteError | None = None
     """The receiver's error, for a rejection."""
     response: bytes | None = None
+    missing: tuple[str, ...] = ()
+    """For a failed event: the declared subscribers (schema services) no instance of
+    which acked it."""
 
     def __bool__(self) -> bool:
         return self.status is Status.ACKED

@@ -41,7 +41,7 @@ from ._values import Identity, Policy
 from .settled import Admit, Completion, MsgState, Reason, Status, TrackerAction, Transmit
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "Admit",
@@ -77,6 +77,7 @@ class _Pending:
         "acked_by",
         "acked_services",
         "attempts",
+        "covers",
         "deadline",
         "destination",
         "done",
@@ -122,6 +123,9 @@ class _Pending:
         self.services: frozenset[str] | None = None
         self.acked_services: set[str] | None = None
         self.acked_by: list[Identity] | None = None
+        self.covers: dict[str, frozenset[str]] | None = None
+        """For an event with declared subscribers: the schema services each routed
+        service implements, from the hub's ROUTED notices."""
 
 
 class OutboundTracker:
@@ -312,18 +316,38 @@ class OutboundTracker:
             )
         return out
 
-    def routed(self, msg_id: bytes, services: Iterable[str], now: float) -> Completion | None:
-        """The hub says which services it routed a multi-receiver message (an event) to.
+    def routed(
+        self,
+        msg_id: bytes,
+        services: Iterable[str],
+        now: float,
+        implements: Sequence[Sequence[str]] = (),
+    ) -> Completion | None:
+        """The hub says which services it routed a multi-receiver message (an event) to,
+        and (``implements``, one entry per service) which schema services each runs.
 
-        The latest notice replaces earlier ones (a retry may reach a different set, e.g.
-        after a subscriber left). The message completes once every named service acked;
-        an empty set completes it at once as delivered to nobody (publishing an event no one
-        subscribes to is not an error; ``acked_by`` is empty).
+        An event whose policy declares ``subscribers`` completes once, for each declared
+        subscriber, a service running it acked, whatever the notices name: a subscriber
+        that was not routed to (down, late, a hub that just restarted) is waited for and
+        the event re-sent until its deadline. Services routed to that run no declared
+        subscriber (run-time subscribers) must ack too, as for an event without declared
+        subscribers: there the latest notice replaces earlier ones (a retry may reach a
+        different set, e.g. after a subscriber left), the message completes once every
+        named service acked, and an empty set completes it at once as delivered to nobody
+        (publishing an event no one subscribes to is not an error; ``acked_by`` is empty).
         """
         p = self._pending.get(msg_id)
         if p is None or p.attempts == 0:
             return None
+        services = tuple(services)
         p.services = frozenset(services)
+        if p.policy.subscribers:
+            covers = p.covers
+            if covers is None:
+                covers = p.covers = {}
+            for i, service in enumerate(services):
+                runs = frozenset(implements[i]) if i < len(implements) else frozenset()
+                covers[service] = covers.get(service, frozenset()) | runs
         return self._check_group(p, now)
 
     def cancel(self, msg_id: bytes, now: float) -> Completion | None:
@@ -477,7 +501,7 @@ class OutboundTracker:
         state = p.state
         if state is MsgState.IN_FLIGHT:
             # This attempt's ack timeout ran out.
-            if p.attempts >= p.policy.max_attempts:
+            if p.attempts >= p.policy.max_attempts and not self._unreached(p):
                 out.append(self._fail_exhausted(p, now))
                 return
             p.state = MsgState.BACKOFF
@@ -508,7 +532,15 @@ class OutboundTracker:
 
     def _check_group(self, p: _Pending, now: float) -> Completion | None:
         acked = p.acked_services
-        if p.expect is None:
+        if p.expect is None and p.policy.subscribers:
+            if acked is None or self._missing(p):
+                return None
+            covers = p.covers or {}
+            if p.services is not None and not {s for s in p.services if not covers.get(s)} <= (
+                acked
+            ):
+                return None  # a run-time subscriber routed to has not acked yet
+        elif p.expect is None:
             if p.services is None:
                 return None
             if acked is not None and not p.services <= acked:
@@ -526,6 +558,29 @@ class OutboundTracker:
             acked_by=tuple(p.acked_by or ()),
             response=p.response,
         )
+
+    @classmethod
+    def _unreached(cls, p: _Pending) -> bool:
+        """Whether event ``p`` waits for a declared subscriber the hub did not route its
+        latest attempt to (none registered): such attempts do not spend the budget, so
+        a subscriber that is down waits until the deadline, not until the attempts run
+        out."""
+        if not p.policy.subscribers:
+            return False
+        covers = p.covers or {}
+        reached: set[str] = set()
+        for service in p.services or ():
+            reached |= covers.get(service, frozenset())
+        return any(s not in reached for s in cls._missing(p))
+
+    @staticmethod
+    def _missing(p: _Pending) -> tuple[str, ...]:
+        """The declared subscribers of event ``p`` that no service acked for yet."""
+        got: set[str] = set()
+        covers = p.covers or {}
+        for service in p.acked_services or ():
+            got |= covers.get(service, frozenset())
+        return tuple(s for s in p.policy.subscribers if s not in got)
 
     def _complete(
         self,
@@ -561,6 +616,7 @@ class OutboundTracker:
             acked_by,
             error,
             response,
+            self._missing(p) if status is Status.FAILED and p.policy.subscribers else (),
         )
 
     def _free_slot(self, destination: str, now: float) -> None:

@@ -423,6 +423,7 @@ class Durable:
 def _policy(text: str) -> Policy:
     fields = json.loads(text)
     fields["kind"] = Kind(fields["kind"])
+    fields["subscribers"] = tuple(fields.get("subscribers", ()))
     return Policy(**fields)
 
 

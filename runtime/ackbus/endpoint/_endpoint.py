@@ -182,6 +182,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
+        implements: str | None = None,
     ) -> None: ...
 
     @overload
@@ -192,6 +193,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         *,
         kind: Kind | None = None,
         response: None = None,
+        implements: str | None = None,
     ) -> None: ...
 
     def register_handler(
@@ -201,13 +203,19 @@ class Endpoint(Sending, Receiving, HubLinks):
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
+        implements: str | None = None,
     ) -> None:
         """Register a plain async function for messages of class ``msg_type``, or by
         type name: ``register_handler("StartHand", fn)`` hands ``fn`` the payload as a
         dict (reachable under the full and the legacy name when the registry knows it).
 
         ``kind`` defaults to the registry's policy for the type (else command).
+        ``implements`` names the schema service (``"poker.Audit"``) ``fn`` handles the
+        type for: publishers whose schema declares that service a subscriber of an event
+        type wait for it (a generated handler says so itself).
         """
+        if implements is not None:
+            self._dispatch.add_service(implements)
         if isinstance(msg_type, str):
             spec = self.registry.get(msg_type)
             names = [msg_type]

@@ -44,6 +44,7 @@ class HubLinks(EndpointBase):
             credit=self.credit,
             versions=[PROTOCOL_VERSION],
             max_batch=self.limits.max_batch,
+            implements=proto.implements,
         )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance
@@ -62,6 +63,7 @@ class HubLinks(EndpointBase):
             self._dispatch.types(Kind.COMMAND),
             self._dispatch.types(Kind.EVENT),
             self._loop.time() if self._loop is not None else 0.0,
+            self._dispatch.services(),
         )
 
     def _on_connection(self, hub: HubLink, up: bool) -> None:

@@ -84,7 +84,7 @@ class Receiving(EndpointBase):
                 proto.on_acks(self._identity_of(group.peer), group.ok_ids, ack_replies(group), now)
         elif cmd is Command.ROUTED:
             for entry in decode_routed(frames, self.limits):
-                proto.on_routed(entry.message_id, entry.targets, now)
+                proto.on_routed(entry.message_id, entry.targets, now, entry.implements)
         elif cmd is Command.HEARTBEAT:
             decode_heartbeat(frames)
         elif cmd is Command.WELCOME:

@@ -112,6 +112,7 @@ class AckGroup:
 class Routed:
     msg_id: bytes
     services: tuple[str, ...]
+    implements: tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class Hello:
     commands: tuple[str, ...]
     events: tuple[str, ...]
     heartbeat_ms: int
+    implements: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,7 @@ class SimEndpoint:
         *,
         commands: Sequence[str] = (),
         events: Sequence[str] = (),
+        implements: Sequence[str] = (),
         window: int = 1000,
     ) -> None:
         self.addr = addr
@@ -208,6 +211,7 @@ class SimEndpoint:
         self.rng = rng
         self.commands = tuple(commands)
         self.events = tuple(events)
+        self.implements = tuple(implements)
         self.window = window
         self.up = True
         self.incarnation = 0
@@ -231,7 +235,7 @@ class SimEndpoint:
             hello_retry=HELLO_RETRY,
         )
         hub = self.proto.add_hub()
-        self.proto.set_types(self.commands, self.events, now)
+        self.proto.set_types(self.commands, self.events, now, self.implements)
         self.proto.connected(hub, now)
 
     # -- the node's life --------------------------------------------------------------
@@ -292,7 +296,13 @@ class SimEndpoint:
         self.net.send(self.addr, HUB, AckGroup(peer, [], [ack]))
 
     def send_hello(self, hub: int) -> None:
-        hello = Hello(self.identity, self.commands, self.events, int(self.heartbeat * 1000))
+        hello = Hello(
+            self.identity,
+            self.commands,
+            self.events,
+            int(self.heartbeat * 1000),
+            self.implements,
+        )
         self.net.send(self.addr, HUB, hello)
 
     def send_heartbeat(self, hub: int) -> None:
@@ -321,7 +331,7 @@ class SimEndpoint:
             elif isinstance(msg, AckGroup):
                 proto.on_acks(_identity(msg.peer), msg.ok_ids, msg.full, now)
             elif isinstance(msg, Routed):
-                proto.on_routed(msg.msg_id, msg.services, now)
+                proto.on_routed(msg.msg_id, msg.services, now, msg.implements)
             elif isinstance(msg, Welcome):
                 proto.on_welcome(0, msg.heartbeat_ms, now)
             elif isinstance(msg, Refusal):
@@ -447,6 +457,7 @@ class SimHub:
                     1000,
                     msg.heartbeat_ms,
                     now,
+                    msg.implements,
                 )
             elif isinstance(msg, Heartbeat):
                 proto.heard(peer, now)
@@ -470,8 +481,14 @@ class SimHub:
     def forward_run(self, run: Run, targets: Sequence[bytes], origin: bytes) -> None:
         raise AssertionError("the simulation sends no packed runs")
 
-    def routed(self, origin: bytes, msg_id: bytes, services: tuple[str, ...]) -> None:
-        self.net.send(HUB, origin.decode(), Routed(msg_id, services))
+    def routed(
+        self,
+        origin: bytes,
+        msg_id: bytes,
+        services: tuple[str, ...],
+        implements: tuple[tuple[str, ...], ...],
+    ) -> None:
+        self.net.send(HUB, origin.decode(), Routed(msg_id, services, implements))
 
     def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
         error = RemoteError("NoRoute", reason)

@@ -171,10 +171,14 @@ def decode_identity(raw: bytes) -> tuple[str, str]:
 @dataclass(frozen=True, slots=True)
 class Routed:
     """Where the hub sent one message: ``targets`` names each service (or
-    ``service/instance``) it went to; empty means no live instance handles it."""
+    ``service/instance``) it went to; empty means no live instance handles it.
+    ``implements`` (empty, or one tuple per target) names the schema services each
+    target implements that subscribe to the message's type: how a publisher matches
+    an ack from a target against the subscribers its schema declares."""
 
     message_id: bytes
     targets: tuple[str, ...]
+    implements: tuple[tuple[str, ...], ...] = ()
 
     @property
     def no_route(self) -> bool:
@@ -182,25 +186,43 @@ class Routed:
 
 
 def encode_routed(entries: Sequence[Routed]) -> list[bytes]:
-    """A ROUTED multipart: per entry, id, u8 target count, then u8-length-prefixed names."""
+    """A ROUTED multipart: per entry, id, u8 target count, then u8-length-prefixed names;
+    and, when any target implements a subscribing schema service, a third frame with,
+    per entry and target in the same order, a u8 count and u8-length-prefixed names."""
     parts: list[bytes] = []
+    implements: list[bytes] = []
     for e in entries:
         if len(e.message_id) != ID_SIZE or len(e.targets) > 255:
             raise LocalProtocolError("routed entry needs a 16-byte id and <= 255 targets")
+        if e.implements and len(e.implements) != len(e.targets):
+            raise LocalProtocolError("routed implements needs one tuple per target")
         parts.append(e.message_id)
         parts.append(bytes((len(e.targets),)))
         for t in e.targets:
             raw = _check_name(t, "routed target", empty_ok=False)
             parts.append(bytes((len(raw),)))
             parts.append(raw)
+        for i in range(len(e.targets)):
+            names = e.implements[i] if e.implements else ()
+            if len(names) > 255:
+                raise LocalProtocolError("a routed target implements <= 255 services")
+            implements.append(bytes((len(names),)))
+            for name in names:
+                raw = _check_name(name, "implemented service", empty_ok=False)
+                implements.append(bytes((len(raw),)))
+                implements.append(raw)
     if not parts:
         raise LocalProtocolError("ROUTED needs at least one entry")
+    if any(e.implements and any(e.implements) for e in entries):
+        return [ROUTED_FRAME, b"".join(parts), b"".join(implements)]
     return [ROUTED_FRAME, b"".join(parts)]
 
 
 def decode_routed(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> list[Routed]:
-    if len(frames) != 2 or not frames[1] or len(frames[1]) > limits.max_control_bytes:
-        raise _bad("ROUTED needs exactly one non-empty entries frame")
+    if len(frames) not in (2, 3) or not frames[1] or len(frames[1]) > limits.max_control_bytes:
+        raise _bad("ROUTED needs one non-empty entries frame (and an optional implements one)")
+    if len(frames) == 3 and len(frames[2]) > limits.max_control_bytes:
+        raise _bad("ROUTED implements frame too large")
     data = frames[1]
     out: list[Routed] = []
     pos = 0
@@ -218,6 +240,33 @@ def decode_routed(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> l
             targets.append(_name(data[pos + 1 : end], "routed target", mid))
             pos = end
         out.append(Routed(mid, tuple(targets)))
+    if len(frames) == 3:
+        out = _with_implements(out, frames[2])
+    return out
+
+
+def _with_implements(entries: list[Routed], data: bytes) -> list[Routed]:
+    """``entries`` with the implemented services of the third ROUTED frame."""
+    out: list[Routed] = []
+    pos = 0
+    for e in entries:
+        per_target: list[tuple[str, ...]] = []
+        for _ in e.targets:
+            if pos >= len(data):
+                raise _bad("truncated ROUTED implements", MALFORMED, e.message_id)
+            count = data[pos]
+            pos += 1
+            names = []
+            for _ in range(count):
+                if pos >= len(data) or pos + 1 + data[pos] > len(data) or data[pos] == 0:
+                    raise _bad("truncated ROUTED implemented service", MALFORMED, e.message_id)
+                end = pos + 1 + data[pos]
+                names.append(_name(data[pos + 1 : end], "implemented service", e.message_id))
+                pos = end
+            per_target.append(tuple(names))
+        out.append(Routed(e.message_id, e.targets, tuple(per_target)))
+    if pos != len(data):
+        raise _bad("trailing bytes after ROUTED implements")
     return out
 
 

@@ -1,0 +1,98 @@
+"""Events with real processes: the schema says who subscribes, and a publish is done only
+when every declared subscriber service handled it, whoever was running when it went out.
+
+Subscribers are examples/services.py processes (audit, lobby; each handler run one line in
+a log file); the publisher runs in the test process. The full versions (more events,
+more hub kills) run under ``make chaos``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from ackbus import DeliveryReport
+from ackbus.endpoint import Endpoint
+from helpers import settle
+from poker import lobby_ackbus, table_pb2
+from proc_harness import Procs, free_port, runs
+
+pytestmark = pytest.mark.slow
+
+CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"
+"""``make chaos``: the long versions."""
+QUICK = lobby_ackbus.LOBBY_HAND_STARTED_POLICY.with_(ack_timeout=0.5, backoff_cap=1.0)
+"""The schema's policy (declared subscribers poker.Audit and poker.Lobby), retried sooner."""
+
+
+def event_runs(log: Path) -> Counter[str]:
+    return Counter(mid for t, mid, _ in runs(log) if t == "poker.HandStarted")
+
+
+async def publish_many(
+    publisher: Endpoint, n: int, *, every: float = 0.0, at: dict[int, object] | None = None
+) -> list[DeliveryReport]:
+    client = lobby_ackbus.LobbyClient(publisher)
+    reports = []
+    for i in range(n):
+        msg = table_pb2.HandStarted(table_id=f"t{i}", hand_number=i)
+        reports.append(await client.publish_hand_started_message(msg, wait_ack=False, policy=QUICK))
+        if at and i in at:
+            await at[i]()  # type: ignore[operator]
+        if every:
+            await asyncio.sleep(every)
+    return reports
+
+
+def check_every_subscriber_handled_each_once(reports: list[DeliveryReport], *logs: Path) -> None:
+    failed = [r.error for r in reports if not r]
+    assert failed == [], failed[:3]
+    ids = {r.message_id.hex() for r in reports}
+    for report in reports:
+        assert sorted(i.service for i in report.acked_by) == ["audit", "lobby"]
+    for log in logs:
+        handled = event_runs(log)
+        assert set(handled) == ids, f"{log.name}: {len(ids - set(handled))} events never handled"
+        assert max(handled.values()) == 1, f"{log.name}: a handler ran twice"
+
+
+async def test_a_declared_subscriber_that_starts_late_gets_every_event(
+    procs: Procs, tmp_path: Path
+) -> None:
+    port = free_port()
+    procs.hub(port)
+    address = f"tcp://127.0.0.1:{port}"
+    audit_log, lobby_log = tmp_path / "audit.log", tmp_path / "lobby.log"
+    procs.service("lobby", address, lobby_log)
+    n = 1000 if CHAOS else 60
+    async with Endpoint("table", address, heartbeat=0.25) as publisher:
+        reports = await publish_many(publisher, n)
+        await asyncio.sleep(5.0 if CHAOS else 1.5)  # audit is down while they go out
+        assert not any(r.done for r in reports)  # routed to lobby only: not done
+        procs.service("audit", address, audit_log)
+        await settle(reports, 25)
+    check_every_subscriber_handled_each_once(reports, audit_log, lobby_log)
+
+
+async def test_events_survive_hub_kill_9_and_restart(procs: Procs, tmp_path: Path) -> None:
+    port = free_port()
+    hub = [procs.hub(port)]
+    address = f"tcp://127.0.0.1:{port}"
+    audit_log, lobby_log = tmp_path / "audit.log", tmp_path / "lobby.log"
+    procs.service("audit", address, audit_log)
+    procs.service("lobby", address, lobby_log)
+    n, kills = (5000, 5) if CHAOS else (300, 2)
+
+    async def crash_hub() -> None:
+        procs.kill(hub[0])
+        await asyncio.sleep(0.3)
+        hub[0] = procs.hub(port)
+
+    at = {n * (k + 1) // (kills + 1): crash_hub for k in range(kills)}
+    async with Endpoint("table", address, heartbeat=0.25) as publisher:
+        reports = await publish_many(publisher, n, every=0.002, at=at)
+        await settle(reports, 60 if CHAOS else 25)
+    check_every_subscriber_handled_each_once(reports, audit_log, lobby_log)
