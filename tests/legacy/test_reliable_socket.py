@@ -167,7 +167,8 @@ async def test_publish_is_acked_by_every_subscribed_service(
             seen.append(name)
 
         ep = Endpoint(name, hub, registry=POKER, policy=FAST)
-        ep.register_handler(table_pb2.HandStarted, on_event)  # an event by the registry
+        # An event by the registry, whose schema declares poker.Audit and poker.Lobby.
+        ep.register_handler(table_pb2.HandStarted, on_event, implements=f"poker.{name.title()}")
         return ep
 
     async with subscriber("audit"), subscriber("lobby"):

@@ -148,7 +148,7 @@ class HubProtocol(Generic[I, R, A]):
         heartbeat: float = 1.0,
         misses: int = 3,
         grace: float | None = None,
-        sticky_ttl: float = 120.0,
+        sticky_ttl: float = 60.0,
     ) -> None:
         self.io = io
         self.heartbeat = heartbeat

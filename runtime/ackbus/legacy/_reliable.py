@@ -310,7 +310,7 @@ class ReliableSocket:
                 proto.on_acks(who, group.ok_ids, ack_replies(group), now)
         elif cmd is Command.ROUTED:
             for entry in decode_routed(frames):
-                proto.on_routed(entry.message_id, entry.targets, now)
+                proto.on_routed(entry.message_id, entry.targets, now, entry.implements)
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames)
             self._interval = max(welcome.heartbeat_ms, 1) / 1000

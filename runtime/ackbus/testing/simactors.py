@@ -234,9 +234,8 @@ class SimEndpoint:
             seed=self.rng.getrandbits(32),
             hello_retry=HELLO_RETRY,
         )
-        hub = self.proto.add_hub()
         self.proto.set_types(self.commands, self.events, now, self.implements)
-        self.proto.connected(hub, now)
+        self.proto.connected(self.proto.add_hub(), now)  # one HELLO, with the types
 
     # -- the node's life --------------------------------------------------------------
 
@@ -417,7 +416,7 @@ class SimHub:
 
     def _start(self, now: float) -> None:
         self.proto: HubProtocol[Item, Run, AckReply] = HubProtocol(
-            self, heartbeat=HUB_HEARTBEAT, misses=3, grace=HUB_GRACE
+            self, heartbeat=HUB_HEARTBEAT, misses=3, grace=HUB_GRACE, sticky_ttl=120.0
         )
         self.proto.start(now)
 

@@ -342,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} FAILED ({result.faults}):", file=sys.stderr)
             for problem in result.violations[:10]:
                 print(f"  {problem}", file=sys.stderr)
-            reproduce = f"python -m ackbus.testing.simulate --seed {seed} -v"
+            reproduce = (
+                f"python -m ackbus.testing.simulate --seed {seed} --scenario {args.scenario}"
+                f" --messages {args.messages} -v"
+            )
             print(f"  reproduce: {reproduce}", file=sys.stderr)
     summary = ", ".join(f"{k}={n}" for k, n in sorted(totals.items()))
     print(f"{len(seeds)} seeds: {summary}; {len(failing)} failing")
