@@ -37,6 +37,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ._common import Outcome, RemoteError
+from ._pending import Pending as _Pending
 from ._values import Identity, Policy
 from .settled import Admit, Completion, MsgState, Reason, Status, TrackerAction, Transmit
 
@@ -68,64 +69,6 @@ def backoff_delay(policy: Policy, attempt: int, rng: random.Random) -> float:
     if jitter == 0.0:
         return nominal
     return nominal * (1.0 - jitter + 2.0 * jitter * rng.random())
-
-
-class _Pending:
-    """Mutable bookkeeping of one unsettled message (private: never handed out)."""
-
-    __slots__ = (
-        "acked_by",
-        "acked_services",
-        "attempts",
-        "covers",
-        "deadline",
-        "destination",
-        "done",
-        "expect",
-        "first_sent_at",
-        "last_error",
-        "last_reason",
-        "msg_id",
-        "msg_type",
-        "policy",
-        "response",
-        "services",
-        "state",
-        "timer",
-        "when",
-    )
-
-    def __init__(
-        self,
-        msg_id: bytes,
-        msg_type: str,
-        destination: str,
-        policy: Policy,
-        deadline: float,
-        expect: int | None,
-    ) -> None:
-        self.msg_id = msg_id
-        self.msg_type = msg_type
-        self.destination = destination
-        self.policy = policy
-        self.deadline = deadline
-        self.expect = expect
-        self.state = MsgState.QUEUED
-        self.attempts = 0
-        self.first_sent_at: float | None = None
-        self.timer = 0
-        """Token of the live heap entry; 0 when none is armed."""
-        self.when = 0.0
-        self.done = False
-        self.last_reason: Reason | None = None
-        self.last_error: RemoteError | None = None
-        self.response: bytes | None = None
-        self.services: frozenset[str] | None = None
-        self.acked_services: set[str] | None = None
-        self.acked_by: list[Identity] | None = None
-        self.covers: dict[str, frozenset[str]] | None = None
-        """For an event with declared subscribers: the schema services each routed
-        service implements, from the hub's ROUTED notices."""
 
 
 class OutboundTracker:
