@@ -22,10 +22,10 @@ import logging
 import uuid
 from collections.abc import Sequence
 
-from . import envelope_pb2, wire_pb2
+from . import wire_pb2
 from ._timer import Timer
 from ._types import Identity
-from .core import Instance, RoutingTable
+from .core import Instance, Outcome, RemoteError, RoutingTable
 from .core.hub_protocol import HubProtocol, HubStats
 from .errors import ClosedError, RemoteProtocolError
 from .transport import Backend, DefaultBackend, Listener, TransportOptions
@@ -42,6 +42,7 @@ from .wire import (
     decode_command,
     decode_heartbeat,
     decode_hello,
+    encode_full_ack,
     encode_heartbeat,
     encode_identity,
     encode_routed,
@@ -243,15 +244,15 @@ class Hub:
         self._notices.append(Routed(msg_id, services, implements))
 
     def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
-        ack = _hub_ack(msg_id, envelope_pb2.NO_ROUTE, self.identity)
-        ack.error.type = "NoRoute"
-        ack.error.message = reason
-        self._out(origin).full_ack(ack.SerializeToString(), self._token)
+        error = RemoteError("NoRoute", reason)
+        ack = encode_full_ack(msg_id, Outcome.NO_ROUTE, receiver=self.identity, error=error)
+        self._out(origin).full_ack(ack, self._token)
 
     def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
-        ack = _hub_ack(msg_id, envelope_pb2.RETRY_LATER, self.identity)
-        ack.retry_after_ms = max(1, int(after * 1000))
-        self._out(origin).full_ack(ack.SerializeToString(), self._token)
+        ack = encode_full_ack(
+            msg_id, Outcome.RETRY_LATER, receiver=self.identity, retry_after=max(after, 0.001)
+        )
+        self._out(origin).full_ack(ack, self._token)
 
     def forward_acks(
         self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes
@@ -306,15 +307,6 @@ class Hub:
         assert self._loop is not None
         self._proto.tick(self._loop.time())
         self._arm_timer()
-
-
-def _hub_ack(
-    message_id: bytes, outcome: envelope_pb2.Outcome.ValueType, hub: Identity
-) -> envelope_pb2.Ack:
-    ack = envelope_pb2.Ack(message_id=message_id, outcome=outcome)
-    ack.receiver.service = hub.service
-    ack.receiver.instance = hub.instance
-    return ack
 
 
 if __name__ == "__main__":  # python -m ackbus.hub ... is ackbus hub ...

@@ -9,7 +9,7 @@ protocol's actions toward hubs), ``_durable.py`` (durable mode, through :class:`
 """
 
 from ..core.endpoint_protocol import EndpointStats
-from ._base import JSON_ENCODING
+from ..wire import JSON_ENCODING
 from ._endpoint import Endpoint
 
 __all__ = ["JSON_ENCODING", "Endpoint", "EndpointStats"]

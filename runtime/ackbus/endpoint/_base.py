@@ -25,8 +25,6 @@ from ..transport import Backend, Link, TransportOptions
 from ..wire import IdSource, Limits
 from ._durable import Durable
 
-JSON_ENCODING = "json"
-"""``Envelope.content_encoding`` of a body that is a JSON object (untyped messages)."""
 DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
 ENVELOPE_CACHE = 1024

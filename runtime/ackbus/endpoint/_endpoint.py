@@ -31,7 +31,6 @@ from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from .. import envelope_pb2
 from .._dispatch import Dispatcher
 from .._timer import Timer
 from .._types import (
@@ -56,6 +55,7 @@ from ..wire import (
     IdSource,
     Limits,
     encode_bye,
+    encode_envelope,
 )
 from ._base import DEAD_LETTERS, HubLink
 from ._durable import Durable, Hooks
@@ -148,10 +148,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._options = replace(
             base, routing_id=base.routing_id or self.identity.instance.encode()[:255]
         )
-        env = envelope_pb2.Envelope()
-        env.sender.service = service
-        env.sender.instance = self.identity.instance
-        self._envelope = env.SerializeToString()
+        self._envelope = encode_envelope(self.identity)
         self._identities: dict[bytes, Identity] = {}
         self._ids = IdSource()
         self._type_names: dict[str, bytes] = {}

@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..wire import (
     FLAG_REQUEST,
+    JSON_ENCODING,
     Command,
     MessageItem,
     Multipart,
@@ -43,7 +44,7 @@ from ..wire import (
     refusal_for,
     split_acks,
 )
-from ._base import ENVELOPE_CACHE, JSON_ENCODING, NO_HEADERS, EndpointBase, HubLink
+from ._base import ENVELOPE_CACHE, NO_HEADERS, EndpointBase, HubLink
 
 log = logging.getLogger("ackbus.endpoint")
 

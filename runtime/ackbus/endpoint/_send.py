@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from .. import envelope_pb2
 from .._pending import attempt_frame, settle_acked, settle_failed
 from .._types import (
     DeliveryReport,
@@ -31,9 +30,10 @@ from ..wire import (
     KIND_COMMAND,
     KIND_EVENT,
     check_name,
+    encode_envelope,
     pack_item,
 )
-from ._base import ENVELOPE_CACHE, JSON_ENCODING, EndpointBase
+from ._base import ENVELOPE_CACHE, EndpointBase
 
 log = logging.getLogger("ackbus.endpoint")
 
@@ -259,12 +259,7 @@ class Sending(EndpointBase):
         )
 
     def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:
-        env = envelope_pb2.Envelope()
-        env.ParseFromString(self._envelope)
-        env.headers.update(headers)
-        if json_body:
-            env.content_encoding = JSON_ENCODING
-        return env.SerializeToString()
+        return encode_envelope(self.identity, headers=headers, json_body=json_body)
 
     def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
         return encode_untyped(self.registry, msg, policy, self.policy)
