@@ -52,7 +52,8 @@ simulate: setup
 	$(PY) -m ackbus.testing.simulate --seeds $(SEEDS)
 
 # The long real-process scenarios (the suite runs their short versions): events across
-# five hub kill -9s in a 5,000-event stream, a subscriber down while 1,000 go out.
+# five hub kill -9s in a 5,000-event stream, a subscriber down while 1,000 go out, a
+# durable publisher killed -9 halfway through 1,000.
 chaos: setup
 	ACKBUS_CHAOS=1 $(BIN)/pytest -q -p no:randomly --timeout 600 tests/integration/test_events.py
 
