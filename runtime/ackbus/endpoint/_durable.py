@@ -92,8 +92,18 @@ _PRUNE_EVERY = 60.0
 class Durable:
     """One endpoint's durable state: its store, and the glue on each path."""
 
-    def __init__(self, spec: str | Store, service: str, instance: str | None, ttl: float):
+    def __init__(
+        self,
+        spec: str | Store,
+        service: str,
+        instance: str | None,
+        ttl: float,
+        *,
+        wall: Callable[[], float] = time.time,
+    ):
         self.store = open_store(spec)
+        self._wall = wall
+        """Unix time: what the store's times (deadlines, inbox records) are in."""
         self.instance = self.store.claim(service, instance)
         self.ttl = ttl
         self.resumed: list[DeliveryReport] = []
@@ -120,25 +130,44 @@ class Durable:
     async def start(self, hooks: Hooks, loop: asyncio.AbstractEventLoop) -> None:
         """Before the endpoint connects: reload the deduper and start the writer. The
         reads run on a worker thread (a long inbox takes a moment to read)."""
+        since = self._wall() - self.ttl
+        read = functools.partial(self._read, since, hooks.protocol.deduper.capacity)
+        self._load(hooks, loop, since, *await asyncio.to_thread(read))
+
+    def start_blocking(self, hooks: Hooks, loop: asyncio.AbstractEventLoop) -> None:
+        """:meth:`start` with the reads on the calling thread, for a store in memory
+        (the simulation's): no worker thread, and ``loop`` need not run, as long as the
+        handlers finish in their first step (:meth:`run` then makes no task)."""
+        since = self._wall() - self.ttl
+        self._load(hooks, loop, since, *self._read(since, hooks.protocol.deduper.capacity))
+
+    def _read(self, since: float, limit: int) -> tuple[list[InboxRecord], list[OutboxRow]]:
+        return self.store.inbox_since(since, limit=limit), self.store.pending_outbox()
+
+    def _load(
+        self,
+        hooks: Hooks,
+        loop: asyncio.AbstractEventLoop,
+        since: float,
+        records: list[InboxRecord],
+        leftover: list[OutboxRow],
+    ) -> None:
+        """The rest of :meth:`start`, once the store was read."""
         self._hooks = hooks
         self._loop = loop
+        self._leftover = leftover
         store = self.store
-        since = time.time() - self.ttl
-        deduper = hooks.protocol.deduper
-        records, self._leftover = await asyncio.to_thread(
-            lambda: (store.inbox_since(since, limit=deduper.capacity), store.pending_outbox())
-        )
         # The connection is the writer's from here on.
         store.start(loop)
         store.prune_inbox(since)
         now = hooks.now()
-        offset = time.time() - now
-        deduper.load((_dedupe_record(r, offset) for r in records), now)
+        offset = self._wall() - now
+        hooks.protocol.deduper.load((_dedupe_record(r, offset) for r in records), now)
 
     def resume(self) -> None:
         """After the endpoint connected: track what a previous run left in the outbox."""
         hooks = self._host()
-        wall = time.time()
+        wall = self._wall()
         leftover, self._leftover = self._leftover, []
         for row in leftover:
             if hooks.is_pending(row.msg_id):
@@ -299,7 +328,7 @@ class Durable:
             self._drop(unit, "its handler failed")
             hooks.answer(hub, item, route, result, exc)
             return
-        wall = time.time()
+        wall = self._wall()
         if ok:
             body = result.SerializeToString() if request and result is not None else b""
             record = tuple.__new__(InboxRecord, (item.id, Outcome.OK, wall, body, "", "", False))
@@ -385,7 +414,7 @@ class Durable:
             record = unit.duplicate
             now = hooks.now()
             protocol.abandon(item.id)
-            protocol.deduper.load([_dedupe_record(record, time.time() - now)], now)
+            protocol.deduper.load([_dedupe_record(record, self._wall() - now)], now)
             protocol.stats.duplicates += 1
             self._drop(unit, "the message was a duplicate")
             if not hooks.closed():
