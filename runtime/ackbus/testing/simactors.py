@@ -23,7 +23,9 @@ from ..core._values import Identity
 from ..core.endpoint_protocol import AckReply, EndpointProtocol
 from ..core.hub_protocol import KIND_EVENT, HubProtocol
 from ..errors import DeliveryError, RemoteProtocolError, RetryLater
+from .simdurable import DEDUPE_TTL, SimDurable
 from .simnet import SimNetwork
+from .simstore import SimStore
 
 __all__ = [
     "COMMANDS",
@@ -203,6 +205,7 @@ class SimEndpoint:
         events: Sequence[str] = (),
         implements: Sequence[str] = (),
         window: int = 1000,
+        durable: bool = False,
     ) -> None:
         self.addr = addr
         self.identity = identity
@@ -220,6 +223,25 @@ class SimEndpoint:
         self.planned: dict[bytes, Planned] = {}
         self.results: dict[bytes, Completion] = {}
         self._out: list[Item] = []
+        self.store: SimStore | None = None
+        """Durable mode: the node's store, whose rows survive its crashes."""
+        self.durable: SimDurable | None = None
+        """Durable mode: the glue of the current incarnation."""
+        self.accepted: set[bytes] = set()
+        """Durable mode: ids of the messages whose outbox row reached the disk."""
+        self.resumed = 0
+        """Durable mode: messages resumed from the outbox by a restart."""
+        self._committing: dict[bytes, Item] = {}
+        """Durable mode: the items whose handler returned OK, by id (for the ledger when
+        their inbox record commits)."""
+        if durable:
+            self.store = SimStore(
+                net,
+                random.Random(rng.random()),
+                latency=rng.choice((0.002, 0.01, 0.05)),
+                location=addr,
+            )
+            self.store.observe = self._committed
         self._start(0.0)
 
     def _start(self, now: float) -> None:
@@ -230,16 +252,20 @@ class SimEndpoint:
             heartbeat=self.heartbeat,
             misses=3,
             dedupe_capacity=10_000,
-            dedupe_ttl=600.0,
+            dedupe_ttl=DEDUPE_TTL,
             seed=self.rng.getrandbits(32),
             hello_retry=HELLO_RETRY,
         )
+        if self.store is not None:  # as Endpoint.start: the store first, then the hub
+            self.durable = SimDurable(self, self.store, self._flush)
         self.proto.set_types(self.commands, self.events, now, self.implements)
         self.proto.connected(self.proto.add_hub(), now)  # one HELLO, with the types
 
     # -- the node's life --------------------------------------------------------------
 
     def crash(self, now: float) -> None:
+        if self.store is not None:
+            self.store.crash()
         self.up = False
         self.incarnation += 1
 
@@ -257,11 +283,29 @@ class SimEndpoint:
         self.proto.tick(now)
         self._flush()
 
+    def settled(self) -> bool:
+        """Every message this sender sent is settled (durable: every committed one, and
+        nothing is left to commit or to resume)."""
+        if self.store is None:
+            return len(self.results) == len(self.planned)
+        durable = self.durable
+        return (
+            self.up
+            and durable is not None
+            and not durable.resume_due
+            and not self.store.busy
+            and not self.proto.tracker.pending_count()
+        )
+
     # -- sending -----------------------------------------------------------------------
 
     def submit(self, plan: Planned, now: float) -> None:
         """Send a planned message (a sender's ``send`` or ``publish``)."""
         self.planned[plan.msg_id] = plan
+        if self.durable is not None:
+            if self.up:  # a process that is down sends nothing
+                self.durable.send(plan, now)
+            return
         self.proto.submit(
             plan.msg_id,
             plan.msg_type,
@@ -281,6 +325,10 @@ class SimEndpoint:
     # -- EndpointIO ----------------------------------------------------------------------
 
     def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
+        if self.durable is not None:  # what the outbox row's frame says
+            msg_type, recipient, kind, deadline_ns = self.durable.frame(msg_id)
+            self._out.append(Item(msg_id, msg_type, recipient, kind, attempt, deadline_ns))
+            return
         plan = self.planned[msg_id]
         deadline_ns = int((plan.at + plan.policy.deadline) * 1e9)
         kind = KIND_EVENT if plan.event else 1
@@ -310,9 +358,13 @@ class SimEndpoint:
     def acked(self, completions: Sequence[Completion]) -> None:
         for c in completions:
             self.results[c.msg_id] = c
+        if self.durable is not None:
+            self.durable.acked(completions)
 
     def failed(self, completion: Completion, error: DeliveryError) -> None:
         self.results[completion.msg_id] = completion
+        if self.durable is not None:
+            self.durable.failed(completion, error)
 
     def hub_silent(self, hub: int, silence: float) -> None:
         pass
@@ -333,6 +385,8 @@ class SimEndpoint:
                 proto.on_routed(msg.msg_id, msg.services, now, msg.implements)
             elif isinstance(msg, Welcome):
                 proto.on_welcome(0, msg.heartbeat_ms, now)
+                if self.durable is not None:
+                    self.durable.welcomed()
             elif isinstance(msg, Refusal):
                 proto.on_refusal(0, msg.code, msg.msg_id, msg.text, now)
         finally:
@@ -340,7 +394,14 @@ class SimEndpoint:
         self._flush()
 
     def _run(self, item: Item, now: float) -> None:
-        """Run the handler: at once (acked with its batch) or after a while."""
+        """Run the handler: at once (acked with its batch) or after a while. A durable
+        handler returns at once; its inbox commit takes the while."""
+        if self.durable is not None:
+            exc = self._outcome()
+            if exc is None:
+                self._committing[item.id] = item
+            self.durable.run(item, now, exc)
+            return
         if self.rng.random() < AT_ONCE:
             self._finish(item, now, in_batch=True)
             return
@@ -356,18 +417,31 @@ class SimEndpoint:
 
     def _finish(self, item: Item, now: float, *, in_batch: bool) -> None:
         proto = self.proto
-        roll = self.rng.random()
-        if roll < self.fail_rate:
-            proto.handled(0, item, now, RuntimeError("simulated failure"))
-            return
-        if roll < 2 * self.fail_rate:
-            proto.handled(0, item, now, RetryLater(0.1))
+        exc = self._outcome()
+        if exc is not None:
+            proto.handled(0, item, now, exc)
             return
         self._record_run(item)
         if in_batch:
             proto.handled_ok(item.id, item.peer)
         else:
             proto.handled(0, item, now)
+
+    def _outcome(self) -> BaseException | None:
+        """How a handler run ends: OK (None), or the error it raises."""
+        roll = self.rng.random()
+        if roll < self.fail_rate:
+            return RuntimeError("simulated failure")
+        if roll < 2 * self.fail_rate:
+            return RetryLater(0.1)
+        return None
+
+    def _committed(self, table: str, msg_id: bytes) -> None:
+        """Durable mode: a row reached the disk (the store's ground truth)."""
+        if table == "outbox":
+            self.accepted.add(msg_id)
+        else:  # an inbox record: a handler run that committed
+            self._record_run(self._committing[msg_id])  # kept: a broken deduper runs twice
 
     def _record_run(self, item: Item) -> None:
         """The ledger's view of a successful run: a second run needs a cause."""
@@ -383,8 +457,22 @@ class SimEndpoint:
                 f"{self.addr} ran {item.id.hex()} twice in one incarnation (dedupe failed)"
             )
             return
+        if self.store is not None and first[0] == me[0]:
+            ledger.violations.append(
+                f"{self.addr} (durable) ran {item.id.hex()} to a committed success twice, in"
+                f" incarnations {first[1]} and {me[1]} (its inbox did not dedupe)"
+            )
+            return
         owner = self.net.nodes[first[0]]
-        if owner.incarnation != first[1]:
+        if isinstance(owner, SimEndpoint) and owner.store is not None:
+            # A durable runner's crash loses nothing: only a diversion explains a rerun.
+            cause = ledger.diverted.get(key, "unexplained")
+            if cause == "unexplained":
+                ledger.violations.append(
+                    f"{item.id.hex()} ran on {self.addr} although durable {first[0]} committed"
+                    " it and the message was never routed away from it"
+                )
+        elif owner.incarnation != first[1]:
             cause = "crashed"
         elif key in ledger.diverted:
             cause = ledger.diverted[key]

@@ -26,9 +26,21 @@ its policy declares as a subscriber (``ev.Tick``: alpha, beta and gamma), whethe
 that service was registered when the event was published (a hub restart, a crash, a
 partition). ``--scenario hub-restart-events`` replays a hub restart with events in flight.
 
+Durable mode runs too: per seed, no node, some services and senders, or all of them
+(``--durability``, drawn apart from the seed's own generator, so a seed without durable nodes
+replays as before) run the runtime's own :class:`~ackbus.endpoint._durable.Durable` on a
+:class:`~ackbus.testing.simstore.SimStore`, whose rows survive a crash and whose commits take
+seeded simulated time (a commit in flight at a crash lands or is lost). Durable senders crash
+too. For durable nodes the checks are: a durable receiver never ran a handler to a committed
+success (its inbox record on the simulated disk) twice for one message id, even across its
+crashes; a run on another instance needs a diversion; every message whose outbox row committed
+is delivered, though its sender crashed before the ack (its next incarnation resumes it); a
+message whose row had not committed when its sender crashed may be lost, and is counted.
+
 The actors (drivers of :class:`~ackbus.core.endpoint_protocol.EndpointProtocol` and
 :class:`~ackbus.core.hub_protocol.HubProtocol`) live in :mod:`ackbus.testing.simactors`,
-the faulty network in :mod:`ackbus.testing.simnet`.
+the faulty network in :mod:`ackbus.testing.simnet`, durable mode's glue and store in
+:mod:`ackbus.testing.simdurable` and :mod:`ackbus.testing.simstore`.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import argparse
 import random
 import sys
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -72,6 +85,12 @@ class SimResult:
     then on two instances may hold a dedupe entry, and a second run is allowed."""
     reruns: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    durable: tuple[str, ...] = ()
+    """The nodes that ran in durable mode (on a simulated store)."""
+    unaccepted: int = 0
+    """Messages a durable sender crashed before committing to its outbox: lost, allowed."""
+    store: Counter[str] = field(default_factory=Counter)
+    """Durable stores: commits, and batches in flight at a crash that landed or were lost."""
     sim_time: float = 0.0
     net: dict[str, int] = field(default_factory=dict)
     faults: str = ""
@@ -125,8 +144,24 @@ _TICK = _POLICY.with_(subscribers=tuple(SUBSCRIBERS["ev.Tick"]))
 SCENARIOS = ("random", "hub-restart-events")
 
 
+DURABILITY = ("none", "some", "all")
+
+
+def _durable_nodes(seed: int, mode: str | None) -> set[str]:
+    """Which services and senders of a seed run in durable mode: ``mode`` "none", "some"
+    (each service and sender with a chance of one half) or "all"; drawn per seed when
+    ``None``. Drawn apart from the seed's own generator, so that a seed without durable
+    nodes replays exactly as it did before durable mode was simulated."""
+    rng = random.Random(f"durable {seed}")
+    mode = mode or rng.choice(DURABILITY)
+    if mode not in DURABILITY:
+        raise ValueError(f"unknown durability {mode!r}; one of {DURABILITY}")
+    names = [*SERVICES, *(f"sender{i}" for i in range(2))]
+    return {n for n in names if mode == "all" or (mode == "some" and rng.random() < 0.5)}
+
+
 def _cluster(
-    rng: random.Random, net: SimNetwork, ledger: Ledger
+    rng: random.Random, net: SimNetwork, ledger: Ledger, durable: AbstractSet[str] = frozenset()
 ) -> tuple[SimHub, list[SimEndpoint], list[SimEndpoint]]:
     hub = SimHub(net, ledger)
     net.add(hub)
@@ -140,6 +175,7 @@ def _cluster(
             commands=COMMANDS[s],
             events=EVENTS[s],
             implements=(s,),
+            durable=s in durable,
         )
         for s, n in SERVICES.items()
         for i in range(n)
@@ -152,6 +188,7 @@ def _cluster(
             ledger,
             random.Random(rng.random()),
             window=8,
+            durable=f"sender{i}" in durable,
         )
         for i in range(2)
     ]
@@ -166,8 +203,10 @@ def run_seed(
     messages: int = 24,
     trace: bool = False,
     scenario: str = "random",
+    durability: str | None = None,
 ) -> SimResult:
-    """Run one seeded scenario to its end and check the invariants."""
+    """Run one seeded scenario to its end and check the invariants. ``durability``: which
+    nodes run in durable mode ("none", "some", "all"; by default drawn per seed)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; one of {SCENARIOS}")
     rng = random.Random(seed)
@@ -176,7 +215,9 @@ def run_seed(
     result = SimResult(seed)
     if trace:
         net.trace = print
-    hub, instances, senders = _cluster(rng, net, ledger)
+    durable = _durable_nodes(seed, durability) if scenario == "random" else set()
+    hub, instances, senders = _cluster(rng, net, ledger, durable)
+    result.durable = tuple(n.addr for n in [*instances, *senders] if n.store is not None)
     if scenario == "hub-restart-events":
         _hub_restart_events(rng, net, hub, senders, messages)
         return _finish(result, net, ledger, hub, instances, senders)
@@ -203,7 +244,10 @@ def run_seed(
         plan = Planned(rng.randbytes(16), msg_type, recipient, event, at, pol, expect)
         net.call_at(at, partial(_submit, senders[n % len(senders)], plan))
 
+    # Durable senders crash too: what they committed survives (memory senders do not: a
+    # message they accepted would be lost with them, as docs/durable.md says).
     crash_targets: list[SimEndpoint | SimHub] = [*instances, hub]
+    crash_targets += [s for s in senders if s.store is not None]
     for _ in range(rng.randint(0, 3)):
         victim = rng.choice(crash_targets)
         at = rng.uniform(0.0, 10.0)
@@ -213,6 +257,7 @@ def run_seed(
     result.faults = (
         f"loss={net.faults.loss} dup={net.faults.duplicate} jitter={net.faults.jitter} "
         f"partitions={len(net.faults.partitions)} fail_rate={fail_rate}"
+        f" durable={','.join(result.durable) or '-'}"
     )
     return _finish(result, net, ledger, hub, instances, senders)
 
@@ -242,7 +287,7 @@ def _finish(
     """Run the scenario to its end and check the invariants."""
 
     def settled() -> bool:
-        return net.now > 12.0 and all(len(s.results) == len(s.planned) for s in senders)
+        return net.now > 12.0 and all(s.settled() for s in senders)
 
     finished = net.run(settled, max_time=300.0)
     result.sim_time = net.now
@@ -250,6 +295,12 @@ def _finish(
     net.drain(max_time=net.now + 5.0)
     result.reruns = ledger.reruns
     result.net = {"sent": net.sent, "dropped": net.dropped, "dup": net.duplicated}
+    for node in [*instances, *senders]:
+        if node.store is not None:
+            result.store["commits"] += node.store.commits
+            result.store["landed at crash"] += node.store.landed_at_crash
+            result.store["lost at crash"] += node.store.lost_at_crash
+            result.store["resumed from the outbox"] += node.resumed
     v = result.violations
     v.extend(ledger.violations)
     if not finished:
@@ -279,6 +330,13 @@ def _check_sender(sender: SimEndpoint, ledger: Ledger, result: SimResult) -> Non
         result.messages += 1
         done = sender.results.get(msg_id)
         label = f"{plan.msg_type} {msg_id.hex()}"
+        if sender.store is not None and msg_id not in sender.accepted:
+            # The durable sender crashed before its outbox row committed (or was down):
+            # send never returned, so nothing was promised.
+            result.unaccepted += 1
+            if done is not None:
+                v.append(f"{label} settled although its outbox row never committed")
+            continue
         if done is None:
             v.append(f"{label} never settled")
             continue
@@ -322,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=24, help="messages per seed")
     parser.add_argument("-v", "--verbose", action="store_true", help="trace every message")
     parser.add_argument("--scenario", choices=SCENARIOS, default="random")
+    parser.add_argument(
+        "--durability",
+        choices=DURABILITY,
+        help="which nodes run in durable mode (default: drawn per seed)",
+    )
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     totals: Counter[str] = Counter()
@@ -332,11 +395,15 @@ def main(argv: list[str] | None = None) -> int:
             messages=args.messages,
             trace=args.verbose,
             scenario=args.scenario,
+            durability=args.durability,
         )
         totals["messages"] += result.messages
         totals["acked"] += result.acked
         totals.update({f"failed {k}": n for k, n in result.failed.items()})
         totals.update({f"rerun after {k}": n for k, n in result.reruns.items()})
+        totals["durable seeds"] += bool(result.durable)
+        totals["durable: not accepted (sender crashed first)"] += result.unaccepted
+        totals.update({f"durable: {k}": n for k, n in result.store.items()})
         if not result.ok:
             failing.append(seed)
             print(f"seed {seed} FAILED ({result.faults}):", file=sys.stderr)
