@@ -409,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} FAILED ({result.faults}):", file=sys.stderr)
             for problem in result.violations[:10]:
                 print(f"  {problem}", file=sys.stderr)
+            durability = f" --durability {args.durability}" if args.durability else ""
             reproduce = (
                 f"python -m ackbus.testing.simulate --seed {seed} --scenario {args.scenario}"
-                f" --messages {args.messages} -v"
+                f" --messages {args.messages}{durability} -v"
             )
             print(f"  reproduce: {reproduce}", file=sys.stderr)
     summary = ", ".join(f"{k}={n}" for k, n in sorted(totals.items()))
