@@ -215,6 +215,13 @@ def test_simulation_catches_durable_mode_acking_before_the_inbox_commit(
         done(self, unit, hub, item, route, *end)
 
     monkeypatch.setattr(Durable, "_done", ack_first)
+    init = SimStore.__init__
+
+    def slow_disk(self: SimStore, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.latency = 0.3  # so that crashes land between the early ack and the commit
+
+    monkeypatch.setattr(SimStore, "__init__", slow_disk)
     assert _first_bad("never ran it", range(80)) is not None
 
 
