@@ -9,6 +9,7 @@ defaults are the endpoint's.
 
 from __future__ import annotations
 
+import os
 from typing import TypedDict
 
 from ._types import Policy, Registry
@@ -37,3 +38,5 @@ class EndpointOptions(TypedDict, total=False):
     limits: Limits
     seed: int | None
     store: str | Store | None
+    keys: str | os.PathLike[str] | None
+    hub_key: str | os.PathLike[str] | None

@@ -19,7 +19,8 @@ __all__ = ["main", "parser"]
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser. A subcommand is ``sub.add_parser(name)`` with
-    ``set_defaults(run=_name)``; ``hub`` and ``dead-letters`` belong here beside ``gen``."""
+    ``set_defaults(run=_name)``; ``hub``, ``keys`` and ``dead-letters`` belong here beside
+    ``gen``."""
     root = argparse.ArgumentParser(
         prog="ackbus", description="Schema-first, typed, reliable messaging over ZeroMQ."
     )
@@ -61,12 +62,45 @@ def parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="address to listen on, e.g. tcp://127.0.0.1:5555 (repeatable)",
     )
+    hub.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "run as a CURVE server with DIR/hub.key_secret, admitting only the client keys "
+            "in DIR/clients/*.key (docs/security.md)"
+        ),
+    )
     hub.add_argument("--name", default="hub", help="the hub's name in logs and acks")
     hub.add_argument(
         "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)"
     )
     hub.add_argument("--log-level", default="WARNING", help="Python logging level")
     hub.set_defaults(run=_hub)
+
+    keys = sub.add_parser(
+        "keys",
+        help="make and show CURVE keys",
+        description=(
+            "CURVE keypairs as ZeroMQ certificate files: NAME.key (public) and "
+            "NAME.key_secret (secret, mode 0600). docs/security.md says where each goes."
+        ),
+    )
+    keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    generate = keys_sub.add_parser(
+        "generate",
+        help="write a new keypair",
+        description="Write DIR/NAME.key and DIR/NAME.key_secret (a hub's keypair is named hub).",
+    )
+    generate.add_argument("name", metavar="NAME")
+    generate.add_argument("--dir", type=Path, default=Path(), help="folder (default: .)")
+    generate.add_argument("--force", action="store_true", help="replace existing files")
+    generate.set_defaults(run=_keys)
+    show = keys_sub.add_parser(
+        "show", help="print a key file's public key", description="Print the public key (Z85)."
+    )
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.set_defaults(run=_keys)
 
     dead = sub.add_parser(
         "dead-letters",
@@ -146,19 +180,35 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from .errors import KeyFileError
+    from .transport._keys import generate_keys, load_public_key
+
+    try:
+        if args.action == "generate":
+            public, secret = generate_keys(args.dir, args.name, force=args.force)
+            print(f"wrote {public} (public) and {secret} (secret, mode 0600)")
+        else:
+            print(load_public_key(args.file).decode("ascii"))
+    except KeyFileError as err:
+        print(f"ackbus keys {args.action}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _hub(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .errors import AddressError
+    from .errors import AddressError, KeyFileError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        asyncio.run(_serve_hub(args.bind, name=args.name, heartbeat=args.heartbeat))
-    except AddressError as err:  # a port in use, a typo: the user fixes it, no traceback
-        print(f"ackbus hub: error: {err}", file=sys.stderr)
+        asyncio.run(_serve_hub(args.bind, name=args.name, heartbeat=args.heartbeat, keys=args.keys))
+    except (AddressError, KeyFileError) as err:  # a port in use, a typo, a missing key file:
+        print(f"ackbus hub: error: {err}", file=sys.stderr)  # the user fixes it, no traceback
         return 1
     return 0
 
@@ -187,19 +237,27 @@ def _missing_codegen() -> list[str]:
     return missing
 
 
-async def _serve_hub(bind: Sequence[str], *, name: str, heartbeat: float) -> None:
+async def _serve_hub(
+    bind: Sequence[str], *, name: str, heartbeat: float, keys: Path | None = None
+) -> None:
     """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
-    Raises :class:`~ackbus.errors.AddressError` before that line if it cannot bind."""
+    Raises :class:`~ackbus.errors.AddressError` (cannot bind) or
+    :class:`~ackbus.errors.KeyFileError` (``--keys``) before that line."""
     import asyncio
     import signal
 
     from .hub import Hub
 
     loop = asyncio.get_running_loop()
-    async with Hub(bind, name=name, heartbeat=heartbeat) as hub:
+    async with Hub(bind, name=name, heartbeat=heartbeat, keys=keys) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
-        print(f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}", flush=True)
+        curve = ""
+        if keys is not None:
+            curve = f" (CURVE: {hub.enrolled} client keys enrolled in {keys / 'clients'})"
+        print(
+            f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}{curve}", flush=True
+        )
         await hub.serve_forever()
 
 

@@ -14,6 +14,8 @@
     ├── AddressError             an address cannot be bound or connected to (in use,
     │                            malformed, unknown transport, missing ipc directory);
     │                            also an OSError with the errno; says what to do
+    ├── KeyFileError             a CURVE key file or key folder is missing, unreadable
+    │                            or not a key; names the file and says what to do
     ├── Reject                   raised BY A HANDLER: refuse this message (permanent or not)
     ├── RetryLater               raised BY A HANDLER: ask the sender to retry after a pause
     ├── ProtocolError            bytes on the wire break the protocol
@@ -38,6 +40,7 @@ __all__ = [
     "ConnectTimeout",
     "DeliveryError",
     "Expired",
+    "KeyFileError",
     "LocalProtocolError",
     "NoRoute",
     "ProtocolError",
@@ -152,6 +155,18 @@ class AddressError(AckbusError, OSError):
     def __str__(self) -> str:
         text = f"cannot {self.op} {self.address}: {self.reason}"
         return f"{text}; {self.hint}" if self.hint else text
+
+
+class KeyFileError(AckbusError):
+    """A CURVE key file (``NAME.key``, ``NAME.key_secret``) or a hub's key folder cannot
+    be used: it is missing, unreadable, holds no key, or holds only the public half where
+    the secret one is needed. ``path`` names it, ``reason`` says what is wrong and what to
+    do (docs/security.md)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class Reject(AckbusError):

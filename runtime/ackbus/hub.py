@@ -13,14 +13,24 @@ reason; it never stops the hub.
 
 Run it embedded (``async with Hub(bind="tcp://127.0.0.1:5555") as hub``) or
 standalone (``ackbus hub --bind tcp://127.0.0.1:5555``); same code.
+
+With ``keys=DIR`` (``ackbus hub --keys DIR``) the hub is a CURVE server with the keypair
+``DIR/hub.key_secret`` and admits only clients whose public key is in ``DIR/clients/``;
+any other is refused in the ZeroMQ handshake, before it can say anything
+(docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import zmq
 
 from . import wire_pb2
 from ._timer import Timer
@@ -28,7 +38,8 @@ from ._types import Identity
 from .core import Instance, Outcome, RemoteError, RoutingTable
 from .core.hub_protocol import HubProtocol, HubStats
 from .errors import ClosedError, RemoteProtocolError
-from .transport import Backend, DefaultBackend, Listener, TransportOptions
+from .transport import Backend, DefaultBackend, Listener, TransportOptions, ZmqBackend
+from .transport._keys import HubKeys, KeyGate
 from .wire import (
     DEFAULT_LIMITS,
     Command,
@@ -76,6 +87,7 @@ class Hub:
         backend: Backend | None = None,
         options: TransportOptions | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        keys: str | os.PathLike[str] | None = None,
     ) -> None:
         self._bind = [bind] if isinstance(bind, str) else list(bind)
         self.identity = Identity(name, uuid.uuid4().hex)
@@ -87,8 +99,18 @@ class Hub:
             self, heartbeat=heartbeat, misses=misses, grace=grace
         )
         self.stats: HubStats = self._proto.stats
-        self._backend = backend or DefaultBackend()
         self._options = options or TransportOptions()
+        self._context: zmq.Context[Any] | None = None
+        """A ZeroMQ context of the hub's own (with keys: ZAP is per context)."""
+        self._gate: KeyGate | None = None
+        if keys is not None:
+            hub_keys = HubKeys.load(keys)  # a missing or bad file fails here, naming it
+            if backend is None:
+                self._context = zmq.Context()
+                backend = DefaultBackend(self._context)
+            self._gate = KeyGate(_zmq_context(backend), hub_keys, self._on_key_refused)
+            self._options = replace(self._options, curve=hub_keys.keypair)
+        self._backend = backend or DefaultBackend()
         self._version = 0
         """The protocol version negotiated with the peer saying HELLO."""
         self._notices: list[Routed] = []
@@ -112,16 +134,27 @@ class Hub:
             return self
         self._loop = asyncio.get_running_loop()
         self._timer = Timer(self._loop, self._tick)
-        self._listener = self._backend.bind(
-            self._bind,
-            on_receive=self._on_receive,
-            on_unroutable=self._on_unroutable,
-            options=self._options,
-        )
+        try:
+            if self._gate is not None:  # before binding: no handshake without ZAP
+                self._gate.start()
+            self._listener = self._backend.bind(
+                self._bind,
+                on_receive=self._on_receive,
+                on_unroutable=self._on_unroutable,
+                options=self._options,
+            )
+        except BaseException:
+            self._release_keys()
+            raise
         self._proto.start(self._loop.time())
         self._arm_timer()
         log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
         return self
+
+    @property
+    def enrolled(self) -> int | None:
+        """How many client keys a hub with ``keys=`` admits (None without keys)."""
+        return self._gate.enrolled if self._gate is not None else None
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -140,7 +173,15 @@ class Hub:
             self._timer.cancel()
         if self._listener is not None:
             self._listener.close()
+        self._release_keys()
         self._closed.set()
+
+    def _release_keys(self) -> None:
+        if self._gate is not None:
+            self._gate.stop()
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
 
     async def serve_forever(self) -> None:
         """Run until :meth:`close` (for the standalone command)."""
@@ -294,6 +335,9 @@ class Hub:
         except Exception:  # a refusal must never become a second failure
             log.exception("could not send a refusal to %s", peer.hex())
 
+    def _on_key_refused(self) -> None:
+        self.stats.unauthenticated += 1
+
     def _on_unroutable(self, peer: bytes, lost: list[Multipart]) -> None:
         self._proto.forget(peer, f"unreachable ({len(lost)} multiparts dropped; senders retry)")
 
@@ -307,6 +351,15 @@ class Hub:
         assert self._loop is not None
         self._proto.tick(self._loop.time())
         self._arm_timer()
+
+
+def _zmq_context(backend: Backend) -> zmq.Context[Any]:
+    """The ZeroMQ context a hub's listener sockets will live in (its ZAP handler's)."""
+    if isinstance(backend, DefaultBackend):
+        return backend.zmq.context
+    if isinstance(backend, ZmqBackend):
+        return backend.context
+    raise TypeError("keys= needs a ZeroMQ backend (DefaultBackend or ZmqBackend)")
 
 
 if __name__ == "__main__":  # python -m ackbus.hub ... is ackbus hub ...

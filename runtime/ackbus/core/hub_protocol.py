@@ -85,6 +85,8 @@ class HubStats:
     dead_peers: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     """Refusals sent, by code."""
+    unauthenticated: int = 0
+    """CURVE handshakes refused because the client's key is not enrolled (hub with keys)."""
 
 
 class HubIO(Protocol[I_contra, R_contra, A_contra]):

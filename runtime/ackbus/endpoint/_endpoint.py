@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -50,6 +51,7 @@ from ..errors import (
 )
 from ..store import Store
 from ..transport import Backend, DefaultBackend, TransportOptions
+from ..transport._keys import client_keys
 from ..wire import (
     DEFAULT_LIMITS,
     IdSource,
@@ -80,6 +82,9 @@ class Endpoint(Sending, Receiving, HubLinks):
     export a ``REGISTRY``; generated clients pass their policy themselves).
     ``store`` (``"sqlite:///path.db"`` or an :class:`ackbus.store.Store`) makes it
     durable: outbox, inbox, dead letters and identity survive restarts (docs/durable.md).
+    ``keys`` (this endpoint's ``NAME.key_secret`` file) and ``hub_key`` (the hub's
+    ``hub.key``) make its ZeroMQ links CURVE clients, for a hub run with keys; unset,
+    they are read from ``ACKBUS_KEYS`` and ``ACKBUS_HUB_KEY`` (docs/security.md).
     """
 
     def __init__(
@@ -102,6 +107,8 @@ class Endpoint(Sending, Receiving, HubLinks):
         limits: Limits = DEFAULT_LIMITS,
         seed: int | None = None,
         store: str | Store | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        hub_key: str | os.PathLike[str] | None = None,
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
@@ -143,6 +150,9 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._links: list[HubLink] = []
         self._backend = backend or DefaultBackend()
         base = options or TransportOptions()
+        curve = client_keys(keys, hub_key)  # a missing or bad key file fails here
+        if curve is not None:
+            base = replace(base, curve=curve[0], curve_server_key=curve[1])
         # A stable routing id lets a restarted hub route acks to us by the token our
         # messages carried before the restart.
         self._options = replace(
@@ -256,10 +266,11 @@ class Endpoint(Sending, Receiving, HubLinks):
             async with asyncio.timeout(self.connect_timeout):
                 await self._welcomed.wait()
         except TimeoutError:
+            why = self._why_unanswered()
             await self.close()
             raise ConnectTimeout(
                 f"{self.identity}: no hub of {self._hub_addresses} answered within "
-                f"{self.connect_timeout} s"
+                f"{self.connect_timeout} s{why}"
             ) from None
         except BaseException:
             # A bad address (AddressError), a store that cannot open, a cancel: release
@@ -270,6 +281,26 @@ class Endpoint(Sending, Receiving, HubLinks):
         if self._durable is not None:
             self._durable.resume()
         return self
+
+    def _why_unanswered(self) -> str:
+        """What the links can tell about a ConnectTimeout (empty when nothing)."""
+        failures = {hub.link.handshake_failure for hub in self._links} - {None}
+        curve = self._options.curve is not None
+        if "HANDSHAKE_FAILED_AUTH" in failures:
+            return (
+                "; the hub refused this endpoint's CURVE key in the handshake: enroll its "
+                "public key (NAME.key) in the hub's clients/ folder"
+            )
+        if failures and curve:
+            return (
+                "; the CURVE handshake failed: hub_key may not be this hub's key, or the hub "
+                "runs without keys"
+            )
+        if failures:
+            return "; the handshake failed: the hub may require keys (keys=, hub_key=)"
+        if curve:
+            return "; with CURVE keys: the hub may have refused this endpoint's key"
+        return ""
 
     def _hooks(self, loop: asyncio.AbstractEventLoop) -> Hooks:
         """Durable mode's whole interface to this endpoint."""

@@ -105,6 +105,11 @@ class Link(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    handshake_failure: str | None
+    """Why the last handshake failed (``HANDSHAKE_FAILED_AUTH``: the hub refused our
+    CURVE key; ``HANDSHAKE_FAILED_PROTOCOL``: wrong server key or security mechanism);
+    None once one succeeded, and always for in-memory links."""
+
     @property
     def closed(self) -> bool: ...
 

@@ -226,6 +226,9 @@ class LinkBase(FlowBase):
         )
         self._connected = False
         self._connect_waiters = _Waiters(self._loop)
+        self.handshake_failure: str | None = None
+        """Why the last connection attempt's handshake failed (a ZeroMQ monitor event
+        name, e.g. ``HANDSHAKE_FAILED_AUTH``); None after a handshake succeeded."""
 
     def _write(self, frames: Multipart) -> bool:
         """Send one multipart without blocking; False when the socket is full."""

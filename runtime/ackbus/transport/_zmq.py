@@ -294,10 +294,14 @@ class ZmqLink(_Reader, LinkBase):
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_warned = False
+                self.handshake_failure = None
                 self._set_connected(True)
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._set_connected(False)
-            elif not self._handshake_warned:  # once, not at every reconnect attempt
+            else:  # a failed handshake (the monitor reports nothing else)
+                self.handshake_failure = zmq.Event(kind).name
+                if self._handshake_warned:  # once, not at every reconnect attempt
+                    continue
                 self._handshake_warned = True
                 log.warning(
                     "%s: handshake failed (%s); a CURVE key or the protocol is wrong, "
