@@ -3,6 +3,7 @@ file, the environment fallback, and the rate limit on refusal log lines."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.asyncio
 import zmq.auth
 from ackbus.errors import KeyFileError
 from ackbus.transport._keys import (
     HubKeys,
+    KeyGate,
     RefusalLog,
     client_keys,
     generate_keys,
@@ -147,3 +150,38 @@ def test_refusal_lines_stay_bounded_under_a_flood_of_distinct_keys(
     assert "more than 10 distinct keys this minute" in caplog.records[-1].getMessage()
     now[0] = 61.0  # a minute later the old entries make room again
     assert limiter.refused("key-new", "", Path("c"))
+
+
+async def test_the_gate_names_each_admitted_connection_after_its_key(tmp_path: Path) -> None:
+    """The ZeroMQ User-Id of an admitted connection is its key file's stem (what an
+    access file will name); the gate refuses a second start on the same context."""
+    generate_keys(tmp_path, "hub")
+    public, secret = generate_keys(tmp_path / "clients", "orders")
+    keys = HubKeys.load(tmp_path)
+    ctx: zmq.asyncio.Context = zmq.asyncio.Context()
+    refused: list[None] = []
+    gate = KeyGate(ctx, keys, lambda: refused.append(None))
+    gate.start()
+    server = ctx.socket(zmq.ROUTER)
+    client = ctx.socket(zmq.DEALER)
+    try:
+        with pytest.raises(KeyFileError, match="another one already runs on this ZeroMQ context"):
+            KeyGate(ctx, keys, lambda: None).start()
+        server.curve_server = True
+        server.curve_secretkey = keys.keypair.secret
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        mine = load_keypair(secret)
+        client.curve_publickey, client.curve_secretkey = mine.public, mine.secret
+        client.curve_serverkey = keys.keypair.public
+        client.connect(f"tcp://127.0.0.1:{port}")
+        await client.send(b"hi")
+        _, frame = await asyncio.wait_for(server.recv_multipart(copy=False), 5)
+        assert frame.bytes == b"hi"
+        assert frame.get("User-Id") == "orders"
+        assert load_public_key(public) == mine.public
+        assert refused == []
+    finally:
+        client.close(0)
+        server.close(0)
+        gate.stop()
+        ctx.term()
