@@ -3,12 +3,18 @@
 Each settled message wakes the first waiter of its destination's line, and only that
 one, which then sends without checking again (waking every waiter on every ack would
 make concurrent senders spin: each ack would wake all, one would go ahead, the rest
-would sleep again with a new future and timer). A new send queues behind the waiters, so
-the line is fair. Should another send take the slot first, the tracker queues the extra
-message: it never exceeds the window in flight, and never drops. A waiter woken and then
-cancelled passes its turn on; cancelled and timed-out waiters are skipped when a turn is
-handed out rather than removed when they leave (no O(n) removal from the middle of the
-line).
+would sleep again with a new future and timer).
+
+A line is ordered by priority with aging: a waiter of priority ``p`` queues as if it had
+come ``p * PRIORITY_STEP`` seconds earlier than it did (its *virtual arrival*), and the
+earliest virtual arrival goes first. So a higher priority overtakes the waiters that
+came less than ``PRIORITY_STEP`` seconds per level before it, while a waiter that has
+waited longer than that goes ahead of it: a steady stream of high priorities cannot
+starve the rest. Among equal priorities the line is first come, first served. Should
+another send take the slot first, the tracker queues the extra message: it never exceeds
+the window in flight, and never drops. A waiter woken and then cancelled passes its turn
+on; cancelled and timed-out waiters are skipped when a turn is handed out rather than
+removed when they leave (no O(n) removal from the middle of the line).
 
 Each waiter has a deadline, but a line has one timer, armed for its earliest deadline
 and re-armed when it fires, instead of one per waiter: a loop timer per waiting send
@@ -20,20 +26,29 @@ at once than its window holds.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import heapq
 from collections.abc import Callable
 
-__all__ = ["WindowLines"]
+__all__ = ["PRIORITY_STEP", "WindowLines"]
+
+PRIORITY_STEP = 0.1
+"""Seconds of waiting one level of priority is worth (see the module docstring)."""
 
 _EARLY = 0.001
 """A waiter whose deadline is this close when its line's timer fires times out then."""
+
+
+_Waiter = tuple[float, int, asyncio.Future[None], float]
+"""``(virtual arrival, arrival number, future, deadline)``: a heap orders them by the
+first two (the number breaks ties first come first served, and futures never compare)."""
 
 
 class _Line:
     __slots__ = ("timer", "timer_at", "waiters")
 
     def __init__(self) -> None:
-        self.waiters: deque[tuple[asyncio.Future[None], float]] = deque()
+        self.waiters: list[_Waiter] = []
+        """A heap, the next waiter first."""
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
 
@@ -48,6 +63,7 @@ class WindowLines:
         self.lines: dict[str, _Line] = {}
         """Destinations someone waits for (``destination in lines``: a send must wait
         behind them)."""
+        self._arrivals = 0
 
     def __bool__(self) -> bool:
         return bool(self.lines)
@@ -58,24 +74,26 @@ class WindowLines:
         deadline: float,
         loop: asyncio.AbstractEventLoop,
         *,
-        front: bool = False,
-    ) -> asyncio.Future[None]:
-        """Join ``destination``'s line (at its ``front``: a waiter whose turn came but
-        found the slot taken keeps its place): a future of ``loop``'s that completes
-        when it is this waiter's turn (or fails at ``deadline``, loop time). Await it,
-        and call :meth:`leave` if the await raised."""
+        priority: int = 0,
+        place: tuple[float, int] | None = None,
+    ) -> tuple[asyncio.Future[None], tuple[float, int]]:
+        """Join ``destination``'s line: a future of ``loop``'s that completes when it is
+        this waiter's turn (or fails at ``deadline``, loop time), and the waiter's place
+        in line. A waiter whose turn came but found the slot taken enters again with the
+        ``place`` it had, so it keeps it. Await the future, and call :meth:`leave` if the
+        await raised."""
         self._loop = loop
         line = self.lines.get(destination)
         if line is None:
             line = self.lines[destination] = _Line()
         fut: asyncio.Future[None] = loop.create_future()
-        if front:
-            line.waiters.appendleft((fut, deadline))
-        else:
-            line.waiters.append((fut, deadline))
+        if place is None:
+            self._arrivals += 1
+            place = (loop.time() - priority * PRIORITY_STEP, self._arrivals)
+        heapq.heappush(line.waiters, (place[0], place[1], fut, deadline))
         if line.timer is None or deadline < line.timer_at:
             self._arm(destination, line, deadline)
-        return fut
+        return fut, place
 
     def leave(self, destination: str, fut: asyncio.Future[None]) -> None:
         """The await of ``fut`` raised (cancelled, or timed out): a waiter whose turn
@@ -92,7 +110,7 @@ class WindowLines:
             return
         waiters = line.waiters
         while waiters:
-            fut = waiters.popleft()[0]
+            fut = heapq.heappop(waiters)[2]
             if not fut.done():
                 fut.set_result(None)
                 break
@@ -104,7 +122,7 @@ class WindowLines:
         for line in lines.values():
             if line.timer is not None:
                 line.timer.cancel()
-            for fut, _ in line.waiters:
+            for _, _, fut, _ in line.waiters:
                 if not fut.done():
                     fut.set_exception(error)
 
@@ -115,8 +133,8 @@ class WindowLines:
         if line is None:
             return
         waiters = line.waiters
-        while waiters and waiters[0][0].done():
-            waiters.popleft()
+        while waiters and waiters[0][2].done():
+            heapq.heappop(waiters)
         if not waiters:
             if line.timer is not None:
                 line.timer.cancel()
@@ -137,7 +155,7 @@ class WindowLines:
         assert self._loop is not None
         now = self._loop.time() + _EARLY
         earliest: float | None = None
-        for fut, deadline in line.waiters:
+        for _, _, fut, deadline in line.waiters:
             if fut.done():
                 continue
             if deadline <= now:

@@ -235,7 +235,7 @@ async def test_each_waiter_times_out_at_its_own_deadline_with_one_timer_per_line
     lines = WindowLines(lambda dest: SendWindowTimeout(f"full: {dest}"))
     start = loop.time()
     offsets = [0.90, 0.10, 0.50, 5.0]  # a later waiter may have an earlier deadline
-    futs = [lines.enter("d", start + dt, loop) for dt in offsets]
+    futs = [lines.enter("d", start + dt, loop)[0] for dt in offsets]
     line = lines.lines["d"]
     failed_at: dict[int, float] = {}
     for i, fut in enumerate(futs):
@@ -263,7 +263,7 @@ async def test_a_turn_skips_waiters_that_left_and_closing_fails_the_rest() -> No
 
     loop = asyncio.get_running_loop()
     lines = WindowLines(lambda dest: SendWindowTimeout(dest))
-    a, b, c = (lines.enter("d", loop.time() + 5.0, loop) for _ in range(3))
+    a, b, c = (lines.enter("d", loop.time() + 5.0, loop)[0] for _ in range(3))
     a.cancel()
     lines.leave("d", a)  # cancelled while waiting: it just leaves
     lines.admit("d")
@@ -271,7 +271,49 @@ async def test_a_turn_skips_waiters_that_left_and_closing_fails_the_rest() -> No
     assert not c.done()
     lines.leave("d", b)  # woken, then did not send: the turn passes on to c
     assert c.done()
-    d = lines.enter("e", loop.time() + 5.0, loop)
+    d, _ = lines.enter("e", loop.time() + 5.0, loop)
     lines.fail(ClosedError("closed"))
     assert isinstance(d.exception(), ClosedError)
     assert not lines
+
+
+async def test_a_higher_priority_waiter_goes_first_and_waiting_long_enough_wins() -> None:
+    from ackbus._window import PRIORITY_STEP, WindowLines
+
+    loop = asyncio.get_running_loop()
+    lines = WindowLines(lambda dest: SendWindowTimeout(dest))
+    deadline = loop.time() + 60.0
+    low = [lines.enter("d", deadline, loop)[0] for _ in range(3)]
+    high, _ = lines.enter("d", deadline, loop, priority=9)
+    lines.admit("d")
+    assert high.done()
+    assert not any(f.done() for f in low)
+    lines.admit("d")
+    assert low[0].done()
+    assert not low[1].done()
+    # Aging: a waiter that has waited longer than its gap in priority is worth goes
+    # ahead of a newer, higher priority.
+    await asyncio.sleep(2 * PRIORITY_STEP)
+    newer, _ = lines.enter("d", deadline, loop, priority=1)
+    lines.admit("d")
+    assert low[1].done()
+    assert not newer.done()
+    lines.fail(ClosedError("closed"))
+
+
+async def test_a_waiter_that_enters_again_keeps_its_place() -> None:
+    from ackbus._window import WindowLines
+
+    loop = asyncio.get_running_loop()
+    lines = WindowLines(lambda dest: SendWindowTimeout(dest))
+    deadline = loop.time() + 60.0
+    first, place = lines.enter("d", deadline, loop)
+    later, _ = lines.enter("d", deadline, loop)
+    lines.admit("d")
+    assert first.done()
+    again, same = lines.enter("d", deadline, loop, place=place)  # its slot was taken
+    assert same == place
+    lines.admit("d")
+    assert again.done()
+    assert not later.done()
+    lines.fail(ClosedError("closed"))

@@ -160,9 +160,11 @@ class Sending(EndpointBase):
             # Wait in line for a slot (_window.py); the future is awaited here, not in
             # a coroutine of its own: one object fewer per waiting send.
             deadline = loop.time() + pol.deadline
-            front = False
+            place = None
             while True:
-                fut = lines.enter(destination, deadline, loop, front=front)
+                fut, place = lines.enter(
+                    destination, deadline, loop, priority=pol.priority, place=place
+                )
                 try:
                     await fut
                 except BaseException:
@@ -171,13 +173,12 @@ class Sending(EndpointBase):
                 # Woken for a settled message's slot. The tracker gives a freed slot
                 # to a message it queued (resumed, or committed while the window was
                 # full) before anyone: then the slot is gone, and this send waits for
-                # the next at the front of the line rather than queue behind that one
+                # the next in the place it had rather than queue behind that one
                 # (else every later send would queue there too, and a queued message
                 # costs the tracker more than a direct one). A durable send goes on to
                 # its commit, which so overlaps the wait for a slot.
                 if durable is not None or self._tracker.in_flight(destination) < self._window:
                     break
-                front = True
         try:
             now = loop.time()
             mid = self._ids.next()
