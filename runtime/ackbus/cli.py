@@ -71,6 +71,18 @@ def parser() -> argparse.ArgumentParser:
             "in DIR/clients/*.key (docs/security.md)"
         ),
     )
+    hub.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (needs ackbus[metrics])",
+    )
+    hub.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address the metrics port binds (default 127.0.0.1)",
+    )
     hub.add_argument("--name", default="hub", help="the hub's name in logs and acks")
     hub.add_argument(
         "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)"
@@ -205,8 +217,27 @@ def _hub(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    metrics = None
+    if args.metrics_port is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            print(
+                "ackbus hub --metrics-port needs prometheus-client: pip install 'ackbus[metrics]'",
+                file=sys.stderr,
+            )
+            return 2
+        metrics = (args.metrics_addr, args.metrics_port)
     try:
-        asyncio.run(_serve_hub(args.bind, name=args.name, heartbeat=args.heartbeat, keys=args.keys))
+        asyncio.run(
+            _serve_hub(
+                args.bind,
+                name=args.name,
+                heartbeat=args.heartbeat,
+                keys=args.keys,
+                metrics=metrics,
+            )
+        )
     except (AddressError, KeyFileError) as err:  # a port in use, a typo, a missing key file:
         print(f"ackbus hub: error: {err}", file=sys.stderr)  # the user fixes it, no traceback
         return 1
@@ -238,7 +269,12 @@ def _missing_codegen() -> list[str]:
 
 
 async def _serve_hub(
-    bind: Sequence[str], *, name: str, heartbeat: float, keys: Path | None = None
+    bind: Sequence[str],
+    *,
+    name: str,
+    heartbeat: float,
+    keys: Path | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
     Raises :class:`~ackbus.errors.AddressError` (cannot bind) or
@@ -255,10 +291,20 @@ async def _serve_hub(
         curve = ""
         if keys is not None:
             curve = f" (CURVE: {hub.enrolled} client keys enrolled in {keys / 'clients'})"
+        server = None
+        if metrics is not None:
+            from .metrics import serve
+
+            server = serve(metrics[1], hub, addr=metrics[0])
+            curve += f"; metrics on http://{metrics[0]}:{server.port}/metrics"
         print(
             f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}{curve}", flush=True
         )
-        await hub.serve_forever()
+        try:
+            await hub.serve_forever()
+        finally:
+            if server is not None:
+                server.close()
 
 
 def _gen(args: argparse.Namespace) -> int:
