@@ -53,9 +53,11 @@ simulate: setup
 
 # The long real-process scenarios (the suite runs their short versions): events across
 # five hub kill -9s in a 5,000-event stream, a subscriber down while 1,000 go out, a
-# durable publisher killed -9 halfway through 1,000.
+# durable publisher killed -9 halfway through 1,000, a 50 ms blocking def handler under
+# 2,000 pipelined sends.
 chaos: setup
-	ACKBUS_CHAOS=1 $(BIN)/pytest -q -p no:randomly --timeout 600 tests/integration/test_events.py
+	ACKBUS_CHAOS=1 $(BIN)/pytest -q -p no:randomly --timeout 600 tests/integration/test_events.py \
+		tests/integration/test_sync_handlers.py::test_a_blocking_def_handler_under_pipelined_load_loses_nothing
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

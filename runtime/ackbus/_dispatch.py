@@ -4,24 +4,49 @@ An endpoint registers generated handler objects (one route per rpc the subclass
 implements) and plain functions by message class (the dynamic path). Every route
 knows the class to decode the body into, whether the type is a command or an event
 subscription, and the class of the response when it is a request.
+
+A handler is an ``async def`` (run on the endpoint's loop, eagerly) or a plain ``def``
+(run in the endpoint's worker pool, :mod:`ackbus._workers`); each route records which.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 
 from ._types import Context, Handler, Kind
 from .errors import SchemaError
 
-__all__ = ["Dispatcher", "HandlerFn", "Route"]
+__all__ = ["DictHandlerFn", "Dispatcher", "HandlerFn", "MessageHandlerFn", "Route", "is_sync"]
 
 M = TypeVar("M", bound=Message)
 
-HandlerFn = Callable[[Any, Context], Coroutine[Any, Any, Message | None]]
+MessageHandlerFn: TypeAlias = (
+    Callable[[M, Context], Coroutine[Any, Any, Message | None]]
+    | Callable[[M, Context], Message | None]
+)
+"""A handler function for messages of class ``M``: ``async def`` or plain ``def``."""
+DictHandlerFn: TypeAlias = (
+    Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]]
+    | Callable[[dict[str, Any], Context], None]
+)
+"""A handler function registered by type name (it receives the payload as a dict)."""
+HandlerFn = Callable[[Any, Context], Any]
+"""A route's function: a coroutine function, or a plain one when ``Route.sync``."""
+
+
+def is_sync(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is a plain function (run in a worker thread), not an ``async def``
+    (also through ``functools.partial``, a bound method, or an object whose
+    ``__call__`` is ``async def``)."""
+    if inspect.iscoroutinefunction(fn):
+        return False
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    return not (inspect.isfunction(call) and inspect.iscoroutinefunction(call))
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +61,8 @@ class Route:
     response: type[Message] | None
     origin: str
     """Where it came from, for error messages ("TableHandler.on_start_hand")."""
+    sync: bool = False
+    """``fn`` is a plain function: it runs in the endpoint's worker pool, not on its loop."""
 
 
 class Dispatcher:
@@ -58,12 +85,14 @@ class Dispatcher:
             Route(
                 msg_type=spec.request_type,
                 cls=spec.request,
-                fn=cast(HandlerFn, getattr(handler, spec.handler_attr)),
+                fn=fn,
                 kind=spec.policy.kind,
                 response=spec.response,
                 origin=f"{type(handler).__name__}.{spec.handler_attr}",
+                sync=is_sync(fn),
             )
             for spec in methods
+            for fn in [getattr(handler, spec.handler_attr)]
         ]
         self._add_all(routes)
         self._services.update(spec.service for spec in methods)
@@ -72,7 +101,7 @@ class Dispatcher:
     def add_function(
         self,
         cls: type[M],
-        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
+        fn: MessageHandlerFn[M],
         *,
         kind: Kind = Kind.COMMAND,
         response: type[Message] | None = None,
@@ -81,10 +110,11 @@ class Dispatcher:
         route = Route(
             msg_type=cls.DESCRIPTOR.full_name,
             cls=cls,
-            fn=cast(HandlerFn, fn),
+            fn=fn,
             kind=kind,
             response=response,
             origin=getattr(fn, "__qualname__", repr(fn)),
+            sync=is_sync(fn),
         )
         self._add_all([route])
         return route
@@ -92,21 +122,23 @@ class Dispatcher:
     def add_named(
         self,
         names: list[str],
-        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, Message | None]],
+        fn: DictHandlerFn,
         *,
         kind: Kind = Kind.COMMAND,
     ) -> list[Route]:
         """Register ``fn`` under each of ``names`` (a type's full and legacy names);
         it receives the payload as a dict."""
         origin = getattr(fn, "__qualname__", repr(fn))
+        sync = is_sync(fn)
         routes = [
             Route(
                 msg_type=name,
                 cls=None,
-                fn=cast(HandlerFn, fn),
+                fn=fn,
                 kind=kind,
                 response=None,
                 origin=origin,
+                sync=sync,
             )
             for name in names
         ]

@@ -40,3 +40,4 @@ class EndpointOptions(TypedDict, total=False):
     store: str | Store | None
     keys: str | os.PathLike[str] | None
     hub_key: str | os.PathLike[str] | None
+    workers: int | None

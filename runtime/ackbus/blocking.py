@@ -12,15 +12,15 @@ Generated ``*BlockingClient`` classes take a ``BlockingEndpoint``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, Unpack, overload
 
 from google.protobuf.message import Message
 
+from ._dispatch import DictHandlerFn, MessageHandlerFn
 from ._loop_thread import LoopThread
 from ._options import EndpointOptions
 from ._types import (
-    Context,
     DeliveryReport,
     Handler,
     Kind,
@@ -94,7 +94,7 @@ class BlockingEndpoint:
     def register_handler(
         self,
         msg_type: type[M],
-        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
+        fn: MessageHandlerFn[M],
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
@@ -105,7 +105,7 @@ class BlockingEndpoint:
     def register_handler(
         self,
         msg_type: str,
-        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]],
+        fn: DictHandlerFn,
         *,
         kind: Kind | None = None,
         response: None = None,
@@ -115,13 +115,14 @@ class BlockingEndpoint:
     def register_handler(
         self,
         msg_type: type[M] | str,
-        fn: Callable[[Any, Context], Coroutine[Any, Any, Message | None]],
+        fn: Any,
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
         implements: str | None = None,
     ) -> None:
-        """Blocking :meth:`Endpoint.register_handler` (the handler runs on the loop thread)."""
+        """Blocking :meth:`Endpoint.register_handler`: an ``async def`` handler runs on the
+        loop thread, a plain ``def`` one in the endpoint's worker threads."""
         register: Callable[..., None] = self._ep.register_handler
         self._call(
             lambda: register(msg_type, fn, kind=kind, response=response, implements=implements)

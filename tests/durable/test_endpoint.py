@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import helpers
@@ -138,10 +139,32 @@ async def test_ctx_tx_commits_with_the_inbox_record_exactly_once(bus: Bus) -> No
     assert rows == [(str(i), 1) for i in range(5)], "an effect was applied twice"
 
 
+async def send_good_and_bad(
+    bus: Bus, table: Endpoint, sent: list[DeliveryReport], more: int = 0
+) -> tuple[DeliveryReport, DeliveryReport, list[DeliveryReport], list[str]]:
+    """Sends "good", "bad" and ``more`` others to ``table``, whose handler sends a Refusal
+    to an audit service (appending its report to ``sent``), and waits for everything:
+    the reports of good, bad and the others, and what audit got."""
+    audited: list[str] = []
+
+    async def on_refusal(msg: Refusal, ctx: Context) -> None:
+        audited.append(msg.reason)
+
+    audit = bus.endpoint("audit")
+    audit.register_handler(Refusal, on_refusal)
+    async with table, audit, bus.endpoint("dealer") as dealer:
+        await asyncio.sleep(0.05)
+        good = await dealer.send(Bye(reason="good"))
+        bad = await dealer.send(Bye(reason="bad"))
+        others = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(more)]
+        await settle(others)
+        await settle(sent)
+    return good, bad, others, audited
+
+
 async def test_a_handler_that_raises_writes_and_sends_nothing(bus: Bus) -> None:
     SqliteStore(bus.tmp / "table.db").execute_script(EFFECTS)
     sent: list[DeliveryReport] = []
-    audited: list[str] = []
 
     async def on_bye(msg: Bye, ctx: Context) -> None:
         assert ctx.tx is not None
@@ -152,18 +175,9 @@ async def test_a_handler_that_raises_writes_and_sends_nothing(bus: Bus) -> None:
         if msg.reason == "bad":
             raise Reject("no")
 
-    async def on_refusal(msg: Refusal, ctx: Context) -> None:
-        audited.append(msg.reason)
-
     table = bus.endpoint("table", "table.db")
     table.register_handler(Bye, on_bye)
-    audit = bus.endpoint("audit")
-    audit.register_handler(Refusal, on_refusal)
-    async with table, audit, bus.endpoint("dealer") as dealer:
-        await asyncio.sleep(0.05)
-        good = await dealer.send(Bye(reason="good"))
-        bad = await dealer.send(Bye(reason="bad"))
-        await settle(sent)
+    good, bad, _, audited = await send_good_and_bad(bus, table, sent)
     assert good
     assert not bad
     assert sent[0], "the good handler's send went out after its commit"
@@ -174,6 +188,41 @@ async def test_a_handler_that_raises_writes_and_sends_nothing(bus: Bus) -> None:
     # The rejection is remembered in the inbox (a duplicate is refused again, not re-run).
     outcomes = bus.rows("table.db", "SELECT error_type, error_permanent FROM ackbus_inbox")
     assert sorted(outcomes) == [("", 0), ("Reject", 1)]
+
+
+async def test_a_def_handler_writes_and_sends_through_its_unit_from_its_thread(bus: Bus) -> None:
+    """A plain ``def`` handler runs in a worker thread: its ``ctx.tx`` writes and a send
+    it hands to the loop commit with its inbox record, exactly once, or not at all."""
+    SqliteStore(bus.tmp / "table.db").execute_script(EFFECTS)
+    sent: list[DeliveryReport] = []
+    threads: set[str] = set()
+    loop = asyncio.get_running_loop()
+
+    def on_bye(msg: Bye, ctx: Context) -> None:
+        threads.add(threading.current_thread().name)
+        assert ctx.tx is not None
+        ctx.tx.execute("INSERT INTO effects VALUES (?, ?)", (ctx.message_id, msg.reason))
+        send = table.send(Refusal(reason=msg.reason), to="audit")
+        report = asyncio.run_coroutine_threadsafe(send, loop).result(2)
+        assert not report.done  # joined the unit: sent only after the commit
+        sent.append(report)
+        if msg.reason == "bad":
+            raise Reject("no")
+
+    # A deduper that remembers one message: the store's inbox must catch the rest.
+    table = bus.endpoint("table", "table.db", dedupe_capacity=1)
+    table.register_handler(Bye, on_bye)
+    good, bad, more, audited = await send_good_and_bad(bus, table, sent, more=3)
+    assert good
+    assert not bad
+    assert all(more)
+    assert len(sent) == 5
+    assert all(r for r in sent if r is not sent[1])
+    assert isinstance(sent[1].error, Cancelled)
+    assert sorted(audited) == ["0", "1", "2", "good"]
+    rows = bus.rows("table.db", "SELECT text FROM effects ORDER BY text")
+    assert rows == [("0",), ("1",), ("2",), ("good",)]
+    assert threading.current_thread().name not in threads
 
 
 async def test_a_failing_statement_rolls_back_the_unit_and_rejects(bus: Bus) -> None:

@@ -1,10 +1,12 @@
 """Dispatcher: routes from handler classes and plain functions; collisions named."""
 
-from typing import ClassVar
+import functools
+from typing import Any, ClassVar
+from unittest.mock import AsyncMock
 
 import pytest
 from ackbus import Context, Handler, Kind, MethodSpec, Policy, SchemaError, unimplemented
-from ackbus._dispatch import Dispatcher
+from ackbus._dispatch import Dispatcher, is_sync
 from ackbus.wire_pb2 import Bye, Hello, Welcome
 from google.protobuf.message import Message
 
@@ -80,3 +82,71 @@ def test_collision_names_both_sides_and_registers_nothing() -> None:
     ):
         d.add_handler(Partial())
     assert d.get("ackbus.Welcome") is None, "a failed registration must not be partial"
+
+
+class SyncPartial(FakeServiceHandler):
+    """Plain ``def`` overrides (what a generated sync base's subclass has)."""
+
+    def on_greet(self, msg: Hello, ctx: Context) -> Welcome:  # type: ignore[override]
+        return Welcome(heartbeat_ms=1)
+
+
+def test_each_route_records_whether_its_handler_is_a_plain_def() -> None:
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        return None
+
+    def on_hello(msg: Hello, ctx: Context) -> None:
+        return None
+
+    def by_name(payload: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    d = Dispatcher()
+    assert d.add_function(Bye, on_bye).sync is False
+    assert d.add_function(Hello, on_hello).sync is True
+    assert [r.sync for r in d.add_named(["A", "B"], by_name)] == [True, True]
+    (greet,) = Dispatcher().add_handler(SyncPartial())
+    assert greet.sync is True
+    assert [r.sync for r in Dispatcher().add_handler(Partial())] == [False, False]
+
+
+class AsyncCallable:
+    async def __call__(self, msg: Bye, ctx: Context) -> None:
+        return None
+
+
+class SyncCallable:
+    def __call__(self, msg: Bye, ctx: Context) -> None:
+        return None
+
+
+class Subclassed(AsyncCallable):
+    pass
+
+
+async def _async_fn(msg: Bye, ctx: Context, extra: int = 0) -> None:
+    return None
+
+
+def _sync_fn(msg: Bye, ctx: Context, extra: int = 0) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("fn", "sync"),
+    [
+        (_async_fn, False),
+        (_sync_fn, True),
+        (functools.partial(_async_fn, extra=1), False),
+        (functools.partial(_sync_fn, extra=1), True),
+        (AsyncCallable(), False),
+        (Subclassed(), False),
+        (SyncCallable(), True),
+        (Partial().on_greet, False),
+        (SyncPartial().on_greet, True),
+        (AsyncMock(), False),
+        (lambda msg, ctx: None, True),
+    ],
+)
+def test_is_sync(fn: Any, sync: bool) -> None:
+    assert is_sync(fn) is sync

@@ -19,6 +19,7 @@ from .._dispatch import Dispatcher
 from .._timer import Timer
 from .._types import DeliveryReport, Identity, Policy, Registry
 from .._window import WindowLines
+from .._workers import Workers
 from ..core import InboundDeduper, OutboundTracker
 from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
 from ..transport import Backend, Link, TransportOptions
@@ -70,6 +71,8 @@ class EndpointBase:
     """Reports of the messages sent and not settled; a pending report carries its
     frame (no second object per message)."""
     _tasks: set[asyncio.Task[Any]]
+    _workers: Workers
+    """The threads that run plain ``def`` handlers (none until the first one runs)."""
     _links: list[HubLink]
     _backend: Backend
     _options: TransportOptions

@@ -83,6 +83,11 @@ class Hooks:
     answer: Callable[[HubLink, MessageItem, Route, Message | None, BaseException | None], None]
     """Answer a handled message as memory mode does: (hub, item, route, result, error)."""
     arm_timer: Callable[[], None]
+    run_in_thread: Callable[
+        [Callable[[Any, Any], Any], Any, Context, Callable[[Any, BaseException | None], None]], None
+    ]
+    """Run a plain ``def`` handler in the endpoint's worker pool: (fn, msg, ctx, on_done),
+    ``on_done(result, error)`` called on the loop once it returned."""
 
 
 _PRUNE_EVERY = 60.0
@@ -293,13 +298,25 @@ class Durable:
     def run(
         self, hub: HubLink, item: MessageItem, route: Route, msg: Any, ctx: Context
     ) -> asyncio.Task[Any] | None:
-        """Run the handler inside a unit of work (``ctx.tx``, and :data:`CURRENT` for sends)."""
+        """Run the handler inside a unit of work (``ctx.tx``, and :data:`CURRENT` for sends).
+
+        A plain ``def`` handler runs in the endpoint's worker pool and uses ``ctx.tx`` from
+        its thread: the unit only records its writes there (list appends, each made
+        before the handler returned), and is read and closed on the loop after the
+        handler returned, so the thread and the loop never touch its writes at once. The
+        thread runs in a copy of this context (:data:`CURRENT` set), so a send it hands
+        to the loop while it runs (``asyncio.run_coroutine_threadsafe(ep.send(...),
+        loop)``) joins the unit as an async handler's send does."""
         loop = self._loop
         assert loop is not None
         unit = Transaction(self._hooks)
         ctx.tx = unit  # the endpoint built this context for this run alone
         token = CURRENT.set(unit)
         try:
+            if route.sync:
+                done = functools.partial(self._done, unit, hub, item, route)
+                self._host().run_in_thread(route.fn, msg, ctx, done)
+                return None
             started = start_eager(route.fn(msg, ctx), loop)
         finally:
             CURRENT.reset(token)

@@ -7,8 +7,9 @@ and then
   :class:`~ackbus.core.OutboundTracker` until an ack settles it or its attempts or
   deadline run out; retries re-send the same frame with a new attempt number;
 * receives: every message passes the core :class:`~ackbus.core.InboundDeduper` (a
-  duplicate is re-acknowledged without running the handler), runs its handler
-  (eagerly, see :mod:`ackbus._eager`), and is acknowledged only after the handler
+  duplicate is re-acknowledged without running the handler), runs its handler (an
+  ``async def`` eagerly on the loop, see :mod:`ackbus._eager`; a plain ``def`` in the
+  worker pool, see :mod:`ackbus._workers`), and is acknowledged only after the handler
   returned.
 
 Every decision is :class:`~ackbus.core.endpoint_protocol.EndpointProtocol`'s; the endpoint
@@ -26,16 +27,15 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from .._dispatch import Dispatcher
+from .._dispatch import DictHandlerFn, Dispatcher, MessageHandlerFn
 from .._timer import Timer
 from .._types import (
-    Context,
     DeliveryReport,
     Handler,
     Identity,
@@ -44,6 +44,7 @@ from .._types import (
     Registry,
 )
 from .._window import WindowLines
+from .._workers import Workers, default_workers
 from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
 from ..errors import (
     ClosedError,
@@ -85,6 +86,8 @@ class Endpoint(Sending, Receiving, HubLinks):
     ``keys`` (this endpoint's ``NAME.key_secret`` file) and ``hub_key`` (the hub's
     ``hub.key``) make its ZeroMQ links CURVE clients, for a hub run with keys; unset,
     they are read from ``ACKBUS_KEYS`` and ``ACKBUS_HUB_KEY`` (docs/security.md).
+    ``workers`` bounds the threads that run plain ``def`` handlers (``None``:
+    ``min(32, CPUs + 4)``); ``async def`` handlers run on the loop.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         store: str | Store | None = None,
         keys: str | os.PathLike[str] | None = None,
         hub_key: str | os.PathLike[str] | None = None,
+        workers: int | None = None,
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
@@ -147,6 +151,9 @@ class Endpoint(Sending, Receiving, HubLinks):
         """Reports of the messages sent and not settled; a pending report carries its
         frame (no second object per message)."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._workers = Workers(
+            default_workers() if workers is None else workers, f"ackbus-{service}-handler"
+        )
         self._links: list[HubLink] = []
         self._backend = backend or DefaultBackend()
         base = options or TransportOptions()
@@ -185,7 +192,7 @@ class Endpoint(Sending, Receiving, HubLinks):
     def register_handler(
         self,
         msg_type: type[M],
-        fn: Callable[[M, Context], Coroutine[Any, Any, Message | None]],
+        fn: MessageHandlerFn[M],
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
@@ -196,7 +203,7 @@ class Endpoint(Sending, Receiving, HubLinks):
     def register_handler(
         self,
         msg_type: str,
-        fn: Callable[[dict[str, Any], Context], Coroutine[Any, Any, None]],
+        fn: DictHandlerFn,
         *,
         kind: Kind | None = None,
         response: None = None,
@@ -206,15 +213,19 @@ class Endpoint(Sending, Receiving, HubLinks):
     def register_handler(
         self,
         msg_type: type[M] | str,
-        fn: Callable[[Any, Context], Coroutine[Any, Any, Message | None]],
+        fn: Any,
         *,
         kind: Kind | None = None,
         response: type[Message] | None = None,
         implements: str | None = None,
     ) -> None:
-        """Register a plain async function for messages of class ``msg_type``, or by
-        type name: ``register_handler("StartHand", fn)`` hands ``fn`` the payload as a
-        dict (reachable under the full and the legacy name when the registry knows it).
+        """Register a function for messages of class ``msg_type``, or by type name:
+        ``register_handler("StartHand", fn)`` hands ``fn`` the payload as a dict
+        (reachable under the full and the legacy name when the registry knows it).
+
+        ``fn(msg, ctx)`` is an ``async def`` (run on the endpoint's loop) or a plain
+        ``def`` (run in the endpoint's pool of ``workers`` threads, so that blocking code
+        never stalls the loop); either way the message is acked after it returned.
 
         ``kind`` defaults to the registry's policy for the type (else command).
         ``implements`` names the schema service (``"poker.Audit"``) ``fn`` handles the
@@ -313,13 +324,19 @@ class Endpoint(Sending, Receiving, HubLinks):
             self._track,
             self._handled,
             self._arm_timer,
+            functools.partial(self._workers.start, loop),
         )
 
     async def close(self, *, timeout: float = 1.0) -> None:
         """Fail what is pending with :class:`Cancelled`, say BYE and release everything.
 
         Handlers still running are cancelled (their messages are not acked, so the
-        sender retries them elsewhere). Idempotent.
+        sender retries them elsewhere). A plain ``def`` handler cannot be cancelled in
+        its thread: those not started yet never start, and ``close`` waits up to
+        ``timeout`` seconds for the running ones; their messages are not acked either
+        (the sender retries them elsewhere, where they may run again), and one still
+        running after ``timeout`` finishes in its thread, unreported (the process exits
+        only after it returned). Idempotent.
         """
         if self._closed:
             return
@@ -331,8 +348,10 @@ class Endpoint(Sending, Receiving, HubLinks):
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        until = time.monotonic() + timeout
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        await self._workers.close(max(0.0, until - time.monotonic()))
         if self._timer is not None:
             self._timer.cancel()
         for hub in self._links:

@@ -1,6 +1,7 @@
 """The receive path: input from a hub decoded and fed to the protocol; the handlers of
-the messages it accepts run (eagerly, see :mod:`ackbus._eager`), and their ends go back to
-the protocol, which acks.
+the messages it accepts run (``async def`` ones eagerly on the loop, see
+:mod:`ackbus._eager`; plain ``def`` ones in the worker pool, see :mod:`ackbus._workers`),
+and their ends go back to the protocol, which acks.
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ class Receiving(EndpointBase):
             task = self._durable.run(hub, item, route, msg, ctx)
             if task is None:
                 return
+        elif route.sync:  # a plain def: in the worker pool, answered when it returned
+            self._workers.start(
+                loop, route.fn, msg, ctx, functools.partial(self._handled, hub, item, route)
+            )
+            return
         else:
             started = start_eager(route.fn(msg, ctx), loop)
             if isinstance(started, tuple):  # the handler returned (or raised) at once
