@@ -65,6 +65,20 @@ _Handled = tuple[
 """A handled message waiting for its inbox commit: what answering it needs."""
 
 
+RunInThread = Callable[
+    [Callable[[Any, Any], Any], Any, Context, Callable[[Any, BaseException | None], None]], None
+]
+
+
+def _no_worker_pool(
+    fn: Callable[[Any, Any], Any],
+    msg: Any,
+    ctx: Context,
+    on_done: Callable[[Any, BaseException | None], None],
+) -> None:
+    raise TypeError(f"{fn!r} is a plain def handler, and this driver has no worker pool")
+
+
 @dataclass(frozen=True, slots=True)
 class Hooks:
     """What durable mode may do with its endpoint: the whole interface between them."""
@@ -83,11 +97,10 @@ class Hooks:
     answer: Callable[[HubLink, MessageItem, Route, Message | None, BaseException | None], None]
     """Answer a handled message as memory mode does: (hub, item, route, result, error)."""
     arm_timer: Callable[[], None]
-    run_in_thread: Callable[
-        [Callable[[Any, Any], Any], Any, Context, Callable[[Any, BaseException | None], None]], None
-    ]
+    run_in_thread: RunInThread = _no_worker_pool
     """Run a plain ``def`` handler in the endpoint's worker pool: (fn, msg, ctx, on_done),
-    ``on_done(result, error)`` called on the loop once it returned."""
+    ``on_done(result, error)`` called on the loop once it returned. (A driver without
+    one, such as the simulation's, runs ``async def`` handlers only.)"""
 
 
 _PRUNE_EVERY = 60.0
