@@ -50,6 +50,40 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("files", nargs="+", metavar="FILE.proto")
     gen.set_defaults(run=_gen)
 
+    breaking = sub.add_parser(
+        "breaking",
+        help="refuse schema changes that break peers running the old code",
+        description=(
+            "Compare FILE.proto against their old versions (a folder holding them at the "
+            "same paths, or a descriptor set from protoc --descriptor_set_out "
+            "--include_source_info) and list each change that breaks old peers: a field "
+            "removed without reserved, renumbered or retyped; a message, service or rpc "
+            "removed or renamed; an rpc's input type or kind changed. Exit 1 on a break."
+        ),
+    )
+    breaking.add_argument(
+        "--against", type=Path, required=True, metavar="DIR|SET", help="the old schemas"
+    )
+    breaking.add_argument(
+        "-I",
+        "--proto-path",
+        dest="include",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="folder to resolve imports and file names from (repeatable; default: .)",
+    )
+    breaking.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="RULE|NAME",
+        help="accept the breaks of a rule (FIELD_REMOVED) or of an element (poker.X.y)",
+    )
+    breaking.add_argument("files", nargs="+", metavar="FILE.proto")
+    breaking.set_defaults(run=_breaking)
+
     hub = sub.add_parser(
         "hub",
         help="run a hub",
@@ -305,6 +339,39 @@ async def _serve_hub(
         finally:
             if server is not None:
                 server.close()
+
+
+def _breaking(args: argparse.Namespace) -> int:
+    missing = _missing_codegen()
+    if missing:
+        print(
+            "ackbus breaking needs the code generator: pip install 'ackbus[codegen]' "
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
+
+    from ackbus_codegen.breaking import allowed, compare, descriptor_set
+    from ackbus_codegen.errors import GenerationError
+    from google.protobuf import descriptor_pb2
+
+    include = args.include or [Path()]
+    try:
+        new = descriptor_set(args.files, include)
+        if args.against.is_file():
+            old = descriptor_pb2.FileDescriptorSet.FromString(args.against.read_bytes())
+        else:
+            old = descriptor_set(args.files, [args.against, *include])
+    except GenerationError as err:
+        print(f"ackbus breaking: {err}", file=sys.stderr)
+        return 2
+    breaks = allowed(compare(old, new, args.files), args.allow)
+    for b in breaks:
+        print(b)
+    if breaks:
+        print(f"{len(breaks)} breaking change{'s' if len(breaks) != 1 else ''}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _gen(args: argparse.Namespace) -> int:
