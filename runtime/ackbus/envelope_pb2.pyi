@@ -43,6 +43,10 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """No service handles the type (sent by the hub)."""
     EXPIRED: _Outcome.ValueType  # 6
     """The deadline passed before the handler ran."""
+    IN_PROGRESS: _Outcome.ValueType  # 7
+    """The handler is running (sent by the receiver while it runs, and in answer
+    to a retry): the sender waits another ack timeout, spending no attempt.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
     """What became of a message at its receiver (or at the hub)."""
@@ -62,6 +66,10 @@ NO_ROUTE: Outcome.ValueType  # 5
 """No service handles the type (sent by the hub)."""
 EXPIRED: Outcome.ValueType  # 6
 """The deadline passed before the handler ran."""
+IN_PROGRESS: Outcome.ValueType  # 7
+"""The handler is running (sent by the receiver while it runs, and in answer
+to a retry): the sender waits another ack timeout, spending no attempt.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
@@ -228,6 +236,7 @@ class Ack(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     RESPONSE_TYPE_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.bytes
     received_at_ns: _builtins.int
     acked_at_ns: _builtins.int
@@ -236,6 +245,10 @@ class Ack(_message.Message):
     response_type: _builtins.str
     """For request/reply: the response's type and bytes."""
     response: _builtins.bytes
+    attempt: _builtins.int
+    """The attempt this answers, for the answers that say the handler did not run
+    (NO_ROUTE, RETRY_LATER, EXPIRED); 0: not said.
+    """
     @_builtins.property
     def receiver(self) -> Global___Identity: ...
     @_builtins.property
@@ -252,10 +265,11 @@ class Ack(_message.Message):
         retry_after_ms: _builtins.int = ...,
         response_type: _builtins.str = ...,
         response: _builtins.bytes = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "receiver", b"receiver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ns", b"acked_at_ns", "error", b"error", "message_id", b"message_id", "outcome", b"outcome", "received_at_ns", b"received_at_ns", "receiver", b"receiver", "response", b"response", "response_type", b"response_type", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ns", b"acked_at_ns", "attempt", b"attempt", "error", b"error", "message_id", b"message_id", "outcome", b"outcome", "received_at_ns", b"received_at_ns", "receiver", b"receiver", "response", b"response", "response_type", b"response_type", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -43,6 +43,7 @@ __all__ = [
     "KeyFileError",
     "LocalProtocolError",
     "NoRoute",
+    "OutcomeUnknown",
     "ProtocolError",
     "Reject",
     "Rejected",
@@ -76,6 +77,13 @@ class DeliveryError(AckbusError):
 
 class AckTimeout(DeliveryError):
     """No acknowledgement arrived before the attempt budget or the deadline ran out."""
+
+
+class OutcomeUnknown(AckTimeout):
+    """No final answer came, and an attempt may have reached a receiver: its handler may
+    have run, once or partly (or may still be running). Never said of a message that no
+    attempt could have reached (that is :class:`NoRoute`, or a plain :class:`AckTimeout`
+    for a message that never left its queue). docs/guarantees.md states the rule."""
 
 
 class Rejected(DeliveryError):

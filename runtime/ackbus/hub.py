@@ -284,14 +284,20 @@ class Hub:
     ) -> None:
         self._notices.append(Routed(msg_id, services, implements))
 
-    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str, attempt: int) -> None:
         error = RemoteError("NoRoute", reason)
-        ack = encode_full_ack(msg_id, Outcome.NO_ROUTE, receiver=self.identity, error=error)
+        ack = encode_full_ack(
+            msg_id, Outcome.NO_ROUTE, receiver=self.identity, error=error, attempt=attempt
+        )
         self._out(origin).full_ack(ack, self._token)
 
-    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
         ack = encode_full_ack(
-            msg_id, Outcome.RETRY_LATER, receiver=self.identity, retry_after=max(after, 0.001)
+            msg_id,
+            Outcome.RETRY_LATER,
+            receiver=self.identity,
+            retry_after=max(after, 0.001),
+            attempt=attempt,
         )
         self._out(origin).full_ack(ack, self._token)
 

@@ -11,7 +11,7 @@ from ackbus import Identity, Policy, Reject, RetryLater
 from ackbus.core import Outcome, RemoteError
 from ackbus.core.endpoint_protocol import FLAG_REQUEST, AckReply, EndpointProtocol
 from ackbus.core.tracker import Completion
-from ackbus.errors import AckTimeout, Cancelled, DeliveryError, NoRoute
+from ackbus.errors import AckTimeout, Cancelled, DeliveryError, NoRoute, OutcomeUnknown
 from ackbus.wire import FLAG_REQUEST as WIRE_FLAG_REQUEST
 from ackbus.wire import NOT_REGISTERED
 
@@ -27,6 +27,7 @@ class Item:
     peer: bytes = b"p1"
     flags: int = 0
     deadline_ns: int = 0
+    attempt: int = 1
 
 
 @dataclass
@@ -111,7 +112,8 @@ def test_an_unacked_message_is_retried_then_fails_with_its_reason() -> None:
     failed = [a for a in io.take() if a[0] == "failed"]
     assert len(failed) == 1
     assert "no acknowledgement after 3 attempts" in str(failed[0][2])
-    assert proto.stats.failed["timeout"] == 1
+    assert isinstance(failed[0][2], OutcomeUnknown)
+    assert proto.stats.failed["outcome-unknown"] == 1
 
 
 def test_plain_acks_settle_and_count() -> None:
@@ -130,13 +132,44 @@ def test_a_no_route_failure_says_why_the_hub_found_none() -> None:
     mid = b"n" * 16
     proto.submit(mid, "x.Do", "x.Do", P.with_(deadline=2.0), 0.0)
     error = RemoteError("NoRoute", "no instance of x is registered")
-    proto.on_ack(AckReply(mid, Outcome.NO_ROUTE, None, error), 0.1)
-    for t in (1.0, 2.0, 3.0):
+    proto.on_ack(AckReply(mid, Outcome.NO_ROUTE, None, error, attempt=1), 0.1)
+    failed: Any = None
+    for t in (0.5, 0.6, 1.0, 1.5, 2.0, 3.0):
         proto.tick(t)
-    failed = [a for a in io.take() if a[0] == "failed"]
-    assert len(failed) == 1
-    assert isinstance(failed[0][2], NoRoute)
-    assert "no instance of x is registered" in str(failed[0][2])
+        for action in io.take():
+            if action[0] == "transmit":  # every retry answered NO_ROUTE too
+                proto.on_ack(AckReply(mid, Outcome.NO_ROUTE, None, error, attempt=action[3]), t)
+            elif action[0] == "failed":
+                failed = action
+    assert isinstance(failed[2], NoRoute)
+    assert not isinstance(failed[2], OutcomeUnknown)
+    assert "no instance of x is registered" in str(failed[2])
+
+
+def test_a_failure_after_an_unanswered_attempt_says_outcome_unknown_not_no_route() -> None:
+    # The case: attempt 1 reached a receiver whose loop then stalled (no ack);
+    # the hub declared it dead and answered every retry NO_ROUTE.
+    proto, io = make()
+    mid = b"u" * 16
+    proto.submit(mid, "x.Do", "x.Do", P.with_(deadline=10.0), 0.0)
+    error = RemoteError("NoRoute", "no live service handles x.Do")
+    failed: Any = None
+    for t in (1.0, 1.5, 1.6, 2.0, 2.6, 5.0):
+        proto.tick(t)
+        for action in io.take():
+            if action[0] == "transmit" and action[3] > 1:
+                proto.on_ack(AckReply(mid, Outcome.NO_ROUTE, None, error, attempt=action[3]), t)
+            elif action[0] == "failed":
+                failed = action
+    assert failed is not None
+    err = failed[2]
+    assert isinstance(err, OutcomeUnknown)
+    assert isinstance(err, AckTimeout)
+    assert not isinstance(err, NoRoute)
+    assert "outcome unknown" in str(err)
+    assert "may have run" in str(err)
+    assert "no live service handles x.Do" in str(err)  # what the hub said last
+    assert proto.stats.failed["outcome-unknown"] == 1
 
 
 def test_unknown_type_and_expired_items_are_answered_without_running() -> None:

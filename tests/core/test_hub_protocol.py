@@ -57,10 +57,10 @@ class Recorder:
     ) -> None:
         self.actions.append(("routed", origin, msg_id, services, implements))
 
-    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str, attempt: int) -> None:
         self.actions.append(("no_route", origin, msg_id, reason))
 
-    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
         self.actions.append(("retry_later", origin, msg_id, round(after, 3)))
 
     def forward_acks(

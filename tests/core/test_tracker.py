@@ -86,6 +86,7 @@ EVENTS: dict[str, Callable[[OutboundTracker], object]] = {
     "retry-later": _ack(Outcome.RETRY_LATER, retry_after=0.5),
     "no-route": _ack(Outcome.NO_ROUTE),
     "expired": _ack(Outcome.EXPIRED),
+    "in-progress": _ack(Outcome.IN_PROGRESS),
     "cancel": lambda t: t.cancel(b"m", 0.2),
     "tick-now": lambda t: t.tick(0.2),
     "tick-deadline": lambda t: t.tick(30.0),
@@ -105,8 +106,10 @@ TABLE: dict[tuple[MsgState, str], MsgState | tuple[str, Reason | None]] = {
     (MsgState.IN_FLIGHT, "no-route"): MsgState.BACKOFF,
     (MsgState.IN_FLIGHT, "expired"): (FAILED, Reason.EXPIRED),
     (MsgState.IN_FLIGHT, "cancel"): (FAILED, Reason.CANCELLED),
+    (MsgState.IN_FLIGHT, "in-progress"): MsgState.IN_FLIGHT,
     (MsgState.IN_FLIGHT, "tick-now"): MsgState.IN_FLIGHT,
-    (MsgState.IN_FLIGHT, "tick-deadline"): (FAILED, Reason.TIMEOUT),
+    # In flight at the deadline, unanswered: it may have reached a receiver.
+    (MsgState.IN_FLIGHT, "tick-deadline"): (FAILED, Reason.OUTCOME_UNKNOWN),
     # A late ack of an earlier attempt still counts while backing off.
     (MsgState.BACKOFF, "ok"): (ACKED, None),
     (MsgState.BACKOFF, "duplicate"): (ACKED, None),
@@ -114,10 +117,12 @@ TABLE: dict[tuple[MsgState, str], MsgState | tuple[str, Reason | None]] = {
     (MsgState.BACKOFF, "rejected-permanent"): (FAILED, Reason.REJECTED),
     (MsgState.BACKOFF, "retry-later"): MsgState.BACKOFF,
     (MsgState.BACKOFF, "no-route"): MsgState.BACKOFF,
-    (MsgState.BACKOFF, "expired"): (FAILED, Reason.EXPIRED),
+    # Backing off after attempt 1 timed out: that attempt may have reached a receiver.
+    (MsgState.BACKOFF, "expired"): (FAILED, Reason.OUTCOME_UNKNOWN),
+    (MsgState.BACKOFF, "in-progress"): MsgState.IN_FLIGHT,
     (MsgState.BACKOFF, "cancel"): (FAILED, Reason.CANCELLED),
     (MsgState.BACKOFF, "tick-now"): MsgState.BACKOFF,
-    (MsgState.BACKOFF, "tick-deadline"): (FAILED, Reason.TIMEOUT),
+    (MsgState.BACKOFF, "tick-deadline"): (FAILED, Reason.OUTCOME_UNKNOWN),
     # Never sent: acks cannot concern it and are ignored.
     **{(MsgState.QUEUED, e): MsgState.QUEUED for e in EVENTS if e not in _ENDS},
     (MsgState.QUEUED, "cancel"): (FAILED, Reason.CANCELLED),
@@ -177,7 +182,9 @@ def test_retries_after_ack_timeout_plus_doubling_backoff_then_fail() -> None:
     # attempt n+1 at t_n + ack_timeout + min(cap, base * 2**(n-1))
     assert [(w, a.attempt) for w, a in sent] == [(1.5, 2), (3.5, 3), (6.5, 4)]
     assert done.status is Status.FAILED
-    assert done.reason is Reason.TIMEOUT
+    # Transmitted and never answered: the handler may have run.
+    assert done.reason is Reason.OUTCOME_UNKNOWN
+    assert done.last_reason is Reason.TIMEOUT
     assert done.attempts == 4
     assert done.completed_at == 7.5  # the last attempt's ack timeout, not the deadline
     assert not done
@@ -191,7 +198,9 @@ def test_deadline_caps_every_timer() -> None:
     sent, done = run_until_settled(t)
     assert [w for w, _ in sent] == [1.5]
     assert done.completed_at == 2.0
-    assert done.reason is Reason.TIMEOUT
+    # Transmitted and never answered: the handler may have run.
+    assert done.reason is Reason.OUTCOME_UNKNOWN
+    assert done.last_reason is Reason.TIMEOUT
 
 
 def test_no_route_is_retried_within_the_deadline_and_named_at_the_end() -> None:
@@ -206,9 +215,15 @@ def test_no_route_is_retried_within_the_deadline_and_named_at_the_end() -> None:
     assert done.attempts == 2
     assert done.acked_by == (ALICE,)
 
+    # Every attempt answered NO_ROUTE: no attempt reached a receiver.
     submit(t, b"n", policy=P.with_(deadline=5.0, max_attempts=100), now=10.0)
-    t.ack(b"n", outcome=Outcome.NO_ROUTE, now=10.1)
-    _, done = run_until_settled(t)
+    t.ack(b"n", outcome=Outcome.NO_ROUTE, now=10.1, attempt=1)
+    while (when := t.next_deadline()) is not None:
+        for action in t.tick(when):
+            if isinstance(action, Transmit):
+                t.ack(b"n", outcome=Outcome.NO_ROUTE, now=when, attempt=action.attempt)
+            else:
+                done = action
     assert done.reason is Reason.NO_ROUTE
     assert done.completed_at == 15.0
 
@@ -644,3 +659,136 @@ def test_attempts_that_reached_every_subscriber_spend_the_budget() -> None:
     (done,) = [a for a in failed if isinstance(a, Completion)]
     assert done.status is Status.FAILED
     assert done.missing == ("poker.Audit", "poker.Lobby")
+
+
+# -- outcome unknown: a failed report never hides a run --------------------------------------
+
+
+def test_one_unanswered_attempt_among_no_routes_makes_the_outcome_unknown() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(deadline=5.0, max_attempts=3))
+    assert t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.1, attempt=1) is None
+    assert t.tick(0.6) == [Transmit(b"m", 2, "hub")]
+    t.tick(1.6)  # attempt 2 timed out, unanswered: it may have reached a receiver
+    assert t.tick(t.next_deadline() or 0.0) == [Transmit(b"m", 3, "hub")]
+    done = t.ack(b"m", outcome=Outcome.NO_ROUTE, now=2.3, attempt=3)
+    assert done is not None
+    assert done.reason is Reason.OUTCOME_UNKNOWN
+    assert done.last_reason is Reason.NO_ROUTE
+
+
+def test_a_late_no_route_for_a_timed_out_attempt_says_it_reached_nobody() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(deadline=5.0, max_attempts=2))
+    t.tick(1.0)  # attempt 1 timed out
+    assert t.tick(1.5) == [Transmit(b"m", 2, "hub")]
+    # The hub's answer to attempt 1 arrives late: it changes nothing for attempt 2 ...
+    assert t.ack(b"m", outcome=Outcome.NO_ROUTE, now=1.6, attempt=1) is None
+    assert t.state(b"m") is MsgState.IN_FLIGHT
+    # ... and attempt 2 is refused too: no attempt reached a receiver.
+    done = t.ack(b"m", outcome=Outcome.NO_ROUTE, now=1.7, attempt=2)
+    assert done is not None
+    assert done.reason is Reason.NO_ROUTE
+
+
+def test_a_stale_no_route_does_not_answer_the_attempt_in_flight() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(deadline=5.0, max_attempts=2))
+    assert t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.1, attempt=1) is None
+    assert t.tick(0.6) == [Transmit(b"m", 2, "hub")]
+    # A duplicate of attempt 1's answer: attempt 2 is still out, unanswered.
+    assert t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.7, attempt=1) is None
+    _, done = run_until_settled(t)
+    assert done.reason is Reason.OUTCOME_UNKNOWN
+    assert done.attempts == 2
+
+
+def test_an_expiry_after_an_unanswered_attempt_is_outcome_unknown() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(deadline=5.0))
+    t.tick(1.0)
+    assert t.tick(1.5) == [Transmit(b"m", 2, "hub")]
+    done = t.ack(b"m", outcome=Outcome.EXPIRED, now=1.6, attempt=2)
+    assert done is not None
+    assert (done.reason, done.last_reason) == (Reason.OUTCOME_UNKNOWN, Reason.EXPIRED)
+
+
+def test_a_message_that_never_left_its_queue_times_out_plainly() -> None:
+    t = tracker(window=1)
+    submit(t, b"first")
+    submit(t, policy=P.with_(deadline=2.0))
+    done = [c for c in t.tick(2.0) if isinstance(c, Completion) and c.msg_id == b"m"]
+    assert [(c.reason, c.attempts) for c in done] == [(Reason.TIMEOUT, 0)]
+
+
+# -- in progress: long handlers hold their lease ---------------------------------------------
+
+
+def test_in_progress_rearms_the_ack_timeout_without_spending_an_attempt() -> None:
+    t = tracker()
+    policy = P.with_(ack_timeout=1.0, max_attempts=2, deadline=30.0)
+    submit(t, policy=policy)
+    for k in range(1, 8):  # a handler running 7 s, its receiver saying so every 0.8 s
+        assert t.ack(b"m", outcome=Outcome.IN_PROGRESS, now=0.8 * k) is None
+        assert t.tick(0.8 * k) == []
+        assert t.next_deadline() == pytest.approx(0.8 * k + 1.0)
+    done = t.ack(b"m", outcome=Outcome.OK, now=7.0, receiver=ALICE)
+    assert done is not None
+    assert done.attempts == 1
+
+
+def test_a_retry_answered_in_progress_is_not_spent() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=1.0, max_attempts=2, deadline=30.0))
+    now = 0.0
+    for attempt in range(2, 12):  # every retry reaches the running handler
+        when = t.next_deadline()
+        assert when is not None
+        out = t.tick(when)
+        if not out:
+            when = t.next_deadline()
+            assert when is not None
+            out = t.tick(when)
+        assert out == [Transmit(b"m", attempt, "hub")]
+        now = when + 0.01
+        assert t.ack(b"m", outcome=Outcome.IN_PROGRESS, now=now) is None
+    done = t.ack(b"m", outcome=Outcome.OK, now=now + 0.5, receiver=ALICE)
+    assert done is not None
+    assert done.attempts == 11
+
+
+def test_a_receiver_that_dies_mid_handler_gets_the_policys_retries_then_outcome_unknown() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=1.0, max_attempts=2, deadline=30.0))
+    t.ack(b"m", outcome=Outcome.IN_PROGRESS, now=0.5)
+    # The receiver dies: no more notices. The lease lapses at 1.5; two attempts follow.
+    sent, done = run_until_settled(t)
+    assert [a.attempt for _, a in sent] == [2, 3]
+    assert done.reason is Reason.OUTCOME_UNKNOWN
+    assert done.completed_at < 30.0
+
+
+def test_a_handler_outliving_the_deadline_is_outcome_unknown_at_the_deadline() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=1.0, max_attempts=2, deadline=5.0))
+    now = 0.0
+    while now < 5.0:
+        now += 0.5
+        t.ack(b"m", outcome=Outcome.IN_PROGRESS, now=now)
+        out = t.tick(now)
+        assert not [a for a in out if isinstance(a, Transmit)]
+        if out:
+            break
+    (done,) = out
+    assert isinstance(done, Completion)
+    assert (done.reason, done.attempts, done.completed_at) == (Reason.OUTCOME_UNKNOWN, 1, 5.0)
+
+
+def test_in_progress_from_one_subscriber_keeps_an_events_retries_on_schedule() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=1.0, max_attempts=2), expect=None)
+    t.routed(b"m", ["a", "b"], 0.05)
+    t.ack(b"m", outcome=Outcome.IN_PROGRESS, now=0.5)
+    assert t.next_deadline() == 1.0  # not re-armed: b may have missed it
+    t.tick(1.0)
+    assert t.tick(1.5) == [Transmit(b"m", 2, "hub")]

@@ -22,6 +22,7 @@ from ackbus import (
     Context,
     DeliveryReport,
     NoRoute,
+    OutcomeUnknown,
     Policy,
     Registry,
     Reject,
@@ -287,7 +288,10 @@ async def test_a_huge_attempt_budget_still_ends_at_the_deadline(
     start = time.monotonic()
     report = await asyncio.to_thread(rs.send, Untyped("Nobody", {}))
     took = time.monotonic() - start
-    assert isinstance(report.error, NoRoute), report.error
+    # NoRoute when every attempt was answered; outcome unknown when the deadline fell
+    # while the last attempt was on its way (its answer could not be waited for).
+    assert isinstance(report.error, (NoRoute, OutcomeUnknown)), report.error
+    assert "no live service handles Nobody" in str(report.error)
     assert report.attempts > 1100, "not enough attempts to reach the overflow"
     assert took < eager.deadline + 0.3
 

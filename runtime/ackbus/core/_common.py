@@ -29,6 +29,9 @@ class Outcome(enum.IntEnum):
     """No live service handles the type (said by the hub)."""
     EXPIRED = 6
     """The deadline passed before the handler ran."""
+    IN_PROGRESS = 7
+    """The handler is running: the sender re-arms its ack timeout without spending an
+    attempt (the receiver says so while the handler runs, and to a retry)."""
 
 
 @dataclass(frozen=True, slots=True)

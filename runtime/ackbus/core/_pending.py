@@ -23,6 +23,7 @@ class Pending:
         "done",
         "expect",
         "first_sent_at",
+        "free",
         "last_error",
         "last_reason",
         "msg_id",
@@ -32,6 +33,7 @@ class Pending:
         "services",
         "state",
         "timer",
+        "unknown",
         "when",
     )
 
@@ -63,6 +65,13 @@ class Pending:
         self.services: frozenset[str] | None = None
         self.acked_services: set[str] | None = None
         self.acked_by: list[Identity] | None = None
+        self.unknown = 0
+        """Bit *n* set: attempt *n* may have reached a receiver (it timed out, or was in
+        flight when the message failed, with no answer saying it was not taken); bit 0
+        set: a handler is known to have started (IN_PROGRESS, a transient rejection)."""
+        self.free = 0
+        """Attempts that do not count against ``max_attempts``: those sent up to the
+        latest IN_PROGRESS notice (the message was being handled)."""
         self.covers: dict[str, frozenset[str]] | None = None
         """For an event with declared subscribers: the schema services each routed
         service implements, from the hub's ROUTED notices."""

@@ -35,6 +35,7 @@ from ..errors import (
     DeliveryError,
     Expired,
     NoRoute,
+    OutcomeUnknown,
     Reject,
     Rejected,
     RetryLater,
@@ -75,6 +76,8 @@ class InboundItem(Protocol):
     def flags(self) -> int: ...
     @property
     def deadline_ns(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class AckReply:
     """Seconds (a RETRY_LATER ack)."""
     response: bytes = b""
     response_type: str = ""
+    attempt: int = 0
+    """The attempt a NO_ROUTE, RETRY_LATER or EXPIRED answer is about (0: not said)."""
 
 
 @dataclass(slots=True)
@@ -362,6 +367,7 @@ class EndpointProtocol:
             error=ack.error,
             retry_after=ack.retry_after,
             response=ack.response if ack.response_type or ack.response else None,
+            attempt=ack.attempt,
         )
         if c is not None:
             self._settle(c)
@@ -419,12 +425,12 @@ class EndpointProtocol:
         if item.type not in self._types:
             # The hub's view of us is stale (e.g. we re-registered): let it route again.
             error = RemoteError("NoHandler", f"{self.identity} has no handler for {item.type}")
-            self.io.send_ack(
-                hub, AckReply(item.id, Outcome.NO_ROUTE, self.identity, error), item.peer
-            )
+            ack = AckReply(item.id, Outcome.NO_ROUTE, self.identity, error, attempt=item.attempt)
+            self.io.send_ack(hub, ack, item.peer)
             return False
         if item.deadline_ns and (now + self.wall_offset) * 1e9 > item.deadline_ns:
-            self.io.send_ack(hub, AckReply(item.id, Outcome.EXPIRED, self.identity), item.peer)
+            ack = AckReply(item.id, Outcome.EXPIRED, self.identity, attempt=item.attempt)
+            self.io.send_ack(hub, ack, item.peer)
             return False
         verdict = self.deduper.begin(item.id, now)
         if verdict is not Verdict.NEW:
@@ -483,7 +489,9 @@ class EndpointProtocol:
         self.stats.handler_errors += 1
         if isinstance(exc, RetryLater):
             self.deduper.abandon(mid)
-            ack = AckReply(mid, Outcome.RETRY_LATER, self.identity, retry_after=exc.after)
+            ack = AckReply(
+                mid, Outcome.RETRY_LATER, self.identity, retry_after=exc.after, attempt=item.attempt
+            )
             self.io.send_ack(hub, ack, item.peer)
             return
         permanent = isinstance(exc, Reject) and exc.permanent
@@ -526,7 +534,14 @@ class EndpointProtocol:
             self.io.send_ack(hub, AckReply(item.id, Outcome.DUPLICATE, self.identity), item.peer)
             return
         outcome = Outcome.DUPLICATE if record.outcome == Outcome.OK else record.outcome
-        ack = AckReply(item.id, outcome, self.identity, record.error, response=record.response)
+        ack = AckReply(
+            item.id,
+            outcome,
+            self.identity,
+            record.error,
+            response=record.response,
+            attempt=item.attempt,
+        )
         self.io.send_ack(hub, ack, item.peer)
 
     # ------------------------------------------------------------------ time
@@ -592,6 +607,18 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
         return Expired(f"expired before a handler ran ({tries})", **kw)
     if reason is Reason.CANCELLED:
         return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
+    if reason is Reason.OUTCOME_UNKNOWN:
+        whom = f" from subscriber {', '.join(c.missing)}" if c.missing else ""
+        then = ""
+        if c.last_reason is Reason.NO_ROUTE:
+            then = f"; then no route: {no_route or f'no live service handles {c.msg_type}'}"
+        elif c.last_reason is Reason.EXPIRED:
+            then = "; then it expired"
+        return OutcomeUnknown(
+            f"outcome unknown: no acknowledgement{whom} after {tries}{then}; an attempt may"
+            " have reached a receiver, so the handler may have run (or may still be running)",
+            **kw,
+        )
     if c.missing:
         who = ", ".join(c.missing)
         return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}", **kw)

@@ -110,10 +110,11 @@ class HubIO(Protocol[I_contra, R_contra, A_contra]):
         """Tell ``origin`` which services its event ``msg_id`` went to, and which schema
         services each runs (one tuple per service)."""
 
-    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
-        """Answer a command no instance can take (a NO_ROUTE ack from the hub)."""
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str, attempt: int) -> None:
+        """Answer attempt ``attempt`` of a command no instance can take (a NO_ROUTE ack
+        from the hub, naming the attempt: the sender then knows it reached nobody)."""
 
-    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
         """Answer a retry with RETRY_LATER after ``after`` seconds (grace period)."""
 
     def forward_acks(
@@ -228,7 +229,7 @@ class HubProtocol(Generic[I, R, A]):
             # HELLO again yet: routing it now could pick another instance and run
             # the handler twice. First attempts are safe; retries wait.
             self.stats.deferred += 1
-            io.retry_later(origin, item.id, self.grace_until - now)
+            io.retry_later(origin, item.id, self.grace_until - now, item.attempt)
             return
         routing = self.routing
         if item.kind == KIND_EVENT:
@@ -243,7 +244,7 @@ class HubProtocol(Generic[I, R, A]):
             return
         target = routing.route_command(item.type, item.id, item.recipient or None, now)
         if target is None:
-            self._no_route(origin, item.id, item.type, item.recipient)
+            self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
             return
         io.forward(target, item, origin)
         self.stats.routed += 1
@@ -255,14 +256,17 @@ class HubProtocol(Generic[I, R, A]):
         targets = self.routing.route_commands(run.type, ids, run.recipient or None, now)
         if targets is None:
             for msg_id in ids:
-                self._no_route(origin, msg_id, run.type, run.recipient)
+                self._no_route(origin, msg_id, run.type, run.recipient, 1)
             return
         self.stats.routed += len(ids)
         self.io.forward_run(run, targets, origin)
 
-    def _no_route(self, origin: bytes, msg_id: bytes, msg_type: str, recipient: str) -> None:
+    def _no_route(
+        self, origin: bytes, msg_id: bytes, msg_type: str, recipient: str, attempt: int
+    ) -> None:
         self.stats.no_route += 1
-        self.io.no_route(origin, msg_id, self.routing.no_route_reason(msg_type, recipient or None))
+        reason = self.routing.no_route_reason(msg_type, recipient or None)
+        self.io.no_route(origin, msg_id, reason, attempt)
 
     # ------------------------------------------------------------------ acks
 

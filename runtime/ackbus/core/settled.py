@@ -44,6 +44,9 @@ class Reason(enum.StrEnum):
     NO_ROUTE = "no-route"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    OUTCOME_UNKNOWN = "outcome-unknown"
+    """No final answer, and an attempt may have reached a receiver (its handler may
+    have run): what a timeout, a no-route or an expiry becomes then."""
 
 
 class MsgState(enum.Enum):
@@ -97,6 +100,9 @@ class Completion:
     missing: tuple[str, ...] = ()
     """For a failed event: the declared subscribers (schema services) no instance of
     which acked it."""
+    last_reason: Reason | None = None
+    """For an ``outcome-unknown`` failure: what the last answer or timer said
+    (``timeout``, ``no-route``, ``expired``)."""
 
     def __bool__(self) -> bool:
         return self.status is Status.ACKED

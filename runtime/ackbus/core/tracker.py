@@ -57,6 +57,11 @@ __all__ = [
 ]
 
 
+_HIDING = frozenset((Reason.TIMEOUT, Reason.NO_ROUTE, Reason.EXPIRED))
+"""Failure reasons that would hide a run: after an attempt that may have reached a
+receiver they become ``outcome-unknown``."""
+
+
 def backoff_delay(policy: Policy, attempt: int, rng: random.Random) -> float:
     """The pause after attempt ``attempt`` (1-based) before the next one.
 
@@ -156,6 +161,7 @@ class OutboundTracker:
         error: RemoteError | None = None,
         retry_after: float = 0.0,
         response: bytes | None = None,
+        attempt: int = 0,
     ) -> Completion | None:
         """An ack (or the hub's no-route answer) arrived. Returns the completion if it
         settled the message, else ``None`` (not settled yet, or unknown / late: an ack for
@@ -166,7 +172,15 @@ class OutboundTracker:
         is not permanent: then it is retried. RETRY_LATER retries after ``retry_after``
         seconds (or the backoff when 0). NO_ROUTE retries within the deadline, because a
         service may be restarting; if it never appears the reason is "no-route". EXPIRED
-        fails it.
+        fails it. IN_PROGRESS (a receiver runs its handler) re-arms a command's ack
+        timeout and frees the attempts sent so far from ``max_attempts``.
+
+        ``attempt`` is the attempt a NO_ROUTE, RETRY_LATER or EXPIRED answers (0: not
+        said, taken as the current one): an answer to an earlier attempt than the one
+        in flight only records that that attempt was not taken. A failure after an
+        attempt that may have reached a receiver (timed out unanswered, or in flight
+        when the message failed) or after a handler started is "outcome-unknown"
+        instead of "timeout", "no-route" or "expired".
         """
         p = self._pending.get(msg_id)
         if p is None or p.attempts == 0:
@@ -193,12 +207,22 @@ class OutboundTracker:
                     assert p.acked_by is not None
                     p.acked_by.append(receiver)
             return self._check_group(p, now)
+        if outcome == Outcome.IN_PROGRESS:
+            self._in_progress(p, now)
+            return None
         if outcome == Outcome.REJECTED:
             if p.policy.retry_rejected and not (error is not None and error.permanent):
+                p.unknown |= 1  # the handler ran (and raised)
                 p.last_reason = Reason.REJECTED
                 p.last_error = error
                 return self._negative(p, now, 0.0)
             return self._complete(p, Status.FAILED, Reason.REJECTED, now, error=error)
+        if attempt and attempt != p.attempts:
+            # An answer to an earlier attempt: that one was not taken; the current
+            # attempt is still out (its own answer or timeout decides).
+            p.unknown &= ~(1 << attempt)
+            if outcome != Outcome.EXPIRED:
+                return None
         if outcome == Outcome.RETRY_LATER:
             return self._negative(p, now, retry_after)
         if outcome == Outcome.NO_ROUTE:
@@ -207,6 +231,18 @@ class OutboundTracker:
         if outcome == Outcome.EXPIRED:
             return self._complete(p, Status.FAILED, Reason.EXPIRED, now, error=error)
         return None
+
+    def _in_progress(self, p: _Pending, now: float) -> None:
+        """A receiver says it runs ``p``'s handler: the lease. The attempts sent so far
+        no longer count against ``max_attempts`` (a receiver that dies mid-handler then
+        still gets the policy's full retries), and a command waits another ack timeout
+        before its next attempt (the deadline still bounds it). An event's retries keep
+        their schedule: other subscribers may still miss it."""
+        p.unknown |= 1
+        p.free = p.attempts
+        if p.expect == 1 and (p.state is MsgState.IN_FLIGHT or p.state is MsgState.BACKOFF):
+            p.state = MsgState.IN_FLIGHT
+            self._arm(p, min(now + p.policy.ack_timeout, p.deadline))
 
     def ack_ok(
         self, msg_ids: Iterable[bytes], now: float, receiver: Identity | None
@@ -298,6 +334,8 @@ class OutboundTracker:
         p = self._pending.get(msg_id)
         if p is None:
             return None
+        if p.state is MsgState.IN_FLIGHT:
+            p.unknown |= 1 << p.attempts
         return self._complete(p, Status.FAILED, Reason.CANCELLED, now)
 
     def tick(self, now: float) -> list[TrackerAction]:
@@ -438,13 +476,16 @@ class OutboundTracker:
         return None
 
     def _fire(self, p: _Pending, now: float, out: list[TrackerAction]) -> None:
+        state = p.state
+        if state is MsgState.IN_FLIGHT:
+            # This attempt's ack timeout (or the deadline) ran out, unanswered: it may
+            # have reached a receiver.
+            p.unknown |= 1 << p.attempts
         if now >= p.deadline:
             out.append(self._complete(p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now))
             return
-        state = p.state
         if state is MsgState.IN_FLIGHT:
-            # This attempt's ack timeout ran out.
-            if p.attempts >= p.policy.max_attempts and not self._unreached(p):
+            if p.attempts - p.free >= p.policy.max_attempts and not self._unreached(p):
                 out.append(self._fail_exhausted(p, now))
                 return
             p.state = MsgState.BACKOFF
@@ -460,7 +501,7 @@ class OutboundTracker:
 
     def _negative(self, p: _Pending, now: float, delay: float) -> Completion | None:
         """A receiver or the hub answered but did not take the message: retry later."""
-        if p.attempts >= p.policy.max_attempts:
+        if p.attempts - p.free >= p.policy.max_attempts:
             return self._fail_exhausted(p, now)
         if delay <= 0.0:
             delay = backoff_delay(p.policy, p.attempts, self._rng)
@@ -539,6 +580,9 @@ class OutboundTracker:
         del self._pending[p.msg_id]
         p.done = True
         p.timer = 0
+        last = None
+        if p.unknown and reason in _HIDING:
+            last, reason = reason, Reason.OUTCOME_UNKNOWN
         if p.state is MsgState.QUEUED:
             queue = self._queues[p.destination]
             queue.remove(p)
@@ -560,6 +604,7 @@ class OutboundTracker:
             error,
             response,
             self._missing(p) if status is Status.FAILED and p.policy.subscribers else (),
+            last,
         )
 
     def _free_slot(self, destination: str, now: float) -> None:

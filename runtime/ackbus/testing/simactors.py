@@ -170,6 +170,8 @@ class Ledger:
     ("hub-restart"). From then on two instances may hold a dedupe entry, and a second run is
     allowed. Any other change of instance is a sticky-routing violation."""
     reruns: Counter[str] = field(default_factory=Counter)
+    started: set[bytes] = field(default_factory=set)
+    """Messages whose handler started somewhere (a failed report must not hide them)."""
     violations: list[str] = field(default_factory=list)
 
 
@@ -396,6 +398,7 @@ class SimEndpoint:
     def _run(self, item: Item, now: float) -> None:
         """Run the handler: at once (acked with its batch) or after a while. A durable
         handler returns at once; its inbox commit takes the while."""
+        self.ledger.started.add(item.id)
         if self.durable is not None:
             exc = self._outcome()
             if exc is None:
@@ -577,13 +580,15 @@ class SimHub:
     ) -> None:
         self.net.send(HUB, origin.decode(), Routed(msg_id, services, implements))
 
-    def no_route(self, origin: bytes, msg_id: bytes, reason: str) -> None:
+    def no_route(self, origin: bytes, msg_id: bytes, reason: str, attempt: int) -> None:
         error = RemoteError("NoRoute", reason)
-        ack = AckReply(msg_id, Outcome.NO_ROUTE, HUB_IDENTITY, error)
+        ack = AckReply(msg_id, Outcome.NO_ROUTE, HUB_IDENTITY, error, attempt=attempt)
         self.net.send(HUB, origin.decode(), AckGroup(_token(HUB_IDENTITY), [], [ack]))
 
-    def retry_later(self, origin: bytes, msg_id: bytes, after: float) -> None:
-        ack = AckReply(msg_id, Outcome.RETRY_LATER, HUB_IDENTITY, retry_after=after)
+    def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
+        ack = AckReply(
+            msg_id, Outcome.RETRY_LATER, HUB_IDENTITY, retry_after=after, attempt=attempt
+        )
         self.net.send(HUB, origin.decode(), AckGroup(_token(HUB_IDENTITY), [], [ack]))
 
     def forward_acks(

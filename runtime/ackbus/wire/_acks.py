@@ -24,13 +24,15 @@ def encode_full_ack(
     retry_after: float = 0.0,
     response: bytes = b"",
     response_type: str = "",
+    attempt: int = 0,
 ) -> bytes:
     """A serialized full :class:`Ack` for one message.
 
     ``receiver`` is who acks (an instance, or a hub answering for it); ``acked_at_ns`` Unix
     time in ns (0: not given); ``error`` what a handler or the hub reports; ``retry_after``
     seconds the sender should pause (whole ms on the wire; 0: none given); ``response`` and
-    ``response_type`` a request's answer."""
+    ``response_type`` a request's answer; ``attempt`` the attempt a no-route,
+    retry-later or expired answer is about (0: not said)."""
     ack = envelope_pb2.Ack(message_id=message_id, outcome=envelope_pb2.Outcome.ValueType(outcome))
     if receiver is not None:
         ack.receiver.service = receiver.service
@@ -46,6 +48,8 @@ def encode_full_ack(
     if response or response_type:
         ack.response = response
         ack.response_type = response_type
+    if attempt:
+        ack.attempt = attempt
     return ack.SerializeToString()
 
 
@@ -60,6 +64,7 @@ def encode_ack(a: AckReply) -> bytes:
         retry_after=a.retry_after,
         response=a.response,
         response_type=a.response_type,
+        attempt=a.attempt,
     )
 
 
@@ -84,6 +89,7 @@ def ack_replies(group: AckGroup) -> list[AckReply]:
                 ack.retry_after_ms / 1000,
                 ack.response,
                 ack.response_type,
+                ack.attempt,
             )
         )
     return out
