@@ -196,7 +196,9 @@ def test_deadline_caps_every_timer() -> None:
     t = tracker()
     submit(t, policy=P.with_(deadline=2.0, max_attempts=100))
     sent, done = run_until_settled(t)
-    assert [w for w, _ in sent] == [1.5]
+    # Attempt 2 would be due at 1.5, but its ack timeout would end after the deadline:
+    # cut short, it could only end "outcome unknown". None is sent.
+    assert sent == []
     assert done.completed_at == 2.0
     # Transmitted and never answered: the handler may have run.
     assert done.reason is Reason.OUTCOME_UNKNOWN
@@ -792,3 +794,25 @@ def test_in_progress_from_one_subscriber_keeps_an_events_retries_on_schedule() -
     assert t.next_deadline() == 1.0  # not re-armed: b may have missed it
     t.tick(1.0)
     assert t.tick(1.5) == [Transmit(b"m", 2, "hub")]
+
+
+def test_no_retry_goes_out_that_the_deadline_would_cut_short() -> None:
+    # Every attempt answered NO_ROUTE at once, with retries every few ms: at the deadline
+    # no attempt is in flight, so the failure is NoRoute, whatever the timing.
+    t = tracker()
+    policy = P.with_(
+        ack_timeout=0.2, backoff_base=0.003, backoff_cap=0.003, deadline=0.5, max_attempts=10**6
+    )
+    submit(t, policy=policy)
+    t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.001, attempt=1)
+    last = 0.0
+    while (when := t.next_deadline()) is not None:
+        for action in t.tick(when):
+            if isinstance(action, Transmit):
+                last = when
+                t.ack(b"m", outcome=Outcome.NO_ROUTE, now=when + 0.001, attempt=action.attempt)
+            else:
+                done = action
+    assert last <= 0.5 - 0.2
+    assert (done.reason, done.completed_at) == (Reason.NO_ROUTE, 0.5)
+    assert done.attempts > 50

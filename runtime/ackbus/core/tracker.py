@@ -22,7 +22,9 @@ backoff(n)`` where ``backoff(n) = min(cap, base * 2**(n-1)) * U(1 - jitter, 1 + 
 (``U`` from the seeded ``rng``). A negative ack received at ``t`` schedules the next attempt
 at ``t + retry_after`` (retry-later with a hint) or ``t + backoff(n)``. No timer ever runs past
 the message's deadline (``policy.deadline`` after submit): a message still unsettled then
-fails. After the last allowed attempt's ack timeout the message fails at once.
+fails; and no retry is sent whose ack timeout would end after the deadline (it could only
+end "outcome unknown"). After the last allowed attempt's ack timeout the message fails at
+once.
 
 Cost: submit and a positive ack are O(1) dict operations plus one heap push (timers are
 deleted lazily: a superseded heap entry is skipped when it surfaces, and the heap is
@@ -492,9 +494,15 @@ class OutboundTracker:
             delay = backoff_delay(p.policy, p.attempts, self._rng)
             self._arm(p, min(now + delay, p.deadline))
         elif state is MsgState.BACKOFF:
+            if now + p.policy.ack_timeout > p.deadline:
+                # A retry the deadline would cut short before its ack timeout could only
+                # end "outcome unknown" (in flight, unanswered): none is sent; late
+                # answers to earlier attempts are still heard until the deadline.
+                self._arm(p, p.deadline)
+                return
             p.attempts += 1
             p.state = MsgState.IN_FLIGHT
-            self._arm(p, min(now + p.policy.ack_timeout, p.deadline))
+            self._arm(p, now + p.policy.ack_timeout)
             out.append(Transmit(p.msg_id, p.attempts, p.destination))
         else:  # pragma: no cover - queued timers sit at the deadline, handled above
             raise AssertionError(f"timer fired for a {state.value} message before its deadline")
