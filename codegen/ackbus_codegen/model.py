@@ -108,6 +108,7 @@ class ServiceDocs:
     client: str
     blocking_client: str
     handler: str
+    sync_handler: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,8 @@ class Service:
     client: str
     blocking_client: str
     handler: str
+    sync_handler: str
+    """The handler base whose ``on_*`` methods are plain ``def`` (run in worker threads)."""
     doc: str
     methods: tuple[Method, ...]
     docs: ServiceDocs
@@ -387,6 +390,7 @@ class _Builder:
         client = self.names.claim(f"{svc.name}Client", owner)
         blocking = self.names.claim(f"{svc.name}BlockingClient", owner)
         handler = self.names.claim(f"{svc.name}Handler", owner)
+        sync_handler = self.names.claim(f"{svc.name}SyncHandler", owner)
         self.abc.add("Mapping")  # the headers= argument
         methods: list[Method] = []
         attrs = Namespace(
@@ -428,8 +432,19 @@ class _Builder:
                     doc,
                 )
             ),
+            sync_handler=docstring(
+                _join(
+                    _fill(
+                        f"Handlers of service {full} as plain ``def`` methods: override the "
+                        "``on_*`` methods you serve. They run in the endpoint's worker "
+                        "threads (``Endpoint(workers=...)``), so code that blocks does not "
+                        "stall its loop."
+                    ),
+                    doc,
+                )
+            ),
         )
-        return Service(full, client, blocking, handler, doc, tuple(methods), docs)
+        return Service(full, client, blocking, handler, sync_handler, doc, tuple(methods), docs)
 
     def method(
         self,
@@ -678,7 +693,7 @@ def build_file(
     b.registry(type_names)
     m = b.model
     for svc in services:
-        m.exports += [svc.client, svc.blocking_client, svc.handler]
+        m.exports += [svc.client, svc.blocking_client, svc.handler, svc.sync_handler]
     m.exports += [p.name for p in m.policies]
     m.exports.append("REGISTRY")
     m.exports.sort()

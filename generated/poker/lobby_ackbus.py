@@ -28,11 +28,13 @@ __all__ = [
     "AuditBlockingClient",
     "AuditClient",
     "AuditHandler",
+    "AuditSyncHandler",
     "LOBBY_HAND_STARTED_POLICY",
     "LOBBY_REGISTER_SERVICE_POLICY",
     "LobbyBlockingClient",
     "LobbyClient",
     "LobbyHandler",
+    "LobbySyncHandler",
     "REGISTRY",
 ]
 
@@ -578,6 +580,45 @@ class LobbyHandler(ackbus.Handler):
         )
 
 
+class LobbySyncHandler(ackbus.Handler):
+    """Handlers of service poker.Lobby as plain ``def`` methods: override the ``on_*``
+    methods you serve. They run in the endpoint's worker threads
+    (``Endpoint(workers=...)``), so code that blocks does not stall its loop.
+
+    Registers services and keeps the list of tables.
+    """
+
+    __ackbus_service__ = "poker.Lobby"
+    __ackbus_methods__ = LobbyHandler.__ackbus_methods__
+
+    @ackbus.unimplemented
+    def on_register_service(
+        self, msg: lobby_pb2.ServiceRegistration, ctx: ackbus.Context
+    ) -> lobby_pb2.RegistrationResult:
+        """Register a service instance; the reply says which tables it serves.
+
+        Runs for each poker.ServiceRegistration delivered to this service; returns the
+        poker.RegistrationResult reply.
+        """
+        raise NotImplementedError(
+            "LobbySyncHandler.on_register_service is not implemented: override it to handle "
+            "poker.Lobby.RegisterService"
+        )
+
+    @ackbus.unimplemented
+    def on_hand_started(
+        self, msg: table_pb2.HandStarted, ctx: ackbus.Context
+    ) -> None:
+        """Keeps the lobby's table list current.
+
+        Runs for each poker.HandStarted delivered to this service.
+        """
+        raise NotImplementedError(
+            "LobbySyncHandler.on_hand_started is not implemented: override it to handle "
+            "poker.Lobby.HandStarted"
+        )
+
+
 class AuditClient:
     """Async client of service poker.Audit.
 
@@ -762,6 +803,31 @@ class AuditHandler(ackbus.Handler):
         """
         raise NotImplementedError(
             "AuditHandler.on_hand_started is not implemented: override it to handle "
+            "poker.Audit.HandStarted"
+        )
+
+
+class AuditSyncHandler(ackbus.Handler):
+    """Handlers of service poker.Audit as plain ``def`` methods: override the ``on_*``
+    methods you serve. They run in the endpoint's worker threads
+    (``Endpoint(workers=...)``), so code that blocks does not stall its loop.
+
+    Records every hand for later review.
+    """
+
+    __ackbus_service__ = "poker.Audit"
+    __ackbus_methods__ = AuditHandler.__ackbus_methods__
+
+    @ackbus.unimplemented
+    def on_hand_started(
+        self, msg: table_pb2.HandStarted, ctx: ackbus.Context
+    ) -> None:
+        """Audit records must not be lost: retry for up to five minutes.
+
+        Runs for each poker.HandStarted delivered to this service.
+        """
+        raise NotImplementedError(
+            "AuditSyncHandler.on_hand_started is not implemented: override it to handle "
             "poker.Audit.HandStarted"
         )
 

@@ -31,6 +31,7 @@ __all__ = [
     "TableBlockingClient",
     "TableClient",
     "TableHandler",
+    "TableSyncHandler",
 ]
 
 _Fields: TypeAlias = dict[str, Any]
@@ -870,6 +871,71 @@ class TableHandler(ackbus.Handler):
         """
         raise NotImplementedError(
             "TableHandler.on_get_table_state is not implemented: override it to handle "
+            "poker.Table.GetTableState"
+        )
+
+
+class TableSyncHandler(ackbus.Handler):
+    """Handlers of service poker.Table as plain ``def`` methods: override the ``on_*``
+    methods you serve. They run in the endpoint's worker threads
+    (``Endpoint(workers=...)``), so code that blocks does not stall its loop.
+
+    The dealer of one table.
+    """
+
+    __ackbus_service__ = "poker.Table"
+    __ackbus_methods__ = TableHandler.__ackbus_methods__
+
+    @ackbus.unimplemented
+    def on_start_hand(
+        self, msg: table_pb2.StartHand, ctx: ackbus.Context
+    ) -> None:
+        """Start a new hand. The table publishes HandStarted once it has.
+
+        Runs for each poker.StartHand delivered to this service.
+        """
+        raise NotImplementedError(
+            "TableSyncHandler.on_start_hand is not implemented: override it to handle "
+            "poker.Table.StartHand"
+        )
+
+    @ackbus.unimplemented
+    def on_deal_cards(
+        self, msg: table_pb2.DealCards, ctx: ackbus.Context
+    ) -> None:
+        """Deal cards for the current hand.
+
+        Runs for each poker.DealCards delivered to this service.
+        """
+        raise NotImplementedError(
+            "TableSyncHandler.on_deal_cards is not implemented: override it to handle "
+            "poker.Table.DealCards"
+        )
+
+    @ackbus.unimplemented
+    def on_player_action(
+        self, msg: table_pb2.PlayerAction, ctx: ackbus.Context
+    ) -> None:
+        """Take a player's action; stale or illegal actions are rejected, not retried.
+
+        Runs for each poker.PlayerAction delivered to this service.
+        """
+        raise NotImplementedError(
+            "TableSyncHandler.on_player_action is not implemented: override it to handle "
+            "poker.Table.PlayerAction"
+        )
+
+    @ackbus.unimplemented
+    def on_get_table_state(
+        self, msg: table_pb2.GetTableState, ctx: ackbus.Context
+    ) -> table_pb2.TableState:
+        """The table's current state.
+
+        Runs for each poker.GetTableState delivered to this service; returns the
+        poker.TableState reply.
+        """
+        raise NotImplementedError(
+            "TableSyncHandler.on_get_table_state is not implemented: override it to handle "
             "poker.Table.GetTableState"
         )
 

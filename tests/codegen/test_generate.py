@@ -443,6 +443,31 @@ async def test_handler_base() -> None:
         await Table().on_deal_cards(table_pb2.DealCards(), ctx)
 
 
+def test_sync_handler_base() -> None:
+    """Beside each async base, a base of plain ``def`` methods: the same service and rpcs
+    (the very MethodSpecs), registered alike, routed to the worker pool."""
+    from ackbus._dispatch import Dispatcher
+    from poker import table_ackbus, table_pb2
+
+    class Table(table_ackbus.TableSyncHandler):
+        def on_get_table_state(
+            self, msg: table_pb2.GetTableState, ctx: ackbus.Context
+        ) -> table_pb2.TableState:
+            return table_pb2.TableState(table_id=msg.table_id)
+
+    base = table_ackbus.TableSyncHandler
+    assert base.__ackbus_service__ == "poker.Table"
+    assert base.__ackbus_methods__ is table_ackbus.TableHandler.__ackbus_methods__
+    assert [m.name for m in Table.implemented_methods()] == ["GetTableState"]
+    (route,) = Dispatcher().add_handler(Table())
+    assert (route.sync, route.response) == (True, table_pb2.TableState)
+    ctx = ackbus.Context(b"\x00" * 16, "poker.DealCards", ackbus.Identity("t", "1"), 1, 0, 0, 0)
+    with pytest.raises(
+        NotImplementedError, match=r"TableSyncHandler\.on_deal_cards is not implemented"
+    ):
+        Table().on_deal_cards(table_pb2.DealCards(), ctx)
+
+
 def test_registry_names_and_legacy_names() -> None:
     from poker import lobby_ackbus, table_ackbus, table_pb2
 

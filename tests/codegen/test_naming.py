@@ -218,10 +218,11 @@ def test_proto2_fields(compile_request: Compile) -> None:
 def test_service_and_method_names(compile_request: Compile) -> None:
     model = _model(compile_request, {"n.proto": SCHEMA}, "n.proto")
     svc = model.services[0]
-    assert (svc.client, svc.blocking_client, svc.handler) == (
+    assert (svc.client, svc.blocking_client, svc.handler, svc.sync_handler) == (
         "SvcClient",
         "SvcBlockingClient",
         "SvcHandler",
+        "SvcSyncHandler",
     )
     m = svc.methods[0]
     assert (m.send, m.send_message, m.request, m.handler) == (
@@ -238,6 +239,7 @@ def test_service_and_method_names(compile_request: Compile) -> None:
         "SvcBlockingClient",
         "SvcClient",
         "SvcHandler",
+        "SvcSyncHandler",
     ]
 
 

@@ -23,7 +23,7 @@ RUNTIME_ROOT = Path(ackbus.__file__).resolve().parents[1]
 HEADER = """\
 import ackbus
 from poker import cards_pb2, lobby_pb2, table_pb2
-from poker.table_ackbus import TableBlockingClient, TableClient, TableHandler
+from poker.table_ackbus import TableBlockingClient, TableClient, TableHandler, TableSyncHandler
 
 """
 
@@ -40,6 +40,30 @@ BAD = {
                 self, msg: table_pb2.GetTableState, ctx: ackbus.Context
             ) -> lobby_pb2.RegistrationResult:
                 return lobby_pb2.RegistrationResult()
+    """,
+    "sync_override_of_the_async_base": """
+        class Table(TableHandler):
+            def on_start_hand(  # error
+                self, msg: table_pb2.StartHand, ctx: ackbus.Context
+            ) -> None: ...
+    """,
+    "async_override_of_the_sync_base": """
+        class Table(TableSyncHandler):
+            async def on_start_hand(  # error
+                self, msg: table_pb2.StartHand, ctx: ackbus.Context
+            ) -> None: ...
+    """,
+    "sync_handler_wrong_reply_type": """
+        class Table(TableSyncHandler):
+            def on_get_table_state(  # error
+                self, msg: table_pb2.GetTableState, ctx: ackbus.Context
+            ) -> lobby_pb2.RegistrationResult:
+                return lobby_pb2.RegistrationResult()
+    """,
+    "def_handler_function_of_wrong_message_type": """
+        def on_deal(msg: table_pb2.DealCards, ctx: ackbus.Context) -> None: ...
+        def f(ep: ackbus.Endpoint) -> None:
+            ep.register_handler(table_pb2.StartHand, on_deal)  # error
     """,
     "field_of_wrong_type": """
         async def f(client: TableClient) -> None:
@@ -127,6 +151,37 @@ GOOD = """
             self, msg: table_pb2.GetTableState, ctx: ackbus.Context
         ) -> table_pb2.TableState:
             return table_pb2.TableState(table_id=msg.table_id)
+
+    class SyncTable(TableSyncHandler):
+        def on_start_hand(self, msg: table_pb2.StartHand, ctx: ackbus.Context) -> None:
+            print(msg.table_id, ctx.attempt)
+
+        def on_get_table_state(
+            self, msg: table_pb2.GetTableState, ctx: ackbus.Context
+        ) -> table_pb2.TableState:
+            return table_pb2.TableState(table_id=msg.table_id)
+
+    def on_start(msg: table_pb2.StartHand, ctx: ackbus.Context) -> None:
+        print(msg.seats)
+
+    def on_state(msg: table_pb2.GetTableState, ctx: ackbus.Context) -> table_pb2.TableState:
+        return table_pb2.TableState()
+
+    async def on_start_async(msg: table_pb2.StartHand, ctx: ackbus.Context) -> None:
+        print(msg.seats)
+
+    def by_name(payload: dict[str, object], ctx: ackbus.Context) -> None:
+        print(payload)
+
+    def handlers(ep: ackbus.Endpoint, blocking: ackbus.BlockingEndpoint) -> None:
+        ep.register(Table())
+        ep.register(SyncTable())
+        ep.register_handler(table_pb2.StartHand, on_start)
+        ep.register_handler(table_pb2.StartHand, on_start_async)
+        ep.register_handler(table_pb2.GetTableState, on_state, response=table_pb2.TableState)
+        ep.register_handler("StartHand", by_name)
+        blocking.register_handler(table_pb2.StartHand, on_start)
+        print(ackbus.Endpoint("svc", "tcp://x", workers=4))
 
     async def f(client: TableClient, blocking: TableBlockingClient) -> None:
         report: ackbus.DeliveryReport = await client.send_player_action(

@@ -25,6 +25,7 @@ from ackbus import Context, DeliveryReport, Reject, RetryLater, Untyped
 from ackbus.endpoint import Endpoint
 from ackbus.transport import Backend
 from ackbus.wire_pb2 import Bye, Welcome
+from poker import table_ackbus, table_pb2
 from proc_harness import Procs
 
 FAST = helpers.FAST.with_(ack_timeout=0.5)
@@ -207,6 +208,30 @@ async def test_a_plain_function_that_returns_a_coroutine_is_refused_clearly(bus:
         report = await dealer.send(Bye(), timeout=1)
     assert not report
     assert "returned a coroutine; declare the handler `async def`" in str(report.error)
+
+
+async def test_a_generated_sync_handler_serves_commands_and_requests(bus: Bus) -> None:
+    started: list[str] = []
+
+    class Table(table_ackbus.TableSyncHandler):
+        def on_start_hand(self, msg: table_pb2.StartHand, ctx: Context) -> None:
+            time.sleep(0.01)
+            started.append(threading.current_thread().name)
+
+        def on_get_table_state(
+            self, msg: table_pb2.GetTableState, ctx: Context
+        ) -> table_pb2.TableState:
+            return table_pb2.TableState(table_id=msg.table_id, hand_number=len(started))
+
+    async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
+        table.register(Table())
+        await asyncio.sleep(0.05)
+        client = table_ackbus.TableClient(dealer)
+        report = await client.send_start_hand(table_id="t1", seats=6, timeout=3)
+        state = await client.request_get_table_state(table_id="t1", timeout=3)
+    assert report, report.error
+    assert (state.table_id, state.hand_number) == ("t1", 1)
+    assert started[0].startswith("ackbus-table-handler")
 
 
 # -- the load test: a blocking handler and many pipelined sends -----------------------------
