@@ -245,10 +245,61 @@ def test_an_abandoned_run_runs_again() -> None:
     proto, io = make()
     item = Item(b"c" * 16)
     assert proto.accept(0, item, 0.0)
-    assert not proto.accept(0, item, 0.1)  # RUNNING: no answer
+    assert not proto.accept(0, item, 0.1)  # RUNNING: answered IN_PROGRESS, not run
     proto.abandon(item.id)
     assert proto.accept(0, item, 0.2)
-    assert [a for a in io.take() if a[0] != "hello"] == []
+    acks = [a for a in io.take() if a[0] != "hello"]
+    assert [(a[0], a[2].outcome) for a in acks] == [("ack", Outcome.IN_PROGRESS)]
+
+
+# -- the lease: a running handler says so -----------------------------------------------------
+
+
+def test_a_running_handler_is_announced_every_progress_interval_until_it_ends() -> None:
+    proto, io = make()
+    assert proto.progress == 0.25  # a quarter of the (default 1 s) heartbeat
+    fast, slow = Item(b"f" * 16), Item(b"s" * 16, peer=b"p2")
+    proto.begin_batch(0, 0.0)
+    assert proto.accept(0, slow, 0.0)
+    assert proto.accept(0, fast, 0.0)
+    proto.handled_ok(fast.id, fast.peer)  # returned at once: never announced
+    proto.end_batch()
+    io.take()
+    assert proto.running_count() == 1
+    assert proto.next_deadline() == 0.25
+    notices = []
+    for t in (0.25, 0.5, 0.75, 1.0):
+        proto.tick(t)
+        notices += [(t, a[2].msg_id, a[2].outcome, a[3]) for a in io.take() if a[0] == "ack"]
+    assert notices == [(t, slow.id, Outcome.IN_PROGRESS, b"p2") for t in (0.25, 0.5, 0.75, 1.0)]
+    proto.handled(0, slow, 1.1)
+    assert proto.running_count() == 0
+    proto.tick(1.25)
+    assert [a for a in io.take() if a[0] == "ack"] == []
+    assert proto.stats.in_progress == 4
+
+
+def test_a_retry_of_a_running_message_hears_in_progress_at_once() -> None:
+    proto, io = make()
+    item = Item(b"r" * 16)
+    proto.begin_batch(0, 0.0)
+    assert proto.accept(0, item, 0.0)
+    assert not proto.accept(0, item, 0.0)  # a copy in the same batch: no answer
+    proto.end_batch()
+    assert io.take() == []
+    proto.begin_batch(0, 0.1)
+    assert not proto.accept(0, Item(item.id, peer=b"p9"), 0.1)  # a retry, via another token
+    proto.end_batch()
+    ((kind, _, ack, peer),) = io.take()
+    assert (kind, ack.outcome, peer) == ("ack", Outcome.IN_PROGRESS, b"p9")
+
+
+def test_a_durable_ack_after_commit_ends_the_lease() -> None:
+    proto, _io = make()
+    item = Item(b"d" * 16)
+    assert proto.accept(0, item, 0.0)
+    proto.ack_ok(0, [item.id], [item.peer], 0.5)  # what durable mode calls after its commit
+    assert proto.running_count() == 0
 
 
 def test_not_registered_says_hello_again_and_other_refusals_reject() -> None:

@@ -113,12 +113,17 @@ async def test_slow_handler_is_retried_but_runs_once(bus: Bus) -> None:
 
     async def slow(msg: Bye, ctx: Context) -> None:
         runs.append(ctx.message_id)
-        await asyncio.sleep(0.5)  # longer than two ack timeouts: the sender retries
+        await asyncio.sleep(0.5)  # longer than many ack timeouts: the sender retries
 
+    # An ack timeout shorter than the receiver's IN_PROGRESS interval (a quarter of its
+    # 0.2 s heartbeat): the sender retries, and each retry reaches the running handler,
+    # which answers IN_PROGRESS at once instead of running again; with the lease those
+    # retries are not spent (max_attempts=2 would have failed it before).
+    eager = FAST.with_(ack_timeout=0.02, max_attempts=2)
     async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
         table.register_handler(Bye, slow)
-        await asyncio.sleep(0.05)
-        report = await dealer.send(Bye(), timeout=3)
+        await asyncio.sleep(2.5 * HEARTBEAT)  # past the hub's grace (retries wait then)
+        report = await dealer.send(Bye(), timeout=3, policy=eager)
         assert report, report.error
         assert report.attempts >= 2
         assert len(runs) == 1

@@ -114,6 +114,8 @@ class EndpointStats:
     handler_errors: int = 0
     duplicates: int = 0
     """Received duplicates answered without running the handler."""
+    in_progress: int = 0
+    """IN_PROGRESS notices sent for handlers still running (the lease)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Bad input refused, by code."""
 
@@ -145,6 +147,17 @@ class EndpointIO(Protocol):
 
     def hub_silent(self, hub: int, silence: float) -> None:
         """``hub`` said nothing for ``silence`` seconds (the protocol says hello again)."""
+
+
+class _Running:
+    """A message whose handler runs: where its IN_PROGRESS notices go, and since when."""
+
+    __slots__ = ("hub", "peer", "started")
+
+    def __init__(self, hub: int, peer: bytes, started: float) -> None:
+        self.hub = hub
+        self.peer = peer
+        self.started = started
 
 
 class _Hub:
@@ -183,6 +196,7 @@ class EndpointProtocol:
         seed: int | None = None,
         wall_offset: float = 0.0,
         hello_retry: float = 1.0,
+        progress: float | None = None,
     ) -> None:
         self.identity = identity
         self.io = io
@@ -202,6 +216,15 @@ class EndpointProtocol:
         self._types: frozenset[str] = frozenset()
         self.hello_retry = hello_retry
         """Seconds to wait for a WELCOME before saying HELLO again."""
+        self.progress = heartbeat / 4 if progress is None else progress
+        """Seconds between IN_PROGRESS notices for a running handler (a quarter of the
+        heartbeat unless given): a handler running longer tells its sender so, every
+        ``progress`` seconds, so that a sender whose ack timeout is longer neither
+        retries nor spends attempts on it (docs/decisions.md)."""
+        self._running: dict[bytes, _Running] = {}
+        """Messages whose handlers run, in start order."""
+        self._progress_at: float | None = None
+        """When the next IN_PROGRESS sweep is due (None: at the oldest start + progress)."""
         self.closed = False
         self.receiving = False
         """True between :meth:`begin_batch` and :meth:`end_batch`."""
@@ -437,11 +460,28 @@ class EndpointProtocol:
             self.stats.duplicates += 1
             if verdict is Verdict.DONE:
                 self.reack(hub, item)
-            return False  # RUNNING: the ack follows when the first run ends
+                return False
+            # RUNNING: the ack follows when the first run ends; a retry from an earlier
+            # batch hears now that its handler runs (its sender spends no attempt on it).
+            running = self._running.get(item.id)
+            if running is not None and running.started < now:
+                running.hub, running.peer = hub, item.peer
+                self._in_progress(hub, item.id, item.peer)
+            return False
+        self._running[item.id] = _Running(hub, item.peer, now)
         return True
+
+    def _in_progress(self, hub: int, msg_id: bytes, peer: bytes) -> None:
+        self.stats.in_progress += 1
+        self.io.send_ack(hub, AckReply(msg_id, Outcome.IN_PROGRESS, self.identity), peer)
+
+    def running_count(self) -> int:
+        """Messages whose handlers this endpoint runs now (the ones its lease covers)."""
+        return len(self._running)
 
     def undecodable(self, hub: int, item: InboundItem, why: str, now: float) -> None:
         """An accepted message whose envelope or body could not be decoded."""
+        self._running.pop(item.id, None)
         error = RemoteError("RemoteProtocolError", f"undecodable {item.type} message: {why}", True)
         self.deduper.finish(item.id, Outcome.REJECTED, now, error=error)
         self.stats.refused["MALFORMED"] += 1
@@ -452,6 +492,7 @@ class EndpointProtocol:
         with the batch at :meth:`end_batch`. Until then a copy of the message later in
         the batch is RUNNING and gets no ack of its own; the batch's ack settles it."""
         self.stats.handled += 1
+        self._running.pop(msg_id, None)
         self._batch_ok.append(msg_id)
         self._batch_peers.append(peer)
 
@@ -467,6 +508,7 @@ class EndpointProtocol:
         """A handler ended: returned (``exc`` None; ``response`` for a request) or
         raised ``exc``. A cancelled run goes to :meth:`abandon` instead."""
         mid = item.id
+        self._running.pop(mid, None)
         if self.closed:
             self.deduper.abandon(mid)
             return
@@ -502,12 +544,17 @@ class EndpointProtocol:
     def abandon(self, msg_id: bytes) -> None:
         """A run ended without an answer (cancelled, not committed): forget it, so
         the sender's retry runs the handler again."""
+        self._running.pop(msg_id, None)
         self.deduper.abandon(msg_id)
 
     def ack_ok(self, hub: int, ids: list[bytes], peers: list[bytes], now: float) -> None:
         """Finish ``ids`` (handled, OK, no response) in the deduper and ack them through
         ``hub``, each to its sender (``peers``, in the same order): one deduper call and
         one ack run per sender."""
+        running = self._running
+        if running:  # durable mode acks here after its commit; batches after handled_ok
+            for mid in ids:
+                running.pop(mid, None)
         if self.closed:
             for mid in ids:
                 self.deduper.abandon(mid)
@@ -556,7 +603,17 @@ class EndpointProtocol:
             t = hub.hello_at
             if t is not None and (best is None or t < best):
                 best = t
+        t = self._progress_due()
+        if t is not None and (best is None or t < best):
+            best = t
         return best
+
+    def _progress_due(self) -> float | None:
+        if not self._running:
+            return None
+        if self._progress_at is not None:
+            return self._progress_at
+        return next(iter(self._running.values())).started + self.progress
 
     def tick(self, now: float) -> None:
         """Time passed: retries, deadlines, heartbeats, silent hubs, dedupe expiry."""
@@ -583,6 +640,22 @@ class EndpointProtocol:
             if hub.hello_at is not None and hub.hello_at <= now:
                 self._hello(hub, now)
         self.deduper.tick(now)
+        due = self._progress_due()
+        if due is None:
+            self._progress_at = None
+        elif due <= now:
+            self._sweep_progress(now)
+
+    def _sweep_progress(self, now: float) -> None:
+        """Tell the sender of every handler running for ``progress`` seconds or more
+        that it still runs (IN_PROGRESS): the lease. Runs every ``progress`` seconds
+        while handlers run; a running set is bounded by the receiver's credit."""
+        started_by = now - self.progress
+        for mid, r in self._running.items():
+            if r.started > started_by:
+                break  # start order: the rest are younger
+            self._in_progress(r.hub, mid, r.peer)
+        self._progress_at = now + self.progress
 
 
 def delivery_error(c: Completion, no_route: str = "", why: str = "") -> DeliveryError:

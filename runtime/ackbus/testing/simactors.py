@@ -54,6 +54,9 @@ HUB_GRACE = 2.0
 HELLO_RETRY = 0.2
 AT_ONCE = 0.3
 """Share of handler runs that return at once (acked with their batch)."""
+LONG = 0.1
+"""Share of the other runs that are long: 0.5 to 3 s, beyond the senders' ack timeout, so
+that they hold their lease with IN_PROGRESS notices."""
 
 
 # -- values on the simulated wire -----------------------------------------------------------
@@ -171,6 +174,8 @@ class Ledger:
     allowed. Any other change of instance is a sticky-routing violation."""
     reruns: Counter[str] = field(default_factory=Counter)
     started: set[bytes] = field(default_factory=set)
+    lease: Counter[str] = field(default_factory=Counter)
+    """Long handler runs, and the IN_PROGRESS notices sent."""
     """Messages whose handler started somewhere (a failed report must not hide them)."""
     violations: list[str] = field(default_factory=list)
 
@@ -342,6 +347,8 @@ class SimEndpoint:
         self.net.send(self.addr, HUB, AckGroup(peer, list(msg_ids), []))
 
     def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
+        if ack.outcome == Outcome.IN_PROGRESS:
+            self.ledger.lease["in-progress notices"] += 1
         self.net.send(self.addr, HUB, AckGroup(peer, [], [ack]))
 
     def send_hello(self, hub: int) -> None:
@@ -416,6 +423,10 @@ class SimEndpoint:
                 self._finish(item, at, in_batch=False)
                 self._flush()
 
+        if self.rng.random() < LONG:
+            self.ledger.lease["long handlers"] += 1
+            self.net.call_at(now + self.rng.uniform(0.5, 3.0), done)
+            return
         self.net.call_at(now + self.rng.uniform(0.0, 0.25), done)
 
     def _finish(self, item: Item, now: float, *, in_batch: bool) -> None:

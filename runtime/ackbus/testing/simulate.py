@@ -91,6 +91,8 @@ class SimResult:
     """Messages a durable sender crashed before committing to its outbox: lost, allowed."""
     store: Counter[str] = field(default_factory=Counter)
     """Durable stores: commits, and batches in flight at a crash that landed or were lost."""
+    lease: Counter[str] = field(default_factory=Counter)
+    """Long handler runs and the IN_PROGRESS notices that held their lease."""
     sim_time: float = 0.0
     net: dict[str, int] = field(default_factory=dict)
     faults: str = ""
@@ -297,6 +299,7 @@ def _finish(
     # Let in-flight deliveries and running handlers finish, then look for leaks.
     net.drain(max_time=net.now + 5.0)
     result.reruns = ledger.reruns
+    result.lease = ledger.lease
     result.net = {"sent": net.sent, "dropped": net.dropped, "dup": net.duplicated}
     for node in [*instances, *senders]:
         if node.store is not None:
@@ -314,6 +317,9 @@ def _finish(
         running = inst.proto.deduper.running_count()
         if inst.up and running:
             v.append(f"{inst.addr} still has {running} handlers running")
+        leased = inst.proto.running_count()
+        if inst.up and leased:
+            v.append(f"{inst.addr} still announces {leased} handlers in progress")
     if hub.up:
         table = hub.proto.routing
         table.tick(net.now + table.sticky_ttl + 1)
@@ -407,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         totals["acked"] += result.acked
         totals.update({f"failed {k}": n for k, n in result.failed.items()})
         totals.update({f"rerun after {k}": n for k, n in result.reruns.items()})
+        totals.update(result.lease)
         totals["durable seeds"] += bool(result.durable)
         totals["durable: not accepted (sender crashed first)"] += result.unaccepted
         totals.update({f"durable: {k}": n for k, n in result.store.items()})
