@@ -340,7 +340,12 @@ async def test_the_bridge_outlives_a_legacy_kill_9_and_restart(
 
         await warm_up(croupier, start_hand)
         procs.kill(first)
-        report = await ep.send(table_pb2.StartHand(table_id="while-down"), wait_ack=False)
+        # Each retry the PUSH refuses is answered RetryLater and spends an attempt: give it
+        # enough for the legacy process's restart on a loaded machine (the deadline rules).
+        patient = FAST.with_(max_attempts=200)
+        report = await ep.send(
+            table_pb2.StartHand(table_id="while-down"), wait_ack=False, policy=patient
+        )
         await until(lambda: bridge.stats.backpressure >= 1)
         procs.start(*legacy.argv, ready=b"ready")
         await report.wait(6)
