@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from ackbus import Identity
-from ackbus.core import dedupe, routing, tracker
+from ackbus.core import _pending, dedupe, routing
 from ackbus.core.endpoint_protocol import EndpointProtocol
 from ackbus.testing import simulate
 from ackbus.testing.simstore import SimStore
@@ -136,7 +136,7 @@ def _no_declared_subscribers(p: object) -> tuple[str, ...]:
 def test_simulation_catches_events_settled_without_their_subscribers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tracker.OutboundTracker, "_missing", staticmethod(_no_declared_subscribers))
+    monkeypatch.setattr(_pending, "missing", _no_declared_subscribers)
     bad = [
         s
         for s in range(6)

@@ -7,7 +7,7 @@ from ._common import RemoteError
 from ._values import Identity, Policy
 from .settled import MsgState, Reason
 
-__all__ = ["Pending"]
+__all__ = ["Pending", "missing", "unreached"]
 
 
 class Pending:
@@ -75,3 +75,25 @@ class Pending:
         self.covers: dict[str, frozenset[str]] | None = None
         """For an event with declared subscribers: the schema services each routed
         service implements, from the hub's ROUTED notices."""
+
+
+def missing(p: Pending) -> tuple[str, ...]:
+    """The declared subscribers of event ``p`` that no service acked for yet."""
+    got: set[str] = set()
+    covers = p.covers or {}
+    for service in p.acked_services or ():
+        got |= covers.get(service, frozenset())
+    return tuple(s for s in p.policy.subscribers if s not in got)
+
+
+def unreached(p: Pending) -> bool:
+    """Whether event ``p`` waits for a declared subscriber the hub did not route its
+    latest attempt to (none registered): such attempts do not spend the budget, so a
+    subscriber that is down waits until the deadline, not until the attempts run out."""
+    if not p.policy.subscribers:
+        return False
+    covers = p.covers or {}
+    reached: set[str] = set()
+    for service in p.services or ():
+        reached |= covers.get(service, frozenset())
+    return any(s not in reached for s in missing(p))

@@ -24,25 +24,24 @@ waiting line, the clock and the timer (armed at :meth:`EndpointProtocol.next_dea
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from ..errors import (
-    AckTimeout,
-    Cancelled,
-    DeliveryError,
-    Expired,
-    NoRoute,
-    OutcomeUnknown,
     Reject,
-    Rejected,
     RetryLater,
 )
 from ._common import Outcome, RemoteError
 from ._values import Identity, Policy
 from .dedupe import InboundDeduper, Verdict
+from .endpoint_io import (
+    FLAG_REQUEST,
+    NOT_REGISTERED,
+    AckReply,
+    EndpointIO,
+    EndpointStats,
+    InboundItem,
+    delivery_error,
+)
 from .liveness import Liveness, PeerDead, SendHeartbeat
 from .tracker import Admit, Completion, OutboundTracker, Reason, Transmit
 
@@ -54,99 +53,6 @@ __all__ = [
     "InboundItem",
     "delivery_error",
 ]
-
-FLAG_REQUEST = 1
-"""The item's flag bit that marks a request (its ack carries the response); the
-wire's ``FLAG_REQUEST`` has the same value (a test checks it)."""
-NOT_REGISTERED = "NOT_REGISTERED"
-"""The refusal code of a hub that does not know the endpoint (the wire's code)."""
-
-
-class InboundItem(Protocol):
-    """What the protocol reads of a received message (``ackbus.wire.MessageItem``
-    has these, and the simulation's messages do too)."""
-
-    @property
-    def id(self) -> bytes: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def peer(self) -> bytes: ...
-    @property
-    def flags(self) -> int: ...
-    @property
-    def deadline_ns(self) -> int: ...
-    @property
-    def attempt(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AckReply:
-    """A full acknowledgement, as plain values (the wire encodes and decodes it)."""
-
-    msg_id: bytes
-    outcome: Outcome
-    receiver: Identity | None = None
-    error: RemoteError | None = None
-    retry_after: float = 0.0
-    """Seconds (a RETRY_LATER ack)."""
-    response: bytes = b""
-    response_type: str = ""
-    attempt: int = 0
-    """The attempt a NO_ROUTE, RETRY_LATER or EXPIRED answer is about (0: not said)."""
-
-
-@dataclass(slots=True)
-class EndpointStats:
-    """Counters since the endpoint started."""
-
-    sent: int = 0
-    """Messages accepted by send/publish/request."""
-    transmits: int = 0
-    """Attempts put on the wire (first sends and retries)."""
-    retries: int = 0
-    acked: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    """Failed messages by reason ("timeout", "rejected", "no-route", ...)."""
-    received: int = 0
-    handled: int = 0
-    """Handler runs that returned."""
-    handler_errors: int = 0
-    duplicates: int = 0
-    """Received duplicates answered without running the handler."""
-    in_progress: int = 0
-    """IN_PROGRESS notices sent for handlers still running (the lease)."""
-    refused: Counter[str] = field(default_factory=Counter)
-    """Bad input refused, by code."""
-
-
-class EndpointIO(Protocol):
-    """The actions an :class:`EndpointProtocol` takes, carried out by its driver.
-
-    ``hub`` is the index of a hub link (the order the driver added them in)."""
-
-    def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
-        """Put attempt ``attempt`` of pending message ``msg_id`` on ``hub``'s link."""
-
-    def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
-        """Plain OK acks for ``msg_ids``, all for the sender behind token ``peer``."""
-
-    def send_ack(self, hub: int, ack: AckReply, peer: bytes) -> None:
-        """A full ack (an error, a response, a duplicate's answer...)."""
-
-    def send_hello(self, hub: int) -> None:
-        """Register with ``hub`` (HELLO with :attr:`EndpointProtocol.commands`, ...)."""
-
-    def send_heartbeat(self, hub: int) -> None: ...
-
-    def acked(self, completions: Sequence[Completion]) -> None:
-        """Messages acked: settle their reports (an ACK group's worth at once)."""
-
-    def failed(self, completion: Completion, error: DeliveryError) -> None:
-        """A message failed for good: settle its report with ``error``."""
-
-    def hub_silent(self, hub: int, silence: float) -> None:
-        """``hub`` said nothing for ``silence`` seconds (the protocol says hello again)."""
 
 
 class _Running:
@@ -656,43 +562,3 @@ class EndpointProtocol:
                 break  # start order: the rest are younger
             self._in_progress(r.hub, mid, r.peer)
         self._progress_at = now + self.progress
-
-
-def delivery_error(c: Completion, no_route: str = "", why: str = "") -> DeliveryError:
-    """The error of a failed completion's report: what a caller can act on."""
-    kw: dict[str, Any] = {"message_id": c.msg_id, "message_type": c.msg_type}
-    reason = c.reason
-    tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
-    if reason is Reason.REJECTED:
-        err = c.error
-        remote = f"{err.type}: {err.message}" if err is not None else "rejected"
-        return Rejected(
-            f"rejected by the receiver after {tries}: {remote}",
-            remote_type=err.type if err else "",
-            remote_message=err.message if err else "",
-            permanent=err.permanent if err else False,
-            **kw,
-        )
-    if reason is Reason.NO_ROUTE:
-        detail = no_route or f"no live service handles {c.msg_type}"
-        return NoRoute(f"{detail} (gave up after {tries})", **kw)
-    if reason is Reason.EXPIRED:
-        return Expired(f"expired before a handler ran ({tries})", **kw)
-    if reason is Reason.CANCELLED:
-        return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
-    if reason is Reason.OUTCOME_UNKNOWN:
-        whom = f" from subscriber {', '.join(c.missing)}" if c.missing else ""
-        then = ""
-        if c.last_reason is Reason.NO_ROUTE:
-            then = f"; then no route: {no_route or f'no live service handles {c.msg_type}'}"
-        elif c.last_reason is Reason.EXPIRED:
-            then = "; then it expired"
-        return OutcomeUnknown(
-            f"outcome unknown: no acknowledgement{whom} after {tries}{then}; an attempt may"
-            " have reached a receiver, so the handler may have run (or may still be running)",
-            **kw,
-        )
-    if c.missing:
-        who = ", ".join(c.missing)
-        return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}", **kw)
-    return AckTimeout(f"no acknowledgement after {tries}", **kw)

@@ -38,6 +38,7 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING
 
+from . import _pending
 from ._common import Outcome, RemoteError
 from ._pending import Pending as _Pending
 from ._values import Identity, Policy
@@ -487,7 +488,7 @@ class OutboundTracker:
             out.append(self._complete(p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now))
             return
         if state is MsgState.IN_FLIGHT:
-            if p.attempts - p.free >= p.policy.max_attempts and not self._unreached(p):
+            if p.attempts - p.free >= p.policy.max_attempts and not _pending.unreached(p):
                 out.append(self._fail_exhausted(p, now))
                 return
             p.state = MsgState.BACKOFF
@@ -525,7 +526,7 @@ class OutboundTracker:
     def _check_group(self, p: _Pending, now: float) -> Completion | None:
         acked = p.acked_services
         if p.expect is None and p.policy.subscribers:
-            if acked is None or self._missing(p):
+            if acked is None or _pending.missing(p):
                 return None
             covers = p.covers or {}
             if p.services is not None and not {s for s in p.services if not covers.get(s)} <= (
@@ -550,29 +551,6 @@ class OutboundTracker:
             acked_by=tuple(p.acked_by or ()),
             response=p.response,
         )
-
-    @classmethod
-    def _unreached(cls, p: _Pending) -> bool:
-        """Whether event ``p`` waits for a declared subscriber the hub did not route its
-        latest attempt to (none registered): such attempts do not spend the budget, so
-        a subscriber that is down waits until the deadline, not until the attempts run
-        out."""
-        if not p.policy.subscribers:
-            return False
-        covers = p.covers or {}
-        reached: set[str] = set()
-        for service in p.services or ():
-            reached |= covers.get(service, frozenset())
-        return any(s not in reached for s in cls._missing(p))
-
-    @staticmethod
-    def _missing(p: _Pending) -> tuple[str, ...]:
-        """The declared subscribers of event ``p`` that no service acked for yet."""
-        got: set[str] = set()
-        covers = p.covers or {}
-        for service in p.acked_services or ():
-            got |= covers.get(service, frozenset())
-        return tuple(s for s in p.policy.subscribers if s not in got)
 
     def _complete(
         self,
@@ -611,7 +589,7 @@ class OutboundTracker:
             acked_by,
             error,
             response,
-            self._missing(p) if status is Status.FAILED and p.policy.subscribers else (),
+            _pending.missing(p) if status is Status.FAILED and p.policy.subscribers else (),
             last,
         )
 

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from ..wire import MessageItem
-    from .simactors import Item, Planned, SimEndpoint
+    from .simactors import Planned, SimEndpoint
+    from .simwire import Item
 
 __all__ = ["DEDUPE_TTL", "SimDurable"]
 
