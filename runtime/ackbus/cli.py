@@ -36,16 +36,7 @@ def parser() -> argparse.ArgumentParser:
             "Nothing is written unless every file generates."
         ),
     )
-    gen.add_argument(
-        "-I",
-        "--proto-path",
-        dest="include",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="folder to resolve imports and file names from (repeatable; default: .)",
-    )
+    _add_proto_path(gen)
     gen.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     gen.add_argument("files", nargs="+", metavar="FILE.proto")
     gen.set_defaults(run=_gen)
@@ -64,16 +55,7 @@ def parser() -> argparse.ArgumentParser:
     breaking.add_argument(
         "--against", type=Path, required=True, metavar="DIR|SET", help="the old schemas"
     )
-    breaking.add_argument(
-        "-I",
-        "--proto-path",
-        dest="include",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="folder to resolve imports and file names from (repeatable; default: .)",
-    )
+    _add_proto_path(breaking)
     breaking.add_argument(
         "--allow",
         action="append",
@@ -339,6 +321,20 @@ async def _serve_hub(
         finally:
             if server is not None:
                 server.close()
+
+
+def _add_proto_path(parser: argparse.ArgumentParser) -> None:
+    """``-I/--proto-path DIR`` (repeatable), as ``ackbus gen`` and ``ackbus breaking`` take it."""
+    parser.add_argument(
+        "-I",
+        "--proto-path",
+        dest="include",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="folder to resolve imports and file names from (repeatable; default: .)",
+    )
 
 
 def _breaking(args: argparse.Namespace) -> int:
