@@ -17,6 +17,7 @@ The table is printed and written, with every repetition's raw figures, to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,11 +33,18 @@ from typing import Any
 import zmq
 
 from . import baseline, transport
-from .cluster import Cluster
+from .cluster import Cluster, Setup, make_keys
 
 RESULTS = Path(__file__).parent / "results"
 
 KB = 1024
+
+
+SLEEP_MS = 1.0
+SLEEP_WORKERS = 8
+EVENTS_ROW = "ackbus events, 2 subscriber services each ack"
+BLOCKING_ROW = f"ackbus def handler sleeping {SLEEP_MS:g} ms, {SLEEP_WORKERS} workers"
+"""Its ceiling is SLEEP_WORKERS / SLEEP_MS: 8,000 msgs/s."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +150,19 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
     load_before = _load()
     started = time.time()
     store_fn = _store_runner()
-    standalone = Cluster(hub="standalone", senders=1)
-    embedded = Cluster(hub="embedded", senders=1)
-    try:
+    with contextlib.ExitStack() as clusters:
+        standalone = clusters.enter_context(Cluster(hub="standalone", senders=1))
+        embedded = clusters.enter_context(Cluster(hub="embedded", senders=1))
+        # Each of the next clusters differs from the standalone one in one thing only.
+        events = clusters.enter_context(
+            Cluster(setup=Setup(services=("audit", "lobby"), events=True))
+        )
+        def_handler = clusters.enter_context(Cluster(setup=Setup(handler="def")))
+        blocking = clusters.enter_context(
+            Cluster(setup=Setup(handler="def", sleep_ms=SLEEP_MS, workers=SLEEP_WORKERS))
+        )
+        keys = make_keys(store_dir / "keys", ("sink", "source"))
+        curve = clusters.enter_context(Cluster(setup=Setup(keys=keys)))
         for rep in range(p.reps):
             log(f"repetition {rep + 1}/{p.reps} (load {_load()})")
             a_pipe, a_seq = "(a) acked, pipelined", "(a) acked, sequential"
@@ -182,6 +200,17 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
                 row(f"ackbus pipelined, {label}", base=a_size).runs.append(
                     standalone.run("pipelined", n, window=window, size=size)
                 )
+            row(EVENTS_ROW, base=a_pipe).runs.append(events.run("pipelined", p.pipelined))
+            row("ackbus pipelined, def handler (worker pool)", base=a_pipe).runs.append(
+                def_handler.run("pipelined", p.pipelined)
+            )
+            row(BLOCKING_ROW, base=a_pipe).runs.append(blocking.run("pipelined", p.pipelined // 10))
+            a_curve = "(a) acked, pipelined, CURVE"
+            row(a_curve).runs.append(baseline.acked_pipelined(p.pipelined, curve=True))
+            plain = "ackbus pipelined, standalone hub"
+            row("ackbus pipelined, CURVE hub", base=a_curve, vs=plain).runs.append(
+                curve.run("pipelined", p.pipelined)
+            )
             mem = row("ackbus pipelined in groups, memory store", base=a_pipe)
             mem.runs.append(store_fn("memory", p.store, store_dir))
             row("ackbus pipelined in groups, SQLite store", base=a_pipe, vs=mem.name).runs.append(
@@ -189,9 +218,6 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             )
         log(f"memory run: {p.memory[1]:,} messages (load {_load()})")
         memory = standalone.run("pipelined", p.memory[1], checkpoints=p.memory)
-    finally:
-        standalone.close()
-        embedded.close()
     return {
         "profile": p.name,
         "note": p.note,

@@ -6,6 +6,8 @@
     ``ZMQ_EVENTS`` after every operation: the descriptor is edge-triggered). One message
     per multipart: no coalescing. Measured pipelined (up to ``window`` in flight:
     msgs/s) and sequential (one at a time: round-trip p50/p99).
+    With ``curve=True`` both sockets use CURVE (a fresh server keypair; no ZAP handler,
+    so any client key is admitted): the floor under an encrypted ackbus row.
 (b) one-way: the same sender fires ``n`` messages without waiting; the receiver says
     "done" after the last. msgs/s. The ceiling of any acknowledged scheme.
 
@@ -83,14 +85,17 @@ class _Drained:
 # --------------------------------------------------------------------------- receiver process
 
 
-def _receiver(mode: str, port_q: Any, hwm: int) -> None:
-    asyncio.run(_receive(mode, port_q, hwm))
+def _receiver(mode: str, port_q: Any, hwm: int, server_secret: bytes | None) -> None:
+    asyncio.run(_receive(mode, port_q, hwm, server_secret))
 
 
-async def _receive(mode: str, port_q: Any, hwm: int) -> None:
+async def _receive(mode: str, port_q: Any, hwm: int, server_secret: bytes | None) -> None:
     loop = asyncio.get_running_loop()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
+    if server_secret is not None:
+        sock.curve_server = True
+        sock.curve_secretkey = server_secret
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -126,14 +131,18 @@ async def _receive(mode: str, port_q: Any, hwm: int) -> None:
 class _Peer:
     """The receiver process plus a connected DEALER on this side."""
 
-    def __init__(self, mode: str, hwm: int = 100_000) -> None:
+    def __init__(self, mode: str, hwm: int = 100_000, curve: bool = False) -> None:
         mp = multiprocessing.get_context("spawn")
         q = mp.Queue()
-        self.proc = mp.Process(target=_receiver, args=(mode, q, hwm), daemon=True)
+        server_public, server_secret = zmq.curve_keypair() if curve else (b"", None)
+        self.proc = mp.Process(target=_receiver, args=(mode, q, hwm, server_secret), daemon=True)
         self.proc.start()
         port = q.get(timeout=30)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
+        if curve:
+            self.sock.curve_serverkey = server_public
+            self.sock.curve_publickey, self.sock.curve_secretkey = zmq.curve_keypair()
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
@@ -249,10 +258,12 @@ async def _oneway(peer: _Peer, n: int) -> dict[str, float]:
     return {"msgs_per_s": n / elapsed, "n": n}
 
 
-def acked_pipelined(n: int = 50_000, window: int = 1000, size: int = 100) -> dict[str, float]:
+def acked_pipelined(
+    n: int = 50_000, window: int = 1000, size: int = 100, curve: bool = False
+) -> dict[str, float]:
     """Baseline (a), pipelined: msgs/s with up to ``window`` unacked in flight, payloads
-    of ``size`` bytes."""
-    peer = _Peer("acked")
+    of ``size`` bytes, over CURVE with ``curve``."""
+    peer = _Peer("acked", curve=curve)
     try:
         return asyncio.run(_acked_pipelined(peer, n, window, b"p" * size))
     finally:

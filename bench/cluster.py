@@ -5,8 +5,12 @@ A :class:`Cluster` starts, as separate OS processes on 127.0.0.1:
 * a hub: *standalone* (``python -m ackbus.hub``, what an operator runs) or *embedded*
   (a :class:`~ackbus.hub.Hub` inside the receiver's process, on the receiver's loop,
   which the receiver reaches at ``inmem://`` and the senders over TCP);
-* a receiver: one endpoint (service ``sink``) whose handler does nothing, so every
-  figure is the cost of the bus alone; optionally with a store (``sqlite:///...``);
+* receivers: one endpoint each (service ``sink`` by default) whose handler does
+  nothing, so every figure is the cost of the bus alone; optionally with a store
+  (``sqlite:///...``). A :class:`Setup` varies them: several subscriber services of one
+  event type (the publisher waits for each, as a generated publisher does), a plain
+  ``def`` handler run in the endpoint's worker pool (doing nothing, or sleeping as
+  blocking code would), CURVE keys on every socket;
 * ``senders`` worker processes, kept for the cluster's life and reused for every
   repetition and scenario, so process start-up and imports are never timed.
 
@@ -28,10 +32,13 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
-from ackbus import Context, Policy
+from ackbus import Context, DeliveryReport, Kind, Policy
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.wire_pb2 import Bye
@@ -58,16 +65,78 @@ def proc_figures(pid: int) -> dict[str, float]:
     return {"rss_mib": rss_kib / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the receivers run and how everyone connects (the default: one ``sink``
+    service with an ``async def`` handler that does nothing, plain TCP)."""
+
+    services: tuple[str, ...] = ("sink",)
+    """One receiver process per service."""
+    events: bool = False
+    """The message is an event every service subscribes to, declared as a subscriber in
+    the publisher's policy (a generated publisher's case): a publish is done when each
+    acked. Otherwise a command for the one service."""
+    handler: str = "async"
+    """``async`` (on the loop) or ``def`` (in the endpoint's worker pool)."""
+    sleep_ms: float = 0.0
+    """A ``def`` handler sleeps this long, as blocking code (a sync driver) would."""
+    workers: int | None = None
+    keys: Path | None = None
+    """A folder made by :func:`make_keys`: the hub, receivers and senders use CURVE."""
+
+    def policy(self) -> Policy:
+        if not self.events:
+            return POLICY
+        return POLICY.with_(subscribers=tuple(_schema_service(s) for s in self.services))
+
+
+def make_keys(folder: Path, names: tuple[str, ...]) -> Path:
+    """The hub's keypair and one per client name, laid out as ``ackbus hub --keys``
+    expects (``folder/hub.key_secret``, ``folder/clients/NAME.key``)."""
+    from ackbus.transport._keys import generate_keys
+
+    generate_keys(folder, "hub")
+    for name in names:
+        generate_keys(folder / "private", name)
+        public = folder / "private" / f"{name}.key"
+        (folder / "clients").mkdir(mode=0o700, exist_ok=True)
+        (folder / "clients" / public.name).write_bytes(public.read_bytes())
+    return folder
+
+
+def _key_args(keys: Path | None, name: str) -> dict[str, Any]:
+    if keys is None:
+        return {}
+    return {"keys": keys / "private" / f"{name}.key_secret", "hub_key": keys / "hub.key"}
+
+
+def _schema_service(service: str) -> str:
+    return f"bench.{service}"
+
+
 # --------------------------------------------------------------------------- receiver
 
 
-def _receiver_main(conn: Connection, embedded_hub: str | None, store: str | None) -> None:
-    asyncio.run(_receive(conn, embedded_hub, store))
+def _receiver_main(
+    conn: Connection, embedded_hub: str | None, store: str | None, service: str, setup: Setup
+) -> None:
+    asyncio.run(_receive(conn, embedded_hub, store, service, setup))
 
 
-async def _receive(conn: Connection, embedded_hub: str | None, store: str | None) -> None:
+async def _receive(
+    conn: Connection, embedded_hub: str | None, store: str | None, service: str, setup: Setup
+) -> None:
     async def on_bye(msg: Bye, ctx: Context) -> None:
         return None
+
+    pause = setup.sleep_ms / 1000
+
+    def on_bye_blocking(msg: Bye, ctx: Context) -> None:
+        if pause:
+            time.sleep(pause)
 
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
@@ -78,8 +147,20 @@ async def _receive(conn: Connection, embedded_hub: str | None, store: str | None
             address, local = hub.addresses[0], _LOCAL_HUB
         else:
             address = local = conn.recv()
-        ep = Endpoint("sink", local, store=store, policy=POLICY)
-        ep.register_handler(Bye, on_bye)
+        ep = Endpoint(
+            service,
+            local,
+            store=store,
+            policy=POLICY,
+            workers=setup.workers,
+            **_key_args(setup.keys, service),
+        )
+        kind = Kind.EVENT if setup.events else Kind.COMMAND
+        implements = _schema_service(service) if setup.events else None
+        if setup.handler == "def":
+            ep.register_handler(Bye, on_bye_blocking, kind=kind, implements=implements)
+        else:
+            ep.register_handler(Bye, on_bye, kind=kind, implements=implements)
         await stack.enter_async_context(ep)
         conn.send(address)
         await loop.run_in_executor(None, conn.recv)  # until told to stop
@@ -100,26 +181,37 @@ def _sender_main(conn: Connection) -> None:
 
 async def _sender_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
+    setup: Setup = job["setup"]
     async with Endpoint(
-        "source", job["address"], window=job["window"], policy=POLICY, store=job.get("store")
+        "source",
+        job["address"],
+        window=job["window"],
+        policy=setup.policy(),
+        store=job.get("store"),
+        **_key_args(setup.keys, "source"),
     ) as ep:
         msg = Bye(reason="p" * job["size"])
+        send = ep.publish if setup.events else ep.send
         for _ in range(min(_WARMUP, job["n"])):
-            await ep.send(msg)
+            await send(msg)
         conn.send("ready")
         await loop.run_in_executor(None, conn.recv)  # "go"
         if job["kind"] == "sequential":
-            return await _sequential(ep, msg, job["n"])
-        return await _pipelined(ep, msg, job["n"], job.get("checkpoints", ()), job["watch"])
+            return await _sequential(ep, send, msg, job["n"])
+        return await _pipelined(ep, send, msg, job["n"], job.get("checkpoints", ()), job["watch"])
 
 
-async def _sequential(ep: Endpoint, msg: Bye, n: int) -> dict[str, Any]:
+_Send = Callable[..., Coroutine[Any, Any, DeliveryReport]]
+"""``Endpoint.send`` or ``Endpoint.publish``."""
+
+
+async def _sequential(ep: Endpoint, send: _Send, msg: Bye, n: int) -> dict[str, Any]:
     rtts = []
     start = time.time()
     clock = time.perf_counter_ns
     for _ in range(n):
         t0 = clock()
-        report = await ep.send(msg)
+        report = await send(msg)
         rtts.append(clock() - t0)
         if not report:
             raise RuntimeError(f"sequential send failed: {report.error}")
@@ -135,7 +227,12 @@ async def _sequential(ep: Endpoint, msg: Bye, n: int) -> dict[str, Any]:
 
 
 async def _pipelined(
-    ep: Endpoint, msg: Bye, n: int, checkpoints: tuple[int, ...], watch: dict[str, int]
+    ep: Endpoint,
+    send: _Send,
+    msg: Bye,
+    n: int,
+    checkpoints: tuple[int, ...],
+    watch: dict[str, int],
 ) -> dict[str, Any]:
     """``n`` sends without waiting (the window holds up to ``window`` in flight), then
     wait until every one settled. No report is kept: a million of them would be the
@@ -144,7 +241,6 @@ async def _pipelined(
     samples: dict[str, dict[str, dict[str, float]]] = {}
     marks = set(checkpoints)
     watch = {"sender": os.getpid(), **watch}
-    send = ep.send
     start = time.time()
     last = None
     for i in range(1, n + 1):
@@ -166,31 +262,46 @@ async def _pipelined(
 class Cluster:
     """Hub, receiver and ``senders`` sender workers; close (or ``with``) tears all down."""
 
-    def __init__(self, *, hub: str = "standalone", senders: int = 1, store: str | None = None):
+    def __init__(
+        self,
+        *,
+        hub: str = "standalone",
+        senders: int = 1,
+        store: str | None = None,
+        setup: Setup | None = None,
+    ):
         if hub not in ("standalone", "embedded"):
             raise ValueError(f"hub must be standalone or embedded, not {hub!r}")
+        self.setup = setup = setup or Setup()
+        if hub == "embedded" and (setup.keys is not None or len(setup.services) > 1):
+            raise ValueError("an embedded hub runs in the one receiver's process, without keys")
         mp = multiprocessing.get_context("spawn")
         self.hub_mode = hub
         self.hub_proc: subprocess.Popen[str] | None = None
         self.workers: list[tuple[Any, Connection]] = []
         self.pids: dict[str, int] = {}
-        self.receiver: Any = None
+        self.receivers: list[tuple[Any, Connection]] = []
         try:
             if hub == "standalone":
-                self.hub_proc, address = _standalone_hub()
+                self.hub_proc, address = _standalone_hub(setup.keys)
                 self.pids["hub"] = self.hub_proc.pid
-            mine, theirs = mp.Pipe()
             embedded = "tcp://127.0.0.1:0" if hub == "embedded" else None
-            self.receiver = mp.Process(
-                target=_receiver_main, args=(theirs, embedded, store), daemon=True
-            )
-            self.receiver.start()
-            self._receiver_conn = mine
-            if hub == "standalone":
-                mine.send(address)
-            self.address: str = _recv(mine, self.receiver)
-            assert self.receiver.pid is not None
-            self.pids["receiver"] = self.receiver.pid
+            for i, service in enumerate(setup.services):
+                mine, theirs = mp.Pipe()
+                proc = mp.Process(
+                    target=_receiver_main,
+                    args=(theirs, embedded, store, service, setup),
+                    daemon=True,
+                )
+                proc.start()
+                self.receivers.append((proc, mine))
+                if hub == "standalone":
+                    mine.send(address)
+                reached: str = _recv(mine, proc)
+                if i == 0:
+                    assert proc.pid is not None
+                    self.address = reached
+                    self.pids["receiver"] = proc.pid
             for _ in range(senders):
                 self.add_sender()
         except BaseException:
@@ -230,6 +341,7 @@ class Cluster:
             "store": store,
             "checkpoints": checkpoints,
             "watch": {k: v for k, v in self.pids.items()},
+            "setup": self.setup,
         }
         for i, conn in enumerate(conns):
             conn.send({**job, "store": _numbered(store, i)})
@@ -258,10 +370,11 @@ class Cluster:
                 conn.send(None)
             _stop(proc)
         self.workers = []
-        if self.receiver is not None:
+        for proc, conn in self.receivers:
             with contextlib.suppress(OSError):
-                self._receiver_conn.send("stop")
-            _stop(self.receiver)
+                conn.send("stop")
+            _stop(proc)
+        self.receivers = []
         if self.hub_proc is not None:
             self.hub_proc.terminate()
             try:
@@ -305,10 +418,11 @@ def _stop(proc: Any) -> None:
         proc.join(5)
 
 
-def _standalone_hub() -> tuple[subprocess.Popen[str], str]:
+def _standalone_hub(keys: Path | None = None) -> tuple[subprocess.Popen[str], str]:
     """``python -m ackbus.hub`` on a free port; its address from the line it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ackbus.hub", "--bind", "tcp://127.0.0.1:0"],
+        [sys.executable, "-m", "ackbus.hub", "--bind", "tcp://127.0.0.1:0"]
+        + (["--keys", str(keys)] if keys is not None else []),
         stdout=subprocess.PIPE,
         text=True,
     )

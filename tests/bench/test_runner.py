@@ -44,6 +44,11 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         "ackbus pipelined, 2 senders",
         "ackbus pipelined in groups, memory store",
         "ackbus pipelined in groups, SQLite store",
+        "ackbus events, 2 subscriber services each ack",
+        "ackbus pipelined, def handler (worker pool)",
+        "ackbus def handler sleeping 1 ms, 8 workers",
+        "(a) acked, pipelined, CURVE",
+        "ackbus pipelined, CURVE hub",
     }
     assert expected <= set(rows)
     for name, fig in rows.items():
@@ -52,6 +57,9 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         if name.startswith("ackbus"):
             assert fig["ratio_msgs_per_s"] > 0, name
     assert rows["ackbus sequential, standalone hub"]["p99_us"] > 0
+    assert rows["ackbus pipelined, CURVE hub"]["compared_with"] == (
+        "ackbus pipelined, standalone hub"
+    )
     assert rows["ackbus pipelined in groups, SQLite store"]["compared_with"] == (
         "ackbus pipelined in groups, memory store"
     )
