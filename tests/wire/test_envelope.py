@@ -7,12 +7,16 @@ from ackbus.core.endpoint_protocol import AckReply
 from ackbus.wire import (
     JSON_ENCODING,
     MessageItem,
+    ack_replies,
     decode_messages,
     encode_ack,
+    encode_acks,
     encode_envelope,
     encode_full_ack,
     encode_message,
+    full_acks_frame,
     message_frames,
+    split_acks,
 )
 
 TABLE = Identity("table", "t-1")
@@ -116,3 +120,15 @@ def test_encode_ack_is_encode_full_ack_of_a_reply_stamped_now() -> None:
     assert ack.SerializeToString() == encode_full_ack(
         reply.msg_id, reply.outcome, receiver=TABLE, error=reply.error, retry_after=0.5
     )
+
+
+def test_an_ack_with_an_outcome_this_version_does_not_know_is_left_out() -> None:
+    # Found by fuzzing: Outcome(99) raised ValueError out of the endpoint's receive path.
+    unknown = envelope_pb2.Ack(message_id=b"\x0a" * 16)
+    unknown.outcome = 99  # type: ignore[assignment]  # proto3 enums are open
+    known = encode_full_ack(b"\x0b" * 16, Outcome.IN_PROGRESS)
+    frames = encode_acks([(b"p", b"", full_acks_frame([unknown.SerializeToString(), known]))])
+    (group,) = split_acks(frames)
+    assert [(r.msg_id, r.outcome) for r in ack_replies(group)] == [
+        (b"\x0b" * 16, Outcome.IN_PROGRESS)
+    ]

@@ -68,12 +68,21 @@ def encode_ack(a: AckReply) -> bytes:
     )
 
 
+_OUTCOMES: frozenset[int] = frozenset(Outcome)
+
+
 def ack_replies(group: AckGroup) -> list[AckReply]:
-    """A group's full acks as plain values (most groups have none)."""
+    """A group's full acks as plain values (most groups have none).
+
+    An ack whose outcome this version does not know (a newer peer's, or garbage) is
+    left out, as the tracker would ignore it (docs/protocol.md, ACK): proto3 enums are
+    open, so any number parses, and ``Outcome(n)`` would raise ``ValueError``."""
     if not group.full:
         return []
     out = []
     for ack in group.full_acks():
+        if ack.outcome not in _OUTCOMES:
+            continue
         error = None
         if ack.HasField("error"):
             error = RemoteError(ack.error.type, ack.error.message, ack.error.permanent)
