@@ -88,6 +88,15 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     hub.add_argument(
+        "--insecure",
+        action="store_true",
+        help=(
+            "listen on a non-loopback address without --keys (refused otherwise): on a "
+            "network you trust only, since anyone who reaches the port may register as any "
+            "service"
+        ),
+    )
+    hub.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -228,7 +237,7 @@ def _hub(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .errors import AddressError, KeyFileError
+    from .errors import AddressError, InsecureBindError, KeyFileError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -251,11 +260,14 @@ def _hub(args: argparse.Namespace) -> int:
                 name=args.name,
                 heartbeat=args.heartbeat,
                 keys=args.keys,
+                insecure=args.insecure,
                 metrics=metrics,
             )
         )
-    except (AddressError, KeyFileError) as err:  # a port in use, a typo, a missing key file:
-        print(f"ackbus hub: error: {err}", file=sys.stderr)  # the user fixes it, no traceback
+    except (AddressError, KeyFileError, InsecureBindError) as err:
+        # a port in use, a typo, a missing key file, no keys on a public address: the
+        # user fixes it, no traceback
+        print(f"ackbus hub: error: {err}", file=sys.stderr)
         return 1
     return 0
 
@@ -290,6 +302,7 @@ async def _serve_hub(
     name: str,
     heartbeat: float,
     keys: Path | None = None,
+    insecure: bool = False,
     metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
@@ -301,10 +314,12 @@ async def _serve_hub(
     from .hub import Hub
 
     loop = asyncio.get_running_loop()
-    async with Hub(bind, name=name, heartbeat=heartbeat, keys=keys) as hub:
+    async with Hub(bind, name=name, heartbeat=heartbeat, keys=keys, insecure=insecure) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
         curve = ""
+        if keys is None and insecure:
+            curve = " (insecure: no keys, anyone who reaches it may register as any service)"
         if keys is not None:
             curve = f" (CURVE: {hub.enrolled} client keys enrolled in {keys / 'clients'})"
         server = None

@@ -16,6 +16,7 @@
     │                            also an OSError with the errno; says what to do
     ├── KeyFileError             a CURVE key file or key folder is missing, unreadable
     │                            or not a key; names the file and says what to do
+    ├── InsecureBindError        a hub without keys was asked to listen beyond this host
     ├── Reject                   raised BY A HANDLER: refuse this message (permanent or not)
     ├── RetryLater               raised BY A HANDLER: ask the sender to retry after a pause
     ├── ProtocolError            bytes on the wire break the protocol
@@ -40,6 +41,7 @@ __all__ = [
     "ConnectTimeout",
     "DeliveryError",
     "Expired",
+    "InsecureBindError",
     "KeyFileError",
     "LocalProtocolError",
     "NoRoute",
@@ -175,6 +177,24 @@ class KeyFileError(AckbusError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class InsecureBindError(AckbusError):
+    """A hub was asked to listen beyond this host (``tcp://`` on an address other than
+    loopback) without CURVE keys: anyone who reaches the port could register as any
+    service and ack what it never ran. Give it keys (``keys=DIR``, ``ackbus hub --keys
+    DIR``), or say it may run insecure on a network you trust (``insecure=True``,
+    ``--insecure``). ``addresses`` are the exposed ones (docs/security.md)."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        super().__init__(
+            f"refusing to listen on {', '.join(addresses)} without keys: anyone who reaches "
+            "it could register as any service. Make keys (`ackbus keys generate hub --dir "
+            "DIR`, and one per client into DIR/clients/: docs/security.md) and start the hub "
+            "with keys=DIR (--keys DIR), or pass insecure=True (--insecure) on a network you "
+            "trust; loopback, ipc:// and inproc:// addresses need neither"
+        )
 
 
 class Reject(AckbusError):

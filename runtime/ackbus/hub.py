@@ -17,7 +17,9 @@ standalone (``ackbus hub --bind tcp://127.0.0.1:5555``); same code.
 With ``keys=DIR`` (``ackbus hub --keys DIR``) the hub is a CURVE server with the keypair
 ``DIR/hub.key_secret`` and admits only clients whose public key is in ``DIR/clients/``;
 any other is refused in the ZeroMQ handshake, before it can say anything
-(docs/security.md).
+(docs/security.md). Without keys a hub listens only on this host (loopback ``tcp://``,
+``ipc://``, ``inproc://``, ``inmem://``) unless told ``insecure=True``: an exposed
+address without keys is an :class:`~ackbus.errors.InsecureBindError`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from ._timer import Timer
 from ._types import Identity
 from .core import Instance, Outcome, RemoteError, RoutingTable
 from .core.hub_protocol import HubProtocol, HubStats
-from .errors import ClosedError, RemoteProtocolError
+from .errors import ClosedError, InsecureBindError, RemoteProtocolError
 from .transport import Backend, DefaultBackend, Listener, TransportOptions, ZmqBackend
+from .transport._address import exposed
 from .transport._keys import HubKeys, KeyGate
 from .wire import (
     DEFAULT_LIMITS,
@@ -88,8 +91,20 @@ class Hub:
         options: TransportOptions | None = None,
         limits: Limits = DEFAULT_LIMITS,
         keys: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
     ) -> None:
         self._bind = [bind] if isinstance(bind, str) else list(bind)
+        if keys is None:
+            open_to_all = [address for address in self._bind if exposed(address)]
+            if open_to_all and not insecure:
+                raise InsecureBindError(open_to_all)
+            if open_to_all:
+                log.warning(
+                    "hub %s listens on %s without keys (insecure=True): anyone who reaches "
+                    "it may register as any service",
+                    name,
+                    ", ".join(open_to_all),
+                )
         self.identity = Identity(name, uuid.uuid4().hex)
         self._token = encode_identity(name, self.identity.instance)
         """The hub's own identity as an ack group names it (on no-route acks)."""

@@ -9,17 +9,22 @@ a hint for that reason and that transport.
 
 One mistake libzmq does not report at all: a TCP port above 65535 is taken modulo
 65536, so ``tcp://127.0.0.1:70000`` binds port 4464. :func:`check` refuses it first.
+
+:func:`exposed` tells whether a bind address can be reached from other hosts: a hub
+refuses to listen on one without keys unless told it may (docs/security.md).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import socket
 from typing import Literal
 
 from ..errors import AddressError
 
-__all__ = ["Op", "address_error", "check"]
+__all__ = ["Op", "address_error", "check", "exposed"]
 
 Op = Literal["bind", "connect"]
 
@@ -36,6 +41,34 @@ def check(address: str, op: Op) -> None:
     port = _split_tcp(rest)[1]
     if port is not None and port.isdigit() and int(port) > _MAX_PORT:
         raise address_error(address, op, errno.EINVAL)
+
+
+def exposed(address: str) -> bool:
+    """Whether binding ``address`` listens beyond this host: any ``tcp://`` address but a
+    loopback one (``127.0.0.0/8``, ``::1``, or a name that resolves only to those, like
+    ``localhost``). A wildcard (``*``, ``0.0.0.0``), an interface name (``eth0``) or a
+    name that does not resolve counts as exposed: when in doubt, it is. ``ipc://``,
+    ``inproc://`` and ``inmem://`` never leave the host."""
+    scheme, _, rest = address.partition("://")
+    if scheme not in ("tcp", "ws", "wss", "tipc", "vmci", "udp", "pgm", "epgm", "norm"):
+        return False
+    if scheme != "tcp":
+        return True
+    host = _split_tcp(rest)[0].strip("[]")
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if host == "*":
+        return True
+    try:
+        found = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return True
+    loopback = [
+        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in found
+    ]
+    return not loopback or not all(loopback)
 
 
 def address_error(

@@ -9,7 +9,7 @@ nothing a function call could not. Bound to an ``inmem://`` address as well, the
 hands multiparts to its in-process endpoints through the in-memory transport (the same
 contract, run by the same tests as ZeroMQ), and reaches everyone else over ZeroMQ:
 
-    async with Hub(["tcp://0.0.0.0:5555", "inmem://hub"]) as hub, \\
+    async with Hub(["tcp://0.0.0.0:5555", "inmem://hub"], keys="hub-keys") as hub, \\
                Endpoint("tables", "inmem://hub") as ep:   # same process, same loop
         ...                                               # others connect over TCP
 
