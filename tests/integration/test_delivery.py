@@ -118,8 +118,10 @@ async def test_slow_handler_is_retried_but_runs_once(bus: Bus) -> None:
     # An ack timeout shorter than the receiver's IN_PROGRESS interval (a quarter of its
     # 0.2 s heartbeat): the sender retries, and each retry reaches the running handler,
     # which answers IN_PROGRESS at once instead of running again; with the lease those
-    # retries are not spent (max_attempts=2 would have failed it before).
-    eager = FAST.with_(ack_timeout=0.02, max_attempts=2)
+    # retries are not spent. Without it, 3 attempts end within about 0.2 s, long before
+    # the 0.5 s handler returns (3, not 2: on a loaded machine the first IN_PROGRESS
+    # can take longer than two 20 ms timeouts to come back).
+    eager = FAST.with_(ack_timeout=0.02, max_attempts=3)
     async with endpoint(bus, "table") as table, endpoint(bus, "dealer") as dealer:
         table.register_handler(Bye, slow)
         await asyncio.sleep(2.5 * HEARTBEAT)  # past the hub's grace (retries wait then)
