@@ -55,11 +55,12 @@ simulate: setup
 # five hub kill -9s in a 5,000-event stream, a subscriber down while 1,000 go out, a
 # durable publisher killed -9 halfway through 1,000, a 50 ms blocking def handler under
 # 2,000 pipelined sends, a 20 s handler under the default policy and one outliving its
-# 30 s deadline.
+# 30 s deadline, and 10,000 garbage connections against a hub (its RSS before and after).
 chaos: setup
 	ACKBUS_CHAOS=1 $(BIN)/pytest -q -p no:randomly --timeout 600 tests/integration/test_events.py \
 		tests/integration/test_sync_handlers.py::test_a_blocking_def_handler_under_pipelined_load_loses_nothing \
-		tests/integration/test_lease.py
+		tests/integration/test_lease.py \
+		tests/integration/test_peer_cost.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -314,6 +314,7 @@ async def _serve_hub(
     from .hub import Hub
 
     loop = asyncio.get_running_loop()
+    _raise_open_files()
     async with Hub(bind, name=name, heartbeat=heartbeat, keys=keys, insecure=insecure) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
@@ -336,6 +337,29 @@ async def _serve_hub(
         finally:
             if server is not None:
                 server.close()
+
+
+def _raise_open_files() -> None:
+    """Let the hub hold as many connections as the system allows: the soft limit on open
+    descriptors (often 1,024) up to the hard one. Each connection is a descriptor, and a
+    hub at its limit accepts no new endpoint until one closes (issue 18 locked a hub out
+    with 1,100 idle connections). Connections that never complete ZeroMQ's handshake are
+    dropped after 5 s either way (``Hub``'s ``HANDSHAKE_MS``)."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("ackbus.hub").warning(
+                "could not raise the open-files limit from %d to %d: %s", soft, hard, exc
+            )
+            return
+        logging.getLogger("ackbus.hub").info("open-files limit raised from %d to %d", soft, hard)
 
 
 def _add_proto_path(parser: argparse.ArgumentParser) -> None:

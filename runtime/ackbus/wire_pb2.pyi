@@ -134,6 +134,8 @@ class Refusal(_message.Message):
         TOO_LARGE: Refusal._Code.ValueType  # 4
         UNKNOWN_TYPE: Refusal._Code.ValueType  # 5
         NOT_REGISTERED: Refusal._Code.ValueType  # 6
+        LIMIT: Refusal._Code.ValueType  # 7
+        """A hub's capacity is used up (instances per hub): try another hub, or later."""
 
     class Code(_Code, metaclass=_CodeEnumTypeWrapper): ...
     CODE_UNSPECIFIED: Refusal.Code.ValueType  # 0
@@ -143,6 +145,8 @@ class Refusal(_message.Message):
     TOO_LARGE: Refusal.Code.ValueType  # 4
     UNKNOWN_TYPE: Refusal.Code.ValueType  # 5
     NOT_REGISTERED: Refusal.Code.ValueType  # 6
+    LIMIT: Refusal.Code.ValueType  # 7
+    """A hub's capacity is used up (instances per hub): try another hub, or later."""
 
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int

@@ -9,9 +9,7 @@ import subprocess
 import sys
 
 import zmq
-from ackbus import Context
-from ackbus.endpoint import Endpoint
-from ackbus.wire_pb2 import Bye
+from helpers import routes_a_command
 from proc_harness import ROOT, Procs, free_port
 
 
@@ -26,16 +24,7 @@ async def test_ackbus_hub_command_routes_and_stops_on_sigterm(procs: Procs) -> N
         address,
         ready=b"listening on " + address.encode(),
     )
-    got: list[str] = []
-
-    async def on_bye(msg: Bye, ctx: Context) -> None:
-        got.append(msg.reason)
-
-    receiver = Endpoint("table", address)
-    receiver.register_handler(Bye, on_bye)
-    async with receiver, Endpoint("dealer", address) as sender:
-        assert await sender.send(Bye(reason="via the cli hub"), timeout=5)
-    assert got == ["via the cli hub"]
+    await routes_a_command(address, "via the cli hub", timeout=5)
     hub.send_signal(signal.SIGTERM)
     assert hub.wait(5) == 0, sys.executable
 

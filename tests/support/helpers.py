@@ -94,3 +94,25 @@ def run_time_subscribers(registry: Registry) -> Registry:
     for spec in registry:
         out.add(dataclasses.replace(spec, policy=spec.policy.with_(subscribers=())))
     return out
+
+
+async def routes_a_command(
+    address: str, reason: str = "still here", timeout: float = 10, connect_timeout: float = 5
+) -> None:
+    """A receiver and a sender through the hub at ``address``: one command, acked and
+    handled once (the hub serves real traffic)."""
+    from ackbus import Context
+    from ackbus.endpoint import Endpoint
+    from ackbus.wire_pb2 import Bye
+
+    got: list[str] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        got.append(msg.reason)
+
+    receiver = Endpoint("table", address, connect_timeout=connect_timeout)
+    receiver.register_handler(Bye, on_bye)
+    async with receiver, Endpoint("dealer", address, connect_timeout=connect_timeout) as sender:
+        report = await sender.send(Bye(reason=reason), timeout=timeout)
+        assert report, report.error
+    assert got == [reason]

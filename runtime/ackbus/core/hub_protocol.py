@@ -174,6 +174,11 @@ class HubProtocol(Generic[I, R, A]):
     def registered(self, peer: bytes) -> bool:
         return peer in self._tokens
 
+    @property
+    def peer_count(self) -> int:
+        """Peers registered now."""
+        return len(self._tokens)
+
     # ------------------------------------------------------------------ peers
 
     def hello(

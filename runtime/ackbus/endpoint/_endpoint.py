@@ -157,6 +157,8 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._links: list[HubLink] = []
         self._backend = backend or DefaultBackend()
         base = options or TransportOptions()
+        if base.max_msgsize < 0:  # a bigger frame is never read, only refused
+            base = replace(base, max_msgsize=limits.max_frame_bytes)
         curve = client_keys(keys, hub_key)  # a missing or bad key file fails here
         if curve is not None:
             base = replace(base, curve=curve[0], curve_server_key=curve[1])

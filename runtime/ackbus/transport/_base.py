@@ -78,6 +78,10 @@ class TransportOptions:
     """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL, timeout 3x): detects a
     half-open TCP connection (peer host gone, no RST) so a link reports the disconnect
     and reconnects. 0: off (ackbus's HEARTBEAT command still detects dead peers)."""
+    handshake_ms: int = 0
+    """ZMQ_HANDSHAKE_IVL: a connection that has not completed ZeroMQ's handshake (and,
+    with CURVE, its key check) after this long is dropped. 0: libzmq's default, 30 s; a
+    hub uses 5 s, so idle or half-open connections cannot hold its descriptors."""
     max_msgsize: int = -1
     """ZMQ_MAXMSGSIZE: a peer sending a bigger frame is disconnected. -1: no limit
     (the wire layer refuses oversized messages with a reason instead)."""
@@ -161,6 +165,11 @@ class Listener(Protocol):
 
     def outbox(self, peer: bytes) -> Outbox:
         """The outbox for ``peer`` (created on first use)."""
+        ...
+
+    def send_once(self, peer: bytes, frames: Multipart) -> bool:
+        """Send one multipart to ``peer`` now, keeping no state for it (queued behind
+        its outbox if it has one); False if it could not go at once: dropped."""
         ...
 
     def forget(self, peer: bytes) -> list[Multipart]:

@@ -129,6 +129,9 @@ class _MixedListener(ClosesOnExit):
     def outbox(self, peer: bytes) -> Outbox:
         return self._side(peer).outbox(peer)
 
+    def send_once(self, peer: bytes, frames: Multipart) -> bool:
+        return self._side(peer).send_once(peer, frames)
+
     def forget(self, peer: bytes) -> list[Multipart]:
         return self._memory.forget(peer) + self._sockets.forget(peer)
 

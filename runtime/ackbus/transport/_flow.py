@@ -347,6 +347,21 @@ class ListenerBase(FlowBase):
             self._outboxes[peer] = ob
         return ob
 
+    def send_once(self, peer: bytes, frames: Multipart) -> bool:
+        """Send ``frames`` to ``peer`` now without keeping any state for it (an answer to
+        a peer that is not registered, such as a refusal: a stream of garbage connections
+        must not leave an outbox each). A peer with an outbox gets it queued there, after
+        what is queued. False if it could not go at once (socket full, peer gone): then it
+        is dropped."""
+        ob = self._outboxes.get(peer)
+        if ob is not None:
+            return ob.control(frames)
+        if self._closed:
+            return False
+        sent = self._write(peer, frames) is True
+        self._after_write(sent)
+        return sent
+
     def forget(self, peer: bytes) -> list[Multipart]:
         ob = self._outboxes.pop(peer, None)
         self._dirty.discard(peer)

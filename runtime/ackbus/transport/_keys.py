@@ -32,6 +32,7 @@ import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 
+from .._throttle import MORE_KEYS, Throttle
 from ..errors import KeyFileError
 from ._base import CurveKeys
 
@@ -236,32 +237,26 @@ class RefusalLog:
     def __init__(
         self, every: float = 60.0, keys: int = 1024, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.every = every
-        self._cap = keys
-        self._clock = clock
-        self._last: dict[str, tuple[float, int]] = {}
-        """Key: when its last line was logged, refusals held back since."""
+        self._throttle = Throttle(every, keys, clock)
+
+    @property
+    def every(self) -> float:
+        return self._throttle.every
 
     def refused(self, key: str, address: str, clients: Path) -> bool:
         """Count one refusal; log it unless this key had a line less than ``every`` ago.
         True when a line was logged."""
-        now = self._clock()
-        if key not in self._last and len(self._last) >= self._cap:
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.every}
-            if len(self._last) >= self._cap:
-                key = "(more keys)"
-        at, held = self._last.get(key, (-self.every - 1.0, 0))
-        if now - at < self.every:
-            self._last[key] = (at, held + 1)
+        allowed = self._throttle.allow(key)
+        if allowed is None:
             return False
-        self._last[key] = (now, 0)
+        key, held = allowed
         more = f" ({held} more refusals of it held back in the last minute)" if held else ""
-        if key == "(more keys)":
+        if key == MORE_KEYS:
             log.warning(
                 "refused CURVE clients with keys not enrolled in %s: more than %d distinct "
                 "keys this minute; not logging each%s",
                 clients,
-                self._cap,
+                self._throttle.capacity,
                 more,
             )
         else:

@@ -82,6 +82,8 @@ def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL, options.reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, options.reconnect_ivl_max_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_msgsize)
+    if options.handshake_ms > 0:
+        sock.setsockopt(zmq.HANDSHAKE_IVL, options.handshake_ms)
     if options.zmtp_heartbeat_ms > 0:
         sock.setsockopt(zmq.HEARTBEAT_IVL, options.zmtp_heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * options.zmtp_heartbeat_ms)

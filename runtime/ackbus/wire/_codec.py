@@ -69,6 +69,17 @@ class Limits:
     """Largest HELLO/WELCOME/BYE/REFUSAL/ROUTED/ack frame."""
     max_batch: int = MAX_BATCH
     max_acks: int = MAX_ACKS
+    max_hello_types: int = 4096
+    """Most command, event and schema-service names one HELLO may declare together."""
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest ZeroMQ frame these limits let a peer send: a message item, a
+        control frame or a packed run of small items, plus room for headers. Sockets
+        that face the network set it as ``ZMQ_MAXMSGSIZE``, so libzmq drops a peer that
+        announces a bigger frame before buffering any of it."""
+        packed = self.max_batch * PACK_BELOW
+        return max(self.max_message_bytes, self.max_control_bytes, packed) + 64 * 1024
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -79,6 +90,8 @@ UNSUPPORTED_VERSION: Final = "UNSUPPORTED_VERSION"
 TOO_LARGE: Final = "TOO_LARGE"
 UNKNOWN_TYPE: Final = "UNKNOWN_TYPE"
 NOT_REGISTERED: Final = "NOT_REGISTERED"
+LIMIT: Final = "LIMIT"
+"""A hub's capacity is used up (instances per hub): try another hub, or later."""
 
 
 def _bad(reason: str, code: str = MALFORMED, message_id: bytes = b"") -> RemoteProtocolError:

@@ -308,6 +308,13 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
         raise _bad("HELLO without a valid service name")
     if len(hello.identity.instance.encode()) > MAX_NAME:
         raise _bad("HELLO instance name too long")
+    declared = len(hello.commands) + len(hello.events) + len(hello.implements)
+    if declared > limits.max_hello_types:
+        raise _bad(
+            f"HELLO declares {declared} types and services, more than the limit of "
+            f"{limits.max_hello_types}",
+            TOO_LARGE,
+        )
     for name in (*hello.commands, *hello.events):
         _name(name.encode(), "handled type", b"", UNKNOWN_TYPE)
         if not name or len(name.encode()) > MAX_NAME:
