@@ -43,7 +43,7 @@ pytest: setup
 test: check-generated lint typecheck layers pytest
 
 demo: setup
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(if $(SECURE),--secure,)
 
 bench: setup
 	$(PY) -m bench $(if $(FULL),--full,)

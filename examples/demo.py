@@ -11,10 +11,19 @@
    are retried with backoff and delivered to the new instance;
 4. prints a summary and exits 0 only if nothing was lost: every command acked, every
    acked command's handler ran, and every hand reached both event subscribers.
+
+    make demo SECURE=1      (python examples/demo.py --secure)
+
+runs the same over CURVE: it makes a keypair for the hub and one per service (``ackbus keys
+generate``), enrolls the services' public keys with the hub (a copy into its ``clients/``
+folder), starts the hub with ``--keys`` and every service with ``ACKBUS_KEYS`` and
+``ACKBUS_HUB_KEY`` in its environment; and shows that a stranger (a keypair the hub never
+enrolled) cannot register as the table (docs/security.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -36,6 +45,8 @@ from poker import table_ackbus, table_pb2  # noqa: E402
 
 HANDS = 600
 KILL_AT = 200
+"""Hands dealt, and after how many sends the table is killed (``--hands N`` scales both:
+the suite runs a short demo)."""
 
 
 def free_port() -> int:
@@ -47,9 +58,11 @@ def free_port() -> int:
 class Process:
     """A child process that prints a ready line; stopped (or killed) by the demo."""
 
-    def __init__(self, name: str, argv: list[str], ready: str) -> None:
+    def __init__(
+        self, name: str, argv: list[str], ready: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+        env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT / "generated")}
         self.proc = subprocess.Popen(
             [sys.executable, *argv], stdout=subprocess.PIPE, text=True, env=env
         )
@@ -82,20 +95,71 @@ def log_runs(path: Path) -> Counter[str]:
     return Counter(line.split()[1] for line in path.read_text().splitlines())
 
 
+KEYS: Path | None = None
+"""With --secure: the folder of the demo's keys (``make_keys``)."""
+
+
+def make_keys(folder: Path) -> Path:
+    """The hub's keypair and one per service (and the dealer), as ``ackbus keys
+    generate`` makes them; each service's public key enrolled with the hub."""
+    for name in ("hub", "table", "audit", "lobby", "dealer", "stranger"):
+        subprocess.run(
+            [sys.executable, "-m", "ackbus.cli", "keys", "generate", name, "--dir", str(folder)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "generated")},
+        )
+    (folder / "clients").mkdir()
+    for name in ("table", "audit", "lobby", "dealer"):  # enroll: copy the PUBLIC half
+        (folder / "clients" / f"{name}.key").write_bytes((folder / f"{name}.key").read_bytes())
+    return folder
+
+
+def key_env(name: str) -> dict[str, str]:
+    """What a service's environment says about its keys (nothing without --secure)."""
+    if KEYS is None:
+        return {}
+    return {
+        "ACKBUS_KEYS": str(KEYS / f"{name}.key_secret"),
+        "ACKBUS_HUB_KEY": str(KEYS / "hub.key"),
+    }
+
+
 def service(name: str, hub: str, log: Path, instance: str) -> Process:
     argv = [str(ROOT / "examples" / "services.py"), "--service", name, "--hub", hub]
     return Process(
         f"{name} ({instance})",
         [*argv, "--log", str(log), "--instance", instance],
         "ready",
+        env=key_env(name),
     )
+
+
+async def stranger_is_refused(hub: str) -> bool:
+    """A keypair the hub never enrolled tries to register as the table: refused in the
+    CURVE handshake, so it never gets a WELCOME (ConnectTimeout)."""
+    from ackbus import ConnectTimeout
+
+    assert KEYS is not None
+    try:
+        async with Endpoint(
+            "table",
+            hub,
+            keys=KEYS / "stranger.key_secret",
+            hub_key=KEYS / "hub.key",
+            connect_timeout=1.5,
+        ):
+            return False
+    except ConnectTimeout:
+        return True
 
 
 async def dealer(
     hub: str, restart_table: object, restarts: list[asyncio.Future[None]]
 ) -> list[DeliveryReport]:
     reports: list[DeliveryReport] = []
-    async with Endpoint("dealer", hub, heartbeat=0.25) as ep:
+    keys = {} if KEYS is None else {"keys": KEYS / "dealer.key_secret", "hub_key": KEYS / "hub.key"}
+    async with Endpoint("dealer", hub, heartbeat=0.25, **keys) as ep:
         client = table_ackbus.TableClient(ep)
         for i in range(HANDS):
             msg = table_pb2.StartHand(table_id=f"table-{i % 8}", seats=6, button_seat=i % 6)
@@ -113,15 +177,25 @@ async def dealer(
 
 
 def main() -> int:
+    global KEYS, HANDS, KILL_AT
+    parser = argparse.ArgumentParser(description="the ackbus demo (module docstring)")
+    parser.add_argument("--secure", action="store_true", help="CURVE keys on every process")
+    parser.add_argument("--hands", type=int, default=HANDS, help=f"default {HANDS}")
+    args = parser.parse_args()
+    secure = args.secure
+    HANDS, KILL_AT = args.hands, args.hands // 3
     port = free_port()
     hub_address = f"tcp://127.0.0.1:{port}"
     work = Path(tempfile.mkdtemp(prefix="ackbus-demo-"))
     logs = {name: work / f"{name}.log" for name in ("table-1", "table-2", "audit", "lobby")}
     print(f"ackbus demo: hub on {hub_address}, logs in {work}")
     started = time.monotonic()
-    hub = Process(
-        "hub", ["-m", "ackbus.hub", "--bind", hub_address, "--heartbeat", "0.25"], "listening"
-    )
+    hub_argv = ["-m", "ackbus.hub", "--bind", hub_address, "--heartbeat", "0.25"]
+    if secure:
+        KEYS = make_keys(work / "keys")
+        hub_argv += ["--keys", str(KEYS)]
+        print(f"  CURVE: keys in {KEYS}; table, audit, lobby and the dealer enrolled")
+    hub = Process("hub", hub_argv, "listening")
     audit = service("audit", hub_address, logs["audit"], "audit-1")
     lobby = service("lobby", hub_address, logs["lobby"], "lobby-1")
     tables = [service("table", hub_address, logs["table-1"], "table-1")]
@@ -141,7 +215,13 @@ def main() -> int:
         # messages are retried until table-2 takes them.
         pending.append(asyncio.ensure_future(replace()))
 
+    refused = None
     try:
+        if secure:
+            refused = asyncio.run(stranger_is_refused(hub_address))
+            print(
+                f"  a stranger's key registering as table: {'refused' if refused else 'ADMITTED'}"
+            )
         reports = asyncio.run(dealer(hub_address, restart_table, pending))
         time.sleep(0.5)  # let the last HandStarted events reach their subscribers
         counters = [tables[-1].stop(), audit.stop(), lobby.stop()]
@@ -180,6 +260,9 @@ def main() -> int:
     print(f"  events               audit handled {audit_seen}, lobby handled {lobby_seen}")
     print(f"  took                 {time.monotonic() - started:.1f} s")
     lost = len(reports) - len(acked) + len(not_run)
+    if refused is False:
+        print("\nFAILED: the hub admitted a key it never enrolled")
+        return 1
     if lost or audit_seen < HANDS or lobby_seen < HANDS:
         print(f"\nFAILED: {lost} commands lost; events {audit_seen}/{lobby_seen} of {HANDS}")
         return 1
