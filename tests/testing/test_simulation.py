@@ -18,6 +18,7 @@ from ackbus.testing.simstore import SimStore
 SEEDS = 600
 
 
+@pytest.mark.timeout(300)  # CPU-bound: about 20 s alone, over 60 s at load 16 on 2 cores
 def test_invariants_hold_over_many_seeds() -> None:
     failing = {}
     totals = {"messages": 0, "acked": 0, "reruns": 0, "durable": 0, "resumed": 0}
