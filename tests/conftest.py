@@ -5,10 +5,14 @@ tests/support/helpers.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from helpers import HubBus, running_hub
 from proc_harness import Procs
+
+if TYPE_CHECKING:
+    from pg_server import PgServer
 
 
 @pytest.fixture
@@ -36,3 +40,26 @@ async def memory_hub() -> AsyncIterator[HubBus]:
     ``memory_hub.address`` with ``backend=memory_hub.backend``."""
     async with running_hub("memory") as bus:
         yield bus
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for this test session (tests/support/pg_server.py),
+    stopped and removed at its end. Fails, naming what to install, where there is none."""
+    from pg_server import PgServer
+
+    try:
+        server = PgServer()
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a fresh, empty database on :func:`pg_server` (over its unix socket)."""
+    return pg_server.url(pg_server.new_database())

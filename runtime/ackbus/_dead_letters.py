@@ -1,11 +1,12 @@
 """``ackbus dead-letters``: list, show, replay and purge a store's dead letters.
 
 These work beside a live owner of the store (SQLite lets another process read and write
-a WAL database; the ownership lock is only for endpoints). Replay sends each message
-again through a hub under a **new** message id: the receiver may remember the old id
-(a permanent rejection is cached), and a replay is meant to run the handler again. The
-envelope is kept as it was, so the receiver still sees the original sender. A replayed
-message that is acked is removed from the dead letters; one that fails again stays.
+a WAL database, PostgreSQL is shared anyway; the ownership lock is only for endpoints).
+Replay sends each message again through a hub under a **new** message id: the receiver
+may remember the old id (a permanent rejection is cached), and a replay is meant to run
+the handler again. The envelope is kept as it was, so the receiver still sees the
+original sender. A replayed message that is acked is removed from the dead letters; one
+that fails again stays.
 """
 
 from __future__ import annotations
@@ -15,12 +16,31 @@ import datetime
 import json
 import os
 import time
+from typing import Protocol
 
 from ._types import DeliveryReport, Policy
 from .store import DeadLetter, SqliteStore
+from .store._open import postgres_store_class
 from .wire import KIND_EVENT, MessageItem, encode_message
 
-__all__ = ["describe", "replay", "summary_line"]
+__all__ = ["DeadLetterStore", "describe", "open_admin", "replay", "summary_line"]
+
+
+class DeadLetterStore(Protocol):
+    """What the dead-letter commands need of a store (both stores have it)."""
+
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+    def remove_dead_letters(self, ids: list[bytes]) -> int: ...
+
+
+def open_admin(spec: str) -> DeadLetterStore:
+    """``--store``: ``sqlite:///path.db``, a plain file path, or ``postgresql://...``
+    (every service's dead letters in that schema)."""
+    if spec.startswith(("postgresql:", "postgres:")):
+        return postgres_store_class().from_url(spec)  # psycopg is an extra: imported here
+    return SqliteStore.from_url(spec) if spec.startswith("sqlite:") else SqliteStore(spec)
+
 
 _JSON = "json"
 
@@ -75,7 +95,7 @@ def describe(d: DeadLetter) -> str:
 
 
 async def replay(
-    store: SqliteStore, letters: list[DeadLetter], hub: str, *, timeout: float = 30.0
+    store: DeadLetterStore, letters: list[DeadLetter], hub: str, *, timeout: float = 30.0
 ) -> list[tuple[DeadLetter, DeliveryReport]]:
     """Send ``letters`` again through ``hub``; remove those acked from the store."""
     from .endpoint import Endpoint

@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     dead_sub = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    store_help = "the store: sqlite:///path/to.db (or a plain file path)"
+    store_help = "the store: sqlite:///path/to.db (or a plain file path), or postgresql://..."
     for action, text in (
         ("list", "one line per dead letter, oldest failure first"),
         ("show", "everything about dead letters: error, envelope, body"),
@@ -172,13 +172,12 @@ def parser() -> argparse.ArgumentParser:
 def _dead_letters(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ._dead_letters import describe, replay, summary_line
+    from ._dead_letters import describe, open_admin, replay, summary_line
     from .errors import StoreError
-    from .store import SqliteStore
 
     spec: str = args.store
     try:
-        store = SqliteStore.from_url(spec) if spec.startswith("sqlite:") else SqliteStore(spec)
+        store = open_admin(spec)
         letters = store.dead_letters()
         if args.action == "list":
             for d in letters:
@@ -211,7 +210,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
             failed = sum(1 for _, r in results if not r)
             print(f"replayed {len(results)}: {len(results) - failed} acked, {failed} failed")
             return 1 if failed else 0
-    except StoreError as err:
+    except (StoreError, ValueError) as err:  # ValueError: a malformed --store URL
         print(f"ackbus dead-letters: error: {err}", file=sys.stderr)
         return 1
     return 0

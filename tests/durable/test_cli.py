@@ -95,3 +95,38 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["dead-letters", "list", "--store", str(tmp_path / "missing.db")]) == 1
     assert "no such ackbus store" in capsys.readouterr().err
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_dead_letters_in_postgresql(
+    procs: Procs, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same commands with ``--store postgresql://...`` (a real server)."""
+    port = free_port()
+    procs.hub(port)
+    hub = f"tcp://127.0.0.1:{port}"
+
+    async def fail_two() -> list[bytes]:
+        async with Endpoint("dealer", hub, store=pg_url, policy=QUICK) as ep:
+            reports = [await ep.send(Bye(reason=r), wait_ack=False) for r in ("one", "two")]
+            for r in reports:
+                await r.wait(5)
+            assert not any(reports)
+        return [r.message_id for r in reports]
+
+    ids = asyncio.run(fail_two())
+    assert main(["dead-letters", "list", "--store", pg_url]) == 0
+    out = capsys.readouterr().out
+    assert "2 dead letters" in out
+    assert all(mid.hex() in out for mid in ids)
+    assert main(["dead-letters", "show", "--store", pg_url, ids[1].hex()[:12]]) == 0
+    assert "reason:      no-route" in capsys.readouterr().out
+    procs.start(
+        str(HERE / "receiver.py"), "--hub", hub, "--store", str(tmp_path / "r.db"),
+        "--runs", str(tmp_path / "runs.log"), ready=b"ready",
+    )  # fmt: skip
+    assert main(["dead-letters", "replay", "--store", pg_url, "--hub", hub, ids[0].hex()]) == 0
+    assert "replayed 1: 1 acked, 0 failed" in capsys.readouterr().out
+    assert main(["dead-letters", "purge", "--store", pg_url, "--all"]) == 0
+    assert "purged 1 dead letter" in capsys.readouterr().out
+    assert main(["dead-letters", "list", "--store", pg_url + "&durability=never"]) == 1
+    assert "durability must be" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_url_forms_and_durability(tmp_path: Path) -> None:
     assert absolute.path == tmp_path / "y.db"
     assert absolute.durability is Durability.RELAXED
     assert open_store(absolute) is absolute
-    for bad in ("postgres:///x", "sqlite://host/x.db", "sqlite:///x.db?durability=never",
+    for bad in ("mysql:///x", "sqlite://host/x.db", "sqlite:///x.db?durability=never",
                 "sqlite:///x.db?fsync=0", "sqlite:///"):  # fmt: skip
         with pytest.raises(ValueError, match=r"store URL|durability"):
             open_store(bad)

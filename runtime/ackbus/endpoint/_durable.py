@@ -40,8 +40,7 @@ from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Kind, Po
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
 from ..core.endpoint_protocol import EndpointProtocol
 from ..errors import Cancelled, ClosedError, Reject, StoreError
-from ..store import InboxRecord, OutboxRow, Store
-from ..store._sqlite import open_store
+from ..store import InboxRecord, OutboxRow, Store, open_store
 from ..store._unit import Deferred, Transaction
 from ..store._writer import Batch
 from ..wire import FLAG_REQUEST, MessageItem
@@ -368,7 +367,7 @@ class Durable:
             )
             self._drop(unit, "its handler rejected the message")
         unit.close(record)
-        batch = self.store.put_inbox(record) if unit.simple else self.store.write(unit)
+        batch = self.store.put_inbox(record) if unit.simple else self.store.put_unit(unit)
         entry = (unit, hub, item, route, result, exc)
         if batch is self._handled_batch:
             self._handled.append(entry)

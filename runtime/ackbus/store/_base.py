@@ -2,8 +2,10 @@
 
 The endpoint knows a store only through :class:`Store`: claim an identity, read back
 what a previous run left (pending outbox rows, recent inbox records), and queue writes
-on the group-commit writer. :class:`~ackbus.store.SqliteStore` is the implementation;
-in-memory mode is "no store at all", so it costs the hot path nothing.
+on the store's group-commit writer. :class:`~ackbus.store.SqliteStore` (one file per
+instance) and :class:`~ackbus.store.PostgresStore` (one database shared by a service's
+instances) implement it; in-memory mode is "no store at all", so it costs the hot path
+nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import asyncio
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from ._writer import Batch, Op
+from ._writer import Batch
 
-__all__ = ["DeadLetter", "Durability", "InboxRecord", "OutboxRow", "Store"]
+if TYPE_CHECKING:
+    from ._unit import Transaction
+
+__all__ = ["DeadLetter", "Durability", "InboxRecord", "OutboxRow", "Store", "matching"]
 
 
 class Durability(enum.Enum):
@@ -82,12 +87,18 @@ class DeadLetter:
     frame: bytes
 
 
+def matching(letters: list[DeadLetter], prefix: str) -> list[DeadLetter]:
+    """The dead letters whose hex id starts with ``prefix`` (any case)."""
+    p = prefix.lower()
+    return [d for d in letters if d.msg_id.hex().startswith(p)]
+
+
 class Store(abc.ABC):
-    """A durable home for one service instance's outbox, inbox and dead letters."""
+    """A durable home for a service instance's outbox, inbox and dead letters."""
 
     durability: Durability
     location: str
-    """Where it lives, for messages (a path)."""
+    """Where it lives, for messages (a path, or a URL without its password)."""
 
     @abc.abstractmethod
     def claim(self, service: str, instance: str | None) -> str:
@@ -110,8 +121,11 @@ class Store(abc.ABC):
         """Start the writer; :meth:`write` works from now on."""
 
     @abc.abstractmethod
-    def write(self, op: Op, *, durable: bool = True) -> Batch:
-        """Queue ``op`` for the next group commit; ``durable=False`` for lazy marks."""
+    def put_unit(self, unit: Transaction) -> Batch:
+        """Queue a handler's unit of work (its inbox record, writes and sends) for the
+        next group commit. If the inbox already holds the message id the unit is rolled
+        back and ``unit.duplicate`` set; if one of its statements fails it is rolled back
+        and ``unit.failed`` set; the rest of the batch commits either way."""
 
     @abc.abstractmethod
     def put_outbox(self, row: OutboxRow) -> Batch: ...

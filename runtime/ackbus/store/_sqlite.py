@@ -22,14 +22,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from ..core import Outcome
 from ..errors import StoreError
-from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store
+from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching
 from ._writer import Batch, GroupWriter, Op, each_value, rows_statement
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore", "open_store"]
+if TYPE_CHECKING:
+    from ._unit import Transaction
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
 
 APPLICATION_ID = 0x41434B42
 """``PRAGMA application_id`` of an ackbus database ("ACKB")."""
@@ -73,14 +77,6 @@ _MOVE_TO_DEAD = (
 )
 _PRUNE_INBOX = "DELETE FROM ackbus_inbox WHERE finished_at < ?"
 _DEAD_COLUMNS = "id, type, destination, kind, reason, attempts, error, created_at, failed_at, frame"
-
-
-def open_store(spec: str | Store) -> Store:
-    """A store from a URL (``sqlite:///relative.db``, ``sqlite:////abs/path.db``, with
-    ``?durability=relaxed`` to skip the fsync at commit) or a :class:`Store` as is."""
-    if isinstance(spec, Store):
-        return spec
-    return SqliteStore.from_url(spec)
 
 
 class SqliteStore(Store):
@@ -281,7 +277,11 @@ class SqliteStore(Store):
         raise StoreError(f"{self.path}: the store is not started")
 
     def write(self, op: Op, *, durable: bool = True) -> Batch:
+        """Queue ``op`` for the next group commit; ``durable=False`` for lazy marks."""
         return self.writer.add(op, durable=durable)
+
+    def put_unit(self, unit: Transaction) -> Batch:
+        return self.writer.add(unit)
 
     def put_outbox(self, row: OutboxRow) -> Batch:
         return self._add((INSERT_OUTBOX, row))
@@ -335,8 +335,7 @@ class SqliteStore(Store):
 
     def find_dead_letters(self, prefix: str) -> list[DeadLetter]:
         """Dead letters whose hex id starts with ``prefix``."""
-        p = prefix.lower()
-        return [d for d in self.dead_letters() if d.msg_id.hex().startswith(p)]
+        return matching(self.dead_letters(), prefix)
 
     def remove_dead_letters(self, ids: list[bytes]) -> int:
         """Delete dead letters by id; returns how many existed."""

@@ -83,7 +83,7 @@ class Transaction:
         self.record: InboxRecord | None = None
         self.duplicate: InboxRecord | None = None
         """Set by the commit: the inbox already had this id (its stored outcome)."""
-        self.failed: sqlite3.Error | None = None
+        self.failed: Exception | None = None
         """Set by the commit: a statement of the handler failed; nothing of the unit ran."""
 
     # -- the handler's side --------------------------------------------------------------
@@ -104,6 +104,11 @@ class Transaction:
     def open(self) -> bool:
         """Whether the handler still runs (writes and sends still join the unit)."""
         return self._open
+
+    @property
+    def writes(self) -> Sequence[tuple[str, Params]]:
+        """The handler's statements, in order (read by the store's commit)."""
+        return self._writes or ()
 
     @property
     def statements(self) -> int:

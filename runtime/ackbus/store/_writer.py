@@ -53,7 +53,8 @@ class Batch:
 
     def __init__(self) -> None:
         self._watchdog: asyncio.TimerHandle | None = None
-        self.ops: list[Op] = []
+        self.ops: list[Any] = []
+        """The operations, in the store's own form (:data:`Op` for SQLite)."""
         self.durable = False
         self.done = False
         self.error: BaseException | None = None

@@ -140,6 +140,9 @@ class SimStore(Store):
             raise TypeError("SimStore runs no SQL: simulated handlers write nothing via ctx.tx")
         return self._add(lambda: self._apply_unit(unit))
 
+    def put_unit(self, unit: Transaction) -> Batch:
+        return self.write(unit)
+
     def put_outbox(self, row: OutboxRow) -> Batch:
         return self._add(lambda: self._insert_outbox(row))
 

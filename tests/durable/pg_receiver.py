@@ -1,0 +1,86 @@
+"""A receiver process of service "sink" whose store is a shared PostgreSQL database, for
+tests/durable/test_pg_shared.py.
+
+    python tests/durable/pg_receiver.py --hub tcp://127.0.0.1:5555 --store postgresql://...
+
+Each handler run writes one row to the ``effects`` table through ``ctx.tx`` (message id,
+this instance), the transactional effect that must exist exactly once per message
+whichever instance ran it and however many were killed. ``--slow-ack S`` holds each
+commit's answer (the acks) for S seconds after the commit, so that a kill often lands
+between "committed" and "acked": the retry then reaches a sibling, which must find the
+message in the shared inbox. Prints ``ready INSTANCE`` once routable; on SIGTERM prints
+its stats as JSON and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import signal
+
+from ackbus import Context
+from ackbus.endpoint import Endpoint
+from ackbus.store import PostgresStore
+from ackbus.store._pg_writer import PgWriter
+from ackbus.store._writer import Batch
+from ackbus.wire_pb2 import Bye
+
+
+class SlowAckStore(PostgresStore):
+    def __init__(self, url: str, delay: float) -> None:
+        super().__init__(url)
+        self.delay = delay
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().start(loop)
+        writer = self.writer
+        delay = self.delay
+
+        async def slow_commit(batch: Batch) -> None:
+            error = await PgWriter._transact(writer, batch)
+            await asyncio.sleep(delay)
+            batch._finish(error)
+
+        writer._commit = slow_commit  # type: ignore[method-assign]
+
+
+async def run(args: argparse.Namespace) -> None:
+    # To a file: a pipe nobody reads would fill up and block the process mid-run.
+    logging.basicConfig(filename=args.log, level=logging.WARNING, format="%(asctime)s %(message)s")
+    store = SlowAckStore(args.store, args.slow_ack)
+    ep = Endpoint("sink", args.hub, store=store, heartbeat=0.25)
+    instance = ep.identity.instance
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        if random.random() < 0.3:
+            await asyncio.sleep(random.random() * 0.005)  # widen the windows a kill can hit
+        assert ctx.tx is not None
+        ctx.tx.execute(
+            "INSERT INTO effects (msg_id, instance) VALUES (%s, %s)",
+            (ctx.message_id.hex(), instance),
+        )
+
+    ep.register_handler(Bye, on_bye)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with ep:
+        print("ready", instance, flush=True)
+        await stop.wait()
+        stats = ep.stats
+    print(json.dumps({"handled": stats.handled, "duplicates": stats.duplicates}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hub", required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--log", required=True, help="the process's log file")
+    parser.add_argument("--slow-ack", type=float, default=0.0, help="seconds after each commit")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
