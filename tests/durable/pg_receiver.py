@@ -8,8 +8,9 @@ this instance), the transactional effect that must exist exactly once per messag
 whichever instance ran it and however many were killed. ``--slow-ack S`` holds each
 commit's answer (the acks) for S seconds after the commit, so that a kill often lands
 between "committed" and "acked": the retry then reaches a sibling, which must find the
-message in the shared inbox. Prints ``ready INSTANCE`` once routable; on SIGTERM prints
-its stats as JSON and exits.
+message in the shared inbox. ``--slow-commit S`` holds each transaction open S seconds
+after its statements, so that a SIGSTOP lands inside it. Prints ``ready INSTANCE`` once
+routable; on SIGTERM prints its stats as JSON and exits.
 """
 
 from __future__ import annotations
@@ -24,33 +25,42 @@ import signal
 from ackbus import Context
 from ackbus.endpoint import Endpoint
 from ackbus.store import PostgresStore
-from ackbus.store._pg_writer import PgWriter
+from ackbus.store._pg_writer import AsyncConn, PgOp, PgWriter
 from ackbus.store._writer import Batch
 from ackbus.wire_pb2 import Bye
 
 
-class SlowAckStore(PostgresStore):
-    def __init__(self, url: str, delay: float) -> None:
+class SlowStore(PostgresStore):
+    """Acks held ``ack_delay`` after each commit; each transaction held open
+    ``commit_delay`` after its statements (a SIGSTOP then lands inside it)."""
+
+    def __init__(self, url: str, ack_delay: float, commit_delay: float) -> None:
         super().__init__(url)
-        self.delay = delay
+        self.ack_delay = ack_delay
+        self.commit_delay = commit_delay
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         super().start(loop)
         writer = self.writer
-        delay = self.delay
+        ack_delay, commit_delay = self.ack_delay, self.commit_delay
 
         async def slow_commit(batch: Batch) -> None:
             error = await PgWriter._transact(writer, batch)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(ack_delay)
             batch._finish(error)
 
+        async def slow_apply(conn: AsyncConn, ops: list[PgOp]) -> None:
+            await PgWriter._apply(writer, conn, ops)
+            await asyncio.sleep(commit_delay)
+
         writer._commit = slow_commit  # type: ignore[method-assign]
+        writer._apply = slow_apply  # type: ignore[method-assign]
 
 
 async def run(args: argparse.Namespace) -> None:
     # To a file: a pipe nobody reads would fill up and block the process mid-run.
     logging.basicConfig(filename=args.log, level=logging.WARNING, format="%(asctime)s %(message)s")
-    store = SlowAckStore(args.store, args.slow_ack)
+    store = SlowStore(args.store, args.slow_ack, args.slow_commit)
     ep = Endpoint("sink", args.hub, store=store, heartbeat=0.25)
     instance = ep.identity.instance
 
@@ -79,6 +89,9 @@ def main() -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--log", required=True, help="the process's log file")
     parser.add_argument("--slow-ack", type=float, default=0.0, help="seconds after each commit")
+    parser.add_argument(
+        "--slow-commit", type=float, default=0.0, help="seconds each transaction stays open"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

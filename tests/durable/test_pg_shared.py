@@ -53,11 +53,12 @@ class Receivers:
         self.live: dict[str, subprocess.Popen[bytes]] = {}
         self.killed: list[str] = []
 
-    def start(self) -> str:
+    def start(self, *, slow_commit: str = "0") -> str:
         self.started += 1
         proc = self.procs.start(
             str(HERE / "pg_receiver.py"), "--hub", self.hub, "--store", self.url,
-            "--slow-ack", SLOW_ACK, "--log", str(self.logs / f"receiver-{self.started}.log"),
+            "--slow-ack", SLOW_ACK, "--slow-commit", slow_commit,
+            "--log", str(self.logs / f"receiver-{self.started}.log"),
             ready=b"ready", timeout=30.0,
         )  # fmt: skip
         # Procs.start read the ready line ("ready INSTANCE") to find it; ask the store.
@@ -151,6 +152,74 @@ async def run(procs: Procs, url: str, logs: Path, total: int, kills: int) -> dic
         "survivor_duplicates": sum(s["duplicates"] for s in stats),
         "seconds": round(elapsed, 1),
     }
+
+
+def in_transaction(url: str, instance: str) -> bool:
+    """Whether ``instance``'s writer has a transaction open (its statements ran)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND state = 'idle in transaction'",
+            (f"ackbus:sink:{instance}",),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+async def frozen(procs: Procs, url: str, logs: Path) -> dict[str, object]:
+    """Two instances; the one whose transactions stay open 0.3 s is frozen (SIGSTOP) in
+    the middle of one while messages stream; later it is thawed (SIGCONT)."""
+    port = free_port()
+    procs.hub(port)
+    hub = f"tcp://127.0.0.1:{port}"
+    PostgresStore(url).execute_script(EFFECTS)
+    receivers = Receivers(procs, hub, url, logs)
+    slow = await asyncio.to_thread(receivers.start, slow_commit="0.3")
+    await asyncio.to_thread(receivers.start)
+    reports: list[DeliveryReport] = []
+    policy = POLICY.with_(deadline=60.0)
+    async with Endpoint("dealer", hub, policy=policy, heartbeat=0.25) as ep:
+
+        async def send(n: int) -> None:
+            for i in range(n):
+                reports.append(await ep.send(Bye(reason=str(len(reports))), wait_ack=False))
+                if i % 10 == 9:
+                    await asyncio.sleep(0.05)
+
+        async with asyncio.timeout(policy.deadline + 30):
+            await send(100)
+            while not await asyncio.to_thread(in_transaction, url, slow):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # poll: another process's transaction
+            receivers.live[slow].send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            await send(100)
+            for r in reports:
+                await r.wait(policy.deadline + 5)
+            settled = time.monotonic() - stopped
+        receivers.live[slow].send_signal(signal.SIGCONT)
+        await asyncio.sleep(2.0)  # the thawed instance's commit fails; nothing more lands
+    rows, distinct = effects(url)
+    stats = receivers.stop_all()
+    return {
+        "messages": len(reports),
+        "true": sum(1 for r in reports if r),
+        "first_failures": [str(r.error) for r in reports if not r][:3],
+        "rows": rows,
+        "distinct": distinct,
+        "settled_after_stop": round(settled, 1),
+        "frozen_handled": stats[0]["handled"],
+    }
+
+
+def test_a_frozen_instance_holding_inbox_records_neither_doubles_nor_blocks_forever(
+    procs: Procs, pg_url: str, tmp_path: Path
+) -> None:
+    """The server ends the frozen instance's idle transaction (idle_in_transaction_session_
+    timeout, 10 s), which releases the records its sibling waits for; the frozen one's
+    commit then fails when it is thawed: every message once, every report true."""
+    result = asyncio.run(frozen(procs, pg_url, tmp_path))
+    print("pg frozen instance:", result)
+    assert result["true"] == 200, result
+    assert (result["rows"], result["distinct"]) == (200, 200), result
 
 
 def test_effects_once_per_service_across_kill_9s_of_the_committing_instance(

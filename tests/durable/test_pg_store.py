@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 from ackbus import StoreError
-from ackbus.store import Durability, InboxRecord, OutboxRow, PostgresStore, open_store
+from ackbus.store import Durability, InboxRecord, OutboxRow, PostgresStore, _pg, open_store
 from ackbus.store._pg_schema import SCHEMA_VERSION, parse_url
 from ackbus.store._unit import Transaction
 from pg_server import PASSWORD, PASSWORD_ROLE, PgServer
@@ -264,14 +264,19 @@ async def test_a_sibling_finds_the_message_in_the_shared_inbox(
         await asyncio.wait_for(sibling.aclose(), TIMEOUT)
 
 
-@pytest.mark.parametrize("holder_ends", ["commit", "rollback"])
+@pytest.mark.parametrize("holder_ends", ["commit", "rollback", "never"])
 async def test_the_databases_lock_decides_between_concurrent_runs(
-    started: PostgresStore, pg_url: str, holder_ends: str
+    pg_url: str, holder_ends: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sibling's uncommitted record of the same id (its commit in progress) makes this
     commit wait: a duplicate if the sibling commits, this run's effect if it rolls back
-    (as the server does for a sibling whose connection died)."""
-    store = started
+    (as the server does for a sibling whose connection died); if the holder outlasts the
+    store's lock timeout (here 0.5 s), the unit is busy: nothing of it ran, retry later."""
+    session = [q for q in _pg._SESSION if "lock_timeout" not in q]
+    monkeypatch.setattr(_pg, "_SESSION", (*session, "SET lock_timeout = '500ms'"))
+    store = PostgresStore(pg_url)
+    store.claim("svc", "a")
+    store.start(asyncio.get_running_loop())
     store.execute_script("CREATE TABLE effects (msg_id bytea NOT NULL)")
     msg_id = b"c" * 16
     with psycopg.connect(pg_url) as holder:  # the sibling, mid-transaction
@@ -281,12 +286,17 @@ async def test_the_databases_lock_decides_between_concurrent_runs(
         holder.execute("INSERT INTO effects VALUES (%s)", (msg_id,))
         mine = unit(msg_id, ("INSERT INTO effects VALUES (%s)", (msg_id,)))
         batch = store.put_unit(mine)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.2)
         assert not batch.done  # waiting for the holder's row
         if holder_ends == "commit":
             holder.commit()
-        else:
+        elif holder_ends == "rollback":
             holder.rollback()
         await asyncio.wait_for(batch.wait(), TIMEOUT)
+        holder.rollback()
+    await asyncio.wait_for(store.aclose(), TIMEOUT)
     assert (mine.duplicate is not None) == (holder_ends == "commit")
-    assert sql(pg_url, "SELECT count(*) FROM effects") == [(1,)]
+    assert (mine.busy is not None) == (holder_ends == "never")
+    assert mine.failed is None
+    effects = 0 if holder_ends == "never" else 1
+    assert sql(pg_url, "SELECT count(*) FROM effects") == [(effects,)]

@@ -39,7 +39,7 @@ from .._eager import report_when_done, start_eager
 from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Kind, Policy
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
 from ..core.endpoint_protocol import EndpointProtocol
-from ..errors import Cancelled, ClosedError, Reject, StoreError
+from ..errors import Cancelled, ClosedError, Reject, RetryLater, StoreError
 from ..store import InboxRecord, OutboxRow, Store, open_store
 from ..store._unit import Deferred, Transaction
 from ..store._writer import Batch
@@ -101,6 +101,10 @@ class Hooks:
     ``on_done(result, error)`` called on the loop once it returned. (A driver without
     one, such as the simulation's, runs ``async def`` handlers only.)"""
 
+
+_BUSY_RETRY = 1.0
+"""Seconds a sender waits before retrying a message whose commit met another transaction
+holding its records (a sibling instance committing it, or frozen while doing so)."""
 
 _PRUNE_EVERY = 60.0
 """Longest pause between inbox prunes, seconds (a quarter of the dedupe TTL if shorter)."""
@@ -448,6 +452,13 @@ class Durable:
             self._drop(unit, "the message was a duplicate")
             if not hooks.closed():
                 protocol.reack(hub.index, item)
+            return
+        if unit.busy is not None:
+            # Another instance holds this message's inbox record (or the handler's rows)
+            # uncommitted: the database decides who runs it; ask for a retry.
+            self._drop(unit, "another transaction held its records")
+            busy = RetryLater(_BUSY_RETRY, f"the store was busy with this message: {unit.busy}")
+            hooks.answer(hub, item, route, None, busy)
             return
         if unit.failed is not None:
             self._drop(unit, "its transaction failed")

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import LiteralString
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -45,11 +46,19 @@ log = logging.getLogger("ackbus.store")
 
 Conn = psycopg.Connection[TupleRow]
 
-_SESSION: tuple[LiteralString, ...] = ("SET lock_timeout = '10s'", "SET statement_timeout = '30s'")
+_SESSION: tuple[LiteralString, ...] = (
+    "SET lock_timeout = '10s'",
+    "SET statement_timeout = '30s'",
+    "SET idle_in_transaction_session_timeout = '10s'",
+)
 """Every writer connection's settings. A commit waits at most 10 s for a row another
 transaction holds (a sibling's uncommitted record of the same message id): then its
 message is not acked and is retried. No statement runs longer than 30 s, the batch's
-own deadline (a server that stops answering fails the batch, not the writer)."""
+own deadline (a server that stops answering fails the batch, not the writer). A writer's
+transaction never waits for anything but the server between its statements, so one
+that stays idle for 10 s belongs to a process that stopped (SIGSTOP, a frozen VM): the
+server ends that session and rolls it back, which releases the inbox records a sibling
+waits for; the frozen process's commit then fails, so it acks nothing."""
 
 
 class PostgresStore(Store):
@@ -230,7 +239,7 @@ class PostgresStore(Store):
             self.url.conninfo,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            kwargs=self._session_kwargs(),
             configure=configure,
             name=f"ackbus:{self.service}",
             open=False,
@@ -240,6 +249,15 @@ class PostgresStore(Store):
             pool, self._sql, name=f"ackbus-store:{self.location}", relaxed=relaxed
         )
         self._writer.start(loop)
+
+    def _session_kwargs(self) -> dict[str, object]:
+        """autocommit (the writer opens its transactions), and an ``application_name``
+        naming the instance (``ackbus:SERVICE:INSTANCE``, seen in pg_stat_activity)
+        unless the URL gives one."""
+        kwargs: dict[str, object] = {"autocommit": True}
+        if "application_name" not in conninfo_to_dict(self.url.conninfo):
+            kwargs["application_name"] = f"ackbus:{self.service}:{self.instance}"[:63]
+        return kwargs
 
     @property
     def writer(self) -> PgWriter:

@@ -42,6 +42,12 @@ __all__ = ["PgOp", "PgStatements", "PgWriter", "inbox_record"]
 log = logging.getLogger("ackbus.store")
 
 PgOp = tuple[sql.Composed, Sequence[Any]] | Transaction
+_CONTENDED = (
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+"""Errors of a unit that another transaction caused: retried, not the handler's fault."""
 AsyncConn = psycopg.AsyncConnection[TupleRow]
 
 
@@ -248,6 +254,9 @@ class PgWriter:
                         await c.executemany(
                             q.insert_outbox, [(*d.row, q.service, q.instance) for d in unit.sends]
                         )
+        except _CONTENDED as exc:  # a sibling holds the record (or the handler's rows)
+            unit.busy = exc
+            return
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 raise  # the connection, not the handler's SQL: the whole batch fails

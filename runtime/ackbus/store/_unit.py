@@ -70,7 +70,7 @@ class Transaction:
     Transaction control (BEGIN, COMMIT, SAVEPOINT, ...) is refused.
     """
 
-    __slots__ = ("_open", "_sends", "_writes", "duplicate", "failed", "owner", "record")
+    __slots__ = ("_open", "_sends", "_writes", "busy", "duplicate", "failed", "owner", "record")
 
     def __init__(self, owner: object) -> None:
         self.owner = owner
@@ -85,6 +85,10 @@ class Transaction:
         """Set by the commit: the inbox already had this id (its stored outcome)."""
         self.failed: Exception | None = None
         """Set by the commit: a statement of the handler failed; nothing of the unit ran."""
+        self.busy: Exception | None = None
+        """Set by the commit: another transaction held what the unit needed past the
+        store's lock timeout, or a deadlock (a sibling instance committing the same
+        message id, or rows of the handler's): nothing of the unit ran; retry later."""
 
     # -- the handler's side --------------------------------------------------------------
 
@@ -158,7 +162,9 @@ class Transaction:
     def plain(self) -> bool:
         """Committed as it was: no duplicate found, no statement failed, no sends to
         transmit (the endpoint then answers exactly as in memory mode)."""
-        return self.duplicate is None and self.failed is None and not self._sends
+        return (
+            self.duplicate is None and self.failed is None and self.busy is None and not self._sends
+        )
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         """Run in the writer thread, inside the batch's transaction."""
