@@ -64,7 +64,8 @@ bench: setup
 simulate: setup
 	$(PY) -m ackbus.testing.simulate --seeds $(SEEDS)
 
-# The long real-process scenarios (the suite runs their short versions): events across
+# The long real-process scenarios (the suite runs their short versions): 2,500 commands to
+# two table instances and the 2,500 events they publish across five hub kill -9s; events across
 # five hub kill -9s in a 5,000-event stream, a subscriber down while 1,000 go out, a
 # durable publisher killed -9 halfway through 1,000, a 50 ms blocking def handler under
 # 2,000 pipelined sends, a 20 s handler under the default policy and one outliving its
@@ -76,7 +77,8 @@ chaos: setup
 		tests/integration/test_sync_handlers.py::test_a_blocking_def_handler_under_pipelined_load_loses_nothing \
 		tests/integration/test_lease.py \
 		tests/integration/test_peer_cost.py \
-		tests/durable/test_pg_shared.py
+		tests/durable/test_pg_shared.py \
+		tests/integration/test_mixed_stream.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

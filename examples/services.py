@@ -101,6 +101,8 @@ async def run(args: argparse.Namespace) -> None:
                 "handled": stats.handled,
                 "duplicates": stats.duplicates,
                 "handler_errors": stats.handler_errors,
+                "acked": stats.acked,
+                "failed": sum(stats.failed.values()),
             }
         ),
         flush=True,
