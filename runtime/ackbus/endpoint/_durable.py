@@ -138,7 +138,8 @@ class Durable:
         # lands: one callback per batch instead of a closure per message.
         self._handled_batch: Batch | None = None
         self._handled: list[_Handled] = []
-        self._prune_every = min(_PRUNE_EVERY, ttl / 4)
+        kept = self.store.dead_letters_ttl
+        self._prune_every = min(_PRUNE_EVERY, ttl / 4, kept / 4 if kept else _PRUNE_EVERY)
         self._next_prune = 0.0
 
     def _host(self) -> Hooks:
@@ -180,7 +181,7 @@ class Durable:
         store = self.store
         # The connection is the writer's from here on.
         store.start(loop)
-        store.prune_inbox(since)
+        self._prune(self._wall())
         now = hooks.now()
         offset = self._wall() - now
         hooks.protocol.deduper.load((_dedupe_record(r, offset) for r in records), now)
@@ -308,6 +309,9 @@ class Durable:
             self.store.dead_letter(
                 c.msg_id, (c.reason or Reason.TIMEOUT).value, c.attempts, str(report.error or "")
             )
+            wall = self._wall()
+            if wall >= self._next_prune:
+                self._prune(wall)
 
     # -- receive ----------------------------------------------------------------------------
 
@@ -380,8 +384,17 @@ class Durable:
             self._handled = handled = [entry]
             batch.on_commit(functools.partial(self._batch_committed, handled))
         if wall >= self._next_prune:
-            self._next_prune = wall + self._prune_every
-            self.store.prune_inbox(wall - self.ttl)
+            self._prune(wall)
+
+    def _prune(self, wall: float) -> None:
+        """Inbox records older than the dedupe TTL, and dead letters older than the
+        store's ``dead_letters_ttl`` (if it has one), go; lazily. At start, then at most
+        every ``_prune_every`` seconds while messages are handled or fail."""
+        self._next_prune = wall + self._prune_every
+        store = self.store
+        store.prune_inbox(wall - self.ttl)
+        if store.dead_letters_ttl is not None:
+            store.prune_dead_letters(wall - store.dead_letters_ttl)
 
     def _batch_committed(self, handled: list[_Handled], error: BaseException | None) -> None:
         """A batch holding handled messages committed (or failed): answer each in order."""

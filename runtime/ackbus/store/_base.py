@@ -22,7 +22,15 @@ from ._writer import Batch
 if TYPE_CHECKING:
     from ._unit import Transaction
 
-__all__ = ["DeadLetter", "Durability", "InboxRecord", "OutboxRow", "Store", "matching"]
+__all__ = [
+    "DeadLetter",
+    "Durability",
+    "InboxRecord",
+    "OutboxRow",
+    "Store",
+    "matching",
+    "parse_seconds",
+]
 
 
 class Durability(enum.Enum):
@@ -87,6 +95,22 @@ class DeadLetter:
     frame: bytes
 
 
+def parse_seconds(name: str, values: list[str] | None, url: str) -> float | None:
+    """A store URL's option of seconds (``?dead_letters_ttl=86400``): ``None`` if absent;
+    ``ValueError`` naming it unless a positive number."""
+    if not values:
+        return None
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(
+            f"{name} must be a positive number of seconds, got {values[-1]!r} in {url!r}"
+        )
+    return seconds
+
+
 def matching(letters: list[DeadLetter], prefix: str) -> list[DeadLetter]:
     """The dead letters whose hex id starts with ``prefix`` (any case)."""
     p = prefix.lower()
@@ -99,6 +123,9 @@ class Store(abc.ABC):
     durability: Durability
     location: str
     """Where it lives, for messages (a path, or a URL without its password)."""
+    dead_letters_ttl: float | None = None
+    """Seconds a dead letter is kept before the endpoint prunes it (the URL's
+    ``?dead_letters_ttl=``); ``None``: until purged or replayed."""
 
     @abc.abstractmethod
     def claim(self, service: str, instance: str | None) -> str:
@@ -150,6 +177,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def prune_inbox(self, before: float) -> None:
         """Delete inbox records that finished before Unix time ``before`` (lazy)."""
+
+    def prune_dead_letters(self, before: float) -> None:  # noqa: B027 - optional
+        """Delete this store's dead letters that failed before Unix time ``before`` (lazy).
+        A store that keeps none (the simulation's) ignores it."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

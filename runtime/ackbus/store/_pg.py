@@ -68,6 +68,7 @@ class PostgresStore(Store):
         self.url = url if isinstance(url, PgUrl) else parse_url(url)
         self.location = self.url.location
         self.durability = self.url.durability
+        self.dead_letters_ttl = self.url.dead_letters_ttl
         self.schema = self.url.schema
         self.pool_size = pool_size
         self.service = ""
@@ -295,6 +296,11 @@ class PostgresStore(Store):
     def prune_inbox(self, before: float) -> None:
         q = self.writer_sql
         self.writer.add((q.prune_inbox, (q.service, before)), durable=False)
+
+    def prune_dead_letters(self, before: float) -> None:
+        """This service's dead letters only (the schema may hold other services')."""
+        q = self.writer_sql
+        self.writer.add((q.prune_dead, (q.service, before)), durable=False)
 
     @property
     def writer_sql(self) -> PgStatements:

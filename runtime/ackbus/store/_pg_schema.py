@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from ..errors import StoreError
-from ._base import Durability
+from ._base import Durability, parse_seconds
 
 __all__ = ["LOCK_CLASS", "SCHEMA_VERSION", "PgUrl", "create_or_check", "parse_url", "statement"]
 
@@ -58,7 +58,7 @@ _TABLES: tuple[LiteralString, ...] = (
 
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_OURS = {"schema", "durability"}
+_OURS = {"schema", "durability", "dead_letters_ttl"}
 """URL options ackbus reads; every other query option goes to libpq as is."""
 
 
@@ -70,6 +70,7 @@ class PgUrl:
     """The URL with its password hidden, for messages."""
     schema: str
     durability: Durability
+    dead_letters_ttl: float | None = None
 
 
 def parse_url(url: str) -> PgUrl:
@@ -102,7 +103,10 @@ def parse_url(url: str) -> PgUrl:
         raise ValueError(f"bad store URL {_hide_password(url)!r}: {exc}") from None
     if "connect_timeout" not in options:  # a server that does not answer: fail, not hang
         conninfo = f"{base}?{urlencode([*rest, ('connect_timeout', '10')])}"
-    return PgUrl(conninfo, _hide_password(url), schema, durability)
+    ttl = parse_seconds(
+        "dead_letters_ttl", [v for k, v in pairs if k == "dead_letters_ttl"], _hide_password(url)
+    )
+    return PgUrl(conninfo, _hide_password(url), schema, durability, ttl)
 
 
 def _hide_password(url: str) -> str:

@@ -93,6 +93,9 @@ class PgStatements:
         self.prune_inbox = statement(
             "DELETE FROM {s}.inbox WHERE service = %s AND finished_at < %s", schema
         )
+        self.prune_dead = statement(
+            "DELETE FROM {s}.dead_letters WHERE service = %s AND failed_at < %s", schema
+        )
 
 
 class PgWriter:

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import Outcome
 from ..errors import StoreError
-from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching
+from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching, parse_seconds
 from ._writer import Batch, GroupWriter, Op, each_value, rows_statement
 
 if TYPE_CHECKING:
@@ -76,14 +76,22 @@ _MOVE_TO_DEAD = (
     "FROM ackbus_outbox WHERE id = ?"
 )
 _PRUNE_INBOX = "DELETE FROM ackbus_inbox WHERE finished_at < ?"
+_PRUNE_DEAD = "DELETE FROM ackbus_dead_letters WHERE failed_at < ?"
 _DEAD_COLUMNS = "id, type, destination, kind, reason, attempts, error, created_at, failed_at, frame"
 
 
 class SqliteStore(Store):
     """A durable store in one SQLite file. Not shared between live processes."""
 
-    def __init__(self, path: str | os.PathLike[str], durability: Durability = Durability.FULL):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        durability: Durability = Durability.FULL,
+        *,
+        dead_letters_ttl: float | None = None,
+    ):
         self.path = Path(path)
+        self.dead_letters_ttl = dead_letters_ttl
         self.location = str(self.path)
         self.durability = durability
         self._conn: sqlite3.Connection | None = None
@@ -105,7 +113,7 @@ class SqliteStore(Store):
         if not path:
             raise ValueError(f"store URL {url!r} names no file")
         query = parse_qs(parts.query, strict_parsing=False)
-        unknown = set(query) - {"durability"}
+        unknown = set(query) - {"durability", "dead_letters_ttl"}
         if unknown:
             raise ValueError(f"unknown store URL option(s) {sorted(unknown)} in {url!r}")
         names = query.get("durability", ["full"])
@@ -115,7 +123,8 @@ class SqliteStore(Store):
             raise ValueError(
                 f"durability must be 'full' or 'relaxed', got {names[-1]!r} in {url!r}"
             ) from None
-        return cls(path, durability)
+        ttl = parse_seconds("dead_letters_ttl", query.get("dead_letters_ttl"), url)
+        return cls(path, durability, dead_letters_ttl=ttl)
 
     # -- opening ------------------------------------------------------------------------
 
@@ -306,6 +315,9 @@ class SqliteStore(Store):
 
     def prune_inbox(self, before: float) -> None:
         self.writer.add((_PRUNE_INBOX, (before,)), durable=False)
+
+    def prune_dead_letters(self, before: float) -> None:
+        self.writer.add((_PRUNE_DEAD, (before,)), durable=False)
 
     async def aclose(self) -> None:
         if self._closed:
