@@ -37,6 +37,14 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     _add_proto_path(gen)
+    gen.add_argument(
+        "--include-path",
+        action=_PrintIncludePath,
+        help=(
+            "print the folder holding ackbus/options.proto (this installed ackbus's copy) "
+            "and exit: give it to protoc as -I"
+        ),
+    )
     gen.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     gen.add_argument("files", nargs="+", metavar="FILE.proto")
     gen.set_defaults(run=_gen)
@@ -359,6 +367,39 @@ def _raise_open_files() -> None:
             )
             return
         logging.getLogger("ackbus.hub").info("open-files limit raised from %d to %d", soft, hard)
+
+
+def _include_path() -> Path:
+    """The folder holding ``ackbus/options.proto`` and ackbus's other ``.proto`` files: the
+    parent of the installed ``ackbus`` package (site-packages, or ``runtime/`` in an
+    editable install). Raises :class:`FileNotFoundError` when the package's copy is not a
+    file on disk (a zipped install)."""
+    package = Path(__file__).resolve().parent
+    if not (package / "options.proto").is_file():
+        raise FileNotFoundError(f"no options.proto in {package}: ackbus is not installed as files")
+    return package.parent
+
+
+class _PrintIncludePath(argparse.Action):
+    """``ackbus gen --include-path``: print :func:`_include_path` and exit, as ``--version``
+    does, without -o or files."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            found = _include_path()
+        except FileNotFoundError as err:
+            parser.exit(1, f"ackbus gen --include-path: error: {err}\n")
+        print(found)
+        parser.exit()
 
 
 def _add_proto_path(parser: argparse.ArgumentParser) -> None:
