@@ -7,22 +7,32 @@ BIN    := $(VENV)/bin
 SEEDS  ?= 2000
 export PYTHONPATH := $(CURDIR)/generated
 
-.PHONY: setup postgresql generate check-generated lint typecheck layers pytest test demo bench simulate chaos clean
+.PHONY: setup postgresql browser generate check-generated lint typecheck layers pytest test demo bench simulate chaos docs docs-screenshot clean
 
 setup: $(VENV)/.installed postgresql
 
-# The PostgreSQL store's tests start a throwaway server of their own (initdb, postgres):
-# install the server's binaries when they are missing (as root, the Debian package;
-# otherwise say what to install). Quick when they are there: one `ls`.
-postgresql:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+# $(call apt-install,FOUND,PACKAGES,WHAT): unless the shell test FOUND passes, install the
+# Debian PACKAGES (as root: apt-get update once, then install), or say what to install.
+define apt-install
+	@if ! { $(1); } >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing the PostgreSQL server for the tests (apt-get install postgresql)"; \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+			echo "installing $(2) for the tests (no $(3) found)"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2); \
 		else \
-			echo "note: no PostgreSQL server found; the PostgreSQL tests will fail until it is installed (Debian: sudo apt-get install postgresql)"; \
+			echo "note: no $(3) found; the tests that need it will fail until it is installed (Debian: sudo apt-get install $(2))"; \
 		fi; \
 	fi
+endef
+
+# The PostgreSQL store's tests start a throwaway server of their own (initdb, postgres):
+# install the server's binaries when they are missing. Quick when they are there: one `ls`.
+postgresql:
+	$(call apt-install,ls /usr/lib/postgresql/*/bin/initdb || command -v initdb,postgresql,PostgreSQL server)
+
+# The catalogue's browser test (tests/codegen/test_docs.py) drives Debian's headless
+# Chromium through its chromedriver; without them it fails naming both.
+browser:
+	$(call apt-install,command -v chromium && command -v chromedriver,chromium chromium-driver,Chromium with chromedriver)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +58,7 @@ typecheck: setup
 layers: setup
 	$(BIN)/lint-imports --no-logo
 
-pytest: setup
+pytest: setup browser
 	$(BIN)/pytest -q
 
 # What CI runs (.ci/run): the stale-generated-code check, the linter, mypy --strict, the
@@ -79,6 +89,17 @@ chaos: setup
 		tests/integration/test_peer_cost.py \
 		tests/durable/test_pg_shared.py \
 		tests/integration/test_mixed_stream.py
+
+# The AsyncAPI document and the HTML catalogue of the example schemas, in build/docs/
+# (built, not committed: they follow from schemas/; docs/codegen.md shows the page).
+DOC_PROTOS := $(sort $(filter-out schemas/ackbus/%,$(shell find schemas -name '*.proto')))
+docs: setup
+	$(BIN)/ackbus docs -I schemas -o build/docs --title "ackbus example: poker" $(DOC_PROTOS)
+
+# docs/catalogue.png, the picture of build/docs/index.html in docs/codegen.md.
+docs-screenshot: docs browser
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,700 \
+		--screenshot=docs/catalogue.png file://$(CURDIR)/build/docs/index.html
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -14,7 +14,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-CODEGEN = {"grpcio-tools", "jinja2", "mypy-protobuf"}
+CODEGEN = {"grpcio-tools", "jinja2", "mypy-protobuf", "pyyaml"}
 
 
 def _wheel_requirements(tmp_path: Path) -> list[Requirement]:
@@ -59,8 +59,8 @@ def test_runtime_and_generated_code_do_not_import_the_code_generator() -> None:
         "import sys, ackbus, ackbus.blocking, ackbus.hub\n"
         "import poker.cards_ackbus, poker.lobby_ackbus, poker.table_ackbus\n"
         "from ackbus import BlockingEndpoint, Endpoint, Hub\n"
-        "print(sorted(m for m in sys.modules"
-        " if m.split('.')[0] in ('grpc_tools', 'jinja2', 'mypy_protobuf', 'ackbus_codegen')))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('grpc_tools', 'jinja2', 'mypy_protobuf', 'yaml', 'ackbus_codegen')))\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", code],

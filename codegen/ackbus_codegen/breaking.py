@@ -18,16 +18,14 @@ Adding fields, messages, services, rpcs and options passes. Each break is accept
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ackbus import options_pb2
 from google.protobuf import descriptor_pb2 as d
 
 from . import policy as pol
-from .errors import GenerationError
+from .protoc import descriptor_set
 
 __all__ = ["Break", "compare", "descriptor_set"]
 
@@ -45,31 +43,6 @@ class Break:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.rule} {self.element}: {self.what}; {self.why}; {self.fix}"
-
-
-def descriptor_set(files: Sequence[str], include: Sequence[Path]) -> d.FileDescriptorSet:
-    """Compile ``files`` (relative to an include folder) with their imports and source
-    info; raise :class:`GenerationError` when protoc fails."""
-    from grpc_tools import protoc
-
-    from .protoc import _grpc_tools_include, ackbus_include
-
-    with tempfile.TemporaryDirectory(prefix="ackbus-breaking-") as tmp:
-        extra = ackbus_include(Path(tmp, "include"))
-        out = Path(tmp, "set.binpb")
-        args = [
-            "grpc_tools.protoc",
-            *(f"-I{p}" for p in include),
-            f"-I{extra}",
-            f"-I{_grpc_tools_include()}",
-            f"--descriptor_set_out={out}",
-            "--include_imports",
-            "--include_source_info",
-            *files,
-        ]
-        if protoc.main(args) != 0:
-            raise GenerationError(f"protoc failed on {', '.join(files)}")
-        return d.FileDescriptorSet.FromString(out.read_bytes())
 
 
 class _File:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ackbus import options_pb2
 
-__all__ = ["RUNTIME_DEFAULTS", "PolicyOptions", "from_proto", "merge", "problems"]
+__all__ = ["PROTO_FIELDS", "RUNTIME_DEFAULTS", "PolicyOptions", "from_proto", "merge", "problems"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ class PolicyOptions:
 
 
 # options.proto field -> PolicyOptions field
-_PROTO_FIELDS = {
+PROTO_FIELDS = {
     "ack_timeout_s": "ack_timeout",
     "max_attempts": "max_attempts",
     "backoff_base_s": "backoff_base",
@@ -66,7 +66,7 @@ def from_proto(policy: options_pb2.Policy) -> PolicyOptions:
     """The fields a schema set on one ``ackbus.Policy`` option."""
     values: dict[str, Any] = {}
     for field, value in policy.ListFields():
-        name = _PROTO_FIELDS[field.name]
+        name = PROTO_FIELDS[field.name]
         if name == "kind":
             if value == options_pb2.KIND_UNSPECIFIED:
                 continue

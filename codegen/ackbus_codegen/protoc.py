@@ -9,6 +9,11 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+# Registers the ackbus options before a descriptor set is parsed, so that they parse as
+# extensions (see plugin.py).
+import ackbus.options_pb2  # noqa: F401
+from google.protobuf import descriptor_pb2 as d
+
 from .errors import GenerationError
 
 
@@ -49,6 +54,29 @@ def generate_to(files: Sequence[str], *, include: Sequence[Path], out: Path) -> 
             shutil.copyfile(src, target)
             written.append(target)
     return written
+
+
+def descriptor_set(files: Sequence[str], include: Sequence[Path]) -> d.FileDescriptorSet:
+    """Compile ``files`` (relative to an include folder) with their imports and source
+    info; raise :class:`GenerationError` when protoc fails."""
+    from grpc_tools import protoc
+
+    with tempfile.TemporaryDirectory(prefix="ackbus-descriptors-") as tmp:
+        extra = ackbus_include(Path(tmp, "include"))
+        out = Path(tmp, "set.binpb")
+        args = [
+            "grpc_tools.protoc",
+            *(f"-I{p}" for p in include),
+            f"-I{extra}",
+            f"-I{_grpc_tools_include()}",
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            "--include_source_info",
+            *files,
+        ]
+        if protoc.main(args) != 0:
+            raise GenerationError(f"protoc failed on {', '.join(files)}")
+        return d.FileDescriptorSet.FromString(out.read_bytes())
 
 
 def _plugin(name: str) -> str:

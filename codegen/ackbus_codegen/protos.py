@@ -159,6 +159,10 @@ class TypeIndex:
         """:meth:`__getitem__`, or ``None`` for a type the request does not hold."""
         return self._types.get(type_name.removeprefix("."))
 
+    def types(self) -> Iterator[TypeInfo]:
+        """Every message and enum, file by file in source order."""
+        yield from self._types.values()
+
     def messages_of(self, file_name: str) -> Iterator[TypeInfo]:
         """The messages declared in one file, nested ones included, in source order."""
         for info in self._types.values():

@@ -74,6 +74,28 @@ def parser() -> argparse.ArgumentParser:
     breaking.add_argument("files", nargs="+", metavar="FILE.proto")
     breaking.set_defaults(run=_breaking)
 
+    docs = sub.add_parser(
+        "docs",
+        help="write an AsyncAPI document and an HTML catalogue of .proto files",
+        description=(
+            "Write DIR/asyncapi.yaml (AsyncAPI 3.0: channels and operations of every "
+            "command, event and request/reply, payloads as JSON Schema, effective policies, "
+            "subscribers, legacy names, comments) and DIR/index.html (one static, searchable "
+            "page). ackbus's own .proto files are on the include path."
+        ),
+    )
+    _add_proto_path(docs)
+    docs.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    docs.add_argument("--title", default="ackbus messages", help="the documents' title")
+    docs.add_argument(
+        "--api-version",
+        default="unversioned",
+        metavar="TEXT",
+        help="info.version of the AsyncAPI document (default: unversioned)",
+    )
+    docs.add_argument("files", nargs="+", metavar="FILE.proto")
+    docs.set_defaults(run=_docs)
+
     hub = sub.add_parser(
         "hub",
         help="run a hub",
@@ -283,9 +305,22 @@ _CODEGEN_MODULES = {
     "grpc_tools": "grpcio-tools",
     "mypy_protobuf": "mypy-protobuf",
     "jinja2": "jinja2",
+    "yaml": "pyyaml",
 }
-"""What ``ackbus gen`` imports or runs (module: the distribution that provides it): the
-``codegen`` extra, which ``pip install ackbus`` leaves out."""
+"""What ``ackbus gen``, ``docs`` and ``breaking`` import or run (module: the distribution
+that provides it): the ``codegen`` extra, which ``pip install ackbus`` leaves out."""
+
+
+def _codegen_missing(command: str) -> bool:
+    """Whether the ``codegen`` extra is missing, after saying so and what to install."""
+    missing = _missing_codegen()
+    if missing:
+        print(
+            f"ackbus {command} needs the code generator: pip install 'ackbus[codegen]' "
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+    return bool(missing)
 
 
 def _missing_codegen() -> list[str]:
@@ -417,13 +452,7 @@ def _add_proto_path(parser: argparse.ArgumentParser) -> None:
 
 
 def _breaking(args: argparse.Namespace) -> int:
-    missing = _missing_codegen()
-    if missing:
-        print(
-            "ackbus breaking needs the code generator: pip install 'ackbus[codegen]' "
-            f"(missing: {', '.join(missing)})",
-            file=sys.stderr,
-        )
+    if _codegen_missing("breaking"):
         return 2
 
     from ackbus_codegen.breaking import allowed, compare, descriptor_set
@@ -449,14 +478,30 @@ def _breaking(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gen(args: argparse.Namespace) -> int:
-    missing = _missing_codegen()
-    if missing:
-        print(
-            "ackbus gen needs the code generator: pip install 'ackbus[codegen]' "
-            f"(missing: {', '.join(missing)})",
-            file=sys.stderr,
+def _docs(args: argparse.Namespace) -> int:
+    if _codegen_missing("docs"):
+        return 2
+
+    from ackbus_codegen.docs import write_docs
+    from ackbus_codegen.errors import GenerationError
+
+    try:
+        written = write_docs(
+            args.files,
+            include=args.include or [Path()],
+            out=args.out,
+            title=args.title,
+            version=args.api_version,
         )
+    except GenerationError as err:
+        print(f"ackbus docs: error: {err}", file=sys.stderr)
+        return 1
+    print(f"ackbus docs: wrote {' and '.join(str(p) for p in written)}")
+    return 0
+
+
+def _gen(args: argparse.Namespace) -> int:
+    if _codegen_missing("gen"):
         return 2
 
     from ackbus_codegen.errors import GenerationError
