@@ -33,6 +33,7 @@ __all__ = [
     "Rpc",
     "Service",
     "build",
+    "field_type",
 ]
 
 EMPTY = "google.protobuf.Empty"
@@ -169,7 +170,7 @@ def _option(options: d.MessageOptions | d.ServiceOptions | d.MethodOptions) -> p
     return pol.from_proto(options.Extensions[ext])
 
 
-def effective(levels: Sequence[tuple[str, pol.PolicyOptions]]) -> Policy:
+def _effective(levels: Sequence[tuple[str, pol.PolicyOptions]]) -> Policy:
     """Every policy field but ``kind``, from the most specific level that sets it
     (``levels`` from the most to the least specific), else the runtime's default."""
     out = []
@@ -219,7 +220,7 @@ def build(fds: d.FileDescriptorSet, files: Sequence[str]) -> Catalogue:
         events=tuple(
             Event(
                 name,
-                effective([("message", _message_level(index[name]))]),
+                _effective([("message", _message_level(index[name]))]),
                 tuple(sorted(subs, key=lambda r: r.service)),
             )
             for name, subs in sorted(events.items())
@@ -269,7 +270,7 @@ def _services(pf: ProtoFile, index: TypeIndex) -> list[Service]:
                     response=response,
                     doc=pf.at(path).comment,
                     where=pf.where(path),
-                    policy=effective(levels),
+                    policy=_effective(levels),
                 )
             )
         out.append(Service(full, pf.at((6, i)).comment, pf.where((6, i)), tuple(rpcs)))

@@ -27,6 +27,10 @@ SCHEMAS = ROOT / "schemas"
 POKER = sorted(p.relative_to(SCHEMAS).as_posix() for p in (SCHEMAS / "poker").glob("*.proto"))
 ASYNCAPI_SCHEMA = Path(__file__).parent / "asyncapi/3.0.0.json"
 
+# protoc in a subprocess, a browser start and some 60 round trips to it: on a loaded
+# 2-core machine these take several times their idle 10 s.
+pytestmark = pytest.mark.timeout(240)
+
 
 @pytest.fixture(scope="module")
 def poker_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -166,6 +170,23 @@ def test_commands_requests_and_events_with_their_effective_policies(doc: dict[st
         "poker.Lobby",
         "poker.Table",
     ]
+
+
+def test_subscribers_are_those_the_generated_publishers_wait_for(doc: dict[str, Any]) -> None:
+    from poker import cards_ackbus, lobby_ackbus, table_ackbus
+
+    declared = {
+        spec.full_name: list(spec.policy.subscribers)
+        for module in (cards_ackbus, lobby_ackbus, table_ackbus)
+        for spec in module.REGISTRY
+        if spec.policy.subscribers
+    }
+    documented = {
+        name.removesuffix(".publish"): op["x-ackbus-subscribers"]
+        for name, op in doc["operations"].items()
+        if name.endswith(".publish")
+    }
+    assert documented == declared == {"poker.HandStarted": ["poker.Audit", "poker.Lobby"]}
 
 
 def test_messages_carry_legacy_names_comments_and_payload_schemas(doc: dict[str, Any]) -> None:
