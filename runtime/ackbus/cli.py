@@ -142,6 +142,13 @@ def parser() -> argparse.ArgumentParser:
     hub.add_argument(
         "--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)"
     )
+    hub.add_argument(
+        "--stall-limit",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="forget an instance silent this long even while its connection is up (default 60)",
+    )
     hub.add_argument("--log-level", default="WARNING", help="Python logging level")
     hub.set_defaults(run=_hub)
 
@@ -291,6 +298,7 @@ def _hub(args: argparse.Namespace) -> int:
                 keys=args.keys,
                 insecure=args.insecure,
                 metrics=metrics,
+                stall_limit=args.stall_limit,
             )
         )
     except (AddressError, KeyFileError, InsecureBindError) as err:
@@ -346,6 +354,7 @@ async def _serve_hub(
     keys: Path | None = None,
     insecure: bool = False,
     metrics: tuple[str, int] | None = None,
+    stall_limit: float = 60.0,
 ) -> None:
     """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
     Raises :class:`~ackbus.errors.AddressError` (cannot bind) or
@@ -357,7 +366,14 @@ async def _serve_hub(
 
     loop = asyncio.get_running_loop()
     _raise_open_files()
-    async with Hub(bind, name=name, heartbeat=heartbeat, keys=keys, insecure=insecure) as hub:
+    async with Hub(
+        bind,
+        name=name,
+        heartbeat=heartbeat,
+        keys=keys,
+        insecure=insecure,
+        stall_limit=stall_limit,
+    ) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
         curve = ""

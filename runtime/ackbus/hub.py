@@ -98,6 +98,7 @@ class Hub:
         keys: str | os.PathLike[str] | None = None,
         insecure: bool = False,
         max_peers: int = 10_000,
+        stall_limit: float = 60.0,
     ) -> None:
         self._bind = [bind] if isinstance(bind, str) else list(bind)
         if keys is None:
@@ -117,7 +118,7 @@ class Hub:
         self.heartbeat = heartbeat
         self.limits = limits
         self._proto: HubProtocol[MessageItem, PackedRun, bytes] = HubProtocol(
-            self, heartbeat=heartbeat, misses=misses, grace=grace
+            self, heartbeat=heartbeat, misses=misses, grace=grace, stall_limit=stall_limit
         )
         self.stats: HubStats = self._proto.stats
         self._options = options or TransportOptions()
@@ -197,6 +198,11 @@ class Hub:
     @property
     def routing(self) -> RoutingTable:
         return self._proto.routing
+
+    def stalled_peers(self) -> dict[bytes, float]:
+        """Silent instances kept registered because their connection is up (peer → since
+        when, loop time): see :class:`~ackbus.core.hub_protocol.HubProtocol`."""
+        return self._proto.stalled_peers()
 
     async def close(self) -> None:
         """Stop listening and release the sockets. Idempotent."""
@@ -367,6 +373,35 @@ class Hub:
             self._listener.forget(peer)
         if instance is not None:
             log.info("instance %s left: %s", instance.identity, why)
+
+    def connected(self, peer: bytes) -> bool:
+        # A heartbeat as the probe: libzmq refuses it (ROUTER_MANDATORY) once the
+        # peer's connection dropped, which its ZMTP heartbeats make happen within
+        # seconds of the peer's process stopping or dying.
+        return self._listener is not None and self._listener.reachable(peer, encode_heartbeat())
+
+    def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:
+        name = instance.identity if instance is not None else peer.hex()
+        # A peer that handles nothing (a sender, a legacy socket between calls) blocks
+        # no delivery by being silent: only worth a debug line.
+        level = (
+            logging.WARNING
+            if instance and (instance.commands or instance.events)
+            else logging.DEBUG
+        )
+        if up:
+            log.log(
+                level,
+                "instance %s silent for %.1f s but its connection is up: stalled (a handler "
+                "blocking its event loop?); kept registered, new messages go to other "
+                "instances while there are any, forgotten if its connection drops or after "
+                "%.0f s",
+                name,
+                silence,
+                self._proto.stall_limit,
+            )
+        else:
+            log.log(level, "instance %s speaks again after %.1f s stalled", name, silence)
 
     # ------------------------------------------------------------------ sending
 

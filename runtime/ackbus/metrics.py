@@ -20,8 +20,9 @@ on the wire), ``retries``, ``acked``, ``failed`` by ``reason``, ``received``, ``
 the gauges ``pending`` (sent, not settled) and ``dead_letters`` (failed reports held in
 memory); for a hub (``ackbus_hub_``), ``routed``, ``no_route``, ``deferred`` (retries
 answered retry-later during the grace period), ``acks_forwarded``, ``registrations``,
-``dead_peers``, ``refused`` by ``code``, ``unauthenticated`` (keys refused in the CURVE
-handshake), and the gauge ``instances`` per ``service``.
+``dead_peers``, ``stalled`` (silent peers kept registered because their connection was
+up), ``refused`` by ``code``, ``unauthenticated`` (keys refused in the CURVE handshake),
+and the gauges ``instances`` per ``service`` and ``stalled_instances``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,11 @@ class HubCollector(Collector):
             ("ackbus_hub_registrations", "HELLOs accepted.", s.registered),
             ("ackbus_hub_dead_peers", "Peers forgotten after missed heartbeats.", s.dead_peers),
             ("ackbus_hub_unauthenticated", "Keys refused in the handshake.", s.unauthenticated),
+            (
+                "ackbus_hub_stalled",
+                "Silent peers kept registered because their connection was up.",
+                s.stalled,
+            ),
         ):
             yield _counter(name, doc, names, labels, value)
         yield _by("ackbus_hub_refused", "Refusals sent, by code.", names, labels, "code", s.refused)
@@ -127,6 +133,11 @@ class HubCollector(Collector):
         for service, n in sorted(per_service.items()):
             instances.add_metric([*labels, service], n)
         yield instances
+        stalled = GaugeMetricFamily(
+            "ackbus_hub_stalled_instances", "Instances silent now, connection up.", labels=names
+        )
+        stalled.add_metric(labels, len(hub.stalled_peers()))
+        yield stalled
 
 
 def collector(source: Endpoint | Hub) -> Collector:

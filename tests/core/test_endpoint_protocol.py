@@ -337,9 +337,28 @@ def test_a_silent_hub_is_greeted_again() -> None:
     proto.tick(0.05)
     proto.tick(0.15)
     assert ("heartbeat", 0) in io.take()
-    proto.tick(5.0)
+    proto.tick(0.25)
+    proto.tick(0.31)  # three intervals of silence, checked on time
     assert io.take()[-2:] == [("silent", 0), ("hello", 0)]
     assert not proto.welcomed(0)
+
+
+def test_waking_from_a_stalled_loop_is_not_a_silent_hub() -> None:
+    """Our loop stalled 10 s (an async handler blocked it): the hub's heartbeats wait
+    unread in the socket. The late check is put off until they are read."""
+    proto, io = make(misses=3)
+    proto.tick(10.0)  # the timer, late: before the drain read anything
+    assert ("silent", 0) not in io.take()
+    proto.begin_batch(0, 10.01)  # the queued heartbeats, read
+    proto.end_batch()
+    proto.tick(11.0)
+    proto.tick(12.0)
+    assert ("silent", 0) not in io.take()
+    assert proto.welcomed(0)
+    proto.tick(25.0)  # the hub went silent, and we stalled again: put off one interval
+    assert ("silent", 0) not in io.take()
+    proto.tick(26.0)  # nothing heard since: silent
+    assert ("silent", 0) in io.take()
 
 
 def test_closing_cancels_pending_and_abandons_running_handlers() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from ackbus import Identity, RemoteProtocolError
-from ackbus.core import Instance
+from ackbus.core import Instance, RoutingTable
 from ackbus.core.hub_protocol import KIND_EVENT, NOT_REGISTERED, HubProtocol
 from ackbus.wire import KIND_COMMAND
 from ackbus.wire import KIND_EVENT as WIRE_KIND_EVENT
@@ -41,6 +41,8 @@ class Group:
 @dataclass
 class Recorder:
     actions: list[tuple[Any, ...]] = field(default_factory=list)
+    up: set[bytes] = field(default_factory=set)
+    """Peers whose connection the transport says is up."""
 
     def forward(self, target: bytes, item: Item, origin: bytes) -> None:
         self.actions.append(("forward", target, item.id, origin))
@@ -76,6 +78,13 @@ class Recorder:
 
     def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
         self.actions.append(("forgotten", peer, why))
+
+    def connected(self, peer: bytes) -> bool:
+        self.actions.append(("connected?", peer))
+        return peer in self.up
+
+    def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:
+        self.actions.append(("stalled" if up else "resumed", peer, round(silence, 1)))
 
     def take(self) -> list[tuple[Any, ...]]:
         out, self.actions = self.actions, []
@@ -178,15 +187,129 @@ def test_acks_go_to_registered_senders_only_and_free_credit() -> None:
 
 def test_a_silent_peer_is_forgotten_and_no_longer_routed_to() -> None:
     proto, io = hub()
-    for t in (0.6, 1.1, 1.6):
+    for t in (0.6, 1.1, 1.6, 2.1, 2.6):
         proto.heard(b"b1", t)
         proto.heard(b"s", t)
         proto.tick(t)
-    proto.tick(5.0)
-    assert ("forgotten", b"a1", "silent for 5.0 s") in io.take()
+    proto.tick(3.0)
+    assert ("forgotten", b"a1", "silent for 3.0 s") in io.take()
     assert proto.stats.dead_peers >= 1
     proto.route(b"s", Item(b"1" * 16), 5.0)
     assert io.take()[0][0] == "no_route"
+
+
+def _two_alphas(stall_limit: float = 60.0) -> tuple[HubProtocol[Item, Run, bytes], Recorder]:
+    """Two instances of alpha (a1, a2) and a sender, all connected; heartbeats 1 s."""
+    io = Recorder(up={b"a1", b"a2", b"s"})
+    proto: HubProtocol[Item, Run, bytes] = HubProtocol(
+        io, heartbeat=1.0, misses=3, grace=0.0, stall_limit=stall_limit
+    )
+    proto.start(0.0)
+    for peer in (b"a1", b"a2"):
+        ident = Identity("alpha", peer.decode())
+        proto.hello(peer, ident, b"tok-" + peer, ["alpha.Do"], [], 100, 0, 0.0)
+    proto.hello(b"s", Identity("sender", "s"), b"tok-s", [], [], 100, 0, 0.0)
+    io.take()
+    return proto, io
+
+
+def _ids_for(proto: HubProtocol[Item, Run, bytes], peer: bytes, n: int) -> list[bytes]:
+    """``n`` message ids whose first attempt the table sends to ``peer`` (all live)."""
+    ids = []
+    for i in range(1000):
+        msg_id = i.to_bytes(16, "big")
+        table = RoutingTable()
+        for inst in proto.routing.instances():
+            table.register(inst.peer, inst.identity, inst.commands, [], 100, 0.0)
+        if table.route_command("alpha.Do", msg_id, None, 0.0) == peer:
+            ids.append(msg_id)
+            if len(ids) == n:
+                return ids
+    raise AssertionError("no ids found")
+
+
+def _silence(proto: HubProtocol[Item, Run, bytes], quiet: bytes, until: float) -> None:
+    """Everyone but ``quiet`` speaks every half second up to ``until``, ticking."""
+    t = 0.5
+    while t <= until:
+        for peer in (b"a1", b"a2", b"s"):
+            if peer != quiet and proto.registered(peer):
+                proto.heard(peer, t)
+        proto.tick(t)
+        t += 0.5
+
+
+def test_a_silent_peer_whose_connection_is_up_is_stalled_not_dead() -> None:
+    proto, io = _two_alphas()
+    mine, theirs = _ids_for(proto, b"a1", 3), _ids_for(proto, b"a2", 1)
+    proto.route(b"s", Item(mine[0]), 0.1)  # a1 takes it, then stalls
+    _silence(proto, b"a1", 3.0)
+    actions = io.take()
+    assert ("connected?", b"a1") in actions
+    assert ("stalled", b"a1", 3.0) in actions
+    assert not [a for a in actions if a[0] == "forgotten"]
+    assert proto.registered(b"a1")
+    assert proto.stalled_peers() == {b"a1": 0.0}
+    assert (proto.stats.stalled, proto.stats.dead_peers) == (1, 0)
+    # Its message's retry still goes to it (no second run elsewhere) ...
+    proto.route(b"s", Item(mine[0], attempt=2), 3.1)
+    # ... and so does a retry it has no sticky entry for (a restarted hub's): the
+    # rendezvous choice made before must stand, or the handler may run twice ...
+    proto.route(b"s", Item(mine[2], attempt=3), 3.1)
+    # ... while a new message that would have gone to it goes to a2.
+    proto.route(b"s", Item(mine[1]), 3.1)
+    proto.route(b"s", Item(theirs[0]), 3.1)
+    assert [a[1] for a in io.take() if a[0] == "forward"] == [b"a1", b"a1", b"a2", b"a2"]
+    # Checked again every 3 s, logged once.
+    _silence(proto, b"a1", 12.0)
+    assert [a[0] for a in io.take() if a[0] in ("stalled", "forgotten")] == []
+    # It speaks again: live, and new messages may go to it again.
+    proto.heard(b"a1", 12.2)
+    assert io.take() == [("resumed", b"a1", 12.2)]
+    proto.route(b"s", Item(_ids_for(proto, b"a1", 3)[2]), 12.3)
+    assert io.take()[0][:2] == ("forward", b"a1")
+    assert proto.stalled_peers() == {}
+
+
+def test_a_stalled_peer_whose_connection_drops_is_forgotten_at_its_next_check() -> None:
+    proto, io = _two_alphas()
+    _silence(proto, b"a1", 3.0)
+    assert proto.stalled_peers() == {b"a1": 0.0}
+    io.up.discard(b"a1")  # e.g. its process was stopped and libzmq's heartbeats lapsed
+    _silence(proto, b"a1", 6.0)
+    assert ("forgotten", b"a1", "silent for 6.0 s, and its connection dropped") in io.take()
+    assert not proto.registered(b"a1")
+    assert proto.stalled_peers() == {}
+    assert proto.stats.dead_peers == 1
+
+
+def test_a_silent_peer_whose_connection_is_gone_is_forgotten_as_before() -> None:
+    proto, io = _two_alphas()
+    io.up.discard(b"a1")
+    _silence(proto, b"a1", 3.0)
+    actions = io.take()
+    assert ("forgotten", b"a1", "silent for 3.0 s") in actions
+    assert not [a for a in actions if a[0] == "stalled"]
+
+
+def test_a_peer_stalled_beyond_the_stall_limit_is_forgotten() -> None:
+    proto, io = _two_alphas(stall_limit=10.0)
+    _silence(proto, b"a1", 12.0)
+    forgotten = [a for a in io.take() if a[0] == "forgotten"]
+    assert forgotten == [
+        ("forgotten", b"a1", "silent for 12.0 s, connected but stalled beyond stall_limit")
+    ]
+    assert proto.stats.stalled == 1
+    assert proto.stats.dead_peers == 1
+
+
+def test_a_stalled_peer_saying_hello_again_is_live() -> None:
+    proto, io = _two_alphas()
+    _silence(proto, b"a1", 3.0)
+    io.take()
+    proto.hello(b"a1", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 100, 0, 3.5)
+    assert ("resumed", b"a1", 3.5) in io.take()
+    assert proto.stalled_peers() == {}
 
 
 def test_bye_forgets_at_once() -> None:

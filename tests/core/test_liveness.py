@@ -103,3 +103,30 @@ def test_invalid_settings_are_refused() -> None:
         Liveness(interval=0)
     with pytest.raises(ValueError, match="misses"):
         Liveness(interval=1, misses=0)
+
+
+def test_a_late_check_is_put_off_once_our_own_loop_was_not_running() -> None:
+    """A check that runs more than half an interval late saw our stall, not the peer's
+    silence: it is put off one interval. A peer heard from meanwhile lives on; one that
+    stays silent is declared dead at the next check, however late."""
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    live.add("p", 0.0)
+    live.seen("p", 1.0)
+    # Our loop stalled from 1.0 to 9.0: the check due at 4.0 runs at 9.0.
+    assert [a for a in live.tick(9.0) if isinstance(a, PeerDead)] == []
+    assert live.is_alive("p")
+    live.seen("p", 9.01)  # what the peer sent while we stalled, read on waking
+    assert [a for a in live.tick(10.0) if isinstance(a, PeerDead)] == []
+    # Stalled again, 10 -> 20: input was read since the put-off, so put off again.
+    assert [a for a in live.tick(20.0) if isinstance(a, PeerDead)] == []
+    # Nothing more from the peer: the next check, even late, declares it dead.
+    assert [a for a in live.tick(30.0) if isinstance(a, PeerDead)] == [PeerDead("p", 30.0 - 9.01)]
+    assert not live.is_alive("p")
+
+
+def test_a_check_on_time_is_not_put_off() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    live.add("p", 0.0)
+    dead = [a for t in (1.0, 2.0, 3.4) for a in live.tick(t) if isinstance(a, PeerDead)]
+    assert dead == [PeerDead("p", 3.4)]  # due at 3.0, 0.4 late: under half an interval
+    assert dead[0].interval == 1.0

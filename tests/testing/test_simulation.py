@@ -75,7 +75,12 @@ _rotation = itertools.count()
 
 
 def _random_pick(
-    self: routing.RoutingTable, key: object, msg_id: bytes, peers: list[bytes], now: float
+    self: routing.RoutingTable,
+    key: object,
+    msg_id: bytes,
+    peers: list[bytes],
+    now: float,
+    first: bool = True,
 ) -> bytes:
     # Deterministic but not sticky: a different instance for every attempt.
     return peers[next(_rotation) % len(peers)]

@@ -218,6 +218,25 @@ async def test_unknown_peer_is_reported_not_dropped(kit: Kit) -> None:
         ]
 
 
+async def test_reachable_sends_the_probe_to_a_connected_peer_only(kit: Kit) -> None:
+    server, client = Inbox(), Inbox()
+    with kit.backend.bind(kit.address(), on_receive=server) as listener:
+        assert not listener.reachable(b"nobody", wire.encode_heartbeat())
+        link = kit.backend.connect(
+            listener.addresses[0],
+            on_receive=client,
+            options=TransportOptions(routing_id=b"table/t-1"),
+        )
+        await link.wait_connected(T)
+        link.outbox.control(wire.encode_heartbeat())
+        await server.until(lambda: len(server.multiparts) == 1)
+        assert listener.reachable(b"table/t-1", wire.encode_heartbeat())
+        await client.until(lambda: len(client.multiparts) == 1)
+        assert wire.decode_command(client.multiparts[0]) is wire.Command.HEARTBEAT
+        link.close()
+        await eventually(lambda: not listener.reachable(b"table/t-1", wire.encode_heartbeat()))
+
+
 async def test_fixed_routing_id(kit: Kit) -> None:
     server = Inbox()
     with kit.backend.bind(kit.address(), on_receive=server) as listener:

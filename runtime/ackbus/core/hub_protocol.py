@@ -12,6 +12,13 @@ its simulated network.
 The hub parses no envelope and no body: an item is read by its fixed header only
 (:class:`HubItem`), and a run of first-attempt commands of one type (:class:`HubRun`,
 the wire's packed form) is routed in one call.
+
+A silent peer whose connection is still up (:meth:`HubIO.connected`: libzmq's own
+heartbeats run in its I/O thread, whatever the peer's Python loop does) is *stalled*, not
+dead: an ``async def`` handler blocks its loop. It stays registered and keeps its sticky
+routes (retries of its messages wait for it instead of running again elsewhere), new
+messages go to other instances of its service while there are any, and it is forgotten
+only when its connection drops or after ``stall_limit`` seconds of silence.
 """
 
 from __future__ import annotations
@@ -87,6 +94,8 @@ class HubStats:
     """Refusals sent, by code."""
     unauthenticated: int = 0
     """CURVE handshakes refused because the client's key is not enrolled (hub with keys)."""
+    stalled: int = 0
+    """Times a silent peer was kept registered because its connection was still up."""
 
 
 class HubIO(Protocol[I_contra, R_contra, A_contra]):
@@ -129,6 +138,14 @@ class HubIO(Protocol[I_contra, R_contra, A_contra]):
     def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
         """``peer`` is no longer registered (bye, silent, unreachable)."""
 
+    def connected(self, peer: bytes) -> bool:
+        """Whether ``peer``'s connection is still up, as far as the transport can tell
+        (asked only of a peer that went silent)."""
+
+    def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:
+        """``peer`` went silent for ``silence`` seconds with its connection up (``up``
+        True: kept registered as stalled), or spoke again after that (``up`` False)."""
+
 
 class AckGroup(Protocol[A_co]):
     """Acks from one instance for one sender (``peer``): plain OK ids and full acks."""
@@ -152,8 +169,14 @@ class HubProtocol(Generic[I, R, A]):
         misses: int = 3,
         grace: float | None = None,
         sticky_ttl: float = 60.0,
+        stall_limit: float = 60.0,
     ) -> None:
         self.io = io
+        self.stall_limit = stall_limit
+        """Seconds of silence after which a peer whose connection is still up is
+        forgotten all the same (a deadlocked process is not kept forever)."""
+        self._stalled: dict[bytes, float] = {}
+        """Silent peers kept registered (connection up) → since when they are silent."""
         self.heartbeat = heartbeat
         self.grace = 2 * heartbeat if grace is None else grace
         """Seconds after start during which retries (attempt > 1) are answered
@@ -199,6 +222,8 @@ class HubProtocol(Generic[I, R, A]):
         self.routing.register(peer, identity, commands, events, credit or 1000, now, implements)
         self._tokens[peer] = token
         self.liveness.add(peer, now, interval=interval_ms / 1000)
+        if self._stalled:
+            self._resume(peer, now)
         self.stats.registered += 1
         self.io.send_welcome(peer, interval_ms)
 
@@ -207,8 +232,11 @@ class HubProtocol(Generic[I, R, A]):
         if peer not in self._tokens:
             raise RemoteProtocolError("heartbeat before HELLO", code=NOT_REGISTERED)
         self.liveness.seen(peer, now)
+        if self._stalled:
+            self._resume(peer, now)
 
     def forget(self, peer: bytes, why: str) -> None:
+        self._stalled.pop(peer, None)
         inst = self.routing.unregister(peer)
         self._tokens.pop(peer, None)
         self.liveness.remove(peer)
@@ -224,6 +252,8 @@ class HubProtocol(Generic[I, R, A]):
                 "MESSAGE before HELLO", code=NOT_REGISTERED, message_id=first_id
             )
         self.liveness.seen(peer, now)
+        if self._stalled:
+            self._resume(peer, now)
 
     def route(self, origin: bytes, item: I, now: float) -> None:
         """Route one item from ``origin``."""
@@ -238,7 +268,7 @@ class HubProtocol(Generic[I, R, A]):
             return
         routing = self.routing
         if item.kind == KIND_EVENT:
-            targets = sorted(routing.route_event(item.type, item.id, now))
+            targets = sorted(routing.route_event(item.type, item.id, now, item.attempt == 1))
             implements = []
             for _service, each in targets:
                 io.forward(each, item, origin)
@@ -247,7 +277,9 @@ class HubProtocol(Generic[I, R, A]):
             self.stats.routed += len(targets)
             io.routed(origin, item.id, tuple(s for s, _ in targets), tuple(implements))
             return
-        target = routing.route_command(item.type, item.id, item.recipient or None, now)
+        target = routing.route_command(
+            item.type, item.id, item.recipient or None, now, item.attempt == 1
+        )
         if target is None:
             self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
             return
@@ -283,6 +315,8 @@ class HubProtocol(Generic[I, R, A]):
             # answers the retry with the same outcome once it said HELLO again.
             raise RemoteProtocolError("ACK before HELLO", code=NOT_REGISTERED)
         self.liveness.seen(peer, now)
+        if self._stalled:
+            self._resume(peer, now)
         routing = self.routing
         tokens = self._tokens
         for group in groups:
@@ -310,8 +344,45 @@ class HubProtocol(Generic[I, R, A]):
             if isinstance(action, SendHeartbeat):
                 self.io.send_heartbeat(action.peer)
             elif isinstance(action, PeerDead):
-                self.stats.dead_peers += 1
-                self.forget(action.peer, f"silent for {action.silence:.1f} s")
+                self._silent(action, now)
         if now >= self._next_sweep:
             self.routing.tick(now)
             self._next_sweep = now + HOUSEKEEPING
+
+    # ------------------------------------------------------------------ stalled peers
+
+    def stalled_peers(self) -> dict[bytes, float]:
+        """Silent peers kept registered because their connection is up → silent since."""
+        return dict(self._stalled)
+
+    def _silent(self, dead: PeerDead[bytes], now: float) -> None:
+        """Liveness heard nothing from a peer for ``misses`` intervals: stalled if its
+        connection is still up and its silence is under :attr:`stall_limit`, else gone."""
+        peer = dead.peer
+        since = self._stalled.get(peer, now - dead.silence)
+        silence = now - since
+        if silence < self.stall_limit and self.io.connected(peer):
+            # Check again after another `misses` intervals; heartbeats to it go on.
+            self.liveness.add(peer, now, interval=dead.interval or None)
+            if peer not in self._stalled:
+                self._stalled[peer] = since
+                self.stats.stalled += 1
+                self.routing.set_stalled(peer, True)
+                self.io.stalled(peer, self.routing.instance(peer), silence, True)
+            return
+        self.stats.dead_peers += 1
+        if silence >= self.stall_limit and peer in self._stalled:
+            why = f"silent for {silence:.1f} s, connected but stalled beyond stall_limit"
+        elif peer in self._stalled:
+            why = f"silent for {silence:.1f} s, and its connection dropped"
+        else:
+            why = f"silent for {silence:.1f} s"
+        self.forget(peer, why)
+
+    def _resume(self, peer: bytes, now: float) -> None:
+        """``peer`` spoke: if it was stalled, it is live again."""
+        since = self._stalled.pop(peer, None)
+        if since is None:
+            return
+        self.routing.set_stalled(peer, False)
+        self.io.stalled(peer, self.routing.instance(peer), now - since, False)

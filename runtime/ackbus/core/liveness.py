@@ -6,6 +6,13 @@ declared dead for being slow on purpose). A side sends a heartbeat to a peer whe
 nothing else for one interval (any traffic counts, so a busy link carries no heartbeats), and
 declares the peer dead when it heard nothing from it for ``misses`` intervals.
 
+Our own silence is not the peer's. When a death check runs late by more than half an
+interval, this side's loop was not running (a handler blocked it, the process was
+stopped): what the peer sent meanwhile may be waiting, unread, in the socket. Such a
+check is put off by one interval instead of declaring the peer dead, as long as something
+was heard from the peer since the previous put-off, so a dead peer is still declared dead
+one interval later at most, and a live one whose input is read between stalls never is.
+
 Hot path: :meth:`Liveness.seen` and :meth:`Liveness.sent` are called for every message and
 only store a timestamp; the timers are re-armed lazily when they fire.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 __all__ = ["Liveness", "LivenessAction", "PeerDead", "SendHeartbeat", "negotiate"]
@@ -41,10 +48,12 @@ class SendHeartbeat(Generic[K]):
 
 @dataclass(frozen=True, slots=True)
 class PeerDead(Generic[K]):
-    """Nothing was heard from ``peer`` for ``silence`` seconds; it has been forgotten."""
+    """Nothing was heard from ``peer`` for ``silence`` seconds; it has been forgotten
+    (``interval``: its heartbeat interval, to :meth:`Liveness.add` it again)."""
 
     peer: K
     silence: float
+    interval: float = field(default=0.0, compare=False)
 
 
 LivenessAction = SendHeartbeat[K] | PeerDead[K]
@@ -53,13 +62,15 @@ _SEND, _CHECK = 0, 1
 
 
 class _Peer:
-    __slots__ = ("interval", "last_seen", "last_sent", "misses")
+    __slots__ = ("interval", "last_seen", "last_sent", "misses", "put_off")
 
     def __init__(self, interval: float, misses: int, now: float) -> None:
         self.interval = interval
         self.misses = misses
         self.last_seen = now
         self.last_sent = now
+        self.put_off: float | None = None
+        """``last_seen`` when a late death check was last put off (None: not put off)."""
 
 
 class Liveness(Generic[K]):
@@ -110,7 +121,7 @@ class Liveness(Generic[K]):
         out: list[SendHeartbeat[K] | PeerDead[K]] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, kind, peer, state = heapq.heappop(heap)
+            when, _, kind, peer, state = heapq.heappop(heap)
             if self._peers.get(peer) is not state:
                 continue  # removed, or re-added with fresh timers
             if kind == _SEND:
@@ -124,11 +135,16 @@ class Liveness(Generic[K]):
                 # Compare sums, not differences: the re-armed time must lie after `now`
                 # in floating point, or this loop would never end.
                 expiry = state.last_seen + state.interval * state.misses
-                if expiry <= now:
-                    del self._peers[peer]
-                    out.append(PeerDead(peer, now - state.last_seen))
-                else:
+                if expiry > now:
+                    state.put_off = None
                     self._push(expiry, _CHECK, peer, state)
+                elif now - when > state.interval / 2 and state.put_off != state.last_seen:
+                    # Late: our own loop did not run, and the peer's input may be unread.
+                    state.put_off = state.last_seen
+                    self._push(now + state.interval, _CHECK, peer, state)
+                else:
+                    del self._peers[peer]
+                    out.append(PeerDead(peer, now - state.last_seen, state.interval))
         if len(heap) > 4 * len(self._peers) + 64:
             # Entries of removed peers linger until they surface; drop them in bulk.
             self._heap = [e for e in heap if self._peers.get(e[3]) is e[4]]

@@ -99,6 +99,9 @@ class RoutingTable:
         """Instance key → messages routed to it and not acked. Keyed by identity, not peer,
         and kept across re-registration: each count is paid back exactly once, by an ack
         or by its sticky entry expiring."""
+        self._stalled: set[bytes] = set()
+        """Peers whose loop is stalled (the hub protocol's call): a first attempt goes
+        to another instance of the service while one is not stalled; retries stick."""
         self._sticky: OrderedDict[_StickyKey, _Stick] = OrderedDict()
         self._expires_at = _NEVER
         """No sticky entry expires before this (entries are added in time order, so it is
@@ -148,6 +151,7 @@ class RoutingTable:
         inst = self._instances.pop(peer, None)
         if inst is None:
             return None
+        self._stalled.discard(peer)
         key = self._keys.pop(peer)
         if self._by_key.get(key) == peer:
             del self._by_key[key]
@@ -168,6 +172,17 @@ class RoutingTable:
     def instance(self, peer: bytes) -> Instance | None:
         return self._instances.get(peer)
 
+    def set_stalled(self, peer: bytes, stalled: bool) -> None:
+        """Mark a registered instance stalled (silent, connection up) or live again: a
+        stalled one is chosen for a first attempt only when every other is stalled or
+        full, like an instance without free credit. A retry (``first=False``) is chosen
+        as if none were stalled: without a sticky entry (a restarted hub) the rendezvous
+        choice must stay the one made before, or the handler may run twice."""
+        if stalled and peer in self._instances:
+            self._stalled.add(peer)
+        else:
+            self._stalled.discard(peer)
+
     def instances(self) -> list[Instance]:
         return list(self._instances.values())
 
@@ -181,7 +196,7 @@ class RoutingTable:
     # -- routing ---------------------------------------------------------------------------
 
     def route_command(
-        self, msg_type: str, msg_id: bytes, recipient: str | None, now: float
+        self, msg_type: str, msg_id: bytes, recipient: str | None, now: float, first: bool = True
     ) -> bytes | None:
         """The peer to send a command to, or ``None`` (no route: see
         :meth:`no_route_reason`). A retry goes to the instance that got the first attempt
@@ -189,7 +204,7 @@ class RoutingTable:
         peers = self._command_peers(msg_type, recipient)
         if peers is None:
             return None
-        return self._pick(msg_id, msg_id, peers, now)
+        return self._pick(msg_id, msg_id, peers, now, first)
 
     def route_commands(
         self, msg_type: str, msg_ids: Sequence[bytes], recipient: str | None, now: float
@@ -243,14 +258,16 @@ class RoutingTable:
         in_flight[key] += owed
         return [best] * len(msg_ids)
 
-    def route_event(self, msg_type: str, msg_id: bytes, now: float) -> list[tuple[str, bytes]]:
+    def route_event(
+        self, msg_type: str, msg_id: bytes, now: float, first: bool = True
+    ) -> list[tuple[str, bytes]]:
         """``(service, peer)`` for one instance of every service subscribing to the type;
         empty when none does."""
         services = self._events.get(msg_type)
         if not services:
             return []
         return [
-            (service, self._pick((msg_id, service), msg_id, peers, now))
+            (service, self._pick((msg_id, service), msg_id, peers, now, first))
             for service, peers in services.items()
         ]
 
@@ -332,7 +349,14 @@ class RoutingTable:
             return next(iter(services.values()))
         return None
 
-    def _pick(self, sticky_key: _StickyKey, msg_id: bytes, peers: list[bytes], now: float) -> bytes:
+    def _pick(
+        self,
+        sticky_key: _StickyKey,
+        msg_id: bytes,
+        peers: list[bytes],
+        now: float,
+        first: bool = True,
+    ) -> bytes:
         sticky = self._sticky
         stick = sticky.get(sticky_key)
         if stick is not None:
@@ -351,6 +375,7 @@ class RoutingTable:
             best = peers[0]
         else:
             instances = self._instances
+            stalled = self._stalled if first else None
             msg_key = zlib.crc32(msg_id)
             best = b""
             best_score = -1
@@ -361,7 +386,11 @@ class RoutingTable:
                 score = _score(msg_key, key)
                 if score > best_score:
                     best, best_score = peer, score
-                if score > best_free_score and in_flight[key] < instances[peer].credit:
+                if (
+                    score > best_free_score
+                    and in_flight[key] < instances[peer].credit
+                    and not (stalled and peer in stalled)
+                ):
                     best_free, best_free_score = peer, score
             if best_free:
                 best = best_free

@@ -95,6 +95,8 @@ class Ledger:
     lease: Counter[str] = field(default_factory=Counter)
     """Long handler runs, and the IN_PROGRESS notices sent."""
     """Messages whose handler started somewhere (a failed report must not hide them)."""
+    stalls: Counter[str] = field(default_factory=Counter)
+    """Stalled receivers (their loop frozen, their connection up) and what the hub did."""
     violations: list[str] = field(default_factory=list)
 
 
@@ -533,6 +535,16 @@ class SimHub:
 
     def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
         pass
+
+    def connected(self, peer: bytes) -> bool:
+        """A connection is up while its node is (a stalled node's too), and not cut."""
+        addr = peer.decode()
+        node = self.net.nodes.get(addr)
+        return node is not None and node.up and not self.net.cut(HUB, addr, self.net.now)
+
+    def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:
+        if up:
+            self.ledger.stalls["kept registered by the hub"] += 1
 
     def _check_sticky(self, service: str, addr: str, msg_id: bytes) -> None:
         """The sticky contract: a retry goes where the previous attempt went while that

@@ -74,10 +74,16 @@ class TransportOptions:
     """Most multiparts read per wake-up before yielding to the event loop."""
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
-    zmtp_heartbeat_ms: int = 0
-    """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL, timeout 3x): detects a
-    half-open TCP connection (peer host gone, no RST) so a link reports the disconnect
-    and reconnects. 0: off (ackbus's HEARTBEAT command still detects dead peers)."""
+    zmtp_heartbeat_ms: int = 1000
+    """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL; ZMQ_HEARTBEAT_TIMEOUT is
+    ``zmtp_timeout_ms``), run by libzmq's I/O thread whatever the Python loop does: a
+    connection whose peer stopped answering (process stopped or gone, host gone without a
+    reset) drops, so a link reconnects and a hub can tell a stalled peer (connection up)
+    from a dead one (docs/protocol.md, Liveness). 0: off."""
+    zmtp_timeout_ms: int = 3000
+    """How long a ZMTP PING may go unanswered before the connection is dropped
+    (``zmtp_heartbeat_ms`` must be on). A stopped process (SIGSTOP) loses its
+    connections after about ``zmtp_heartbeat_ms + zmtp_timeout_ms``."""
     handshake_ms: int = 0
     """ZMQ_HANDSHAKE_IVL: a connection that has not completed ZeroMQ's handshake (and,
     with CURVE, its key check) after this long is dropped. 0: libzmq's default, 30 s; a
@@ -177,6 +183,13 @@ class Listener(Protocol):
         ...
 
     def writable(self, peer: bytes) -> bool: ...
+
+    def reachable(self, peer: bytes, probe: Multipart) -> bool:
+        """Whether ``peer``'s connection is up now: ``probe`` (a control multipart that
+        may overtake what is queued, e.g. a heartbeat) is sent to it at once. ZeroMQ: a
+        ROUTER_MANDATORY send, refused once the peer's connection dropped (closed,
+        reset, or its ZMTP heartbeats unanswered); a peer whose queue is full is up."""
+        ...
 
     async def wait_writable(self, peer: bytes, timeout: float) -> None: ...
 

@@ -138,6 +138,9 @@ class _MixedListener(ClosesOnExit):
     def writable(self, peer: bytes) -> bool:
         return self._side(peer).writable(peer)
 
+    def reachable(self, peer: bytes, probe: Multipart) -> bool:
+        return self._side(peer).reachable(peer, probe)
+
     async def wait_writable(self, peer: bytes, timeout: float) -> None:
         await self._side(peer).wait_writable(peer, timeout)
 

@@ -217,6 +217,13 @@ class MemoryListener(_Inbox, ListenerBase):
             return None
         return link._accept(frames)
 
+    def reachable(self, peer: bytes, probe: Multipart) -> bool:
+        link = self._peers.get(peer)
+        if link is None or self._closed:
+            return False
+        link._accept(probe)  # a full inbox drops it, as a full pipe would
+        return True
+
     def _release(self) -> None:
         for address in self._addresses:
             if self._backend._listeners.get(address) is self:

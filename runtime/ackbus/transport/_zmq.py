@@ -86,7 +86,7 @@ def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
         sock.setsockopt(zmq.HANDSHAKE_IVL, options.handshake_ms)
     if options.zmtp_heartbeat_ms > 0:
         sock.setsockopt(zmq.HEARTBEAT_IVL, options.zmtp_heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * options.zmtp_heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, options.zmtp_timeout_ms)
 
 
 def _bind_or_connect(sock: zmq.Socket[Any], op: Op, address: str) -> None:
@@ -371,6 +371,23 @@ class ZmqListener(_Reader, ListenerBase):
             raise
         send(frames[0], _MORE if len(frames) > 1 else _NOBLOCK)
         _send_rest(send, frames)
+        return True
+
+    def reachable(self, peer: bytes, probe: Multipart) -> bool:
+        if self._closed:
+            return False
+        try:
+            self._sock.send(peer, _MORE)
+        except zmq.Again:
+            return True  # its pipe is full: it is there
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                return False
+            raise
+        last = len(probe) - 1
+        for i, frame in enumerate(probe):
+            self._sock.send(frame, _NOBLOCK if i == last else _MORE)
+        self._after_write(True)
         return True
 
     def _wants_pollout(self) -> bool:

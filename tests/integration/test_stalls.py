@@ -1,0 +1,129 @@
+"""A receiver that stops answering but whose connection is up is stalled, not dead
+(issue 15, item 2: liveness that survives a slow loop), with real processes over TCP.
+
+The hub (embedded, on this test's loop) asks libzmq whether a silent instance's
+connection is still up; libzmq's ZMTP heartbeats run in its I/O thread, so a process
+whose Python loop is blocked keeps its connection, while one that is stopped (SIGSTOP)
+loses it after the ZMTP timeout and one killed -9 loses it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import helpers
+from ackbus import DeliveryReport, Endpoint
+from ackbus.transport import TransportOptions
+from ackbus.wire_pb2 import Bye
+from proc_harness import Procs
+
+RECEIVER = Path(__file__).with_name("stalling_receiver.py")
+HEARTBEAT = 0.25
+"""The hub's and the receivers' heartbeat: a peer is silent after 0.75 s."""
+
+
+def runs(log: Path) -> list[tuple[str, str]]:
+    """(message id hex, instance) per handler run the receivers recorded."""
+    if not log.exists():
+        return []
+    return [(mid, inst) for mid, inst in (line.split() for line in log.read_text().splitlines())]
+
+
+async def start_receiver(procs: Procs, hub: str, log: Path, instance: str, *extra: str) -> int:
+    argv = (str(RECEIVER), "--hub", hub, "--runs", str(log), "--instance", instance, *extra)
+    proc = await asyncio.to_thread(procs.start, *argv, ready=b"ready")
+    return proc.pid
+
+
+async def test_a_stopped_receiver_is_stalled_not_dead_and_runs_its_messages_once(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """Two instances; one is stopped (SIGSTOP) for 2 s, longer than the 0.75 s heartbeat
+    window and shorter than libzmq's 4 s: the hub keeps it registered (stalled), its
+    messages' retries wait for it, new messages go to the other instance, and after
+    SIGCONT every message is acked and ran exactly once."""
+    log = tmp_path / "runs.log"
+    async with helpers.running_hub("tcp", heartbeat=HEARTBEAT) as running:
+        hub = running.hub
+        stopped = await start_receiver(procs, running.address, log, "r1")
+        await start_receiver(procs, running.address, log, "r2")
+        async with Endpoint("dealer", running.address, heartbeat=HEARTBEAT) as dealer:
+            await helpers.eventually(lambda: len(hub.routing.instances()) == 3)
+            reports: list[DeliveryReport] = []
+            for i in range(100):
+                reports.append(await dealer.send(Bye(reason=str(i)), wait_ack=False))
+            await helpers.settle(reports, 10)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                during: list[DeliveryReport] = []
+                for i in range(100):  # half of them hash to the stopped one
+                    during.append(await dealer.send(Bye(reason=f"d{i}"), wait_ack=False))
+                await helpers.eventually(lambda: hub.stats.stalled >= 1, timeout=5)
+                await asyncio.sleep(2.0 - HEARTBEAT * 3)  # stopped for about 2 s in all
+                registered = {i.identity.instance for i in hub.routing.instances()}
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            await helpers.settle(during, 20)
+        stats = hub.stats
+    failed = [r.error for r in [*reports, *during] if not r]
+    ran = Counter(mid for mid, _ in runs(log))
+    where = dict(runs(log))
+    print(
+        f"\nstopped 2 s: {len(during) - len(failed)} of {len(during)} acked; stalled "
+        f"{stats.stalled}, dead {stats.dead_peers}; ran on r1 "
+        f"{sum(where[r.message_id.hex()] == 'r1' for r in during)}, retries "
+        f"{sum(r.attempts - 1 for r in during)}",
+        file=sys.stderr,
+    )
+    assert failed == []
+    assert {"r1", "r2"} <= registered  # kept registered while stopped
+    assert stats.stalled >= 1  # r1 (on a loaded machine another may stall a moment too)
+    assert stats.dead_peers == 0
+    assert set(ran) == {r.message_id.hex() for r in [*reports, *during]}
+    assert max(ran.values()) == 1  # none ran twice (on r2 after r1, or the other way)
+    for r in during:  # acked by the instance that ran it
+        assert r.acked_by[0].instance == where[r.message_id.hex()]
+
+
+async def test_a_receiver_killed_9_is_forgotten_as_soon_as_its_connection_drops(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """kill -9 closes the process's sockets: its connection drops at once and the hub
+    forgets it without waiting for a stall limit (not stalled: its messages move on)."""
+    log = tmp_path / "runs.log"
+    async with helpers.running_hub("tcp", heartbeat=HEARTBEAT) as running:
+        hub = running.hub
+        pid = await start_receiver(procs, running.address, log, "r1")
+        await helpers.eventually(lambda: len(hub.routing.instances()) == 1)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        await helpers.eventually(lambda: not hub.routing.instances(), timeout=5)
+        took = time.monotonic() - t0
+    print(f"\nkill -9: forgotten after {took:.2f} s", file=sys.stderr)
+    assert hub.stats.stalled == 0
+
+
+async def test_a_receiver_stopped_past_libzmqs_timeout_is_declared_dead(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """A process stopped for good looks, on the network, like a host gone: once its ZMTP
+    heartbeats lapse (here 0.2 s + 0.8 s, set on the hub) its connection drops and the
+    stalled instance is forgotten."""
+    log = tmp_path / "runs.log"
+    zmtp = TransportOptions(zmtp_heartbeat_ms=200, zmtp_timeout_ms=800)
+    async with helpers.running_hub("tcp", heartbeat=HEARTBEAT, options=zmtp) as running:
+        hub = running.hub
+        pid = await start_receiver(procs, running.address, log, "r1")
+        await helpers.eventually(lambda: len(hub.routing.instances()) == 1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await helpers.eventually(lambda: not hub.routing.instances(), timeout=10)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert hub.stats.dead_peers + hub.stats.stalled >= 1
