@@ -21,7 +21,7 @@ SEEDS = 600
 @pytest.mark.timeout(300)  # CPU-bound: about 20 s alone, over 60 s at load 16 on 2 cores
 def test_invariants_hold_over_many_seeds() -> None:
     failing = {}
-    totals = {"messages": 0, "acked": 0, "reruns": 0, "durable": 0, "resumed": 0}
+    totals = {"messages": 0, "acked": 0, "reruns": 0, "durable": 0, "resumed": 0, "stalls": 0}
     for seed in range(SEEDS):
         result = simulate.run_seed(seed)
         totals["messages"] += result.messages
@@ -29,6 +29,7 @@ def test_invariants_hold_over_many_seeds() -> None:
         totals["reruns"] += sum(result.reruns.values())
         totals["durable"] += bool(result.durable)
         totals["resumed"] += result.store["resumed from the outbox"]
+        totals["stalls"] += result.stalls["stalled receivers"]
         if not result.ok:
             failing[seed] = result.violations[:3]
     assert failing == {}, (
@@ -41,6 +42,8 @@ def test_invariants_hold_over_many_seeds() -> None:
     # About two seeds in three run some nodes durable; crashed durable senders resumed.
     assert SEEDS / 2 < totals["durable"] < SEEDS
     assert totals["resumed"] > 0
+    # Receivers stalled (loop frozen, connection up) in about one seed in two.
+    assert totals["stalls"] > SEEDS / 4
 
 
 def test_a_seed_reproduces_exactly() -> None:

@@ -57,6 +57,12 @@ AT_ONCE = 0.3
 LONG = 0.1
 """Share of the other runs that are long: 0.5 to 3 s, beyond the senders' ack timeout, so
 that they hold their lease with IN_PROGRESS notices."""
+HUB_STALL_LIMIT = 4.0
+"""The simulated hub forgets a stalled instance after 4 s of silence (the runtime's 60 s
+would outlast every drawn stall): stalls of 0.3 to 6 s cross it both ways."""
+THAW = 0.001
+"""A stalled node's timer runs first when it thaws, then what arrived meanwhile (the
+harsher order for its view of the hub's liveness)."""
 
 
 from .simwire import (  # noqa: E402 - the values on the wire, after the constants
@@ -158,6 +164,10 @@ class SimEndpoint:
         """Durable mode: ids of the messages whose outbox row reached the disk."""
         self.resumed = 0
         """Durable mode: messages resumed from the outbox by a restart."""
+        self.frozen_until = 0.0
+        """A stalled node (its loop held, its connection up) runs nothing before this."""
+        self._held: list[tuple[str, object]] = []
+        """What arrived while stalled, waiting unread in its socket."""
         self._committing: dict[bytes, Item] = {}
         """Durable mode: the items whose handler returned OK, by id (for the ledger when
         their inbox record commits)."""
@@ -195,6 +205,29 @@ class SimEndpoint:
             self.store.crash()
         self.up = False
         self.incarnation += 1
+        self.frozen_until = 0.0
+        self._held = []
+
+    def stall(self, now: float, until: float) -> None:
+        """Freeze the node's loop until ``until`` (an async handler that blocks): it
+        sends nothing, its timers and handlers wait, what arrives stays unread; its
+        connection stays up (the hub's ``connected`` says so)."""
+        if not self.up or until <= self.frozen_until:
+            return
+        self.ledger.stalls["stalled receivers"] += 1
+        self.frozen_until = until
+        incarnation = self.incarnation
+        self.net.call_at(until + THAW, lambda at: self._thaw(at, incarnation))
+
+    def stalled(self, now: float) -> bool:
+        return now < self.frozen_until
+
+    def _thaw(self, now: float, incarnation: int) -> None:
+        if not self.alive_as(incarnation) or self.stalled(now):
+            return
+        held, self._held = self._held, []
+        for src, msg in held:
+            self.on_message(src, msg, now)
 
     def restart(self, now: float) -> None:
         self.up = True
@@ -204,7 +237,10 @@ class SimEndpoint:
         return self.up and self.incarnation == incarnation
 
     def next_deadline(self) -> float | None:
-        return self.proto.next_deadline()
+        t = self.proto.next_deadline()
+        if t is not None and t < self.frozen_until:
+            return self.frozen_until  # late, as a held loop's timer is
+        return t
 
     def tick(self, now: float) -> None:
         self.proto.tick(now)
@@ -301,6 +337,9 @@ class SimEndpoint:
     # -- receiving -----------------------------------------------------------------------
 
     def on_message(self, src: str, msg: object, now: float) -> None:
+        if self._held or now < self.frozen_until + THAW:
+            self._held.append((src, msg))  # unread until the loop runs again
+            return
         proto = self.proto
         proto.begin_batch(0, now)
         try:
@@ -339,6 +378,9 @@ class SimEndpoint:
         proto = self.proto
 
         def done(at: float) -> None:
+            if self.stalled(at):  # a handler's end waits for the loop too
+                self.net.call_at(self.frozen_until + THAW, done)
+                return
             if self.alive_as(incarnation) and self.proto is proto:
                 self._finish(item, at, in_batch=False)
                 self._flush()
@@ -438,7 +480,12 @@ class SimHub:
 
     def _start(self, now: float) -> None:
         self.proto: HubProtocol[Item, Run, AckReply] = HubProtocol(
-            self, heartbeat=HUB_HEARTBEAT, misses=3, grace=HUB_GRACE, sticky_ttl=120.0
+            self,
+            heartbeat=HUB_HEARTBEAT,
+            misses=3,
+            grace=HUB_GRACE,
+            sticky_ttl=120.0,
+            stall_limit=HUB_STALL_LIMIT,
         )
         self.proto.start(now)
 
@@ -543,8 +590,7 @@ class SimHub:
         return node is not None and node.up and not self.net.cut(HUB, addr, self.net.now)
 
     def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:
-        if up:
-            self.ledger.stalls["kept registered by the hub"] += 1
+        self.ledger.stalls["kept registered by the hub" if up else "resumed at the hub"] += 1
 
     def _check_sticky(self, service: str, addr: str, msg_id: bytes) -> None:
         """The sticky contract: a retry goes where the previous attempt went while that

@@ -93,6 +93,8 @@ class SimResult:
     """Durable stores: commits, and batches in flight at a crash that landed or were lost."""
     lease: Counter[str] = field(default_factory=Counter)
     """Long handler runs and the IN_PROGRESS notices that held their lease."""
+    stalls: Counter[str] = field(default_factory=Counter)
+    """Stalled receivers (loop frozen, connection up), and how the hub saw them."""
     sim_time: float = 0.0
     net: dict[str, int] = field(default_factory=dict)
     faults: str = ""
@@ -132,6 +134,21 @@ def _crash(node: SimEndpoint | SimHub, now: float) -> None:
 def _restart(node: SimEndpoint | SimHub, now: float) -> None:
     if not node.up:
         node.restart(now)
+
+
+def _stall(node: SimEndpoint, length: float, now: float) -> None:
+    node.stall(now, now + length)
+
+
+def _plan_stalls(seed: int, net: SimNetwork, instances: list[SimEndpoint]) -> None:
+    """0-2 stalls of service instances (their loop held 0.3-6 s, connection up), drawn
+    apart from the seed's own generator, so that the other draws of a seed stay as
+    they were before stalls were simulated."""
+    rng = random.Random(f"stalls {seed}")
+    memory = [i for i in instances if i.store is None]  # durable commits run on a thread
+    for _ in range(rng.choice((0, 0, 1, 2)) if memory else 0):
+        victim = rng.choice(memory)
+        net.call_at(rng.uniform(0.0, 10.0), partial(_stall, victim, rng.uniform(0.3, 6.0)))
 
 
 _HIDING = (Reason.NO_ROUTE, Reason.TIMEOUT, Reason.EXPIRED)
@@ -227,6 +244,7 @@ def run_seed(
         _hub_restart_events(rng, net, hub, senders, messages)
         return _finish(result, net, ledger, hub, instances, senders)
     net.faults = _plan_faults(rng, instances, senders)
+    _plan_stalls(seed, net, instances)
     fail_rate = rng.choice((0.0, 0.0, 0.05))
     for inst in instances:
         inst.fail_rate = fail_rate
@@ -300,6 +318,7 @@ def _finish(
     net.drain(max_time=net.now + 5.0)
     result.reruns = ledger.reruns
     result.lease = ledger.lease
+    result.stalls = ledger.stalls
     result.net = {"sent": net.sent, "dropped": net.dropped, "dup": net.duplicated}
     for node in [*instances, *senders]:
         if node.store is not None:
@@ -414,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         totals.update({f"failed {k}": n for k, n in result.failed.items()})
         totals.update({f"rerun after {k}": n for k, n in result.reruns.items()})
         totals.update(result.lease)
+        totals.update(result.stalls)
         totals["durable seeds"] += bool(result.durable)
         totals["durable: not accepted (sender crashed first)"] += result.unaccepted
         totals.update({f"durable: {k}": n for k, n in result.store.items()})
