@@ -159,6 +159,10 @@ class Dispatcher:
     def get(self, msg_type: str) -> Route | None:
         return self._routes.get(msg_type)
 
+    def routes(self) -> list[Route]:
+        """Every route (one per type name; a by-name handler may have two)."""
+        return list(self._routes.values())
+
     def types(self, kind: Kind) -> list[str]:
         """Registered type names of one kind, sorted (for the hello)."""
         return sorted(name for name, r in self._routes.items() if r.kind is kind)

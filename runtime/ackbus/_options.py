@@ -41,3 +41,4 @@ class EndpointOptions(TypedDict, total=False):
     keys: str | os.PathLike[str] | None
     hub_key: str | os.PathLike[str] | None
     workers: int | None
+    stall_threshold: float | None

@@ -16,7 +16,9 @@ at zero, which Prometheus' ``rate()`` handles.
 
 Exported (``ackbus_`` prefix): for an endpoint, messages ``sent``, ``transmits`` (attempts
 on the wire), ``retries``, ``acked``, ``failed`` by ``reason``, ``received``, ``handled``,
-``handler_errors``, ``duplicates`` (suppressed), ``refused`` (bad input) by ``code``, and
+``handler_errors``, ``duplicates`` (suppressed), ``loop_stalls`` and
+``loop_stalled_seconds`` (the event loop held by a blocking handler), ``refused`` (bad
+input) by ``code``, and
 the gauges ``pending`` (sent, not settled) and ``dead_letters`` (failed reports held in
 memory); for a hub (``ackbus_hub_``), ``routed``, ``no_route``, ``deferred`` (retries
 answered retry-later during the grace period), ``acks_forwarded``, ``registrations``,
@@ -86,6 +88,16 @@ class EndpointCollector(Collector):
             ("ackbus_handled", "Handler runs that returned.", s.handled),
             ("ackbus_handler_errors", "Handler runs that raised.", s.handler_errors),
             ("ackbus_duplicates", "Duplicates answered without running the handler.", s.duplicates),
+            (
+                "ackbus_loop_stalls",
+                "Times the event loop was held past its threshold.",
+                s.loop_stalls,
+            ),
+            (
+                "ackbus_loop_stalled_seconds",
+                "Seconds the event loop was held, in all.",
+                s.loop_stalled_s,
+            ),
         ):
             yield _counter(name, doc, names, labels, value)
         yield _by("ackbus_failed", "Messages failed, by reason.", names, labels, "reason", s.failed)

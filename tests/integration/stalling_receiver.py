@@ -45,6 +45,7 @@ async def main() -> None:
     async with ep:
         print("ready", flush=True)
         await stop.wait()
+    print(f"loop_stalls={ep.stats.loop_stalls} ({ep.stats.loop_stalled_s:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

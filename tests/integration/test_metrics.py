@@ -54,6 +54,8 @@ async def test_an_endpoints_counters_are_scraped_as_they_grow(hub: str) -> None:
     assert got[("ackbus_handled_total", table)] == 5
     assert got[("ackbus_handler_errors_total", table)] == 1
     assert got[("ackbus_received_total", table)] == 6
+    assert ("ackbus_loop_stalls_total", table) in got  # the watchdog's counts
+    assert ("ackbus_loop_stalled_seconds_total", table) in got
 
 
 @pytest.mark.slow
@@ -84,6 +86,8 @@ async def test_ackbus_hub_serves_its_metrics(procs: Procs) -> None:
     assert samples["ackbus_hub_routed_total"] >= 3
     assert samples["ackbus_hub_no_route_total"] >= 1
     assert samples["ackbus_hub_registrations_total"] >= 2
+    assert "ackbus_hub_stalled_total" in samples
+    assert samples["ackbus_hub_stalled_instances"] == 0
     instances = {
         dict(labels)["service"]: v for (n, labels), v in got.items() if n == "ackbus_hub_instances"
     }

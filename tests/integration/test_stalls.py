@@ -127,3 +127,64 @@ async def test_a_receiver_stopped_past_libzmqs_timeout_is_declared_dead(
         finally:
             os.kill(pid, signal.SIGCONT)
     assert hub.stats.dead_peers + hub.stats.stalled >= 1
+
+
+CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"
+"""``make chaos``: the issue's 2,000 pipelined sends instead of 200."""
+
+
+async def test_an_async_handler_that_blocks_is_named_and_no_message_fails(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """An ``async def`` handler blocking its loop 50 ms per message (``time.sleep``) in a
+    process of its own, 200 pipelined sends under the default policy: the receiver's
+    loop is held for seconds at a time, the hub keeps it (stalled, connection up), every
+    message is acked and ran once, none fails, and the receiver's log names the handler
+    and its line once per stall (rate limited)."""
+    n = 2000 if CHAOS else 200
+    log = tmp_path / "runs.log"
+    async with helpers.running_hub("tcp", heartbeat=HEARTBEAT) as running:
+        hub = running.hub
+        argv = (str(RECEIVER), "--hub", running.address, "--runs", str(log), "--sleep", "0.05")
+        proc = await asyncio.to_thread(procs.start, *argv, ready=b"ready")
+        async with Endpoint("dealer", running.address, heartbeat=HEARTBEAT) as dealer:
+            t0 = time.monotonic()
+            reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(n)]
+            await helpers.settle(reports, 60 if CHAOS else 40)
+            took = time.monotonic() - t0
+        stats = hub.stats
+        proc.send_signal(signal.SIGTERM)
+        # The receiver finishes what it holds before it reads SIGTERM (100 s under chaos).
+        out, err = await asyncio.to_thread(proc.communicate, None, 200 if CHAOS else 30)
+    failed = [r.error for r in reports if not r]
+    reasons = Counter(type(e).__name__ for e in failed)
+    ran = Counter(mid for mid, _ in runs(log))
+    warnings = [line for line in err.decode().splitlines() if "event loop" in line]
+    print(
+        f"\n{n} sends to a 50 ms blocking async handler: {n - len(failed)} acked, "
+        f"{len(failed)} failed {dict(reasons)} in {took:.1f} s; "
+        f"{sum(r.attempts - 1 for r in reports)} retries; hub stalled {stats.stalled}, "
+        f"dead {stats.dead_peers}; receiver {out.decode().strip().splitlines()[-1]}, "
+        f"{len(warnings)} stall lines; ran {len(ran)}, twice {sum(v > 1 for v in ran.values())}",
+        file=sys.stderr,
+    )
+    if warnings:
+        print(f"first: {warnings[0]}", file=sys.stderr)
+    assert max(ran.values()) == 1  # never twice
+    assert stats.dead_peers == 0  # the busy receiver was never declared dead
+    assert "NoRoute" not in reasons
+    if not CHAOS:  # 10 s of handler work fits the default policy: no false failure
+        assert failed == [], failed[:3]
+        assert set(ran) == {r.message_id.hex() for r in reports}
+    assert warnings, err.decode()[-2000:]
+    line = (
+        RECEIVER.read_text()
+        .splitlines()
+        .index(
+            "            time.sleep(args.sleep)  # noqa: ASYNC251 - the blocking handler under test"
+        )
+    )
+    assert f"by handler main.<locals>.on_bye at {RECEIVER}:{line + 1}" in warnings[0]
+    assert "make it a plain def handler" in warnings[0]
+    assert len(warnings) <= 3 + took / 10  # rate limited: one line per 10 s at most, one
+    # while a stall goes on past 10 s, one summing up at close

@@ -97,6 +97,11 @@ class EndpointStats:
     """IN_PROGRESS notices sent for handlers still running (the lease)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Bad input refused, by code."""
+    loop_stalls: int = 0
+    """Times the endpoint's event loop did not run for longer than its stall threshold
+    (an ``async def`` handler that blocks; counted by the asyncio endpoint's watchdog)."""
+    loop_stalled_s: float = 0.0
+    """Seconds those stalls lasted, in all."""
 
 
 class EndpointIO(Protocol):

@@ -18,6 +18,7 @@ from typing import Any
 from .._dispatch import Dispatcher
 from .._timer import Timer
 from .._types import DeliveryReport, Identity, Policy, Registry
+from .._watchdog import LoopWatchdog
 from .._window import WindowLines
 from .._workers import Workers
 from ..core import InboundDeduper, OutboundTracker
@@ -72,6 +73,8 @@ class EndpointBase:
     frame (no second object per message)."""
     _tasks: set[asyncio.Task[Any]]
     _workers: Workers
+    _watchdog: LoopWatchdog | None
+    """Says when the loop stops running, and which handler held it (None: off)."""
     """The threads that run plain ``def`` handlers (none until the first one runs)."""
     _links: list[HubLink]
     _backend: Backend

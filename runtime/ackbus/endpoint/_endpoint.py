@@ -43,6 +43,7 @@ from .._types import (
     Policy,
     Registry,
 )
+from .._watchdog import LoopWatchdog
 from .._window import WindowLines
 from .._workers import Workers, default_workers
 from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
@@ -88,6 +89,9 @@ class Endpoint(Sending, Receiving, HubLinks):
     they are read from ``ACKBUS_KEYS`` and ``ACKBUS_HUB_KEY`` (docs/security.md).
     ``workers`` bounds the threads that run plain ``def`` handlers (``None``:
     ``min(32, CPUs + 4)``); ``async def`` handlers run on the loop.
+    ``stall_threshold``: a watchdog thread logs a warning naming the handler when the
+    endpoint's event loop does not run for longer than this many seconds (an ``async
+    def`` handler that blocks), and counts it in ``stats.loop_stalls``; ``None``: off.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         keys: str | os.PathLike[str] | None = None,
         hub_key: str | os.PathLike[str] | None = None,
         workers: int | None = None,
+        stall_threshold: float | None = 0.5,
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
@@ -153,6 +158,11 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers = Workers(
             default_workers() if workers is None else workers, f"ackbus-{service}-handler"
+        )
+        self._watchdog = (
+            LoopWatchdog(str(self.identity), stall_threshold, self._on_stall)
+            if stall_threshold is not None
+            else None
         )
         self._links: list[HubLink] = []
         self._backend = backend or DefaultBackend()
@@ -263,6 +273,8 @@ class Endpoint(Sending, Receiving, HubLinks):
         loop = self._loop = asyncio.get_running_loop()
         self._wall_offset = self._proto.wall_offset = time.time() - loop.time()
         self._timer = Timer(loop, self._tick)
+        if self._watchdog is not None:
+            self._watchdog.start(loop)
         try:
             if self._durable is not None:
                 await self._durable.start(self._hooks(loop), loop)
@@ -356,6 +368,8 @@ class Endpoint(Sending, Receiving, HubLinks):
         await self._workers.close(max(0.0, until - time.monotonic()))
         if self._timer is not None:
             self._timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         for hub in self._links:
             if self._proto.welcomed(hub.index):
                 hub.link.outbox.control(encode_bye("closing"))
@@ -373,6 +387,11 @@ class Endpoint(Sending, Receiving, HubLinks):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _on_stall(self, seconds: float) -> None:
+        """The watchdog saw the loop held for ``seconds`` (called on the loop)."""
+        self.stats.loop_stalls += 1
+        self.stats.loop_stalled_s += seconds
 
     @property
     def pending(self) -> int:

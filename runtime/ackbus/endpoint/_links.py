@@ -10,6 +10,7 @@ from .. import wire_pb2
 from .._types import (
     Kind,
 )
+from .._watchdog import handler_codes
 from ..core.endpoint_protocol import AckReply
 from ..wire import (
     PROTOCOL_VERSION,
@@ -59,6 +60,10 @@ class HubLinks(EndpointBase):
         )
 
     def _types_changed(self) -> None:
+        if self._watchdog is not None:  # the async handlers it may find on the loop's stack
+            self._watchdog.handlers = handler_codes(
+                (r.fn, r.origin) for r in self._dispatch.routes() if not r.sync
+            )
         self._proto.set_types(
             self._dispatch.types(Kind.COMMAND),
             self._dispatch.types(Kind.EVENT),
