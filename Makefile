@@ -5,9 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 SEEDS  ?= 2000
+FUZZ_RUNS ?= 1000000
 export PYTHONPATH := $(CURDIR)/generated
 
-.PHONY: setup postgresql browser generate check-generated lint typecheck layers pytest test demo bench simulate chaos docs docs-screenshot clean
+.PHONY: setup postgresql browser generate check-generated lint typecheck layers pytest test demo bench simulate chaos docs docs-screenshot fuzz clean
 
 setup: $(VENV)/.installed postgresql
 
@@ -52,7 +53,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy runtime codegen $(wildcard generated/*/)
+	$(BIN)/mypy runtime codegen fuzz $(wildcard generated/*/)
 
 # Imports point only downward (the `layers` contract in pyproject.toml; DESIGN.md, "Layers").
 layers: setup
@@ -103,5 +104,12 @@ docs-screenshot: docs browser
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1000,700 \
 		--screenshot=docs/catalogue.png file://$(CURDIR)/build/docs/index.html
 
+# The decoders under atheris (libFuzzer), FUZZ_RUNS inputs per target (docs/security.md,
+# "Fuzzed decoders"); FUZZ_TARGETS="wire legacy" for some. CPU heavy: nice it on a
+# shared machine. Crashing inputs land in .fuzz/crashes/, logs in .fuzz/logs/.
+fuzz: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[fuzz]'
+	$(PY) fuzz/all.py --runs $(FUZZ_RUNS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .fuzz

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 import zmq
 import zmq.asyncio
-from ackbus import Context, Policy
+from ackbus import Context, Kind, Policy
 from ackbus.endpoint import Endpoint
 from ackbus.envelope_pb2 import DUPLICATE, NO_ROUTE, REJECTED, RETRY_LATER, Ack
 from ackbus.errors import Reject
@@ -124,6 +124,39 @@ async def test_hub_refuses_each_kind_of_bad_input_and_keeps_serving(
     async with receiver, Endpoint("dealer", hub.addresses[0]) as sender:
         assert await sender.send(Bye(reason="still here"), timeout=2)
     assert got == ["still here"]
+
+
+async def test_hub_refuses_a_hello_whose_names_a_routed_notice_cannot_carry(
+    hub: Hub, ctx: zmq.asyncio.Context
+) -> None:
+    """Found by fuzzing: a HELLO as "audit service" (or implementing "bad name") was
+    welcomed, and then every publish of an event it subscribed to failed at the hub,
+    whose ROUTED encoder refuses such names (LocalProtocolError out of its receive path)."""
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(hub.addresses[0])
+    try:
+        for service, implements, code in (
+            ("audit service", [], "MALFORMED"),
+            ("audit", ["bad name"], "UNKNOWN_TYPE"),
+        ):
+            hello = Hello(versions=[1], events=["ackbus.Bye"], implements=implements)
+            hello.identity.service = service
+            assert await refusal_code(raw, [HELLO_FRAME, hello.SerializeToString()]) == code
+    finally:
+        raw.close()
+
+    got: list[str] = []
+
+    async def on_bye(msg: Bye, c: Context) -> None:
+        got.append(msg.reason)
+
+    event = Policy(kind=Kind.EVENT, ack_timeout=0.5, deadline=2)
+    audit = Endpoint("audit", hub.addresses[0])
+    audit.register_handler(Bye, on_bye, kind=Kind.EVENT)
+    async with audit, Endpoint("lobby", hub.addresses[0]) as publisher:
+        assert await publisher.publish(Bye(reason="tick"), policy=event)
+    assert got == ["tick"]
 
 
 @pytest.fixture

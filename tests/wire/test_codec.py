@@ -430,6 +430,14 @@ def test_control_errors() -> None:
         wire.encode_refusal("NOPE", "x")
     with pytest.raises(LocalProtocolError):
         wire.encode_hello(wire_pb2.Hello())
+    for hello in (  # names a hub could not put in a ROUTED notice
+        wire_pb2.Hello(identity=envelope_pb2.Identity(service="a b")),
+        wire_pb2.Hello(identity=envelope_pb2.Identity(service="s"), implements=["x\ny"]),
+    ):
+        with pytest.raises(LocalProtocolError):
+            wire.encode_hello(hello)
+        with refused("UNKNOWN_TYPE" if hello.implements else "MALFORMED"):
+            wire.decode_hello([wire.HELLO_FRAME, hello.SerializeToString()])
 
 
 def test_negotiate() -> None:

@@ -58,6 +58,7 @@ from ..wire import (
     DEFAULT_LIMITS,
     IdSource,
     Limits,
+    check_name,
     encode_bye,
     encode_envelope,
 )
@@ -121,6 +122,7 @@ class Endpoint(Sending, Receiving, HubLinks):
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
+        check_name(service, "service name")  # LocalProtocolError: a hub would refuse it
         self._hub_addresses = [hubs] if isinstance(hubs, str) else list(hubs)
         if not self._hub_addresses:
             raise ValueError("an endpoint needs at least one hub address")

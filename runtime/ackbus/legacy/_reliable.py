@@ -53,6 +53,7 @@ from ..wire import (
     PROTOCOL_VERSION,
     Command,
     ack_replies,
+    check_name,
     decode_bye,
     decode_command,
     decode_identity,
@@ -108,6 +109,7 @@ class ReliableSocket:
     ) -> None:
         if sock.type != zmq.DEALER:
             raise ValueError("ReliableSocket needs a DEALER socket connected to a hub")
+        check_name(service, "service name")  # LocalProtocolError: a hub would refuse it
         self.sock = sock
         self.identity = Identity(service, instance or uuid.uuid4().hex)
         self.registry = registry if registry is not None else Registry()

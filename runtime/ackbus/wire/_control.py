@@ -293,19 +293,25 @@ def _parse(frames: Sequence[bytes], msg: Message, limits: Limits) -> None:
 
 
 def encode_hello(hello: wire_pb2.Hello) -> list[bytes]:
-    if not hello.identity.service:
-        raise LocalProtocolError("HELLO needs the service name")
-    for name in (*hello.commands, *hello.events):
-        _check_name(name, "handled type", empty_ok=False)
+    _check_name(hello.identity.service, "HELLO service name", empty_ok=False)
+    for name in (*hello.commands, *hello.events, *hello.implements):
+        _check_name(name, "handled type or implemented service", empty_ok=False)
     return _control(HELLO_FRAME, hello)
 
 
 def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wire_pb2.Hello:
-    """A HELLO, with its identity and handled type names checked."""
+    """A HELLO, with its identity and handled type names checked.
+
+    The service name and the implemented schema services follow the rules of type
+    names (printable, no spaces, 1 to 255 bytes): the hub puts them in ROUTED notices,
+    whose encoder refuses anything else (a HELLO as ``"audit service"`` once made every
+    publish of the events it subscribed to fail at the hub)."""
     hello = wire_pb2.Hello()
     _parse(frames, hello, limits)
-    if not hello.identity.service or len(hello.identity.service.encode()) > MAX_NAME:
+    service = hello.identity.service.encode()
+    if not service or len(service) > MAX_NAME:
         raise _bad("HELLO without a valid service name")
+    _name(service, "HELLO service name", b"")
     if len(hello.identity.instance.encode()) > MAX_NAME:
         raise _bad("HELLO instance name too long")
     declared = len(hello.commands) + len(hello.events) + len(hello.implements)
@@ -315,10 +321,14 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
             f"{limits.max_hello_types}",
             TOO_LARGE,
         )
-    for name in (*hello.commands, *hello.events):
-        _name(name.encode(), "handled type", b"", UNKNOWN_TYPE)
-        if not name or len(name.encode()) > MAX_NAME:
-            raise _bad(f"invalid handled type {name!r}", UNKNOWN_TYPE)
+    for what, names in (
+        ("handled type", (*hello.commands, *hello.events)),
+        ("implemented service", hello.implements),
+    ):
+        for name in names:
+            _name(name.encode(), what, b"", UNKNOWN_TYPE)
+            if not name or len(name.encode()) > MAX_NAME:
+                raise _bad(f"invalid {what} {name!r}", UNKNOWN_TYPE)
     return hello
 
 
