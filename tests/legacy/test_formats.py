@@ -54,8 +54,10 @@ EVERYTHING.update(POKER)
 EVERYTHING.update(EXTRA)
 CLASSES = sorted((spec.cls for spec in EVERYTHING), key=lambda c: c.DESCRIPTOR.full_name)
 
-PROPERTY = settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow])
-FUZZ = settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+# No deadline: under load (2 shared cores) single examples took 250-510 ms and failed the
+# default 200 ms deadline, 7 tests in one full run; the example counts bound the time.
+PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ---------------------------------------------------------------------- strategies
 
