@@ -14,7 +14,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import legacy_targets
 import protomut
+import store_targets
 import wire_targets as w
 from ackbus import wire
 
@@ -127,9 +129,30 @@ def _protobuf_mutator(byte_mutate: ByteMutate) -> Mutator:
     return mutate
 
 
+def _structured(mutate: Callable[[bytes, random.Random], bytes]) -> Callable[[ByteMutate], Mutator]:
+    """A target's mutator: ``mutate`` mostly, libFuzzer's byte-level mutation sometimes."""
+
+    def make(byte_mutate: ByteMutate) -> Mutator:
+        def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+            rng = random.Random(seed)
+            if rng.random() < 0.15:
+                return byte_mutate(data, max_size)
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                data = mutate(data, rng)
+            return data[:max_size]
+
+        return mutator
+
+    return make
+
+
 TARGETS: dict[str, Target] = {
     "wire": Target(_check_wire, _wire_seeds, _wire_mutator),
     "protobuf": Target(_check_protobuf, _protobuf_seeds, _protobuf_mutator),
+    "legacy": Target(
+        legacy_targets.check, legacy_targets.seeds, _structured(legacy_targets.mutate)
+    ),
+    "store": Target(store_targets.check, store_targets.seeds, _structured(store_targets.mutate)),
 }
 
 

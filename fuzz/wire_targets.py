@@ -344,7 +344,7 @@ def _poke_header(item: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-def _mutate_item(item: bytes, rng: random.Random, byte_mutate: ByteMutator) -> bytes:
+def mutate_item(item: bytes, rng: random.Random, byte_mutate: ByteMutator) -> bytes:
     """One change to a message item: a header field, its envelope's protobuf (lengths
     kept right, so the parser is reached), a name, or raw bytes."""
     try:
@@ -384,7 +384,7 @@ def _mutate_group(group: bytes, rng: random.Random, byte_mutate: ByteMutator) ->
     if rng.random() < 0.2:  # the item's u32 length prefix
         prefix = (end - start + rng.choice((-1, 1, 2**31, -(end - start)))) % 2**32
         return group[: start - 4] + prefix.to_bytes(4, "little") + group[start:]
-    item = _mutate_item(group[start:end], rng, byte_mutate)
+    item = mutate_item(group[start:end], rng, byte_mutate)
     return group[: start - 4] + len(item).to_bytes(4, "little") + item + group[end:]
 
 
@@ -439,7 +439,7 @@ def mutate(frames: list[bytes], rng: random.Random, byte_mutate: ByteMutator = f
         if _packed_items(frame) is not None or len(frame) < wire.ITEM_HEADER.size:
             frames[j] = _mutate_group(frame, rng, byte_mutate)
         else:
-            frames[j] = _mutate_item(frame, rng, byte_mutate)
+            frames[j] = mutate_item(frame, rng, byte_mutate)
     elif first == wire.ACK_FRAME:
         j = rng.randrange(1, len(frames))
         if j % 3 == 0:

@@ -19,6 +19,7 @@ import time
 from typing import Protocol
 
 from ._types import DeliveryReport, Policy
+from .errors import RemoteProtocolError, StoreError
 from .store import DeadLetter, SqliteStore
 from .store._open import postgres_store_class
 from .wire import KIND_EVENT, MessageItem, encode_message
@@ -84,7 +85,7 @@ def describe(d: DeadLetter) -> str:
     if env.content_encoding == _JSON:
         try:
             text = json.dumps(json.loads(body), indent=2, sort_keys=True)
-        except ValueError:
+        except (ValueError, RecursionError):
             text = repr(body)
         lines.append(f"body (JSON, {len(body)} bytes):\n{text}")
     else:
@@ -100,6 +101,14 @@ async def replay(
     """Send ``letters`` again through ``hub``; remove those acked from the store."""
     from .endpoint import Endpoint
 
+    for d in letters:  # before sending any: a damaged one stops the replay
+        try:
+            MessageItem(d.frame, b"")
+        except RemoteProtocolError as exc:
+            raise StoreError(
+                f"dead letter {d.msg_id.hex()} cannot be replayed: its frame is damaged "
+                f"({exc}); purge it"
+            ) from None
     policy = Policy(deadline=timeout)
     results: list[tuple[DeadLetter, DeliveryReport]] = []
     async with Endpoint("ackbus-replay", hub, policy=policy) as ep:

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from ackbus import StoreError
+from ackbus import Policy, StoreError
 from ackbus.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
@@ -20,10 +20,15 @@ from ackbus.store import (
     SqliteStore,
     open_store,
 )
+from ackbus.store._rows import policy_json
+from ackbus.wire import encode_message
 
 
 def row(i: int) -> OutboxRow:
-    return OutboxRow(i.to_bytes(16, "big"), "T", "T", 1, False, "{}", 1.0, 2.0, b"frame")
+    """A row as an endpoint writes it (rows read back are checked: store/_rows.py)."""
+    mid = i.to_bytes(16, "big")
+    frame = encode_message(mid, "T", b"")
+    return OutboxRow(mid, "T", "T", 1, False, policy_json(Policy()), 1.0, 2.0, frame)
 
 
 def test_url_forms_and_durability(tmp_path: Path) -> None:

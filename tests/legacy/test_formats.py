@@ -415,6 +415,16 @@ def _decodes_or_typed_error(fn: Any, *args: Any) -> None:
         fn(*args)
 
 
+@pytest.mark.parametrize("payload", ['"\\ud800"', '"{\\"tableId\\": \\"\\ud800\\"}"'])
+def test_a_payload_encoded_twice_with_a_lone_surrogate_is_a_format_error(payload: str) -> None:
+    """Found by fuzzing: "Payload": "\\ud800" raised UnicodeEncodeError (re-encoding the
+    string to parse it again), which the bridge's reader loop (``Bridge._read``) does not
+    catch: it catches LegacyFormatError and SchemaError."""
+    raw = ('{"Type": "poker.StartHand", "Payload": ' + payload + "}").encode()
+    with pytest.raises(LegacyFormatError):
+        LegacyCodec(POKER).decode_envelope(raw)
+
+
 @FUZZ
 @given(raw=st.binary(max_size=200))
 def test_fuzz_envelope_any_bytes(raw: bytes) -> None:

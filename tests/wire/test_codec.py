@@ -168,7 +168,7 @@ def test_item_round_trip_property(
     assert packed == frame
 
 
-@pytest.mark.parametrize("name", ["", "has space", "x" * 256, "bad\nname"])
+@pytest.mark.parametrize("name", ["", "has space", "x" * 256, "bad\nname", "lone\ud800"])
 def test_check_name_refuses_what_the_wire_cannot_carry(name: str) -> None:
     with pytest.raises(LocalProtocolError):
         wire.check_name(name, "type name")

@@ -27,20 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._eager import report_when_done, start_eager
-from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Kind, Policy
+from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Policy
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
 from ..core.endpoint_protocol import EndpointProtocol
 from ..errors import Cancelled, ClosedError, Reject, RetryLater, StoreError
 from ..store import InboxRecord, OutboxRow, Store, open_store
+from ..store._rows import policy_from_json, policy_json
 from ..store._unit import Deferred, Transaction
 from ..store._writer import Batch
 from ..wire import FLAG_REQUEST, MessageItem
@@ -194,7 +194,10 @@ class Durable:
         for row in leftover:
             if hooks.is_pending(row.msg_id):
                 continue
-            pol = _policy(row.policy).with_(deadline=max(row.deadline - wall, 0.001))
+            where = f"{self.store.location}: outbox message {row.msg_id.hex()}"
+            pol = policy_from_json(row.policy, where).with_(
+                deadline=max(row.deadline - wall, 0.001)
+            )
             report = DeliveryReport(row.msg_id, row.msg_type)
             self.resumed.append(report)
             hooks.track(report, row.frame, row.destination, row.kind, pol, hooks.now())
@@ -291,9 +294,7 @@ class Durable:
         if text is None:
             if len(self._policies) > 256:
                 self._policies.clear()
-            fields = asdict(pol)
-            fields["kind"] = pol.kind.value
-            text = self._policies[pol] = json.dumps(fields, separators=(",", ":"))
+            text = self._policies[pol] = policy_json(pol)
         return text
 
     # -- settle -----------------------------------------------------------------------------
@@ -475,7 +476,9 @@ class Durable:
             return
         if unit.failed is not None:
             self._drop(unit, "its transaction failed")
-            failure = StoreError(f"a statement of the handler's ctx.tx failed: {unit.failed}")
+            failure = unit.failed
+            if not isinstance(failure, StoreError):
+                failure = StoreError(f"a statement of the handler's ctx.tx failed: {failure}")
             hooks.answer(hub, item, route, None, failure)
             return
         hooks.answer(hub, item, route, result, exc)
@@ -500,13 +503,6 @@ class Durable:
                 ),
             )
         unit.close(None)
-
-
-def _policy(text: str) -> Policy:
-    fields = json.loads(text)
-    fields["kind"] = Kind(fields["kind"])
-    fields["subscribers"] = tuple(fields.get("subscribers", ()))
-    return Policy(**fields)
 
 
 def _dedupe_record(r: InboxRecord, offset: float) -> DedupeRecord:

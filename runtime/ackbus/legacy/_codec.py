@@ -411,7 +411,7 @@ class LegacyCodec:
         if payload is None:
             payload = {}
         elif isinstance(payload, str):  # some services double-encode the payload
-            payload = self._load_json(payload.encode(), "Payload")
+            payload = self._load_json(payload, "Payload")
         if not isinstance(payload, dict):
             raise LegacyFormatError(
                 f"the Payload of {type_name} must be an object, not {_kind(payload)}",
@@ -507,11 +507,13 @@ class LegacyCodec:
 
     # ------------------------------------------------------------------ helpers
 
-    def _load_json(self, data: bytes, what: str) -> Any:
+    def _load_json(self, data: bytes | str, what: str) -> Any:
+        """JSON from bytes, or from a str (a payload encoded twice: as a str it may hold
+        lone surrogates, which ``str.encode`` refuses)."""
         if len(data) > self.max_bytes:
             raise LegacyFormatError(f"{what} of {len(data)} bytes exceeds {self.max_bytes}")
         try:
-            return json.loads(bytes(data))
+            return json.loads(data if isinstance(data, str) else bytes(data))
         except RecursionError:
             raise LegacyFormatError(f"{what} is nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError

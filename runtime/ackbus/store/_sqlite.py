@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..core import Outcome
 from ..errors import StoreError
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching, parse_seconds
+from ._rows import dead_letter, inbox_record, outbox_row
 from ._writer import Batch, GroupWriter, Op, each_value, rows_statement
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ _INSERT_INBOX_OK = rows_statement(
 """The common record (OK, no response, no error) with only its two varying values as
 parameters: two bindings per row instead of seven."""
 INSERT_INBOX_STRICT = "INSERT INTO ackbus_inbox VALUES (?, ?, ?, ?, ?, ?, ?)"
-SELECT_INBOX = "SELECT * FROM ackbus_inbox WHERE id = ?"
+SELECT_INBOX = "SELECT rowid, * FROM ackbus_inbox WHERE id = ?"
 _DELETE_OUTBOX = rows_statement("DELETE FROM ackbus_outbox WHERE id IN (", "?", ")")
 _MOVE_TO_DEAD = (
     "INSERT OR REPLACE INTO ackbus_dead_letters "
@@ -196,20 +197,7 @@ class SqliteStore(Store):
             raise
         try:
             _integrity(conn, self.path)
-            meta = dict(conn.execute("SELECT key, value FROM ackbus_meta").fetchall())
-            owner = meta.get("service")
-            if owner is not None and owner != service:
-                raise StoreError(
-                    f"{self.path} belongs to service {owner!r}, not {service!r}: "
-                    "each service instance needs its own store file"
-                )
-            kept = meta.get("instance")
-            if kept is not None and instance is not None and kept != instance:
-                raise StoreError(
-                    f"{self.path} belongs to instance {kept!r} of {service}, not {instance!r}: "
-                    "drop the instance argument to keep the stored identity"
-                )
-            chosen = kept or instance or uuid.uuid4().hex
+            chosen = self._meta(conn, service, instance)
             conn.executemany(
                 "INSERT OR REPLACE INTO ackbus_meta VALUES (?, ?)",
                 [("service", service), ("instance", chosen), ("pid", str(os.getpid()))],
@@ -224,6 +212,31 @@ class SqliteStore(Store):
             raise
         self._conn = conn
         return chosen
+
+    def _meta(self, conn: sqlite3.Connection, service: str, instance: str | None) -> str:
+        """The instance id to use, from the owner the store names (checked: the values
+        are read back from disk)."""
+        meta: dict[object, object] = dict(conn.execute("SELECT key, value FROM ackbus_meta"))
+        owner = meta.get("service")
+        kept = meta.get("instance")
+        for key, value in (("service", owner), ("instance", kept)):
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 255):
+                raise StoreError(
+                    f"{self.path}: ackbus_meta {key} {value!r:.60} is not a name: the store is "
+                    "damaged; move it aside"
+                )
+        if owner is not None and owner != service:
+            raise StoreError(
+                f"{self.path} belongs to service {owner!r}, not {service!r}: "
+                "each service instance needs its own store file"
+            )
+        if kept is not None and instance is not None and kept != instance:
+            raise StoreError(
+                f"{self.path} belongs to instance {kept!r} of {service}, not {instance!r}: "
+                "drop the instance argument to keep the stored identity"
+            )
+        assert kept is None or isinstance(kept, str)
+        return kept or instance or uuid.uuid4().hex
 
     def _lock(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -251,19 +264,22 @@ class SqliteStore(Store):
         return self._conn
 
     def pending_outbox(self) -> list[OutboxRow]:
+        """Raises :class:`~ackbus.StoreError` naming the first row that is not one
+        ackbus wrote (docs/durable.md, "A damaged store")."""
         rows = self._claimed().execute(
-            "SELECT id, type, destination, kind, request, policy, created_at, deadline, frame "
-            "FROM ackbus_outbox ORDER BY rowid"
+            "SELECT rowid, id, type, destination, kind, request, policy, created_at, deadline, "
+            "frame FROM ackbus_outbox ORDER BY rowid"
         )
-        return [OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+        return [outbox_row(r[1:], f"{self.path}: ackbus_outbox rowid {r[0]}") for r in rows]
 
     def inbox_since(self, since: float, limit: int = -1) -> list[InboxRecord]:
+        """Raises :class:`~ackbus.StoreError` as :meth:`pending_outbox` does."""
         rows = self._claimed().execute(
-            "SELECT * FROM (SELECT * FROM ackbus_inbox WHERE finished_at >= ? "
+            "SELECT * FROM (SELECT rowid, * FROM ackbus_inbox WHERE finished_at >= ? "
             "ORDER BY finished_at DESC LIMIT ?) ORDER BY finished_at",
             (since, limit),
         )
-        return [_inbox(r) for r in rows]
+        return [inbox_record(r[1:], f"{self.path}: ackbus_inbox rowid {r[0]}") for r in rows]
 
     # -- writing (through the group-commit writer) --------------------------------------
 
@@ -343,7 +359,9 @@ class SqliteStore(Store):
 
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter, oldest failure first."""
-        return self._admin(f"SELECT {_DEAD_COLUMNS} FROM ackbus_dead_letters ORDER BY failed_at")
+        return self._admin(
+            f"SELECT rowid, {_DEAD_COLUMNS} FROM ackbus_dead_letters ORDER BY failed_at"
+        )
 
     def find_dead_letters(self, prefix: str) -> list[DeadLetter]:
         """Dead letters whose hex id starts with ``prefix``."""
@@ -375,9 +393,17 @@ class SqliteStore(Store):
     def _admin(self, sql: str) -> list[DeadLetter]:
         conn = self._connect(create=False)
         try:
-            return [DeadLetter(*r) for r in conn.execute(sql)]
+            return self._dead_letters_of(conn, sql)
         finally:
             conn.close()
+
+    def _dead_letters_of(self, conn: sqlite3.Connection, sql: str = "") -> list[DeadLetter]:
+        """Dead letters read with ``sql`` (all, oldest failure first, by default),
+        checked: :class:`~ackbus.StoreError` names a row that is not one ackbus wrote."""
+        rows = conn.execute(
+            sql or f"SELECT rowid, {_DEAD_COLUMNS} FROM ackbus_dead_letters ORDER BY failed_at"
+        )
+        return [dead_letter(r[1:], f"{self.path}: ackbus_dead_letters rowid {r[0]}") for r in rows]
 
 
 def _integrity(conn: sqlite3.Connection, path: Path) -> None:
@@ -392,13 +418,10 @@ def _integrity(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def _inbox(r: tuple[bytes, int, float, bytes, str, str, int]) -> InboxRecord:
-    return InboxRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
-
-
 def select_inbox(conn: sqlite3.Connection, msg_id: bytes) -> InboxRecord | None:
+    """The inbox record of ``msg_id`` (:class:`~ackbus.StoreError` if it is damaged)."""
     row = conn.execute(SELECT_INBOX, (msg_id,)).fetchone()
-    return _inbox(row) if row is not None else None
+    return inbox_record(row[1:], f"ackbus_inbox rowid {row[0]}") if row is not None else None
 
 
 def _owner_pid(path: Path) -> str:

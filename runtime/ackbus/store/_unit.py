@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import StoreError
 from ._base import InboxRecord, OutboxRow
 from ._sqlite import INSERT_INBOX_STRICT, INSERT_OUTBOX, select_inbox
 
@@ -176,7 +177,10 @@ class Transaction:
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO ackbus_unit")
             conn.execute("RELEASE ackbus_unit")
-            self.duplicate = select_inbox(conn, record.msg_id)
+            try:
+                self.duplicate = select_inbox(conn, record.msg_id)
+            except StoreError as exc:  # the stored record is damaged: this message fails
+                self.failed = exc
             return
         try:
             for sql, params in self._writes or ():

@@ -189,7 +189,10 @@ def _check_name(name: str, what: str, *, empty_ok: bool) -> bytes:
         return raw
     if type(name) is not str:
         raise LocalProtocolError(f"{what} must be str, got {type(name).__name__}")
-    raw = name.encode()
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from JSON's "\ud800"
+        raise LocalProtocolError(f"{what} {name!r} is not UTF-8") from None
     if not raw:
         if empty_ok:
             return raw
