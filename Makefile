@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 SEEDS  ?= 2000
 FUZZ_RUNS ?= 1000000
+FUZZ_JOBS ?= 1
 export PYTHONPATH := $(CURDIR)/generated
 
 .PHONY: setup postgresql browser generate check-generated lint typecheck layers pytest test demo bench simulate chaos docs docs-screenshot fuzz clean
@@ -105,11 +106,12 @@ docs-screenshot: docs browser
 		--screenshot=docs/catalogue.png file://$(CURDIR)/build/docs/index.html
 
 # The decoders under atheris (libFuzzer), FUZZ_RUNS inputs per target (docs/security.md,
-# "Fuzzed decoders"); FUZZ_TARGETS="wire legacy" for some. CPU heavy: nice it on a
-# shared machine. Crashing inputs land in .fuzz/crashes/, logs in .fuzz/logs/.
+# "Fuzzed decoders"); FUZZ_TARGETS="wire legacy" for some, FUZZ_JOBS=2 to run two at
+# once. CPU heavy: nice it on a shared machine. Crashing inputs land in .fuzz/crashes/,
+# logs in .fuzz/logs/.
 fuzz: setup
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[fuzz]'
-	$(PY) fuzz/all.py --runs $(FUZZ_RUNS) $(FUZZ_TARGETS)
+	$(PY) fuzz/all.py --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .fuzz

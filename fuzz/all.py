@@ -1,11 +1,12 @@
-"""``make fuzz``: every target under atheris, one after the other, and a summary.
+"""``make fuzz``: every target under atheris, and a summary.
 
-``python fuzz/all.py [--runs N] [TARGET ...]`` runs fuzz/run.py per target with
-libFuzzer's bounds (``-timeout``: a hang is a crash; ``-rss_limit_mb``; inputs up to
-``-max_len`` bytes), keeps each log in ``.fuzz/logs/``, and prints per target the inputs
-run, crashes, hangs and out-of-memory ends, the time taken, the slowest input and the
-peak RSS. It exits 1 if any target found anything (its input is in ``.fuzz/crashes/``:
-replay it with ``python fuzz/run.py TARGET .fuzz/crashes/FILE``).
+``python fuzz/all.py [--runs N] [--jobs J] [TARGET ...]`` runs fuzz/run.py per target (J
+at once, each in a process of its own) with libFuzzer's bounds (``-timeout``: a hang is
+a crash; ``-rss_limit_mb``; inputs up to ``-max_len`` bytes), keeps each log in
+``.fuzz/logs/``, and prints per target the inputs run, crashes, hangs and out-of-memory
+ends, the time taken, the slowest input and the peak RSS. It exits 1 if any target
+found anything (its input is in ``.fuzz/crashes/``: replay it with ``python fuzz/run.py
+TARGET .fuzz/crashes/FILE``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fuzz_targets
@@ -61,16 +63,22 @@ def run_target(name: str, runs: int) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1_000_000, help="inputs per target")
+    parser.add_argument("--jobs", type=int, default=1, help="targets run at once")
     parser.add_argument("targets", nargs="*", default=list(fuzz_targets.TARGETS))
     args = parser.parse_args()
     unknown = set(args.targets) - set(fuzz_targets.TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; known: {fuzz_targets.names()}")
-    rows = []
-    for name in args.targets:
-        print(f"fuzzing {name}: {args.runs} inputs ...", flush=True)
-        rows.append(run_target(name, args.runs))
-        print("  " + "  ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+    print(
+        f"fuzzing {', '.join(args.targets)}: {args.runs} inputs each, {args.jobs} at a time",
+        flush=True,
+    )
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each target is a process
+        done = pool.map(lambda name: run_target(name, args.runs), args.targets)
+        rows = []
+        for row in done:
+            rows.append(row)
+            print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     columns = ["target", "inputs", "crashes", "hangs", "oom", "time", "slowest", "peak_rss", "ok"]
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     print()
