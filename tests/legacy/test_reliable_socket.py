@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -296,6 +297,10 @@ async def test_a_huge_attempt_budget_still_ends_at_the_deadline(
     assert took < eager.deadline + 0.3
 
 
+def attempts_as_n(reason: str) -> str:
+    return re.sub(r"after \d+ attempts?", "after N attempts", reason)
+
+
 async def test_failures_read_as_the_endpoints_do(hub: str, dealer: zmq.Socket[Any]) -> None:
     """For the same outcome, ReliableSocket and Endpoint fail with the same error: one
     protocol decides both (core/endpoint_protocol.delivery_error)."""
@@ -325,7 +330,10 @@ async def test_failures_read_as_the_endpoints_do(hub: str, dealer: zmq.Socket[An
             by_socket = (await asyncio.to_thread(rs.send, msg, policy=pol)).error
             assert isinstance(by_endpoint, kind), by_endpoint
             assert type(by_socket) is type(by_endpoint)
-            assert by_socket.reason == by_endpoint.reason
+            # The attempt count is timing: under load a lease (IN_PROGRESS) came back at
+            # a different moment for each and the stalled send made 3 attempts, not 4
+            # (failed in 3 of 4 full runs at load 15, and 1 of 3 runs alone on main).
+            assert attempts_as_n(by_socket.reason) == attempts_as_n(by_endpoint.reason)
             assert by_socket.message_type == by_endpoint.message_type
 
 
