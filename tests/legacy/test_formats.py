@@ -14,6 +14,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import fuzz_targets
 import pytest
 from ackbus import Registry, SchemaError, Untyped, envelope_pb2, wire_pb2
 from ackbus._types import MessageSpec, Policy
@@ -413,6 +414,17 @@ ENVELOPE_KEYS = st.sampled_from(["MessageId", "Type", "SenderId", "Timestamp", "
 def _decodes_or_typed_error(fn: Any, *args: Any) -> None:
     with contextlib.suppress(LegacyFormatError, SchemaError):
         fn(*args)
+
+
+@settings(
+    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(st.integers(0, 2**64 - 1), st.integers(1, 4))
+def test_the_legacy_fuzz_targets_inputs(seed: int, steps: int) -> None:
+    """``make fuzz``'s legacy target, bounded: encoded messages of every format changed
+    value by value (edge numbers, times that are not times, keys in other cases, deep
+    nesting, payloads encoded twice), decoded and used as the bridge uses them."""
+    fuzz_targets.exercise("legacy", seed, steps)
 
 
 @pytest.mark.parametrize("payload", ['"\\ud800"', '"{\\"tableId\\": \\"\\ud800\\"}"'])
