@@ -20,6 +20,7 @@ from ._types import (
     MethodSpec,
     Policy,
     Registry,
+    SubscriberPolicy,
     Untyped,
     unimplemented,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "SchemaError",
     "SendWindowTimeout",
     "StoreError",
+    "SubscriberPolicy",
     "Untyped",
     "WaitTimeout",
     "__version__",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, TypeVar, U
 from google.protobuf.message import Message
 
 from ._report import DeliveryReport, DeliveryStatus
-from .core._values import Identity, Kind, Policy
+from .core._values import Identity, Kind, Policy, SubscriberPolicy
 from .errors import SchemaError
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "MethodSpec",
     "Policy",
     "Registry",
+    "SubscriberPolicy",
     "Untyped",
     "unimplemented",
 ]
@@ -56,6 +57,12 @@ class MessageSpec:
         """For an event type: the schema services its publishers wait for (from the
         schemas the code was generated with)."""
         return self.policy.subscribers
+
+    @property
+    def subscriber_policies(self) -> tuple[SubscriberPolicy, ...]:
+        """The declared subscribers whose own limits (attempts, deadline) differ from
+        the event's policy: each one's rpc policy governs its own delivery."""
+        return self.policy.subscriber_policies
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,3 +285,28 @@ async def test_inbox_records_read_back_as_written(tmp_path: Path) -> None:
     await batches.pop().wait()
     assert store.inbox_since(0.0) == records
     await store.aclose()
+
+
+def test_an_outbox_rows_policy_keeps_its_subscriber_policies() -> None:
+    from ackbus import Kind, Policy, StoreError, SubscriberPolicy
+    from ackbus.store._rows import policy_from_json, policy_json
+
+    pol = Policy(
+        kind=Kind.EVENT,
+        deadline=5.0,
+        subscribers=("poker.Audit", "poker.Lobby"),
+        subscriber_policies=(SubscriberPolicy("poker.Audit", max_attempts=100, deadline=300.0),),
+    )
+    text = policy_json(pol)
+    assert "life" not in text  # derived, not stored
+    back = policy_from_json(text, "row")
+    assert back == pol
+    assert back.life == 300.0
+    for bad in (
+        '"x"',
+        '[{"service":"poker.Audit"}]',
+        '[{"service":"poker.Other","max_attempts":null,"deadline":null}]',
+    ):
+        broken = text.replace(text[text.index("[{") : text.rindex("}]") + 2], bad)
+        with pytest.raises(StoreError):
+            policy_from_json(broken, "row")

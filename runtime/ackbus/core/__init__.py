@@ -17,7 +17,7 @@ docs/core.md has the state tables and the decisions.
 """
 
 from ._common import Outcome, RemoteError
-from ._values import Identity, Kind, Policy
+from ._values import Identity, Kind, Policy, SubscriberPolicy
 from .dedupe import DedupeRecord, InboundDeduper, Verdict
 from .liveness import Liveness, LivenessAction, PeerDead, SendHeartbeat, negotiate
 from .routing import Instance, RoutingTable
@@ -53,6 +53,7 @@ __all__ = [
     "RoutingTable",
     "SendHeartbeat",
     "Status",
+    "SubscriberPolicy",
     "TrackerAction",
     "Transmit",
     "Verdict",

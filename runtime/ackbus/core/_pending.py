@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from ._common import RemoteError
 from ._values import Identity, Policy
-from .settled import MsgState, Reason
+from .settled import GaveUp, MsgState, Reason
 
-__all__ = ["Pending", "missing", "unreached"]
+__all__ = [
+    "Fan",
+    "Pending",
+    "fan_out",
+    "give_up",
+    "grouped",
+    "missing",
+    "reasons",
+    "settle",
+    "waiting",
+]
 
 
 class Pending:
@@ -22,6 +32,7 @@ class Pending:
         "destination",
         "done",
         "expect",
+        "fan",
         "first_sent_at",
         "free",
         "last_error",
@@ -75,6 +86,115 @@ class Pending:
         self.covers: dict[str, frozenset[str]] | None = None
         """For an event with declared subscribers: the schema services each routed
         service implements, from the hub's ROUTED notices."""
+        self.fan: Fan | None = None
+        """For an event with declared subscribers: when each one's delivery ends."""
+
+
+class Fan:
+    """The per-subscriber limits of one event with declared subscribers."""
+
+    __slots__ = ("ends", "gave_up", "own_end")
+
+    def __init__(self, ends: dict[str, float], own_end: float) -> None:
+        self.ends = ends
+        """Declared subscriber -> the instant its own deadline passes."""
+        self.own_end = own_end
+        """When the event's own deadline passes (for run-time subscribers)."""
+        self.gave_up: dict[str, GaveUp] = {}
+        """Declared subscribers no longer waited for, and why."""
+
+
+def fan_out(p: Pending, now: float) -> float:
+    """Set up event ``p``'s per-subscriber limits; the instant its last one ends."""
+    policy = p.policy
+    ends = {s: now + policy.limits(s)[1] for s in policy.subscribers}
+    p.fan = Fan(ends, now + policy.deadline)
+    return max(now + policy.life, *ends.values())
+
+
+def waiting(p: Pending) -> list[str]:
+    """The declared subscribers of event ``p`` still waited for: not acked, not given up."""
+    fan = p.fan
+    gave_up = fan.gave_up if fan is not None else {}
+    return [s for s in missing(p) if s not in gave_up]
+
+
+def give_up(p: Pending, now: float, timed_out: bool) -> None:
+    """Stop waiting for the declared subscribers whose own deadline passed, and, after an
+    attempt's ack timeout (``timed_out``), for those whose own attempts are spent: an
+    attempt the hub routed to none of a subscriber's instances does not spend them."""
+    fan = p.fan
+    if fan is None:
+        return
+    reached = _reached(p)
+    spent = p.attempts - p.free
+    for s in waiting(p):
+        if now >= fan.ends[s]:
+            fan.gave_up[s] = GaveUp.DEADLINE
+        elif timed_out and s in reached and spent >= p.policy.limits(s)[0]:
+            fan.gave_up[s] = GaveUp.ATTEMPTS
+
+
+def grouped(p: Pending) -> bool | None:
+    """``True`` once multi-receiver message ``p`` (no declared subscribers) has its acks:
+    from every service the latest notice named (an event), or from ``expect`` services."""
+    acked = p.acked_services
+    if p.expect is None:
+        if p.services is None:
+            return None
+        if acked is None:
+            return None if p.services else True
+        return True if p.services <= acked else None
+    return True if acked is not None and len(acked) >= p.expect else None
+
+
+def settle(p: Pending, now: float, timed_out: bool) -> float | bool:
+    """Where event ``p`` with declared subscribers stands after an ack, a notice or (with
+    ``timed_out``) an attempt's ack timeout: ``True`` acked, ``False`` failed, else the
+    instant it waits until at most (the latest deadline among the subscribers still
+    waited for). Done once no declared subscriber is waited for (each acked, or its own
+    attempts or deadline ran out: failed if any did not ack) and the run-time
+    subscribers routed to acked (or the event's own attempts or deadline ran out)."""
+    fan = p.fan
+    assert fan is not None
+    give_up(p, now, timed_out)
+    covers = p.covers or {}
+    acked = p.acked_services or ()
+    runtime = p.services is not None and any(
+        not covers.get(s) and s not in acked for s in p.services
+    )
+    wait = waiting(p)
+    if wait:
+        end = max(fan.ends[s] for s in wait)
+        return max(end, fan.own_end) if runtime else end
+    if missing(p):
+        return False
+    if runtime:
+        spent = timed_out and p.attempts - p.free >= p.policy.max_attempts
+        return fan.own_end if now < fan.own_end and not spent else False
+    return True
+
+
+def reasons(p: Pending, names: tuple[str, ...], now: float) -> tuple[GaveUp | None, ...]:
+    """Why the delivery to each of ``names`` (missing subscribers) ended."""
+    fan = p.fan
+    if fan is None:
+        return tuple(None for _ in names)
+    out: list[GaveUp | None] = []
+    for s in names:
+        why = fan.gave_up.get(s)
+        if why is None and now >= fan.ends[s]:
+            why = GaveUp.DEADLINE
+        out.append(why)
+    return tuple(out)
+
+
+def _reached(p: Pending) -> set[str]:
+    covers = p.covers or {}
+    reached: set[str] = set()
+    for service in p.services or ():
+        reached |= covers.get(service, frozenset())
+    return reached
 
 
 def missing(p: Pending) -> tuple[str, ...]:
@@ -84,16 +204,3 @@ def missing(p: Pending) -> tuple[str, ...]:
     for service in p.acked_services or ():
         got |= covers.get(service, frozenset())
     return tuple(s for s in p.policy.subscribers if s not in got)
-
-
-def unreached(p: Pending) -> bool:
-    """Whether event ``p`` waits for a declared subscriber the hub did not route its
-    latest attempt to (none registered): such attempts do not spend the budget, so a
-    subscriber that is down waits until the deadline, not until the attempts run out."""
-    if not p.policy.subscribers:
-        return False
-    covers = p.covers or {}
-    reached: set[str] = set()
-    for service in p.services or ():
-        reached |= covers.get(service, frozenset())
-    return any(s not in reached for s in missing(p))

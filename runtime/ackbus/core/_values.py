@@ -7,12 +7,12 @@ them; ``ackbus`` and ``ackbus._types`` re-export them as the public names.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import SchemaError
 
-__all__ = ["Identity", "Kind", "Policy"]
+__all__ = ["Identity", "Kind", "Policy", "SubscriberPolicy", "capped", "shortened"]
 
 
 class Kind(enum.Enum):
@@ -21,6 +21,33 @@ class Kind(enum.Enum):
 
     COMMAND = "command"
     EVENT = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberPolicy:
+    """One declared subscriber's own limits for an event's delivery to it: its rpc's
+    schema policy, where that differs from the event's (``None``: the event's own).
+
+    One transmit of an event reaches every subscriber (the hub fans it out), so the
+    timing of the re-sends (``ack_timeout``, backoff) and the priority stay the event's;
+    how many attempts and how long a subscriber is waited for are its own."""
+
+    service: str
+    """The schema service (full name, e.g. ``"poker.Audit"``)."""
+    max_attempts: int | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.service, str) or not self.service:
+            problems.append(f"service must be a non-empty name, got {self.service!r}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            problems.append(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.deadline is not None and not self.deadline > 0:
+            problems.append(f"deadline must be > 0, got {self.deadline}")
+        if problems:
+            what = f"invalid policy of subscriber {self.service!r}: "
+            raise SchemaError(what + "; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +67,13 @@ class Policy:
     """For an event: the schema services (full names, e.g. ``"poker.Audit"``) that must
     each ack it, whether or not one is running when it is published; generated code
     fills it in from the schemas. Empty: the services the hub routes it to."""
+    subscriber_policies: tuple[SubscriberPolicy, ...] = ()
+    """For an event: the declared subscribers whose own limits (attempts, deadline)
+    differ from this policy's; generated code fills it in from each subscriber's rpc
+    policy. The others, and run-time subscribers, get this policy's."""
+    life: float = field(init=False, repr=False, compare=False)
+    """How long the message lives: ``deadline``, or the longest subscriber deadline if
+    that is longer (derived; the envelope's and the tracker's deadline)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,6 +81,26 @@ class Policy:
             isinstance(s, str) and s for s in self.subscribers
         ):
             problems.append(f"subscribers must be a tuple of names, got {self.subscribers!r}")
+        life = self.deadline
+        if self.subscriber_policies:
+            named = [getattr(sp, "service", sp) for sp in self.subscriber_policies]
+            if not isinstance(self.subscriber_policies, tuple) or not all(
+                isinstance(sp, SubscriberPolicy) for sp in self.subscriber_policies
+            ):
+                problems.append(
+                    "subscriber_policies must be a tuple of SubscriberPolicy, got "
+                    f"{self.subscriber_policies!r}"
+                )
+            elif len(set(named)) != len(named) or not set(named) <= set(self.subscribers):
+                problems.append(
+                    f"subscriber_policies name {named}: each must be one of the subscribers "
+                    f"{list(self.subscribers)}, once"
+                )
+            else:
+                for sp in self.subscriber_policies:
+                    if sp.deadline is not None and sp.deadline > life:
+                        life = sp.deadline
+        object.__setattr__(self, "life", life)
         if not self.ack_timeout > 0:
             problems.append(f"ack_timeout must be > 0, got {self.ack_timeout}")
         if self.max_attempts < 1:
@@ -76,6 +130,7 @@ class Policy:
         kind: Kind | None = None,
         retry_rejected: bool | None = None,
         subscribers: tuple[str, ...] | None = None,
+        subscriber_policies: tuple[SubscriberPolicy, ...] | None = None,
     ) -> Policy:
         """A copy with the fields given changed (``None`` leaves a field as it is): e.g.
         ``TABLE_START_HAND_POLICY.with_(max_attempts=1)``. Every field is named here, so
@@ -91,8 +146,45 @@ class Policy:
             "kind": kind,
             "retry_rejected": retry_rejected,
             "subscribers": subscribers,
+            "subscriber_policies": subscriber_policies,
         }
         return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def limits(self, subscriber: str) -> tuple[int, float]:
+        """``(max_attempts, deadline)`` of the delivery to one declared subscriber."""
+        for sp in self.subscriber_policies:
+            if sp.service == subscriber:
+                return (
+                    self.max_attempts if sp.max_attempts is None else sp.max_attempts,
+                    self.deadline if sp.deadline is None else sp.deadline,
+                )
+        return self.max_attempts, self.deadline
+
+
+def capped(policy: Policy, deadline: float) -> Policy:
+    """``policy`` with no deadline (its own or a subscriber's) beyond ``deadline``: what
+    a call's ``timeout=`` does."""
+    if not policy.subscriber_policies:
+        return policy.with_(deadline=min(policy.deadline, deadline))
+    return policy.with_(
+        deadline=min(policy.deadline, deadline),
+        subscriber_policies=tuple(
+            sp if sp.deadline is None else replace(sp, deadline=min(sp.deadline, deadline))
+            for sp in policy.subscriber_policies
+        ),
+    )
+
+
+def shortened(policy: Policy, elapsed: float, least: float = 0.001) -> Policy:
+    """``policy`` with every deadline ``elapsed`` seconds shorter (at least ``least``):
+    what is left of them for a message resumed after ``elapsed`` seconds."""
+    return policy.with_(
+        deadline=max(policy.deadline - elapsed, least),
+        subscriber_policies=tuple(
+            sp if sp.deadline is None else replace(sp, deadline=max(sp.deadline - elapsed, least))
+            for sp in policy.subscriber_policies
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

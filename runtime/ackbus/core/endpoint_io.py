@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ._common import Outcome, RemoteError
 from ._values import Identity
-from .settled import Completion, Reason
+from .settled import Completion, GaveUp, Reason
 
 __all__ = [
     "FLAG_REQUEST",
@@ -156,7 +156,7 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
     if reason is Reason.CANCELLED:
         return Cancelled(f"cancelled: {why or 'cancelled by the caller'}", **kw)
     if reason is Reason.OUTCOME_UNKNOWN:
-        whom = f" from subscriber {', '.join(c.missing)}" if c.missing else ""
+        whom = f" from subscriber {_subscribers(c)}" if c.missing else ""
         then = ""
         if c.last_reason is Reason.NO_ROUTE:
             then = f"; then no route: {no_route or f'no live service handles {c.msg_type}'}"
@@ -168,6 +168,20 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
             **kw,
         )
     if c.missing:
-        who = ", ".join(c.missing)
+        who = _subscribers(c)
         return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}", **kw)
     return AckTimeout(f"no acknowledgement after {tries}", **kw)
+
+
+def _subscribers(c: Completion) -> str:
+    """The missing subscribers of a failed event, each with what ran out: ``poker.Lobby
+    (its attempts ran out), poker.Audit (its deadline passed)``."""
+    out = []
+    for i, name in enumerate(c.missing):
+        why = c.missing_why[i] if i < len(c.missing_why) else None
+        if why is GaveUp.ATTEMPTS:
+            name += " (its attempts ran out)"
+        elif why is GaveUp.DEADLINE:
+            name += " (its deadline passed)"
+        out.append(name)
+    return ", ".join(out)

@@ -14,6 +14,7 @@ from ._values import Identity
 __all__ = [
     "Admit",
     "Completion",
+    "GaveUp",
     "MsgState",
     "Reason",
     "Status",
@@ -47,6 +48,15 @@ class Reason(enum.StrEnum):
     OUTCOME_UNKNOWN = "outcome-unknown"
     """No final answer, and an attempt may have reached a receiver (its handler may
     have run): what a timeout, a no-route or an expiry becomes then."""
+
+
+class GaveUp(enum.StrEnum):
+    """Why an event's delivery to one declared subscriber ended without its ack."""
+
+    ATTEMPTS = "attempts"
+    """Its own ``max_attempts`` reached it, unanswered."""
+    DEADLINE = "deadline"
+    """Its own deadline passed."""
 
 
 class MsgState(enum.Enum):
@@ -103,6 +113,9 @@ class Completion:
     last_reason: Reason | None = None
     """For an ``outcome-unknown`` failure: what the last answer or timer said
     (``timeout``, ``no-route``, ``expired``)."""
+    missing_why: tuple[GaveUp | None, ...] = ()
+    """One per :attr:`missing` subscriber: whether its own attempts or its own deadline
+    ran out (``None``: neither, e.g. the message was cancelled)."""
 
     def __bool__(self) -> bool:
         return self.status is Status.ACKED

@@ -124,9 +124,11 @@ class OutboundTracker:
         pending = self._pending
         if msg_id in pending:
             raise ValueError(f"message {msg_id.hex()} is already pending")
-        deadline = now + policy.deadline
+        deadline = now + policy.life
         p = _Pending(msg_id, msg_type, destination, policy, deadline, expect)
         pending[msg_id] = p
+        if policy.subscribers:
+            _pending.fan_out(p, now)
         n = self._in_flight.get(destination, 0)
         if n < self._window and destination not in self._queues:
             self._in_flight[destination] = n + 1
@@ -488,7 +490,12 @@ class OutboundTracker:
             out.append(self._complete(p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now))
             return
         if state is MsgState.IN_FLIGHT:
-            if p.attempts - p.free >= p.policy.max_attempts and not _pending.unreached(p):
+            if p.fan is not None:
+                c = self._check_group(p, now, timed_out=True)
+                if c is not None:
+                    out.append(c)
+                    return
+            elif p.attempts - p.free >= p.policy.max_attempts:
                 out.append(self._fail_exhausted(p, now))
                 return
             p.state = MsgState.BACKOFF
@@ -509,8 +516,10 @@ class OutboundTracker:
             raise AssertionError(f"timer fired for a {state.value} message before its deadline")
 
     def _negative(self, p: _Pending, now: float, delay: float) -> Completion | None:
-        """A receiver or the hub answered but did not take the message: retry later."""
-        if p.attempts - p.free >= p.policy.max_attempts:
+        """A receiver or the hub answered but did not take the message: retry later.
+        (An event with declared subscribers is bounded by their deadlines here: whose
+        attempts an answer from the hub spends is not known.)"""
+        if p.attempts - p.free >= p.policy.max_attempts and p.fan is None:
             return self._fail_exhausted(p, now)
         if delay <= 0.0:
             delay = backoff_delay(p.policy, p.attempts, self._rng)
@@ -523,34 +532,28 @@ class OutboundTracker:
             p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now, error=p.last_error
         )
 
-    def _check_group(self, p: _Pending, now: float) -> Completion | None:
-        acked = p.acked_services
-        if p.expect is None and p.policy.subscribers:
-            if acked is None or _pending.missing(p):
-                return None
-            covers = p.covers or {}
-            if p.services is not None and not {s for s in p.services if not covers.get(s)} <= (
-                acked
-            ):
-                return None  # a run-time subscriber routed to has not acked yet
-        elif p.expect is None:
-            if p.services is None:
-                return None
-            if acked is not None and not p.services <= acked:
-                return None
-            if acked is None and p.services:
-                return None
-        elif acked is None or len(acked) < p.expect:
-            return None
-        return self._complete(
-            p,
-            Status.ACKED,
-            None,
-            now,
-            acked_at=now,
-            acked_by=tuple(p.acked_by or ()),
-            response=p.response,
-        )
+    def _check_group(self, p: _Pending, now: float, timed_out: bool = False) -> Completion | None:
+        """A multi-receiver message after an ack, a notice or (``timed_out``) an
+        attempt's ack timeout: settle it if it is done (:func:`_pending.settle` for an
+        event with declared subscribers, whose deadline it may bring forward)."""
+        done = _pending.settle(p, now, timed_out) if p.fan is not None else _pending.grouped(p)
+        if done is True:
+            return self._complete(
+                p,
+                Status.ACKED,
+                None,
+                now,
+                acked_at=now,
+                acked_by=tuple(p.acked_by or ()),
+                response=p.response,
+            )
+        if done is False:
+            return self._fail_exhausted(p, now)
+        if done is not None and done < p.deadline:  # forward, never back
+            p.deadline = done
+            if p.timer and p.when > done:
+                self._arm(p, done)
+        return None
 
     def _complete(
         self,
@@ -569,6 +572,9 @@ class OutboundTracker:
         last = None
         if p.unknown and reason in _HIDING:
             last, reason = reason, Reason.OUTCOME_UNKNOWN
+        missing: tuple[str, ...] = ()
+        if status is Status.FAILED and p.policy.subscribers:
+            missing = _pending.missing(p)
         if p.state is MsgState.QUEUED:
             queue = self._queues[p.destination]
             queue.remove(p)
@@ -589,8 +595,9 @@ class OutboundTracker:
             acked_by,
             error,
             response,
-            _pending.missing(p) if status is Status.FAILED and p.policy.subscribers else (),
+            missing,
             last,
+            _pending.reasons(p, missing, now) if missing else (),
         )
 
     def _free_slot(self, destination: str, now: float) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .._eager import report_when_done, start_eager
 from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Policy
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
+from ..core._values import shortened
 from ..core.endpoint_protocol import EndpointProtocol
 from ..errors import Cancelled, ClosedError, Reject, RetryLater, StoreError
 from ..store import InboxRecord, OutboxRow, Store, open_store
@@ -195,9 +196,8 @@ class Durable:
             if hooks.is_pending(row.msg_id):
                 continue
             where = f"{self.store.location}: outbox message {row.msg_id.hex()}"
-            pol = policy_from_json(row.policy, where).with_(
-                deadline=max(row.deadline - wall, 0.001)
-            )
+            # What is left of its deadlines (the event's and each subscriber's).
+            pol = shortened(policy_from_json(row.policy, where), wall - row.created_at)
             report = DeliveryReport(row.msg_id, row.msg_type)
             self.resumed.append(report)
             hooks.track(report, row.frame, row.destination, row.kind, pol, hooks.now())
@@ -247,7 +247,7 @@ class Durable:
                 request,
                 text,
                 created,
-                created + pol.deadline,
+                created + pol.life,
                 frame,
             ),
         )

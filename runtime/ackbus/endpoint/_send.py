@@ -19,6 +19,7 @@ from .._types import (
 )
 from .._untyped import encode_untyped
 from ..core import Completion
+from ..core._values import capped
 from ..errors import (
     ClosedError,
     DeliveryError,
@@ -146,8 +147,8 @@ class Sending(EndpointBase):
         if timeout is not None:
             if not timeout > 0:
                 raise ValueError(f"timeout must be > 0, got {timeout}")
-            if timeout < pol.deadline:  # else the copy would equal pol
-                pol = pol.with_(deadline=timeout)
+            if timeout < pol.life:  # else the copy would equal pol
+                pol = capped(pol, timeout)
         if priority is not None and priority != pol.priority:
             pol = pol.with_(priority=priority)
         destination = to or msg_type
@@ -159,7 +160,7 @@ class Sending(EndpointBase):
         if waited:
             # Wait in line for a slot (_window.py); the future is awaited here, not in
             # a coroutine of its own: one object fewer per waiting send.
-            deadline = loop.time() + pol.deadline
+            deadline = loop.time() + pol.life
             place = None
             while True:
                 fut, place = lines.enter(
@@ -204,7 +205,7 @@ class Sending(EndpointBase):
                 FLAG_REQUEST if request else 0,
                 now_ns,
                 now_ns,
-                now_ns + int(pol.deadline * 1e9),
+                now_ns + int(pol.life * 1e9),
             )
             report = DeliveryReport(mid, msg_type)
             if durable is not None:
@@ -227,7 +228,7 @@ class Sending(EndpointBase):
         if wait_ack:
             # The tracker settles every message by its deadline; the extra second only
             # guards against a bug leaving this wait open forever.
-            await report.wait(pol.deadline + 1.0)
+            await report.wait(pol.life + 1.0)
             if not report.done:  # pragma: no cover - would be a tracker bug
                 self._proto.cancel(mid, loop.time(), "the tracker never settled it")
         return report
@@ -251,7 +252,7 @@ class Sending(EndpointBase):
         # already armed the timer, so the protocol's next deadline (three machines
         # asked) is not needed here, once per message.
         if self._timer is not None:
-            self._timer.at(now + min(pol.ack_timeout, pol.deadline))
+            self._timer.at(now + min(pol.ack_timeout, pol.life))
 
     def _window_timeout(self, destination: str) -> SendWindowTimeout:
         return SendWindowTimeout(

@@ -44,6 +44,7 @@ from .._pending import attempt_frame, settle_acked, settle_failed
 from .._types import DeliveryReport, Identity, Policy, Registry, Untyped
 from .._untyped import encode_untyped
 from ..core import Completion
+from ..core._values import capped
 from ..core.endpoint_protocol import AckReply, EndpointProtocol
 from ..errors import DeliveryError, RemoteProtocolError
 from ..wire import (
@@ -219,7 +220,7 @@ class ReliableSocket:
     ) -> DeliveryReport:
         type_name, body, json_body, pol = self._body(msg, policy)
         if timeout is not None:
-            pol = pol.with_(deadline=min(pol.deadline, timeout))
+            pol = capped(pol, timeout)
         mid = os.urandom(16)
         now = time.monotonic()
         now_ns = int((now + self._wall_offset) * 1e9)
@@ -235,12 +236,12 @@ class ReliableSocket:
             flags=FLAG_REQUEST if request else 0,
             created_at_ns=now_ns,
             sent_at_ns=now_ns,
-            deadline_ns=now_ns + int(pol.deadline * 1e9),
+            deadline_ns=now_ns + int(pol.life * 1e9),
         )
         self._register(now)
         self._pending[mid] = report
         self._proto.submit(mid, type_name, to or type_name, pol, now, kind == KIND_EVENT)
-        self._run(report, now + pol.deadline + _GUARD)
+        self._run(report, now + pol.life + _GUARD)
         return report
 
     def _register(self, now: float) -> None:

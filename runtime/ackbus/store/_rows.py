@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ..core import Kind, Outcome, Policy
+from ..core import Kind, Outcome, Policy, SubscriberPolicy
 from ..errors import LocalProtocolError, RemoteProtocolError, SchemaError, StoreError
 from ..wire import ID_SIZE, KIND_COMMAND, KIND_EVENT, MessageItem, check_name
 from ._base import DeadLetter, InboxRecord, OutboxRow
@@ -29,7 +29,7 @@ _OUTCOMES: Final = frozenset(int(o) for o in Outcome)
 _KINDS: Final = frozenset((KIND_COMMAND, KIND_EVENT))
 """A row's kind: the wire's (a policy's kind is a :class:`Kind`'s value, a string)."""
 _POLICY_KINDS: Final = {k.value: k for k in Kind}
-_POLICY_FIELDS: Final = {f.name: f for f in dataclasses.fields(Policy)}
+_POLICY_FIELDS: Final = {f.name: f for f in dataclasses.fields(Policy) if f.init}
 _LAST_TIME: Final = 253_402_300_799.0
 """9999-12-31 23:59:59 UTC."""
 _INT_RANGES: Final = {"max_attempts": (1, 2**32 - 1), "priority": (-(2**15), 2**15 - 1)}
@@ -39,6 +39,7 @@ def policy_json(pol: Policy) -> str:
     """A policy as an outbox row keeps it: its fields as JSON, the kind as its value."""
     fields = dataclasses.asdict(pol)
     fields["kind"] = pol.kind.value
+    del fields["life"]  # derived from the deadlines
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -67,6 +68,8 @@ def policy_from_json(text: object, where: str) -> Policy:
             if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
                 raise _bad(where, f"policy subscribers {value!r} are not names")
             values[name] = tuple(value)
+        elif name == "subscriber_policies":
+            values[name] = _subscriber_policies(value, where)
         elif isinstance(default, bool):
             if type(value) is not bool:
                 raise _bad(where, f"policy {name} {value!r} is not true or false")
@@ -82,6 +85,28 @@ def policy_from_json(text: object, where: str) -> Policy:
         return Policy(**values)
     except SchemaError as exc:
         raise _bad(where, str(exc)) from None
+
+
+def _subscriber_policies(value: object, where: str) -> tuple[SubscriberPolicy, ...]:
+    """A policy's ``subscriber_policies`` as :func:`policy_json` writes them, checked."""
+    if not isinstance(value, list):
+        raise _bad(where, f"policy subscriber_policies {value!r} are not a list")
+    out = []
+    for sp in value:
+        if not isinstance(sp, dict) or set(sp) != {"service", "max_attempts", "deadline"}:
+            raise _bad(where, f"policy subscriber policy {sp!r} is not one")
+        service, attempts, deadline = sp["service"], sp["max_attempts"], sp["deadline"]
+        if not isinstance(service, str):
+            raise _bad(where, f"policy subscriber {service!r} is not a name")
+        if attempts is not None and (type(attempts) is not int or not 1 <= attempts < 2**32):
+            raise _bad(where, f"policy subscriber max_attempts {attempts!r} is not one")
+        if deadline is not None:
+            deadline = _number(deadline, where, "policy subscriber deadline")
+        try:
+            out.append(SubscriberPolicy(service, attempts, deadline))
+        except SchemaError as exc:
+            raise _bad(where, str(exc)) from None
+    return tuple(out)
 
 
 def outbox_row(r: Sequence[object], where: str) -> OutboxRow:
