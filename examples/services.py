@@ -38,7 +38,7 @@ class Table(table_ackbus.TableHandler):
     """Deals hands; announces each with a HandStarted event."""
 
     def __init__(self, ep: Endpoint, log: RunLog, delay: float) -> None:
-        self.events = lobby_ackbus.LobbyClient(ep)
+        self.events = table_ackbus.TableEvents(ep)
         self.log = log
         self.delay = delay
         self.hands = 0

@@ -16,7 +16,8 @@ import jinja2
 from google.protobuf.compiler import plugin_pb2
 
 from . import __version__
-from .model import FileModel, build_file, event_subscribers
+from .events import event_subscribers
+from .model import FileModel, build_file
 from .naming import Namespace
 from .protos import TypeIndex
 

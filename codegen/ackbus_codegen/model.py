@@ -43,7 +43,6 @@ __all__ = [
     "Service",
     "build_file",
     "docstring",
-    "event_subscribers",
 ]
 
 EMPTY = "google.protobuf.Empty"
@@ -154,6 +153,12 @@ class Service:
     methods: tuple[Method, ...]
     docs: ServiceDocs
 
+    @property
+    def has_client(self) -> bool:
+        """Whether it has a client: an rpc that is a command (events are published
+        through the publisher classes of the file that declares them)."""
+        return any(not m.event for m in self.methods)
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyConst:
@@ -197,6 +202,8 @@ class FileModel:
     fields_alias: str | None = None
     policies: list[PolicyConst] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    publisher: Service | None = None
+    """The publisher classes of the event types the file declares (``<File>Events``)."""
     messages: list[MessageEntry] = field(default_factory=list)
     exports: list[str] = field(default_factory=list)
 
@@ -219,33 +226,6 @@ def docstring(text: str) -> str:
     return f'"""{body}"""'
 
 
-def event_subscribers(index: TypeIndex) -> dict[str, tuple[str, ...]]:
-    """Event type → the schema services (full names, sorted) with an rpc that takes it as
-    an EVENT, across every file protoc passed: who a publisher waits for."""
-    found: dict[str, set[str]] = {}
-    for pf in index.files.values():
-        pkg = f"{pf.proto.package}." if pf.proto.package else ""
-        for svc in pf.proto.service:
-            svc_opts = pol.PolicyOptions()
-            if svc.options.HasExtension(options_pb2.service_policy):
-                svc_opts = pol.from_proto(svc.options.Extensions[options_pb2.service_policy])
-            for rpc in svc.method:
-                req = index.get(rpc.input_type)
-                if rpc.client_streaming or rpc.server_streaming or req is None:
-                    continue
-                levels = [pol.PolicyOptions()]
-                if rpc.options.HasExtension(options_pb2.method_policy):
-                    levels = [pol.from_proto(rpc.options.Extensions[options_pb2.method_policy])]
-                if req.message is not None and req.message.options.HasExtension(
-                    options_pb2.message_policy
-                ):
-                    msg = req.message.options.Extensions[options_pb2.message_policy]
-                    levels.append(pol.from_proto(msg))
-                if pol.merge([*levels, svc_opts]).is_event:
-                    found.setdefault(req.full_name, set()).add(pkg + svc.name)
-    return {event: tuple(sorted(services)) for event, services in found.items()}
-
-
 class _Builder:
     def __init__(
         self,
@@ -253,12 +233,14 @@ class _Builder:
         index: TypeIndex,
         version: str,
         warnings: list[str],
-        subscribers: dict[str, tuple[str, ...]] | None = None,
+        subscribers: dict[str, dict[str, pol.PolicyOptions]] | None = None,
     ):
         self.pf = pf
         self.index = index
         self.subscribers = subscribers if subscribers is not None else {}
-        """Event type → its subscriber services (see :func:`event_subscribers`)."""
+        """Event type → its subscriber services (see :func:`.events.event_subscribers`)."""
+        self.event_policies: dict[str, str] = {}
+        """Event type declared here → its policy constant (see :func:`.events.publisher`)."""
         self.warnings = warnings
         major, minor = [*version.split("."), "0"][:2]
         self.model = FileModel(
@@ -325,13 +307,12 @@ class _Builder:
         name: str,
         rpc_full: str,
         merged: pol.PolicyOptions,
-        subscribers: tuple[str, ...] = (),
     ) -> None:
         """Declare the constant ``name`` (already claimed) holding rpc ``rpc_full``'s policy."""
-        expr = _policy_expr(merged, subscribers)
+        expr = _policy_expr(merged)
         if len(f"{name}: {POLICY_ANNOTATION} = {expr}") > _LINE_LENGTH:
             # one argument per line, as a formatter would
-            args = "".join(f"    {arg},\n" for arg in _policy_args(merged, subscribers))
+            args = "".join(f"    {arg},\n" for arg in _policy_args(merged))
             expr = f"ackbus.Policy(\n{args})"
         doc = _join(
             _fill(
@@ -364,12 +345,14 @@ class _Builder:
             type_names.claim(info.full_name, f"message {info.full_name} ({where})")
             if legacy is not None:
                 type_names.claim(legacy, f"the legacy_name of {info.full_name} ({where})")
-            policy = self.message_options(info)
+            policy = self.event_policies.get(info.full_name)
+            if policy is None:
+                policy = _policy_expr(self.message_options(info))
             self.model.messages.append(
                 MessageEntry(
                     full_name=info.full_name,
                     cls=self.type_expr(info),
-                    policy=_policy_expr(policy, self.subscribers.get(info.full_name, ())),
+                    policy=policy,
                     legacy_name=None if legacy is None else json.dumps(legacy),
                 )
             )
@@ -489,8 +472,7 @@ class _Builder:
         handler = attrs.claim(f"on_{snake}", owner)
         service_name = full.rpartition(".")[0].rpartition(".")[2]
         const = self.names.claim(policy_name(service_name, rpc.name), owner)
-        subscribers = self.subscribers.get(req.full_name, ()) if merged.is_event else ()
-        self.policy_const(const, full, merged, subscribers)
+        self.policy_const(const, full, merged)
         doc = self.pf.at(path).comment
         return Method(
             name=rpc.name,
@@ -653,16 +635,12 @@ def _method_docs(
     )
 
 
-def _policy_args(policy: pol.PolicyOptions, subscribers: tuple[str, ...] = ()) -> list[str]:
-    args = [f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()]
-    if subscribers:
-        names = ", ".join(json.dumps(name) for name in subscribers)
-        args.append(f"subscribers=({names}{',' if len(subscribers) == 1 else ''})")
-    return args
+def _policy_args(policy: pol.PolicyOptions) -> list[str]:
+    return [f"{k}=ackbus.Kind.{v}" if k == "kind" else f"{k}={v!r}" for k, v in policy.items()]
 
 
-def _policy_expr(policy: pol.PolicyOptions, subscribers: tuple[str, ...] = ()) -> str:
-    return f"ackbus.Policy({', '.join(_policy_args(policy, subscribers))})"
+def _policy_expr(policy: pol.PolicyOptions) -> str:
+    return f"ackbus.Policy({', '.join(_policy_args(policy))})"
 
 
 def build_file(
@@ -672,11 +650,14 @@ def build_file(
     version: str,
     warnings: list[str],
     type_names: Namespace,
-    subscribers: dict[str, tuple[str, ...]] | None = None,
+    subscribers: dict[str, dict[str, pol.PolicyOptions]] | None = None,
 ) -> FileModel:
     """The model of ``pf``'s ``_ackbus.py``; ``type_names`` spans all files generated
     together, so two files cannot register one type name; ``subscribers`` (from
-    :func:`event_subscribers`) says which services each event type's publishers wait for."""
+    :func:`.events.event_subscribers`) says which services each event type's publishers
+    wait for, and with which rpc policies."""
+    from .events import publisher  # it builds on this module
+
     b = _Builder(pf, index, version, warnings, subscribers)
     if not importable(pf.module):
         warnings.append(
@@ -690,10 +671,15 @@ def build_file(
         if built is not None:
             services.append(built)
     b.model.services = services
+    b.model.publisher = publisher(b)
     b.registry(type_names)
     m = b.model
     for svc in services:
-        m.exports += [svc.client, svc.blocking_client, svc.handler, svc.sync_handler]
+        if svc.has_client:
+            m.exports += [svc.client, svc.blocking_client]
+        m.exports += [svc.handler, svc.sync_handler]
+    if m.publisher is not None:
+        m.exports += [m.publisher.client, m.publisher.blocking_client]
     m.exports += [p.name for p in m.policies]
     m.exports.append("REGISTRY")
     m.exports.sort()

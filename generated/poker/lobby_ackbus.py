@@ -25,8 +25,6 @@ if ackbus.__version__.split(".")[:2] != ["0", "1"]:
 
 __all__ = [
     "AUDIT_HAND_STARTED_POLICY",
-    "AuditBlockingClient",
-    "AuditClient",
     "AuditHandler",
     "AuditSyncHandler",
     "LOBBY_HAND_STARTED_POLICY",
@@ -56,7 +54,6 @@ LOBBY_HAND_STARTED_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     max_attempts=5,
     backoff_cap=5.0,
     kind=ackbus.Kind.EVENT,
-    subscribers=("poker.Audit", "poker.Lobby"),
 )
 """The schema policy of rpc poker.Lobby.HandStarted: its method, request message
 and service options merged, the runtime's defaults for the rest.
@@ -70,7 +67,6 @@ AUDIT_HAND_STARTED_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     backoff_cap=10.0,
     deadline=300.0,
     kind=ackbus.Kind.EVENT,
-    subscribers=("poker.Audit", "poker.Lobby"),
 )
 """The schema policy of rpc poker.Audit.HandStarted: its method, request message
 and service options merged, the runtime's defaults for the rest.
@@ -236,72 +232,6 @@ class LobbyClient:
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
-    async def publish_hand_started(
-        self,
-        *,
-        table_id: str = "",
-        hand_number: int = 0,
-        player_ids: Iterable[str] | None = None,
-        started_at: timestamp_pb2.Timestamp | None = None,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Keeps the lobby's table list current.
-
-        Publishes the event poker.HandStarted, built from the fields. Fields left at
-        None (or their zero value) stay unset.
-
-        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-
-        Args:
-            hand_number: Counts up from 1 per table.
-            player_ids: The players dealt in, in seat order.
-        """
-        msg = table_pb2.HandStarted(
-            table_id=table_id,
-            hand_number=hand_number,
-            player_ids=player_ids,
-            started_at=started_at,
-        )
-        return await self.publish_hand_started_message(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=policy,
-        )
-
-    async def publish_hand_started_message(
-        self,
-        msg: table_pb2.HandStarted,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Keeps the lobby's table list current.
-
-        Publishes the event poker.HandStarted, built by the caller.
-
-        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-        """
-        return await self._bus.publish(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=LOBBY_HAND_STARTED_POLICY if policy is None else policy,
-        )
-
 
 class LobbyBlockingClient:
     """Blocking client of service poker.Lobby, for plain threads.
@@ -459,72 +389,6 @@ class LobbyBlockingClient:
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
         )
 
-    def publish_hand_started(
-        self,
-        *,
-        table_id: str = "",
-        hand_number: int = 0,
-        player_ids: Iterable[str] | None = None,
-        started_at: timestamp_pb2.Timestamp | None = None,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Keeps the lobby's table list current.
-
-        Publishes the event poker.HandStarted, built from the fields. Fields left at
-        None (or their zero value) stay unset.
-
-        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-
-        Args:
-            hand_number: Counts up from 1 per table.
-            player_ids: The players dealt in, in seat order.
-        """
-        msg = table_pb2.HandStarted(
-            table_id=table_id,
-            hand_number=hand_number,
-            player_ids=player_ids,
-            started_at=started_at,
-        )
-        return self.publish_hand_started_message(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=policy,
-        )
-
-    def publish_hand_started_message(
-        self,
-        msg: table_pb2.HandStarted,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Keeps the lobby's table list current.
-
-        Publishes the event poker.HandStarted, built by the caller.
-
-        Uses LOBBY_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=LOBBY_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-        """
-        return self._bus.publish(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=LOBBY_HAND_STARTED_POLICY if policy is None else policy,
-        )
-
 
 class LobbyHandler(ackbus.Handler):
     """Handlers of service poker.Lobby: override the ``on_*`` methods you serve.
@@ -616,162 +480,6 @@ class LobbySyncHandler(ackbus.Handler):
         raise NotImplementedError(
             "LobbySyncHandler.on_hand_started is not implemented: override it to handle "
             "poker.Lobby.HandStarted"
-        )
-
-
-class AuditClient:
-    """Async client of service poker.Audit.
-
-    Records every hand for later review.
-    """
-
-    __slots__ = ("_bus",)
-
-    def __init__(self, bus: ackbus.AsyncBus) -> None:
-        self._bus = bus
-
-    async def publish_hand_started(
-        self,
-        *,
-        table_id: str = "",
-        hand_number: int = 0,
-        player_ids: Iterable[str] | None = None,
-        started_at: timestamp_pb2.Timestamp | None = None,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Audit records must not be lost: retry for up to five minutes.
-
-        Publishes the event poker.HandStarted, built from the fields. Fields left at
-        None (or their zero value) stay unset.
-
-        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-
-        Args:
-            hand_number: Counts up from 1 per table.
-            player_ids: The players dealt in, in seat order.
-        """
-        msg = table_pb2.HandStarted(
-            table_id=table_id,
-            hand_number=hand_number,
-            player_ids=player_ids,
-            started_at=started_at,
-        )
-        return await self.publish_hand_started_message(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=policy,
-        )
-
-    async def publish_hand_started_message(
-        self,
-        msg: table_pb2.HandStarted,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Audit records must not be lost: retry for up to five minutes.
-
-        Publishes the event poker.HandStarted, built by the caller.
-
-        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-        """
-        return await self._bus.publish(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=AUDIT_HAND_STARTED_POLICY if policy is None else policy,
-        )
-
-
-class AuditBlockingClient:
-    """Blocking client of service poker.Audit, for plain threads.
-
-    Records every hand for later review.
-    """
-
-    __slots__ = ("_bus",)
-
-    def __init__(self, bus: ackbus.BlockingBus) -> None:
-        self._bus = bus
-
-    def publish_hand_started(
-        self,
-        *,
-        table_id: str = "",
-        hand_number: int = 0,
-        player_ids: Iterable[str] | None = None,
-        started_at: timestamp_pb2.Timestamp | None = None,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Audit records must not be lost: retry for up to five minutes.
-
-        Publishes the event poker.HandStarted, built from the fields. Fields left at
-        None (or their zero value) stay unset.
-
-        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-
-        Args:
-            hand_number: Counts up from 1 per table.
-            player_ids: The players dealt in, in seat order.
-        """
-        msg = table_pb2.HandStarted(
-            table_id=table_id,
-            hand_number=hand_number,
-            player_ids=player_ids,
-            started_at=started_at,
-        )
-        return self.publish_hand_started_message(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=policy,
-        )
-
-    def publish_hand_started_message(
-        self,
-        msg: table_pb2.HandStarted,
-        *,
-        wait_ack: bool = True,
-        timeout: float | None = None,
-        priority: int | None = None,
-        headers: Mapping[str, str] | None = None,
-        policy: ackbus.Policy | None = None,
-    ) -> ackbus.DeliveryReport:
-        """Audit records must not be lost: retry for up to five minutes.
-
-        Publishes the event poker.HandStarted, built by the caller.
-
-        Uses AUDIT_HAND_STARTED_POLICY unless ``policy=`` replaces it whole; to change
-        one field, pass ``policy=AUDIT_HAND_STARTED_POLICY.with_(max_attempts=1)``.
-        """
-        return self._bus.publish(
-            msg,
-            wait_ack=wait_ack,
-            timeout=timeout,
-            priority=priority,
-            headers=headers,
-            policy=AUDIT_HAND_STARTED_POLICY if policy is None else policy,
         )
 
 

@@ -23,13 +23,16 @@ if ackbus.__version__.split(".")[:2] != ["0", "1"]:
     )
 
 __all__ = [
+    "HAND_STARTED_EVENT_POLICY",
     "REGISTRY",
     "TABLE_DEAL_CARDS_POLICY",
     "TABLE_GET_TABLE_STATE_POLICY",
     "TABLE_PLAYER_ACTION_POLICY",
     "TABLE_START_HAND_POLICY",
     "TableBlockingClient",
+    "TableBlockingEvents",
     "TableClient",
+    "TableEvents",
     "TableHandler",
     "TableSyncHandler",
 ]
@@ -77,6 +80,186 @@ and service options merged, the runtime's defaults for the rest.
 A call's ``policy=`` replaces it whole; to change one field, start from it:
 ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
 """
+
+HAND_STARTED_EVENT_POLICY: Final[ackbus.Policy] = ackbus.Policy(
+    kind=ackbus.Kind.EVENT,
+    subscribers=("poker.Audit", "poker.Lobby"),
+    subscriber_policies=(
+        ackbus.SubscriberPolicy("poker.Audit", max_attempts=100, deadline=300.0),
+        ackbus.SubscriberPolicy("poker.Lobby", max_attempts=5),
+    ),
+)
+"""The policy of event poker.HandStarted: its message options, the runtime's
+defaults for the rest; the declared subscribers' own limits where their rpc
+policies differ.
+
+A call's ``policy=`` replaces it whole; to change one field, start from it:
+``policy=HAND_STARTED_EVENT_POLICY.with_(max_attempts=1)``.
+"""
+
+
+class TableEvents:
+    """Async publisher of the events of poker/table.proto.
+
+    Publishes the events declared in poker/table.proto, each with its own policy
+    (HAND_STARTED_EVENT_POLICY): a publish is done once every subscriber service the
+    schemas declare acked it, each within its own rpc policy's attempts and
+    deadline.
+    """
+
+    __slots__ = ("_bus",)
+
+    def __init__(self, bus: ackbus.AsyncBus) -> None:
+        self._bus = bus
+
+    async def publish_hand_started(
+        self,
+        *,
+        table_id: str = "",
+        hand_number: int = 0,
+        player_ids: Iterable[str] | None = None,
+        started_at: timestamp_pb2.Timestamp | None = None,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
+    ) -> ackbus.DeliveryReport:
+        """A hand has started: every interested service hears of it.
+
+        Publishes poker.HandStarted, built from the fields. Fields left at None (or
+        their zero value) stay unset. Done once poker.Audit, poker.Lobby each acked it.
+
+        Uses HAND_STARTED_EVENT_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=HAND_STARTED_EVENT_POLICY.with_(max_attempts=1)``.
+
+        Args:
+            hand_number: Counts up from 1 per table.
+            player_ids: The players dealt in, in seat order.
+        """
+        msg = table_pb2.HandStarted(
+            table_id=table_id,
+            hand_number=hand_number,
+            player_ids=player_ids,
+            started_at=started_at,
+        )
+        return await self.publish_hand_started_message(
+            msg,
+            wait_ack=wait_ack,
+            timeout=timeout,
+            priority=priority,
+            headers=headers,
+            policy=policy,
+        )
+
+    async def publish_hand_started_message(
+        self,
+        msg: table_pb2.HandStarted,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
+    ) -> ackbus.DeliveryReport:
+        """A hand has started: every interested service hears of it.
+
+        Publishes poker.HandStarted, built by the caller. Done once poker.Audit,
+        poker.Lobby each acked it.
+
+        Uses HAND_STARTED_EVENT_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=HAND_STARTED_EVENT_POLICY.with_(max_attempts=1)``.
+        """
+        return await self._bus.publish(
+            msg,
+            wait_ack=wait_ack,
+            timeout=timeout,
+            priority=priority,
+            headers=headers,
+            policy=HAND_STARTED_EVENT_POLICY if policy is None else policy,
+        )
+
+
+class TableBlockingEvents:
+    """Blocking publisher of the events of poker/table.proto, for plain threads.
+
+    Publishes the events declared in poker/table.proto, each with its own policy
+    (HAND_STARTED_EVENT_POLICY): a publish is done once every subscriber service the
+    schemas declare acked it, each within its own rpc policy's attempts and
+    deadline.
+    """
+
+    __slots__ = ("_bus",)
+
+    def __init__(self, bus: ackbus.BlockingBus) -> None:
+        self._bus = bus
+
+    def publish_hand_started(
+        self,
+        *,
+        table_id: str = "",
+        hand_number: int = 0,
+        player_ids: Iterable[str] | None = None,
+        started_at: timestamp_pb2.Timestamp | None = None,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
+    ) -> ackbus.DeliveryReport:
+        """A hand has started: every interested service hears of it.
+
+        Publishes poker.HandStarted, built from the fields. Fields left at None (or
+        their zero value) stay unset. Done once poker.Audit, poker.Lobby each acked it.
+
+        Uses HAND_STARTED_EVENT_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=HAND_STARTED_EVENT_POLICY.with_(max_attempts=1)``.
+
+        Args:
+            hand_number: Counts up from 1 per table.
+            player_ids: The players dealt in, in seat order.
+        """
+        msg = table_pb2.HandStarted(
+            table_id=table_id,
+            hand_number=hand_number,
+            player_ids=player_ids,
+            started_at=started_at,
+        )
+        return self.publish_hand_started_message(
+            msg,
+            wait_ack=wait_ack,
+            timeout=timeout,
+            priority=priority,
+            headers=headers,
+            policy=policy,
+        )
+
+    def publish_hand_started_message(
+        self,
+        msg: table_pb2.HandStarted,
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: ackbus.Policy | None = None,
+    ) -> ackbus.DeliveryReport:
+        """A hand has started: every interested service hears of it.
+
+        Publishes poker.HandStarted, built by the caller. Done once poker.Audit,
+        poker.Lobby each acked it.
+
+        Uses HAND_STARTED_EVENT_POLICY unless ``policy=`` replaces it whole; to change
+        one field, pass ``policy=HAND_STARTED_EVENT_POLICY.with_(max_attempts=1)``.
+        """
+        return self._bus.publish(
+            msg,
+            wait_ack=wait_ack,
+            timeout=timeout,
+            priority=priority,
+            headers=headers,
+            policy=HAND_STARTED_EVENT_POLICY if policy is None else policy,
+        )
 
 
 class TableClient:
@@ -956,7 +1139,7 @@ REGISTRY = ackbus.Registry(
         ackbus.MessageSpec(
             full_name="poker.HandStarted",
             cls=table_pb2.HandStarted,
-            policy=ackbus.Policy(kind=ackbus.Kind.EVENT, subscribers=("poker.Audit", "poker.Lobby")),
+            policy=HAND_STARTED_EVENT_POLICY,
             legacy_name="HandStarted",
         ),
         ackbus.MessageSpec(

@@ -73,6 +73,7 @@ def settle_failed(
         DeliveryStatus.FAILED,
         attempts=c.attempts,
         first_sent_at=c.first_sent_at + wall_offset if c.first_sent_at is not None else None,
+        acked_by=c.acked_by,
         error=error,
     )
     return report

@@ -269,12 +269,14 @@ async def test_request_and_publish() -> None:
         service_name="table", id="i-1", labels={"region": "eu"}
     )
     assert isinstance(reply, lobby_pb2.RegistrationResult)
-    await lobby_ackbus.AuditClient(bus).publish_hand_started(table_id="t", player_ids=["a", "b"])
+    await table_ackbus.TableEvents(bus).publish_hand_started(table_id="t", player_ids=["a", "b"])
     verb, _event, kw = bus.calls[-1]
     assert verb == "publish"
     assert "to" not in kw
+    assert kw["policy"] is table_ackbus.HAND_STARTED_EVENT_POLICY
     assert kw["policy"].kind is ackbus.Kind.EVENT
-    assert kw["policy"].max_attempts == 100
+    assert kw["policy"].max_attempts == 10  # the event's own; Audit's 100 is Audit's
+    assert kw["policy"].limits("poker.Audit") == (100, 300.0)
 
 
 def test_blocking_client_mirrors_the_async_one() -> None:
@@ -293,7 +295,7 @@ def test_blocking_client_mirrors_the_async_one() -> None:
 
 
 async def test_a_per_call_policy_replaces_the_schema_policy() -> None:
-    from poker import lobby_ackbus, table_ackbus, table_pb2
+    from poker import table_ackbus, table_pb2
 
     mine = ackbus.Policy(max_attempts=1, ack_timeout=0.2)
     bus = FakeBus()
@@ -302,7 +304,7 @@ async def test_a_per_call_policy_replaces_the_schema_policy() -> None:
     await table.send_start_hand_message(table_pb2.StartHand(), policy=mine)
     await table.request_get_table_state(table_id="t", policy=mine)
     await table.request_get_table_state_message(table_pb2.GetTableState(), policy=mine)
-    await lobby_ackbus.AuditClient(bus).publish_hand_started(table_id="t", policy=mine)
+    await table_ackbus.TableEvents(bus).publish_hand_started(table_id="t", policy=mine)
     assert [(verb, kw["policy"] is mine) for verb, _, kw in bus.calls] == [
         ("send", True),
         ("send", True),
@@ -317,13 +319,13 @@ async def test_a_per_call_policy_replaces_the_schema_policy() -> None:
 
 
 def test_a_per_call_policy_reaches_the_blocking_bus() -> None:
-    from poker import lobby_ackbus, table_ackbus, table_pb2
+    from poker import table_ackbus, table_pb2
 
     mine = ackbus.Policy(max_attempts=1)
     bus = BlockingFakeBus()
     table_ackbus.TableBlockingClient(bus).send_start_hand(table_id="t", policy=mine)
     table_ackbus.TableBlockingClient(bus).request_get_table_state(policy=mine)
-    lobby_ackbus.AuditBlockingClient(bus).publish_hand_started_message(
+    table_ackbus.TableBlockingEvents(bus).publish_hand_started_message(
         table_pb2.HandStarted(), policy=mine
     )
     assert [(verb, kw["policy"] is mine) for verb, _, kw in bus.inner.calls] == [
@@ -358,7 +360,8 @@ def test_public_policy_constants_are_what_the_handlers_declare() -> None:
         "TABLE_START_HAND_POLICY",
     ]
     policies = [n for m in (lobby_ackbus, table_ackbus) for n in m.__all__ if "POLICY" in n]
-    assert sorted(policies) == sorted(found)  # no constant without an rpc
+    # no constant without an rpc, but for each event type's own (its publisher's)
+    assert sorted(policies) == sorted([*found, "HAND_STARTED_EVENT_POLICY"])
     start_hand = table_ackbus.TABLE_START_HAND_POLICY
     assert start_hand == ackbus.Policy(ack_timeout=0.5, max_attempts=8, deadline=10.0, priority=3)
     # The registry holds the request message's own policy, not the rpc's merged one.
@@ -368,7 +371,7 @@ def test_public_policy_constants_are_what_the_handlers_declare() -> None:
 
 
 async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None:
-    from poker import lobby_ackbus, table_ackbus, table_pb2
+    from poker import table_ackbus, table_pb2
 
     bus = FakeBus()
     once = table_ackbus.TABLE_START_HAND_POLICY.with_(max_attempts=1)
@@ -376,19 +379,21 @@ async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None
     await table_ackbus.TableClient(bus).request_get_table_state(
         policy=table_ackbus.TABLE_GET_TABLE_STATE_POLICY.with_(ack_timeout=0.1)
     )
-    await lobby_ackbus.AuditClient(bus).publish_hand_started(
-        policy=lobby_ackbus.AUDIT_HAND_STARTED_POLICY.with_(deadline=5.0)
+    await table_ackbus.TableEvents(bus).publish_hand_started(
+        policy=table_ackbus.HAND_STARTED_EVENT_POLICY.with_(deadline=5.0)
     )
     sent = [kw["policy"] for _, _, kw in bus.calls]
     assert sent == [
         ackbus.Policy(ack_timeout=0.5, max_attempts=1, deadline=10.0, priority=3),
         ackbus.Policy(ack_timeout=0.1, max_attempts=8),
         ackbus.Policy(
-            max_attempts=100,
-            backoff_cap=10.0,
             deadline=5.0,
             kind=ackbus.Kind.EVENT,
             subscribers=("poker.Audit", "poker.Lobby"),
+            subscriber_policies=(
+                ackbus.SubscriberPolicy("poker.Audit", max_attempts=100, deadline=300.0),
+                ackbus.SubscriberPolicy("poker.Lobby", max_attempts=5),
+            ),
         ),
     ]
     await table_ackbus.TableClient(bus).send_start_hand_message(table_pb2.StartHand(), policy=once)
@@ -406,9 +411,17 @@ def test_every_client_method_takes_every_call_option() -> None:
         getattr(module, name)
         for module in (lobby_ackbus, table_ackbus)
         for name in module.__all__
-        if name.endswith("Client")
+        if name.endswith(("Client", "Events"))
     ]
-    assert len(clients) == 6
+    # Audit has no client: its one rpc takes an event, published through TableEvents.
+    assert [c.__name__ for c in clients] == [
+        "LobbyBlockingClient",
+        "LobbyClient",
+        "TableBlockingClient",
+        "TableBlockingEvents",
+        "TableClient",
+        "TableEvents",
+    ]
     for cls in clients:
         for name, fn in vars(cls).items():
             if name.startswith("_"):
@@ -557,9 +570,20 @@ def test_an_event_types_policies_name_the_services_that_subscribe_to_it() -> Non
     from poker import lobby_ackbus, table_ackbus
 
     both = ("poker.Audit", "poker.Lobby")
-    assert lobby_ackbus.LOBBY_HAND_STARTED_POLICY.subscribers == both
-    assert lobby_ackbus.AUDIT_HAND_STARTED_POLICY.subscribers == both
+    event = table_ackbus.HAND_STARTED_EVENT_POLICY
+    assert event.subscribers == both
+    assert table_ackbus.REGISTRY["poker.HandStarted"].policy is event
     assert table_ackbus.REGISTRY["poker.HandStarted"].subscribers == both
+    # Each subscriber's rpc policy where it differs from the event's own: Audit's
+    # attempts and deadline, Lobby's attempts (its service's max_attempts: 5).
+    assert table_ackbus.REGISTRY["poker.HandStarted"].subscriber_policies == (
+        ackbus.SubscriberPolicy("poker.Audit", max_attempts=100, deadline=300.0),
+        ackbus.SubscriberPolicy("poker.Lobby", max_attempts=5),
+    )
+    assert event.life == 300.0
+    # A subscriber's rpc policy describes its own delivery, and names no subscribers.
+    assert lobby_ackbus.AUDIT_HAND_STARTED_POLICY.subscribers == ()
+    assert lobby_ackbus.LOBBY_HAND_STARTED_POLICY.max_attempts == 5
     # Commands have none.
     assert table_ackbus.TABLE_START_HAND_POLICY.subscribers == ()
     assert table_ackbus.REGISTRY["poker.StartHand"].subscribers == ()

@@ -110,13 +110,22 @@ def test_policy_constants_in_the_generated_module(compile_request: Compile) -> N
     ) in compact
     assert (
         "S_TICK_POLICY:Final[ackbus.Policy]=ackbus.Policy(ack_timeout=0.25,max_attempts=8,"
-        'jitter=0.0,kind=ackbus.Kind.EVENT,subscribers=("o.S"))'  # S subscribes: rpc Tick
+        "jitter=0.0,kind=ackbus.Kind.EVENT)"
+    ) in compact
+    # The event's own policy: its message's options, S subscribing (rpc Tick) with its
+    # own attempts (its service's 8, where the event has the runtime's 10).
+    assert (
+        "TICK_EVENT_POLICY:Final[ackbus.Policy]=ackbus.Policy(kind=ackbus.Kind.EVENT,"
+        'subscribers=("o.S"),subscriber_policies=(ackbus.SubscriberPolicy("o.S",max_attempts=8)))'
     ) in compact
     assert "policy=S_PING_POLICYifpolicyisNoneelsepolicy" in compact
     assert "policy=S_TICK_POLICY)" in compact  # the handler's MethodSpec
+    assert "policy=TICK_EVENT_POLICYifpolicyisNoneelsepolicy" in compact  # the publisher
     assert "_S_PING_POLICY" not in text  # no private copy beside the public name
+    assert "class OEvents:" in text
     assert "async def publish_tick(" in text
     assert "send_tick" not in text
+    assert text.count("def publish_tick(") == 2  # OEvents and OBlockingEvents only
 
 
 HEADER = (

@@ -23,7 +23,14 @@ RUNTIME_ROOT = Path(ackbus.__file__).resolve().parents[1]
 HEADER = """\
 import ackbus
 from poker import cards_pb2, lobby_pb2, table_pb2
-from poker.table_ackbus import TableBlockingClient, TableClient, TableHandler, TableSyncHandler
+from poker.table_ackbus import (
+    TableBlockingClient,
+    TableBlockingEvents,
+    TableClient,
+    TableEvents,
+    TableHandler,
+    TableSyncHandler,
+)
 
 """
 
@@ -129,12 +136,25 @@ BAD = {
         def f(ep: ackbus.BlockingEndpoint) -> None:
             ep.publish(table_pb2.StartHand(), to="table")  # error
     """,
+    "publisher_field_of_wrong_type": """
+        async def f(ep: ackbus.Endpoint) -> None:
+            await TableEvents(ep).publish_hand_started(hand_number="7")  # error
+    """,
+    "publisher_takes_no_recipient": """
+        def f(ep: ackbus.BlockingEndpoint) -> None:
+            TableBlockingEvents(ep).publish_hand_started(to="lobby")  # error
+    """,
+    "publisher_message_of_wrong_type": """
+        async def f(ep: ackbus.Endpoint) -> None:
+            await TableEvents(ep).publish_hand_started_message(table_pb2.StartHand())  # error
+    """,
 }
 NAMED = {
     "blocking_endpoint_option_misspelt": '"windw"',
     "blocking_endpoint_option_of_wrong_type": '"window"',
     "blocking_send_option_misspelt": '"wait_ak"',
     "publish_takes_no_recipient": '"to"',
+    "publisher_takes_no_recipient": '"to"',
 }
 """Snippets whose error must also name this (the option, not just the line)."""
 
@@ -199,6 +219,14 @@ GOOD = """
         )
         fast = TABLE_GET_TABLE_STATE_POLICY.with_(ack_timeout=0.1)
         print(blocking.request_get_table_state(policy=fast).hand_number)
+
+    async def publish(ep: ackbus.Endpoint, blocking: ackbus.BlockingEndpoint) -> None:
+        report = await TableEvents(ep).publish_hand_started(table_id="t", hand_number=7)
+        print(report.acked_by, report.error)
+        later = table_ackbus.HAND_STARTED_EVENT_POLICY.with_(subscriber_policies=())
+        msg = table_pb2.HandStarted(table_id="t")
+        print(TableBlockingEvents(blocking).publish_hand_started_message(msg, policy=later))
+        print(ackbus.SubscriberPolicy("poker.Audit", max_attempts=3).deadline)
 
     def g() -> None:
         with ackbus.BlockingEndpoint(

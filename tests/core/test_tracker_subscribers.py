@@ -116,6 +116,7 @@ def test_the_report_fails_at_the_last_deadline_still_waited_for_naming_who() -> 
     assert done.completed_at == 5.0  # lobby's (the event's own) deadline, not audit's 50 s
     assert done.missing == (LOBBY,)
     assert done.missing_why == (GaveUp.DEADLINE,)
+    assert [i.service for i in done.acked_by] == ["audit"]  # who did ack
     err = delivery_error(done)
     assert isinstance(err, AckTimeout)
     assert "poker.Lobby (its deadline passed)" in str(err)

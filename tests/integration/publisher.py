@@ -3,8 +3,8 @@
     python tests/integration/publisher.py --hub tcp://127.0.0.1:5555 --store p.db \
         --accepted accepted.log --count 200
 
-Publishes ``--count`` poker.HandStarted events through the generated client (the schema
-declares poker.Audit and poker.Lobby as subscribers) with ``wait_ack=False``; once
+Publishes ``--count`` poker.HandStarted events through the generated publisher (the
+schema declares poker.Audit and poker.Lobby as subscribers) with ``wait_ack=False``; once
 ``publish`` returned (the event is committed to the outbox) it appends the message id to
 ``--accepted`` with one ``write(2)``. Prints ``ready resumed=N`` after start, then waits
 until everything it published, and everything an earlier run left in the outbox, is
@@ -20,12 +20,13 @@ import os
 
 from ackbus import DeliveryReport
 from ackbus.endpoint import Endpoint
-from poker import lobby_ackbus, table_pb2
+from poker import table_ackbus, table_pb2
 
-PATIENT = lobby_ackbus.LOBBY_HAND_STARTED_POLICY.with_(
-    ack_timeout=0.5, backoff_cap=1.0, max_attempts=10, deadline=60.0
+PATIENT = table_ackbus.HAND_STARTED_EVENT_POLICY.with_(
+    ack_timeout=0.5, backoff_cap=1.0, max_attempts=10, deadline=60.0, subscriber_policies=()
 )
-"""The schema's policy (and so its declared subscribers), patient enough for the test."""
+"""The event's policy (and so its declared subscribers), patient enough for the test, and
+the same limits for both subscribers (Audit's own 300 s would outlast the test)."""
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -33,7 +34,7 @@ async def run(args: argparse.Namespace) -> None:
     async with Endpoint("table", args.hub, store=args.store, heartbeat=0.25) as ep:
         print(f"ready resumed={len(ep.resumed)}", flush=True)
         reports: list[DeliveryReport] = list(ep.resumed)
-        client = lobby_ackbus.LobbyClient(ep)
+        client = table_ackbus.TableEvents(ep)
         for i in range(args.count):
             msg = table_pb2.HandStarted(table_id=f"t{i}", hand_number=i)
             report = await client.publish_hand_started_message(msg, wait_ack=False, policy=PATIENT)

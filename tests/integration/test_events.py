@@ -11,24 +11,29 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ackbus import DeliveryReport
+from ackbus import AckTimeout, DeliveryReport
 from ackbus.endpoint import Endpoint
 from helpers import eventually, settle
-from poker import lobby_ackbus, table_pb2
+from poker import table_ackbus, table_pb2
 from proc_harness import Procs, free_port, runs
 
 pytestmark = pytest.mark.slow
 
 CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"
 """``make chaos``: the long versions."""
-QUICK = lobby_ackbus.LOBBY_HAND_STARTED_POLICY.with_(ack_timeout=0.5, backoff_cap=1.0)
-"""The schema's policy (declared subscribers poker.Audit and poker.Lobby), retried sooner."""
+QUICK = table_ackbus.HAND_STARTED_EVENT_POLICY.with_(
+    ack_timeout=0.5, backoff_cap=1.0, subscriber_policies=()
+)
+"""The event's policy (declared subscribers poker.Audit and poker.Lobby), retried sooner,
+with the event's limits for both (Audit's own 300 s would outlast the test)."""
 
 
 def event_runs(log: Path) -> Counter[str]:
@@ -38,7 +43,7 @@ def event_runs(log: Path) -> Counter[str]:
 async def publish_many(
     publisher: Endpoint, n: int, *, every: float = 0.0, at: dict[int, object] | None = None
 ) -> list[DeliveryReport]:
-    client = lobby_ackbus.LobbyClient(publisher)
+    client = table_ackbus.TableEvents(publisher)
     reports = []
     for i in range(n):
         msg = table_pb2.HandStarted(table_id=f"t{i}", hand_number=i)
@@ -78,6 +83,62 @@ async def test_a_declared_subscriber_that_starts_late_gets_every_event(
         procs.service("audit", address, audit_log)
         await settle(reports, 25)
     check_every_subscriber_handled_each_once(reports, audit_log, lobby_log)
+
+
+SCALED = table_ackbus.HAND_STARTED_EVENT_POLICY.with_(
+    ack_timeout=0.5, backoff_cap=0.5, deadline=2.0
+)
+"""The generated event policy with the event's own deadline cut to 2 s: Lobby (no entry
+for its deadline) is waited for 2 s; Audit keeps its rpc policy's 300 s and 100 attempts."""
+
+
+async def test_each_subscribers_policy_governs_its_own_delivery(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """Audit down for twice the event's (and Lobby's) deadline, within its own: it still
+    gets every event, and every report is true. Then Lobby down for good: each report
+    fails at Lobby's deadline naming it, while Audit acked, without waiting for Audit's
+    300 s."""
+    assert SCALED.limits("poker.Audit") == (100, 300.0)
+    assert SCALED.limits("poker.Lobby") == (5, 2.0)
+    port = free_port()
+    procs.hub(port)
+    address = f"tcp://127.0.0.1:{port}"
+    audit_log, lobby_log = tmp_path / "audit.log", tmp_path / "lobby.log"
+    lobby = procs.service("lobby", address, lobby_log)
+    n = 20
+    async with Endpoint("table", address, heartbeat=0.25) as publisher:
+        events = table_ackbus.TableEvents(publisher)
+        reports = [
+            await events.publish_hand_started(
+                table_id="t", hand_number=i, wait_ack=False, policy=SCALED
+            )
+            for i in range(n)
+        ]
+        await asyncio.sleep(4.0)  # past the event's 2 s: only Audit's own keeps it alive
+        assert not any(r.done for r in reports)
+        procs.service("audit", address, audit_log)
+        await settle(reports, 20)
+        check_every_subscriber_handled_each_once(reports, audit_log, lobby_log)
+
+        procs.kill(lobby, signal.SIGTERM)  # a clean stop: the hub forgets it at once
+        lobby.wait(10)
+        started = time.monotonic()
+        late = [
+            await events.publish_hand_started(
+                table_id="u", hand_number=i, wait_ack=False, policy=SCALED
+            )
+            for i in range(n)
+        ]
+        await settle(late, 20)
+        took = time.monotonic() - started
+    assert 2.0 <= took < 20.0  # Lobby's deadline, not Audit's 300 s
+    for r in late:
+        assert not r
+        assert [i.service for i in r.acked_by] == ["audit"]
+        assert isinstance(r.error, AckTimeout)
+        assert "from subscriber poker.Lobby (its deadline passed)" in str(r.error)
+    assert len(event_runs(audit_log)) == 2 * n
 
 
 async def test_events_survive_hub_kill_9_and_restart(procs: Procs, tmp_path: Path) -> None:

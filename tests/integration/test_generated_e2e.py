@@ -64,7 +64,7 @@ async def test_typed_send_request_and_event(hub: str) -> None:
         assert state.table_id == "t1"
         assert state.hand_number == 1
         assert dict(state.pots) == {"main": 150}
-        events = lobby_ackbus.LobbyClient(dealer)
+        events = table_ackbus.TableEvents(dealer)
         published = await events.publish_hand_started(table_id="t1", hand_number=7, timeout=5)
         assert published, published.error
     assert table.hands == ["t1"]

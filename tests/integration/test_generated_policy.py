@@ -66,7 +66,7 @@ class Bus:
     stall: Stall
     receivers: tuple[Endpoint, Endpoint]
     client: table_ackbus.TableClient
-    audit: lobby_ackbus.AuditClient
+    events: table_ackbus.TableEvents
 
     @property
     def duplicates(self) -> int:
@@ -91,7 +91,7 @@ async def bus(memory_hub: HubBus) -> AsyncIterator[Bus]:
                 stall,
                 (table, audit),
                 table_ackbus.TableClient(sender),
-                lobby_ackbus.AuditClient(sender),
+                table_ackbus.TableEvents(sender),
             )
         finally:
             stall.release.set()
@@ -139,7 +139,7 @@ async def _request_message(p: Bus, policy: Policy) -> object:
 
 
 async def _publish(p: Bus, policy: Policy) -> object:
-    return await p.audit.publish_hand_started(table_id="t", policy=policy)
+    return await p.events.publish_hand_started(table_id="t", policy=policy)
 
 
 @pytest.mark.parametrize("call", [_send_message, _request, _request_message, _publish])

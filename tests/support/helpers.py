@@ -92,7 +92,8 @@ def run_time_subscribers(registry: Registry) -> Registry:
     in for none of the schema's (a publish then waits for whoever the hub routes it to)."""
     out = Registry()
     for spec in registry:
-        out.add(dataclasses.replace(spec, policy=spec.policy.with_(subscribers=())))
+        policy = spec.policy.with_(subscribers=(), subscriber_policies=())
+        out.add(dataclasses.replace(spec, policy=policy))
     return out
 
 

@@ -103,7 +103,8 @@ class Completion:
     acked_at: float | None
     acked_by: tuple[Identity, ...]
     """Receivers whose acks completed it: one for a command, one per service for an event,
-    none for an event no service subscribes to."""
+    none for an event no service subscribes to; for a failed event, the services that
+    did ack it."""
     error: RemoteError | None = None
     """The receiver's error, for a rejection."""
     response: bytes | None = None

@@ -487,7 +487,7 @@ class OutboundTracker:
             # have reached a receiver.
             p.unknown |= 1 << p.attempts
         if now >= p.deadline:
-            out.append(self._complete(p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now))
+            out.append(self._fail_exhausted(p, now))
             return
         if state is MsgState.IN_FLIGHT:
             if p.fan is not None:
@@ -528,8 +528,9 @@ class OutboundTracker:
         return None
 
     def _fail_exhausted(self, p: _Pending, now: float) -> Completion:
+        acked_by = tuple(p.acked_by) if p.acked_by else ()  # an event: who did ack
         return self._complete(
-            p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now, error=p.last_error
+            p, Status.FAILED, p.last_reason or Reason.TIMEOUT, now, None, acked_by, p.last_error
         )
 
     def _check_group(self, p: _Pending, now: float, timed_out: bool = False) -> Completion | None:
@@ -548,6 +549,8 @@ class OutboundTracker:
                 response=p.response,
             )
         if done is False:
+            if p.state is MsgState.IN_FLIGHT:  # it may have reached a missing subscriber
+                p.unknown |= 1 << p.attempts
             return self._fail_exhausted(p, now)
         if done is not None and done < p.deadline:  # forward, never back
             p.deadline = done

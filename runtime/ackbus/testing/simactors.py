@@ -97,10 +97,11 @@ class Ledger:
     ("hub-restart"). From then on two instances may hold a dedupe entry, and a second run is
     allowed. Any other change of instance is a sticky-routing violation."""
     reruns: Counter[str] = field(default_factory=Counter)
-    started: set[bytes] = field(default_factory=set)
+    started: set[tuple[str, bytes]] = field(default_factory=set)
+    """(service, msg_id) of every handler that started (a failed report must not hide
+    them: for an event, those of the subscribers it names missing)."""
     lease: Counter[str] = field(default_factory=Counter)
     """Long handler runs, and the IN_PROGRESS notices sent."""
-    """Messages whose handler started somewhere (a failed report must not hide them)."""
     stalls: Counter[str] = field(default_factory=Counter)
     """Stalled receivers (their loop frozen, their connection up) and what the hub did."""
     violations: list[str] = field(default_factory=list)
@@ -293,7 +294,7 @@ class SimEndpoint:
             self._out.append(Item(msg_id, msg_type, recipient, kind, attempt, deadline_ns))
             return
         plan = self.planned[msg_id]
-        deadline_ns = int((plan.at + plan.policy.deadline) * 1e9)
+        deadline_ns = int((plan.at + plan.policy.life) * 1e9)
         kind = KIND_EVENT if plan.event else 1
         self._out.append(
             Item(msg_id, plan.msg_type, plan.recipient or "", kind, attempt, deadline_ns)
@@ -364,7 +365,7 @@ class SimEndpoint:
     def _run(self, item: Item, now: float) -> None:
         """Run the handler: at once (acked with its batch) or after a while. A durable
         handler returns at once; its inbox commit takes the while."""
-        self.ledger.started.add(item.id)
+        self.ledger.started.add((self.identity.service, item.id))
         if self.durable is not None:
             exc = self._outcome()
             if exc is None:

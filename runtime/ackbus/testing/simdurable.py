@@ -132,7 +132,7 @@ class SimDurable:
         """``Endpoint.send`` in durable mode: stage the row, track it once committed."""
         kind = KIND_EVENT if plan.event else 1
         now_ns = int(now * 1e9)
-        deadline_ns = now_ns + int(plan.policy.deadline * 1e9)
+        deadline_ns = now_ns + int(plan.policy.life * 1e9)
         frame = encode_frame(plan.msg_type, plan.recipient or "", kind, deadline_ns)
         destination = plan.recipient or plan.msg_type
         report = DeliveryReport(plan.msg_id, plan.msg_type)

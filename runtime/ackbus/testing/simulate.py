@@ -53,8 +53,9 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..core import Identity, Policy
-from ..core.tracker import Reason, Status
+from ..core import Identity, Policy, SubscriberPolicy
+from ..core.settled import GaveUp
+from ..core.tracker import Completion, Reason, Status
 from .simactors import (
     COMMANDS,
     EVENTS,
@@ -160,8 +161,17 @@ _POLICY = Policy(
 )  # fmt: skip
 
 
-_TICK = _POLICY.with_(subscribers=tuple(SUBSCRIBERS["ev.Tick"]))
-"""ev.Tick's policy: its schema declares alpha, beta and gamma as subscribers."""
+_TICK = _POLICY.with_(
+    deadline=6.0,
+    subscribers=tuple(SUBSCRIBERS["ev.Tick"]),
+    subscriber_policies=(
+        SubscriberPolicy("alpha", deadline=60.0),
+        SubscriberPolicy("beta", max_attempts=8),
+    ),
+)
+"""ev.Tick's policy: its schema declares alpha, beta and gamma as subscribers, each with
+its own limits: alpha is waited for 60 s (past the event's own 6 s, as Audit in the
+example schema), beta for 8 attempts that reach it, gamma for the event's 6 s."""
 
 SCENARIOS = ("random", "hub-restart-events")
 
@@ -372,15 +382,26 @@ def _check_sender(sender: SimEndpoint, ledger: Ledger, result: SimResult) -> Non
             result.acked += 1
         else:
             result.failed[str(done.reason)] += 1
-        if not done and done.reason in _HIDING and msg_id in ledger.started:
+        # Whose runs the report speaks for: an event's missing subscribers, else anyone.
+        whose = done.missing or SERVICES
+        if (
+            not done
+            and done.reason in _HIDING
+            and any((s, msg_id) in ledger.started for s in whose)
+        ):
             v.append(f"{label}: reported {done.reason}, but its handler ran (a hidden run)")
         if plan.expect == "no-route":
             # Outcome unknown when an answer was lost: an attempt timed out unanswered.
             if done.reason not in (Reason.NO_ROUTE, Reason.OUTCOME_UNKNOWN):
                 v.append(f"{label}: expected no-route, got {done.status.value} {done.reason}")
             continue
+        if plan.event and plan.policy.subscribers:
+            _check_subscribers(sender, plan, done, label, result)
         if not done:
-            v.append(f"{label} failed: {done.reason} {done.error} after {done.attempts} attempts")
+            if not (plan.event and done.missing):
+                v.append(
+                    f"{label} failed: {done.reason} {done.error} after {done.attempts} attempts"
+                )
             continue
         services = [r.service for r in done.acked_by]
         if plan.expect == "nobody" and services:
@@ -396,6 +417,35 @@ def _check_sender(sender: SimEndpoint, ledger: Ledger, result: SimResult) -> Non
             missing = sorted(set(SUBSCRIBERS.get(plan.msg_type, ())) - set(services))
             if missing:
                 v.append(f"{label}: acked, but never handled by subscribers {missing} (lost)")
+
+
+def _check_subscribers(
+    sender: SimEndpoint, plan: Planned, done: Completion, label: str, result: SimResult
+) -> None:
+    """An event with declared subscribers: the delivery to each ends by its own limits.
+    A failed report names only subscribers whose own deadline passed or whose own
+    attempts reached them unanswered, and (a sender that never crashed) it settles by the
+    longest deadline at most; an acked one names none."""
+    v = result.violations
+    pol = plan.policy
+    if pol.life > pol.deadline and done.completed_at > plan.at + pol.deadline:
+        result.lease["events waited for past the event's own deadline"] += 1
+    if sender.incarnation == 0 and done.completed_at > plan.at + pol.life + 1e-6:
+        v.append(f"{label}: settled at {done.completed_at:.3f}, past its last deadline")
+    if done:
+        return
+    if not done.missing or len(done.missing_why) != len(done.missing):
+        v.append(f"{label}: failed ({done.reason}) naming no subscriber that ran out")
+        return
+    for name, why in zip(done.missing, done.missing_why, strict=True):
+        attempts, deadline = pol.limits(name)
+        result.lease[f"events given up on {name}: {why}"] += 1
+        if why is GaveUp.DEADLINE and done.completed_at < plan.at + deadline - 1e-6:
+            v.append(f"{label}: gave up on {name} before its deadline ({deadline} s)")
+        elif why is GaveUp.ATTEMPTS and done.attempts < attempts:
+            v.append(f"{label}: gave up on {name} after {done.attempts} < {attempts} attempts")
+        elif why is None:
+            v.append(f"{label}: gave up on {name} with neither its attempts nor deadline spent")
 
 
 # -- command line ---------------------------------------------------------------------------
