@@ -331,3 +331,45 @@ async def test_a_send_cancelled_while_committing_is_still_delivered(bus: Bus) ->
         assert dealer.pending == 0
     assert got == ["cancelled"], "the committed row was delivered in the same run"
     assert bus.rows("dealer.db", "SELECT count(*) FROM ackbus_outbox") == [(0,)]
+
+
+async def test_a_restarted_publisher_keeps_each_subscribers_own_deadline(bus: Bus) -> None:
+    """An event whose own deadline (and Lobby's) passes while its durable publisher is
+    down, within Audit's own: resumed, it still waits for Audit, and is true once Audit,
+    started last, acked (Lobby answers the re-send from its dedupe memory)."""
+    from ackbus import SubscriberPolicy
+    from poker import lobby_ackbus, table_ackbus, table_pb2
+
+    policy = table_ackbus.HAND_STARTED_EVENT_POLICY.with_(
+        ack_timeout=0.2,
+        backoff_cap=0.2,
+        deadline=1.0,
+        subscriber_policies=(SubscriberPolicy("poker.Audit", deadline=20.0),),
+    )
+    seen: dict[str, list[bytes]] = {"audit": [], "lobby": []}
+
+    class Audit(lobby_ackbus.AuditHandler):
+        async def on_hand_started(self, msg: table_pb2.HandStarted, ctx: Context) -> None:
+            seen["audit"].append(ctx.message_id)
+
+    class Lobby(lobby_ackbus.LobbyHandler):
+        async def on_hand_started(self, msg: table_pb2.HandStarted, ctx: Context) -> None:
+            seen["lobby"].append(ctx.message_id)
+
+    lobby = bus.endpoint("lobby")
+    lobby.register(Lobby())
+    async with lobby:
+        async with bus.endpoint("table", "table.db") as table:
+            events = table_ackbus.TableEvents(table)
+            report = await events.publish_hand_started(table_id="t", wait_ack=False, policy=policy)
+            await helpers.eventually(lambda: seen["lobby"] == [report.message_id], timeout=5)
+        assert isinstance(report.error, Cancelled)  # closed while it waited for Audit
+        await asyncio.sleep(1.5)  # the event's own 1 s (and Lobby's) pass while it is down
+        audit = bus.endpoint("audit")
+        audit.register(Audit())
+        async with bus.endpoint("table", "table.db") as table, audit:
+            (resumed,) = table.resumed
+            await settle([resumed], 10)
+    assert resumed, resumed.error
+    assert sorted(i.service for i in resumed.acked_by) == ["audit", "lobby"]
+    assert seen == {"audit": [report.message_id], "lobby": [report.message_id]}

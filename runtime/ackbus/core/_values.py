@@ -177,7 +177,12 @@ def capped(policy: Policy, deadline: float) -> Policy:
 
 def shortened(policy: Policy, elapsed: float, least: float = 0.001) -> Policy:
     """``policy`` with every deadline ``elapsed`` seconds shorter (at least ``least``):
-    what is left of them for a message resumed after ``elapsed`` seconds."""
+    what is left of them for a message resumed after ``elapsed`` seconds. An event with
+    declared subscribers keeps at least one ``ack_timeout`` for each: which of them acked
+    before the restart is not kept, so those whose deadline passed meanwhile get one
+    attempt's time to answer the re-send from their dedupe memory."""
+    if policy.subscribers:
+        least = max(least, policy.ack_timeout)
     return policy.with_(
         deadline=max(policy.deadline - elapsed, least),
         subscriber_policies=tuple(
