@@ -179,3 +179,68 @@ def test_event_with_a_reply_is_refused(compile_request: Compile) -> None:
         GenerationError, match=r"e\.proto:6: rpc e\.S\.Do is an EVENT but returns e\.Y"
     ):
         generate(compile_request({"e.proto": text}))
+
+
+EVENTS_ONLY = {
+    "ev/hand-events.proto": """
+        syntax = "proto3";
+        package ev;
+        import "ackbus/options.proto";
+        // A round ended.
+        message RoundEnded {
+          option (ackbus.message_policy) = { kind: EVENT deadline_s: 8 };
+          // Which round.
+          uint32 round = 1;
+          message Detail { string text = 1; }
+        }
+        message Noise { string text = 1; }
+    """,
+    "ev/listeners.proto": """
+        syntax = "proto3";
+        package ev;
+        import "ackbus/options.proto";
+        import "google/protobuf/empty.proto";
+        import "ev/hand-events.proto";
+        service Slow {
+          rpc Round(ev.RoundEnded) returns (google.protobuf.Empty) {
+            option (ackbus.method_policy) = { deadline_s: 120 max_attempts: 40 };
+          }
+          rpc Detail(ev.RoundEnded.Detail) returns (google.protobuf.Empty) {
+            option (ackbus.method_policy) = { kind: EVENT };
+          }
+        }
+        service Same {
+          rpc Round(ev.RoundEnded) returns (google.protobuf.Empty);
+        }
+    """,
+}
+
+
+def test_a_file_with_events_and_no_service_gets_its_publisher(compile_request: Compile) -> None:
+    """Events declared in one file, subscribed to from another: the declaring file's module
+    has the publisher classes (named after the file) and each event's own policy, with an
+    entry for each subscriber whose limits differ (Slow: 120 s, 40 attempts; Same: none);
+    a nested message an rpc takes as an EVENT is one too; the subscribers have no client."""
+    request = compile_request(EVENTS_ONLY, generate=sorted(EVENTS_ONLY))
+    files = {f.name: f.content for f in generate(request).files}
+    text = files["ev/hand_events_ackbus.py"]
+    compact = "".join(text.split()).replace(",)", ")")
+    assert "class HandEventsEvents:" in text
+    assert "class HandEventsBlockingEvents:" in text
+    assert (
+        "ROUND_ENDED_EVENT_POLICY:Final[ackbus.Policy]=ackbus.Policy(deadline=8.0,"
+        'kind=ackbus.Kind.EVENT,subscribers=("ev.Same","ev.Slow"),subscriber_policies=('
+        'ackbus.SubscriberPolicy("ev.Slow",max_attempts=40,deadline=120.0)))'
+    ) in compact
+    assert (
+        "ROUND_ENDED_DETAIL_EVENT_POLICY:Final[ackbus.Policy]=ackbus.Policy("
+        'kind=ackbus.Kind.EVENT,subscribers=("ev.Slow"))'
+    ) in compact
+    assert "async def publish_round_ended(" in text
+    assert "async def publish_round_ended_detail_message(" in text
+    assert "publish_noise" not in text
+    assert "policy=ROUND_ENDED_EVENT_POLICY," in text  # the registry's spec
+    listeners = files["ev/listeners_ackbus.py"]
+    assert "class SlowHandler(" in listeners
+    assert "SlowClient" not in listeners
+    assert "publish_" not in listeners
