@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from . import baseline, transport
+from . import baseline, plot, transport
 from .cluster import Cluster, Setup, make_keys
 
 RESULTS = Path(__file__).parent / "results"
@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     print(f"\nwritten to {path}")
+    print(plot.written(path, result))
     return 0
 
 
