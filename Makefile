@@ -9,7 +9,7 @@ FUZZ_RUNS ?= 1000000
 FUZZ_JOBS ?= 1
 export PYTHONPATH := $(CURDIR)/generated
 
-.PHONY: setup postgresql browser generate check-generated lint typecheck layers pytest test demo bench simulate chaos docs docs-screenshot fuzz clean
+.PHONY: setup postgresql browser generate check-generated lint typecheck layers pytest test demo bench bench-peers simulate chaos docs docs-screenshot fuzz clean
 
 setup: $(VENV)/.installed postgresql
 
@@ -72,6 +72,16 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench $(if $(FULL),--full,)
+
+# ackbus beside real NATS (JetStream), Redis and RabbitMQ servers, the same workloads in one
+# sitting (bench/peers.py; docs/performance.md, "Against brokers"). It installs the Debian
+# servers when run as root and the brokers' Python clients (the peers extra); never in `make test`.
+bench-peers: setup $(VENV)/.peers-installed
+	$(PY) -m bench.peers $(if $(FULL),--full,)
+
+$(VENV)/.peers-installed: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,peers]'
+	touch $@
 
 simulate: setup
 	$(PY) -m ackbus.testing.simulate --seeds $(SEEDS)

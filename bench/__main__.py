@@ -219,12 +219,7 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
         log(f"memory run: {p.memory[1]:,} messages (load {_load()})")
         memory = standalone.run("pipelined", p.memory[1], checkpoints=p.memory)
     return {
-        "profile": p.name,
-        "note": p.note,
-        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "load_before": load_before,
-        "load_after": _load(),
+        **sitting(p.name, p.note, started, load_before),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -236,6 +231,18 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             name: {**r.summary(), **_ratios(r, rows), "raw": r.runs} for name, r in rows.items()
         },
         "memory": _memory(memory, p.memory),
+    }
+
+
+def sitting(profile: str, note: str, started: float, load_before: str) -> dict[str, Any]:
+    """A result's first fields: its profile, when it started, how long, the load around it."""
+    return {
+        "profile": profile,
+        "note": note,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "load_before": load_before,
+        "load_after": _load(),
     }
 
 
@@ -303,25 +310,39 @@ def _rate(fig: dict[str, Any]) -> str:
     return f"{fig['msgs_per_s']:,.0f} ({fig['msgs_per_s_min']:,.0f}-{fig['msgs_per_s_max']:,.0f})"
 
 
+def heading(result: dict[str, Any], title: str, versions: str = "") -> str:
+    """The line above a table: profile, time, load, machine, repetitions."""
+    machine = result["machine"]
+    return (
+        f"{title}, {result['profile']} profile, {result['when']}; "
+        f"load {result['load_before']} → {result['load_after']}; "
+        f"{machine['cpus']} cores, Python {machine['python']}, "
+        f"pyzmq {machine['pyzmq']}{versions}; median of {result['reps']} (min-max), "
+        f"{result['seconds']:.0f} s"
+    )
+
+
+def _cells(fig: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A row's table cells: ratio to (a) in msgs/s, p50 µs, p99 µs, ratio to (a) in p50."""
+    ratio = f"{fig['ratio_msgs_per_s']:.2f}" if "ratio_msgs_per_s" in fig else ""
+    p50 = f"{fig['p50_us']:.0f}" if "p50_us" in fig else ""
+    p99 = f"{fig['p99_us']:.0f}" if "p99_us" in fig else ""
+    rp50 = f"{fig['ratio_p50']:.2f}" if "ratio_p50" in fig else ""
+    return ratio, p50, p99, rp50
+
+
 def table(result: dict[str, Any]) -> str:
     """The result as a Markdown table (what the README and docs carry)."""
     lines = [
-        f"ackbus bench, {result['profile']} profile, {result['when']}; "
-        f"load {result['load_before']} → {result['load_after']}; "
-        f"{result['machine']['cpus']} cores, Python {result['machine']['python']}, "
-        f"pyzmq {result['machine']['pyzmq']}; median of {result['reps']} (min-max), "
-        f"{result['seconds']:.0f} s",
+        heading(result, "ackbus bench"),
         "",
         "| scenario | msgs/s (min-max) | x (a) msgs/s | p50 µs | p99 µs | x (a) p50 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, fig in result["rows"].items():
-        ratio = f"{fig['ratio_msgs_per_s']:.2f}" if "ratio_msgs_per_s" in fig else ""
+        ratio, p50, p99, rp50 = _cells(fig)
         if "ratio_to_compared" in fig:
             ratio += f" ({fig['ratio_to_compared']:.2f} x {fig['compared_with']})"
-        p50 = f"{fig['p50_us']:.0f}" if "p50_us" in fig else ""
-        p99 = f"{fig['p99_us']:.0f}" if "p99_us" in fig else ""
-        rp50 = f"{fig['ratio_p50']:.2f}" if "ratio_p50" in fig else ""
         if "failed" in fig:
             name += f" ({fig['failed']} FAILED)"
         lines.append(f"| {name} | {_rate(fig)} | {ratio} | {p50} | {p99} | {rp50} |")

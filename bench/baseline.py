@@ -196,7 +196,7 @@ async def _acked_pipelined(
     return {"msgs_per_s": n / elapsed, "n": n, "window": window}
 
 
-async def _acked_sequential(peer: _Peer, n: int) -> dict[str, float]:
+async def _acked_sequential(peer: _Peer, n: int, payload: bytes = PAYLOAD) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     sock = peer.sock
     waiter: list[asyncio.Future[None]] = []
@@ -211,7 +211,7 @@ async def _acked_sequential(peer: _Peer, n: int) -> dict[str, float]:
         fut = loop.create_future()
         waiter[:] = [fut]
         t0 = time.perf_counter_ns()
-        sock.send_multipart([i.to_bytes(16, "big"), PAYLOAD])
+        sock.send_multipart([i.to_bytes(16, "big"), payload])
         drained.check()
         async with asyncio.timeout(10):
             await fut
@@ -270,11 +270,12 @@ def acked_pipelined(
         peer.close()
 
 
-def acked_sequential(n: int = 3_000) -> dict[str, float]:
-    """Baseline (a), sequential: one message at a time; p50/p99 round trip in µs."""
+def acked_sequential(n: int = 3_000, size: int = 100) -> dict[str, float]:
+    """Baseline (a), sequential: one message at a time, payloads of ``size`` bytes;
+    p50/p99 round trip in µs."""
     peer = _Peer("acked")
     try:
-        return asyncio.run(_acked_sequential(peer, n))
+        return asyncio.run(_acked_sequential(peer, n, b"p" * size))
     finally:
         peer.close()
 

@@ -26,6 +26,7 @@ HINT = "pip install 'ackbus[plot]' (make setup installs it)"
 COLOURS = {
     "raw pyzmq": "#8c8c8c",
     "ackbus": "#1f5fa8",
+    "ackbus, SQLite store": "#6fa3dc",
     "NATS core": "#2e9e3e",
     "NATS JetStream": "#8fd18a",
     "Redis Streams": "#c8332b",
@@ -62,7 +63,7 @@ def write(result: dict[str, Any], path: Path) -> Path | None:
     seen = {system(n, rows[n]) for n in rows}
     handles = [_patch(COLOURS.get(s, _OTHER), s) for s in [*COLOURS, *sorted(seen)] if s in seen]
     handles = list({h.get_label(): h for h in handles}.values())
-    top.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle(_title(result), fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -128,7 +129,9 @@ def _axis(ax: Any, names: list[str], label: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel(label, fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    low, high = ax.get_xlim()
+    subs = (1.0, 2.0, 5.0) if high / low < 2_000 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.25)
