@@ -3,14 +3,12 @@ an address it cannot bind is one line on stderr and exit code 1, not a traceback
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 
 import zmq
 from helpers import routes_a_command
-from proc_harness import ROOT, Procs, free_port
+from proc_harness import Procs, free_port, run_hub
 
 
 async def test_ackbus_hub_command_routes_and_stops_on_sigterm(procs: Procs) -> None:
@@ -27,17 +25,6 @@ async def test_ackbus_hub_command_routes_and_stops_on_sigterm(procs: Procs) -> N
     await routes_a_command(address, "via the cli hub", timeout=5)
     hub.send_signal(signal.SIGTERM)
     assert hub.wait(5) == 0, sys.executable
-
-
-def run_hub(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
-    return subprocess.run(
-        [sys.executable, "-m", "ackbus.hub", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
 
 
 def test_hub_on_a_port_in_use_prints_one_line_and_exits_1() -> None:

@@ -10,8 +10,6 @@ is only constructed, never started, on an exposed address.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from ackbus.hub import Hub
 from ackbus.transport._address import exposed
 from ackbus.transport._keys import generate_keys
 from helpers import eventually
-from proc_harness import ROOT
+from proc_harness import run_hub
 
 EXPOSED = "tcp://198.51.100.7:5555"
 """A documentation-range address: never bound by these tests."""
@@ -92,18 +90,8 @@ async def test_loopback_needs_neither_keys_nor_insecure() -> None:
         assert hub.addresses[0].startswith("tcp://127.0.0.1:")
 
 
-def _hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ackbus.hub", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PYTHONPATH": str(ROOT / "generated"), "PATH": "/usr/bin:/bin"},
-    )
-
-
 def test_ackbus_hub_on_an_exposed_address_without_keys_prints_one_line_and_exits_1() -> None:
-    done = _hub_cli("--bind", EXPOSED)
+    done = run_hub("--bind", EXPOSED)
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr

@@ -49,6 +49,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_hub(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ackbus.hub ARGV`` to its end (a hub that refuses to start): its exit
+    status and output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+    return subprocess.run(
+        [sys.executable, "-m", "ackbus.hub", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
 class Procs:
     """Starts processes that print a ready line; kills every one at teardown."""
 
