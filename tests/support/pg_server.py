@@ -4,7 +4,9 @@ worker), a fresh database per test.
 ``initdb`` into a temp folder, then ``postgres`` run as a child process of the test
 session (as the ``postgres`` user when the tests run as root: initdb and postgres refuse
 root), listening on a unix socket in that folder and on 127.0.0.1 at a free port, never
-elsewhere. It is stopped (SIGINT, then SIGKILL), reaped and its folder removed at the end.
+elsewhere. It is stopped (SIGINT, then SIGKILL), reaped and its folder removed at the end;
+if the test process dies first (a timeout, kill -9), the kernel sends the server SIGQUIT
+(PR_SET_PDEATHSIG), so no server outlives its session.
 Where no PostgreSQL server can be found the tests that need it fail, with a sentence
 saying what to install; they do not skip.
 
@@ -14,6 +16,7 @@ Imported by tests as ``pg_server`` (tests/support is on pytest's pythonpath).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
@@ -21,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +51,14 @@ def find_bin() -> Path | None:
         key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
     )
     return Path(candidates[-1]).parent if candidates else None
+
+
+def _die_with_parent() -> None:
+    """In the server's child before exec (after it took the postgres user): SIGQUIT, an
+    immediate shutdown, when the test process dies, so that a test session killed by a
+    timeout or with -9 leaves no server behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGQUIT)  # PR_SET_PDEATHSIG
 
 
 class PgServer:
@@ -101,6 +113,11 @@ class PgServer:
                 "-c", "shared_buffers=32MB",
             ],
             user=self._user, cwd=self.root, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            # The signal follows the *thread* that started the server: only the main
+            # thread's (a restart from a worker thread, test_pg_restart's, goes without).
+            preexec_fn=(
+                _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            ),
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + 60
