@@ -80,7 +80,13 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ep = Endpoint(args.service, args.hub, instance=args.instance, heartbeat=args.heartbeat)
+    ep = Endpoint(
+        args.service,
+        args.hub,
+        instance=args.instance,
+        heartbeat=args.heartbeat,
+        max_concurrency=args.max_concurrency,
+    )
     # Registered before start: the first HELLO carries the handlers, and start()
     # returns once a hub welcomed it, so "ready" means routable.
     if args.service == "table":
@@ -117,6 +123,9 @@ def main() -> None:
     parser.add_argument("--log", required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per StartHand")
     parser.add_argument("--heartbeat", type=float, default=0.25)
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, help="messages handled at once"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -234,7 +234,7 @@ def random_hello(rng: random.Random) -> wire_pb2.Hello:
     hello.commands.extend(rng.sample(TYPES, rng.randrange(3)))
     hello.events.extend(rng.sample(TYPES, rng.randrange(2)))
     hello.implements.extend(rng.sample(("poker.Table", "poker.Audit"), rng.randrange(3)))
-    hello.heartbeat_ms, hello.credit = rng.choice((0, 1000)), rng.choice((0, 100))
+    hello.heartbeat_ms, hello.max_concurrency = rng.choice((0, 1000)), rng.choice((0, 100))
     hello.max_batch = rng.choice((0, 1, 127, 1000))
     return hello
 

@@ -177,5 +177,9 @@ class Dispatcher:
         """The schema services (full names) registered handlers run, sorted."""
         return sorted(self._services)
 
+    def all_sync(self) -> bool:
+        """Whether there are routes and every one runs a plain ``def`` (in threads)."""
+        return bool(self._routes) and all(r.sync for r in self._routes.values())
+
     def __len__(self) -> int:
         return len(self._routes)

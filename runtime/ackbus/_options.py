@@ -27,7 +27,7 @@ class EndpointOptions(TypedDict, total=False):
     policy: Policy
     registry: Registry | None
     window: int
-    credit: int
+    max_concurrency: int | None
     heartbeat: float
     misses: int
     connect_timeout: float

@@ -5,12 +5,10 @@ one, which then sends without checking again (waking every waiter on every ack w
 make concurrent senders spin: each ack would wake all, one would go ahead, the rest
 would sleep again with a new future and timer).
 
-A line is ordered by priority with aging: a waiter of priority ``p`` queues as if it had
-come ``p * PRIORITY_STEP`` seconds earlier than it did (its *virtual arrival*), and the
-earliest virtual arrival goes first. So a higher priority overtakes the waiters that
-came less than ``PRIORITY_STEP`` seconds per level before it, while a waiter that has
-waited longer than that goes ahead of it: a steady stream of high priorities cannot
-starve the rest. Among equal priorities the line is first come, first served. Should
+A line is ordered by priority with aging (:mod:`ackbus.core.priority`, the rule every
+queue shares): a waiter of priority ``p`` queues as if it had come ``p * PRIORITY_STEP``
+seconds earlier than it did, so a steady stream of high priorities cannot starve the
+rest. Among equal priorities the line is first come, first served. Should
 another send take the slot first, the tracker queues the extra message: it never exceeds
 the window in flight, and never drops. A waiter woken and then cancelled passes its turn
 on; cancelled and timed-out waiters are skipped when a turn is handed out rather than
@@ -29,10 +27,9 @@ import asyncio
 import heapq
 from collections.abc import Callable
 
-__all__ = ["PRIORITY_STEP", "WindowLines"]
+from .core.priority import PRIORITY_STEP, aging_key
 
-PRIORITY_STEP = 0.1
-"""Seconds of waiting one level of priority is worth (see the module docstring)."""
+__all__ = ["PRIORITY_STEP", "WindowLines"]
 
 _EARLY = 0.001
 """A waiter whose deadline is this close when its line's timer fires times out then."""
@@ -89,7 +86,7 @@ class WindowLines:
         fut: asyncio.Future[None] = loop.create_future()
         if place is None:
             self._arrivals += 1
-            place = (loop.time() - priority * PRIORITY_STEP, self._arrivals)
+            place = (aging_key(loop.time(), priority), self._arrivals)
         heapq.heappush(line.waiters, (place[0], place[1], fut, deadline))
         if line.timer is None or deadline < line.timer_at:
             self._arm(destination, line, deadline)

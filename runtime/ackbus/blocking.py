@@ -66,6 +66,11 @@ class BlockingEndpoint:
     def stats(self) -> EndpointStats:
         return self._ep.stats
 
+    @property
+    def max_concurrency(self) -> int:
+        """The most messages this endpoint handles at once (see ``Endpoint``)."""
+        return self._ep.max_concurrency
+
     def start(self) -> BlockingEndpoint:
         """Connect; raises :class:`~ackbus.ConnectTimeout` as the async endpoint does."""
         try:

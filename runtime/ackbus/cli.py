@@ -149,6 +149,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="forget an instance silent this long even while its connection is up (default 60)",
     )
+    hub.add_argument(
+        "--max-held",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="messages held per service while its instances are full (default 10000)",
+    )
     hub.add_argument("--log-level", default="WARNING", help="Python logging level")
     hub.set_defaults(run=_hub)
 
@@ -299,6 +306,7 @@ def _hub(args: argparse.Namespace) -> int:
                 insecure=args.insecure,
                 metrics=metrics,
                 stall_limit=args.stall_limit,
+                max_held=args.max_held,
             )
         )
     except (AddressError, KeyFileError, InsecureBindError) as err:
@@ -355,6 +363,7 @@ async def _serve_hub(
     insecure: bool = False,
     metrics: tuple[str, int] | None = None,
     stall_limit: float = 60.0,
+    max_held: int = 10_000,
 ) -> None:
     """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
     Raises :class:`~ackbus.errors.AddressError` (cannot bind) or
@@ -373,6 +382,7 @@ async def _serve_hub(
         keys=keys,
         insecure=insecure,
         stall_limit=stall_limit,
+        max_held=max_held,
     ) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))

@@ -47,6 +47,12 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """The handler is running (sent by the receiver while it runs, and in answer
     to a retry): the sender waits another ack timeout, spending no attempt.
     """
+    HELD: _Outcome.ValueType  # 8
+    """Held at the hub (sent by the hub): every instance that may take the message is
+    at its max_concurrency, and the hub queues it until one has room. The sender
+    spends no attempt on it and waits the longer of its ack timeout and
+    retry_after_ms for the next word (the hub repeats the notice while it holds it).
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
     """What became of a message at its receiver (or at the hub)."""
@@ -69,6 +75,12 @@ EXPIRED: Outcome.ValueType  # 6
 IN_PROGRESS: Outcome.ValueType  # 7
 """The handler is running (sent by the receiver while it runs, and in answer
 to a retry): the sender waits another ack timeout, spending no attempt.
+"""
+HELD: Outcome.ValueType  # 8
+"""Held at the hub (sent by the hub): every instance that may take the message is
+at its max_concurrency, and the hub queues it until one has room. The sender
+spends no attempt on it and waits the longer of its ack timeout and
+retry_after_ms for the next word (the hub repeats the notice while it holds it).
 """
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
@@ -237,6 +249,7 @@ class Ack(_message.Message):
     RESPONSE_TYPE_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    DEFERRED_FIELD_NUMBER: _builtins.int
     message_id: _builtins.bytes
     received_at_ns: _builtins.int
     acked_at_ns: _builtins.int
@@ -248,6 +261,11 @@ class Ack(_message.Message):
     attempt: _builtins.int
     """The attempt this answers, for the answers that say the handler did not run
     (NO_ROUTE, RETRY_LATER, EXPIRED); 0: not said.
+    """
+    deferred: _builtins.bool
+    """Set by a hub answering RETRY_LATER without routing the message (its grace period
+    after start, a full hold queue): the attempt reached no receiver and does not
+    count against the sender's max_attempts.
     """
     @_builtins.property
     def receiver(self) -> Global___Identity: ...
@@ -266,10 +284,11 @@ class Ack(_message.Message):
         response_type: _builtins.str = ...,
         response: _builtins.bytes = ...,
         attempt: _builtins.int = ...,
+        deferred: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "receiver", b"receiver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ns", b"acked_at_ns", "attempt", b"attempt", "error", b"error", "message_id", b"message_id", "outcome", b"outcome", "received_at_ns", b"received_at_ns", "receiver", b"receiver", "response", b"response", "response_type", b"response_type", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ns", b"acked_at_ns", "attempt", b"attempt", "deferred", b"deferred", "error", b"error", "message_id", b"message_id", "outcome", b"outcome", "received_at_ns", b"received_at_ns", "receiver", b"receiver", "response", b"response", "response_type", b"response_type", "retry_after_ms", b"retry_after_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

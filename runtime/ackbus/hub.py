@@ -1,18 +1,23 @@
-"""The hub: a router that keeps no message state.
+"""The hub: a router that keeps no durable message state.
 
 Endpoints connect DEALER links to a hub's ROUTER listener and say HELLO with the
 types they handle. The hub routes each MESSAGE item by the fixed header alone (type,
 recipient, kind, id) to one live instance, forwards acknowledgements back to the
 sender, and answers events with a ROUTED notice naming the services they went to.
-It never parses an envelope or a body, never stores a message and never retries:
-reliability is end to end, so a hub can be killed and restarted (or run beside
-others) and nothing is lost: endpoints reconnect, say HELLO again and retry.
+It never parses an envelope or a body, never stores a message (it holds those waiting
+for an instance with room in memory only) and never retries: reliability is end to
+end, so a hub can be killed and restarted (or run beside others) and nothing is lost:
+endpoints reconnect, say HELLO again and retry.
 
 Bad input from a peer is counted, logged and answered with a REFUSAL naming the
 reason; it never stops the hub.
 
 Run it embedded (``async with Hub(bind="tcp://127.0.0.1:5555") as hub``) or
 standalone (``ackbus hub --bind tcp://127.0.0.1:5555``); same code.
+
+Flow control: an instance is sent at most its ``max_concurrency`` (from its HELLO)
+messages it has not answered; the rest wait in the hub's memory, at most ``max_held``
+per service, by priority (docs/protocol.md, "Flow control at the hub").
 
 With ``keys=DIR`` (``ackbus hub --keys DIR``) the hub is a CURVE server with the keypair
 ``DIR/hub.key_secret`` and admits only clients whose public key is in ``DIR/clients/``;
@@ -36,8 +41,9 @@ from dataclasses import replace
 from typing import Any
 
 import zmq
+from google.protobuf.message import DecodeError
 
-from . import wire_pb2
+from . import envelope_pb2, wire_pb2
 from ._throttle import Throttle
 from ._timer import Timer
 from ._types import Identity
@@ -99,6 +105,7 @@ class Hub:
         insecure: bool = False,
         max_peers: int = 10_000,
         stall_limit: float = 60.0,
+        max_held: int = 10_000,
     ) -> None:
         self._bind = [bind] if isinstance(bind, str) else list(bind)
         if keys is None:
@@ -118,7 +125,12 @@ class Hub:
         self.heartbeat = heartbeat
         self.limits = limits
         self._proto: HubProtocol[MessageItem, PackedRun, bytes] = HubProtocol(
-            self, heartbeat=heartbeat, misses=misses, grace=grace, stall_limit=stall_limit
+            self,
+            heartbeat=heartbeat,
+            misses=misses,
+            grace=grace,
+            stall_limit=stall_limit,
+            max_held=max_held,
         )
         self.stats: HubStats = self._proto.stats
         self._options = options or TransportOptions()
@@ -295,7 +307,7 @@ class Hub:
             encode_identity(identity.service, identity.instance),
             hello.commands,
             hello.events,
-            hello.credit,
+            hello.max_concurrency,
             hello.heartbeat_ms,
             now,
             hello.implements,
@@ -345,8 +357,30 @@ class Hub:
             receiver=self.identity,
             retry_after=max(after, 0.001),
             attempt=attempt,
+            deferred=True,
         )
         self._out(origin).full_ack(ack, self._token)
+
+    def held(self, origin: bytes, msg_id: bytes, attempt: int, lease: float) -> None:
+        ack = encode_full_ack(
+            msg_id, Outcome.HELD, receiver=self.identity, retry_after=lease, attempt=attempt
+        )
+        self._out(origin).full_ack(ack, self._token)
+
+    def settled(self, full: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """Parses the full acks (the rare path: errors, responses, notices)."""
+        ended: list[bytes] = []
+        running: list[bytes] = []
+        for raw in full:
+            try:
+                ack = envelope_pb2.Ack.FromString(raw)
+            except DecodeError:
+                continue  # forwarded unread as ever; its sender will make sense of it
+            (running if ack.outcome == envelope_pb2.IN_PROGRESS else ended).append(ack.message_id)
+        return ended, running
+
+    def split(self, run: PackedRun) -> list[MessageItem]:
+        return run.items(self.limits)
 
     def forward_acks(
         self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes

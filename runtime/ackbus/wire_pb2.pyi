@@ -30,14 +30,16 @@ class Hello(_message.Message):
     COMMANDS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
-    CREDIT_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     IMPLEMENTS_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
-    credit: _builtins.int
-    """How many unacknowledged messages this instance accepts at once."""
+    max_concurrency: _builtins.int
+    """How many messages this instance handles at once (its max_concurrency): the hub
+    sends it no more unanswered messages than this and holds the rest (0: 1000).
+    """
     max_batch: _builtins.int
     """Most message items per MESSAGE this instance accepts (its Limits.max_batch); the
     hub sends it no bigger batches. 0: the protocol's maximum.
@@ -69,14 +71,14 @@ class Hello(_message.Message):
         commands: _abc.Iterable[_builtins.str] | None = ...,
         events: _abc.Iterable[_builtins.str] | None = ...,
         heartbeat_ms: _builtins.int = ...,
-        credit: _builtins.int = ...,
+        max_concurrency: _builtins.int = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
         max_batch: _builtins.int = ...,
         implements: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "credit", b"credit", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

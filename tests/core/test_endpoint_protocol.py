@@ -28,6 +28,7 @@ class Item:
     flags: int = 0
     deadline_ns: int = 0
     attempt: int = 1
+    priority: int = 0
 
 
 @dataclass

@@ -22,6 +22,7 @@ class Item:
     recipient: str = ""
     kind: int = KIND_COMMAND
     attempt: int = 1
+    priority: int = 0
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Run:
     ids: list[bytes]
     type: str = "alpha.Do"
     recipient: str = ""
+
+    def items(self) -> list[Item]:
+        return [Item(i, self.type, self.recipient) for i in self.ids]
 
 
 @dataclass
@@ -64,6 +68,17 @@ class Recorder:
 
     def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
         self.actions.append(("retry_later", origin, msg_id, round(after, 3)))
+
+    def held(self, origin: bytes, msg_id: bytes, attempt: int, lease: float) -> None:
+        self.actions.append(("held", origin, msg_id, attempt))
+
+    def settled(self, full: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """A full ack here is its id, or ``b"~" + id`` for an IN_PROGRESS notice."""
+        ended = [raw for raw in full if not raw.startswith(b"~")]
+        return ended, [raw[1:] for raw in full if raw.startswith(b"~")]
+
+    def split(self, run: Run) -> list[Item]:
+        return run.items()
 
     def forward_acks(
         self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[bytes], receiver: bytes

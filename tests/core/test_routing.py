@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 from ackbus import Identity
 from ackbus.core import RoutingTable
+from ackbus.core.routing import FULL
 
 
 def table(credit: int = 100, **kw: float) -> RoutingTable:
@@ -117,17 +118,19 @@ def test_a_full_instance_is_skipped_while_another_has_room() -> None:
     t = table(credit=2)
     routed = [t.route_command("poker.StartHand", m, None, 0.0) for m in ids(6)]
     assert Counter(routed) == {b"t0": 2, b"t1": 2, b"t2": 2}
-    # All full: the best-ranked instance still gets it (its own queue holds it).
-    assert t.route_command("poker.StartHand", b"extra", None, 0.0) is not None
+    # All full: a hard limit; the hub holds it (FULL), nothing is taken.
+    assert t.route_command("poker.StartHand", b"extra", None, 0.0) == FULL
+    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 6
     # An ack frees a credit, once, however often it is repeated.
     m0 = ids(6)[0]
     t.on_ack(routed[0] or b"", m0)
     t.on_ack(routed[0] or b"", m0)
-    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 6
+    assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 5
+    assert t.route_command("poker.StartHand", b"extra", None, 0.0) == routed[0]
 
 
 def test_credit_comes_back_when_acks_are_lost() -> None:
-    t = table(credit=5, sticky_ttl=10.0)
+    t = table(credit=10, sticky_ttl=10.0)
     for m in ids(20):
         t.route_command("poker.StartHand", m, None, 0.0)
     assert sum(t.in_flight(p) for p in (b"t0", b"t1", b"t2")) == 20
@@ -288,3 +291,31 @@ def test_credit_owed_by_an_instance_that_left_is_paid_back_in_one_group() -> Non
     many.on_acks(b"t0", sent)
     assert state(many) == state(one)
     assert b"ledger/0" not in state(one)[1]  # type: ignore[index]
+
+
+def test_a_stalled_instance_gets_a_first_attempt_only_when_all_with_room_are_stalled() -> None:
+    t = table(credit=1)
+    t.set_stalled(b"t0", True)
+    t.set_stalled(b"t1", True)
+    assert t.route_command("poker.StartHand", b"a", None, 0.0) == b"t2"
+    # t2 is full: a stalled instance with room is better than holding the message
+    second = t.route_command("poker.StartHand", b"b", None, 0.0)
+    third = t.route_command("poker.StartHand", b"c", None, 0.0)
+    assert {second, third} == {b"t0", b"t1"}
+    assert t.route_command("poker.StartHand", b"d", None, 0.0) == FULL  # none has room
+    t.set_stalled(b"t0", False)
+    assert t.route_command("poker.StartHand", b"d", None, 0.0) == FULL  # room, not stall
+
+
+def test_a_retry_without_a_sticky_entry_ignores_stalls() -> None:
+    # A restarted hub has no sticky entry: the retry must reach the instance the first
+    # attempt's rendezvous choice named, stalled or not, or the handler may run twice.
+    for msg_id in ids(20, seed=3):
+        expected = table().route_command("poker.StartHand", msg_id, None, 0.0)
+        assert expected is not None and expected != FULL
+        t = table()
+        t.set_stalled(expected, True)
+        assert t.route_command("poker.StartHand", msg_id, None, 0.0, first=False) == expected
+        t = table()
+        t.set_stalled(expected, True)
+        assert t.route_command("poker.StartHand", msg_id, None, 0.0) != expected

@@ -816,3 +816,63 @@ def test_no_retry_goes_out_that_the_deadline_would_cut_short() -> None:
     assert last <= 0.5 - 0.2
     assert (done.reason, done.completed_at) == (Reason.NO_ROUTE, 0.5)
     assert done.attempts > 50
+
+
+def test_held_at_the_hub_waits_the_longer_lease_spends_no_attempt_and_hides_no_run() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=0.2, max_attempts=1, deadline=30.0))
+    for k in range(1, 20):  # held for 19 s, the hub saying so every second (lease 3 s)
+        assert t.ack(b"m", outcome=Outcome.HELD, now=float(k), retry_after=3.0) is None
+        assert t.tick(float(k) + 0.5) == []
+        assert t.next_deadline() == pytest.approx(k + 3.0)
+    # The hub dies with it: the lease lapses, the one allowed attempt is spent anew.
+    sent, done = run_until_settled(t)
+    assert [a.attempt for _, a in sent] == [2]
+    # The attempts timed out unanswered: the hub may have passed one on before it died.
+    assert done.reason is Reason.OUTCOME_UNKNOWN
+
+
+def test_held_then_no_route_everywhere_is_no_route() -> None:
+    """A HELD notice is not "a handler started": answered no-route for every attempt,
+    the message fails NoRoute."""
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=1.0, max_attempts=2, deadline=30.0))
+    t.ack(b"m", outcome=Outcome.HELD, now=0.1, retry_after=3.0)
+    done = t.ack(b"m", outcome=Outcome.NO_ROUTE, now=0.2, attempt=1)
+    while done is None:
+        when = t.next_deadline()
+        assert when is not None
+        (action,) = t.tick(when)
+        assert isinstance(action, Transmit)
+        done = t.ack(b"m", outcome=Outcome.NO_ROUTE, now=when, attempt=action.attempt)
+    assert done.reason is Reason.NO_ROUTE
+
+
+def test_a_deferred_retry_later_from_the_hub_spends_no_attempt() -> None:
+    t = tracker()
+    submit(t, policy=P.with_(ack_timeout=1.0, max_attempts=2, deadline=30.0))
+    for attempt in range(1, 6):  # a hub in its grace period, five times over
+        now = t.next_deadline() or 0.0
+        c = t.ack(
+            b"m",
+            outcome=Outcome.RETRY_LATER,
+            now=now,
+            retry_after=0.1,
+            attempt=attempt,
+            deferred=True,
+        )
+        assert c is None
+        when = t.next_deadline()
+        assert when is not None
+        assert t.tick(when) == [Transmit(b"m", attempt + 1, "hub")]
+    done = t.ack(b"m", outcome=Outcome.OK, now=2.0, receiver=ALICE)
+    assert done is not None
+    assert done.attempts == 6
+    # Not deferred (a handler's RetryLater): it spends its attempt.
+    t2 = tracker()
+    submit(t2, policy=P.with_(ack_timeout=1.0, max_attempts=2, deadline=30.0))
+    assert t2.ack(b"m", outcome=Outcome.RETRY_LATER, now=0.0, retry_after=0.1, attempt=1) is None
+    t2.tick(0.2)
+    failed = t2.ack(b"m", outcome=Outcome.RETRY_LATER, now=0.3, retry_after=0.1, attempt=2)
+    assert failed is not None
+    assert not failed

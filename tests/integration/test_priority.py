@@ -1,8 +1,11 @@
-"""Priority with real processes: sends waiting for window room go by priority, with aging.
+"""Priority with real processes: messages waiting go by priority, with aging, wherever
+they wait: in the sender's line for window room, and in the hub's hold queue.
 
 The receiver is examples/services.py's table (``--delay``: seconds per StartHand, each run
-one log line, in the order they ran); the sender runs in the test process with a window
-of one, so every send but one waits in its line.
+one log line, in the order they ran). ``where="window"``: the sender runs in the test
+process with a window of one, so every send but one waits in its line. ``where="hub"``:
+the sender's window is the default and the table says ``max_concurrency=1``, so the hub
+sends it one message at a time and holds the rest.
 """
 
 from __future__ import annotations
@@ -28,13 +31,21 @@ def order(log: Path) -> list[str]:
     return [mid for t, mid, _ in runs(log) if t == "poker.StartHand"]
 
 
-async def start_table(procs: Procs, tmp_path: Path) -> tuple[str, Path]:
+WHERE = pytest.mark.parametrize("where", ["window", "hub"])
+
+
+async def start_table(procs: Procs, tmp_path: Path, where: str) -> tuple[str, Path]:
     port = free_port()
     procs.hub(port)
     address = f"tcp://127.0.0.1:{port}"
     log = tmp_path / "table.log"
-    procs.service("table", address, log, "--delay", "0.02")
+    limit = ("--max-concurrency", "1") if where == "hub" else ()
+    procs.service("table", address, log, "--delay", "0.02", *limit)
     return address, log
+
+
+def dealer(address: str, where: str) -> Endpoint:
+    return Endpoint("dealer", address, window=1 if where == "window" else 1000, heartbeat=0.25)
 
 
 async def send(ep: Endpoint, name: str, priority: int) -> DeliveryReport:
@@ -42,13 +53,15 @@ async def send(ep: Endpoint, name: str, priority: int) -> DeliveryReport:
     return await ep.send(msg, wait_ack=False, priority=priority, policy=POLICY)
 
 
+@WHERE
 async def test_high_priority_sends_queued_behind_low_ones_go_first(
-    procs: Procs, tmp_path: Path
+    procs: Procs, tmp_path: Path, where: str
 ) -> None:
     """The issue's measurement: 30 of priority 0, then 5 of priority 9, at once through a
-    window of one to a 20 ms handler. The five used to run last (positions 30-34)."""
-    address, log = await start_table(procs, tmp_path)
-    async with Endpoint("dealer", address, window=1, heartbeat=0.25) as ep:
+    window of one (or to a receiver taking one at a time) to a 20 ms handler. The five
+    used to run last (positions 30-34)."""
+    address, log = await start_table(procs, tmp_path, where)
+    async with dealer(address, where) as ep:
         low = [asyncio.create_task(send(ep, f"low{i}", 0)) for i in range(30)]
         await asyncio.sleep(0)  # the low ones are in line first
         high = [asyncio.create_task(send(ep, f"high{i}", 9)) for i in range(5)]
@@ -63,13 +76,14 @@ async def test_high_priority_sends_queued_behind_low_ones_go_first(
     assert positions[-1] <= 6, positions  # behind at most the one already in flight
 
 
+@WHERE
 async def test_a_steady_high_priority_stream_does_not_starve_a_low_one(
-    procs: Procs, tmp_path: Path
+    procs: Procs, tmp_path: Path, where: str
 ) -> None:
     """High priorities arrive faster than the handler runs; the low one, aging, still
     goes within about its priority gap's worth of waiting."""
-    address, log = await start_table(procs, tmp_path)
-    async with Endpoint("dealer", address, window=1, heartbeat=0.25) as ep:
+    address, log = await start_table(procs, tmp_path, where)
+    async with dealer(address, where) as ep:
         stream = [await send(ep, "first", 9)]
         low_task = asyncio.create_task(send(ep, "low", 0))
         await asyncio.sleep(0)

@@ -63,6 +63,36 @@ async def test_hub_kill_9_and_restart_loses_nothing(procs: Procs, tmp_path: Path
     assert any(r.attempts > 1 for r in reports), "the crash should have forced retries"
 
 
+async def test_hub_kill_9_while_it_holds_messages_loses_nothing(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """Flow control across a hub crash: a table taking two at a time (20 ms each) and a
+    stream faster than that, so the hub holds most of it; the hub is killed with -9
+    (its queue is lost) and restarted. The senders' leases run out, their retries fill
+    the new hub's queue (its grace-period answers spend no attempt), and every message
+    runs once."""
+    port = free_port()
+    hub = procs.hub(port)
+    address = f"tcp://127.0.0.1:{port}"
+    log = tmp_path / "table.log"
+    procs.service("table", address, log, "--delay", "0.02", "--max-concurrency", "2")
+
+    async def crash_hub() -> None:
+        procs.kill(hub)
+        await asyncio.sleep(0.3)
+        procs.hub(port)
+
+    async with Endpoint("dealer", address, heartbeat=0.25) as dealer:
+        reports = await send_many(dealer, 300, every=0.001, on_sent={200: crash_hub})
+        await settle(reports, 30)
+    failed = [r for r in reports if not r]
+    assert failed == [], [r.error for r in failed[:3]]
+    handled = start_hand_runs(log)
+    assert set(handled) == {r.message_id.hex() for r in reports}
+    assert max(handled.values()) == 1, "a retry through the new hub ran a handler twice"
+    assert any(r.attempts > 1 for r in reports), "the crash should have forced retries"
+
+
 async def test_message_waits_for_a_receiver_that_starts_late(procs: Procs, tmp_path: Path) -> None:
     port = free_port()
     procs.hub(port)

@@ -237,8 +237,13 @@ async def test_a_generated_sync_handler_serves_commands_and_requests(bus: Bus) -
 # -- the load test: a blocking handler and many pipelined sends -----------------------------
 
 
-def receiver_runs(log: Path) -> list[tuple[str, str]]:
-    return [tuple(line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
+def receiver_runs(log: Path) -> list[tuple[str, str, int]]:
+    """``(message id hex, thread, handlers running at its start)`` per run."""
+    out = []
+    for line in log.read_text().splitlines():
+        mid, thread, running = line.split()
+        out.append((mid, thread, int(running)))
+    return out
 
 
 @pytest.mark.slow
@@ -248,7 +253,10 @@ async def test_a_blocking_def_handler_under_pipelined_load_loses_nothing(
     """The issue's case: 50 ms of ``time.sleep`` per message and a pipelined stream, the
     receiver a process of its own over TCP, every policy and option at its default. All
     are acked, none fails, and the hub never declares the receiver dead (its heartbeats
-    kept flowing while every worker blocked)."""
+    kept flowing while every worker blocked). Flow control: the receiver's
+    ``max_concurrency`` defaults to its worker count, the hub sends it no more at once
+    and holds the rest (telling the sender, which spends no attempt): no handler waits
+    in the pool's queue, and the senders hardly retry."""
     n = 2000 if CHAOS else 400
     log = tmp_path / "runs.log"
     async with helpers.running_hub("tcp", heartbeat=0.25) as running:
@@ -266,17 +274,58 @@ async def test_a_blocking_def_handler_under_pipelined_load_loses_nothing(
         stats = running.hub.stats
     failed = [r.error for r in reports if not r]
     handled = receiver_runs(log)
-    runs = Counter(mid for mid, _ in handled)
-    threads = {thread for _, thread in handled}
-    retries = sum(r.attempts - 1 for r in reports)
+    runs = Counter(mid for mid, _, _ in handled)
+    threads = {thread for _, thread, _ in handled}
+    at_once = max(running for _, _, running in handled)
+    retries = dealer.stats.retries
+    workers = min(32, (os.cpu_count() or 1) + 4)
     print(
         f"\n{n} sends, 50 ms blocking def handler: {n - len(failed)} acked, {len(failed)} "
-        f"failed in {took:.1f} s; {retries} retries; {len(threads)} worker threads; hub "
-        f"dead peers {stats.dead_peers}",
+        f"failed in {took:.1f} s; {retries} retries; {len(threads)} worker threads; at most "
+        f"{at_once} handlers at once; hub held {stats.held}, dead peers {stats.dead_peers}",
         file=sys.stderr,
     )
     assert failed == [], failed[:3]
     assert stats.dead_peers == 0
     assert set(runs) == {r.message_id.hex() for r in reports}
     assert max(runs.values()) == 1
-    assert len(threads) <= min(32, (os.cpu_count() or 1) + 4)
+    assert len(threads) <= workers
+    assert at_once <= workers  # max_concurrency: the worker count, by default
+    assert stats.held >= min(n, 1000) // 2  # the sender's window lets 1,000 through at once
+    # Held messages spend no attempts and hear from the hub every heartbeat: a retry is
+    # rare (before, 7,899 for 2,000 sends: every ack timeout of every queued message).
+    assert retries <= n // 20, retries
+
+
+@pytest.mark.slow
+async def test_the_receiver_keeps_its_limit_when_two_hubs_each_send_it_theirs(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """Each hub counts only what it sent (and a restarted hub starts at zero), so the
+    receiver keeps ``max_concurrency`` itself: connected to two hubs, which may each
+    send it two at once, it runs at most two, and the others wait in the receiver (by
+    priority, under their lease) instead of failing. Without the receiver's own limit
+    four run at once (it has eight workers)."""
+    n = 120
+    log = tmp_path / "runs.log"
+    async with (
+        helpers.running_hub("tcp", heartbeat=0.25) as one,
+        helpers.running_hub("tcp", heartbeat=0.25) as two,
+    ):
+        hubs = [one.address, two.address]
+        argv = [str(RECEIVER), "--runs", str(log), "--sleep", "0.02", "--workers", "8"]
+        argv += ["--max-concurrency", "2", "--hub", hubs[0], "--hub", hubs[1]]
+        await asyncio.to_thread(procs.start, *argv, ready=b"ready")
+        async with Endpoint("dealer", hubs, heartbeat=0.25) as dealer:
+            await helpers.eventually(lambda: all(dealer._proto.welcomed(i) for i in (0, 1)))
+            reports = [await dealer.send(Bye(reason=str(i)), wait_ack=False) for i in range(n)]
+            await helpers.settle(reports, 30)
+        held = one.hub.stats.held + two.hub.stats.held
+    failed = [r.error for r in reports if not r]
+    handled = receiver_runs(log)
+    at_once = max(running for _, _, running in handled)
+    print(f"\ntwo hubs, max_concurrency 2: at most {at_once} at once; held {held}", file=sys.stderr)
+    assert failed == [], failed[:3]
+    assert len({mid for mid, _, _ in handled}) == n
+    assert at_once <= 2
+    assert held > 0

@@ -398,7 +398,7 @@ def test_hello_welcome_bye_heartbeat_refusal_round_trip() -> None:
         commands=["poker.StartHand"],
         events=["poker.HandStarted"],
         heartbeat_ms=500,
-        credit=1000,
+        max_concurrency=1000,
         versions=[1],
     )
     assert wire.decode_hello(wire.encode_hello(hello)) == hello

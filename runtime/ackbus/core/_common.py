@@ -32,6 +32,9 @@ class Outcome(enum.IntEnum):
     IN_PROGRESS = 7
     """The handler is running: the sender re-arms its ack timeout without spending an
     attempt (the receiver says so while the handler runs, and to a retry)."""
+    HELD = 8
+    """Held at the hub until an instance has room under its max_concurrency: the sender
+    spends no attempt and waits the longer of its ack timeout and ``retry_after``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,8 @@ class InboundItem(Protocol):
     def deadline_ns(self) -> int: ...
     @property
     def attempt(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class AckReply:
     response_type: str = ""
     attempt: int = 0
     """The attempt a NO_ROUTE, RETRY_LATER or EXPIRED answer is about (0: not said)."""
+    deferred: bool = False
+    """A hub's RETRY_LATER that routed nothing (grace period, full hold queue): the
+    attempt does not count against ``max_attempts``."""
 
 
 @dataclass(slots=True)
@@ -94,7 +99,10 @@ class EndpointStats:
     duplicates: int = 0
     """Received duplicates answered without running the handler."""
     in_progress: int = 0
-    """IN_PROGRESS notices sent for handlers still running (the lease)."""
+    """IN_PROGRESS notices sent for handlers still running or waiting (the lease)."""
+    waited: int = 0
+    """Received messages that waited for a slot under ``max_concurrency`` (the hub
+    holds the rest; these came while its counts were short, e.g. after it restarted)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Bad input refused, by code."""
     loop_stalls: int = 0
@@ -102,6 +110,8 @@ class EndpointStats:
     (an ``async def`` handler that blocks; counted by the asyncio endpoint's watchdog)."""
     loop_stalled_s: float = 0.0
     """Seconds those stalls lasted, in all."""
+    max_concurrency: int = 0
+    """The endpoint's limit on handlers running at once (what HELLO tells the hub)."""
 
 
 class EndpointIO(Protocol):
@@ -131,6 +141,10 @@ class EndpointIO(Protocol):
 
     def hub_silent(self, hub: int, silence: float) -> None:
         """``hub`` said nothing for ``silence`` seconds (the protocol says hello again)."""
+
+    def start_waiting(self, hub: int, item: InboundItem, now: float) -> None:
+        """Run the handler of ``item``, which :meth:`EndpointProtocol.accept` kept
+        waiting for a slot (as when ``accept`` returns True; report its end alike)."""
 
 
 def delivery_error(c: Completion, no_route: str = "", why: str = "") -> DeliveryError:

@@ -30,6 +30,7 @@ from ..errors import (
     Reject,
     RetryLater,
 )
+from ._admission import Running, WaitingLine
 from ._common import Outcome, RemoteError
 from ._values import Identity, Policy
 from .dedupe import InboundDeduper, Verdict
@@ -55,17 +56,6 @@ __all__ = [
 ]
 
 
-class _Running:
-    """A message whose handler runs: where its IN_PROGRESS notices go, and since when."""
-
-    __slots__ = ("hub", "peer", "started")
-
-    def __init__(self, hub: int, peer: bytes, started: float) -> None:
-        self.hub = hub
-        self.peer = peer
-        self.started = started
-
-
 class _Hub:
     __slots__ = ("hello_at", "index", "welcomed")
 
@@ -87,6 +77,8 @@ class EndpointProtocol:
     :meth:`accept` says whether to run an item's handler (else it answered already);
     report each run's end with :meth:`handled_ok` (inside its batch) or
     :meth:`handled`, or :meth:`abandon` it (cancelled: no answer, the sender retries).
+    At most ``max_concurrency`` handlers run at once: a message beyond that waits here,
+    by priority with aging, and starts later through :meth:`EndpointIO.start_waiting`.
     """
 
     def __init__(
@@ -103,6 +95,7 @@ class EndpointProtocol:
         wall_offset: float = 0.0,
         hello_retry: float = 1.0,
         progress: float | None = None,
+        max_concurrency: int = 1000,
     ) -> None:
         self.identity = identity
         self.io = io
@@ -127,8 +120,13 @@ class EndpointProtocol:
         heartbeat unless given): a handler running longer tells its sender so, every
         ``progress`` seconds, so that a sender whose ack timeout is longer neither
         retries nor spends attempts on it (docs/decisions.md)."""
-        self._running: dict[bytes, _Running] = {}
-        """Messages whose handlers run, in start order."""
+        self._running: dict[bytes, Running] = {}
+        """Messages whose handlers run (or wait to), in arrival order."""
+        self.max_concurrency = max_concurrency
+        """The most handlers running at once (the hub's limit too, from HELLO; after a
+        hub restart the hub's counts start at zero, so the receiver keeps it itself)."""
+        self._waiting: WaitingLine[InboundItem] = WaitingLine()
+        """Accepted messages waiting for a slot (each in ``_running`` too: its lease)."""
         self._progress_at: float | None = None
         """When the next IN_PROGRESS sweep is due (None: at the oldest start + progress)."""
         self.closed = False
@@ -262,6 +260,9 @@ class EndpointProtocol:
         self.closed = True
         for msg_id in list(pending):
             self.cancel(msg_id, now, "the endpoint was closed")
+        for item in self._waiting.drain():  # never started: the senders retry elsewhere
+            self._running.pop(item.id, None)
+            self.deduper.abandon(item.id)
 
     # ------------------------------------------------------------------ acks in
 
@@ -297,6 +298,7 @@ class EndpointProtocol:
             retry_after=ack.retry_after,
             response=ack.response if ack.response_type or ack.response else None,
             attempt=ack.attempt,
+            deferred=ack.deferred,
         )
         if c is not None:
             self._settle(c)
@@ -345,6 +347,8 @@ class EndpointProtocol:
             ids, peers = self._batch_ok, self._batch_peers
             self._batch_ok, self._batch_peers = [], []
             self.ack_ok(self._batch_hub, ids, peers, self._batch_now)
+        if self._waiting:
+            self._admit(self._batch_now)
 
     def accept(self, hub: int, item: InboundItem, now: float) -> bool:
         """A received message: True if its handler is to run now (the driver then
@@ -369,20 +373,50 @@ class EndpointProtocol:
                 return False
             # RUNNING: the ack follows when the first run ends; a retry from an earlier
             # batch hears now that its handler runs (its sender spends no attempt on it).
-            running = self._running.get(item.id)
-            if running is not None and running.started < now:
-                running.hub, running.peer = hub, item.peer
+            run = self._running.get(item.id)
+            if run is not None and run.started < now:
+                run.hub, run.peer = hub, item.peer
                 self._in_progress(hub, item.id, item.peer)
             return False
-        self._running[item.id] = _Running(hub, item.peer, now)
+        running = self._running
+        running[item.id] = Running(hub, item.peer, now)
+        if self._waiting or len(running) > self.max_concurrency:
+            # No slot (or others wait already): wait, by priority; the lease covers it.
+            self._waiting.push(hub, item, item.priority, now)
+            self.stats.waited += 1
+            return False
         return True
+
+    def _admit(self, now: float) -> None:
+        """Start waiting messages, best first, while slots are free, each as a batch of
+        its own (never inside a batch: its end admits)."""
+        waiting = self._waiting
+        running = self._running
+        while waiting and not self.closed and len(running) - len(waiting) < self.max_concurrency:
+            hub, item = waiting.pop_next()
+            self.receiving = True
+            self._batch_hub = hub
+            self._batch_now = now
+            try:
+                self.io.start_waiting(hub, item, now)
+            finally:
+                self.receiving = False
+                if self._batch_ok:
+                    ids, peers = self._batch_ok, self._batch_peers
+                    self._batch_ok, self._batch_peers = [], []
+                    self.ack_ok(hub, ids, peers, now)
+
+    def waiting_count(self) -> int:
+        """Accepted messages waiting for a slot under ``max_concurrency``."""
+        return len(self._waiting)
 
     def _in_progress(self, hub: int, msg_id: bytes, peer: bytes) -> None:
         self.stats.in_progress += 1
         self.io.send_ack(hub, AckReply(msg_id, Outcome.IN_PROGRESS, self.identity), peer)
 
     def running_count(self) -> int:
-        """Messages whose handlers this endpoint runs now (the ones its lease covers)."""
+        """Messages whose handlers this endpoint runs now or that wait for a slot (the
+        ones its lease covers)."""
         return len(self._running)
 
     def undecodable(self, hub: int, item: InboundItem, why: str, now: float) -> None:
@@ -415,6 +449,8 @@ class EndpointProtocol:
         raised ``exc``. A cancelled run goes to :meth:`abandon` instead."""
         mid = item.id
         self._running.pop(mid, None)
+        if self._waiting and not self.receiving:
+            self._admit(now)  # its slot is free (the answer below goes out after)
         if self.closed:
             self.deduper.abandon(mid)
             return
@@ -449,7 +485,8 @@ class EndpointProtocol:
 
     def abandon(self, msg_id: bytes) -> None:
         """A run ended without an answer (cancelled, not committed): forget it, so
-        the sender's retry runs the handler again."""
+        the sender's retry runs the handler again. (Its slot goes to a waiting message
+        at the next :meth:`tick`.)"""
         self._running.pop(msg_id, None)
         self.deduper.abandon(msg_id)
 
@@ -546,6 +583,8 @@ class EndpointProtocol:
             if hub.hello_at is not None and hub.hello_at <= now:
                 self._hello(hub, now)
         self.deduper.tick(now)
+        if self._waiting:
+            self._admit(now)
         due = self._progress_due()
         if due is None:
             self._progress_at = None

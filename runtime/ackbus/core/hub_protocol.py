@@ -2,9 +2,10 @@
 
 Beside the :class:`~ackbus.core.RoutingTable` (which instance gets which message),
 :class:`HubProtocol` owns who is registered, each peer's liveness, the grace period
-after start, and what to answer: forward an item, say where an event went, refuse a
-retry during the grace period, answer "no route", forward acks to their senders, greet,
-heartbeat, forget a dead peer. Actions go out through the :class:`HubIO` its driver
+after start, the messages held for an instance with room (:mod:`ackbus.core.holding`),
+and what to answer: forward an item, say where an event went, hold a message and say
+so, refuse a retry during the grace period, answer "no route", forward acks to their
+senders, greet, heartbeat, forget a dead peer. Actions go out through the :class:`HubIO` its driver
 gives it, as for :class:`~ackbus.core.endpoint_protocol.EndpointProtocol`: the asyncio
 :class:`~ackbus.hub.Hub` encodes them with ``ackbus.wire``; the simulation puts them on
 its simulated network.
@@ -30,8 +31,9 @@ from typing import Generic, Protocol, TypeVar
 
 from ..errors import RemoteProtocolError
 from ._values import Identity
+from .holding import Held, HoldQueues
 from .liveness import Liveness, PeerDead, SendHeartbeat
-from .routing import Instance, RoutingTable
+from .routing import FULL, Instance, RoutingTable
 
 __all__ = ["AckGroup", "HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
 
@@ -55,6 +57,8 @@ class HubItem(Protocol):
     def kind(self) -> int: ...
     @property
     def attempt(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
 
 
 class HubRun(Protocol):
@@ -71,7 +75,7 @@ class HubRun(Protocol):
 I = TypeVar("I", bound=HubItem)  # noqa: E741 - the item type, as in the docs
 R = TypeVar("R", bound=HubRun)
 A = TypeVar("A")
-I_contra = TypeVar("I_contra", bound=HubItem, contravariant=True)
+I_inv = TypeVar("I_inv", bound=HubItem)
 R_contra = TypeVar("R_contra", bound=HubRun, contravariant=True)
 A_contra = TypeVar("A_contra", contravariant=True)
 A_co = TypeVar("A_co", covariant=True)
@@ -86,6 +90,11 @@ class HubStats:
     no_route: int = 0
     deferred: int = 0
     """Retries answered retry-later during the grace period after start."""
+    held: int = 0
+    """Messages held because every instance that may take them was at its
+    max_concurrency (each counted once, however often retried)."""
+    overflow: int = 0
+    """Messages answered retry-later because their service's hold queues were full."""
     acks_forwarded: int = 0
     registered: int = 0
     """HELLOs accepted (re-registrations included)."""
@@ -98,12 +107,12 @@ class HubStats:
     """Times a silent peer was kept registered because its connection was still up."""
 
 
-class HubIO(Protocol[I_contra, R_contra, A_contra]):
+class HubIO(Protocol[I_inv, R_contra, A_contra]):
     """The actions a :class:`HubProtocol` takes, carried out by its driver. ``peer`` is
     a transport address (e.g. a ZeroMQ routing id). The type parameters are the
     driver's item, run and full-ack types (the hub reads no full ack: it passes them on)."""
 
-    def forward(self, target: bytes, item: I_contra, origin: bytes) -> None:
+    def forward(self, target: bytes, item: I_inv, origin: bytes) -> None:
         """Send ``item`` (as it arrived) to ``target``, its acks to go to ``origin``."""
 
     def forward_run(self, run: R_contra, targets: Sequence[bytes], origin: bytes) -> None:
@@ -124,7 +133,20 @@ class HubIO(Protocol[I_contra, R_contra, A_contra]):
         from the hub, naming the attempt: the sender then knows it reached nobody)."""
 
     def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
-        """Answer a retry with RETRY_LATER after ``after`` seconds (grace period)."""
+        """Answer with RETRY_LATER after ``after`` seconds, routing nothing (grace
+        period, full hold queue): the attempt is not spent (the ack's ``deferred``)."""
+
+    def held(self, origin: bytes, msg_id: bytes, attempt: int, lease: float) -> None:
+        """Tell ``origin`` that its message waits at the hub for an instance with room
+        (a HELD ack: no attempt spent; the next word comes within ``lease`` seconds)."""
+
+    def settled(self, full: Sequence[A_contra]) -> tuple[list[bytes], list[bytes]]:
+        """The ids of the full acks that end a delivery (every outcome but
+        IN_PROGRESS: their instance's slot is free again), and of the IN_PROGRESS
+        notices (the message still runs there)."""
+
+    def split(self, run: R_contra) -> Sequence[I_inv]:
+        """The items of ``run``, one by one (when some of them must be held)."""
 
     def forward_acks(
         self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[A_contra], receiver: bytes
@@ -170,6 +192,7 @@ class HubProtocol(Generic[I, R, A]):
         grace: float | None = None,
         sticky_ttl: float = 60.0,
         stall_limit: float = 60.0,
+        max_held: int = 10_000,
     ) -> None:
         self.io = io
         self.stall_limit = stall_limit
@@ -183,6 +206,12 @@ class HubProtocol(Generic[I, R, A]):
         retry-later instead of routed: see :meth:`route`."""
         self.grace_until = 0.0
         self.routing = RoutingTable(sticky_ttl=sticky_ttl)
+        self.holds: HoldQueues[I] = HoldQueues(max_held)
+        """Messages waiting for an instance with room (at most ``max_held`` per service)."""
+        self.hold_lease = misses * heartbeat
+        """How long a sender waits after a HELD notice; the hub repeats the notice
+        every heartbeat while it holds the message."""
+        self._next_notice = 0.0
         self.liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
         self.stats = HubStats()
         self._tokens: dict[bytes, bytes] = {}
@@ -211,21 +240,24 @@ class HubProtocol(Generic[I, R, A]):
         token: bytes,
         commands: Sequence[str],
         events: Sequence[str],
-        credit: int,
+        max_concurrency: int,
         heartbeat_ms: int,
         now: float,
         implements: Sequence[str] = (),
     ) -> None:
         """A peer registers (or registers again); ``token`` names it on its acks;
-        ``implements``: the schema services whose handlers it runs."""
+        ``max_concurrency`` (0: 1000) bounds what it is sent at once; ``implements``:
+        the schema services whose handlers it runs."""
         interval_ms = max(int(self.heartbeat * 1000), heartbeat_ms)
-        self.routing.register(peer, identity, commands, events, credit or 1000, now, implements)
+        limit = max_concurrency or 1000
+        self.routing.register(peer, identity, commands, events, limit, now, implements)
         self._tokens[peer] = token
         self.liveness.add(peer, now, interval=interval_ms / 1000)
         if self._stalled:
             self._resume(peer, now)
         self.stats.registered += 1
         self.io.send_welcome(peer, interval_ms)
+        self.dispatch(now)  # what it may take of the held messages
 
     def heard(self, peer: bytes, now: float) -> None:
         """A heartbeat (or anything) from ``peer``; refused before its HELLO."""
@@ -241,6 +273,8 @@ class HubProtocol(Generic[I, R, A]):
         self._tokens.pop(peer, None)
         self.liveness.remove(peer)
         self.io.forgotten(peer, inst, why)
+        if inst is not None and self.holds:
+            self._release_held(inst)
 
     # ------------------------------------------------------------------ messages
 
@@ -258,6 +292,12 @@ class HubProtocol(Generic[I, R, A]):
     def route(self, origin: bytes, item: I, now: float) -> None:
         """Route one item from ``origin``."""
         io = self.io
+        routing = self.routing
+        # Something is held only while routing.freed is a set (no Python call here).
+        holds = self.holds if routing.freed is not None else None
+        if holds is not None and item.kind != KIND_EVENT and item.id in holds:
+            self._hold(origin, item, item.id, "", None, now)  # a retry of a held one
+            return
         if item.attempt > 1 and now < self.grace_until:
             # A retry reaching a hub that just started may belong to a message a
             # live instance already handled, and that instance may not have said
@@ -266,37 +306,60 @@ class HubProtocol(Generic[I, R, A]):
             self.stats.deferred += 1
             io.retry_later(origin, item.id, self.grace_until - now, item.attempt)
             return
-        routing = self.routing
         if item.kind == KIND_EVENT:
-            targets = sorted(routing.route_event(item.type, item.id, now, item.attempt == 1))
+            services = []
             implements = []
-            for _service, each in targets:
-                io.forward(each, item, origin)
+            for service, each in sorted(
+                routing.route_event(item.type, item.id, now, item.attempt == 1, holds or ())
+            ):
+                if each == FULL:
+                    peers = routing.peers_for(item.type, None, service)
+                    if not self._hold(origin, item, (item.id, service), service, peers, now):
+                        continue
+                    each = peers[0]
+                else:
+                    io.forward(each, item, origin)
+                    self.stats.routed += 1
+                services.append(service)
                 inst = routing.instance(each)
                 implements.append(tuple(sorted(inst.implements)) if inst is not None else ())
-            self.stats.routed += len(targets)
-            io.routed(origin, item.id, tuple(s for s, _ in targets), tuple(implements))
+            io.routed(origin, item.id, tuple(services), tuple(implements))
             return
-        target = routing.route_command(
-            item.type, item.id, item.recipient or None, now, item.attempt == 1
-        )
+        recipient = item.recipient or None
+        target = routing.route_command(item.type, item.id, recipient, now, item.attempt == 1)
         if target is None:
             self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
-            return
-        io.forward(target, item, origin)
-        self.stats.routed += 1
+        elif target == FULL:
+            service = routing.command_service(item.type, recipient)
+            self._hold(origin, item, item.id, service, routing.peers_for(item.type, recipient), now)
+        else:
+            io.forward(target, item, origin)
+            self.stats.routed += 1
 
     def route_run(self, origin: bytes, run: R, now: float) -> None:
         """Route a run of first-attempt commands of one type in one call: the same
         choices and sticky entries as item by item."""
         ids = run.ids
-        targets = self.routing.route_commands(run.type, ids, run.recipient or None, now)
+        routing = self.routing
+        recipient = run.recipient or None
+        targets = routing.route_commands(run.type, ids, recipient, now)
         if targets is None:
             for msg_id in ids:
                 self._no_route(origin, msg_id, run.type, run.recipient, 1)
             return
-        self.stats.routed += len(ids)
-        self.io.forward_run(run, targets, origin)
+        if FULL not in targets:
+            self.stats.routed += len(ids)
+            self.io.forward_run(run, targets, origin)
+            return
+        # Some instances are full: hold what has no room, item by item (the rare path).
+        service = routing.command_service(run.type, recipient)
+        peers = routing.peers_for(run.type, recipient)
+        for item, target in zip(self.io.split(run), targets, strict=True):
+            if target == FULL:
+                self._hold(origin, item, item.id, service, peers, now)
+            else:
+                self.io.forward(target, item, origin)
+                self.stats.routed += 1
 
     def _no_route(
         self, origin: bytes, msg_id: bytes, msg_type: str, recipient: str, attempt: int
@@ -305,10 +368,103 @@ class HubProtocol(Generic[I, R, A]):
         reason = self.routing.no_route_reason(msg_type, recipient or None)
         self.io.no_route(origin, msg_id, reason, attempt)
 
+    # ------------------------------------------------------------------ holding
+
+    def _hold(
+        self,
+        origin: bytes,
+        item: I,
+        key: bytes | tuple[bytes, str],
+        service: str,
+        peers: list[bytes] | None,
+        now: float,
+    ) -> bool:
+        """Hold ``item`` until an instance has room and tell its sender (a HELD
+        notice); a message held already keeps its place with the newer copy. When the
+        service's queues are full: RETRY_LATER, not spent (False)."""
+        holds = self.holds
+        known = holds.get(key)
+        if known is not None:
+            service = known.service
+            pinned = known.pinned
+        else:
+            pinned = self.routing.pinned(key, peers or [])
+        held = Held(key, item.id, item, origin, item.type, service, pinned)
+        if not holds.hold(held, item.priority, now):
+            self.stats.overflow += 1
+            self.io.retry_later(origin, item.id, self.heartbeat, item.attempt)
+            return False
+        if known is None:
+            self.stats.held += 1
+            if self.routing.freed is None:
+                self.routing.freed = set()  # from now on, tell us what frees
+                self._next_notice = now + self.heartbeat
+        self.io.held(origin, item.id, item.attempt, self.hold_lease)
+        return True
+
+    def dispatch(self, now: float) -> None:
+        """Send held messages to the instances whose slots freed, best first."""
+        routing = self.routing
+        freed = routing.freed
+        if freed is None:
+            return
+        holds = self.holds
+        if not holds:
+            routing.freed = None
+            return
+        routing.freed = set()
+        io = self.io
+        for key in freed:
+            peer = routing.peer_of(key)
+            inst = routing.instance(peer) if peer is not None else None
+            if peer is None or inst is None:
+                continue
+            types = inst.commands | inst.events
+            while routing.has_room(peer):
+                held = holds.take(key, inst.identity.service, types)
+                if held is None:
+                    break
+                sticky = routing.sticky_instance(held.key)
+                if sticky is not None and sticky != key:  # its instance came back
+                    holds.pin(held, sticky)
+                    continue
+                routing.assign(held.key, peer, now)
+                io.forward(peer, held.item, held.origin)
+                self.stats.routed += 1
+        if not holds:
+            routing.freed = None
+
+    def _release_held(self, inst: Instance) -> None:
+        """``inst`` left: the retries held for it may go to another instance of its
+        service; messages no instance takes any more are answered no-route."""
+        holds = self.holds
+        holds.unpin(inst.key)
+        routing = self.routing
+        for msg_type, service in holds.waiting_types():
+            if routing.peers_for(msg_type, service) or routing.peers_for(msg_type, None, service):
+                continue
+            for held in holds.drop(msg_type, service):
+                self._no_route(held.origin, held.msg_id, msg_type, service, held.item.attempt)
+        if routing.freed is not None:  # others of its service may take them (next tick)
+            service = inst.identity.service
+            routing.freed.update(
+                i.key for i in routing.instances() if i.identity.service == service
+            )
+
+    def _notify_held(self, now: float) -> None:
+        """Every heartbeat: each held message's sender hears again that it waits."""
+        lease = self.hold_lease
+        held: Held[I]
+        for held in self.holds:
+            self.io.held(held.origin, held.msg_id, held.item.attempt, lease)
+        self._next_notice = now + self.heartbeat
+
     # ------------------------------------------------------------------ acks
 
     def acks(self, peer: bytes, groups: Iterable[AckGroup[A]], now: float) -> None:
-        """An ACK multipart from instance ``peer``: pass each group on to its sender."""
+        """An ACK multipart from instance ``peer``: pass each group on to its sender.
+        Every answer that ends a delivery frees its slot at the instance: the plain OK
+        ids, and the full acks but IN_PROGRESS (their ids read by :meth:`HubIO.settled`)."""
         receiver = self._tokens.get(peer)
         if receiver is None:
             # The acks are dropped: their senders retry, and the receiver's deduper
@@ -319,23 +475,31 @@ class HubProtocol(Generic[I, R, A]):
             self._resume(peer, now)
         routing = self.routing
         tokens = self._tokens
+        io = self.io
         for group in groups:
+            ok_ids = group.ok_ids
+            full = group.full
+            if ok_ids:
+                routing.on_acks(peer, ok_ids)
+            if full:
+                ended, running = io.settled(full)
+                routing.on_acks(peer, ended)
+                if running:
+                    routing.touch(peer, running, now)
             origin = group.peer
             if origin not in tokens:
                 continue  # the sender is gone; it will retry through another connection
-            ok_ids = group.ok_ids
-            if ok_ids:
-                routing.on_acks(peer, ok_ids)
-            self.io.forward_acks(origin, ok_ids, group.full, receiver)
-            self.stats.acks_forwarded += len(ok_ids) + len(group.full)
-        # Full acks free credit too; their ids are inside the protobuf, which the hub
-        # does not parse: a full ack is rare (errors, responses), and sticky entries
-        # expire, so the credit comes back either way.
+            io.forward_acks(origin, ok_ids, full, receiver)
+            self.stats.acks_forwarded += len(ok_ids) + len(full)
+        if routing.freed is not None:
+            self.dispatch(now)
 
     # ------------------------------------------------------------------ time
 
     def next_deadline(self) -> float | None:
         t = self.liveness.next_deadline()
+        if self.holds and self._next_notice < self._next_sweep:
+            return self._next_notice if t is None or self._next_notice < t else t
         return self._next_sweep if t is None or self._next_sweep < t else t
 
     def tick(self, now: float) -> None:
@@ -348,6 +512,13 @@ class HubProtocol(Generic[I, R, A]):
         if now >= self._next_sweep:
             self.routing.tick(now)
             self._next_sweep = now + HOUSEKEEPING
+        if self.holds:
+            # Slots nobody said anything about for a lease are free again (a lost
+            # frame must not block a full instance until its sticky entry expires).
+            self.routing.release_stale(now - self.hold_lease)
+            self.dispatch(now)  # expired sticky entries free slots too
+            if self.holds and now >= self._next_notice:
+                self._notify_held(now)
 
     # ------------------------------------------------------------------ stalled peers
 

@@ -1,7 +1,8 @@
 """The hub's routing table: which live instance gets which message.
 
 Instances register with their identity, the command types they handle, the event types they
-subscribe to and their credit (how many unacked messages they accept at once). A command goes
+subscribe to and their ``max_concurrency`` (how many messages they handle at once: a hard
+limit, as RabbitMQ's ``basic.qos`` or JetStream's MaxAckPending). A command goes
 to one instance of the one service that handles its type (or of the named recipient service);
 an event goes to one instance of every subscribing service.
 
@@ -10,15 +11,19 @@ instance that first got the message while it lives. Two mechanisms keep it there
 
 1. a bounded sticky map (message id → instance, with a TTL) remembers each choice;
 2. the choice itself is *rendezvous hashing* of (message id, instance identity): every
-   instance gets a pseudo-random score per message and the best-scoring one with free
-   credit wins. So a hub that restarted (its sticky map lost) or a second hub running side by
+   instance gets a pseudo-random score per message and the best-scoring one with room
+   wins. So a hub that restarted (its sticky map lost) or a second hub running side by
    side picks the same instance for a retry, as long as the same instances are registered
-   and the first pick was not diverted by a full credit.
+   and the first pick was not diverted by a full instance.
 
-Load is spread because scores are uniform over instances; an instance whose credit is used up
-(in-flight count ≥ credit) is skipped while another one has room. In-flight counts go up when
-a message is routed and down on :meth:`RoutingTable.on_ack` (or when its sticky entry expires,
-so a lost ack cannot leak a credit forever).
+Load is spread because scores are uniform over instances; an instance at its limit
+(in-flight count ≥ max_concurrency) is skipped while another one has room, and when every
+eligible one is full (or a retry's sticky instance is), routing answers :data:`FULL`: the
+hub holds the message (:mod:`ackbus.core.holding`) until an instance has room. In-flight
+counts go up when a message is routed and down on :meth:`RoutingTable.on_acks`, which the
+hub calls for every answer that ends a delivery (OK acks, and full acks other than
+IN_PROGRESS), or when its sticky entry expires or is evicted, so a lost ack cannot leak
+a slot forever.
 
 Ambiguity rule: if several *services* handle a command type and the sender named no
 recipient, the command is not routed (no-route, with :meth:`RoutingTable.no_route_reason`
@@ -30,13 +35,18 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from ._values import Identity
 
-__all__ = ["Instance", "RoutingTable"]
+__all__ = ["FULL", "Instance", "RoutingTable"]
+
+FULL: Final = b""
+"""What routing answers for a message that has a route but whose every eligible instance
+(or its sticky instance, for a retry) is at its ``max_concurrency``: the hub holds it. No
+peer address is empty, so it never names an instance."""
 
 _MASK64 = (1 << 64) - 1
 
@@ -57,7 +67,8 @@ class Instance:
     identity: Identity
     commands: frozenset[str]
     events: frozenset[str]
-    credit: int
+    max_concurrency: int
+    """Most messages routed to it and not answered at once (its HELLO says so)."""
     registered_at: float
     implements: frozenset[str] = frozenset()
     """Schema services (full names) whose handlers the instance runs."""
@@ -102,6 +113,11 @@ class RoutingTable:
         self._stalled: set[bytes] = set()
         """Peers whose loop is stalled (the hub protocol's call): a first attempt goes
         to another instance of the service while one is not stalled; retries stick."""
+        self._limit: dict[bytes, int] = {}
+        """Instance key → its max_concurrency (while registered)."""
+        self.freed: set[bytes] | None = None
+        """Instance keys whose count went down since the hub protocol last looked, or
+        ``None`` when it holds no message (then nobody needs to know)."""
         self._sticky: OrderedDict[_StickyKey, _Stick] = OrderedDict()
         self._expires_at = _NEVER
         """No sticky entry expires before this (entries are added in time order, so it is
@@ -116,7 +132,7 @@ class RoutingTable:
         identity: Identity,
         commands: Iterable[str],
         events: Iterable[str],
-        credit: int,
+        max_concurrency: int,
         now: float,
         implements: Iterable[str] = (),
     ) -> Instance:
@@ -127,7 +143,7 @@ class RoutingTable:
             identity,
             frozenset(commands),
             frozenset(events),
-            credit,
+            max(max_concurrency, 1),
             now,
             frozenset(implements),
         )
@@ -140,7 +156,10 @@ class RoutingTable:
         self._instances[peer] = inst
         self._by_key[key] = peer
         self._keys[peer] = key
+        self._limit[key] = inst.max_concurrency
         self._in_flight.setdefault(key, 0)
+        if self.freed is not None:
+            self.freed.add(key)  # room, perhaps, for what the hub holds
         for table, types in ((self._commands, inst.commands), (self._events, inst.events)):
             for msg_type in types:
                 table.setdefault(msg_type, {}).setdefault(identity.service, []).append(peer)
@@ -155,6 +174,7 @@ class RoutingTable:
         key = self._keys.pop(peer)
         if self._by_key.get(key) == peer:
             del self._by_key[key]
+            del self._limit[key]
         if not self._in_flight.get(key):
             self._in_flight.pop(key, None)
         service = inst.identity.service
@@ -193,14 +213,58 @@ class RoutingTable:
     def sticky_count(self) -> int:
         return len(self._sticky)
 
+    def has_room(self, peer: bytes) -> bool:
+        """Whether ``peer`` is below its max_concurrency."""
+        key = self._keys[peer]
+        return self._in_flight[key] < self._limit[key]
+
+    def peer_of(self, key: bytes) -> bytes | None:
+        """The current address of the instance ``key`` ("service/instance")."""
+        return self._by_key.get(key)
+
+    def command_service(self, msg_type: str, recipient: str | None) -> str:
+        """The service a routable command goes to (the one handling it, or the recipient)."""
+        if recipient:
+            return recipient
+        services = self._commands.get(msg_type)
+        return next(iter(services)) if services else ""
+
+    def pinned(self, sticky_key: _StickyKey, peers: list[bytes]) -> bytes | None:
+        """The instance key a retry must wait for: where the message went before, while
+        that instance is registered among ``peers`` (else ``None``: any will do)."""
+        stick = self._sticky.get(sticky_key)
+        if stick is None:
+            return None
+        peer = self._by_key.get(stick[_KEY])
+        return stick[_KEY] if peer is not None and peer in peers else None
+
+    def sticky_instance(self, sticky_key: _StickyKey) -> bytes | None:
+        """The key of the registered instance a message went to before, if any."""
+        stick = self._sticky.get(sticky_key)
+        return stick[_KEY] if stick is not None and stick[_KEY] in self._by_key else None
+
+    def peers_for(self, msg_type: str, recipient: str | None, service: str = "") -> list[bytes]:
+        """The instances a command (or, with ``service``, that service's share of an
+        event) may go to; empty when none."""
+        if service:
+            return self._events.get(msg_type, {}).get(service) or []
+        return self._command_peers(msg_type, recipient) or []
+
+    def assign(self, sticky_key: _StickyKey, peer: bytes, now: float) -> None:
+        """A held message goes to ``peer`` (which has room): its slot and sticky entry."""
+        stick = self._sticky.pop(sticky_key, None)
+        if stick is not None and stick[_OPEN]:
+            self._release(stick[_KEY])
+        self._take(sticky_key, peer, now)
+
     # -- routing ---------------------------------------------------------------------------
 
     def route_command(
         self, msg_type: str, msg_id: bytes, recipient: str | None, now: float, first: bool = True
     ) -> bytes | None:
-        """The peer to send a command to, or ``None`` (no route: see
-        :meth:`no_route_reason`). A retry goes to the instance that got the first attempt
-        while that instance is registered."""
+        """The peer to send a command to, ``None`` (no route: see
+        :meth:`no_route_reason`) or :data:`FULL` (hold it). A retry goes to the instance
+        that got the first attempt while that instance is registered."""
         peers = self._command_peers(msg_type, recipient)
         if peers is None:
             return None
@@ -210,9 +274,9 @@ class RoutingTable:
         self, msg_type: str, msg_ids: Sequence[bytes], recipient: str | None, now: float
     ) -> list[bytes] | None:
         """:meth:`route_command` for consecutive commands of one type and recipient, in
-        one call: the peer for each id, in order, or ``None`` when none of them has a
-        route (that depends on the type and recipient alone). The sticky entries,
-        credit and choices are exactly those of one :meth:`route_command` per id.
+        one call: the peer (or :data:`FULL`) for each id, in order, or ``None`` when none
+        of them has a route (that depends on the type and recipient alone). The sticky
+        entries, counts and choices are exactly those of one :meth:`route_command` per id.
 
         A hub forwards tens of thousands of commands a second, most of them to a
         service with one instance: then no credit count decides anything, and each id
@@ -227,6 +291,8 @@ class RoutingTable:
         best = peers[0]
         key = self._keys[best]
         in_flight = self._in_flight
+        if in_flight[key] + len(msg_ids) > self._limit[key]:  # not room for all: one by one
+            return [pick(msg_id, msg_id, peers, now) for msg_id in msg_ids]
         sticky = self._sticky
         capacity = self.sticky_capacity
         entry: _Stick = (key, now, True)
@@ -259,15 +325,27 @@ class RoutingTable:
         return [best] * len(msg_ids)
 
     def route_event(
-        self, msg_type: str, msg_id: bytes, now: float, first: bool = True
+        self,
+        msg_type: str,
+        msg_id: bytes,
+        now: float,
+        first: bool = True,
+        held: Container[object] = (),
     ) -> list[tuple[str, bytes]]:
-        """``(service, peer)`` for one instance of every service subscribing to the type;
-        empty when none does."""
+        """``(service, peer)`` for one instance of every service subscribing to the type
+        (the peer :data:`FULL` where that service's instances are all full); empty when
+        none does). A share in ``held`` (keys ``(msg_id, service)``: the hub holds it
+        already) is :data:`FULL` without a choice."""
         services = self._events.get(msg_type)
         if not services:
             return []
         return [
-            (service, self._pick((msg_id, service), msg_id, peers, now, first))
+            (
+                service,
+                FULL
+                if held and (msg_id, service) in held
+                else self._pick((msg_id, service), msg_id, peers, now, first),
+            )
             for service, peers in services.items()
         ]
 
@@ -286,7 +364,7 @@ class RoutingTable:
         return "routed"
 
     def on_ack(self, peer: bytes, msg_id: bytes | None = None) -> None:
-        """``peer`` acked a message: a credit is free again. With ``msg_id`` the credit of
+        """``peer`` answered a message: its slot is free again. With ``msg_id`` the credit of
         the instance the message was routed to is paid back once, however often the ack is
         repeated and whichever instance sent it (an older copy may be acked elsewhere)."""
         if msg_id is None:
@@ -332,6 +410,36 @@ class RoutingTable:
         if owed:
             self._release(owner, owed)
 
+    def touch(self, peer: bytes, msg_ids: Iterable[bytes], now: float) -> None:
+        """``peer`` says it still runs (or holds) these messages (IN_PROGRESS): their
+        slots and sticky entries count from ``now`` (see :meth:`release_stale`)."""
+        sticky = self._sticky
+        inst = self._instances.get(peer)
+        service = inst.identity.service if inst is not None else None
+        for msg_id in msg_ids:
+            skey: _StickyKey = msg_id
+            stick = sticky.get(skey)
+            if stick is None and service is not None:
+                skey = (msg_id, service)
+                stick = sticky.get(skey)
+            if stick is not None and stick[_OPEN]:
+                del sticky[skey]  # to the end: the map stays in time order
+                sticky[skey] = (stick[_KEY], now, True)
+
+    def release_stale(self, before: float) -> None:
+        """Free the slots of messages routed (or last said to be running) before
+        ``before`` and not answered since: a receiver reports each message it has
+        every few hundred ms (an answer, or IN_PROGRESS), so one it says nothing
+        about never reached it (a frame lost with a broken link) or was answered by
+        an answer that got lost. The sticky entries stay."""
+        sticky = self._sticky
+        for skey, stick in sticky.items():
+            if stick[_AT] >= before:
+                break
+            if stick[_OPEN]:
+                sticky[skey] = (stick[_KEY], stick[_AT], False)
+                self._release(stick[_KEY])
+
     def tick(self, now: float) -> None:
         """Expire sticky entries older than the TTL."""
         self._expire(now)
@@ -357,45 +465,60 @@ class RoutingTable:
         now: float,
         first: bool = True,
     ) -> bytes:
+        """The instance for a message (taking its slot), or :data:`FULL`. Only an
+        instance with room is chosen; for a first attempt, one whose loop is not stalled
+        while there is one with room (see :meth:`set_stalled`)."""
         sticky = self._sticky
         stick = sticky.get(sticky_key)
+        in_flight = self._in_flight
         if stick is not None:
-            peer = self._by_key.get(stick[_KEY])
+            key = stick[_KEY]
+            peer = self._by_key.get(key)
             if peer is not None and peer in peers:
                 if not stick[_OPEN]:
-                    sticky[sticky_key] = (stick[_KEY], stick[_AT], True)
-                    self._in_flight[stick[_KEY]] += 1
+                    if in_flight[key] >= self._limit[key]:
+                        return FULL  # a retry waits for its own instance
+                    sticky[sticky_key] = (key, stick[_AT], True)
+                    in_flight[key] += 1
                 return peer
+        keys = self._keys
+        limit = self._limit
+        if len(peers) == 1:
+            best = peers[0]
+            if in_flight[keys[best]] >= limit[keys[best]]:
+                return FULL  # a stale entry stays: its instance may come back first
+        else:
+            stalled = self._stalled if first else None
+            msg_key = zlib.crc32(msg_id)
+            best = FULL
+            best_score = -1
+            best_stalled = FULL
+            best_stalled_score = -1
+            for peer in peers:
+                key = keys[peer]
+                if in_flight[key] < limit[key]:
+                    score = _score(msg_key, key)
+                    if stalled and peer in stalled:
+                        if score > best_stalled_score:
+                            best_stalled, best_stalled_score = peer, score
+                    elif score > best_score:
+                        best, best_score = peer, score
+            if best is FULL:
+                if best_stalled is FULL:
+                    return FULL
+                best = best_stalled  # every instance with room is stalled
+        if stick is not None:  # its instance left: the message goes elsewhere
             del sticky[sticky_key]
             if stick[_OPEN]:
                 self._release(stick[_KEY])
-        in_flight = self._in_flight
-        keys = self._keys
-        if len(peers) == 1:
-            best = peers[0]
-        else:
-            instances = self._instances
-            stalled = self._stalled if first else None
-            msg_key = zlib.crc32(msg_id)
-            best = b""
-            best_score = -1
-            best_free = b""
-            best_free_score = -1
-            for peer in peers:
-                key = keys[peer]
-                score = _score(msg_key, key)
-                if score > best_score:
-                    best, best_score = peer, score
-                if (
-                    score > best_free_score
-                    and in_flight[key] < instances[peer].credit
-                    and not (stalled and peer in stalled)
-                ):
-                    best_free, best_free_score = peer, score
-            if best_free:
-                best = best_free
-        best_key = keys[best]
-        in_flight[best_key] += 1
+        self._take(sticky_key, best, now)
+        return best
+
+    def _take(self, sticky_key: _StickyKey, best: bytes, now: float) -> None:
+        """``best`` gets the message: a slot and a sticky entry."""
+        sticky = self._sticky
+        best_key = self._keys[best]
+        self._in_flight[best_key] += 1
         sticky[sticky_key] = (best_key, now, True)
         if len(sticky) > self.sticky_capacity:  # full: the oldest entry makes room
             _, oldest = sticky.popitem(last=False)
@@ -405,7 +528,6 @@ class RoutingTable:
             self._expire(now)
         elif self._expires_at == _NEVER:
             self._expires_at = now + self.sticky_ttl
-        return best
 
     def _expire(self, now: float) -> None:
         sticky = self._sticky
@@ -428,5 +550,7 @@ class RoutingTable:
             return
         if n > count or key in self._by_key:
             self._in_flight[key] = max(n - count, 0)
+            if self.freed is not None:
+                self.freed.add(key)
         else:
             del self._in_flight[key]

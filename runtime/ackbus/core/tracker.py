@@ -167,6 +167,7 @@ class OutboundTracker:
         retry_after: float = 0.0,
         response: bytes | None = None,
         attempt: int = 0,
+        deferred: bool = False,
     ) -> Completion | None:
         """An ack (or the hub's no-route answer) arrived. Returns the completion if it
         settled the message, else ``None`` (not settled yet, or unknown / late: an ack for
@@ -178,7 +179,10 @@ class OutboundTracker:
         seconds (or the backoff when 0). NO_ROUTE retries within the deadline, because a
         service may be restarting; if it never appears the reason is "no-route". EXPIRED
         fails it. IN_PROGRESS (a receiver runs its handler) re-arms a command's ack
-        timeout and frees the attempts sent so far from ``max_attempts``.
+        timeout and frees the attempts sent so far from ``max_attempts``; HELD (the hub
+        queues it for an instance with room) does the same, waiting the longer of the
+        ack timeout and ``retry_after``, and says nothing about a handler having run.
+        ``deferred`` (a hub's RETRY_LATER that routed nothing) does not spend the attempt.
 
         ``attempt`` is the attempt a NO_ROUTE, RETRY_LATER or EXPIRED answers (0: not
         said, taken as the current one): an answer to an earlier attempt than the one
@@ -213,7 +217,11 @@ class OutboundTracker:
                     p.acked_by.append(receiver)
             return self._check_group(p, now)
         if outcome == Outcome.IN_PROGRESS:
-            self._in_progress(p, now)
+            p.unknown |= 1  # a handler started
+            self._in_progress(p, now, 0.0)
+            return None
+        if outcome == Outcome.HELD:
+            self._in_progress(p, now, retry_after)
             return None
         if outcome == Outcome.REJECTED:
             if p.policy.retry_rejected and not (error is not None and error.permanent):
@@ -229,6 +237,8 @@ class OutboundTracker:
             if outcome != Outcome.EXPIRED:
                 return None
         if outcome == Outcome.RETRY_LATER:
+            if deferred and p.free < p.attempts:
+                p.free += 1  # the hub routed nothing: this attempt is not spent
             return self._negative(p, now, retry_after)
         if outcome == Outcome.NO_ROUTE:
             p.last_reason = Reason.NO_ROUTE
@@ -237,17 +247,17 @@ class OutboundTracker:
             return self._complete(p, Status.FAILED, Reason.EXPIRED, now, error=error)
         return None
 
-    def _in_progress(self, p: _Pending, now: float) -> None:
-        """A receiver says it runs ``p``'s handler: the lease. The attempts sent so far
-        no longer count against ``max_attempts`` (a receiver that dies mid-handler then
-        still gets the policy's full retries), and a command waits another ack timeout
-        before its next attempt (the deadline still bounds it). An event's retries keep
-        their schedule: other subscribers may still miss it."""
-        p.unknown |= 1
+    def _in_progress(self, p: _Pending, now: float, wait: float) -> None:
+        """A receiver says it runs ``p``'s handler, or the hub that it holds ``p``
+        for an instance with room: the lease. The attempts sent so far no longer count
+        against ``max_attempts`` (a receiver that dies mid-handler then still gets the
+        policy's full retries), and a command waits another ack timeout (or ``wait``,
+        if longer) before its next attempt (the deadline still bounds it). An event's
+        retries keep their schedule: other subscribers may still miss it."""
         p.free = p.attempts
         if p.expect == 1 and (p.state is MsgState.IN_FLIGHT or p.state is MsgState.BACKOFF):
             p.state = MsgState.IN_FLIGHT
-            self._arm(p, min(now + p.policy.ack_timeout, p.deadline))
+            self._arm(p, min(now + max(p.policy.ack_timeout, wait), p.deadline))
 
     def ack_ok(
         self, msg_ids: Iterable[bytes], now: float, receiver: Identity | None

@@ -27,6 +27,8 @@ from ..transport import Backend, Link, TransportOptions
 from ..wire import IdSource, Limits
 from ._durable import Durable
 
+DEFAULT_CONCURRENCY = 1000
+"""An endpoint's ``max_concurrency`` when any of its handlers is ``async def``."""
 DEAD_LETTERS = 1000
 """Failed reports kept in memory (the durable store keeps all)."""
 ENVELOPE_CACHE = 1024
@@ -53,7 +55,8 @@ class EndpointBase:
     identity: Identity
     policy: Policy
     registry: Registry
-    credit: int
+    _max_concurrency: int | None
+    """As given to the constructor (``None``: sized for the handlers)."""
     heartbeat: float
     connect_timeout: float
     limits: Limits
@@ -96,6 +99,18 @@ class EndpointBase:
     """Unix time minus loop time: reports and contexts carry Unix time."""
     _started: bool
     _closed: bool
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most messages this instance handles at once, as HELLO tells the hub: the
+        ``max_concurrency`` given, else ``workers`` when every handler registered is a
+        plain ``def`` (so that messages wait at the hub, not in the pool's queue), else
+        :data:`DEFAULT_CONCURRENCY`."""
+        if self._max_concurrency is not None:
+            return self._max_concurrency
+        if self._dispatch.all_sync():
+            return self._workers.size
+        return DEFAULT_CONCURRENCY
 
     def _arm_timer(self) -> None:
         """Arm the endpoint's one timer for the protocol's next deadline."""

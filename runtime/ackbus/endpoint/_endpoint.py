@@ -93,6 +93,9 @@ class Endpoint(Sending, Receiving, HubLinks):
     ``stall_threshold``: a watchdog thread logs a warning naming the handler when the
     endpoint's event loop does not run for longer than this many seconds (an ``async
     def`` handler that blocks), and counts it in ``stats.loop_stalls``; ``None``: off.
+    ``max_concurrency`` bounds the messages this instance handles at once: the hub sends
+    it no more and holds the rest (``None``: ``workers`` when every handler is a plain
+    ``def``, else 1,000; see :attr:`max_concurrency`).
     """
 
     def __init__(
@@ -104,7 +107,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         policy: Policy = _DEFAULT_POLICY,
         registry: Registry | None = None,
         window: int = 1000,
-        credit: int = 1000,
+        max_concurrency: int | None = None,
         heartbeat: float = 1.0,
         misses: int = 3,
         connect_timeout: float = 5.0,
@@ -133,7 +136,9 @@ class Endpoint(Sending, Receiving, HubLinks):
         self.identity = Identity(service, instance or uuid.uuid4().hex)
         self.policy = policy
         self.registry = registry if registry is not None else Registry()
-        self.credit = credit
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self._max_concurrency = max_concurrency
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
         self.limits = limits

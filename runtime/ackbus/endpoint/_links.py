@@ -42,7 +42,7 @@ class HubLinks(EndpointBase):
             commands=proto.commands,
             events=proto.events,
             heartbeat_ms=int(self.heartbeat * 1000),
-            credit=self.credit,
+            max_concurrency=self.max_concurrency,
             versions=[PROTOCOL_VERSION],
             max_batch=self.limits.max_batch,
             implements=proto.implements,
@@ -64,6 +64,7 @@ class HubLinks(EndpointBase):
             self._watchdog.handlers = handler_codes(
                 (r.fn, r.origin) for r in self._dispatch.routes() if not r.sync
             )
+        self.stats.max_concurrency = self._proto.max_concurrency = self.max_concurrency
         self._proto.set_types(
             self._dispatch.types(Kind.COMMAND),
             self._dispatch.types(Kind.EVENT),

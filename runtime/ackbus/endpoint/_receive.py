@@ -22,6 +22,7 @@ from .._types import (
     Context,
     Identity,
 )
+from ..core.endpoint_io import InboundItem
 from ..errors import (
     Reject,
     RemoteProtocolError,
@@ -110,6 +111,11 @@ class Receiving(EndpointBase):
             service, instance = decode_identity(raw)
             ident = self._identities[raw] = Identity(service, instance)
         return ident
+
+    def start_waiting(self, hub: int, item: InboundItem, now: float) -> None:
+        """The protocol starts a message that waited for a slot (``max_concurrency``)."""
+        assert isinstance(item, MessageItem)
+        self._on_message(self._links[hub], item, now)
 
     def _on_message(self, hub: HubLink, item: MessageItem, now: float) -> None:
         """Run the handler of a message the protocol accepted."""

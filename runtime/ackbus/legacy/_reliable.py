@@ -45,7 +45,7 @@ from .._types import DeliveryReport, Identity, Policy, Registry, Untyped
 from .._untyped import encode_untyped
 from ..core import Completion
 from ..core._values import capped
-from ..core.endpoint_protocol import AckReply, EndpointProtocol
+from ..core.endpoint_protocol import AckReply, EndpointProtocol, InboundItem
 from ..errors import DeliveryError, RemoteProtocolError
 from ..wire import (
     FLAG_REQUEST,
@@ -358,6 +358,9 @@ class ReliableSocket:
 
     def failed(self, c: Completion, error: DeliveryError) -> None:
         settle_failed(self._pending, c, error, self._wall_offset)
+
+    def start_waiting(self, hub: int, item: InboundItem, now: float) -> None:
+        raise AssertionError("a ReliableSocket runs no handlers: nothing waits to start")
 
     def hub_silent(self, hub: int, silence: float) -> None:
         log.warning("%s: hub silent for %.1f s", self.identity, silence)

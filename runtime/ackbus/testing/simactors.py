@@ -14,16 +14,16 @@ new.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from ..core import Completion, Instance, Outcome, Policy, RemoteError
+from ..core import Completion, Instance, Outcome, RemoteError
 from ..core._values import Identity
-from ..core.endpoint_protocol import AckReply, EndpointProtocol
+from ..core.endpoint_protocol import AckReply, EndpointProtocol, InboundItem
 from ..core.hub_protocol import KIND_EVENT, HubProtocol
 from ..errors import DeliveryError, RemoteProtocolError, RetryLater
 from .simdurable import DEDUPE_TTL, SimDurable
+from .simledger import Ledger, Planned
 from .simnet import SimNetwork
 from .simstore import SimStore
 
@@ -79,46 +79,6 @@ from .simwire import (  # noqa: E402 - the values on the wire, after the constan
     _token,
 )
 
-# -- bookkeeping shared by the actors -------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Ledger:
-    """Ground truth the actors cannot see: who ran what, who is alive."""
-
-    ok_runs: dict[tuple[str, bytes], tuple[str, int, int]] = field(default_factory=dict)
-    """(service, msg_id) → (instance addr, its incarnation, routing hub's incarnation) of the
-    first successful run."""
-    last_route: dict[tuple[str, bytes], tuple[str, int]] = field(default_factory=dict)
-    """(service, msg_id) → (instance addr, hub incarnation) of the latest routing."""
-    diverted: dict[tuple[str, bytes], str] = field(default_factory=dict)
-    """Messages a hub routed to another instance than the previous time, and why: the previous
-    one was not registered ("unregistered"), or the hub restarted since, losing its sticky map
-    ("hub-restart"). From then on two instances may hold a dedupe entry, and a second run is
-    allowed. Any other change of instance is a sticky-routing violation."""
-    reruns: Counter[str] = field(default_factory=Counter)
-    started: set[tuple[str, bytes]] = field(default_factory=set)
-    """(service, msg_id) of every handler that started (a failed report must not hide
-    them: for an event, those of the subscribers it names missing)."""
-    lease: Counter[str] = field(default_factory=Counter)
-    """Long handler runs, and the IN_PROGRESS notices sent."""
-    stalls: Counter[str] = field(default_factory=Counter)
-    """Stalled receivers (their loop frozen, their connection up) and what the hub did."""
-    violations: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    msg_id: bytes
-    msg_type: str
-    recipient: str | None
-    event: bool
-    at: float
-    policy: Policy
-    expect: str
-    """"acked", "no-route" or "nobody" (an event acked by no one)."""
-
-
 # -- the endpoint driver --------------------------------------------------------------------
 
 
@@ -140,6 +100,7 @@ class SimEndpoint:
         implements: Sequence[str] = (),
         window: int = 1000,
         durable: bool = False,
+        max_concurrency: int = 1000,
     ) -> None:
         self.addr = addr
         self.identity = identity
@@ -150,6 +111,9 @@ class SimEndpoint:
         self.events = tuple(events)
         self.implements = tuple(implements)
         self.window = window
+        self.max_concurrency = max_concurrency
+        self.active = 0
+        """Handlers of this incarnation running now (ground truth, memory mode)."""
         self.up = True
         self.incarnation = 0
         self.heartbeat = rng.choice((0.2, 0.3, 0.5))
@@ -193,7 +157,9 @@ class SimEndpoint:
             dedupe_ttl=DEDUPE_TTL,
             seed=self.rng.getrandbits(32),
             hello_retry=HELLO_RETRY,
+            max_concurrency=self.max_concurrency,
         )
+        self.active = 0
         if self.store is not None:  # as Endpoint.start: the store first, then the hub
             self.durable = SimDurable(self, self.store, self._flush)
         self.proto.set_types(self.commands, self.events, now, self.implements)
@@ -297,7 +263,15 @@ class SimEndpoint:
         deadline_ns = int((plan.at + plan.policy.life) * 1e9)
         kind = KIND_EVENT if plan.event else 1
         self._out.append(
-            Item(msg_id, plan.msg_type, plan.recipient or "", kind, attempt, deadline_ns)
+            Item(
+                msg_id,
+                plan.msg_type,
+                plan.recipient or "",
+                kind,
+                attempt,
+                deadline_ns,
+                priority=plan.priority,
+            )
         )
 
     def send_acks(self, hub: int, msg_ids: list[bytes], peer: bytes) -> None:
@@ -315,6 +289,7 @@ class SimEndpoint:
             self.events,
             int(self.heartbeat * 1000),
             self.implements,
+            self.max_concurrency,
         )
         self.net.send(self.addr, HUB, hello)
 
@@ -334,6 +309,11 @@ class SimEndpoint:
 
     def hub_silent(self, hub: int, silence: float) -> None:
         pass
+
+    def start_waiting(self, hub: int, item: InboundItem, now: float) -> None:
+        assert isinstance(item, Item)
+        self.ledger.lease["waited for a slot"] += 1
+        self._run(item, now)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -372,6 +352,12 @@ class SimEndpoint:
                 self._committing[item.id] = item
             self.durable.run(item, now, exc)
             return
+        self.active += 1
+        if self.active > self.max_concurrency:
+            self.ledger.violations.append(
+                f"{self.addr} runs {self.active} handlers at once, above its max_concurrency"
+                f" {self.max_concurrency}"
+            )
         if self.rng.random() < AT_ONCE:
             self._finish(item, now, in_batch=True)
             return
@@ -393,6 +379,7 @@ class SimEndpoint:
         self.net.call_at(now + self.rng.uniform(0.0, 0.25), done)
 
     def _finish(self, item: Item, now: float, *, in_batch: bool) -> None:
+        self.active -= 1
         proto = self.proto
         exc = self._outcome()
         if exc is not None:
@@ -504,6 +491,7 @@ class SimHub:
 
     def tick(self, now: float) -> None:
         self.proto.tick(now)
+        self._flush()
 
     def on_message(self, src: str, msg: object, now: float) -> None:
         peer = src.encode()
@@ -516,6 +504,7 @@ class SimHub:
                 self._flush()
             elif isinstance(msg, AckGroup):
                 proto.acks(peer, [msg], now)
+                self._flush()
             elif isinstance(msg, Hello):
                 proto.hello(
                     peer,
@@ -523,11 +512,12 @@ class SimHub:
                     _token(msg.identity),
                     msg.commands,
                     msg.events,
-                    1000,
+                    msg.max_concurrency,
                     msg.heartbeat_ms,
                     now,
                     msg.implements,
                 )
+                self._flush()
             elif isinstance(msg, Heartbeat):
                 proto.heard(peer, now)
         except RemoteProtocolError as exc:
@@ -542,8 +532,14 @@ class SimHub:
 
     def forward(self, target: bytes, item: Item, origin: bytes) -> None:
         copy = replace(item, peer=origin, routed_by=self.incarnation)
-        inst = self.proto.routing.instance(target)
+        routing = self.proto.routing
+        inst = routing.instance(target)
         assert inst is not None
+        if routing.in_flight(target) > inst.max_concurrency:
+            self.ledger.violations.append(
+                f"hub has {routing.in_flight(target)} messages in flight to {target.decode()},"
+                f" above its max_concurrency {inst.max_concurrency}"
+            )
         self._check_sticky(inst.identity.service, target.decode(), item.id)
         self._batches.setdefault(target, []).append(copy)
 
@@ -566,9 +562,26 @@ class SimHub:
 
     def retry_later(self, origin: bytes, msg_id: bytes, after: float, attempt: int) -> None:
         ack = AckReply(
-            msg_id, Outcome.RETRY_LATER, HUB_IDENTITY, retry_after=after, attempt=attempt
+            msg_id,
+            Outcome.RETRY_LATER,
+            HUB_IDENTITY,
+            retry_after=after,
+            attempt=attempt,
+            deferred=True,
         )
         self.net.send(HUB, origin.decode(), AckGroup(_token(HUB_IDENTITY), [], [ack]))
+
+    def held(self, origin: bytes, msg_id: bytes, attempt: int, lease: float) -> None:
+        self.ledger.lease["held notices"] += 1
+        ack = AckReply(msg_id, Outcome.HELD, HUB_IDENTITY, retry_after=lease, attempt=attempt)
+        self.net.send(HUB, origin.decode(), AckGroup(_token(HUB_IDENTITY), [], [ack]))
+
+    def settled(self, full: Sequence[AckReply]) -> tuple[list[bytes], list[bytes]]:
+        ended = [a.msg_id for a in full if a.outcome != Outcome.IN_PROGRESS]
+        return ended, [a.msg_id for a in full if a.outcome == Outcome.IN_PROGRESS]
+
+    def split(self, run: Run) -> list[Item]:
+        raise AssertionError("the simulation sends no packed runs")
 
     def forward_acks(
         self, origin: bytes, ok_ids: Sequence[bytes], full: Sequence[AckReply], receiver: bytes

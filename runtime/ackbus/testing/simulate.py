@@ -50,7 +50,7 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from ..core import Identity, Policy, SubscriberPolicy
@@ -192,9 +192,19 @@ def _durable_nodes(seed: int, mode: str | None) -> set[str]:
     return {n for n in names if mode == "all" or (mode == "some" and rng.random() < 0.5)}
 
 
+LIMITS = (1, 2, 3, 1000)
+"""The max_concurrency an instance draws: a hard limit the hub and the instance keep."""
+
+
 def _cluster(
-    rng: random.Random, net: SimNetwork, ledger: Ledger, durable: AbstractSet[str] = frozenset()
+    rng: random.Random,
+    net: SimNetwork,
+    ledger: Ledger,
+    durable: AbstractSet[str] = frozenset(),
+    limits: random.Random | None = None,
 ) -> tuple[SimHub, list[SimEndpoint], list[SimEndpoint]]:
+    """The hub, the service instances (``limits``: draws their max_concurrency; else
+    1000) and two senders."""
     hub = SimHub(net, ledger)
     net.add(hub)
     instances = [
@@ -208,6 +218,7 @@ def _cluster(
             events=EVENTS[s],
             implements=(s,),
             durable=s in durable,
+            max_concurrency=limits.choice(LIMITS) if limits is not None else 1000,
         )
         for s, n in SERVICES.items()
         for i in range(n)
@@ -248,7 +259,9 @@ def run_seed(
     if trace:
         net.trace = print
     durable = _durable_nodes(seed, durability) if scenario == "random" else set()
-    hub, instances, senders = _cluster(rng, net, ledger, durable)
+    # Drawn apart from the seed's generator, as durability is.
+    limits = random.Random(f"limits {seed}")
+    hub, instances, senders = _cluster(rng, net, ledger, durable, limits)
     result.durable = tuple(n.addr for n in [*instances, *senders] if n.store is not None)
     if scenario == "hub-restart-events":
         _hub_restart_events(rng, net, hub, senders, messages)
@@ -275,6 +288,7 @@ def run_seed(
         msg_type, recipient, event, pol, expect = rng.choices(kinds, weights)[0]
         at = rng.uniform(0.0, 8.0)
         plan = Planned(rng.randbytes(16), msg_type, recipient, event, at, pol, expect)
+        plan = replace(plan, priority=limits.choice((0, 0, 0, 1, 5, 9)))
         net.call_at(at, partial(_submit, senders[n % len(senders)], plan))
 
     # Durable senders crash too: what they committed survives (memory senders do not: a
@@ -351,7 +365,14 @@ def _finish(
             v.append(f"{inst.addr} still announces {leased} handlers in progress")
     if hub.up:
         table = hub.proto.routing
-        table.tick(net.now + table.sticky_ttl + 1)
+        # Slots of answers the network lost come back when their sticky entries expire;
+        # then nothing may still be held (no message waits at the hub forever).
+        later = net.now + table.sticky_ttl + 1
+        table.tick(later)
+        hub.proto.dispatch(later)
+        if len(hub.proto.holds):
+            v.append(f"hub still holds {len(hub.proto.holds)} messages")
+        table.tick(later + table.sticky_ttl + 1)
         leaked = {i.peer: table.in_flight(i.peer) for i in table.instances()}
         if any(leaked.values()) or table.sticky_count():
             v.append(f"hub leaks credits {leaked} / {table.sticky_count()} sticky entries")

@@ -34,6 +34,7 @@ class Item:
     peer: bytes = b""
     """Empty from a sender; the origin's address once a hub forwarded it."""
     flags: int = 0
+    priority: int = 0
     routed_by: int = 0
     """Incarnation of the hub that routed this copy (for the ledger)."""
 
@@ -86,6 +87,7 @@ class Hello:
     events: tuple[str, ...]
     heartbeat_ms: int
     implements: tuple[str, ...]
+    max_concurrency: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

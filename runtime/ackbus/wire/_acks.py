@@ -25,6 +25,7 @@ def encode_full_ack(
     response: bytes = b"",
     response_type: str = "",
     attempt: int = 0,
+    deferred: bool = False,
 ) -> bytes:
     """A serialized full :class:`Ack` for one message.
 
@@ -32,7 +33,8 @@ def encode_full_ack(
     time in ns (0: not given); ``error`` what a handler or the hub reports; ``retry_after``
     seconds the sender should pause (whole ms on the wire; 0: none given); ``response`` and
     ``response_type`` a request's answer; ``attempt`` the attempt a no-route,
-    retry-later or expired answer is about (0: not said)."""
+    retry-later or expired answer is about (0: not said); ``deferred`` marks a hub's
+    retry-later that routed nothing (the attempt is not spent)."""
     ack = envelope_pb2.Ack(message_id=message_id, outcome=envelope_pb2.Outcome.ValueType(outcome))
     if receiver is not None:
         ack.receiver.service = receiver.service
@@ -50,6 +52,8 @@ def encode_full_ack(
         ack.response_type = response_type
     if attempt:
         ack.attempt = attempt
+    if deferred:
+        ack.deferred = True
     return ack.SerializeToString()
 
 
@@ -65,6 +69,7 @@ def encode_ack(a: AckReply) -> bytes:
         response=a.response,
         response_type=a.response_type,
         attempt=a.attempt,
+        deferred=a.deferred,
     )
 
 
@@ -99,6 +104,7 @@ def ack_replies(group: AckGroup) -> list[AckReply]:
                 ack.response,
                 ack.response_type,
                 ack.attempt,
+                ack.deferred,
             )
         )
     return out

@@ -44,6 +44,7 @@ _PREFIXED_HEADER: Final = struct.Struct("<I16sIBB26xBBII")
 """A packed item's u32 length, then its header's id, attempt, kind, flags, type length,
 recipient length, envelope length and body length (priority and times skipped: any
 bytes are valid there)."""
+_LENGTH: Final = struct.Struct("<I")
 _NAMES_AT: Final = 4 + _HDR
 """Where the type name starts, from an item's length prefix."""
 
@@ -89,6 +90,17 @@ class PackedRun:
             end = skip_packed(frame, pos, stop - first)
             out.append((target, frame[pos:end], stop - first))
             pos, first = end, stop
+        return out
+
+    def items(self, limits: Limits = DEFAULT_LIMITS) -> list[MessageItem]:
+        """The run's items one by one (a hub that must hold some of them)."""
+        out = []
+        frame = self.frame
+        pos = self.start
+        for _ in self.ids:
+            (size,) = _LENGTH.unpack_from(frame, pos)
+            out.append(MessageItem(frame[pos + 4 : pos + 4 + size], b"", limits))
+            pos += 4 + size
         return out
 
     def __repr__(self) -> str:
