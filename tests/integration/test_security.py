@@ -72,13 +72,15 @@ async def keyed_hub(keys: Keys) -> AsyncIterator[Hub]:
 
 
 async def say_hello(sock: zmq.asyncio.Socket, service: str) -> bool:
-    """Say HELLO as ``service`` handling Bye; True if a WELCOME came within 1 s."""
+    """Say HELLO as ``service`` handling Bye; True if a WELCOME came within 0.5 s."""
     hello = Hello(versions=[1], heartbeat_ms=500, commands=["ackbus.Bye"])
     hello.identity.service = service
     hello.identity.instance = "raw-1"
-    await sock.send_multipart(encode_hello(hello))
     try:
         async with asyncio.timeout(0.5):
+            # A DEALER whose handshake failed has no pipe until it reconnects: the send
+            # itself may wait, so it is inside the timeout too.
+            await sock.send_multipart(encode_hello(hello))
             while True:
                 if decode_command(await sock.recv_multipart()) is Command.WELCOME:
                     return True
