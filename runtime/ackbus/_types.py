@@ -19,7 +19,7 @@ from .core._values import Identity, Kind, Policy, SubscriberPolicy
 from .errors import SchemaError
 
 if TYPE_CHECKING:
-    from .store import Transaction
+    from .store import Tx
 
 __all__ = [
     "AsyncBus",
@@ -153,9 +153,13 @@ class Context:
     headers: Mapping[str, str] = field(default_factory=dict)
     correlation_id: bytes = b""
     priority: int = 0
-    tx: Transaction | None = None
-    """With a durable store: writes that commit together with this message's inbox
-    record, exactly once (docs/durable.md). ``None`` in memory mode."""
+    tx: Tx | None = None
+    """With a durable store: the transaction this message's inbox record commits in,
+    with the handler's writes (``await ctx.tx.execute(sql, params)``) and the messages
+    it sends (``await ctx.tx.send(msg)``, ``TableClient(ctx.tx)``), exactly once
+    (docs/durable.md). Live on PostgreSQL, recorded on SQLite. In a plain ``def``
+    handler it is a :class:`~ackbus.store.BlockingTx` (the same calls, without
+    ``await``). ``None`` in memory mode."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ Generated ``*BlockingClient`` classes take a ``BlockingEndpoint``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, Unpack, overload
 
 from google.protobuf.message import Message
@@ -31,6 +31,7 @@ from ._types import (
 )
 from .endpoint import Endpoint, EndpointStats
 from .errors import ClosedError
+from .store import BlockingTx
 
 __all__ = ["BlockingEndpoint"]
 
@@ -146,6 +147,21 @@ class BlockingEndpoint:
     def request(self, msg: Message, response_type: type[R], **options: Unpack[RequestOptions]) -> R:
         """Blocking :meth:`Endpoint.request`."""
         return self._thread.run(self._ep.request(msg, response_type, **options))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[BlockingTx]:
+        """Blocking :meth:`Endpoint.transaction`: ``with ep.transaction() as tx:`` your
+        writes (``tx.execute(sql, params)``) and sends (``tx.send(msg)``, or
+        ``TableBlockingClient(tx)``) commit as one when the block ends, and the messages
+        leave only then; an exception rolls back and propagates."""
+        scope = self._call(self._ep.transaction)
+        tx = self._thread.run(scope.__aenter__())
+        try:
+            yield BlockingTx(tx, self._thread.loop)
+        except BaseException as exc:
+            self._thread.run(scope.__aexit__(type(exc), exc, exc.__traceback__))
+            raise
+        self._thread.run(scope.__aexit__(None, None, None))
 
     def wait(self, report: DeliveryReport, timeout: float | None = None) -> DeliveryReport:
         """Block until a report from ``send(..., wait_ack=False)`` settles (or timeout)."""

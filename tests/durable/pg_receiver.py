@@ -3,8 +3,9 @@ tests/durable/test_pg_shared.py.
 
     python tests/durable/pg_receiver.py --hub tcp://127.0.0.1:5555 --store postgresql://...
 
-Each handler run writes one row to the ``effects`` table through ``ctx.tx`` (message id,
-this instance), the transactional effect that must exist exactly once per message
+Each handler run writes one row to the ``effects`` table through ``ctx.tx`` (a live
+transaction, committed with the inbox record: message id, this instance), the
+transactional effect that must exist exactly once per message
 whichever instance ran it and however many were killed. ``--slow-ack S`` holds each
 commit's answer (the acks) for S seconds after the commit, so that a kill often lands
 between "committed" and "acked": the retry then reaches a sibling, which must find the
@@ -24,7 +25,8 @@ import signal
 
 from ackbus import Context
 from ackbus.endpoint import Endpoint
-from ackbus.store import PostgresStore
+from ackbus.store import InboxRecord, PostgresStore, Transaction
+from ackbus.store._pg_tx import PgTransaction
 from ackbus.store._pg_writer import AsyncConn, PgOp, PgWriter
 from ackbus.store._writer import Batch
 from ackbus.wire_pb2 import Bye
@@ -56,6 +58,29 @@ class SlowStore(PostgresStore):
         writer._commit = slow_commit  # type: ignore[method-assign]
         writer._apply = slow_apply  # type: ignore[method-assign]
 
+    def transaction(self, unit: Transaction) -> PgTransaction:
+        return SlowTransaction(unit, self)
+
+
+class SlowTransaction(PgTransaction):
+    """A handler's live ``ctx.tx``, held open ``commit_delay`` once its inbox record is
+    claimed, and answered ``ack_delay`` after its commit."""
+
+    __slots__ = ()
+
+    async def _claim(self, conn: AsyncConn, record: InboxRecord) -> bool:
+        claimed = await super()._claim(conn, record)
+        store = self._store
+        assert isinstance(store, SlowStore)
+        await asyncio.sleep(store.commit_delay)
+        return claimed
+
+    async def commit(self, record: InboxRecord | None) -> None:
+        await super().commit(record)
+        store = self._store
+        assert isinstance(store, SlowStore)
+        await asyncio.sleep(store.ack_delay)
+
 
 async def run(args: argparse.Namespace) -> None:
     # To a file: a pipe nobody reads would fill up and block the process mid-run.
@@ -68,7 +93,7 @@ async def run(args: argparse.Namespace) -> None:
         if random.random() < 0.3:
             await asyncio.sleep(random.random() * 0.005)  # widen the windows a kill can hit
         assert ctx.tx is not None
-        ctx.tx.execute(
+        await ctx.tx.execute(
             "INSERT INTO effects (msg_id, instance) VALUES (%s, %s)",
             (ctx.message_id.hex(), instance),
         )

@@ -87,7 +87,7 @@ async def test_ctx_tx_and_sends_commit_with_the_inbox_record_exactly_once(bus: B
         runs += 1
         assert ctx.tx is not None
         await asyncio.sleep(0)  # writes survive a handler that suspends
-        ctx.tx.execute("INSERT INTO effects VALUES (%s, %s)", (ctx.message_id, msg.reason))
+        await ctx.tx.execute("INSERT INTO effects VALUES (%s, %s)", (ctx.message_id, msg.reason))
         report = await table.send(Refusal(reason=msg.reason))
         assert not report.done  # it joined the unit: sent after the commit
 
@@ -124,7 +124,7 @@ async def test_a_retry_that_reaches_a_sibling_is_answered_from_the_shared_inbox(
         async def on_bye(msg: Bye, ctx: Context) -> None:
             runs.append(name)
             assert ctx.tx is not None
-            ctx.tx.execute("INSERT INTO effects VALUES (%s, %s)", (ctx.message_id, name))
+            await ctx.tx.execute("INSERT INTO effects VALUES (%s, %s)", (ctx.message_id, name))
 
         return on_bye
 

@@ -37,7 +37,7 @@ async def test_an_immediate_restart_of_postgresql_mid_stream_loses_and_doubles_n
         nonlocal runs
         runs += 1
         assert ctx.tx is not None
-        ctx.tx.execute("INSERT INTO effects VALUES (%s)", (ctx.message_id,))
+        await ctx.tx.execute("INSERT INTO effects VALUES (%s)", (ctx.message_id,))
 
     def endpoint(service: str) -> Endpoint:
         return Endpoint(

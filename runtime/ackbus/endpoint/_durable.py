@@ -21,6 +21,14 @@ answer a handled one, arm the timer).
 * **start**: recent inbox records go back into the deduper (a restarted receiver still
   recognises duplicates) and pending outbox rows are tracked again (same ids, the
   remaining deadline, a fresh attempt budget).
+* **transaction**: ``ep.transaction()``, the user's own writes and sends committed as
+  one, then the sends transmitted (:class:`UserTransaction`).
+
+The handler's ``ctx.tx`` and the user's transaction are what the store makes of a unit
+(:meth:`Store.transaction`): the unit itself where statements are recorded (SQLite),
+or a live transaction (PostgreSQL), which commits on its own connection instead of in
+the group commit, but only when the code used it: a handler that never touches
+``ctx.tx`` commits its inbox record in the group commit either way.
 """
 
 from __future__ import annotations
@@ -29,8 +37,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +49,7 @@ from ..core.endpoint_protocol import EndpointProtocol
 from ..errors import Cancelled, ClosedError, Reject, RetryLater, StoreError
 from ..store import InboxRecord, OutboxRow, Store, open_store
 from ..store._rows import policy_from_json, policy_json
+from ..store._tx import CURRENT, BlockingTx, Tx
 from ..store._unit import Deferred, Transaction
 from ..store._writer import Batch
 from ..wire import FLAG_REQUEST, MessageItem
@@ -50,14 +58,12 @@ if TYPE_CHECKING:
     from google.protobuf.message import Message
 
     from .._dispatch import Route
+    from .._types import AsyncBus
     from ._base import HubLink
 
-__all__ = ["CURRENT", "Durable", "Hooks"]
+__all__ = ["CURRENT", "Durable", "Hooks", "UserTransaction"]
 
 log = logging.getLogger("ackbus.store")
-
-CURRENT: ContextVar[Transaction | None] = ContextVar("ackbus_unit", default=None)
-"""The unit of work of the handler running in this context, if any."""
 
 _Handled = tuple[
     Transaction, "HubLink", MessageItem, "Route", "Message | None", BaseException | None
@@ -101,6 +107,9 @@ class Hooks:
     """Run a plain ``def`` handler in the endpoint's worker pool: (fn, msg, ctx, on_done),
     ``on_done(result, error)`` called on the loop once it returned. (A driver without
     one, such as the simulation's, runs ``async def`` handlers only.)"""
+    bus: AsyncBus | None = None
+    """What a transaction's sends go through (the endpoint): ``tx.send`` calls its
+    ``send`` with the transaction's unit current."""
 
 
 _BUSY_RETRY = 1.0
@@ -142,6 +151,8 @@ class Durable:
         kept = self.store.dead_letters_ttl
         self._prune_every = min(_PRUNE_EVERY, ttl / 4, kept / 4 if kept else _PRUNE_EVERY)
         self._next_prune = 0.0
+        self._live: set[asyncio.Task[None]] = set()
+        """Live transactions committing or rolling back (PostgreSQL's ``ctx.tx``)."""
 
     def _host(self) -> Hooks:
         hooks = self._hooks
@@ -209,8 +220,15 @@ class Durable:
                 self.store.location,
             )
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._live:  # their connections go back to the pool before it closes
+            await asyncio.wait(self._live, timeout=timeout)
         await self.store.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro, loop=self._loop)
+        self._live.add(task)
+        task.add_done_callback(self._live.discard)
 
     # -- send -----------------------------------------------------------------------------
 
@@ -329,27 +347,31 @@ class Durable:
         to the loop while it runs (``asyncio.run_coroutine_threadsafe(ep.send(...),
         loop)``) joins the unit as an async handler's send does."""
         loop = self._loop
+        hooks = self._hooks
         assert loop is not None
-        unit = Transaction(self._hooks)
-        ctx.tx = unit  # the endpoint built this context for this run alone
+        assert hooks is not None
+        unit = Transaction(hooks, hooks.bus)
+        tx = self.store.transaction(unit)
+        # The endpoint built this context for this run alone.
+        ctx.tx = BlockingTx(tx, loop) if route.sync else tx  # type: ignore[assignment]
         token = CURRENT.set(unit)
         try:
             if route.sync:
-                done = functools.partial(self._done, unit, hub, item, route)
+                done = functools.partial(self._done, tx, hub, item, route)
                 self._host().run_in_thread(route.fn, msg, ctx, done)
                 return None
             started = start_eager(route.fn(msg, ctx), loop)
         finally:
             CURRENT.reset(token)
         if isinstance(started, tuple):  # the handler returned (or raised) at once
-            self._done(unit, hub, item, route, *started)
+            self._done(tx, hub, item, route, *started)
             return None
-        report_when_done(started, functools.partial(self._done, unit, hub, item, route))
+        report_when_done(started, functools.partial(self._done, tx, hub, item, route))
         return started
 
     def _done(
         self,
-        unit: Transaction,
+        tx: Tx,
         hub: HubLink,
         item: MessageItem,
         route: Route,
@@ -357,12 +379,18 @@ class Durable:
         exc: BaseException | None,
     ) -> None:
         hooks = self._host()
+        unit = tx.unit
         request = bool(item.flags & FLAG_REQUEST)
         ok = exc is None and not (request and result is None)
         permanent = isinstance(exc, Reject) and exc.permanent
+        live = tx.live
+        if exc is not None:  # the store's fault (a lost connection): retried
+            exc = tx.retry_for(exc) or exc
         if hooks.closed() or not (ok or permanent):
             # Transient failure, retry-later, cancellation: nothing to keep, the sender
             # retries. The endpoint answers exactly as in memory mode.
+            if live:
+                self._spawn(tx.abort())
             self._drop(unit, "its handler failed")
             hooks.answer(hub, item, route, result, exc)
             return
@@ -375,7 +403,15 @@ class Durable:
                 item.id, Outcome.REJECTED, wall, b"", type(exc).__name__, str(exc), True
             )
             self._drop(unit, "its handler rejected the message")
+            if live:  # its writes go; the rejection commits in the group commit
+                self._spawn(tx.abort())
+                live = False
         unit.close(record)
+        if live:  # PostgreSQL's ctx.tx was used: it commits on its own connection
+            self._spawn(self._commit_live(tx, hub, item, route, result, exc))
+            if wall >= self._next_prune:
+                self._prune(wall)
+            return
         batch = self.store.put_inbox(record) if unit.simple else self.store.put_unit(unit)
         entry = (unit, hub, item, route, result, exc)
         if batch is self._handled_batch:
@@ -386,6 +422,23 @@ class Durable:
             batch.on_commit(functools.partial(self._batch_committed, handled))
         if wall >= self._next_prune:
             self._prune(wall)
+
+    async def _commit_live(
+        self,
+        tx: Tx,
+        hub: HubLink,
+        item: MessageItem,
+        route: Route,
+        result: Message | None,
+        exc: BaseException | None,
+    ) -> None:
+        """Commit a handler's live transaction with its inbox record, then answer."""
+        error: BaseException | None = None
+        try:
+            await tx.commit(tx.unit.record)
+        except Exception as e:  # the connection failed: unknown whether it committed
+            error = e
+        self._committed(tx.unit, hub, item, route, result, exc, error)
 
     def _prune(self, wall: float) -> None:
         """Inbox records older than the dedupe TTL, and dead letters older than the
@@ -482,11 +535,23 @@ class Durable:
             hooks.answer(hub, item, route, None, failure)
             return
         hooks.answer(hub, item, route, result, exc)
-        if hooks.closed():
-            return  # the committed sends go out at the next start
+        self._transmit(unit)
+
+    def _transmit(self, unit: Transaction) -> None:
+        """A unit committed: transmit its sends (if the endpoint closed meanwhile, they
+        go out at the next start, from the outbox)."""
+        hooks = self._host()
+        if hooks.closed() or not unit.sends:
+            return
         now = hooks.now()
         for d in unit.sends:
             hooks.track(d.report, d.frame, d.destination, d.kind, d.policy, now)
+
+    # -- the user's transaction ---------------------------------------------------------
+
+    def transaction(self) -> UserTransaction:
+        """``ep.transaction()``: see :class:`UserTransaction`."""
+        return UserTransaction(self)
 
     @staticmethod
     def _drop(unit: Transaction, why: str) -> None:
@@ -503,6 +568,70 @@ class Durable:
                 ),
             )
         unit.close(None)
+
+
+class UserTransaction:
+    """``async with ep.transaction() as tx``: the user's own writes and the messages
+    sent through ``tx`` commit as one when the block ends without an exception, and the
+    messages are transmitted only then (from the outbox: a crash after the commit
+    sends them at the next start). An exception rolls everything back (the sends'
+    reports fail with ``Cancelled``, never sent) and propagates. A commit that fails
+    raises :class:`StoreError` from the ``async with``."""
+
+    __slots__ = ("_durable", "_tx")
+
+    def __init__(self, durable: Durable) -> None:
+        self._durable = durable
+        self._tx: Tx | None = None
+
+    async def __aenter__(self) -> Tx:
+        if self._tx is not None:
+            raise RuntimeError("a transaction object is entered once; call transaction() again")
+        durable = self._durable
+        hooks = durable._host()
+        if hooks.closed():
+            raise ClosedError(f"{hooks.identity}: endpoint closed")
+        tx = durable.store.transaction(Transaction(hooks, hooks.bus))
+        await tx.begin()
+        self._tx = tx
+        return tx
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        tx, durable = self._tx, self._durable
+        assert tx is not None
+        unit = tx.unit
+        if exc_type is not None:
+            await asyncio.shield(tx.abort())
+            durable._drop(unit, f"its transaction rolled back ({exc_type.__name__})")
+            return
+        unit.seal()
+        try:
+            if tx.live:
+                await tx.commit(None)
+            else:
+                batch = durable.store.put_unit(unit)
+                try:
+                    await batch.waiter()
+                except asyncio.CancelledError:  # it commits anyway: send once it did
+                    batch.on_commit(
+                        lambda e: (
+                            durable._transmit(unit) if e is None and unit.failed is None else None
+                        )
+                    )
+                    raise
+                batch.check()
+        except Exception as e:
+            durable._drop(unit, f"its commit failed ({e})")
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"the transaction's commit failed: {e}") from e
+        problem = unit.busy or unit.failed
+        if problem is not None:
+            durable._drop(unit, f"its transaction was rolled back ({problem})")
+            raise StoreError(f"the transaction was rolled back: {problem}") from problem
+        durable._transmit(unit)
 
 
 def _dedupe_record(r: InboxRecord, offset: float) -> DedupeRecord:

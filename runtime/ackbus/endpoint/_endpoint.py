@@ -50,6 +50,7 @@ from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
 from ..errors import (
     ClosedError,
     ConnectTimeout,
+    StoreError,
 )
 from ..store import Store
 from ..transport import Backend, DefaultBackend, TransportOptions
@@ -63,7 +64,7 @@ from ..wire import (
     encode_envelope,
 )
 from ._base import DEAD_LETTERS, HubLink
-from ._durable import Durable, Hooks
+from ._durable import Durable, Hooks, UserTransaction
 from ._links import HubLinks
 from ._receive import Receiving
 from ._send import Sending
@@ -346,6 +347,7 @@ class Endpoint(Sending, Receiving, HubLinks):
             self._handled,
             self._arm_timer,
             functools.partial(self._workers.start, loop),
+            self,
         )
 
     async def close(self, *, timeout: float = 1.0) -> None:
@@ -409,6 +411,19 @@ class Endpoint(Sending, Receiving, HubLinks):
     def store(self) -> Store | None:
         """The durable store, or ``None`` in memory mode."""
         return self._durable.store if self._durable is not None else None
+
+    def transaction(self) -> UserTransaction:
+        """``async with ep.transaction() as tx:`` your own writes (``await
+        tx.execute(sql, params)``) and messages sent through ``tx`` (``await
+        tx.send(msg)``, or a generated client bound to it: ``TableClient(tx)``) commit
+        as one when the block ends; the messages are transmitted only after the commit,
+        and never if the block raises (it rolls back). Durable mode only: ``StoreError``
+        if the commit fails. On PostgreSQL the transaction is live (it reads, and holds a
+        pooled connection for the block); on SQLite its statements are recorded and run
+        at the commit (docs/durable.md, "Your own transaction")."""
+        if self._durable is None:
+            raise StoreError(f"{self.identity}: ep.transaction() needs a durable store (store=)")
+        return self._durable.transaction()
 
     @property
     def resumed(self) -> list[DeliveryReport]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store
 from ._open import open_store
 from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
+from ._tx import BlockingResult, BlockingTx, Tx
 from ._unit import Transaction
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
+    "BlockingResult",
+    "BlockingTx",
     "DeadLetter",
     "Durability",
     "InboxRecord",
@@ -30,6 +33,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "Transaction",
+    "Tx",
     "open_store",
 ]
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ._writer import Batch
 
 if TYPE_CHECKING:
+    from ._tx import Tx
     from ._unit import Transaction
 
 __all__ = [
@@ -153,6 +154,12 @@ class Store(abc.ABC):
         next group commit. If the inbox already holds the message id the unit is rolled
         back and ``unit.duplicate`` set; if one of its statements fails it is rolled back
         and ``unit.failed`` set; the rest of the batch commits either way."""
+
+    def transaction(self, unit: Transaction) -> Tx:
+        """The transaction code sees for ``unit`` (``ctx.tx``, ``ep.transaction()``):
+        ``unit`` itself where statements are recorded and run at the commit (SQLite's
+        form); a live one where the store has it (PostgreSQL's)."""
+        return unit
 
     @abc.abstractmethod
     def put_outbox(self, row: OutboxRow) -> Batch: ...

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import LiteralString
 
 import psycopg
+import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -36,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import StoreError
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching
 from ._pg_schema import LOCK_CLASS, PgUrl, create_or_check, parse_url, statement
+from ._pg_tx import PgTransaction
 from ._pg_writer import AsyncConn, PgOp, PgStatements, PgWriter, inbox_record
 from ._unit import Transaction
 from ._writer import Batch
@@ -65,6 +67,11 @@ class PostgresStore(Store):
     """A durable store in a PostgreSQL database, shared by a service's instances."""
 
     def __init__(self, url: str | PgUrl, *, pool_size: int = 4) -> None:
+        if pool_size < 2:
+            raise ValueError(
+                f"pool_size must be at least 2 (the writer's connection and one for "
+                f"transactions), got {pool_size}"
+            )
         self.url = url if isinstance(url, PgUrl) else parse_url(url)
         self.location = self.url.location
         self.durability = self.url.durability
@@ -78,6 +85,10 @@ class PostgresStore(Store):
         self._writer: PgWriter | None = None
         self._sql: PgStatements | None = None
         self._closed = False
+        self.max_transactions = pool_size - 1
+        """Live transactions (``ctx.tx`` used, ``ep.transaction()``) holding a pooled
+        connection at once; the pool keeps one more for the group commit."""
+        self._slots: asyncio.Semaphore | None = None
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -250,6 +261,43 @@ class PostgresStore(Store):
             pool, self._sql, name=f"ackbus-store:{self.location}", relaxed=relaxed
         )
         self._writer.start(loop)
+        self._slots = asyncio.Semaphore(self.max_transactions)
+
+    # -- live transactions --------------------------------------------------------------
+
+    def transaction(self, unit: Transaction) -> PgTransaction:
+        """A live transaction for ``unit`` (``ctx.tx``, ``ep.transaction()``)."""
+        return PgTransaction(unit, self)
+
+    async def acquire(self, timeout: float = 30.0) -> AsyncConn:
+        """A connection for a live transaction, once one of :attr:`max_transactions`
+        is free (``StoreError`` after ``timeout`` seconds)."""
+        slots, writer = self._slots, self.writer
+        assert slots is not None
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout)
+        except TimeoutError:
+            raise StoreError(
+                f"{self.location}: no connection for a transaction within {timeout:.0f} s "
+                f"({self.max_transactions} in use; PostgresStore(pool_size=) sets how many)"
+            ) from None
+        try:
+            return await writer.pool.getconn(timeout=timeout)
+        except BaseException as exc:
+            slots.release()
+            if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
+                raise StoreError(f"{self.location}: no connection: {exc}") from exc
+            raise
+
+    async def release(self, conn: AsyncConn, broken: bool) -> None:
+        """Give a live transaction's connection back (closed first if ``broken``)."""
+        try:
+            if broken and not conn.closed:
+                await conn.close()
+            await self.writer.pool.putconn(conn)
+        finally:
+            assert self._slots is not None
+            self._slots.release()
 
     def _session_kwargs(self) -> dict[str, object]:
         """autocommit (the writer opens its transactions), and an ``application_name``

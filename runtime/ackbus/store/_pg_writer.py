@@ -37,12 +37,12 @@ from ._pg_schema import statement
 from ._unit import Transaction
 from ._writer import Batch
 
-__all__ = ["PgOp", "PgStatements", "PgWriter", "inbox_record"]
+__all__ = ["CONTENDED", "AsyncConn", "PgOp", "PgStatements", "PgWriter", "inbox_record"]
 
 log = logging.getLogger("ackbus.store")
 
 PgOp = tuple[sql.Composed, Sequence[Any]] | Transaction
-_CONTENDED = (
+CONTENDED = (
     psycopg.errors.LockNotAvailable,
     psycopg.errors.DeadlockDetected,
     psycopg.errors.SerializationFailure,
@@ -123,6 +123,11 @@ class PgWriter:
         self._stopping = False
         self.commits = 0
         self.ops = 0
+
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConn]:
+        """The pool the writer commits through; live transactions borrow from it."""
+        return self._pool
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -257,7 +262,7 @@ class PgWriter:
                         await c.executemany(
                             q.insert_outbox, [(*d.row, q.service, q.instance) for d in unit.sends]
                         )
-        except _CONTENDED as exc:  # a sibling holds the record (or the handler's rows)
+        except CONTENDED as exc:  # a sibling holds the record (or the handler's rows)
             unit.busy = exc
             return
         except psycopg.Error as exc:

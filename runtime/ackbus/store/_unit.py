@@ -1,8 +1,9 @@
 """A handler's unit of work: its inbox record, its own writes and its sends, committed
-as one (the transactional inbox).
+as one (the transactional inbox); also the user's own transaction
+(``ep.transaction()``), which is the same without an inbox record.
 
-The handler sees it as ``ctx.tx``, a :class:`Transaction` that only *records* writes:
-nothing touches the database while the handler runs (a handler may await, and the
+On SQLite the handler sees it as ``ctx.tx``, a :class:`Transaction` that only *records*
+writes: nothing touches the database while the handler runs (a handler may await, and the
 connection belongs to the writer thread). When the handler returns, the endpoint queues
 the unit on the group-commit writer, which runs it inside a savepoint of the batch's
 transaction::
@@ -12,29 +13,27 @@ transaction::
 If the inbox insert finds the id already there (a duplicate the in-memory deduper no
 longer remembered), or one of the handler's statements fails, the savepoint is rolled
 back: none of the unit's writes or sends happen, and the rest of the batch commits.
+(On PostgreSQL ``ctx.tx`` is live, :class:`~ackbus.store._pg_tx.PgTransaction`, and the
+unit only carries the record and the sends.)
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import StoreError
 from ._base import InboxRecord, OutboxRow
 from ._sqlite import INSERT_INBOX_STRICT, INSERT_OUTBOX, select_inbox
+from ._tx import RECORDED, BlockingResult, Params, Recorded, Tx, check_sql
 
 if TYPE_CHECKING:
     from .._report import DeliveryReport
+    from .._types import AsyncBus
     from ..core import Policy
 
 __all__ = ["Deferred", "Transaction"]
-
-Params = Sequence[Any] | Mapping[str, Any]
-
-_NOT_IN_A_UNIT = frozenset(
-    {"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "ATTACH", "DETACH", "VACUUM"}
-)
 
 
 class Deferred:
@@ -58,7 +57,7 @@ class Deferred:
         self.policy = policy
 
 
-class Transaction:
+class Transaction(Tx):
     """The writes a handler makes in the transaction of its message's inbox record.
 
     ``execute`` and ``executemany`` take any SQLite data statement (INSERT, UPDATE,
@@ -68,13 +67,26 @@ class Transaction:
     when the handler raises. A handler cannot read through ``ctx.tx`` (its statements
     have not run yet): read with a connection of your own (WAL readers never block the
     writer) and make writes idempotent or conditional where they depend on what you read.
-    Transaction control (BEGIN, COMMIT, SAVEPOINT, ...) is refused.
+    Transaction control (BEGIN, COMMIT, SAVEPOINT, ...) is refused. ``execute`` returns
+    an awaitable with nothing to read, so ``await ctx.tx.execute(...)`` is written as on
+    PostgreSQL (and a plain call still records).
     """
 
-    __slots__ = ("_open", "_sends", "_writes", "busy", "duplicate", "failed", "owner", "record")
+    __slots__ = (
+        "_open",
+        "_sends",
+        "_writes",
+        "bus",
+        "busy",
+        "duplicate",
+        "failed",
+        "owner",
+        "record",
+    )
 
-    def __init__(self, owner: object) -> None:
+    def __init__(self, owner: object, bus: AsyncBus | None = None) -> None:
         self.owner = owner
+        self.bus = bus
         """The endpoint whose handler runs in this unit (sends of other endpoints do not join)."""
         self._open = True
         # Created on first use: most handlers neither write nor send (two lists per
@@ -93,17 +105,28 @@ class Transaction:
 
     # -- the handler's side --------------------------------------------------------------
 
-    def execute(self, sql: str, params: Params = ()) -> None:
-        """Run ``sql`` with ``params`` in the unit's transaction when the handler returns."""
-        self._check(sql)
-        self._writing().append((sql, params))
+    @property
+    def unit(self) -> Transaction:
+        return self
 
-    def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> None:
+    def execute(self, sql: str, params: Params = ()) -> Recorded:
+        """Run ``sql`` with ``params`` in the unit's transaction when the handler returns."""
+        check_sql(sql, self._open)
+        self._writing().append((sql, params))
+        return RECORDED
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Recorded:
         """``execute`` once per parameter set."""
-        self._check(sql)
+        check_sql(sql, self._open)
         writes = self._writing()
         for params in seq_of_params:
             writes.append((sql, params))
+        return RECORDED
+
+    async def rows(self, sql: str, params: Params = ()) -> BlockingResult:
+        """Records ``sql``: a :class:`BlockingResult` with no rows to read."""
+        self.execute(sql, params)
+        return BlockingResult(-1, None)
 
     @property
     def open(self) -> bool:
@@ -124,18 +147,6 @@ class Transaction:
             self._writes = []
         return self._writes
 
-    def _check(self, sql: str) -> None:
-        if not self._open:
-            raise RuntimeError("ctx.tx used after its handler returned; its unit is committed")
-        words = sql.lstrip().split(None, 1)
-        if not words:
-            raise ValueError("empty SQL statement")
-        if words[0].upper().rstrip(";") in _NOT_IN_A_UNIT:
-            raise ValueError(
-                f"{words[0].upper()} is not allowed in ctx.tx: the endpoint owns the "
-                "transaction (it commits with the inbox record)"
-            )
-
     # -- the endpoint's side -------------------------------------------------------------
 
     def add_send(self, deferred: Deferred) -> None:
@@ -154,6 +165,11 @@ class Transaction:
         if record is None:
             self._writes = self._sends = None
 
+    def seal(self) -> None:
+        """The user's transaction block ended without error: commit it as it is (writes
+        and sends, no inbox record)."""
+        self._open = False
+
     @property
     def simple(self) -> bool:
         """Nothing but the inbox record (commits as a plain batched insert)."""
@@ -170,13 +186,14 @@ class Transaction:
     def __call__(self, conn: sqlite3.Connection) -> None:
         """Run in the writer thread, inside the batch's transaction."""
         record = self.record
-        assert record is not None
         conn.execute("SAVEPOINT ackbus_unit")
         try:
-            conn.execute(INSERT_INBOX_STRICT, record)
+            if record is not None:  # None: the user's own transaction
+                conn.execute(INSERT_INBOX_STRICT, record)
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO ackbus_unit")
             conn.execute("RELEASE ackbus_unit")
+            assert record is not None
             try:
                 self.duplicate = select_inbox(conn, record.msg_id)
             except StoreError as exc:  # the stored record is damaged: this message fails
