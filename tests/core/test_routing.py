@@ -312,7 +312,8 @@ def test_a_retry_without_a_sticky_entry_ignores_stalls() -> None:
     # attempt's rendezvous choice named, stalled or not, or the handler may run twice.
     for msg_id in ids(20, seed=3):
         expected = table().route_command("poker.StartHand", msg_id, None, 0.0)
-        assert expected is not None and expected != FULL
+        assert expected is not None
+        assert expected != FULL
         t = table()
         t.set_stalled(expected, True)
         assert t.route_command("poker.StartHand", msg_id, None, 0.0, first=False) == expected
