@@ -338,6 +338,11 @@ def _finish(
 
     finished = net.run(settled, max_time=300.0)
     result.sim_time = net.now
+    # A sender that settled (its event's deadline passed for a subscriber) leaves its
+    # message held at the hub until a slot frees: the hub must still empty its queues,
+    # one slot at a time (a lost answer's slot comes back after the hold lease).
+    if finished and hub.up and hub.proto.holds:
+        net.run(lambda: not hub.up or not hub.proto.holds, max_time=net.now + 120.0)
     # Let in-flight deliveries and running handlers finish, then look for leaks.
     net.drain(max_time=net.now + 5.0)
     result.reruns = ledger.reruns
