@@ -12,26 +12,14 @@ import signal
 from collections import Counter
 
 import helpers
-from ackbus import Context, Policy
-from ackbus.endpoint import Endpoint
-from poker import table_pb2
-from proc_harness import Procs, free_port
-from store_db import Db, outcome, run_tx_sender
+from proc_harness import Procs
+from store_db import Db, order_receiver, outcome, run_tx_sender
 
 
 async def test_a_user_transaction_commits_rolls_back_and_survives_kill_9_after_its_commit(
     procs: Procs, db: Db
 ) -> None:
-    port = free_port()
-    procs.hub(port)
-    hub = f"tcp://127.0.0.1:{port}"
-    got: Counter[str] = Counter()
-
-    async def on_start_hand(msg: table_pb2.StartHand, ctx: Context) -> None:
-        got[msg.table_id] += 1
-
-    table = Endpoint("table", hub, heartbeat=helpers.HEARTBEAT, policy=Policy(ack_timeout=0.5))
-    table.register_handler(table_pb2.StartHand, on_start_hand)
+    hub, table, got = order_receiver(procs)
     committed = [f"c{i}" for i in range(5)]
     rolled_back = [f"r{i}" for i in range(3)]
     killed = [f"k{i}" for i in range(4)]

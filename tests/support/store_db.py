@@ -8,13 +8,19 @@ import asyncio
 import json
 import sqlite3
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import helpers
 import psycopg
+from ackbus import Context, Policy
+from ackbus.endpoint import Endpoint
 from ackbus.store import PostgresStore, SqliteStore
-from proc_harness import Procs
+from poker import table_pb2
+from proc_harness import Procs, free_port
 
+POLICY = Policy(ack_timeout=0.5)
 TX_SENDER = Path(__file__).resolve().parents[1] / "durable" / "tx_sender.py"
 
 
@@ -62,3 +68,19 @@ def outcome(proc: subprocess.Popen[bytes]) -> list[str]:
     lines = proc.stdout.read().decode().splitlines()
     assert lines, f"no outcome: {proc.stderr.read() if proc.stderr else b''!r}"
     return [status for _, status in json.loads(lines[-1])]
+
+
+def order_receiver(procs: Procs) -> tuple[str, Endpoint, Counter[str]]:
+    """A hub process, and an endpoint of service "table" (not started) counting the
+    ``poker.StartHand`` messages it handles by ``table_id``."""
+    port = free_port()
+    procs.hub(port)
+    hub = f"tcp://127.0.0.1:{port}"
+    got: Counter[str] = Counter()
+
+    async def on_start_hand(msg: table_pb2.StartHand, ctx: Context) -> None:
+        got[msg.table_id] += 1
+
+    table = Endpoint("table", hub, heartbeat=helpers.HEARTBEAT, policy=POLICY)
+    table.register_handler(table_pb2.StartHand, on_start_hand)
+    return hub, table, got

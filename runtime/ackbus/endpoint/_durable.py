@@ -151,6 +151,7 @@ class Durable:
         kept = self.store.dead_letters_ttl
         self._prune_every = min(_PRUNE_EVERY, ttl / 4, kept / 4 if kept else _PRUNE_EVERY)
         self._next_prune = 0.0
+        self._adopter: asyncio.Future[None] | None = None
         self._live: set[asyncio.Task[None]] = set()
         """Live transactions committing or rolling back (PostgreSQL's ``ctx.tx``)."""
 
@@ -199,11 +200,29 @@ class Durable:
         hooks.protocol.deduper.load((_dedupe_record(r, offset) for r in records), now)
 
     def resume(self) -> None:
-        """After the endpoint connected: track what a previous run left in the outbox."""
+        """After the endpoint connected: track what a previous run left in the outbox,
+        and, with a store shared by the service's instances, start looking for the
+        outbox rows of instances that are gone for good (:meth:`_adopt`)."""
+        hooks = self._host()
+        leftover, self._leftover = self._leftover, []
+        self._track_rows(leftover)
+        if self.resumed:
+            log.info(
+                "%s: resumed %d messages from %s",
+                hooks.identity,
+                len(self.resumed),
+                self.store.location,
+            )
+        every = self.store.takeover_every
+        if every is not None and self._adopter is None:
+            self._adopter = asyncio.ensure_future(self._adopt(every), loop=self._loop)
+
+    def _track_rows(self, rows: list[OutboxRow]) -> None:
+        """Send outbox rows of an earlier run (or of a gone sibling) as resumed
+        messages: same ids, what is left of their deadlines, a fresh attempt budget."""
         hooks = self._host()
         wall = self._wall()
-        leftover, self._leftover = self._leftover, []
-        for row in leftover:
+        for row in rows:
             if hooks.is_pending(row.msg_id):
                 continue
             where = f"{self.store.location}: outbox message {row.msg_id.hex()}"
@@ -212,15 +231,25 @@ class Durable:
             report = DeliveryReport(row.msg_id, row.msg_type)
             self.resumed.append(report)
             hooks.track(report, row.frame, row.destination, row.kind, pol, hooks.now())
-        if self.resumed:
-            log.info(
-                "%s: resumed %d messages from %s",
-                hooks.identity,
-                len(self.resumed),
-                self.store.location,
-            )
+
+    async def _adopt(self, every: float) -> None:
+        """A running instance's look, every ``every`` seconds, for siblings gone for
+        good: their pending outbox rows become this instance's and are sent."""
+        hooks = self._host()
+        while not hooks.closed():
+            await asyncio.sleep(every)
+            try:
+                rows = await asyncio.to_thread(self.store.take_over)
+            except Exception as exc:  # the database away: the next look tries again
+                log.warning("%s: looking for gone siblings' outbox failed: %s", hooks.identity, exc)
+                continue
+            if rows and not hooks.closed():
+                self._track_rows(rows)
 
     async def close(self, timeout: float = 5.0) -> None:
+        if self._adopter is not None:
+            self._adopter.cancel()
+            await asyncio.wait([self._adopter], timeout=timeout)
         if self._live:  # their connections go back to the pool before it closes
             await asyncio.wait(self._live, timeout=timeout)
         await self.store.aclose()

@@ -124,6 +124,10 @@ class Store(abc.ABC):
     durability: Durability
     location: str
     """Where it lives, for messages (a path, or a URL without its password)."""
+    takeover_every: float | None = None
+    """Seconds between a running instance's looks for the outbox rows of its service's
+    instances that are gone for good (:meth:`take_over`); ``None``: a store of one
+    instance's own (SQLite's) has no siblings."""
     dead_letters_ttl: float | None = None
     """Seconds a dead letter is kept before the endpoint prunes it (the URL's
     ``?dead_letters_ttl=``); ``None``: until purged or replayed."""
@@ -138,6 +142,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def pending_outbox(self) -> list[OutboxRow]:
         """Messages a previous run accepted and never settled, oldest first."""
+
+    def take_over(self) -> list[OutboxRow]:
+        """Adopt and return the pending outbox rows of the service's instances that are
+        gone for good (called on a worker thread every :attr:`takeover_every`)."""
+        return []
 
     @abc.abstractmethod
     def inbox_since(self, since: float, limit: int = -1) -> list[InboxRecord]:

@@ -66,7 +66,9 @@ waits for; the frozen process's commit then fails, so it acks nothing."""
 class PostgresStore(Store):
     """A durable store in a PostgreSQL database, shared by a service's instances."""
 
-    def __init__(self, url: str | PgUrl, *, pool_size: int = 4) -> None:
+    def __init__(
+        self, url: str | PgUrl, *, pool_size: int = 4, takeover_every: float = 5.0
+    ) -> None:
         if pool_size < 2:
             raise ValueError(
                 f"pool_size must be at least 2 (the writer's connection and one for "
@@ -85,6 +87,10 @@ class PostgresStore(Store):
         self._writer: PgWriter | None = None
         self._sql: PgStatements | None = None
         self._closed = False
+        if not takeover_every > 0:
+            raise ValueError(f"takeover_every must be > 0 seconds, got {takeover_every}")
+        self.takeover_every: float | None = takeover_every
+        """Seconds between a running instance's looks for gone siblings' outbox rows."""
         self.max_transactions = pool_size - 1
         """Live transactions (``ctx.tx`` used, ``ep.transaction()``) holding a pooled
         connection at once; the pool keeps one more for the group commit."""
@@ -166,9 +172,16 @@ class PostgresStore(Store):
         ).fetchone()
         return bool(row and row[0])
 
-    def _take_over(self, conn: Conn, service: str, me: str) -> None:
+    def take_over(self) -> list[OutboxRow]:
+        """Adopt the pending outbox rows of this service's instances whose process is
+        gone (their advisory lock is free), and return them, oldest first: a running
+        instance's periodic look (on a worker thread; the claim's connection)."""
+        return self._take_over(self._claimed(), self.service, self.instance)
+
+    def _take_over(self, conn: Conn, service: str, me: str) -> list[OutboxRow]:
         """Adopt the outbox rows of this service's instances whose process is gone (their
-        advisory lock is free), and forget those instances."""
+        advisory lock is free), forget those instances, and return the rows."""
+        adopted: list[OutboxRow] = []
         others = conn.execute(
             self._s("SELECT instance FROM {s}.instances WHERE service = %s AND instance <> %s"),
             (service, me),
@@ -178,13 +191,15 @@ class PostgresStore(Store):
                 continue  # alive
             try:
                 with conn.transaction():
-                    moved = conn.execute(
+                    rows = conn.execute(
                         self._s(
                             "UPDATE {s}.outbox SET instance = %s"
-                            " WHERE service = %s AND instance = %s"
+                            " WHERE service = %s AND instance = %s RETURNING id, type,"
+                            " destination, kind, request, policy, created_at, deadline, frame,"
+                            " seq"
                         ),
                         (me, service, other),
-                    ).rowcount
+                    ).fetchall()
                     conn.execute(
                         self._s("DELETE FROM {s}.instances WHERE service = %s AND instance = %s"),
                         (service, other),
@@ -194,12 +209,15 @@ class PostgresStore(Store):
                     "SELECT pg_advisory_unlock(%s, hashtext(%s))",
                     (LOCK_CLASS, f"{self.schema}/{service}/{other}"),
                 )
-            if moved:
+            if rows:
                 log.info(
                     "%s: instance %s of %s took over %d pending messages of instance %s, "
                     "whose process is gone",
-                    self.location, me, service, moved, other,
+                    self.location, me, service, len(rows), other,
                 )  # fmt: skip
+                rows.sort(key=lambda r: r[9])  # seq: the order they were sent in
+                adopted.extend(OutboxRow(*r[:9]) for r in rows)
+        return adopted
 
     # -- reading back (at start, before the writer runs; on a worker thread) ------------
 
