@@ -84,6 +84,9 @@ class Param:
     """Passed to the constructor as ``field=name``; otherwise through a ``**`` dict
     and only when not ``None`` (keyword names, oneof scalars, editions files)."""
     doc: str
+    refuse_str: bool = False
+    """A ``repeated string`` field: a ``str`` (which mypy takes for ``Iterable[str]``
+    and protobuf would store letter by letter) is refused before the constructor."""
 
     @property
     def nullable(self) -> bool:
@@ -497,7 +500,15 @@ class _Builder:
     def params(self, req: TypeInfo, rpc_full: str) -> tuple[Param, ...]:
         assert req.message is not None
         module_alias = self.alias(req.file.module)
-        taken = frozenset({"self", "msg", "fields", *SEND_OPTIONS, module_alias, FIELDS_ALIAS})
+        # The stub's body catches TypeError and ValueError from the constructor as exc and
+        # raises ackbus.field_error(...), and refuses a str for a repeated string field
+        # (isinstance): a field named like one of these must not shadow it.
+        body = {"ackbus", "exc", "TypeError", "ValueError"}
+        if any(_refuses_str(f) for f in req.message.field):
+            body |= {"isinstance", "str"}
+        taken = frozenset(
+            {"self", "msg", "fields", *body, *SEND_OPTIONS, module_alias, FIELDS_ALIAS}
+        )
         scope = Namespace(
             f"the keyword arguments of rpc {rpc_full}",
             {n: f"the {n!r} argument" for n in taken},
@@ -530,7 +541,9 @@ class _Builder:
             else:
                 self.abc.add("Iterable")
                 ann = f"Iterable[{self.value_type(f)}]"
-            return Param(name, f.name, f"{ann} | None", "None", not (keyword_name or editions), doc)
+            direct = not (keyword_name or editions)
+            refuse = _refuses_str(f)
+            return Param(name, f.name, f"{ann} | None", "None", direct, doc, refuse_str=refuse)
         ann = self.value_type(f)
         if required:
             return Param(name, f.name, ann, None, not (keyword_name or editions), doc)
@@ -563,6 +576,11 @@ class _Builder:
         if info.enum is None or not info.enum.value or keyword.iskeyword(info.enum.value[0].name):
             return None
         return f"{self.type_expr(info)}.{info.enum.value[0].name}"
+
+
+def _refuses_str(f: d.FieldDescriptorProto) -> bool:
+    """A ``repeated string`` field (never a map: a map's field is a message)."""
+    return f.label == FDP.LABEL_REPEATED and f.type == FDP.TYPE_STRING
 
 
 def _join(*paragraphs: str) -> str:

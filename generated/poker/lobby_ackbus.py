@@ -117,13 +117,28 @@ class LobbyClient:
             handles: Full proto names of the messages the instance handles.
             labels: Free-form labels ("region": "eu").
         """
-        msg = lobby_pb2.ServiceRegistration(
-            service_name=service_name,
-            id=id,
-            handles=handles,
-            labels=labels,
-            registered_at=registered_at,
-        )
+        if isinstance(handles, str):
+            raise ackbus.field_error(lobby_pb2.ServiceRegistration, {"handles": handles})
+        try:
+            msg = lobby_pb2.ServiceRegistration(
+                service_name=service_name,
+                id=id,
+                handles=handles,
+                labels=labels,
+                registered_at=registered_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                lobby_pb2.ServiceRegistration,
+                {
+                    "service_name": service_name,
+                    "id": id,
+                    "handles": handles,
+                    "labels": labels,
+                    "registered_at": registered_at,
+                },
+                exc,
+            ) from None
         return await self.send_register_service_message(
             msg,
             wait_ack=wait_ack,
@@ -193,13 +208,28 @@ class LobbyClient:
             handles: Full proto names of the messages the instance handles.
             labels: Free-form labels ("region": "eu").
         """
-        msg = lobby_pb2.ServiceRegistration(
-            service_name=service_name,
-            id=id,
-            handles=handles,
-            labels=labels,
-            registered_at=registered_at,
-        )
+        if isinstance(handles, str):
+            raise ackbus.field_error(lobby_pb2.ServiceRegistration, {"handles": handles})
+        try:
+            msg = lobby_pb2.ServiceRegistration(
+                service_name=service_name,
+                id=id,
+                handles=handles,
+                labels=labels,
+                registered_at=registered_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                lobby_pb2.ServiceRegistration,
+                {
+                    "service_name": service_name,
+                    "id": id,
+                    "handles": handles,
+                    "labels": labels,
+                    "registered_at": registered_at,
+                },
+                exc,
+            ) from None
         return await self.request_register_service_message(
             msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )
@@ -274,13 +304,28 @@ class LobbyBlockingClient:
             handles: Full proto names of the messages the instance handles.
             labels: Free-form labels ("region": "eu").
         """
-        msg = lobby_pb2.ServiceRegistration(
-            service_name=service_name,
-            id=id,
-            handles=handles,
-            labels=labels,
-            registered_at=registered_at,
-        )
+        if isinstance(handles, str):
+            raise ackbus.field_error(lobby_pb2.ServiceRegistration, {"handles": handles})
+        try:
+            msg = lobby_pb2.ServiceRegistration(
+                service_name=service_name,
+                id=id,
+                handles=handles,
+                labels=labels,
+                registered_at=registered_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                lobby_pb2.ServiceRegistration,
+                {
+                    "service_name": service_name,
+                    "id": id,
+                    "handles": handles,
+                    "labels": labels,
+                    "registered_at": registered_at,
+                },
+                exc,
+            ) from None
         return self.send_register_service_message(
             msg,
             wait_ack=wait_ack,
@@ -350,13 +395,28 @@ class LobbyBlockingClient:
             handles: Full proto names of the messages the instance handles.
             labels: Free-form labels ("region": "eu").
         """
-        msg = lobby_pb2.ServiceRegistration(
-            service_name=service_name,
-            id=id,
-            handles=handles,
-            labels=labels,
-            registered_at=registered_at,
-        )
+        if isinstance(handles, str):
+            raise ackbus.field_error(lobby_pb2.ServiceRegistration, {"handles": handles})
+        try:
+            msg = lobby_pb2.ServiceRegistration(
+                service_name=service_name,
+                id=id,
+                handles=handles,
+                labels=labels,
+                registered_at=registered_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                lobby_pb2.ServiceRegistration,
+                {
+                    "service_name": service_name,
+                    "id": id,
+                    "handles": handles,
+                    "labels": labels,
+                    "registered_at": registered_at,
+                },
+                exc,
+            ) from None
         return self.request_register_service_message(
             msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )

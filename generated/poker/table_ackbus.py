@@ -137,12 +137,26 @@ class TableEvents:
             hand_number: Counts up from 1 per table.
             player_ids: The players dealt in, in seat order.
         """
-        msg = table_pb2.HandStarted(
-            table_id=table_id,
-            hand_number=hand_number,
-            player_ids=player_ids,
-            started_at=started_at,
-        )
+        if isinstance(player_ids, str):
+            raise ackbus.field_error(table_pb2.HandStarted, {"player_ids": player_ids})
+        try:
+            msg = table_pb2.HandStarted(
+                table_id=table_id,
+                hand_number=hand_number,
+                player_ids=player_ids,
+                started_at=started_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.HandStarted,
+                {
+                    "table_id": table_id,
+                    "hand_number": hand_number,
+                    "player_ids": player_ids,
+                    "started_at": started_at,
+                },
+                exc,
+            ) from None
         return await self.publish_hand_started_message(
             msg,
             wait_ack=wait_ack,
@@ -219,12 +233,26 @@ class TableBlockingEvents:
             hand_number: Counts up from 1 per table.
             player_ids: The players dealt in, in seat order.
         """
-        msg = table_pb2.HandStarted(
-            table_id=table_id,
-            hand_number=hand_number,
-            player_ids=player_ids,
-            started_at=started_at,
-        )
+        if isinstance(player_ids, str):
+            raise ackbus.field_error(table_pb2.HandStarted, {"player_ids": player_ids})
+        try:
+            msg = table_pb2.HandStarted(
+                table_id=table_id,
+                hand_number=hand_number,
+                player_ids=player_ids,
+                started_at=started_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.HandStarted,
+                {
+                    "table_id": table_id,
+                    "hand_number": hand_number,
+                    "player_ids": player_ids,
+                    "started_at": started_at,
+                },
+                exc,
+            ) from None
         return self.publish_hand_started_message(
             msg,
             wait_ack=wait_ack,
@@ -302,13 +330,26 @@ class TableClient:
             button_seat: Seat of the dealer button.
             start_at: When to deal; unset means at once.
         """
-        msg = table_pb2.StartHand(
-            table_id=table_id,
-            seats=seats,
-            button_seat=button_seat,
-            blinds=blinds,
-            start_at=start_at,
-        )
+        try:
+            msg = table_pb2.StartHand(
+                table_id=table_id,
+                seats=seats,
+                button_seat=button_seat,
+                blinds=blinds,
+                start_at=start_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.StartHand,
+                {
+                    "table_id": table_id,
+                    "seats": seats,
+                    "button_seat": button_seat,
+                    "blinds": blinds,
+                    "start_at": start_at,
+                },
+                exc,
+            ) from None
         return await self.send_start_hand_message(
             msg,
             wait_ack=wait_ack,
@@ -372,11 +413,22 @@ class TableClient:
             hands: Hole cards by player id.
             board: Community cards dealt so far.
         """
-        msg = table_pb2.DealCards(
-            table_id=table_id,
-            hands=hands,
-            board=board,
-        )
+        try:
+            msg = table_pb2.DealCards(
+                table_id=table_id,
+                hands=hands,
+                board=board,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.DealCards,
+                {
+                    "table_id": table_id,
+                    "hands": hands,
+                    "board": board,
+                },
+                exc,
+            ) from None
         return await self.send_deal_cards_message(
             msg,
             wait_ack=wait_ack,
@@ -451,12 +503,26 @@ class TableClient:
             fields["chips"] = chips
         if all_in is not None:
             fields["all_in"] = all_in
-        msg = table_pb2.PlayerAction(
-            table_id=table_id,
-            kind=kind,
-            comment=comment,
-            **fields,
-        )
+        try:
+            msg = table_pb2.PlayerAction(
+                table_id=table_id,
+                kind=kind,
+                comment=comment,
+                **fields,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.PlayerAction,
+                {
+                    "table_id": table_id,
+                    "from": from_,
+                    "kind": kind,
+                    "chips": chips,
+                    "all_in": all_in,
+                    "comment": comment,
+                },
+                exc,
+            ) from None
         return await self.send_player_action_message(
             msg,
             wait_ack=wait_ack,
@@ -515,9 +581,18 @@ class TableClient:
         change one field, pass
         ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
-        msg = table_pb2.GetTableState(
-            table_id=table_id,
-        )
+        try:
+            msg = table_pb2.GetTableState(
+                table_id=table_id,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.GetTableState,
+                {
+                    "table_id": table_id,
+                },
+                exc,
+            ) from None
         return await self.send_get_table_state_message(
             msg,
             wait_ack=wait_ack,
@@ -576,9 +651,18 @@ class TableClient:
         change one field, pass
         ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
-        msg = table_pb2.GetTableState(
-            table_id=table_id,
-        )
+        try:
+            msg = table_pb2.GetTableState(
+                table_id=table_id,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.GetTableState,
+                {
+                    "table_id": table_id,
+                },
+                exc,
+            ) from None
         return await self.request_get_table_state_message(
             msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )
@@ -652,13 +736,26 @@ class TableBlockingClient:
             button_seat: Seat of the dealer button.
             start_at: When to deal; unset means at once.
         """
-        msg = table_pb2.StartHand(
-            table_id=table_id,
-            seats=seats,
-            button_seat=button_seat,
-            blinds=blinds,
-            start_at=start_at,
-        )
+        try:
+            msg = table_pb2.StartHand(
+                table_id=table_id,
+                seats=seats,
+                button_seat=button_seat,
+                blinds=blinds,
+                start_at=start_at,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.StartHand,
+                {
+                    "table_id": table_id,
+                    "seats": seats,
+                    "button_seat": button_seat,
+                    "blinds": blinds,
+                    "start_at": start_at,
+                },
+                exc,
+            ) from None
         return self.send_start_hand_message(
             msg,
             wait_ack=wait_ack,
@@ -722,11 +819,22 @@ class TableBlockingClient:
             hands: Hole cards by player id.
             board: Community cards dealt so far.
         """
-        msg = table_pb2.DealCards(
-            table_id=table_id,
-            hands=hands,
-            board=board,
-        )
+        try:
+            msg = table_pb2.DealCards(
+                table_id=table_id,
+                hands=hands,
+                board=board,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.DealCards,
+                {
+                    "table_id": table_id,
+                    "hands": hands,
+                    "board": board,
+                },
+                exc,
+            ) from None
         return self.send_deal_cards_message(
             msg,
             wait_ack=wait_ack,
@@ -801,12 +909,26 @@ class TableBlockingClient:
             fields["chips"] = chips
         if all_in is not None:
             fields["all_in"] = all_in
-        msg = table_pb2.PlayerAction(
-            table_id=table_id,
-            kind=kind,
-            comment=comment,
-            **fields,
-        )
+        try:
+            msg = table_pb2.PlayerAction(
+                table_id=table_id,
+                kind=kind,
+                comment=comment,
+                **fields,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.PlayerAction,
+                {
+                    "table_id": table_id,
+                    "from": from_,
+                    "kind": kind,
+                    "chips": chips,
+                    "all_in": all_in,
+                    "comment": comment,
+                },
+                exc,
+            ) from None
         return self.send_player_action_message(
             msg,
             wait_ack=wait_ack,
@@ -865,9 +987,18 @@ class TableBlockingClient:
         change one field, pass
         ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
-        msg = table_pb2.GetTableState(
-            table_id=table_id,
-        )
+        try:
+            msg = table_pb2.GetTableState(
+                table_id=table_id,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.GetTableState,
+                {
+                    "table_id": table_id,
+                },
+                exc,
+            ) from None
         return self.send_get_table_state_message(
             msg,
             wait_ack=wait_ack,
@@ -926,9 +1057,18 @@ class TableBlockingClient:
         change one field, pass
         ``policy=TABLE_GET_TABLE_STATE_POLICY.with_(max_attempts=1)``.
         """
-        msg = table_pb2.GetTableState(
-            table_id=table_id,
-        )
+        try:
+            msg = table_pb2.GetTableState(
+                table_id=table_id,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ackbus.field_error(
+                table_pb2.GetTableState,
+                {
+                    "table_id": table_id,
+                },
+                exc,
+            ) from None
         return self.request_get_table_state_message(
             msg, timeout=timeout, to=to, priority=priority, headers=headers, policy=policy
         )

@@ -7,6 +7,7 @@ only declares types and policies should not pay for the endpoint, the hub and Ze
 
 import typing as _typing
 
+from ._fields import field_error
 from ._types import (
     AsyncBus,
     BlockingBus,
@@ -124,5 +125,6 @@ __all__ = [
     "Untyped",
     "WaitTimeout",
     "__version__",
+    "field_error",
     "unimplemented",
 ]

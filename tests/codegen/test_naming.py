@@ -156,7 +156,7 @@ EXPECTED = [
         True,
         "",
     ),
-    P("tags", "tags", "Iterable[str] | None", "None", True, ""),
+    P("tags", "tags", "Iterable[str] | None", "None", True, "", refuse_str=True),
     P("inners", "inners", "Iterable[n_pb2.Outer.Inner] | None", "None", True, ""),
     P("counts", "counts", "Mapping[str, int] | None", "None", True, ""),
     P("by_id", "by_id", "Mapping[int, n_pb2.Outer.Inner] | None", "None", True, ""),
