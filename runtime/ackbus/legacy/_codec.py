@@ -39,6 +39,7 @@ from google.protobuf.message import Message
 
 from .._types import MessageSpec, Registry, Untyped
 from ..errors import RemoteProtocolError, SchemaError
+from ._custom import CustomFormat
 
 __all__ = [
     "FieldCase",
@@ -478,14 +479,16 @@ class LegacyCodec:
     def encode(
         self,
         msg: Message | Untyped,
-        fmt: LegacyFormat,
+        fmt: LegacyFormat | CustomFormat[Any],
         *,
         message_id: str | None = None,
         sender: str | None = None,
         timestamp: datetime | None = None,
     ) -> list[bytes]:
         """``msg`` as the multipart ``fmt`` describes (metadata only travels in an
-        envelope: topic formats have nowhere to put it)."""
+        envelope: topic formats and custom ones have nowhere to put it)."""
+        if isinstance(fmt, CustomFormat):
+            return _write_custom(fmt, msg)
         if fmt is LegacyFormat.ENVELOPE:
             frame = self.encode_envelope(
                 msg, message_id=message_id, sender=sender, timestamp=timestamp
@@ -494,8 +497,13 @@ class LegacyCodec:
         payload = PayloadFormat.JSON if fmt is LegacyFormat.TOPIC_JSON else PayloadFormat.PROTOBUF
         return self.encode_frames(msg, payload)
 
-    def decode(self, frames: Sequence[bytes], fmt: LegacyFormat) -> LegacyMessage:
+    def decode(
+        self, frames: Sequence[bytes], fmt: LegacyFormat | CustomFormat[Any]
+    ) -> LegacyMessage:
         """Read a multipart in format ``fmt``."""
+        if isinstance(fmt, CustomFormat):
+            msg = _read_custom(fmt, frames)
+            return LegacyMessage(msg, msg.DESCRIPTOR.full_name)
         if fmt is LegacyFormat.ENVELOPE:
             if not 1 <= len(frames) <= 2:
                 raise LegacyFormatError(
@@ -529,3 +537,36 @@ def _dumps(obj: dict[str, Any], type_name: str) -> bytes:
 
 def _kind(obj: object) -> str:
     return "null" if obj is None else type(obj).__name__
+
+
+def _read_custom(fmt: CustomFormat[Any], frames: Sequence[bytes]) -> Message:
+    """``fmt.decode(frames)``; whatever the user's function raises or returns that is not
+    a message is a :class:`LegacyFormatError` (the legacy peer's input is at fault)."""
+    try:
+        msg = fmt.decode(frames)
+    except Exception as exc:
+        s = "s" if len(frames) != 1 else ""
+        raise LegacyFormatError(
+            f"{fmt.label} could not read {len(frames)} frame{s}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(msg, Message):
+        raise LegacyFormatError(f"{fmt.label} returned {_kind(msg)}, not a protobuf message")
+    return msg
+
+
+def _write_custom(fmt: CustomFormat[Any], msg: Message | Untyped) -> list[bytes]:
+    """``fmt.encode(msg)``; a failure, or anything but a non-empty list of bytes, is a
+    :class:`SchemaError` (the layout cannot hold this message)."""
+    name = msg.type_name if isinstance(msg, Untyped) else msg.DESCRIPTOR.full_name
+    if fmt.encode is None:
+        raise SchemaError(f"{fmt.label} has no encode function: it cannot write {name}")
+    if isinstance(msg, Untyped):
+        raise SchemaError(f"{fmt.label} writes typed messages only, not untyped {name}")
+    try:
+        frames = list(fmt.encode(msg))
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        raise SchemaError(f"{fmt.label} could not write {name}: {why}") from None
+    if not frames or not all(isinstance(f, bytes) for f in frames):
+        raise SchemaError(f"{fmt.label} must write a non-empty list of bytes for {name}")
+    return frames

@@ -40,7 +40,8 @@ from google.protobuf.message import Message
 from .._types import Context, DeliveryReport, Kind, Untyped
 from ..endpoint import Endpoint
 from ..errors import ClosedError, DeliveryError, Reject, RetryLater, SchemaError
-from ._codec import LegacyCodec, LegacyFormat, LegacyFormatError, LegacyMessage
+from ._codec import LegacyCodec, LegacyFormat, LegacyFormatError, LegacyMessage, _lookup
+from ._custom import CustomFormat
 
 __all__ = ["Bridge", "BridgeStats", "LegacySocket", "SocketRole"]
 
@@ -48,6 +49,10 @@ log = logging.getLogger("ackbus.legacy.bridge")
 
 MessageType = type[Message] | str
 """A type the legacy service consumes: a generated class, or a type name."""
+Format = LegacyFormat | CustomFormat[Any]
+"""A legacy socket's layout: a built-in format, or the user's own functions."""
+Failure = Callable[[Any], str | None]
+"""Reads a legacy REP's decoded reply: the failure's text, or ``None`` for a success."""
 
 _REPLIES = 1000
 """REP replies kept to answer a legacy client's re-send of the same MessageId."""
@@ -98,6 +103,9 @@ class BridgeStats:
     """Bus messages written to the legacy service, by socket role."""
     backpressure: int = 0
     """Bus messages refused with RetryLater (PUSH full or unconnected, REQ silent)."""
+    failure_replies: int = 0
+    """Legacy REP replies that said the request failed (``request_to(failure=...)``):
+    each refused the bus message with a permanent ``Reject``."""
 
 
 @dataclass(slots=True)
@@ -107,12 +115,14 @@ class LegacySocket:
 
     role: SocketRole
     address: str
-    fmt: LegacyFormat
+    fmt: Format
     bind: bool
     topics: tuple[bytes, ...] = ()
     types: dict[str, type[Message] | None] = field(default_factory=dict)
     """Outbound: the type names this socket takes and, for REQ, each one's reply class."""
     timeout: float = 5.0
+    failure: Failure | None = None
+    """REQ: reads each reply for a failure (``request_to(failure=..., error_field=...)``)."""
     sock: zmq.asyncio.Socket | None = field(default=None, repr=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     """REQ is lockstep: one request in flight per socket."""
@@ -158,7 +168,7 @@ class Bridge:
         self,
         address: str,
         *,
-        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        fmt: Format = LegacyFormat.ENVELOPE,
         topics: Iterable[bytes] = (b"",),
         bind: bool = False,
     ) -> LegacySocket:
@@ -166,7 +176,7 @@ class Bridge:
         return self._add(LegacySocket(SocketRole.SUB, address, fmt, bind, tuple(topics)))
 
     def pull(
-        self, address: str, *, fmt: LegacyFormat = LegacyFormat.ENVELOPE, bind: bool = False
+        self, address: str, *, fmt: Format = LegacyFormat.ENVELOPE, bind: bool = False
     ) -> LegacySocket:
         """Read what the legacy service pushes (PULL from its PUSH) onto the bus."""
         return self._add(LegacySocket(SocketRole.PULL, address, fmt, bind))
@@ -176,7 +186,7 @@ class Bridge:
         address: str,
         responses: Mapping[MessageType, type[Message] | None] | None = None,
         *,
-        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        fmt: Format = LegacyFormat.ENVELOPE,
         timeout: float = 5.0,
         bind: bool = True,
     ) -> LegacySocket:
@@ -196,7 +206,7 @@ class Bridge:
         address: str,
         types: Iterable[MessageType],
         *,
-        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        fmt: Format = LegacyFormat.ENVELOPE,
         bind: bool = True,
     ) -> LegacySocket:
         """Write bus messages of ``types`` to a PUB socket the legacy service subscribes
@@ -209,7 +219,7 @@ class Bridge:
         address: str,
         types: Iterable[MessageType],
         *,
-        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        fmt: Format = LegacyFormat.ENVELOPE,
         bind: bool = False,
     ) -> LegacySocket:
         """Write bus messages of ``types`` to a PUSH socket feeding the legacy PULL.
@@ -223,16 +233,39 @@ class Bridge:
         address: str,
         types: Mapping[MessageType, type[Message] | None],
         *,
-        fmt: LegacyFormat = LegacyFormat.ENVELOPE,
+        fmt: Format = LegacyFormat.ENVELOPE,
         timeout: float = 5.0,
         bind: bool = False,
+        failure: Failure | None = None,
+        error_field: str | None = None,
     ) -> LegacySocket:
         """Send bus messages of each request type to the legacy REP service, one at a
         time, and ack only once its reply came: the reply is the ack. With a reply
-        class, the decoded reply is the handler's response (for ``ep.request``)."""
+        class, the decoded reply is the handler's response (for ``ep.request``).
+
+        A legacy REP often answers a failure with a reply too. ``failure`` reads each
+        decoded reply (the reply class, else a typed or untyped message) and returns the
+        failure's text, or ``None`` when the request succeeded; ``error_field`` names a
+        field of the reply that is set (non-empty) exactly when it failed, its value the
+        text. A failure reply refuses the bus message with a permanent ``Reject`` of that
+        text, so the sender's report is ``Rejected`` (``remote_message`` the text) and is
+        not retried: the legacy handler ran. ``failure`` may raise ``RetryLater`` or
+        ``Reject(..., permanent=False)`` itself for a failure worth retrying."""
+        if failure is not None and error_field is not None:
+            raise ValueError("give failure= or error_field=, not both")
         names = {self._name(t): resp for t, resp in types.items()}
+        if error_field is not None:
+            for name, resp in names.items():
+                if resp is not None and error_field not in resp.DESCRIPTOR.fields_by_name:
+                    raise SchemaError(
+                        f"error_field {error_field!r} is not a field of "
+                        f"{resp.DESCRIPTOR.full_name}, the reply to {name}"
+                    )
+            failure = _field_failure(error_field)
         return self._add(
-            LegacySocket(SocketRole.REQ, address, fmt, bind, types=names, timeout=timeout)
+            LegacySocket(
+                SocketRole.REQ, address, fmt, bind, types=names, timeout=timeout, failure=failure
+            )
         )
 
     def _name(self, t: MessageType) -> str:
@@ -419,8 +452,10 @@ class Bridge:
         return self._reply(side, Untyped("Nack", payload))
 
     def _reply(self, side: LegacySocket, msg: Untyped) -> list[bytes]:
-        # Ack and Nack have no schema: a protobuf socket gets them as [topic, JSON].
-        fmt = LegacyFormat.TOPIC_JSON if side.fmt is LegacyFormat.TOPIC_PROTOBUF else side.fmt
+        # Ack and Nack have no schema: a protobuf or custom socket gets [topic, JSON].
+        fmt = side.fmt
+        if not isinstance(fmt, LegacyFormat) or fmt is LegacyFormat.TOPIC_PROTOBUF:
+            fmt = LegacyFormat.TOPIC_JSON
         return self.codec.encode(msg, fmt, sender=self.endpoint.identity.service)
 
     def _malformed(
@@ -534,7 +569,7 @@ class Bridge:
                     0.2, f"legacy REP {side.address} did not reply within {side.timeout} s"
                 ) from None
         self.stats.to_legacy[side.role.value] += 1
-        if response is None:
+        if response is None and side.failure is None:
             return None  # any reply is the ack
         try:
             got = self.codec.decode(reply, side.fmt)
@@ -542,13 +577,35 @@ class Bridge:
             self._malformed(side, exc)
             # The legacy handler ran: retrying would run it again. Refuse for good.
             raise Reject(f"legacy REP {side.address} sent an unreadable reply: {exc}") from None
-        if not isinstance(got.message, response):
+        if response is not None and not isinstance(got.message, response):
             self.stats.malformed["WRONG_REPLY"] += 1
             raise Reject(
                 f"legacy REP {side.address} replied {got.full_name}, "
                 f"expected {response.DESCRIPTOR.full_name}"
             )
-        return got.message
+        if side.failure is not None:
+            text = side.failure(got.message)
+            if text is not None:
+                self.stats.failure_replies += 1
+                log.info("bridge req %s: the legacy reply says it failed: %s", side.address, text)
+                raise Reject(text)  # permanent: the legacy handler ran
+        return cast(Message, got.message) if response is not None else None
+
+
+def _field_failure(name: str) -> Failure:
+    """``error_field=name``: a reply fails when its field ``name`` is set (non-empty), the
+    field's value its text. An untyped reply's payload key matches in any case."""
+
+    def failure(reply: Message | Untyped) -> str | None:
+        if isinstance(reply, Untyped):
+            value = _lookup(reply.payload, name)
+        else:
+            value = getattr(reply, name, None)
+        if not value:
+            return None
+        return str(value)
+
+    return failure
 
 
 def _headers(legacy: LegacyMessage) -> dict[str, str]:
