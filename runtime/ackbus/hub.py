@@ -56,6 +56,7 @@ from .transport._keys import HubKeys, KeyGate
 from .wire import (
     DEFAULT_LIMITS,
     LIMIT,
+    NOT_REGISTERED,
     Command,
     Limits,
     MessageItem,
@@ -132,6 +133,7 @@ class Hub:
             stall_limit=stall_limit,
             max_held=max_held,
         )
+        self._proto.identity = self.identity
         self.stats: HubStats = self._proto.stats
         self._options = options or TransportOptions()
         if self._options.max_msgsize < 0:  # a bigger frame is never read, only refused
@@ -402,9 +404,14 @@ class Hub:
     def send_heartbeat(self, peer: bytes) -> None:
         self._out(peer).control(encode_heartbeat())
 
-    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
+    def forgotten(
+        self, peer: bytes, instance: Instance | None, why: str, tell: bool = False
+    ) -> None:
         if self._listener is not None:
             self._listener.forget(peer)
+            if tell:  # its connection may be up: it says HELLO again when told
+                notice = RemoteProtocolError(f"forgotten by the hub: {why}", code=NOT_REGISTERED)
+                self._listener.send_once(peer, refusal_for(notice))
         if instance is not None:
             log.info("instance %s left: %s", instance.identity, why)
 

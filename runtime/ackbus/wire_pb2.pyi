@@ -138,6 +138,14 @@ class Refusal(_message.Message):
         NOT_REGISTERED: Refusal._Code.ValueType  # 6
         LIMIT: Refusal._Code.ValueType  # 7
         """A hub's capacity is used up (instances per hub): try another hub, or later."""
+        IN_USE: Refusal._Code.ValueType  # 8
+        """A HELLO for an identity registered on another live connection, or under the
+        hub's own name.
+        """
+        UNAUTHORIZED: Refusal._Code.ValueType  # 9
+        """What the access file does not allow this connection's key (a HELLO for a
+        service, a message of a type); the reason names the rule.
+        """
 
     class Code(_Code, metaclass=_CodeEnumTypeWrapper): ...
     CODE_UNSPECIFIED: Refusal.Code.ValueType  # 0
@@ -149,6 +157,14 @@ class Refusal(_message.Message):
     NOT_REGISTERED: Refusal.Code.ValueType  # 6
     LIMIT: Refusal.Code.ValueType  # 7
     """A hub's capacity is used up (instances per hub): try another hub, or later."""
+    IN_USE: Refusal.Code.ValueType  # 8
+    """A HELLO for an identity registered on another live connection, or under the
+    hub's own name.
+    """
+    UNAUTHORIZED: Refusal.Code.ValueType  # 9
+    """What the access file does not allow this connection's key (a HELLO for a
+    service, a message of a type); the reason names the rule.
+    """
 
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int

@@ -122,10 +122,36 @@ def test_plain_acks_settle_and_count() -> None:
     ids = [bytes([n]) * 16 for n in range(3)]
     for mid in ids:
         proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    proto.on_routed(ids[0], ["other"], 0.05)  # the hub: x.Do is other's
     io.take()
     proto.on_acks(BOB, ids[:2], [AckReply(ids[2], Outcome.DUPLICATE, BOB)], 0.1)
     assert io.take() == [("acked", ids[:2]), ("acked", [ids[2]])]
     assert proto.stats.acked == 3
+
+
+def test_acks_count_only_from_the_service_addressed() -> None:
+    proto, io = make()
+    hub = Identity("hub", "h1")
+    proto.on_welcome(0, 1000, 0.0, hub)
+    by_type, named, event = b"t" * 16, b"n" * 16, b"e" * 16
+    proto.submit(by_type, "x.Do", "x.Do", P, 0.0)
+    proto.submit(named, "x.Do", "other/b", P, 0.0)
+    proto.submit(event, "ev.Tick", "ev.Tick", P, 0.0, event=True)
+    io.take()
+    mallory = Identity("mallory", "m")
+    # Before the hub named x.Do's service, and from a service not addressed: ignored.
+    proto.on_acks(BOB, [by_type], [], 0.1)
+    proto.on_acks(mallory, [by_type, named, event], [AckReply(named, Outcome.OK, mallory)], 0.1)
+    proto.on_routed(event, ["audit"], 0.1)
+    proto.on_routed(by_type, ["other"], 0.1)
+    proto.on_acks(mallory, [by_type, event], [AckReply(by_type, Outcome.REJECTED, mallory)], 0.2)
+    assert io.take() == []
+    assert proto.tracker.foreign == 8
+    # A hub's answers count for any message; the addressed services' acks settle them.
+    proto.on_ack(AckReply(by_type, Outcome.RETRY_LATER, hub, retry_after=5.0), 0.3)
+    proto.on_acks(BOB, [by_type, named], [], 0.4)
+    proto.on_acks(Identity("audit", "a"), [event], [], 0.4)
+    assert io.take() == [("acked", [by_type, named]), ("acked", [event])]
 
 
 def test_a_no_route_failure_says_why_the_hub_found_none() -> None:

@@ -49,16 +49,16 @@ def test_a_full_instance_gets_nothing_more_and_held_messages_go_out_as_answers_f
     assert proto.routing.in_flight(b"a1") == 2
     assert (proto.stats.held, len(proto.holds)) == (3, 3)
     # An IN_PROGRESS notice frees nothing; an OK ack and a full answer (a rejection) do.
-    proto.acks(b"a1", [Group(b"s", [], [b"~" + mid(0)])], 0.2)
+    proto.acks(b"a1", [Group(b"tok-s", [], [b"~" + mid(0)])], 0.2)
     assert kinds(io.take()) == []
-    proto.acks(b"a1", [Group(b"s", [mid(0)], [mid(1)])], 0.3)
+    proto.acks(b"a1", [Group(b"tok-s", [mid(0)], [mid(1)])], 0.3)
     assert kinds(io.take()) == [("forward", b"a1", mid(2)), ("forward", b"a1", mid(3))]
     assert proto.routing.in_flight(b"a1") == 2
     # A repeated answer pays back nothing twice.
-    proto.acks(b"a1", [Group(b"s", [mid(0)], [mid(1)])], 0.4)
+    proto.acks(b"a1", [Group(b"tok-s", [mid(0)], [mid(1)])], 0.4)
     assert kinds(io.take()) == []
     assert proto.routing.in_flight(b"a1") == 2
-    proto.acks(b"a1", [Group(b"s", [mid(2), mid(3)])], 0.5)
+    proto.acks(b"a1", [Group(b"tok-s", [mid(2), mid(3)])], 0.5)
     assert kinds(io.take()) == [("forward", b"a1", mid(4))]
     assert len(proto.holds) == 0
     assert proto.routing.in_flight(b"a1") == 1
@@ -70,7 +70,7 @@ def test_whichever_instance_frees_first_takes_the_next_held_message() -> None:
         proto.route(b"s", Item(mid(n)), 0.1)
     first = {a[1]: a[2] for a in io.take() if a[0] == "forward"}
     assert set(first) == {b"a1", b"a2"}
-    proto.acks(b"a2", [Group(b"s", [first[b"a2"]])], 0.2)
+    proto.acks(b"a2", [Group(b"tok-s", [first[b"a2"]])], 0.2)
     (fwd,) = kinds(io.take())
     assert fwd[:2] == ("forward", b"a2")
 
@@ -87,7 +87,7 @@ def test_held_messages_go_by_priority_with_aging() -> None:
     order = []
     for n in range(6):
         last = order[-1] if order else mid(0)
-        proto.acks(b"a1", [Group(b"s", [last])], 1.0 + n)
+        proto.acks(b"a1", [Group(b"tok-s", [last])], 1.0 + n)
         order += [a[2] for a in io.take() if a[0] == "forward"]
     assert order == [mid(9), mid(1), mid(2), mid(3), mid(8)]
 
@@ -99,7 +99,7 @@ def test_a_retry_of_a_held_message_is_held_once_and_told_again() -> None:
     proto.route(b"s", Item(mid(1), attempt=2), 1.0)
     assert kinds(io.take())[1:] == [("held", b"s", mid(1)), ("held", b"s", mid(1))]
     assert (proto.stats.held, len(proto.holds)) == (1, 1)
-    proto.acks(b"a1", [Group(b"s", [mid(0)])], 1.1)
+    proto.acks(b"a1", [Group(b"tok-s", [mid(0)])], 1.1)
     assert kinds(io.take()) == [("forward", b"a1", mid(1))]
     assert len(proto.holds) == 0
 
@@ -133,7 +133,7 @@ def retry_held_for_its_instance(proto: Hub, io: Recorder) -> tuple[bytes, bytes]
     proto.route(b"s", Item(mid(1)), 0.0)
     where = {a[2]: a[1] for a in io.take() if a[0] == "forward"}
     own, other = where[mid(0)], where[mid(1)]
-    proto.acks(own, [Group(b"s", [], [mid(0)])], 0.1)
+    proto.acks(own, [Group(b"tok-s", [], [mid(0)])], 0.1)
     proto.route(b"s", Item(mid(5)), 0.1)
     assert kinds(io.take())[0][:2] == ("forward", own)
     proto.route(b"s", Item(mid(0), attempt=2), 0.2)
@@ -145,9 +145,9 @@ def test_a_sticky_retry_waits_for_its_own_instance() -> None:
     proto, io = hub(1, 1)
     own, other = retry_held_for_its_instance(proto, io)
     # The other instance frees first: the retry still waits for its own.
-    proto.acks(other, [Group(b"s", [mid(1)])], 0.3)
+    proto.acks(other, [Group(b"tok-s", [mid(1)])], 0.3)
     assert kinds(io.take()) == []
-    proto.acks(own, [Group(b"s", [mid(5)])], 0.4)
+    proto.acks(own, [Group(b"tok-s", [mid(5)])], 0.4)
     assert kinds(io.take()) == [("forward", own, mid(0))]
 
 
@@ -155,7 +155,7 @@ def test_an_instance_that_leaves_hands_its_held_retries_to_the_service() -> None
     proto, io = hub(1, 1)
     own, other = retry_held_for_its_instance(proto, io)
     proto.forget(own, "said bye")
-    proto.acks(other, [Group(b"s", [mid(1)])], 0.3)
+    proto.acks(other, [Group(b"tok-s", [mid(1)])], 0.3)
     assert kinds(io.take()) == [("forward", other, mid(0))]
 
 
@@ -172,7 +172,11 @@ def test_held_messages_no_instance_can_take_any_more_are_answered_no_route() -> 
 def test_a_run_that_does_not_fit_is_routed_item_by_item() -> None:
     proto, io = hub(3)
     proto.route_run(b"s", Run([mid(n) for n in range(2)]), 0.0)
-    assert io.take() == [("forward_run", [b"a1", b"a1"], b"s")]
+    assert io.take() == [
+        ("routed", b"s", mid(0), ("alpha",), ((),)),  # the type's service, for its acks
+        ("forward_run", [b"a1", b"a1"], b"tok-s"),
+    ]
+    proto.begin(b"s", mid(2), 0.0)
     proto.route_run(b"s", Run([mid(n) for n in range(2, 5)]), 0.0)
     assert kinds(io.take()) == [
         ("forward", b"a1", mid(2)),
@@ -193,5 +197,5 @@ def test_an_event_waits_for_a_full_subscriber_and_its_notice_names_it() -> None:
         ("routed", b"s", mid(1)),
     ]
     assert actions[1][3] == ("alpha",)
-    proto.acks(b"a1", [Group(b"s", [mid(0)])], 0.1)
+    proto.acks(b"a1", [Group(b"tok-s", [mid(0)])], 0.1)
     assert kinds(io.take()) == [("forward", b"a1", mid(1))]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ackbus import Identity, RemoteProtocolError
 from ackbus.core import Instance, RoutingTable
-from ackbus.core.hub_protocol import KIND_EVENT, NOT_REGISTERED, HubProtocol
+from ackbus.core.hub_protocol import IN_USE, KIND_EVENT, NOT_REGISTERED, HubProtocol
 from ackbus.wire import KIND_COMMAND
 from ackbus.wire import KIND_EVENT as WIRE_KIND_EVENT
 from ackbus.wire import NOT_REGISTERED as WIRE_NOT_REGISTERED
@@ -91,8 +91,10 @@ class Recorder:
     def send_heartbeat(self, peer: bytes) -> None:
         self.actions.append(("heartbeat", peer))
 
-    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
-        self.actions.append(("forgotten", peer, why))
+    def forgotten(
+        self, peer: bytes, instance: Instance | None, why: str, tell: bool = False
+    ) -> None:
+        self.actions.append(("forgotten", peer, why, "told") if tell else ("forgotten", peer, why))
 
     def connected(self, peer: bytes) -> bool:
         self.actions.append(("connected?", peer))
@@ -128,8 +130,8 @@ def test_constants_are_the_wires() -> None:
 def test_hello_is_welcomed_with_the_slower_heartbeat() -> None:
     io = Recorder()
     proto: HubProtocol[Item, Run, bytes] = HubProtocol(io, heartbeat=1.0)
-    proto.hello(b"p", Identity("x", "1"), b"t", [], [], 0, 2500, 0.0)
-    proto.hello(b"q", Identity("x", "2"), b"t", [], [], 0, 100, 0.0)
+    proto.hello(b"p", Identity("x", "1"), b"t1", [], [], 0, 2500, 0.0)
+    proto.hello(b"q", Identity("x", "2"), b"t2", [], [], 0, 100, 0.0)
     assert io.take() == [("welcome", b"p", 2500), ("welcome", b"q", 1000)]
 
 
@@ -138,8 +140,11 @@ def test_a_command_goes_to_its_service_and_an_unknown_one_gets_no_route() -> Non
     proto.begin(b"s", b"1" * 16, 0.1)
     proto.route(b"s", Item(b"1" * 16), 0.1)
     proto.route(b"s", Item(b"2" * 16, type="nobody.Do"), 0.1)
-    (fwd, nr) = io.take()
-    assert fwd == ("forward", b"a1", b"1" * 16, b"s")
+    (told, fwd, nr) = io.take()
+    # Forwarded with the sender's registered identity (its token), which is told
+    # which service handles the type (its tracker takes acks from that one alone).
+    assert told == ("routed", b"s", b"1" * 16, ("alpha",), ((),))
+    assert fwd == ("forward", b"a1", b"1" * 16, b"tok-s")
     assert nr[:3] == ("no_route", b"s", b"2" * 16)
     assert "nobody.Do" in nr[3]
     assert (proto.stats.routed, proto.stats.no_route) == (1, 1)
@@ -159,11 +164,16 @@ def test_retries_wait_out_the_grace_period_first_attempts_do_not() -> None:
     proto, io = hub(grace=2.0)
     proto.route(b"s", Item(b"1" * 16), 0.5)
     proto.route(b"s", Item(b"2" * 16, attempt=2), 0.5)
+    proto.begin(b"s", b"3" * 16, 2.5)  # a new multipart
     proto.route(b"s", Item(b"3" * 16, attempt=2), 2.5)
+    proto.route(b"s", Item(b"4" * 16, attempt=2), 2.5)
     assert io.take() == [
-        ("forward", b"a1", b"1" * 16, b"s"),
+        ("routed", b"s", b"1" * 16, ("alpha",), ((),)),
+        ("forward", b"a1", b"1" * 16, b"tok-s"),
         ("retry_later", b"s", b"2" * 16, 1.5),
-        ("forward", b"a1", b"3" * 16, b"s"),
+        ("routed", b"s", b"3" * 16, ("alpha",), ((),)),
+        ("forward", b"a1", b"3" * 16, b"tok-s"),
+        ("forward", b"a1", b"4" * 16, b"tok-s"),  # told once per type and multipart
     ]
     assert proto.stats.deferred == 1
 
@@ -171,7 +181,12 @@ def test_retries_wait_out_the_grace_period_first_attempts_do_not() -> None:
 def test_a_run_is_routed_in_one_call() -> None:
     proto, io = hub()
     proto.route_run(b"s", Run([b"1" * 16, b"2" * 16]), 0.1)
-    assert io.take() == [("forward_run", [b"a1", b"a1"], b"s")]
+    assert io.take() == [
+        ("routed", b"s", b"1" * 16, ("alpha",), ((),)),
+        ("forward_run", [b"a1", b"a1"], b"tok-s"),
+    ]
+    proto.route_run(b"s", Run([b"5" * 16], recipient="alpha"), 0.1)
+    assert io.take() == [("forward_run", [b"a1"], b"tok-s")]  # named: nothing to tell
     proto.route_run(b"s", Run([b"3" * 16], type="nobody.Do"), 0.1)
     assert [a[0] for a in io.take()] == ["no_route"]
 
@@ -194,7 +209,8 @@ def test_acks_go_to_registered_senders_only_and_free_credit() -> None:
     proto.route(b"s", Item(b"1" * 16), 0.1)
     io.take()
     assert proto.routing.in_flight(b"a1") == 1
-    proto.acks(b"a1", [Group(b"s", [b"1" * 16], [b"full"]), Group(b"gone", [b"2" * 16])], 0.2)
+    group = Group(b"tok-s", [b"1" * 16], [b"full"])  # to the token it got the message with
+    proto.acks(b"a1", [group, Group(b"tok-gone", [b"2" * 16])], 0.2)
     assert io.take() == [("acks", b"s", [b"1" * 16], [b"full"], b"tok-a1")]
     assert proto.routing.in_flight(b"a1") == 0
     assert proto.stats.acks_forwarded == 2
@@ -311,8 +327,8 @@ def test_a_peer_stalled_beyond_the_stall_limit_is_forgotten() -> None:
     proto, io = _two_alphas(stall_limit=10.0)
     _silence(proto, b"a1", 12.0)
     forgotten = [a for a in io.take() if a[0] == "forgotten"]
-    assert forgotten == [
-        ("forgotten", b"a1", "silent for 12.0 s, connected but stalled beyond stall_limit")
+    assert forgotten == [  # told: its connection is up, it says HELLO when it can
+        ("forgotten", b"a1", "silent for 12.0 s, connected but stalled beyond stall_limit", "told")
     ]
     assert proto.stats.stalled == 1
     assert proto.stats.dead_peers == 1
@@ -332,3 +348,49 @@ def test_bye_forgets_at_once() -> None:
     proto.forget(b"a1", "said bye")
     assert io.take() == [("forgotten", b"a1", "said bye")]
     assert not proto.registered(b"a1")
+
+
+def test_a_hello_reusing_a_live_instances_identity_is_refused() -> None:
+    proto, io = _two_alphas()
+    with pytest.raises(RemoteProtocolError) as info:  # another connection, same instance
+        proto.hello(b"evil", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 9, 0, 0.5)
+    assert info.value.code == IN_USE
+    assert io.take() == [("connected?", b"a1")]
+    assert proto.registered(b"a1")
+    assert not proto.registered(b"evil")
+    assert proto.routing.instance(b"a1") is not None
+    # Its acks still come back to it, not to the impostor.
+    proto.acks(b"a2", [Group(b"tok-a1", [b"1" * 16])], 0.6)
+    assert io.take() == [("acks", b"a1", [b"1" * 16], [], b"tok-a2")]
+
+
+def test_an_instance_whose_connection_is_gone_is_taken_over_and_the_old_one_told() -> None:
+    proto, io = _two_alphas()
+    io.up.discard(b"a1")  # e.g. it restarted: its old connection is gone
+    proto.hello(b"a1-new", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 9, 0, 0.5)
+    actions = io.take()
+    assert ("forgotten", b"a1", "displaced by a new connection of alpha/a1", "told") in actions
+    assert actions[-1] == ("welcome", b"a1-new", 1000)
+    assert not proto.registered(b"a1")
+    assert proto.registered(b"a1-new")
+    proto.acks(b"a2", [Group(b"tok-a1", [b"1" * 16])], 0.6)
+    assert io.take() == [("acks", b"a1-new", [b"1" * 16], [], b"tok-a2")]
+
+
+def test_the_same_key_takes_a_live_instance_over() -> None:
+    proto, io = _two_alphas()
+    proto.hello(
+        b"a1-new", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 9, 0, 0.5, same_key=True
+    )
+    assert ("forgotten", b"a1", "displaced by a new connection of alpha/a1", "told") in io.take()
+    assert proto.registered(b"a1-new")
+    assert not proto.registered(b"a1")
+
+
+def test_nobody_registers_under_the_hubs_own_name() -> None:
+    proto, _io = _two_alphas()
+    proto.identity = Identity("hub", "h1")
+    with pytest.raises(RemoteProtocolError) as info:
+        proto.hello(b"x", Identity("hub", "other"), b"tok-x", [], [], 9, 0, 0.5)
+    assert info.value.code == IN_USE
+    assert not proto.registered(b"x")

@@ -30,7 +30,9 @@ from ackbus.wire import (
     Limits,
     decode_command,
     decode_refusal,
+    decode_routed,
     encode_hello,
+    encode_identity,
     encode_message,
     encode_welcome,
     group_frame,
@@ -40,6 +42,9 @@ from ackbus.wire_pb2 import Bye, Hello, Welcome
 from helpers import running_hub
 
 TIMEOUT = 2.0
+ORIGIN = encode_identity("lobby", "origin")
+"""Origin tokens as a hub stamps them: the sender's registered identity."""
+A, B = encode_identity("lobby", "a"), encode_identity("lobby", "b")
 
 
 async def recv(sock: zmq.asyncio.Socket) -> list[bytes]:
@@ -213,10 +218,10 @@ async def test_endpoint_refuses_bad_input_from_its_hub_and_keeps_serving(
         return decode_refusal(reply).code
 
     async def acked(item: bytes) -> Ack | bytes:
-        reply = await send([MESSAGE_FRAME, group_frame(1, b"origin"), item])
+        reply = await send([MESSAGE_FRAME, group_frame(1, ORIGIN), item])
         assert decode_command(reply) is Command.ACK, reply
         [group] = split_acks(reply)
-        assert group.peer == b"origin"
+        assert group.peer == ORIGIN
         return group.full_acks()[0] if group.full else group.ok_ids[0]
 
     try:
@@ -289,6 +294,8 @@ async def test_a_fresh_hub_defers_retries_but_routes_first_attempts(
                 first = encode_message(os.urandom(16), "ackbus.Bye", b"", attempt=1)
                 retry = encode_message(os.urandom(16), "ackbus.Bye", b"", attempt=2)
                 await raw.send_multipart([MESSAGE_FRAME, group_frame(1), first])
+                routed = await recv(raw)  # the hub names the type's service first
+                assert decode_routed(routed)[0].targets == ("table",)
                 [group] = split_acks(await recv(raw))
                 assert group.ok_ids, "a first attempt is routed during the grace period"
                 await raw.send_multipart([MESSAGE_FRAME, group_frame(1), retry])
@@ -331,29 +338,29 @@ async def test_a_batch_is_acked_per_origin_once_per_id_and_its_retry_runs_nothin
             peer,
             [
                 MESSAGE_FRAME,
-                group_frame(2, b"A"),
+                group_frame(2, A),
                 *items[0:2],
-                group_frame(2, b"B"),
+                group_frame(2, B),
                 *items[2:4],
-                group_frame(2, b"A"),
+                group_frame(2, A),
                 items[0],
                 items[4],
             ],
         )
         assert decode_command(reply) is Command.ACK, reply
         groups = {g.peer: g for g in split_acks(reply)}
-        assert sorted(groups) == [b"A", b"B"]
-        assert groups[b"A"].ok_ids == [ids[0], ids[1], ids[4]]
-        assert groups[b"A"].full == []
-        assert groups[b"B"].ok_ids == [ids[2]]
-        [rejected] = groups[b"B"].full_acks()
+        assert sorted(groups) == sorted([A, B])
+        assert groups[A].ok_ids == [ids[0], ids[1], ids[4]]
+        assert groups[A].full == []
+        assert groups[B].ok_ids == [ids[2]]
+        [rejected] = groups[B].full_acks()
         assert (rejected.message_id, rejected.outcome) == (ids[3], REJECTED)
         assert runs == ["a1", "a2", "b1", "boom", "a3"]
 
-        reply = await answer(router, peer, [MESSAGE_FRAME, group_frame(1, b"A"), items[0]])
+        reply = await answer(router, peer, [MESSAGE_FRAME, group_frame(1, A), items[0]])
         [group] = split_acks(reply)
         [again] = group.full_acks()
-        assert (group.peer, again.message_id, again.outcome) == (b"A", ids[0], DUPLICATE)
+        assert (group.peer, again.message_id, again.outcome) == (A, ids[0], DUPLICATE)
     finally:
         await ep.close()
     assert runs == ["a1", "a2", "b1", "boom", "a3"]

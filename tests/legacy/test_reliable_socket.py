@@ -37,12 +37,14 @@ from ackbus.hub import Hub
 from ackbus.legacy import ReliableSocket, send_with_ack
 from ackbus.wire import (
     Command,
+    Routed,
     decode_command,
     decode_messages,
     encode_acks,
     encode_identity,
     encode_message,
     encode_messages,
+    encode_routed,
     encode_welcome,
     split_acks,
 )
@@ -369,6 +371,7 @@ def test_a_message_from_the_hub_is_answered_no_route() -> None:
     sock.connect(f"tcp://127.0.0.1:{port}")
     rs = ReliableSocket(sock, "legacy", policy=FAST)
     stray = os.urandom(16)
+    ORIGIN = encode_identity("sender", "s-1")
     sent: list[DeliveryReport] = []
     worker = threading.Thread(target=lambda: sent.append(rs.send(Untyped("X", {}))))
     worker.start()
@@ -379,15 +382,17 @@ def test_a_message_from_the_hub_is_answered_no_route() -> None:
         rid, *message = fake_hub.recv_multipart()
         [item] = decode_messages(message)
         fake_hub.send_multipart(
-            [rid, *encode_messages([(b"origin", [encode_message(stray, "Stray", b"")])])]
+            [rid, *encode_messages([(ORIGIN, [encode_message(stray, "Stray", b"")])])]
         )
         rid, *answer = fake_hub.recv_multipart()
         [group] = split_acks(answer)
         [ack] = group.full_acks()
-        assert (group.peer, ack.message_id) == (b"origin", stray)
+        assert (group.peer, ack.message_id) == (ORIGIN, stray)
         assert ack.outcome == envelope_pb2.NO_ROUTE
         assert ack.receiver.service == "legacy"
         peer = encode_identity("x", "1")
+        # The hub names the service X goes to; the socket takes acks from it alone.
+        fake_hub.send_multipart([rid, *encode_routed([Routed(item.id, ("x",), ())])])
         fake_hub.send_multipart([rid, *encode_acks([(peer, item.id, b"")])])
     finally:
         worker.join(5)

@@ -252,6 +252,34 @@ async def test_fixed_routing_id(kit: Kit) -> None:
         link.close()
 
 
+async def test_a_live_routing_id_is_not_taken_over(kit: Kit) -> None:
+    """No ROUTER_HANDOVER: a second link naming a live link's routing id does not take
+    its place (its frames are dropped); once the first is gone, a reconnect gets in."""
+    server, first_in, thief_in = Inbox(), Inbox(), Inbox()
+    options = TransportOptions(routing_id=b"table/t-1")
+    with kit.backend.bind(kit.address(), on_receive=server) as listener:
+        first = kit.backend.connect(listener.addresses[0], on_receive=first_in, options=options)
+        await first.wait_connected(T)
+        thief = kit.backend.connect(listener.addresses[0], on_receive=thief_in, options=options)
+        await asyncio.sleep(0.2)
+        thief.outbox.control(wire.encode_heartbeat())
+        first.outbox.message(item(1))
+        await server.until(lambda: len(server.multiparts) == 1)
+        await asyncio.sleep(0.2)
+        assert [mp[0] for mp in server.multiparts] == [b"table/t-1"]
+        assert wire.decode_command(server.multiparts[0][1:]) is wire.Command.MESSAGE
+        listener.outbox(b"table/t-1").control(wire.encode_heartbeat())
+        await first_in.until(lambda: len(first_in.multiparts) == 1)
+        assert thief_in.multiparts == []
+        first.close()
+        await asyncio.sleep(0.3)
+        thief.reconnect()
+        await asyncio.sleep(0.5)
+        thief.outbox.control(wire.encode_heartbeat())
+        await server.until(lambda: len(server.multiparts) == 2)
+        thief.close()
+
+
 async def test_close_is_idempotent_and_fails_waiters(kit: Kit) -> None:
     listener = kit.backend.bind(kit.address(), on_receive=Inbox())
     address = listener.addresses[0]

@@ -57,11 +57,13 @@ __all__ = [
 
 
 class _Hub:
-    __slots__ = ("hello_at", "index", "welcomed")
+    __slots__ = ("hello_at", "identity", "index", "welcomed")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.welcomed = False
+        self.identity: Identity | None = None
+        """The hub's own, from its WELCOME."""
         self.hello_at: float | None = None
         """When to say hello again if no WELCOME came (None: not waiting for one)."""
 
@@ -101,6 +103,7 @@ class EndpointProtocol:
         self.io = io
         self.window = window
         self.tracker = OutboundTracker(window=window, rng=random.Random(seed))
+        self.tracker.verify = True  # acks only from the services addressed
         self.deduper = InboundDeduper(capacity=dedupe_capacity, ttl=dedupe_ttl)
         self.liveness: Liveness[int] = Liveness(interval=heartbeat, misses=misses)
         self.stats = EndpointStats()
@@ -188,8 +191,15 @@ class EndpointProtocol:
         hub.hello_at = now + self.hello_retry
         self.io.send_hello(hub.index)
 
-    def on_welcome(self, hub: int, heartbeat_ms: int, now: float) -> None:
+    def on_welcome(
+        self, hub: int, heartbeat_ms: int, now: float, identity: Identity | None = None
+    ) -> None:
+        """``hub`` welcomed us; ``identity``: its own (its answers are taken for any
+        message: no route, retry later)."""
         state = self._hubs[hub]
+        if identity is not None and identity != state.identity:
+            state.identity = identity  # a restarted hub has a new one: the old goes
+            self.tracker.hubs = {h.identity for h in self._hubs if h.identity is not None}
         state.welcomed = True
         state.hello_at = None
         self.liveness.add(hub, now, interval=max(heartbeat_ms, 1) / 1000)

@@ -40,6 +40,10 @@ __all__ = ["AckGroup", "HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
 KIND_EVENT = 2
 """The item kind of an event (the wire's ``KIND_EVENT``; a test checks it)."""
 NOT_REGISTERED = "NOT_REGISTERED"
+IN_USE = "IN_USE"
+"""A HELLO for an identity registered on another live connection (the wire's code)."""
+UNAUTHORIZED = "UNAUTHORIZED"
+"""What the access file does not allow (the wire's code)."""
 HOUSEKEEPING = 1.0
 """Seconds between sweeps of the sticky-routing map."""
 
@@ -113,10 +117,13 @@ class HubIO(Protocol[I_inv, R_contra, A_contra]):
     driver's item, run and full-ack types (the hub reads no full ack: it passes them on)."""
 
     def forward(self, target: bytes, item: I_inv, origin: bytes) -> None:
-        """Send ``item`` (as it arrived) to ``target``, its acks to go to ``origin``."""
+        """Send ``item`` (as it arrived) to ``target`` with ``origin``, the token of the
+        identity its sender registered (what the receiver's handler sees as its sender,
+        and what its acks name to come back)."""
 
     def forward_run(self, run: R_contra, targets: Sequence[bytes], origin: bytes) -> None:
-        """Send each of ``run``'s items to the target at the same position."""
+        """Send each of ``run``'s items to the target at the same position (``origin``
+        as for :meth:`forward`)."""
 
     def routed(
         self,
@@ -126,7 +133,9 @@ class HubIO(Protocol[I_inv, R_contra, A_contra]):
         implements: tuple[tuple[str, ...], ...],
     ) -> None:
         """Tell ``origin`` which services its event ``msg_id`` went to, and which schema
-        services each runs (one tuple per service)."""
+        services each runs (one tuple per service); for a command routed by its type,
+        which service handles that type (the first such command of each type in a
+        multipart), so that its sender accepts acks from that service alone."""
 
     def no_route(self, origin: bytes, msg_id: bytes, reason: str, attempt: int) -> None:
         """Answer attempt ``attempt`` of a command no instance can take (a NO_ROUTE ack
@@ -157,8 +166,12 @@ class HubIO(Protocol[I_inv, R_contra, A_contra]):
 
     def send_heartbeat(self, peer: bytes) -> None: ...
 
-    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
-        """``peer`` is no longer registered (bye, silent, unreachable)."""
+    def forgotten(
+        self, peer: bytes, instance: Instance | None, why: str, tell: bool = False
+    ) -> None:
+        """``peer`` is no longer registered (bye, silent, unreachable, displaced);
+        ``tell``: its connection may still be up, so say so to it (a NOT_REGISTERED
+        refusal: it says HELLO again)."""
 
     def connected(self, peer: bytes) -> bool:
         """Whether ``peer``'s connection is still up, as far as the transport can tell
@@ -215,7 +228,18 @@ class HubProtocol(Generic[I, R, A]):
         self.liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
         self.stats = HubStats()
         self._tokens: dict[bytes, bytes] = {}
-        """Peer → its token (encoded identity), put on the acks it sends."""
+        """Peer → its token (encoded identity), put on what it sends: the messages (the
+        receivers' handlers see it as the sender) and the acks (the sender's tracker
+        checks it)."""
+        self._origins: dict[bytes, bytes] = {}
+        """Token → peer: where the acks naming a token go (the connection its identity
+        is registered on now)."""
+        self._told: set[str] = set()
+        """Command types whose service was named to the sender of the multipart being
+        routed (:meth:`begin` empties it)."""
+        self.identity: Identity | None = None
+        """The hub's own identity: no peer may register under its name (a sender takes
+        a hub's answers for any message)."""
         self._next_sweep = 0.0
 
     def start(self, now: float) -> None:
@@ -244,14 +268,40 @@ class HubProtocol(Generic[I, R, A]):
         heartbeat_ms: int,
         now: float,
         implements: Sequence[str] = (),
+        same_key: bool = False,
     ) -> None:
-        """A peer registers (or registers again); ``token`` names it on its acks;
+        """A peer registers (or registers again); ``token`` names it on what it sends;
         ``max_concurrency`` (0: 1000) bounds what it is sent at once; ``implements``:
-        the schema services whose handlers it runs."""
+        the schema services whose handlers it runs.
+
+        An identity registered on another connection is taken over only when that
+        connection is gone (:meth:`HubIO.connected`) or ``same_key`` (the driver saw
+        both authenticated with the same CURVE key): the connection displaced is
+        forgotten and told so. Else the HELLO is refused (IN_USE), as is one whose
+        service is the hub's own name."""
+        if self.identity is not None and identity.service == self.identity.service:
+            raise RemoteProtocolError(
+                f"service name {identity.service!r} is this hub's own name: a sender "
+                "takes any answer from a hub's identity",
+                code=IN_USE,
+            )
+        old = self._origins.get(token)
+        if old is not None and old != peer:
+            if not same_key and self.io.connected(old):
+                raise RemoteProtocolError(
+                    f"instance {identity} is registered on another live connection; "
+                    "an instance id is taken over only once its connection is gone",
+                    code=IN_USE,
+                )
+            self.forget(old, f"displaced by a new connection of {identity}", tell=True)
+        previous = self._tokens.get(peer)
+        if previous is not None and previous != token:
+            del self._origins[previous]  # the same connection, registered as another
         interval_ms = max(int(self.heartbeat * 1000), heartbeat_ms)
         limit = max_concurrency or 1000
         self.routing.register(peer, identity, commands, events, limit, now, implements)
         self._tokens[peer] = token
+        self._origins[token] = peer
         self.liveness.add(peer, now, interval=interval_ms / 1000)
         if self._stalled:
             self._resume(peer, now)
@@ -267,12 +317,16 @@ class HubProtocol(Generic[I, R, A]):
         if self._stalled:
             self._resume(peer, now)
 
-    def forget(self, peer: bytes, why: str) -> None:
+    def forget(self, peer: bytes, why: str, tell: bool = False) -> None:
+        """``peer`` is no longer registered; ``tell``: its connection may be up, tell it
+        (it then says HELLO again)."""
         self._stalled.pop(peer, None)
         inst = self.routing.unregister(peer)
-        self._tokens.pop(peer, None)
+        token = self._tokens.pop(peer, None)
+        if token is not None and self._origins.get(token) == peer:
+            del self._origins[token]
         self.liveness.remove(peer)
-        self.io.forgotten(peer, inst, why)
+        self.io.forgotten(peer, inst, why, tell)
         if inst is not None and self.holds:
             self._release_held(inst)
 
@@ -288,10 +342,13 @@ class HubProtocol(Generic[I, R, A]):
         self.liveness.seen(peer, now)
         if self._stalled:
             self._resume(peer, now)
+        if self._told:
+            self._told = set()
 
     def route(self, origin: bytes, item: I, now: float) -> None:
         """Route one item from ``origin``."""
         io = self.io
+        token = self._tokens[origin]
         routing = self.routing
         # Something is held only while routing.freed is a set (no Python call here).
         holds = self.holds if routing.freed is not None else None
@@ -318,7 +375,7 @@ class HubProtocol(Generic[I, R, A]):
                         continue
                     each = peers[0]
                 else:
-                    io.forward(each, item, origin)
+                    io.forward(each, item, token)
                     self.stats.routed += 1
                 services.append(service)
                 inst = routing.instance(each)
@@ -329,11 +386,14 @@ class HubProtocol(Generic[I, R, A]):
         target = routing.route_command(item.type, item.id, recipient, now, item.attempt == 1)
         if target is None:
             self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
-        elif target == FULL:
+            return
+        if not recipient and item.type not in self._told:
+            self._name_service(origin, item.id, item.type)
+        if target == FULL:
             service = routing.command_service(item.type, recipient)
             self._hold(origin, item, item.id, service, routing.peers_for(item.type, recipient), now)
         else:
-            io.forward(target, item, origin)
+            io.forward(target, item, token)
             self.stats.routed += 1
 
     def route_run(self, origin: bytes, run: R, now: float) -> None:
@@ -347,9 +407,12 @@ class HubProtocol(Generic[I, R, A]):
             for msg_id in ids:
                 self._no_route(origin, msg_id, run.type, run.recipient, 1)
             return
+        token = self._tokens[origin]
+        if not recipient and run.type not in self._told:
+            self._name_service(origin, ids[0], run.type)
         if FULL not in targets:
             self.stats.routed += len(ids)
-            self.io.forward_run(run, targets, origin)
+            self.io.forward_run(run, targets, token)
             return
         # Some instances are full: hold what has no room, item by item (the rare path).
         service = routing.command_service(run.type, recipient)
@@ -358,8 +421,17 @@ class HubProtocol(Generic[I, R, A]):
             if target == FULL:
                 self._hold(origin, item, item.id, service, peers, now)
             else:
-                self.io.forward(target, item, origin)
+                self.io.forward(target, item, token)
                 self.stats.routed += 1
+
+    def _name_service(self, origin: bytes, msg_id: bytes, msg_type: str) -> None:
+        """Tell ``origin`` which service handles ``msg_type`` (it routed, or held, a
+        command of that type by its type): its sender takes acks for such commands from
+        an instance of that service alone. Once per type and multipart: nothing kept."""
+        self._told.add(msg_type)
+        service = self.routing.command_service(msg_type, None)
+        if service:
+            self.io.routed(origin, msg_id, (service,), ((),))
 
     def _no_route(
         self, origin: bytes, msg_id: bytes, msg_type: str, recipient: str, attempt: int
@@ -428,8 +500,11 @@ class HubProtocol(Generic[I, R, A]):
                 if sticky is not None and sticky != key:  # its instance came back
                     holds.pin(held, sticky)
                     continue
+                token = self._tokens.get(held.origin)
+                if token is None:  # its sender left: it retries through its next hub
+                    continue
                 routing.assign(held.key, peer, now)
-                io.forward(peer, held.item, held.origin)
+                io.forward(peer, held.item, token)
                 self.stats.routed += 1
         if not holds:
             routing.freed = None
@@ -474,7 +549,7 @@ class HubProtocol(Generic[I, R, A]):
         if self._stalled:
             self._resume(peer, now)
         routing = self.routing
-        tokens = self._tokens
+        origins = self._origins
         io = self.io
         for group in groups:
             ok_ids = group.ok_ids
@@ -486,8 +561,8 @@ class HubProtocol(Generic[I, R, A]):
                 routing.on_acks(peer, ended)
                 if running:
                     routing.touch(peer, running, now)
-            origin = group.peer
-            if origin not in tokens:
+            origin = origins.get(group.peer)
+            if origin is None:
                 continue  # the sender is gone; it will retry through another connection
             io.forward_acks(origin, ok_ids, full, receiver)
             self.stats.acks_forwarded += len(ok_ids) + len(full)
@@ -542,13 +617,15 @@ class HubProtocol(Generic[I, R, A]):
                 self.io.stalled(peer, self.routing.instance(peer), silence, True)
             return
         self.stats.dead_peers += 1
+        up = False
         if silence >= self.stall_limit and peer in self._stalled:
             why = f"silent for {silence:.1f} s, connected but stalled beyond stall_limit"
+            up = True  # told: when its loop runs again, it says HELLO again
         elif peer in self._stalled:
             why = f"silent for {silence:.1f} s, and its connection dropped"
         else:
             why = f"silent for {silence:.1f} s"
-        self.forget(peer, why)
+        self.forget(peer, why, tell=up)
 
     def _resume(self, peer: bytes, now: float) -> None:
         """``peer`` spoke: if it was stalled, it is live again."""

@@ -103,6 +103,18 @@ class OutboundTracker:
         self._queues: dict[str, deque[_Pending]] = {}
         self._ready: deque[_Pending] = deque()
         self._ready_at = 0.0
+        self.verify = False
+        """Take an ack only from an instance of the service a message was addressed to
+        (:meth:`addressed`); the endpoint protocol turns it on. Off, any receiver's ack
+        counts (the tracker's own tests)."""
+        self.routes: dict[str, str] = {}
+        """Command type → the service a hub named as handling it (:meth:`routed`)."""
+        self.hubs: set[Identity] = set()
+        """The hubs' own identities (their WELCOME): their answers (no route, retry
+        later) are taken for any message."""
+        self.foreign = 0
+        """Acks refused because their receiver is not a service the message was
+        addressed to (forged, or from a service that no longer handles the type)."""
 
     # -- events in -------------------------------------------------------------------------
 
@@ -194,6 +206,9 @@ class OutboundTracker:
         p = self._pending.get(msg_id)
         if p is None or p.attempts == 0:
             return None
+        if self.verify and receiver is not None and not self.addressed(p, receiver):
+            self.foreign += 1
+            return None
         if outcome == Outcome.OK or outcome == Outcome.DUPLICATE:
             if p.expect == 1:
                 return self._complete(
@@ -271,10 +286,23 @@ class OutboundTracker:
         in_flight = self._in_flight
         queues = self._queues
         acked_by = (receiver,) if receiver is not None else ()
+        check = self.verify and receiver is not None
+        ok_for: dict[str, bool] = {}  # destination -> whether receiver may ack it
         for mid in msg_ids:
             p = pending.get(mid)
             if p is None or p.attempts == 0:
                 continue
+            if check:
+                assert receiver is not None
+                if p.expect == 1:  # a command: whom it may come from depends on this alone
+                    allowed = ok_for.get(p.destination)
+                    if allowed is None:
+                        allowed = ok_for[p.destination] = self.addressed(p, receiver)
+                else:
+                    allowed = self.addressed(p, receiver)
+                if not allowed:
+                    self.foreign += 1
+                    continue
             if p.expect != 1:  # an event: several services must ack
                 c = self.ack(mid, outcome=Outcome.OK, now=now, receiver=receiver)
                 if c is not None:
@@ -334,6 +362,12 @@ class OutboundTracker:
         if p is None or p.attempts == 0:
             return None
         services = tuple(services)
+        if p.expect == 1:
+            # A command routed by its type: the hub names the service that handles
+            # the type, the one service whose instances may ack such commands.
+            if len(services) == 1:
+                self.routes[p.msg_type] = services[0]
+            return None
         p.services = frozenset(services)
         if p.policy.subscribers:
             covers = p.covers
@@ -383,6 +417,26 @@ class OutboundTracker:
             out.append(Transmit(p.msg_id, 1, p.destination))
         self._maybe_compact()
         return out
+
+    def addressed(self, p: _Pending, receiver: Identity) -> bool:
+        """Whether ``receiver`` may answer message ``p``: a hub; for a command, an
+        instance of the service it was sent to (``to=``), or of the one the hub named
+        as handling its type; for an event, of a service the hub routed it to.
+
+        The hub stamps every ack with the identity registered on the connection it
+        came from, so a peer registered as another service cannot complete a send,
+        whatever message ids it saw (docs/security.md)."""
+        if receiver in self.hubs:
+            return True
+        service = receiver.service
+        if p.expect == 1:
+            destination = p.destination
+            if destination != p.msg_type:  # sent to a service, or to one instance of it
+                return service == destination.partition("/")[0]
+            return service == self.routes.get(p.msg_type)
+        if p.services is not None and service in p.services:
+            return True
+        return p.covers is not None and service in p.covers
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -41,12 +41,14 @@ NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 class HubLink:
     """One hub connection (its state lives in the protocol, under ``index``)."""
 
-    __slots__ = ("index", "link")
+    __slots__ = ("hello_since", "index", "link")
 
     link: Link
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.hello_since: float | None = None
+        """When the first HELLO on this connection still unanswered by a WELCOME went."""
 
 
 class EndpointBase:
@@ -88,7 +90,7 @@ class EndpointBase:
     _ids: IdSource
     _type_names: dict[str, bytes]
     """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
-    _envelopes: dict[bytes, tuple[Identity, bool]]
+    _envelopes: dict[bytes, bool]
     """Parsed header-less envelopes by their bytes (see ``_parse_envelope``)."""
     _window_waiters: WindowLines
     """Sends waiting for window room, per destination, first come first served."""

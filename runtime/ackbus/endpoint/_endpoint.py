@@ -190,7 +190,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._ids = IdSource()
         self._type_names: dict[str, bytes] = {}
         """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
-        self._envelopes: dict[bytes, tuple[Identity, bool]] = {}
+        self._envelopes: dict[bytes, bool] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_parse_envelope`)."""
         self._window_waiters = WindowLines(self._window_timeout)
         """Sends waiting for window room, per destination, first come first served."""

@@ -22,6 +22,10 @@ from ._base import EndpointBase, HubLink
 
 log = logging.getLogger("ackbus.endpoint")
 
+RECONNECT_AFTER = 5.0
+"""Seconds a connected link says HELLO unanswered before it reconnects: longer than a
+hub takes to drop a dead connection (ZMTP heartbeat timeout, 3 s by default)."""
+
 
 class HubLinks(EndpointBase):
     """Hub links of :class:`~ackbus.endpoint.Endpoint`."""
@@ -49,7 +53,24 @@ class HubLinks(EndpointBase):
         )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance
-        self._links[hub].link.outbox.control(encode_hello(hello), first=True)
+        link = self._links[hub]
+        if link.link.connected and self._loop is not None:
+            now = self._loop.time()
+            if link.hello_since is None:
+                link.hello_since = now
+            elif now - link.hello_since >= RECONNECT_AFTER:
+                # A hub ignores a connection that came with the routing id of one it
+                # still holds (our previous one, not yet timed out there): a new
+                # connection gets in once that one is gone.
+                log.warning(
+                    "%s: hub %s answered no HELLO for %.0f s on a connected link; reconnecting",
+                    self.identity,
+                    link.link.address,
+                    now - link.hello_since,
+                )
+                link.hello_since = None
+                link.link.reconnect()
+        link.link.outbox.control(encode_hello(hello), first=True)
 
     def send_heartbeat(self, hub: int) -> None:
         self._links[hub].link.outbox.control(encode_heartbeat())
@@ -73,6 +94,7 @@ class HubLinks(EndpointBase):
         )
 
     def _on_connection(self, hub: HubLink, up: bool) -> None:
+        hub.hello_since = None  # a new connection (or none): its HELLOs count afresh
         if self._closed or not hasattr(hub, "link"):
             return  # called during connect(): start() says hello right after
         self._proto.connected(hub.index, self._loop.time() if self._loop else 0.0, up)

@@ -84,7 +84,8 @@ class Receiving(EndpointBase):
                     self._on_message(hub, item, now)
         elif cmd is Command.ACK:
             for group in split_acks(frames, self.limits):
-                proto.on_acks(self._identity_of(group.peer), group.ok_ids, ack_replies(group), now)
+                who = self._identity_of(group.peer)  # stamped by the hub, not claimed
+                proto.on_acks(who, group.ok_ids, ack_replies(group, who), now)
         elif cmd is Command.ROUTED:
             for entry in decode_routed(frames, self.limits):
                 proto.on_routed(entry.message_id, entry.targets, now, entry.implements)
@@ -93,7 +94,13 @@ class Receiving(EndpointBase):
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames, self.limits)
             hub.link.outbox.limit_batch(welcome.max_batch)  # what this hub accepts
-            proto.on_welcome(hub.index, welcome.heartbeat_ms, now)
+            hub.hello_since = None
+            proto.on_welcome(
+                hub.index,
+                welcome.heartbeat_ms,
+                now,
+                Identity(welcome.hub.service, welcome.hub.instance),
+            )
             self._welcomed.set()
         elif cmd is Command.REFUSAL:
             refusal = decode_refusal(frames, self.limits)
@@ -109,6 +116,8 @@ class Receiving(EndpointBase):
         ident = self._identities.get(raw)
         if ident is None:
             service, instance = decode_identity(raw)
+            if len(self._identities) >= ENVELOPE_CACHE:
+                self._identities.clear()
             ident = self._identities[raw] = Identity(service, instance)
         return ident
 
@@ -125,12 +134,14 @@ class Receiving(EndpointBase):
             raw = item.envelope_bytes
             known = self._envelopes.get(raw)  # see _parse_envelope
             if known is not None:
-                sender, json_body = known
+                json_body = known
                 env = None
             else:
-                sender, json_body, env = self._parse_envelope(item, raw)
+                json_body, env = self._parse_envelope(item, raw)
             msg = self._decode(route, item, json_body)
-            ctx = self._context(item, sender, env, now)
+            # The sender is the identity the hub stamped: the one registered on the
+            # connection the message came from, not what its envelope claims.
+            ctx = self._context(item, self._identity_of(item.peer), env, now)
         except Exception as exc:
             self._proto.undecodable(hub.index, item, str(exc), now)
             return
@@ -183,25 +194,24 @@ class Receiving(EndpointBase):
 
     def _parse_envelope(
         self, item: MessageItem, raw: bytes
-    ) -> tuple[Identity, bool, envelope_pb2.Envelope | None]:
-        """The sender, whether the body is JSON, and the parsed envelope if it has
-        headers or a correlation id (else None), for envelope bytes ``raw`` that
-        :attr:`_envelopes` does not know.
+    ) -> tuple[bool, envelope_pb2.Envelope | None]:
+        """Whether the body is JSON, and the parsed envelope if it has headers or a
+        correlation id (else None), for envelope bytes ``raw`` that :attr:`_envelopes`
+        does not know. (The envelope's ``sender`` is what the sender wrote; a handler
+        sees the identity the hub stamped instead.)
 
         A sender puts the same envelope bytes on every message without headers, so
         those are parsed once and kept by their bytes: the receiver looks them up
-        there first, a dict lookup instead of a protobuf parse and an Identity per
-        message. Envelopes with headers
-        or a correlation id vary per message and are parsed each time."""
+        there first, a dict lookup instead of a protobuf parse per message. Envelopes
+        with headers or a correlation id vary per message and are parsed each time."""
         env = item.envelope()
-        sender = Identity(env.sender.service, env.sender.instance)
         json_body = env.content_encoding == JSON_ENCODING
         if env.headers or env.correlation_id:
-            return sender, json_body, env
+            return json_body, env
         if len(self._envelopes) >= ENVELOPE_CACHE:
             self._envelopes.clear()
-        self._envelopes[raw] = (sender, json_body)
-        return sender, json_body, None
+        self._envelopes[raw] = json_body
+        return json_body, None
 
     def _context(
         self, item: MessageItem, sender: Identity, env: envelope_pb2.Envelope | None, now: float

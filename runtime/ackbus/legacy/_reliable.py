@@ -310,14 +310,15 @@ class ReliableSocket:
         if cmd is Command.ACK:
             for group in split_acks(frames):
                 who = Identity(*decode_identity(group.peer))
-                proto.on_acks(who, group.ok_ids, ack_replies(group), now)
+                proto.on_acks(who, group.ok_ids, ack_replies(group, who), now)
         elif cmd is Command.ROUTED:
             for entry in decode_routed(frames):
                 proto.on_routed(entry.message_id, entry.targets, now, entry.implements)
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames)
             self._interval = max(welcome.heartbeat_ms, 1) / 1000
-            proto.on_welcome(_HUB, welcome.heartbeat_ms, now)
+            hub = Identity(welcome.hub.service, welcome.hub.instance)
+            proto.on_welcome(_HUB, welcome.heartbeat_ms, now, hub)
         elif cmd is Command.REFUSAL:
             refusal = decode_refusal(frames)
             proto.on_refusal(_HUB, refusal.code, refusal.message_id, str(refusal), now)

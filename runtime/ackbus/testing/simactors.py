@@ -20,7 +20,7 @@ from dataclasses import replace
 from ..core import Completion, Instance, Outcome, RemoteError
 from ..core._values import Identity
 from ..core.endpoint_protocol import AckReply, EndpointProtocol, InboundItem
-from ..core.hub_protocol import KIND_EVENT, HubProtocol
+from ..core.hub_protocol import KIND_EVENT, NOT_REGISTERED, HubProtocol
 from ..errors import DeliveryError, RemoteProtocolError, RetryLater
 from .simdurable import DEDUPE_TTL, SimDurable
 from .simledger import Ledger, Planned
@@ -333,7 +333,7 @@ class SimEndpoint:
             elif isinstance(msg, Routed):
                 proto.on_routed(msg.msg_id, msg.services, now, msg.implements)
             elif isinstance(msg, Welcome):
-                proto.on_welcome(0, msg.heartbeat_ms, now)
+                proto.on_welcome(0, msg.heartbeat_ms, now, HUB_IDENTITY)
                 if self.durable is not None:
                     self.durable.welcomed()
             elif isinstance(msg, Refusal):
@@ -475,6 +475,7 @@ class SimHub:
             sticky_ttl=120.0,
             stall_limit=HUB_STALL_LIMIT,
         )
+        self.proto.identity = HUB_IDENTITY
         self.proto.start(now)
 
     def crash(self, now: float) -> None:
@@ -594,8 +595,11 @@ class SimHub:
     def send_heartbeat(self, peer: bytes) -> None:
         self.net.send(HUB, peer.decode(), Heartbeat())
 
-    def forgotten(self, peer: bytes, instance: Instance | None, why: str) -> None:
-        pass
+    def forgotten(
+        self, peer: bytes, instance: Instance | None, why: str, tell: bool = False
+    ) -> None:
+        if tell:
+            self.net.send(HUB, peer.decode(), Refusal(NOT_REGISTERED, b"", why))
 
     def connected(self, peer: bytes) -> bool:
         """A connection is up while its node is (a stalled node's too), and not cut."""

@@ -29,12 +29,13 @@ from .._dispatch import Route
 from .._pending import settle_acked, settle_failed
 from .._report import DeliveryReport
 from .._types import Context
-from ..core import Completion, Identity, Kind, Policy
+from ..core import Completion, Kind, Policy
 from ..core.hub_protocol import KIND_EVENT
 from ..endpoint._base import NO_HEADERS, HubLink
 from ..endpoint._durable import Durable, Hooks
 from ..errors import DeliveryError
 from .simstore import SimStore
+from .simwire import _identity
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -186,7 +187,7 @@ class SimDurable:
             return _outcome(exc)
 
         route = Route(item.type, None, handler, Kind.COMMAND, None, "simulated handler")
-        sender = Identity("sim", item.peer.decode())
+        sender = _identity(item.peer)
         ctx = Context(item.id, item.type, sender, item.attempt, now, now, now, NO_HEADERS)
         # Durable reads only id, type, flags and peer of the item, which a sim Item has.
         task = self.durable.run(self.hub, cast("MessageItem", item), route, None, ctx)

@@ -350,6 +350,12 @@ def _finish(
     result.stalls = ledger.stalls
     result.net = {"sent": net.sent, "dropped": net.dropped, "dup": net.duplicated}
     for node in [*instances, *senders]:
+        # No peer forges here: these are acks that overtook the hub's notice naming
+        # their command type's service (the network reorders), or came from a service
+        # routed to before; the sender retried, and the receiver re-acked.
+        foreign = node.proto.tracker.foreign
+        if foreign:
+            result.lease["acks refused: not from the service addressed"] += foreign
         if node.store is not None:
             result.store["commits"] += node.store.commits
             result.store["landed at crash"] += node.store.landed_at_crash

@@ -145,6 +145,12 @@ class Link(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    def reconnect(self) -> None:
+        """Make a new connection in place of the current one (same routing id, same
+        outbox): a listener ignores a connection that came with the routing id of one
+        it still holds, until that one is gone."""
+        ...
+
     def close(self) -> None:
         """Release the socket, its monitor and every callback. Idempotent."""
         ...

@@ -106,6 +106,10 @@ class MemoryLink(_Inbox, LinkBase):
         if listener is not None:
             listener._attach(self)
 
+    def reconnect(self) -> None:
+        """Nothing to do in memory: a link waiting for its routing id to be free
+        gets in as soon as it is (see ``MemoryListener._detach``)."""
+
     # called by the listener
     def _attached(self, listener: MemoryListener) -> None:
         self._peer = listener
@@ -183,14 +187,20 @@ class MemoryListener(_Inbox, ListenerBase):
 
     def _attach(self, link: MemoryLink) -> None:
         old = self._peers.get(link.routing_id)
-        if old is not None and old is not link:  # ROUTER_HANDOVER
-            old._detached()
+        if old is not None and old is not link:
+            # No ROUTER_HANDOVER (as ZeroMQ's listener): the routing id of a live link
+            # is not taken over; this link waits, unconnected, until that one leaves.
+            return
         self._peers[link.routing_id] = link
         link._attached(self)
 
     def _detach(self, link: MemoryLink) -> None:
         if self._peers.get(link.routing_id) is link:
             del self._peers[link.routing_id]
+            for other in list(self._backend._waiting.get(link._address, ())):
+                if other is not link and other.routing_id == link.routing_id and not other._peer:
+                    self._attach(other)  # the one waiting for this routing id gets in
+                    break
 
     def _accept(self, link: MemoryLink, frames: Multipart) -> bool:
         peer = link.routing_id

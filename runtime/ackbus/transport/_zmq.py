@@ -20,6 +20,7 @@ connect is an :class:`~ackbus.errors.AddressError` naming the address and what t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 from typing import Any, cast
 
@@ -40,6 +41,8 @@ _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _EVENTS = int(zmq.EVENTS)
+_RECONNECT_PAUSE = 0.25
+"""Seconds between dropping a connection and making a new one (:meth:`ZmqLink.reconnect`)."""
 _ZERO_COPY = 65536
 """Frames this big are handed to libzmq without a copy (pyzmq keeps the bytes alive);
 below it, copying is cheaper than the bookkeeping."""
@@ -284,6 +287,23 @@ class ZmqLink(_Reader, LinkBase):
         # A DEALER has one connection: POLLOUT means it can take more.
         return self._outbox.blocked
 
+    def reconnect(self) -> None:
+        """Drop the connection and make a new one (same socket, routing id and outbox).
+        A hub ignores a connection that came with the routing id of one it still
+        holds (no ROUTER_HANDOVER), for as long as it lasts: a new one gets in once
+        the old is gone."""
+        if self._closed:
+            return
+        with contextlib.suppress(zmq.ZMQError):  # not connected now: connect all the same
+            self._sock.disconnect(self._address)
+        # A moment later: the hub must see the old connection close first, or it
+        # ignores the new one too.
+        self._loop.call_later(_RECONNECT_PAUSE, self._connect_again)
+
+    def _connect_again(self) -> None:
+        if not self._closed:
+            _bind_or_connect(self._sock, "connect", self._address)
+
     def _on_monitor(self) -> None:
         mon = self._monitor
         while mon is not None and not self._closed:
@@ -343,8 +363,13 @@ class ZmqListener(_Reader, ListenerBase):
         try:
             _configure(sock, options)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            # A reconnecting peer with a fixed routing id takes over its old slot.
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # No ROUTER_HANDOVER: a connection with the routing id of a live one is
+            # ignored by libzmq (its frames are dropped), so nobody takes over a live
+            # peer's slot by naming its id. A peer reconnecting with a fixed routing
+            # id gets in once its old connection is gone (closed, or dropped by the
+            # ZMTP heartbeat timeout); a link that got in too early reconnects
+            # (:meth:`ZmqLink.reconnect`, asked by an endpoint whose HELLO goes
+            # unanswered).
             if options.curve is not None:
                 sock.setsockopt(zmq.CURVE_SERVER, 1)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, options.curve.secret)

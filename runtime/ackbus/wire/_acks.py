@@ -76,8 +76,10 @@ def encode_ack(a: AckReply) -> bytes:
 _OUTCOMES: frozenset[int] = frozenset(Outcome)
 
 
-def ack_replies(group: AckGroup) -> list[AckReply]:
-    """A group's full acks as plain values (most groups have none).
+def ack_replies(group: AckGroup, receiver: Identity | None = None) -> list[AckReply]:
+    """A group's full acks as plain values (most groups have none). ``receiver``: the
+    identity the hub stamped on the group (its peer frame), which replaces what each
+    ack says of its receiver: that is written by whoever sent it.
 
     An ack whose outcome this version does not know (a newer peer's, or garbage) is
     left out, as the tracker would ignore it (docs/protocol.md, ACK): proto3 enums are
@@ -91,14 +93,14 @@ def ack_replies(group: AckGroup) -> list[AckReply]:
         error = None
         if ack.HasField("error"):
             error = RemoteError(ack.error.type, ack.error.message, ack.error.permanent)
-        receiver = None
-        if ack.HasField("receiver"):
-            receiver = Identity(ack.receiver.service, ack.receiver.instance)
+        who = receiver
+        if who is None and ack.HasField("receiver"):
+            who = Identity(ack.receiver.service, ack.receiver.instance)
         out.append(
             AckReply(
                 ack.message_id,
                 Outcome(ack.outcome),
-                receiver,
+                who,
                 error,
                 ack.retry_after_ms / 1000,
                 ack.response,

@@ -91,6 +91,8 @@ TOO_LARGE: Final = "TOO_LARGE"
 UNKNOWN_TYPE: Final = "UNKNOWN_TYPE"
 NOT_REGISTERED: Final = "NOT_REGISTERED"
 LIMIT: Final = "LIMIT"
+IN_USE: Final = "IN_USE"
+UNAUTHORIZED: Final = "UNAUTHORIZED"
 """A hub's capacity is used up (instances per hub): try another hub, or later."""
 
 
