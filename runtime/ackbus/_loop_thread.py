@@ -51,6 +51,11 @@ class LoopThread:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            # Since Python 3.11 this is the builtin TimeoutError, which the coroutine's own
+            # errors derive from too (ConnectTimeout, SendWindowTimeout): those are raised
+            # as they are. Only our wait running out is this call's WaitTimeout.
+            if fut.done():
+                return fut.result()
             fut.cancel()
             raise WaitTimeout(f"blocking call did not finish within {timeout} s") from None
 

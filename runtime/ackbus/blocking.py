@@ -7,10 +7,15 @@ thread. Timeouts and reports are exactly those of the async endpoint, so a block
 ``send`` can never wait longer than the message's deadline.
 
 Generated ``*BlockingClient`` classes take a ``BlockingEndpoint``.
+
+A call that waits for the bus (``start``, ``send``, ``publish``, ``request``, ``wait``)
+from a thread whose event loop is running would freeze that loop until it returned:
+it raises ``RuntimeError`` at once instead, saying what to use, as ``asyncio.run`` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, Unpack, overload
@@ -74,6 +79,7 @@ class BlockingEndpoint:
 
     def start(self) -> BlockingEndpoint:
         """Connect; raises :class:`~ackbus.ConnectTimeout` as the async endpoint does."""
+        _refuse_in_loop("start")
         try:
             self._thread.run(self._ep.start())
         except BaseException:
@@ -136,16 +142,19 @@ class BlockingEndpoint:
 
     def send(self, msg: Message | Untyped, **options: Unpack[SendOptions]) -> DeliveryReport:
         """Blocking :meth:`Endpoint.send`."""
+        _refuse_in_loop("send")
         return self._thread.run(self._ep.send(msg, **options))
 
     def publish(
         self, event: Message | Untyped, **options: Unpack[PublishOptions]
     ) -> DeliveryReport:
         """Blocking :meth:`Endpoint.publish`."""
+        _refuse_in_loop("publish")
         return self._thread.run(self._ep.publish(event, **options))
 
     def request(self, msg: Message, response_type: type[R], **options: Unpack[RequestOptions]) -> R:
         """Blocking :meth:`Endpoint.request`."""
+        _refuse_in_loop("request")
         return self._thread.run(self._ep.request(msg, response_type, **options))
 
     @contextlib.contextmanager
@@ -165,6 +174,7 @@ class BlockingEndpoint:
 
     def wait(self, report: DeliveryReport, timeout: float | None = None) -> DeliveryReport:
         """Block until a report from ``send(..., wait_ack=False)`` settles (or timeout)."""
+        _refuse_in_loop("wait")
         return self._thread.run(report.wait(timeout))
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -172,6 +182,19 @@ class BlockingEndpoint:
             return fn(*args)
 
         return self._thread.run(call())
+
+
+def _refuse_in_loop(method: str) -> None:
+    """Raise at once when called from a running event loop, which the call would freeze
+    (every task on it, heartbeats included) until the bus answered."""
+    if asyncio._get_running_loop() is None:  # the cheap check asyncio.run makes too
+        return
+    raise RuntimeError(
+        f"BlockingEndpoint.{method}() cannot be called from a running event loop: it would "
+        "freeze the loop until the bus answers. In async code use ackbus.Endpoint and "
+        f"`await ep.{method}(...)` (and a generated *Client, not a *BlockingClient), or "
+        f"run the blocking call in a thread: `await asyncio.to_thread(ep.{method}, ...)`"
+    )
 
 
 async def _make(service: str, hubs: str | Sequence[str], options: EndpointOptions) -> Endpoint:

@@ -314,9 +314,12 @@ async def test_ackbus_hub_with_keys_admits_enrolled_processes_only(
             for name, value in env.items():
                 mp.setenv(name, value)
             blocking = BlockingEndpoint("audit", address)
-        with blocking:
+        await asyncio.to_thread(blocking.start)  # a blocking call never runs on the loop
+        try:
             report = await asyncio.to_thread(blocking.send, Bye(reason="blocking"), timeout=5)
             assert report, report.error
+        finally:
+            await asyncio.to_thread(blocking.close)
         with pytest.raises(ConnectTimeout, match="refused this endpoint's CURVE key"):
             await Endpoint(
                 "table", address, keys=keys.stranger, hub_key=keys.hub_key, connect_timeout=0.5

@@ -148,7 +148,8 @@ class EndpointIO(Protocol):
 
 
 def delivery_error(c: Completion, no_route: str = "", why: str = "") -> DeliveryError:
-    """The error of a failed completion's report: what a caller can act on."""
+    """The error of a failed completion's report: what a caller can act on. ``why``: a
+    cancellation's cause, or what the endpoint knows of a timeout (its hubs are silent)."""
     kw: dict[str, Any] = {"message_id": c.msg_id, "message_type": c.msg_type}
     reason = c.reason
     tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
@@ -176,15 +177,18 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
             then = f"; then no route: {no_route or f'no live service handles {c.msg_type}'}"
         elif c.last_reason is Reason.EXPIRED:
             then = "; then it expired"
+        also = f"; {why}" if why else ""
         return OutcomeUnknown(
             f"outcome unknown: no acknowledgement{whom} after {tries}{then}; an attempt may"
-            " have reached a receiver, so the handler may have run (or may still be running)",
+            " have reached a receiver, so the handler may have run (or may still be running)"
+            f"{also}",
             **kw,
         )
+    also = f": {why}" if why else ""
     if c.missing:
         who = _subscribers(c)
-        return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}", **kw)
-    return AckTimeout(f"no acknowledgement after {tries}", **kw)
+        return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}{also}", **kw)
+    return AckTimeout(f"no acknowledgement after {tries}{also}", **kw)
 
 
 def _subscribers(c: Completion) -> str:

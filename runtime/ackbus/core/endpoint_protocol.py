@@ -57,15 +57,26 @@ __all__ = [
 
 
 class _Hub:
-    __slots__ = ("hello_at", "identity", "index", "welcomed")
+    __slots__ = ("hello_at", "identity", "index", "lost", "name", "welcomed")
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, name: str) -> None:
         self.index = index
+        self.name = name or f"hub {index}"
         self.welcomed = False
         self.identity: Identity | None = None
         """The hub's own, from its WELCOME."""
         self.hello_at: float | None = None
         """When to say hello again if no WELCOME came (None: not waiting for one)."""
+        self.lost = "never answered HELLO"
+        """Why it is not welcomed now, for a failure's report (see :meth:`_unanswered`)."""
+
+    def unwelcome(self, why: str) -> None:
+        self.welcomed = False
+        self.lost = why
+
+
+_UNANSWERED = (Reason.TIMEOUT, Reason.OUTCOME_UNKNOWN)
+"""Failures a silent hub explains (see :meth:`EndpointProtocol._unanswered`)."""
 
 
 class EndpointProtocol:
@@ -148,10 +159,11 @@ class EndpointProtocol:
 
     # ------------------------------------------------------------------ hubs
 
-    def add_hub(self) -> int:
-        """A new hub link; returns its index. Say hello on it with :meth:`connected`."""
+    def add_hub(self, name: str = "") -> int:
+        """A new hub link (``name``: its address, for reports); returns its index. Say
+        hello on it with :meth:`connected`."""
         index = len(self._hubs)
-        self._hubs.append(_Hub(index))
+        self._hubs.append(_Hub(index, name))
         return index
 
     @property
@@ -182,7 +194,7 @@ class EndpointProtocol:
         if up:
             self._hello(self._hubs[hub], now)
         else:
-            self._hubs[hub].welcomed = False
+            self._hubs[hub].unwelcome("its connection dropped")
 
     def _hello(self, hub: _Hub, now: float) -> None:
         """Say HELLO, and again every :attr:`hello_retry` seconds until a WELCOME: a
@@ -205,14 +217,14 @@ class EndpointProtocol:
         self.liveness.add(hub, now, interval=max(heartbeat_ms, 1) / 1000)
 
     def on_bye(self, hub: int) -> None:
-        self._hubs[hub].welcomed = False
+        self._hubs[hub].unwelcome("it said BYE (closing)")
 
     def on_refusal(self, hub: int, code: str, message_id: bytes, text: str, now: float) -> None:
         """The hub refused something we sent."""
         if code == NOT_REGISTERED:
             # The hub does not know us (it restarted): register again; the refused
             # messages are retried by their timers.
-            self._hubs[hub].welcomed = False
+            self._hubs[hub].unwelcome("it restarted and has not welcomed this endpoint again")
             self._hello(self._hubs[hub], now)
             return
         if message_id and self.tracker.state(message_id) is not None:
@@ -335,7 +347,18 @@ class EndpointProtocol:
             return
         note = self._notes.pop(c.msg_id, "")
         self.stats.failed[(c.reason or Reason.TIMEOUT).value] += 1
+        if not why and (c.reason or Reason.TIMEOUT) in _UNANSWERED:
+            why = self._unanswered()
         self.io.failed(c, delivery_error(c, note, why))
+
+    def _unanswered(self) -> str:
+        """For a message that timed out: that no hub answers this endpoint now, when so
+        (the likeliest cause: the hub died or is unreachable), else nothing."""
+        hubs = self._hubs
+        if not hubs or any(h.welcomed for h in hubs):
+            return ""
+        which = "; ".join(f"{h.name} {h.lost}" for h in hubs)
+        return f"no hub answers this endpoint ({which}): is the hub running?"
 
     def _forget_notes(self, completions: Iterable[Completion]) -> None:
         for c in completions:
@@ -586,7 +609,7 @@ class EndpointProtocol:
                 io.send_heartbeat(lv.peer)
             elif isinstance(lv, PeerDead):
                 io.hub_silent(lv.peer, lv.silence)
-                self._hubs[lv.peer].welcomed = False
+                self._hubs[lv.peer].unwelcome(f"silent for {lv.silence:.1f} s")
                 self._hello(self._hubs[lv.peer], now)
                 self.liveness.add(lv.peer, now)
         for hub in self._hubs:

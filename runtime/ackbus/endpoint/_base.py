@@ -114,6 +114,11 @@ class EndpointBase:
             return self._workers.size
         return DEFAULT_CONCURRENCY
 
+    async def _start_within(self, timeout: float | None) -> None:
+        """Start the endpoint for its first send, the connect wait bounded by the send's
+        ``timeout`` too (``Endpoint`` defines it)."""
+        raise NotImplementedError
+
     def _arm_timer(self) -> None:
         """Arm the endpoint's one timer for the protocol's next deadline."""
         timer = self._timer

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -53,7 +55,7 @@ from ..errors import (
     StoreError,
 )
 from ..store import Store
-from ..transport import Backend, DefaultBackend, TransportOptions
+from ..transport import Backend, DefaultBackend, Link, TransportOptions
 from ..transport._keys import client_keys
 from ..wire import (
     DEFAULT_LIMITS,
@@ -272,7 +274,19 @@ class Endpoint(Sending, Receiving, HubLinks):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> Endpoint:
-        """Connect to every hub and wait until one welcomed us (``ConnectTimeout``)."""
+        """Connect to every hub and wait until one welcomed us: up to ``connect_timeout``
+        seconds, then :class:`ConnectTimeout` says what to check. An endpoint not
+        started is started by its first send, whose ``timeout`` bounds that wait too."""
+        return await self._start(self.connect_timeout)
+
+    async def _start_within(self, timeout: float | None) -> None:
+        """Start for a first send: its ``timeout`` bounds the connect wait too."""
+        if timeout is None or timeout >= self.connect_timeout:
+            await self._start(self.connect_timeout)
+        else:
+            await self._start(timeout, " (the send's timeout)")
+
+    async def _start(self, limit: float, bound: str = "") -> Endpoint:
         if self._closed:
             raise ClosedError("endpoint closed")
         if self._started:
@@ -287,7 +301,7 @@ class Endpoint(Sending, Receiving, HubLinks):
             if self._durable is not None:
                 await self._durable.start(self._hooks(loop), loop)
             for address in self._hub_addresses:
-                hub = HubLink(self._proto.add_hub())
+                hub = HubLink(self._proto.add_hub(address))
                 hub.link = self._backend.connect(
                     address,
                     on_receive=functools.partial(self._on_receive, hub),
@@ -296,14 +310,14 @@ class Endpoint(Sending, Receiving, HubLinks):
                 )
                 self._links.append(hub)
                 self._proto.connected(hub.index, loop.time())
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(limit):
                 await self._welcomed.wait()
         except TimeoutError:
-            why = self._why_unanswered()
+            why = await self._why_unanswered()
             await self.close()
             raise ConnectTimeout(
                 f"{self.identity}: no hub of {self._hub_addresses} answered within "
-                f"{self.connect_timeout} s{why}"
+                f"{limit} s{bound}{why}"
             ) from None
         except BaseException:
             # A bad address (AddressError), a store that cannot open, a cancel: release
@@ -315,8 +329,8 @@ class Endpoint(Sending, Receiving, HubLinks):
             self._durable.resume()
         return self
 
-    def _why_unanswered(self) -> str:
-        """What the links can tell about a ConnectTimeout (empty when nothing)."""
+    async def _why_unanswered(self) -> str:
+        """What the links can tell about a ConnectTimeout, and what to check."""
         failures = {hub.link.handshake_failure for hub in self._links} - {None}
         curve = self._options.curve is not None
         if "HANDSHAKE_FAILED_AUTH" in failures:
@@ -333,7 +347,7 @@ class Endpoint(Sending, Receiving, HubLinks):
             return "; the handshake failed: the hub may require keys (keys=, hub_key=)"
         if curve:
             return "; with CURVE keys: the hub may have refused this endpoint's key"
-        return ""
+        return await _check_addresses([hub.link for hub in self._links])
 
     def _hooks(self, loop: asyncio.AbstractEventLoop) -> Hooks:
         """Durable mode's whole interface to this endpoint."""
@@ -430,3 +444,53 @@ class Endpoint(Sending, Receiving, HubLinks):
         """Reports of the messages a previous run left in the store's outbox, sent
         again by :meth:`start` (empty in memory mode)."""
         return self._durable.resumed if self._durable is not None else []
+
+
+async def _check_addresses(links: Sequence[Link]) -> str:
+    """What to check about hubs that never welcomed us, link by link: a host name that
+    does not resolve (libzmq retries it quietly forever), a peer that connected but
+    never answered HELLO (not an ackbus hub), or nothing listening."""
+    notes = []
+    for link in links:
+        address = link.address
+        if link.connected:
+            notes.append(
+                f"{address} accepted the connection but never answered HELLO: is it an "
+                "ackbus hub (not another ZeroMQ service), of a compatible version?"
+            )
+            continue
+        unresolved = await _unresolved(address)
+        if unresolved:
+            notes.append(unresolved)
+        else:
+            notes.append(
+                f"nothing accepted a connection at {address}: is `ackbus hub --bind "
+                f"{address}` (or an embedded Hub) running there, and does no firewall drop "
+                "the port?"
+            )
+    return "; " + "; ".join(notes) if notes else ""
+
+
+async def _unresolved(address: str, timeout: float = 2.0) -> str:
+    """Why a ``tcp://`` address's host name does not resolve (empty when it does, when
+    it is an IP address or another transport, or when resolving takes over ``timeout``)."""
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp":
+        return ""
+    host = rest.rpartition(";")[2].rpartition(":")[0].strip("[]")
+    if not host or host == "*":
+        return ""
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"the host {host!r} of {address} does not resolve ({exc.strerror}): check its name"
+    except (OSError, TimeoutError):
+        return ""
+    return ""

@@ -130,9 +130,9 @@ class Sending(EndpointBase):
         request: bool,
     ) -> DeliveryReport:
         if self._closed or not self._started:
-            raise ClosedError(
-                f"{self.identity}: endpoint is {'closed' if self._closed else 'not started'}"
-            )
+            if self._closed:
+                raise ClosedError(f"{self.identity}: endpoint is closed")
+            await self._start_within(timeout)  # the first send starts it (ConnectTimeout)
         loop = self._loop
         assert loop is not None
         if isinstance(msg, Untyped):
