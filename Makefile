@@ -43,18 +43,18 @@ $(VENV)/.installed: pyproject.toml
 
 # Regenerate the runtime's own protos and the example schemas' typed code.
 generate: setup
-	$(PY) -m ackbus_codegen.build
+	$(PY) tools/generate.py
 
 # Fail when generated/ (or the runtime's own generated protos) is stale.
 check-generated: setup
-	$(PY) -m ackbus_codegen.build --check
+	$(PY) tools/generate.py --check
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy runtime codegen fuzz $(wildcard generated/*/)
+	$(BIN)/mypy runtime codegen fuzz tools $(wildcard generated/*/)
 
 # Imports point only downward (the `layers` contract in pyproject.toml; DESIGN.md, "Layers").
 layers: setup

@@ -111,7 +111,9 @@ async def replay(
             ) from None
     policy = Policy(deadline=timeout)
     results: list[tuple[DeadLetter, DeliveryReport]] = []
-    async with Endpoint("ackbus-replay", hub, policy=policy) as ep:
+    # The connect wait is part of the timeout too (--timeout 3 waited 5 s for a hub that
+    # was not there, connect_timeout's default).
+    async with Endpoint("ackbus-replay", hub, policy=policy, connect_timeout=timeout) as ep:
         loop = asyncio.get_running_loop()
         for d in letters:
             item = MessageItem(d.frame, b"")

@@ -33,10 +33,21 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Run protoc with the Python, mypy-protobuf and ackbus generators. ackbus's own "
             '.proto files (import "ackbus/options.proto") are on the include path. '
-            "Nothing is written unless every file generates."
+            "Nothing is written unless every file generates. Without -I, the folder a "
+            "file's package starts from is used (schemas/ for schemas/orders/orders.proto "
+            "declaring package orders); a file whose folders do not follow its package "
+            "needs -I."
         ),
     )
     _add_proto_path(gen)
+    gen.add_argument(
+        "--check",
+        action="store_true",
+        help=(
+            "write nothing; exit 1, listing the files, when those in -o are missing or "
+            "differ from what the schemas generate now (for CI)"
+        ),
+    )
     gen.add_argument(
         "--include-path",
         action=_PrintIncludePath,
@@ -207,17 +218,31 @@ def parser() -> argparse.ArgumentParser:
         if action == "replay":
             p.add_argument("--hub", required=True, metavar="ADDRESS", help="hub to send through")
             p.add_argument(
-                "--timeout", type=float, default=30.0, help="seconds per message (default 30)"
+                "--timeout",
+                type=_positive,
+                default=30.0,
+                help="seconds to wait, for the hub and for each message's ack (default 30)",
             )
         p.set_defaults(run=_dead_letters)
     return root
+
+
+def _positive(text: str) -> float:
+    """A number of seconds above 0, for a ``--timeout`` flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
     import asyncio
 
     from ._dead_letters import describe, open_admin, replay, summary_line
-    from .errors import StoreError
+    from .errors import AckbusError
 
     spec: str = args.store
     try:
@@ -254,9 +279,14 @@ def _dead_letters(args: argparse.Namespace) -> int:
             failed = sum(1 for _, r in results if not r)
             print(f"replayed {len(results)}: {len(results) - failed} acked, {failed} failed")
             return 1 if failed else 0
-    except (StoreError, ValueError) as err:  # ValueError: a malformed --store URL
+    except (AckbusError, ValueError) as err:  # ValueError: a malformed --store URL
+        # a store that cannot open, no hub within --timeout (ConnectTimeout), a bad
+        # --hub address: one line saying what, no traceback
         print(f"ackbus dead-letters: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("ackbus dead-letters: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -531,14 +561,32 @@ def _gen(args: argparse.Namespace) -> int:
         return 2
 
     from ackbus_codegen.errors import GenerationError
-    from ackbus_codegen.protoc import generate_to
+    from ackbus_codegen.protoc import generate_to, include_roots, stale
 
-    include: list[Path] = args.include or [Path()]
     try:
-        written = generate_to(args.files, include=include, out=args.out)
+        include: list[Path] = args.include or include_roots(args.files)
+        if not args.include and include != [Path()]:
+            roots = " ".join(f"-I {p}" for p in include)
+            print(f"ackbus gen: no -I given: using {roots} (where the packages' folders start)")
+        if args.check:
+            problems = stale(args.files, include=include, out=args.out)
+        else:
+            written = generate_to(args.files, include=include, out=args.out)
     except GenerationError as err:
         print(f"ackbus gen: error: {err}", file=sys.stderr)
         return 1
+    if args.check:
+        if problems:
+            print(
+                f"ackbus gen --check: the generated code in {args.out} is stale; run the same "
+                "command without --check and commit the result:",
+                file=sys.stderr,
+            )
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        print(f"ackbus gen --check: the generated code in {args.out} is up to date")
+        return 0
     print(f"ackbus gen: wrote {len(written)} files to {args.out}")
     return 0
 

@@ -1,4 +1,6 @@
-"""``python -m ackbus_codegen.build``: regenerate this repository's generated code.
+"""``python tools/generate.py`` (``make generate``): regenerate this repository's
+generated code. A tool of this repository, not shipped in the wheel: a user's project
+checks its own generated code with ``ackbus gen --check``.
 
 Two outputs, both committed:
 
@@ -25,10 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import protoc
-from .errors import GenerationError
+from ackbus_codegen import protoc
+from ackbus_codegen.errors import GenerationError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
 RUNTIME = ROOT / "runtime"
 GENERATED = ROOT / "generated"
@@ -110,7 +112,7 @@ def _diff(fresh: Path, committed: Path, sub: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ackbus_codegen.build", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python tools/generate.py", description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if committed output is stale")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
