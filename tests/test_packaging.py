@@ -17,9 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CODEGEN = {"grpcio-tools", "jinja2", "mypy-protobuf", "pyyaml"}
 
 
-def _wheel_requirements(tmp_path: Path) -> list[Requirement]:
-    """Build a wheel from a copy of the sources (the tree stays clean), return its
-    ``Requires-Dist`` lines."""
+def _wheel(tmp_path: Path) -> Path:
+    """Build a wheel from a copy of the sources (the tree stays clean)."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -39,7 +38,12 @@ def _wheel_requirements(tmp_path: Path) -> list[Requirement]:
         timeout=120,
     )
     (wheel,) = out.glob("ackbus-*.whl")
-    with zipfile.ZipFile(wheel) as zf:
+    return wheel
+
+
+def _wheel_requirements(tmp_path: Path) -> list[Requirement]:
+    """The wheel's ``Requires-Dist`` lines."""
+    with zipfile.ZipFile(_wheel(tmp_path)) as zf:
         (metadata,) = (n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         text = zf.read(metadata).decode()
     lines = text.splitlines()
@@ -52,6 +56,18 @@ def test_wheel_needs_the_code_generator_only_with_the_codegen_extra(tmp_path: Pa
     assert unconditional == {"pyzmq", "protobuf"}
     codegen = {r.name.lower(): str(r.marker) for r in requirements if r.name.lower() in CODEGEN}
     assert codegen == dict.fromkeys(CODEGEN, 'extra == "codegen"')
+
+
+def test_the_wheel_holds_the_packages_and_none_of_the_repositorys_tools(tmp_path: Path) -> None:
+    """``python -m ackbus_codegen.build`` shipped in the wheel and failed outside this
+    repository ("Missing input file"): the repository's tools (tools/, bench/, fuzz/,
+    examples/) stay out; users check their generated code with ``ackbus gen --check``."""
+    with zipfile.ZipFile(_wheel(tmp_path)) as zf:
+        names = [n for n in zf.namelist() if ".dist-info/" not in n]
+    assert {n.split("/")[0] for n in names} == {"ackbus", "ackbus_codegen"}
+    assert "ackbus_codegen/build.py" not in names
+    assert "ackbus_codegen/protoc.py" in names  # ackbus gen, and gen --check
+    assert "ackbus/options.proto" in names
 
 
 def test_runtime_and_generated_code_do_not_import_the_code_generator() -> None:
