@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 import helpers
@@ -240,3 +241,86 @@ async def test_pg_live_transactions_are_bounded_by_the_pool(
         )
     assert all(reports)
     assert most == 2
+
+
+async def test_pg_handlers_at_once_follow_the_pool_and_the_rest_wait_at_the_hub(
+    memory_hub: helpers.HubBus, pg: Db
+) -> None:
+    """With ``pool_size=3`` (``?pool_size=3`` in the URL) the endpoint's default
+    ``max_concurrency`` is the pool's two live transactions: forty messages sent at once,
+    whose handlers each hold ``ctx.tx`` for 50 ms, run at most two at a time, none ever
+    waits for a connection (the slot is free whenever a handler asks), none fails or is
+    retried, and the hub holds the others until a slot frees."""
+    now = most = 0
+    waited_for_a_connection = 0
+
+    async def on_start_hand(msg: table_pb2.StartHand, ctx: Context) -> None:
+        nonlocal now, most
+        now += 1
+        most = max(most, now)
+        try:
+            assert ctx.tx is not None
+            await ctx.tx.execute("SELECT pg_sleep(0.05)")
+        finally:
+            now -= 1
+
+    store = PostgresStore(f"{pg.url}&pool_size=3")
+    assert (store.pool_size, store.max_transactions) == (3, 2)
+    acquire = store.acquire
+
+    async def watched(timeout: float = 30.0) -> Any:
+        nonlocal waited_for_a_connection
+        slots = store._slots
+        if slots is not None and slots.locked():
+            waited_for_a_connection += 1
+        return await acquire(timeout)
+
+    store.acquire = watched  # type: ignore[method-assign]
+    table = endpoint(memory_hub, "table", store)
+    table.register_handler(table_pb2.StartHand, on_start_hand)
+    assert table.max_concurrency == 2
+    held_before = memory_hub.hub.stats.held
+    async with table, endpoint(memory_hub, "front") as front:
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):
+            reports = await asyncio.gather(
+                *(front.send(table_pb2.StartHand(table_id=str(i))) for i in range(40))
+            )
+    assert all(reports), [r.error for r in reports if not r][:3]
+    assert most == 2
+    assert waited_for_a_connection == 0
+    assert [r.attempts for r in reports] == [1] * 40
+    assert memory_hub.hub.stats.held - held_before > 0
+    assert table.stats.handled == 40
+
+
+def test_the_endpoints_concurrency_defaults_to_the_pool_and_an_explicit_one_is_kept(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The default follows the store: PostgreSQL's ``pool_size - 1`` (3 by default), also
+    for ``def`` handlers with more workers; SQLite's is unbounded (1,000 as in memory
+    mode). An explicit ``max_concurrency`` is kept as given."""
+
+    async def on_async(msg: table_pb2.StartHand, ctx: Context) -> None:
+        return None
+
+    def on_sync(msg: table_pb2.StartHand, ctx: Context) -> None:
+        return None
+
+    cases: list[tuple[dict[str, Any], Any, int]] = [
+        ({}, on_async, 3),
+        ({"workers": 8}, on_sync, 3),
+        ({"workers": 2}, on_sync, 2),
+        ({"max_concurrency": 50}, on_async, 50),
+    ]
+    for kw, fn, expected in cases:
+        ep = Endpoint("t", "inmem://nowhere", store=pg_url, **kw)
+        ep.register_handler(table_pb2.StartHand, fn)
+        assert ep.max_concurrency == expected, kw
+        asyncio.run(ep.store.aclose())  # type: ignore[union-attr]
+    ep = Endpoint("t", "inmem://nowhere", store=f"sqlite:///{tmp_path / 's.db'}")
+    ep.register_handler(table_pb2.StartHand, on_async)
+    assert ep.max_concurrency == 1000
+    asyncio.run(ep.store.aclose())  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="pool_size"):
+        PostgresStore(f"{pg_url}&pool_size=1")

@@ -107,12 +107,14 @@ class EndpointBase:
         """The most messages this instance handles at once, as HELLO tells the hub: the
         ``max_concurrency`` given, else ``workers`` when every handler registered is a
         plain ``def`` (so that messages wait at the hub, not in the pool's queue), else
-        :data:`DEFAULT_CONCURRENCY`."""
+        :data:`DEFAULT_CONCURRENCY`; and without one given, never more than the store's
+        live transactions (``store.max_transactions``: PostgreSQL's ``pool_size - 1``),
+        so that messages wait at the hub, not for a connection."""
         if self._max_concurrency is not None:
             return self._max_concurrency
-        if self._dispatch.all_sync():
-            return self._workers.size
-        return DEFAULT_CONCURRENCY
+        n = self._workers.size if self._dispatch.all_sync() else DEFAULT_CONCURRENCY
+        bound = self._durable.store.max_transactions if self._durable is not None else None
+        return n if bound is None else min(n, bound)
 
     async def _start_within(self, timeout: float | None) -> None:
         """Start the endpoint for its first send, the connect wait bounded by the send's

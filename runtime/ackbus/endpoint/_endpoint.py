@@ -98,7 +98,8 @@ class Endpoint(Sending, Receiving, HubLinks):
     def`` handler that blocks), and counts it in ``stats.loop_stalls``; ``None``: off.
     ``max_concurrency`` bounds the messages this instance handles at once: the hub sends
     it no more and holds the rest (``None``: ``workers`` when every handler is a plain
-    ``def``, else 1,000; see :attr:`max_concurrency`).
+    ``def``, else 1,000, and with a PostgreSQL store at most its pool's live
+    transactions; see :attr:`max_concurrency`).
     """
 
     def __init__(

@@ -128,6 +128,11 @@ class Store(abc.ABC):
     """Seconds between a running instance's looks for the outbox rows of its service's
     instances that are gone for good (:meth:`take_over`); ``None``: a store of one
     instance's own (SQLite's) has no siblings."""
+    max_transactions: int | None = None
+    """Live transactions the store can run at once (PostgreSQL: ``pool_size - 1``);
+    ``None``: no bound (SQLite records a handler's statements and runs them in the group
+    commit). An endpoint's default ``max_concurrency`` is at most this, so that the
+    messages beyond it wait at the hub rather than for a connection."""
     dead_letters_ttl: float | None = None
     """Seconds a dead letter is kept before the endpoint prunes it (the URL's
     ``?dead_letters_ttl=``); ``None``: until purged or replayed."""

@@ -63,18 +63,26 @@ server ends that session and rolls it back, which releases the inbox records a s
 waits for; the frozen process's commit then fails, so it acks nothing."""
 
 
+POOL_SIZE = 4
+"""Connections of a store's pool unless ``pool_size=`` (or ``?pool_size=``) says: the
+group commit's and ``POOL_SIZE - 1`` live transactions (``max_transactions``), which
+is also the endpoint's default ``max_concurrency`` with this store."""
+
+
 class PostgresStore(Store):
     """A durable store in a PostgreSQL database, shared by a service's instances."""
 
     def __init__(
-        self, url: str | PgUrl, *, pool_size: int = 4, takeover_every: float = 5.0
+        self, url: str | PgUrl, *, pool_size: int | None = None, takeover_every: float = 5.0
     ) -> None:
+        self.url = url if isinstance(url, PgUrl) else parse_url(url)
+        if pool_size is None:
+            pool_size = self.url.pool_size or POOL_SIZE
         if pool_size < 2:
             raise ValueError(
                 f"pool_size must be at least 2 (the writer's connection and one for "
                 f"transactions), got {pool_size}"
             )
-        self.url = url if isinstance(url, PgUrl) else parse_url(url)
         self.location = self.url.location
         self.durability = self.url.durability
         self.dead_letters_ttl = self.url.dead_letters_ttl
@@ -279,7 +287,7 @@ class PostgresStore(Store):
             pool, self._sql, name=f"ackbus-store:{self.location}", relaxed=relaxed
         )
         self._writer.start(loop)
-        self._slots = asyncio.Semaphore(self.max_transactions)
+        self._slots = asyncio.Semaphore(self.pool_size - 1)
 
     # -- live transactions --------------------------------------------------------------
 

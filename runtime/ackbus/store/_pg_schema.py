@@ -58,7 +58,7 @@ _TABLES: tuple[LiteralString, ...] = (
 
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_OURS = {"schema", "durability", "dead_letters_ttl"}
+_OURS = {"schema", "durability", "dead_letters_ttl", "pool_size"}
 """URL options ackbus reads; every other query option goes to libpq as is."""
 
 
@@ -71,6 +71,8 @@ class PgUrl:
     schema: str
     durability: Durability
     dead_letters_ttl: float | None = None
+    pool_size: int | None = None
+    """``?pool_size=N``: the store's connections (``None``: the default)."""
 
 
 def parse_url(url: str) -> PgUrl:
@@ -106,7 +108,16 @@ def parse_url(url: str) -> PgUrl:
     ttl = parse_seconds(
         "dead_letters_ttl", [v for k, v in pairs if k == "dead_letters_ttl"], _hide_password(url)
     )
-    return PgUrl(conninfo, _hide_password(url), schema, durability, ttl)
+    pool_size: int | None = None
+    if "pool_size" in ours:
+        text = ours["pool_size"]
+        if not text.isdigit() or int(text) < 2:
+            raise ValueError(
+                f"pool_size must be a whole number >= 2, got {text!r} in store URL "
+                f"{_hide_password(url)!r}"
+            )
+        pool_size = int(text)
+    return PgUrl(conninfo, _hide_password(url), schema, durability, ttl, pool_size)
 
 
 def _hide_password(url: str) -> str:
