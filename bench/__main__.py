@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from . import baseline, plot, transport
+from . import baseline, pg, plot, transport
 from .cluster import Cluster, Setup, make_keys
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,6 +43,12 @@ KB = 1024
 SLEEP_MS = 1.0
 SLEEP_WORKERS = 8
 EVENTS_ROW = "ackbus events, 2 subscriber services each ack"
+PG_ROWS = (
+    ("ackbus pipelined in groups, PostgreSQL store", None),
+    ("ackbus pipelined in groups, PostgreSQL store, max_concurrency=1000", 1000),
+)
+"""The PostgreSQL rows: the receiver's default ``max_concurrency`` (the pool's live
+transactions, 3), and the SQLite row's 1,000 (docs/durable.md, "How many at once")."""
 BLOCKING_ROW = f"ackbus def handler sleeping {SLEEP_MS:g} ms, {SLEEP_WORKERS} workers"
 """Its ceiling is SLEEP_WORKERS / SLEEP_MS: 8,000 msgs/s."""
 
@@ -151,6 +157,9 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
     started = time.time()
     store_fn = _store_runner()
     with contextlib.ExitStack() as clusters:
+        # The PostgreSQL rows' own throwaway server (fsync on); None: one sentence
+        # printed, the rows skipped.
+        pg_server = clusters.enter_context(pg.server())
         standalone = clusters.enter_context(Cluster(hub="standalone", senders=1))
         embedded = clusters.enter_context(Cluster(hub="embedded", senders=1))
         # Each of the next clusters differs from the standalone one in one thing only.
@@ -216,6 +225,20 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             row("ackbus pipelined in groups, SQLite store", base=a_pipe, vs=mem.name).runs.append(
                 store_fn("sqlite", p.store, store_dir)
             )
+            if pg_server is not None:
+                for name, concurrency in PG_ROWS:
+                    url = pg_server.url(pg_server.new_database())
+                    assert pg_server.proc is not None
+                    row(name, base=a_pipe, vs=mem.name).runs.append(
+                        store_fn(
+                            "postgresql",
+                            p.store,
+                            store_dir,
+                            url=url,
+                            pg_pid=pg_server.proc.pid,
+                            max_concurrency=concurrency,
+                        )
+                    )
         log(f"memory run: {p.memory[1]:,} messages (load {_load()})")
         memory = standalone.run("pipelined", p.memory[1], checkpoints=p.memory)
     return {
@@ -246,7 +269,7 @@ def sitting(profile: str, note: str, started: float, load_before: str) -> dict[s
     }
 
 
-def _store_runner() -> Callable[[str, int, Path], dict[str, Any]]:
+def _store_runner() -> Callable[..., dict[str, Any]]:
     """The store rows: ``bench.durable.run_mode`` (its scenario: sends accepted in
     groups, one group commit each) when it exists, else the same cluster as above with
     ``store=`` on both endpoints."""
@@ -259,12 +282,15 @@ def _store_runner() -> Callable[[str, int, Path], dict[str, Any]]:
     if run_mode is not None:
         found = run_mode
 
-        def via_durable(mode: str, n: int, folder: Path) -> dict[str, Any]:
-            return found(mode, n, 1000, 500, folder)
+        def via_durable(mode: str, n: int, folder: Path, **pg_options: Any) -> dict[str, Any]:
+            return found(mode, n, 1000, 500, folder, **pg_options)
 
         return via_durable
 
-    def via_cluster(mode: str, n: int, folder: Path) -> dict[str, Any]:
+    def via_cluster(mode: str, n: int, folder: Path, **pg_options: Any) -> dict[str, Any]:
+        if mode == "postgresql":
+            with Cluster(store=pg_options["url"]) as cluster:
+                return cluster.run("pipelined", n, store=pg_options["url"])
         url = None if mode == "memory" else f"sqlite:///{folder}/{time.time_ns()}"
         with Cluster(store=f"{url}-receiver.db" if url else None) as cluster:
             return cluster.run("pipelined", n, store=f"{url}-sender.db" if url else None)

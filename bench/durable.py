@@ -6,7 +6,11 @@ per mode:
 * ``memory``: no store (the default);
 * ``sqlite``: both endpoints with a SQLite store, ``durability=full``: every message's
   outbox row is fsync'd before ``send`` returns, every inbox record before the ack;
-* ``relaxed``: the same with ``durability=relaxed`` (no fsync at commit).
+* ``relaxed``: the same with ``durability=relaxed`` (no fsync at commit);
+* ``postgresql``: both endpoints with a PostgreSQL store (``durability=full``), in one
+  database of a throwaway server the bench starts with ``fsync`` on (bench/pg.py); the
+  receiver's handler does not touch ``ctx.tx``, so its inbox records go through the
+  group commit as SQLite's do.
 
 The sender runs ``--producers`` tasks (as a service serves several requests at once),
 each accepting messages in groups of ``--group`` (``asyncio.gather`` of
@@ -21,7 +25,12 @@ trip's p50 and p99, which in durable mode include two commits (outbox, inbox).
 Each round runs the three modes one after the other; ``--repeat`` rounds (3) give each
 figure as the median with min and max, and the ratios are of the medians.
 
-Run: ``.venv/bin/python -m bench.durable [--n 20000] [--repeat 3]``.
+Run: ``.venv/bin/python -m bench.durable [--n 20000] [--repeat 3] [--modes ...]``.
+
+Where the time goes: ``--profile MODE`` runs the pipelined part of one mode once, the
+sender (this process) under cProfile, and prints the CPU µs per message of each process
+(sender, receiver, hub, and PostgreSQL's server processes), the transactions per
+message, and the sender's functions with the most own time.
 
 Two or more versions side by side: ``python -m bench.durable --trees TREE_A TREE_B
 [--mode sqlite] [--n 40000] [--repeat 4]`` runs the pipelined part of one mode once per
@@ -35,9 +44,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
+import io
 import json
 import multiprocessing
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -51,16 +64,21 @@ from ackbus.endpoint import Endpoint
 from ackbus.store import SqliteStore
 from ackbus.wire_pb2 import Bye
 
+from . import pg
 from .ab import cpu_seconds, summarize
 from .endpoint import PAYLOAD, POLICY, _hub_main
 
+MODES = ("memory", "sqlite", "relaxed", "postgresql")
 
-def _receiver_main(address: str, store: str | None, up: Any, stop: Any, out: Any) -> None:
+
+def _receiver_main(
+    address: str, store: str | None, concurrency: int | None, up: Any, stop: Any, out: Any
+) -> None:
     async def run() -> None:
         async def on_bye(msg: Bye, ctx: Context) -> None:
             return None
 
-        ep = Endpoint("sink", address, store=store)
+        ep = Endpoint("sink", address, store=store, max_concurrency=concurrency)
         ep.register_handler(Bye, on_bye)
         async with ep:
             up.set()
@@ -74,13 +92,16 @@ def _commits(ep: Endpoint) -> tuple[int, int]:
     store = ep.store
     if isinstance(store, SqliteStore):
         return store.writer.commits, store.writer.ops
+    writer = getattr(store, "_writer", None)  # PostgresStore's (psycopg may be absent)
+    if writer is not None:
+        return writer.commits, writer.ops
     return 0, 0
 
 
 class DurableCluster:
     """A hub process and a receiver process (with or without a store), torn down on close."""
 
-    def __init__(self, store: str | None) -> None:
+    def __init__(self, store: str | None, max_concurrency: int | None = None) -> None:
         mp = multiprocessing.get_context("spawn")
         self.stop = mp.Event()
         self.out = mp.Queue()
@@ -91,7 +112,7 @@ class DurableCluster:
         up = mp.Event()
         self.receiver = mp.Process(
             target=_receiver_main,
-            args=(self.address, store, up, self.stop, self.out),
+            args=(self.address, store, max_concurrency, up, self.stop, self.out),
             daemon=True,
         )
         self.receiver.start()
@@ -122,12 +143,13 @@ async def _pipelined(
     processes and of this one (measured before the endpoint closes: its store's writer
     thread is still counted)."""
     watch = {"sender": os.getpid(), **(pids or {})}
+    cpu_of = {name: pg.tree_cpu_seconds if name == "postgres" else cpu_seconds for name in watch}
     async with Endpoint("source", address, window=window, policy=POLICY, store=store) as ep:
         msg = Bye(reason=PAYLOAD)
         for _ in range(200):  # warm-up
             await ep.send(msg)
         before = _commits(ep)
-        cpu_before = {name: cpu_seconds(pid) for name, pid in watch.items()}
+        cpu_before = {name: cpu_of[name](pid) for name, pid in watch.items()}
         start = time.perf_counter()
         reports: list[DeliveryReport] = []
 
@@ -143,7 +165,9 @@ async def _pipelined(
         for r in reports:
             await r.wait(60)
         took = time.perf_counter() - start
-        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / n * 1e6 for name, pid in watch.items()}
+        cpu = {
+            name: (cpu_of[name](pid) - cpu_before[name]) / n * 1e6 for name, pid in watch.items()
+        }
         after = _commits(ep)
         failed = sum(1 for r in reports if not r)
     return {
@@ -174,10 +198,15 @@ async def _sequential(address: str, store: str | None, n: int) -> dict[str, floa
     }
 
 
-def _store_urls(mode: str, folder: Path) -> tuple[str | None, str | None]:
-    """The sender's and the receiver's store for ``mode`` (none in memory mode)."""
+def _store_urls(mode: str, folder: Path, url: str | None) -> tuple[str | None, str | None]:
+    """The sender's and the receiver's store for ``mode`` (none in memory mode;
+    ``url``, a fresh PostgreSQL database, for both in postgresql mode)."""
     if mode == "memory":
         return None, None
+    if mode == "postgresql":
+        if url is None:
+            raise ValueError("the postgresql mode needs a database's URL")
+        return url, url
     query = "?durability=relaxed" if mode == "relaxed" else ""
     return (
         f"sqlite:///{folder / mode}-sender.db{query}",
@@ -186,14 +215,32 @@ def _store_urls(mode: str, folder: Path) -> tuple[str | None, str | None]:
 
 
 def run_mode(
-    mode: str, n: int, window: int, group: int, folder: Path, producers: int = 4
-) -> dict[str, float]:
-    """One mode's figures ("memory", "sqlite" or "relaxed"); databases go to ``folder``.
-    (``bench/__main__.py`` calls this with positional arguments up to ``folder``.)"""
-    sender, receiver = _store_urls(mode, folder)
-    cluster = DurableCluster(receiver)
+    mode: str,
+    n: int,
+    window: int,
+    group: int,
+    folder: Path,
+    producers: int = 4,
+    url: str | None = None,
+    pg_pid: int | None = None,
+    max_concurrency: int | None = None,
+) -> dict[str, Any]:
+    """One mode's figures (one of :data:`MODES`); SQLite databases go to ``folder``,
+    PostgreSQL's to ``url`` (a fresh database; ``pg_pid``, its server's, counts the
+    server's CPU too); the receiver's ``max_concurrency`` (``None``: its default, which
+    with PostgreSQL is the pool's live transactions). (``bench/__main__.py`` calls this
+    with positional arguments up to ``folder``, and keywords for postgresql.)"""
+    sender, receiver = _store_urls(mode, folder, url)
+    cluster = DurableCluster(receiver, max_concurrency)
     try:
-        figures = asyncio.run(_pipelined(cluster.address, sender, n, window, group, producers))
+        assert cluster.receiver.pid is not None
+        assert cluster.hub.pid is not None
+        pids = {"receiver": cluster.receiver.pid, "hub": cluster.hub.pid}
+        if pg_pid is not None:
+            pids["postgres"] = pg_pid
+        figures = asyncio.run(
+            _pipelined(cluster.address, sender, n, window, group, producers, pids)
+        )
         figures.update(asyncio.run(_sequential(cluster.address, sender, max(n // 20, 100))))
     finally:
         r_tx, r_ops = cluster.close()
@@ -202,20 +249,69 @@ def run_mode(
     return figures
 
 
-def _one(mode: str, n: int, window: int, group: int, producers: int) -> dict[str, Any]:
-    """One pipelined run of ``mode`` in a fresh cluster (``--trees`` runs this per tree)."""
+def _one(
+    mode: str,
+    n: int,
+    window: int,
+    group: int,
+    producers: int,
+    url: str | None = None,
+    profiler: cProfile.Profile | None = None,
+    pg_pid: int | None = None,
+) -> dict[str, Any]:
+    """One pipelined run of ``mode`` in a fresh cluster (``--trees`` runs this per tree;
+    ``--profile`` with the sender under ``profiler``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        sender, receiver = _store_urls(mode, Path(tmp))
+        sender, receiver = _store_urls(mode, Path(tmp), url)
         cluster = DurableCluster(receiver)
         try:
             assert cluster.receiver.pid is not None
             assert cluster.hub.pid is not None
             pids = {"receiver": cluster.receiver.pid, "hub": cluster.hub.pid}
-            return asyncio.run(
-                _pipelined(cluster.address, sender, n, window, group, producers, pids)
-            )
+            if pg_pid is not None:
+                pids["postgres"] = pg_pid
+            run = _pipelined(cluster.address, sender, n, window, group, producers, pids)
+            if profiler is None:
+                figures = asyncio.run(run)
+            else:
+                profiler.enable()
+                try:
+                    figures = asyncio.run(run)
+                finally:
+                    profiler.disable()
         finally:
-            cluster.close()
+            r_tx, r_ops = cluster.close()
+    figures["receiver_tx"] = r_tx
+    figures["receiver_ops"] = r_ops
+    return figures
+
+
+def _profile(mode: str, args: argparse.Namespace) -> None:
+    """``--profile MODE``: where one pipelined run's time goes (see the module docstring)."""
+    with pg.server() if mode == "postgresql" else contextlib.nullcontext() as server:
+        if mode == "postgresql" and server is None:
+            return
+
+        def one(profiler: cProfile.Profile | None) -> dict[str, Any]:
+            url = server.url(server.new_database()) if server is not None else None
+            pid = server.proc.pid if server is not None and server.proc is not None else None
+            return _one(mode, args.n, args.window, args.group, args.producers, url, profiler, pid)
+
+        f = one(None)
+        profiler = cProfile.Profile()
+        profiled = one(profiler)
+    n = args.n
+    print(f"{mode}: {f['msgs_per_s']:,.0f} msgs/s (n={n:,}, not profiled)")
+    print("  CPU us per message: " + ", ".join(f"{k} {us:.0f}" for k, us in f["cpu_us"].items()))
+    print(
+        f"  sender: {f['sender_tx'] / n:.3f} transactions per message "
+        f"({f['sender_ops'] / max(f['sender_tx'], 1):.0f} ops each); receiver: "
+        f"{f['receiver_tx'] / n:.3f} ({f['receiver_ops'] / max(f['receiver_tx'], 1):.0f} ops each)"
+    )
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
+    print(f"  the sender under cProfile ({profiled['msgs_per_s']:,.0f} msgs/s profiled):")
+    print(out.getvalue())
 
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -269,6 +365,9 @@ def main() -> None:
     parser.add_argument("--trees", type=Path, nargs="+", help="source trees side by side")
     parser.add_argument("--mode", choices=("memory", "sqlite", "relaxed"), default="sqlite")
     parser.add_argument("--one", choices=("memory", "sqlite", "relaxed"), help=argparse.SUPPRESS)
+    parser.add_argument("--modes", choices=MODES, nargs="+", default=list(MODES))
+    parser.add_argument("--profile", choices=MODES, help="where one run's time goes")
+    parser.add_argument("--top", type=int, default=25, help="--profile: functions shown")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(_one(args.one, args.n, args.window, args.group, args.producers)))
@@ -276,14 +375,22 @@ def main() -> None:
     if args.trees:
         _trees(args.trees, args)
         return
-    modes = ("memory", "sqlite", "relaxed")
-    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    if args.profile:
+        _profile(args.profile, args)
+        return
+    with contextlib.ExitStack() as stack:
+        modes = list(args.modes)
+        server = stack.enter_context(pg.server()) if "postgresql" in modes else None
+        if server is None and "postgresql" in modes:
+            modes.remove("postgresql")
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir))
         for round_ in range(args.repeat):
             for mode in modes:
                 folder = Path(tmp) / str(round_)
                 folder.mkdir(exist_ok=True)
-                f = run_mode(mode, args.n, args.window, args.group, folder, args.producers)
+                url = server.url(server.new_database()) if mode == "postgresql" and server else None
+                f = run_mode(mode, args.n, args.window, args.group, folder, args.producers, url=url)
                 runs[mode].append(f)
                 print(_line(mode, f), flush=True)
     # On a shared machine one run of each can land in a burst of someone else's load
@@ -293,16 +400,17 @@ def main() -> None:
     for mode in modes:
         rates = [r["msgs_per_s"] for r in runs[mode]]
         print(
-            f"median {mode:8} {medians[mode]:>9,.0f} msgs/s"
+            f"median {mode:10} {medians[mode]:>9,.0f} msgs/s"
             f"  (min {min(rates):,.0f}, max {max(rates):,.0f}, {len(rates)} runs)"
         )
-    print(f"ratio sqlite(full)/memory    {medians['sqlite'] / medians['memory']:.2f}")
-    print(f"ratio sqlite(relaxed)/memory {medians['relaxed'] / medians['memory']:.2f}")
+    if "memory" in medians:
+        for mode in (m for m in modes if m != "memory"):
+            print(f"ratio {mode}/memory {medians[mode] / medians['memory']:.2f}")
 
 
 def _line(mode: str, f: dict[str, float]) -> str:
     line = (
-        f"{mode:8} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
+        f"{mode:10} {f['msgs_per_s']:>9,.0f} msgs/s  failed={f['failed']:.0f}"
         f"  sequential p50={f['seq_p50_us']:,.0f} us p99={f['seq_p99_us']:,.0f} us"
     )
     if mode != "memory":

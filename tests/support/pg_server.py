@@ -64,7 +64,10 @@ def _die_with_parent() -> None:
 class PgServer:
     """One running server (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
+        """Whether commits reach the disk (the bench's server); the tests' server runs
+        with ``fsync=off``: what they check does not depend on it, and it is faster."""
         bindir = find_bin()
         if bindir is None:
             raise RuntimeError(MISSING)
@@ -109,7 +112,8 @@ class PgServer:
             [
                 str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.root),
                 "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-                "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
+                *(() if self.fsync else ("-c", "fsync=off", "-c", "full_page_writes=off")),
+                "-c", "max_connections=200",
                 "-c", "shared_buffers=32MB",
             ],
             user=self._user, cwd=self.root, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
