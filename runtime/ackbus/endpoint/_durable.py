@@ -116,6 +116,10 @@ _BUSY_RETRY = 1.0
 """Seconds a sender waits before retrying a message whose commit met another transaction
 holding its records (a sibling instance committing it, or frozen while doing so)."""
 
+_CLAIM_EVERY = 1.0
+"""Seconds between checks that a shared store's claim still holds (its connection
+alive; taken again after a database restart)."""
+
 _PRUNE_EVERY = 60.0
 """Longest pause between inbox prunes, seconds (a quarter of the dedupe TTL if shorter)."""
 
@@ -234,10 +238,28 @@ class Durable:
 
     async def _adopt(self, every: float) -> None:
         """A running instance's look, every ``every`` seconds, for siblings gone for
-        good: their pending outbox rows become this instance's and are sent."""
+        good: their pending outbox rows become this instance's and are sent. And every
+        second (or ``every``, if shorter), that its claim still holds: a database
+        restart ends the session that held it, and it is taken again once the server
+        answers (:meth:`Store.keep_claim`)."""
         hooks = self._host()
+        tick = min(every, _CLAIM_EVERY)
+        loop = asyncio.get_running_loop()
+        next_look = loop.time() + every
+        lost = False
         while not hooks.closed():
-            await asyncio.sleep(every)
+            await asyncio.sleep(tick)
+            try:
+                await asyncio.to_thread(self.store.keep_claim)
+                lost = False
+            except Exception as exc:  # the database away: the next tick tries again
+                if not lost:  # one line per outage, not one a second
+                    log.warning("%s: the store's claim is lost: %s", hooks.identity, exc)
+                lost = True
+                continue
+            if loop.time() < next_look:
+                continue
+            next_look = loop.time() + every
             try:
                 rows = await asyncio.to_thread(self.store.take_over)
             except Exception as exc:  # the database away: the next look tries again

@@ -148,6 +148,12 @@ class Store(abc.ABC):
     def pending_outbox(self) -> list[OutboxRow]:
         """Messages a previous run accepted and never settled, oldest first."""
 
+    def keep_claim(self) -> bool:
+        """See that this process still holds its claim, and take it again if it was
+        lost with the connection that held it (a shared store's; on a worker thread,
+        every second). ``True`` if it was taken again. A file's lock is never lost."""
+        return False
+
     def take_over(self) -> list[OutboxRow]:
         """Adopt and return the pending outbox rows of the service's instances that are
         gone for good (called on a worker thread every :attr:`takeover_every`)."""

@@ -20,12 +20,13 @@ owner. Writes go through :class:`~ackbus.store._pg_writer.PgWriter` (async, pool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import LiteralString
 
 import psycopg
@@ -138,7 +139,7 @@ class PostgresStore(Store):
         if self._conn is not None:
             raise StoreError(f"{self.location} is already claimed by this store object")
         conn = self._connect()
-        try:
+        with self._or_close(conn, "cannot claim an instance"):
             chosen = instance or uuid.uuid4().hex
             if not self._try_lock(conn, service, chosen):
                 row = conn.execute(
@@ -153,25 +154,36 @@ class PostgresStore(Store):
                     f"another live process{owner}: give each live instance its own instance "
                     "id, or none (a fresh one per start)"
                 )
-            conn.execute(
-                self._s(
-                    "INSERT INTO {s}.instances VALUES (%s, %s, %s, %s, %s) ON CONFLICT"
-                    " (service, instance) DO UPDATE SET pid = EXCLUDED.pid,"
-                    " host = EXCLUDED.host, started_at = EXCLUDED.started_at"
-                ),
-                (service, chosen, os.getpid(), socket.gethostname(), time.time()),
-            )
+            self._record_instance(conn, service, chosen)
             self._take_over(conn, service, chosen)
-        except psycopg.Error as exc:
-            conn.close()
-            raise StoreError(f"{self.location}: cannot claim an instance: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
         self._conn = conn
         self.service, self.instance = service, chosen
         self._sql = PgStatements(self.schema, service, chosen)
         return chosen
+
+    @contextlib.contextmanager
+    def _or_close(self, conn: Conn, what: str) -> Iterator[None]:
+        """Close ``conn`` if the block fails; a database error as a :class:`StoreError`
+        saying ``what`` failed."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"{self.location}: {what}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def _record_instance(self, conn: Conn, service: str, instance: str) -> None:
+        """This process as the instance's holder (what a refused claim names)."""
+        conn.execute(
+            self._s(
+                "INSERT INTO {s}.instances VALUES (%s, %s, %s, %s, %s) ON CONFLICT"
+                " (service, instance) DO UPDATE SET pid = EXCLUDED.pid,"
+                " host = EXCLUDED.host, started_at = EXCLUDED.started_at"
+            ),
+            (service, instance, os.getpid(), socket.gethostname(), time.time()),
+        )
 
     def _try_lock(self, conn: Conn, service: str, instance: str) -> bool:
         row = conn.execute(
@@ -179,6 +191,42 @@ class PostgresStore(Store):
             (LOCK_CLASS, f"{self.schema}/{service}/{instance}"),
         ).fetchone()
         return bool(row and row[0])
+
+    def keep_claim(self) -> bool:
+        """See that the claim's connection (and with it the instance's advisory lock) is
+        alive; if it was lost (the database restarted, or the connection was cut),
+        connect again and take the lock again (on a worker thread, every second).
+        ``True`` if the claim was taken again. Raises :class:`StoreError` while the
+        server cannot be reached, or if another process claimed this instance meanwhile
+        (the next call tries again)."""
+        conn = self._claimed()
+        try:
+            conn.execute("SELECT 1")
+            return False
+        except psycopg.Error as exc:
+            if not (conn.broken or conn.closed):
+                raise StoreError(f"{self.location}: checking the claim failed: {exc}") from exc
+        with contextlib.suppress(Exception):
+            conn.close()
+        fresh = self._connect()
+        service, me = self.service, self.instance
+        with self._or_close(fresh, "cannot claim the instance again"):
+            if not self._try_lock(fresh, service, me):
+                raise StoreError(
+                    f"{self.location}: instance {me!r} of service {service!r} was claimed by "
+                    "another process while this one's connection was lost; this process "
+                    "runs on without the claim until that one ends"
+                )
+            self._record_instance(fresh, service, me)
+        if self._closed:  # aclose() ran meanwhile: hold nothing past it
+            fresh.close()
+            return False
+        self._conn = fresh
+        log.warning(
+            "%s: instance %s of %s claimed again after its connection was lost",
+            self.location, me, service,
+        )  # fmt: skip
+        return True
 
     def take_over(self) -> list[OutboxRow]:
         """Adopt the pending outbox rows of this service's instances whose process is
