@@ -303,7 +303,37 @@ class _Builder:
             return pol.PolicyOptions()
         found = pol.from_proto(opts.Extensions[options_pb2.message_policy])
         where = info.file.where((*info.path, 7, options_pb2.message_policy.number), info.path)
-        return self.level(found, where, f"message {info.full_name}")
+        found = self.level(found, where, f"message {info.full_name}")
+        self.check_key(info, found, where, f"message {info.full_name}")
+        return found
+
+    def check_key(self, info: TypeInfo, policy: pol.PolicyOptions, where: str, what: str) -> None:
+        """An ``ordering_key`` must name a singular scalar field of ``info``'s message
+        (through singular message fields, for a dotted path): its value is the key."""
+        path = policy.ordering_key
+        if not path:
+            return
+        msg = info.message
+        assert msg is not None
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            found = next((f for f in msg.field if f.name == part), None)
+            if found is None:
+                raise GenerationError(
+                    f"{where}: {what}: ordering_key {path!r}: {msg.name} has no field {part!r}"
+                )
+            repeated = found.label == d.FieldDescriptorProto.LABEL_REPEATED
+            is_message = found.type == d.FieldDescriptorProto.TYPE_MESSAGE
+            last = i == len(parts) - 1
+            if repeated or (last and is_message) or (not last and not is_message):
+                need = "a singular scalar field" if last else "a singular message field"
+                raise GenerationError(
+                    f"{where}: {what}: ordering_key {path!r}: {msg.name}.{part} is not {need}"
+                )
+            if not last:
+                nested = self.index[found.type_name].message
+                assert nested is not None
+                msg = nested
 
     def policy_const(
         self,
@@ -457,6 +487,7 @@ class _Builder:
             where,
             f"rpc {full} (method, message and service policy merged)",
         )
+        self.check_key(req, merged, where, f"rpc {full}")
         if merged.is_event and response_type is not None:
             raise GenerationError(
                 f"{where}: rpc {full} is an EVENT but returns {resp.full_name}; events "

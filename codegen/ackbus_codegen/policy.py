@@ -33,6 +33,9 @@ class PolicyOptions:
     kind: str | None = None
     """``"COMMAND"`` or ``"EVENT"``: the ``ackbus.Kind`` member name."""
     retry_rejected: bool | None = None
+    ordering_key: str | None = None
+    """A field path of the message whose value orders it (checked against the
+    message by the model, which knows its fields)."""
 
     def items(self) -> list[tuple[str, float | int | bool | str]]:
         """The fields that are set, in declaration order."""
@@ -59,6 +62,7 @@ PROTO_FIELDS = {
     "priority": "priority",
     "kind": "kind",
     "retry_rejected": "retry_rejected",
+    "ordering_key": "ordering_key",
 }
 
 
@@ -130,4 +134,5 @@ RUNTIME_DEFAULTS = PolicyOptions(
     priority=0,
     kind="COMMAND",
     retry_rejected=False,
+    ordering_key="",
 )

@@ -191,6 +191,9 @@ class SendOptionsBase(TypedDict, total=False):
     headers: Mapping[str, str] | None
     policy: Policy | None
     """The delivery policy (generated clients pass their type's)."""
+    key: str | bytes | int | None
+    """The ordering key, where the policy's ``ordering_key`` does not give one (or to
+    replace it): messages of one key are handled in send order, one at a time."""
 
 
 class PublishOptions(SendOptionsBase, total=False):

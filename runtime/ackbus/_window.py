@@ -61,6 +61,10 @@ class WindowLines:
         """Destinations someone waits for (``destination in lines``: a send must wait
         behind them)."""
         self._arrivals = 0
+        self._keys: dict[int, list[float]] = {}
+        """Ordering key → [the latest virtual arrival of a waiter of the key, how many
+        of its sends are in line]: a keyed waiter never queues ahead of an earlier one
+        of its key, whatever their priorities (priority never reorders a key)."""
 
     def __bool__(self) -> bool:
         return bool(self.lines)
@@ -73,12 +77,14 @@ class WindowLines:
         *,
         priority: int = 0,
         place: tuple[float, int] | None = None,
+        key: int = 0,
     ) -> tuple[asyncio.Future[None], tuple[float, int]]:
         """Join ``destination``'s line: a future of ``loop``'s that completes when it is
         this waiter's turn (or fails at ``deadline``, loop time), and the waiter's place
         in line. A waiter whose turn came but found the slot taken enters again with the
         ``place`` it had, so it keeps it. Await the future, and call :meth:`leave` if the
-        await raised."""
+        await raised. A send with an ordering ``key`` queues behind the sends of its
+        key already in line; it calls :meth:`key_left` once it is out of line for good."""
         self._loop = loop
         line = self.lines.get(destination)
         if line is None:
@@ -87,10 +93,28 @@ class WindowLines:
         if place is None:
             self._arrivals += 1
             place = (aging_key(loop.time(), priority), self._arrivals)
+            if key:
+                known = self._keys.get(key)
+                if known is None:
+                    self._keys[key] = [place[0], 1]
+                else:
+                    if known[0] > place[0]:  # behind the earlier ones of its key
+                        place = (known[0], place[1])
+                    known[0] = place[0]
+                    known[1] += 1
         heapq.heappush(line.waiters, (place[0], place[1], fut, deadline))
         if line.timer is None or deadline < line.timer_at:
             self._arm(destination, line, deadline)
         return fut, place
+
+    def key_left(self, key: int) -> None:
+        """A send with ordering ``key`` is out of line for good (its turn came, or it
+        failed)."""
+        known = self._keys.get(key)
+        if known is not None:
+            known[1] -= 1
+            if known[1] <= 0:
+                del self._keys[key]
 
     def leave(self, destination: str, fut: asyncio.Future[None]) -> None:
         """The await of ``fut`` raised (cancelled, or timed out): a waiter whose turn

@@ -76,6 +76,7 @@ class Policy(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     RETRY_REJECTED_FIELD_NUMBER: _builtins.int
+    ORDERING_KEY_FIELD_NUMBER: _builtins.int
     ack_timeout_s: _builtins.float
     """Seconds to wait for an acknowledgement of one attempt before retrying."""
     max_attempts: _builtins.int
@@ -98,6 +99,11 @@ class Policy(_message.Message):
     """Whether a message whose handler raised is retried (transient errors) or
     fails at once (permanent errors).
     """
+    ordering_key: _builtins.str
+    """A field path of the message (e.g. "table_id", or "hand.table_id" into a nested
+    message) whose value orders it: the messages of one key from one sender are
+    handled in send order, one at a time, by one instance. Empty: no order.
+    """
     def __init__(
         self,
         *,
@@ -110,10 +116,11 @@ class Policy(_message.Message):
         priority: _builtins.int | None = ...,
         kind: Global___Kind.ValueType | None = ...,
         retry_rejected: _builtins.bool | None = ...,
+        ordering_key: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_ordering_key", b"_ordering_key", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "ordering_key", b"ordering_key", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_ordering_key", b"_ordering_key", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "ordering_key", b"ordering_key", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ack_timeout_s: _TypeAlias = _typing.Literal["ack_timeout_s"]  # noqa: Y015
     _WhichOneofArgType__ack_timeout_s: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s"]  # noqa: Y015
@@ -129,6 +136,8 @@ class Policy(_message.Message):
     _WhichOneofArgType__kind: _TypeAlias = _typing.Literal["_kind", b"_kind"]  # noqa: Y015
     _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
     _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__ordering_key: _TypeAlias = _typing.Literal["ordering_key"]  # noqa: Y015
+    _WhichOneofArgType__ordering_key: _TypeAlias = _typing.Literal["_ordering_key", b"_ordering_key"]  # noqa: Y015
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
     _WhichOneofReturnType__retry_rejected: _TypeAlias = _typing.Literal["retry_rejected"]  # noqa: Y015
@@ -147,6 +156,8 @@ class Policy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__kind) -> _WhichOneofReturnType__kind | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ordering_key) -> _WhichOneofReturnType__ordering_key | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
     @_typing.overload

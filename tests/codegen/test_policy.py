@@ -244,3 +244,53 @@ def test_a_file_with_events_and_no_service_gets_its_publisher(compile_request: C
     assert "class SlowHandler(" in listeners
     assert "SlowClient" not in listeners
     assert "publish_" not in listeners
+
+
+KEYED = """
+    syntax = "proto3";
+    package k;
+    import "ackbus/options.proto";
+    import "google/protobuf/empty.proto";
+    message Hand { string table_id = 1; }
+    message Act {
+      option (ackbus.message_policy) = { ordering_key: "hand.table_id" };
+      Hand hand = 1;
+      repeated string tags = 2;
+      uint64 seat = 3;
+    }
+    message Bet { string table_id = 1; }
+    service T {
+      option (ackbus.service_policy) = { ordering_key: "table_id" };
+      rpc Act(k.Act) returns (google.protobuf.Empty) {
+        option (ackbus.method_policy) = { ordering_key: "seat" };
+      }
+      rpc Bet(k.Bet) returns (google.protobuf.Empty);
+    }
+"""
+
+
+def test_an_ordering_key_arrives_in_the_generated_policies(compile_request: Compile) -> None:
+    text = generate(compile_request({"k.proto": KEYED})).files[0].content
+    compact = "".join(text.split()).replace(",)", ")")
+    assert "T_ACT_POLICY:Final[ackbus.Policy]=ackbus.Policy(ordering_key='seat')" in compact
+    assert "T_BET_POLICY:Final[ackbus.Policy]=ackbus.Policy(ordering_key='table_id')" in compact
+    assert "ackbus.Policy(ordering_key='hand.table_id')" in compact  # Act's registry entry
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [
+        ("nope", r"ordering_key 'nope': Act has no field 'nope'"),
+        ("tags", r"ordering_key 'tags': Act\.tags is not a singular scalar field"),
+        ("hand", r"ordering_key 'hand': Act\.hand is not a singular scalar field"),
+        ("seat.x", r"ordering_key 'seat\.x': Act\.seat is not a singular message field"),
+        ("hand.nope", r"ordering_key 'hand\.nope': Hand has no field 'nope'"),
+        ("9x", r"ordering_key '9x': Act has no field '9x'"),
+    ],
+)
+def test_an_ordering_key_must_name_a_scalar_field(
+    compile_request: Compile, key: str, error: str
+) -> None:
+    schema = KEYED.replace('"hand.table_id"', f'"{key}"')
+    with pytest.raises(GenerationError, match=r"k\.proto:\d+: .*" + error):
+        generate(compile_request({"k.proto": schema}))

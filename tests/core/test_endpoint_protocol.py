@@ -29,6 +29,7 @@ class Item:
     deadline_ns: int = 0
     attempt: int = 1
     priority: int = 0
+    key: int = 0
 
 
 @dataclass

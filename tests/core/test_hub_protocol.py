@@ -23,6 +23,7 @@ class Item:
     kind: int = KIND_COMMAND
     attempt: int = 1
     priority: int = 0
+    key: int = 0
 
 
 @dataclass

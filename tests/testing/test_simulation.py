@@ -84,6 +84,7 @@ def _random_pick(
     peers: list[bytes],
     now: float,
     first: bool = True,
+    order: int = 0,
 ) -> bytes:
     # Deterministic but not sticky: a different instance for every attempt.
     return peers[next(_rotation) % len(peers)]

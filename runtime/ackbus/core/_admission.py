@@ -1,6 +1,8 @@
 """What a receiving endpoint protocol keeps of the messages it has: each one's lease
 (:class:`Running`), and the line of those waiting for a slot under ``max_concurrency``
-(:class:`WaitingLine`, by priority with aging: :mod:`ackbus.core.priority`)."""
+(:class:`WaitingLine`, by priority with aging: :mod:`ackbus.core.priority`). A message
+with an ordering key joins that line only once no other of its key runs or waits there
+(the protocol parks it until then, in arrival order), so priority never reorders a key."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ class Running:
     """A message whose handler runs (or waits to): where its IN_PROGRESS notices go,
     and since when."""
 
-    __slots__ = ("hub", "peer", "started")
+    __slots__ = ("hub", "key", "peer", "started")
 
-    def __init__(self, hub: int, peer: bytes, started: float) -> None:
+    def __init__(self, hub: int, peer: bytes, started: float, key: int = 0) -> None:
         self.hub = hub
         self.peer = peer
         self.started = started
+        self.key = key
+        """Its ordering key's hash (0: none)."""
 
 
 class WaitingLine(list[tuple[float, int, int, T]]):

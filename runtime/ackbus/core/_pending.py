@@ -35,6 +35,7 @@ class Pending:
         "fan",
         "first_sent_at",
         "free",
+        "key",
         "last_error",
         "last_reason",
         "msg_id",
@@ -64,6 +65,8 @@ class Pending:
         self.deadline = deadline
         self.expect = expect
         self.state = MsgState.QUEUED
+        self.key = 0
+        """Its ordering key's hash (0: none)."""
         self.attempts = 0
         self.first_sent_at: float | None = None
         self.timer = 0

@@ -71,6 +71,10 @@ class Policy:
     """For an event: the declared subscribers whose own limits (attempts, deadline)
     differ from this policy's; generated code fills it in from each subscriber's rpc
     policy. The others, and run-time subscribers, get this policy's."""
+    ordering_key: str = ""
+    """A field path of the message (``"table_id"``, ``"hand.table_id"``) whose value
+    orders it: messages of one key from one sender are handled in send order, one at a
+    time, by one instance of each receiving service. Empty: no order (the default)."""
     life: float = field(init=False, repr=False, compare=False)
     """How long the message lives: ``deadline``, or the longest subscriber deadline if
     that is longer (derived; the envelope's and the tracker's deadline)."""
@@ -101,6 +105,12 @@ class Policy:
                     if sp.deadline is not None and sp.deadline > life:
                         life = sp.deadline
         object.__setattr__(self, "life", life)
+        if not isinstance(self.ordering_key, str) or not all(
+            part.isidentifier() for part in self.ordering_key.split(".") if self.ordering_key
+        ):
+            problems.append(
+                f"ordering_key must be a field path like 'table_id', got {self.ordering_key!r}"
+            )
         if not self.ack_timeout > 0:
             problems.append(f"ack_timeout must be > 0, got {self.ack_timeout}")
         if self.max_attempts < 1:
@@ -131,6 +141,7 @@ class Policy:
         retry_rejected: bool | None = None,
         subscribers: tuple[str, ...] | None = None,
         subscriber_policies: tuple[SubscriberPolicy, ...] | None = None,
+        ordering_key: str | None = None,
     ) -> Policy:
         """A copy with the fields given changed (``None`` leaves a field as it is): e.g.
         ``TABLE_START_HAND_POLICY.with_(max_attempts=1)``. Every field is named here, so
@@ -147,6 +158,7 @@ class Policy:
             "retry_rejected": retry_rejected,
             "subscribers": subscribers,
             "subscriber_policies": subscriber_policies,
+            "ordering_key": ordering_key,
         }
         return replace(self, **{k: v for k, v in given.items() if v is not None})
 

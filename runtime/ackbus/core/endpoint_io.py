@@ -59,6 +59,10 @@ class InboundItem(Protocol):
     def attempt(self) -> int: ...
     @property
     def priority(self) -> int: ...
+    @property
+    def key(self) -> int:
+        """The ordering key's hash (0: none)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

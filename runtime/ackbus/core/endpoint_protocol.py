@@ -24,6 +24,7 @@ waiting line, the clock and the timer (armed at :meth:`EndpointProtocol.next_dea
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterable, Sequence
 
 from ..errors import (
@@ -141,6 +142,13 @@ class EndpointProtocol:
         hub restart the hub's counts start at zero, so the receiver keeps it itself)."""
         self._waiting: WaitingLine[InboundItem] = WaitingLine()
         """Accepted messages waiting for a slot (each in ``_running`` too: its lease)."""
+        self._keys: dict[int, deque[tuple[int, InboundItem]]] = {}
+        """Ordering key → the messages of the key parked behind the one that runs (or
+        waits for a slot), in arrival order: one at a time per key. Present while a
+        message of the key is running or waiting; each parked one is in ``_running``
+        too (its lease) but takes no slot."""
+        self._parked = 0
+        """Messages parked behind their key (in ``_running``, not in a slot)."""
         self._progress_at: float | None = None
         """When the next IN_PROGRESS sweep is due (None: at the oldest start + progress)."""
         self.closed = False
@@ -255,11 +263,13 @@ class EndpointProtocol:
         policy: Policy,
         now: float,
         event: bool = False,
+        key: int = 0,
     ) -> bool:
-        """Track a new message, and transmit it if its window has room (True)."""
+        """Track a new message, and transmit it if its window has room (True). ``key``:
+        its ordering key's hash (0: none); it waits while another of its key is pending."""
         self.stats.sent += 1
         admit = self.tracker.submit(  # positional: once per message
-            msg_id, msg_type, destination, policy, now, None if event else 1
+            msg_id, msg_type, destination, policy, now, None if event else 1, key
         )
         if admit is Admit.SEND:
             self.stats.transmits += 1
@@ -282,7 +292,10 @@ class EndpointProtocol:
         self.closed = True
         for msg_id in list(pending):
             self.cancel(msg_id, now, "the endpoint was closed")
-        for item in self._waiting.drain():  # never started: the senders retry elsewhere
+        parked = [item for line in self._keys.values() for _, item in line]
+        self._keys.clear()
+        self._parked = 0
+        for item in self._waiting.drain() + parked:  # never started: the senders retry
             self._running.pop(item.id, None)
             self.deduper.abandon(item.id)
 
@@ -412,8 +425,17 @@ class EndpointProtocol:
                 self._in_progress(hub, item.id, item.peer)
             return False
         running = self._running
-        running[item.id] = Running(hub, item.peer, now)
-        if self._waiting or len(running) > self.max_concurrency:
+        key = item.key
+        running[item.id] = Running(hub, item.peer, now, key)
+        if key:
+            line = self._keys.get(key)
+            if line is not None:  # another of its key runs or waits: park behind it
+                line.append((hub, item))
+                self._parked += 1
+                self.stats.waited += 1
+                return False
+            self._keys[key] = deque()
+        if self._waiting or len(running) - self._parked > self.max_concurrency:
             # No slot (or others wait already): wait, by priority; the lease covers it.
             self._waiting.push(hub, item, item.priority, now)
             self.stats.waited += 1
@@ -425,7 +447,11 @@ class EndpointProtocol:
         its own (never inside a batch: its end admits)."""
         waiting = self._waiting
         running = self._running
-        while waiting and not self.closed and len(running) - len(waiting) < self.max_concurrency:
+        while (
+            waiting
+            and not self.closed
+            and len(running) - len(waiting) - self._parked < self.max_concurrency
+        ):
             hub, item = waiting.pop_next()
             self.receiving = True
             self._batch_hub = hub
@@ -440,8 +466,30 @@ class EndpointProtocol:
                     self.ack_ok(hub, ids, peers, now)
 
     def waiting_count(self) -> int:
-        """Accepted messages waiting for a slot under ``max_concurrency``."""
-        return len(self._waiting)
+        """Accepted messages waiting for a slot under ``max_concurrency``, or for the
+        message of their ordering key before them to end."""
+        return len(self._waiting) + self._parked
+
+    def keys_held(self) -> int:
+        """Ordering keys with a message running or waiting here (for leak checks)."""
+        return len(self._keys)
+
+    def _key_ended(self, key: int, now: float) -> None:
+        """The message of ``key`` that ran here ended: the next one parked behind it
+        (in arrival order) joins the line for a slot; with none, the key is free."""
+        line = self._keys.get(key)
+        if not line:
+            if line is not None:
+                del self._keys[key]
+            return  # (None: the endpoint closed, which dropped every key)
+        hub, item = line.popleft()
+        self._parked -= 1
+        if self.closed:
+            self._running.pop(item.id, None)
+            self.deduper.abandon(item.id)
+            self._key_ended(key, now)
+            return
+        self._waiting.push(hub, item, item.priority, now)
 
     def _in_progress(self, hub: int, msg_id: bytes, peer: bytes) -> None:
         self.stats.in_progress += 1
@@ -454,7 +502,9 @@ class EndpointProtocol:
 
     def undecodable(self, hub: int, item: InboundItem, why: str, now: float) -> None:
         """An accepted message whose envelope or body could not be decoded."""
-        self._running.pop(item.id, None)
+        run = self._running.pop(item.id, None)
+        if run is not None and run.key:
+            self._key_ended(run.key, now)
         error = RemoteError("RemoteProtocolError", f"undecodable {item.type} message: {why}", True)
         self.deduper.finish(item.id, Outcome.REJECTED, now, error=error)
         self.stats.refused["MALFORMED"] += 1
@@ -465,7 +515,9 @@ class EndpointProtocol:
         with the batch at :meth:`end_batch`. Until then a copy of the message later in
         the batch is RUNNING and gets no ack of its own; the batch's ack settles it."""
         self.stats.handled += 1
-        self._running.pop(msg_id, None)
+        run = self._running.pop(msg_id, None)
+        if run is not None and run.key:
+            self._key_ended(run.key, self._batch_now)  # its next starts at end_batch
         self._batch_ok.append(msg_id)
         self._batch_peers.append(peer)
 
@@ -481,7 +533,9 @@ class EndpointProtocol:
         """A handler ended: returned (``exc`` None; ``response`` for a request) or
         raised ``exc``. A cancelled run goes to :meth:`abandon` instead."""
         mid = item.id
-        self._running.pop(mid, None)
+        run = self._running.pop(mid, None)
+        if run is not None and run.key:
+            self._key_ended(run.key, now)
         if self._waiting and not self.receiving:
             self._admit(now)  # its slot is free (the answer below goes out after)
         if self.closed:
@@ -520,8 +574,10 @@ class EndpointProtocol:
         """A run ended without an answer (cancelled, not committed): forget it, so
         the sender's retry runs the handler again. (Its slot goes to a waiting message
         at the next :meth:`tick`.)"""
-        self._running.pop(msg_id, None)
+        run = self._running.pop(msg_id, None)
         self.deduper.abandon(msg_id)
+        if run is not None and run.key:
+            self._key_ended(run.key, run.started)
 
     def ack_ok(self, hub: int, ids: list[bytes], peers: list[bytes], now: float) -> None:
         """Finish ``ids`` (handled, OK, no response) in the deduper and ack them through
@@ -530,7 +586,9 @@ class EndpointProtocol:
         running = self._running
         if running:  # durable mode acks here after its commit; batches after handled_ok
             for mid in ids:
-                running.pop(mid, None)
+                run = running.pop(mid, None)
+                if run is not None and run.key:
+                    self._key_ended(run.key, now)
         if self.closed:
             for mid in ids:
                 self.deduper.abandon(mid)

@@ -63,6 +63,10 @@ class HubItem(Protocol):
     def attempt(self) -> int: ...
     @property
     def priority(self) -> int: ...
+    @property
+    def key(self) -> int:
+        """The ordering key's hash (0: none)."""
+        ...
 
 
 class HubRun(Protocol):
@@ -367,7 +371,9 @@ class HubProtocol(Generic[I, R, A]):
             services = []
             implements = []
             for service, each in sorted(
-                routing.route_event(item.type, item.id, now, item.attempt == 1, holds or ())
+                routing.route_event(
+                    item.type, item.id, now, item.attempt == 1, holds or (), item.key
+                )
             ):
                 if each == FULL:
                     peers = routing.peers_for(item.type, None, service)
@@ -383,7 +389,9 @@ class HubProtocol(Generic[I, R, A]):
             io.routed(origin, item.id, tuple(services), tuple(implements))
             return
         recipient = item.recipient or None
-        target = routing.route_command(item.type, item.id, recipient, now, item.attempt == 1)
+        target = routing.route_command(
+            item.type, item.id, recipient, now, item.attempt == 1, item.key
+        )
         if target is None:
             self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
             return
@@ -461,6 +469,8 @@ class HubProtocol(Generic[I, R, A]):
             pinned = known.pinned
         else:
             pinned = self.routing.pinned(key, peers or [])
+            if pinned is None and item.key and peers:  # it waits for its key's instance
+                pinned = self.routing.instance_key(self.routing.home(item.key, peers))
         held = Held(key, item.id, item, origin, item.type, service, pinned)
         if not holds.hold(held, item.priority, now):
             self.stats.overflow += 1

@@ -118,6 +118,9 @@ class RoutingTable:
         self.freed: set[bytes] | None = None
         """Instance keys whose count went down since the hub protocol last looked, or
         ``None`` when it holds no message (then nobody needs to know)."""
+        self._homes: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        """(ordering key, service) → the instance key its messages go to while that
+        instance is registered (the most recently used ``sticky_capacity`` keys)."""
         self._sticky: OrderedDict[_StickyKey, _Stick] = OrderedDict()
         self._expires_at = _NEVER
         """No sticky entry expires before this (entries are added in time order, so it is
@@ -218,6 +221,10 @@ class RoutingTable:
         key = self._keys[peer]
         return self._in_flight[key] < self._limit[key]
 
+    def instance_key(self, peer: bytes) -> bytes:
+        """The key ("service/instance") of the registered instance at ``peer``."""
+        return self._keys[peer]
+
     def peer_of(self, key: bytes) -> bytes | None:
         """The current address of the instance ``key`` ("service/instance")."""
         return self._by_key.get(key)
@@ -260,15 +267,45 @@ class RoutingTable:
     # -- routing ---------------------------------------------------------------------------
 
     def route_command(
-        self, msg_type: str, msg_id: bytes, recipient: str | None, now: float, first: bool = True
+        self,
+        msg_type: str,
+        msg_id: bytes,
+        recipient: str | None,
+        now: float,
+        first: bool = True,
+        key: int = 0,
     ) -> bytes | None:
         """The peer to send a command to, ``None`` (no route: see
         :meth:`no_route_reason`) or :data:`FULL` (hold it). A retry goes to the instance
-        that got the first attempt while that instance is registered."""
+        that got the first attempt while that instance is registered; a message with an
+        ordering ``key`` to its key's instance (:meth:`home`)."""
         peers = self._command_peers(msg_type, recipient)
         if peers is None:
             return None
-        return self._pick(msg_id, msg_id, peers, now, first)
+        return self._pick(msg_id, msg_id, peers, now, first, key)
+
+    def home(self, key: int, peers: list[bytes]) -> bytes:
+        """The instance (a peer among ``peers``, one service's) that the messages of
+        ordering ``key`` go to: the one they went to before while it is registered,
+        else the best rendezvous score of the key, whatever its room or stall (a key
+        moves only when its instance is gone; a full one holds the message)."""
+        service = self._instances[peers[0]].identity.service
+        homes = self._homes
+        where = (key, service)
+        known = homes.get(where)
+        if known is not None:
+            peer = self._by_key.get(known)
+            if peer is not None and peer in peers:
+                homes.move_to_end(where)
+                return peer
+        keys = self._keys
+        msg_key = zlib.crc32(key.to_bytes(8, "little"))
+        best = max(peers, key=lambda p: _score(msg_key, keys[p]))
+        homes[where] = keys[best]
+        homes.move_to_end(where)
+        if len(homes) > self.sticky_capacity:
+            homes.popitem(last=False)
+        return best
 
     def route_commands(
         self, msg_type: str, msg_ids: Sequence[bytes], recipient: str | None, now: float
@@ -331,11 +368,13 @@ class RoutingTable:
         now: float,
         first: bool = True,
         held: Container[object] = (),
+        key: int = 0,
     ) -> list[tuple[str, bytes]]:
         """``(service, peer)`` for one instance of every service subscribing to the type
         (the peer :data:`FULL` where that service's instances are all full); empty when
         none does). A share in ``held`` (keys ``(msg_id, service)``: the hub holds it
-        already) is :data:`FULL` without a choice."""
+        already) is :data:`FULL` without a choice. With an ordering ``key``: each
+        service's instance for the key (:meth:`home`)."""
         services = self._events.get(msg_type)
         if not services:
             return []
@@ -344,7 +383,7 @@ class RoutingTable:
                 service,
                 FULL
                 if held and (msg_id, service) in held
-                else self._pick((msg_id, service), msg_id, peers, now, first),
+                else self._pick((msg_id, service), msg_id, peers, now, first, key),
             )
             for service, peers in services.items()
         ]
@@ -464,10 +503,13 @@ class RoutingTable:
         peers: list[bytes],
         now: float,
         first: bool = True,
+        order: int = 0,
     ) -> bytes:
         """The instance for a message (taking its slot), or :data:`FULL`. Only an
         instance with room is chosen; for a first attempt, one whose loop is not stalled
-        while there is one with room (see :meth:`set_stalled`)."""
+        while there is one with room (see :meth:`set_stalled`). A message with an
+        ordering key (``order``, its hash) goes to its key's instance (:meth:`home`) or
+        waits for it."""
         sticky = self._sticky
         stick = sticky.get(sticky_key)
         in_flight = self._in_flight
@@ -483,7 +525,11 @@ class RoutingTable:
                 return peer
         keys = self._keys
         limit = self._limit
-        if len(peers) == 1:
+        if order:
+            best = self.home(order, peers)
+            if in_flight[keys[best]] >= limit[keys[best]]:
+                return FULL  # its key's instance is full: held for it, never diverted
+        elif len(peers) == 1:
             best = peers[0]
             if in_flight[keys[best]] >= limit[keys[best]]:
                 return FULL  # a stale entry stays: its instance may come back first

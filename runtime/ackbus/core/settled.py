@@ -70,6 +70,8 @@ class MsgState(enum.Enum):
     """An attempt is out; waiting for its ack or its ack timeout."""
     BACKOFF = "backoff"
     """Waiting to send the next attempt."""
+    KEYED = "keyed"
+    """Waiting for the message before it of its ordering key to settle; never sent."""
 
 
 @dataclass(frozen=True, slots=True)

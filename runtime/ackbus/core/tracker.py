@@ -115,6 +115,9 @@ class OutboundTracker:
         self.foreign = 0
         """Acks refused because their receiver is not a service the message was
         addressed to (forged, or from a service that no longer handles the type)."""
+        self._keys: dict[int, deque[_Pending]] = {}
+        """Ordering key → the messages of the key waiting behind the one that holds it
+        (present while a message of the key is pending: it holds the key)."""
 
     # -- events in -------------------------------------------------------------------------
 
@@ -126,11 +129,16 @@ class OutboundTracker:
         policy: Policy,
         now: float,
         expect: int | None = 1,
+        key: int = 0,
     ) -> Admit:
         """Track a new message. :attr:`Admit.SEND`: transmit attempt 1 now.
 
         ``expect`` is how many distinct receiver services must ack it (1 for a command);
         ``None`` means "every service named by :meth:`routed`" (an event).
+        ``key`` (its ordering key's hash; 0: none): while a message of the same key is
+        pending, this one waits (:attr:`MsgState.KEYED`, returning :attr:`Admit.QUEUED`)
+        and goes out once every message of the key submitted before it settled, acked
+        or failed: one message of a key in flight at a time, in submit order.
         Raises ``ValueError`` if ``msg_id`` is already pending (a caller bug).
         """
         pending = self._pending
@@ -141,6 +149,15 @@ class OutboundTracker:
         pending[msg_id] = p
         if policy.subscribers:
             _pending.fan_out(p, now)
+        if key:
+            p.key = key
+            line = self._keys.get(key)
+            if line is not None:  # an earlier message holds the key: wait behind it
+                p.state = MsgState.KEYED
+                line.append(p)
+                self._arm(p, deadline)
+                return Admit.QUEUED
+            self._keys[key] = deque()
         n = self._in_flight.get(destination, 0)
         if n < self._window and destination not in self._queues:
             self._in_flight[destination] = n + 1
@@ -322,6 +339,8 @@ class OutboundTracker:
                     in_flight[destination] = n
                 else:
                     del in_flight[destination]
+            if p.key:
+                self._next_of_key(p.key, now)
             out.append(
                 Completion(
                     mid,
@@ -467,7 +486,8 @@ class OutboundTracker:
         return self._in_flight.get(destination, 0)
 
     def queued(self, destination: str) -> int:
-        """Messages waiting for a window slot of ``destination``."""
+        """Messages waiting for a window slot of ``destination`` (not those waiting for
+        their ordering key)."""
         queue = self._queues.get(destination)
         return len(queue) if queue is not None else 0
 
@@ -642,13 +662,18 @@ class OutboundTracker:
         missing: tuple[str, ...] = ()
         if status is Status.FAILED and p.policy.subscribers:
             missing = _pending.missing(p)
-        if p.state is MsgState.QUEUED:
-            queue = self._queues[p.destination]
-            queue.remove(p)
-            if not queue:
-                del self._queues[p.destination]
+        if p.state is MsgState.KEYED:  # behind another of its key: only leaves the line
+            self._keys[p.key].remove(p)
         else:
-            self._free_slot(p.destination, now)
+            if p.state is MsgState.QUEUED:
+                queue = self._queues[p.destination]
+                queue.remove(p)
+                if not queue:
+                    del self._queues[p.destination]
+            else:
+                self._free_slot(p.destination, now)
+            if p.key:
+                self._next_of_key(p.key, now)
         return Completion(
             p.msg_id,
             p.msg_type,
@@ -666,6 +691,34 @@ class OutboundTracker:
             last,
             _pending.reasons(p, missing, now) if missing else (),
         )
+
+    def _next_of_key(self, key: int, now: float) -> None:
+        """The message that held ``key`` settled: the next of the key (in submit order)
+        takes a window slot (``READY``: the next tick transmits it) or, with the window
+        full, queues for one; with none left the key is free."""
+        line = self._keys[key]
+        if not line:
+            del self._keys[key]
+            return
+        nxt = line.popleft()
+        destination = nxt.destination
+        n = self._in_flight.get(destination, 0)
+        if n < self._window and destination not in self._queues:
+            self._in_flight[destination] = n + 1
+            nxt.state = MsgState.READY
+            if not self._ready:
+                self._ready_at = now
+            self._ready.append(nxt)
+        else:
+            nxt.state = MsgState.QUEUED
+            queue = self._queues.get(destination)
+            if queue is None:
+                queue = self._queues[destination] = deque()
+            queue.append(nxt)
+
+    def keys_held(self) -> int:
+        """Ordering keys with a message pending (for leak checks in tests)."""
+        return len(self._keys)
 
     def _free_slot(self, destination: str, now: float) -> None:
         queue = self._queues.get(destination)

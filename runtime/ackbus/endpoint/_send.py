@@ -27,11 +27,15 @@ from ..errors import (
     SendWindowTimeout,
 )
 from ..wire import (
+    FLAG_KEYED,
     FLAG_REQUEST,
     KIND_COMMAND,
     KIND_EVENT,
     check_name,
     encode_envelope,
+    item_key,
+    key_hash,
+    keyed_envelope,
     pack_item,
 )
 from ._base import ENVELOPE_CACHE, EndpointBase
@@ -39,6 +43,18 @@ from ._base import ENVELOPE_CACHE, EndpointBase
 log = logging.getLogger("ackbus.endpoint")
 
 R = TypeVar("R", bound=Message)
+
+
+def ordering_key_of(msg: Message | Untyped, path: str) -> str | bytes | int:
+    """The value of the field ``path`` (``"table_id"``, ``"hand.table_id"``) of a
+    message: its ordering key. An untyped message's payload is read by the same path
+    (a missing field is the empty key)."""
+    value: Any = msg.payload if isinstance(msg, Untyped) else msg
+    for part in path.split("."):
+        value = value.get(part, "") if isinstance(value, Mapping) else getattr(value, part)
+    if isinstance(value, str | bytes | int):
+        return value
+    raise TypeError(f"ordering_key {path!r} of {type(msg).__name__} is not a scalar field")
 
 
 class Sending(EndpointBase):
@@ -61,17 +77,20 @@ class Sending(EndpointBase):
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
         policy: Policy | None = None,
+        key: str | bytes | int | None = None,
     ) -> Coroutine[Any, Any, DeliveryReport]:
         """Send a command (await it). With ``wait_ack`` (the default) return once it
         was acked or failed; otherwise at once, with a pending report to ``await
         report.wait()``.
 
         ``timeout`` caps the message's whole life (its deadline); the report is never
-        pending after it. Raises :class:`SendWindowTimeout` if the in-flight window
-        stayed full that long, :class:`ClosedError` after :meth:`close`.
+        pending after it. ``key`` orders it among this endpoint's messages of the same
+        key (by default the value of the policy's ``ordering_key`` field, if it names
+        one). Raises :class:`SendWindowTimeout` if the in-flight window stayed full
+        that long, :class:`ClosedError` after :meth:`close`.
         """
         return self._send(
-            msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False
+            msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False, key
         )
 
     def publish(
@@ -83,11 +102,13 @@ class Sending(EndpointBase):
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
         policy: Policy | None = None,
+        key: str | bytes | int | None = None,
     ) -> Coroutine[Any, Any, DeliveryReport]:
         """Publish an event to one instance of every service subscribed to its type
-        (await it). Acked once every such service acked (at once if none subscribes)."""
+        (await it). Acked once every such service acked (at once if none subscribes).
+        ``key``: as for :meth:`send`."""
         return self._send(
-            event, KIND_EVENT, wait_ack, timeout, None, priority, headers, policy, False
+            event, KIND_EVENT, wait_ack, timeout, None, priority, headers, policy, False, key
         )
 
     async def request(
@@ -100,11 +121,12 @@ class Sending(EndpointBase):
         priority: int | None = None,
         headers: Mapping[str, str] | None = None,
         policy: Policy | None = None,
+        key: str | bytes | int | None = None,
     ) -> R:
         """Send a command whose handler returns a ``response_type``; return the response.
         Raises the :class:`DeliveryError` of the failed report."""
         report = await self._send(
-            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True
+            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True, key
         )
         report.raise_for_status()
         response = response_type()
@@ -128,6 +150,7 @@ class Sending(EndpointBase):
         headers: Mapping[str, str] | None,
         policy: Policy | None,
         request: bool,
+        key: str | bytes | int | None = None,
     ) -> DeliveryReport:
         if self._closed or not self._started:
             if self._closed:
@@ -151,6 +174,11 @@ class Sending(EndpointBase):
                 pol = capped(pol, timeout)
         if priority is not None and priority != pol.priority:
             pol = pol.with_(priority=priority)
+        hashed = 0
+        if key is not None:
+            hashed = key_hash(key)
+        elif pol.ordering_key:
+            hashed = key_hash(ordering_key_of(msg, pol.ordering_key))
         destination = to or msg_type
         lines = self._window_waiters
         durable = self._durable
@@ -164,12 +192,14 @@ class Sending(EndpointBase):
             place = None
             while True:
                 fut, place = lines.enter(
-                    destination, deadline, loop, priority=pol.priority, place=place
+                    destination, deadline, loop, priority=pol.priority, place=place, key=hashed
                 )
                 try:
                     await fut
                 except BaseException:
                     lines.leave(destination, fut)
+                    if hashed:
+                        lines.key_left(hashed)
                     raise
                 # Woken for a settled message's slot. The tracker gives a freed slot
                 # to a message it queued (resumed, or committed while the window was
@@ -180,6 +210,8 @@ class Sending(EndpointBase):
                 # its commit, which so overlaps the wait for a slot.
                 if durable is not None or self._tracker.in_flight(destination) < self._window:
                     break
+            if hashed:
+                lines.key_left(hashed)
         try:
             now = loop.time()
             mid = self._ids.next()
@@ -188,6 +220,10 @@ class Sending(EndpointBase):
                 envelope = self._envelope_with(headers or {}, json_body)
             else:
                 envelope = self._envelope
+            flags = FLAG_REQUEST if request else 0
+            if hashed:
+                envelope = keyed_envelope(hashed, envelope)
+                flags |= FLAG_KEYED
             type_name = self._type_names.get(msg_type)
             if type_name is None:
                 if len(self._type_names) >= ENVELOPE_CACHE:
@@ -202,7 +238,7 @@ class Sending(EndpointBase):
                 kind,
                 1,
                 pol.priority,
-                FLAG_REQUEST if request else 0,
+                flags,
                 now_ns,
                 now_ns,
                 now_ns + int(pol.life * 1e9),
@@ -246,7 +282,9 @@ class Sending(EndpointBase):
         mid = report.message_id
         report._frame = frame
         self._pending[mid] = report
-        self._proto.submit(mid, report.message_type, destination, pol, now, kind == KIND_EVENT)
+        self._proto.submit(
+            mid, report.message_type, destination, pol, now, kind == KIND_EVENT, item_key(frame)
+        )
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer, so the protocol's next deadline (three machines

@@ -70,6 +70,10 @@ def policy_from_json(text: object, where: str) -> Policy:
             values[name] = tuple(value)
         elif name == "subscriber_policies":
             values[name] = _subscriber_policies(value, where)
+        elif name == "ordering_key":
+            if not isinstance(value, str):
+                raise _bad(where, f"policy ordering_key {value!r} is not a field path")
+            values[name] = value
         elif isinstance(default, bool):
             if type(value) is not bool:
                 raise _bad(where, f"policy {name} {value!r} is not true or false")

@@ -35,6 +35,8 @@ class Item:
     """Empty from a sender; the origin's address once a hub forwarded it."""
     flags: int = 0
     priority: int = 0
+    key: int = 0
+    """The ordering key's hash (0: none)."""
     routed_by: int = 0
     """Incarnation of the hub that routed this copy (for the ledger)."""
 

@@ -17,6 +17,7 @@ shape the code:
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ KIND_COMMAND: Final = 1
 KIND_EVENT: Final = 2
 FLAG_REQUEST: Final = 0x01
 """The sender expects a response in the ack (request/reply)."""
-_KNOWN_FLAGS: Final = FLAG_REQUEST
+FLAG_KEYED: Final = 0x02
+"""The item carries an ordering key: the first :data:`KEY_SIZE` bytes of its envelope
+region (counted in the envelope length) are the key's 64-bit hash, little-endian and
+never 0, which a hub routes by and a receiver admits by without parsing anything."""
+_KNOWN_FLAGS: Final = FLAG_REQUEST | FLAG_KEYED
+KEY_SIZE: Final = 8
+_KEY: Final = struct.Struct("<Q")
+_FLAGS_AT: Final = 16 + 4 + 1
 
 ID_SIZE: Final = 16
 MAX_NAME: Final = 255
@@ -230,6 +238,7 @@ class MessageItem:
         "flags",
         "frame",
         "id",
+        "key",
         "kind",
         "peer",
         "priority",
@@ -280,6 +289,15 @@ class MessageItem:
         self.recipient = _name(frame[end : end + rlen], "recipient", mid) if rlen else ""
         self._env_start = end + rlen
         self._body_start = self._env_start + elen
+        if flags & FLAG_KEYED:
+            if elen < KEY_SIZE:
+                raise _bad("keyed message item has no room for its key", MALFORMED, mid)
+            (self.key,) = _KEY.unpack_from(frame, self._env_start)
+            if not self.key:
+                raise _bad("keyed message item with key 0", MALFORMED, mid)
+            self._env_start += KEY_SIZE
+        else:
+            self.key = 0
         self.frame = frame
         self.peer = peer
 
@@ -364,6 +382,39 @@ def encode_message(
         sent_at_ns,
         deadline_ns,
     )
+
+
+def key_hash(value: str | bytes | int) -> int:
+    """The 64-bit hash an ordering key travels as (never 0, which means "no key"):
+    stable across processes and versions (BLAKE2b), unlike ``hash()``. A str is
+    hashed as its UTF-8 bytes, an int (bool, enum number) as its decimal digits, so
+    ``7`` and ``"7"`` are the same key."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+    elif isinstance(value, int):
+        raw = str(int(value)).encode()
+    else:
+        raise LocalProtocolError(
+            f"an ordering key is a str, bytes or int, got {type(value).__name__}"
+        )
+    h = int.from_bytes(hashlib.blake2b(raw, digest_size=KEY_SIZE).digest(), "little")
+    return h or 1
+
+
+def keyed_envelope(key: int, envelope: bytes) -> bytes:
+    """The envelope region of a keyed item (flag :data:`FLAG_KEYED`): the key's hash,
+    then the envelope."""
+    return _KEY.pack(key) + envelope
+
+
+def item_key(frame: bytes) -> int:
+    """The ordering key hash of an item frame this process encoded (0: none)."""
+    if not frame[_FLAGS_AT] & FLAG_KEYED:
+        return 0
+    tlen, rlen = frame[_HDR - 10], frame[_HDR - 9]
+    return int(_KEY.unpack_from(frame, _HDR + tlen + rlen)[0])
 
 
 def check_name(name: str, what: str, *, empty_ok: bool = False) -> bytes:

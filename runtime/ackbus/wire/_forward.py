@@ -9,7 +9,8 @@ first attempts of commands of one type for one recipient. Their bytes, u32 lengt
 prefixes included, already lie in the group frame exactly as a packed group carries
 them, so the hub routes a run with one call (``RoutingTable.route_commands``) and queues
 its bytes as one chunk (``Outbox.packed``). Everything else (events, retries, big items)
-comes back as a :class:`MessageItem`, for the hub's item-by-item path.
+comes back as a :class:`MessageItem`, for the hub's item-by-item path; so do items
+with an ordering key (``FLAG_KEYED``), which the hub routes by their key.
 
 Validation is :func:`decode_messages`'s, by construction: the scan reads each header
 with one ``struct`` call and checks what ``MessageItem`` checks, and at the first thing
@@ -28,6 +29,7 @@ from ._codec import (
     _HDR,
     _KNOWN_FLAGS,
     DEFAULT_LIMITS,
+    FLAG_KEYED,
     KIND_COMMAND,
     KIND_EVENT,
     MAX_NAME,
@@ -180,7 +182,12 @@ def _scan(frames: Sequence[bytes], limits: Limits) -> list[PackedRun | MessageIt
                     return None
             else:
                 recipient = ""
-            if kind == KIND_COMMAND and attempt == 1 and ilen < PACK_BELOW:
+            if (
+                kind == KIND_COMMAND
+                and attempt == 1
+                and ilen < PACK_BELOW
+                and not flags & FLAG_KEYED
+            ):
                 if run is None or msg_type != run_type or recipient != run_recipient:
                     if run is not None:
                         run.end = start
