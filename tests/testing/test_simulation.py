@@ -90,6 +90,46 @@ def _random_pick(
     return peers[next(_rotation) % len(peers)]
 
 
+def test_simulation_catches_a_sender_that_ignores_ordering_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = EndpointProtocol.submit
+
+    def keyless(self: EndpointProtocol, *args: Any, **kw: Any) -> bool:
+        return real(self, *args[:6])  # every message as if it had no key
+
+    monkeypatch.setattr(EndpointProtocol, "submit", keyless)
+    bad = [
+        s
+        for s in range(60)
+        if any("out of send order" in v for v in simulate.run_seed(s, messages=60).violations)
+    ]
+    assert bad, "a sender that sends a key's messages all at once went unnoticed"
+
+
+def test_simulation_catches_a_receiver_that_runs_a_key_twice_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(EndpointProtocol, "keys_held", lambda self: 0)
+    real = EndpointProtocol.accept
+
+    def keyless(self: EndpointProtocol, hub: int, item: Any, now: float) -> bool:
+        self._keys.clear()  # forgets which keys run
+        return real(self, hub, item, now)
+
+    monkeypatch.setattr(EndpointProtocol, "accept", keyless)
+    # Two senders share the keys: only the receiver keeps their messages apart.
+    bad = [
+        s
+        for s in range(60)
+        if any(
+            "two messages of ordering key" in v
+            for v in simulate.run_seed(s, messages=60).violations
+        )
+    ]
+    assert bad, "a receiver running two messages of a key at once went unnoticed"
+
+
 def test_command_line_runs_the_seeds_it_is_given() -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "ackbus.testing.simulate", "--seeds", "3"],

@@ -114,6 +114,8 @@ class SimEndpoint:
         self.max_concurrency = max_concurrency
         self.active = 0
         """Handlers of this incarnation running now (ground truth, memory mode)."""
+        self.keys_running: set[int] = set()
+        """Ordering keys of the handlers running now (ground truth, memory mode)."""
         self.up = True
         self.incarnation = 0
         self.heartbeat = rng.choice((0.2, 0.3, 0.5))
@@ -160,6 +162,7 @@ class SimEndpoint:
             max_concurrency=self.max_concurrency,
         )
         self.active = 0
+        self.keys_running = set()
         if self.store is not None:  # as Endpoint.start: the store first, then the hub
             self.durable = SimDurable(self, self.store, self._flush)
         self.proto.set_types(self.commands, self.events, now, self.implements)
@@ -243,6 +246,7 @@ class SimEndpoint:
             plan.policy,
             now,
             plan.event,
+            plan.key,
         )
         self._flush()
 
@@ -256,8 +260,8 @@ class SimEndpoint:
 
     def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
         if self.durable is not None:  # what the outbox row's frame says
-            msg_type, recipient, kind, deadline_ns = self.durable.frame(msg_id)
-            self._out.append(Item(msg_id, msg_type, recipient, kind, attempt, deadline_ns))
+            msg_type, recipient, kind, deadline_ns, key = self.durable.frame(msg_id)
+            self._out.append(Item(msg_id, msg_type, recipient, kind, attempt, deadline_ns, key=key))
             return
         plan = self.planned[msg_id]
         deadline_ns = int((plan.at + plan.policy.life) * 1e9)
@@ -271,6 +275,7 @@ class SimEndpoint:
                 attempt,
                 deadline_ns,
                 priority=plan.priority,
+                key=plan.key,
             )
         )
 
@@ -353,6 +358,12 @@ class SimEndpoint:
             self.durable.run(item, now, exc)
             return
         self.active += 1
+        if item.key:
+            if item.key in self.keys_running:
+                self.ledger.violations.append(
+                    f"{self.addr} runs two messages of ordering key {item.key} at once"
+                )
+            self.keys_running.add(item.key)
         if self.active > self.max_concurrency:
             self.ledger.violations.append(
                 f"{self.addr} runs {self.active} handlers at once, above its max_concurrency"
@@ -380,6 +391,7 @@ class SimEndpoint:
 
     def _finish(self, item: Item, now: float, *, in_batch: bool) -> None:
         self.active -= 1
+        self.keys_running.discard(item.key)
         proto = self.proto
         exc = self._outcome()
         if exc is not None:
@@ -415,6 +427,8 @@ class SimEndpoint:
         me = (self.addr, self.incarnation, item.routed_by)
         if first is None:
             ledger.ok_runs[key] = me
+            if item.key:
+                ledger.key_runs.setdefault((key[0], item.key), []).append(item.id)
             return
         if first[:2] == me[:2]:
             ledger.violations.append(

@@ -77,14 +77,15 @@ def _stepping_loop() -> asyncio.AbstractEventLoop:
     return _LOOP
 
 
-def encode_frame(msg_type: str, recipient: str, kind: int, deadline_ns: int) -> bytes:
-    """What the simulation's outbox keeps of a message: enough to send it again."""
-    return "\0".join((msg_type, recipient, str(kind), str(deadline_ns))).encode()
+def encode_frame(msg_type: str, recipient: str, kind: int, deadline_ns: int, key: int = 0) -> bytes:
+    """What the simulation's outbox keeps of a message: enough to send it again (its
+    ordering key too, as the runtime's frame does)."""
+    return "\0".join((msg_type, recipient, str(kind), str(deadline_ns), str(key))).encode()
 
 
-def decode_frame(frame: bytes) -> tuple[str, str, int, int]:
-    msg_type, recipient, kind, deadline_ns = frame.decode().split("\0")
-    return msg_type, recipient, int(kind), int(deadline_ns)
+def decode_frame(frame: bytes) -> tuple[str, str, int, int, int]:
+    msg_type, recipient, kind, deadline_ns, key = frame.decode().split("\0")
+    return msg_type, recipient, int(kind), int(deadline_ns), int(key)
 
 
 class SimDurable:
@@ -134,7 +135,7 @@ class SimDurable:
         kind = KIND_EVENT if plan.event else 1
         now_ns = int(now * 1e9)
         deadline_ns = now_ns + int(plan.policy.life * 1e9)
-        frame = encode_frame(plan.msg_type, plan.recipient or "", kind, deadline_ns)
+        frame = encode_frame(plan.msg_type, plan.recipient or "", kind, deadline_ns, plan.key)
         destination = plan.recipient or plan.msg_type
         report = DeliveryReport(plan.msg_id, plan.msg_type)
         batch = self.durable.stage(report, frame, destination, kind, False, plan.policy, now_ns)
@@ -161,10 +162,11 @@ class SimDurable:
         mid = report.message_id
         report._frame = frame
         self.pending[mid] = report
-        self.proto.submit(mid, report.message_type, destination, pol, now, kind == KIND_EVENT)
+        key = decode_frame(frame)[4]
+        self.proto.submit(mid, report.message_type, destination, pol, now, kind == KIND_EVENT, key)
 
-    def frame(self, msg_id: bytes) -> tuple[str, str, int, int]:
-        """What the pending message's frame says: type, recipient, kind, deadline."""
+    def frame(self, msg_id: bytes) -> tuple[str, str, int, int, int]:
+        """What the pending message's frame says: type, recipient, kind, deadline, key."""
         return decode_frame(self.pending[msg_id]._frame)
 
     def acked(self, completions: Sequence[Completion]) -> None:

@@ -34,6 +34,10 @@ class Ledger:
     """Long handler runs, and the IN_PROGRESS notices sent."""
     stalls: Counter[str] = field(default_factory=Counter)
     """Stalled receivers (their loop frozen, their connection up) and what the hub did."""
+    key_runs: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
+    """(service, ordering key) → the ids of the key's messages in the order of their
+    first successful runs on that service (the order check: per sender, acked ones in
+    send order)."""
     violations: list[str] = field(default_factory=list)
 
 
@@ -48,3 +52,5 @@ class Planned:
     expect: str
     """"acked", "no-route" or "nobody" (an event acked by no one)."""
     priority: int = 0
+    key: int = 0
+    """Its ordering key (0: none)."""
