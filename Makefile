@@ -93,8 +93,9 @@ simulate: setup
 # 2,000 pipelined sends, a 20 s handler under the default policy and one outliving its
 # 30 s deadline, 10,000 garbage connections against a hub (its RSS before and after),
 # 3,000 messages to two instances sharing a PostgreSQL store with five kill -9s of
-# the instance that committed last, and 2,000 pipelined sends to a 50 ms async handler
-# that blocks its loop.
+# the instance that committed last, 2,000 pipelined sends to a 50 ms async handler
+# that blocks its loop, and 100 ordering keys x 20 messages to a durable receiver
+# killed -9 twice (every key in order, exactly once; a poison message dead-lettered).
 chaos: setup
 	ACKBUS_CHAOS=1 $(BIN)/pytest -q -p no:randomly --timeout 600 tests/integration/test_events.py \
 		tests/integration/test_sync_handlers.py::test_a_blocking_def_handler_under_pipelined_load_loses_nothing \
@@ -102,7 +103,8 @@ chaos: setup
 		tests/integration/test_peer_cost.py \
 		tests/durable/test_pg_shared.py \
 		tests/integration/test_mixed_stream.py \
-		tests/integration/test_stalls.py::test_an_async_handler_that_blocks_is_named_and_no_message_fails
+		tests/integration/test_stalls.py::test_an_async_handler_that_blocks_is_named_and_no_message_fails \
+		tests/durable/test_ordered_crash.py
 
 # The AsyncAPI document and the HTML catalogue of the example schemas, in build/docs/
 # (built, not committed: they follow from schemas/; docs/codegen.md shows the page).

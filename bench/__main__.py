@@ -51,6 +51,10 @@ PG_ROWS = (
 transactions, 3), and the SQLite row's 1,000 (docs/durable.md, "How many at once")."""
 BLOCKING_ROW = f"ackbus def handler sleeping {SLEEP_MS:g} ms, {SLEEP_WORKERS} workers"
 """Its ceiling is SLEEP_WORKERS / SLEEP_MS: 8,000 msgs/s."""
+ORDERING_KEYS = 100
+ORDERED_ROW = f"ackbus pipelined, {ORDERING_KEYS} ordering keys"
+"""100 keys x 100 messages (fewer in the tiny profile), message i of key i % 100: one
+message of a key in flight at a time, against the unordered standalone row."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             Cluster(setup=Setup(services=("audit", "lobby"), events=True))
         )
         def_handler = clusters.enter_context(Cluster(setup=Setup(handler="def")))
+        ordered = clusters.enter_context(Cluster(setup=Setup(ordering_keys=ORDERING_KEYS)))
         blocking = clusters.enter_context(
             Cluster(setup=Setup(handler="def", sleep_ms=SLEEP_MS, workers=SLEEP_WORKERS))
         )
@@ -210,6 +215,10 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
                     standalone.run("pipelined", n, window=window, size=size)
                 )
             row(EVENTS_ROW, base=a_pipe).runs.append(events.run("pipelined", p.pipelined))
+            unordered = "ackbus pipelined, standalone hub"
+            row(ORDERED_ROW, base=a_pipe, vs=unordered).runs.append(
+                ordered.run("pipelined", min(p.pipelined, ORDERING_KEYS * 100))
+            )
             row("ackbus pipelined, def handler (worker pool)", base=a_pipe).runs.append(
                 def_handler.run("pipelined", p.pipelined)
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import os
 import select
@@ -86,6 +87,9 @@ class Setup:
     workers: int | None = None
     keys: Path | None = None
     """A folder made by :func:`make_keys`: the hub, receivers and senders use CURVE."""
+    ordering_keys: int = 0
+    """Pipelined sends carry ordering keys, message *i* key ``i % ordering_keys``: one
+    message of a key in flight at a time (0: no keys)."""
 
     def policy(self) -> Policy:
         if not self.events:
@@ -198,11 +202,23 @@ async def _sender_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
         await loop.run_in_executor(None, conn.recv)  # "go"
         if job["kind"] == "sequential":
             return await _sequential(ep, send, msg, job["n"])
+        if setup.ordering_keys:
+            send = _keyed(send, setup.ordering_keys)
         return await _pipelined(ep, send, msg, job["n"], job.get("checkpoints", ()), job["watch"])
 
 
 _Send = Callable[..., Coroutine[Any, Any, DeliveryReport]]
 """``Endpoint.send`` or ``Endpoint.publish``."""
+
+
+def _keyed(send: _Send, keys: int) -> _Send:
+    """``send`` giving message *i* the ordering key ``i % keys``."""
+    count = itertools.count()
+
+    def keyed(msg: Bye, **options: Any) -> Coroutine[Any, Any, DeliveryReport]:
+        return send(msg, key=next(count) % keys, **options)
+
+    return keyed
 
 
 async def _sequential(ep: Endpoint, send: _Send, msg: Bye, n: int) -> dict[str, Any]:

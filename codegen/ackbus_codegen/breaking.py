@@ -10,7 +10,9 @@ names a line) and compared element by element, in the manner of buf's breaking c
 - ``MESSAGE_REMOVED``, ``SERVICE_REMOVED``, ``RPC_REMOVED``: gone (or renamed) while its
   file's package stays: old senders' messages find no handler;
 - ``RPC_INPUT_CHANGED``: an rpc takes another message type (ackbus routes by it);
-- ``KIND_CHANGED``: an rpc's effective policy kind changed between COMMAND and EVENT.
+- ``KIND_CHANGED``: an rpc's effective policy kind changed between COMMAND and EVENT;
+- ``ORDERING_KEY_CHANGED``: an rpc's effective ordering key was set, removed or changed
+  (old and new senders order its messages by different keys meanwhile).
 
 Adding fields, messages, services, rpcs and options passes. Each break is accepted with
 ``--allow`` naming its rule or the element's full name.
@@ -84,12 +86,13 @@ def _type_of(f: d.FieldDescriptorProto) -> tuple[int, str, bool]:
     return f.type, f.type_name, f.label == d.FieldDescriptorProto.LABEL_REPEATED
 
 
-def _kind(
+def _effective(
     rpc: d.MethodDescriptorProto,
     svc: d.ServiceDescriptorProto,
     messages: dict[str, d.DescriptorProto],
-) -> str:
-    """The rpc's effective kind: method, then request message, then service option."""
+) -> pol.PolicyOptions:
+    """The rpc's policy as set by the schema: method, then request message, then
+    service option."""
     levels = []
     if rpc.options.HasExtension(options_pb2.method_policy):
         levels.append(pol.from_proto(rpc.options.Extensions[options_pb2.method_policy]))
@@ -98,7 +101,7 @@ def _kind(
         levels.append(pol.from_proto(req.options.Extensions[options_pb2.message_policy]))
     if svc.options.HasExtension(options_pb2.service_policy):
         levels.append(pol.from_proto(svc.options.Extensions[options_pb2.service_policy]))
-    return pol.merge(levels).kind or "COMMAND"
+    return pol.merge(levels)
 
 
 def compare(
@@ -232,7 +235,21 @@ def _services(
                         "add a new rpc for the new type; keep the old one",
                     )
                 )
-            old_kind, new_kind = _kind(rpc, svc, old_msgs), _kind(nrpc, nsvc, new_msgs)
+            old_pol, new_pol = _effective(rpc, svc, old_msgs), _effective(nrpc, nsvc, new_msgs)
+            old_kind, new_kind = old_pol.kind or "COMMAND", new_pol.kind or "COMMAND"
+            old_key, new_key = old_pol.ordering_key or "", new_pol.ordering_key or ""
+            if old_key != new_key:
+                out.append(
+                    Break(
+                        where,
+                        "ORDERING_KEY_CHANGED",
+                        element,
+                        f"its ordering key changed from {old_key or 'none'} to {new_key or 'none'}",
+                        "old and new senders order its messages by different keys while both"
+                        " run, so messages of one entity may run out of order or at once",
+                        "drain the old senders before the new ones start, or add a new type",
+                    )
+                )
             if old_kind != new_kind:
                 out.append(
                     Break(

@@ -49,6 +49,7 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         "ackbus def handler sleeping 1 ms, 8 workers",
         "(a) acked, pipelined, CURVE",
         "ackbus pipelined, CURVE hub",
+        "ackbus pipelined, 100 ordering keys",
     }
     assert expected <= set(rows)
     for name, fig in rows.items():

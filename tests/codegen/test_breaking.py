@@ -72,6 +72,7 @@ def test_a_reserved_removal_passes_and_an_unreserved_one_breaks(tmp_path: Path) 
         ("rpc Refund(RefundRequest)", "rpc GiveBack(RefundRequest)", "RPC_REMOVED"),
         ("rpc Place(Order)", "rpc Place(RefundRequest)", "RPC_INPUT_CHANGED"),
         ("{ kind: EVENT }", "{ kind: COMMAND }", "KIND_CHANGED"),
+        ("{ kind: EVENT }", '{ kind: EVENT ordering_key: "id" }', "ORDERING_KEY_CHANGED"),
         ("service Orders {", "service Orders2 {", "SERVICE_REMOVED"),
     ],
 )
