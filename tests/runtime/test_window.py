@@ -317,3 +317,42 @@ async def test_a_waiter_that_enters_again_keeps_its_place() -> None:
     assert again.done()
     assert not later.done()
     lines.fail(ClosedError("closed"))
+
+
+async def test_priority_never_puts_a_waiter_ahead_of_an_earlier_one_of_its_key() -> None:
+    from ackbus._window import WindowLines
+
+    loop = asyncio.get_running_loop()
+    lines = WindowLines(lambda dest: SendWindowTimeout(dest))
+    deadline = loop.time() + 60.0
+    first, _ = lines.enter("d", deadline, loop, key=7)
+    other, _ = lines.enter("d", deadline, loop)
+    urgent, _ = lines.enter("d", deadline, loop, priority=9, key=7)  # same key: behind first
+    keyless, _ = lines.enter("d", deadline, loop, priority=9)  # no key: ahead of all
+    order = []
+    for _ in range(4):
+        lines.admit("d")
+        order += [n for n, f in (("first", first), ("other", other), ("urgent", urgent),
+                                 ("keyless", keyless)) if f.done() and n not in order]  # fmt: skip
+    assert order[0] == "keyless"  # priority still orders the line
+    assert order.index("first") < order.index("urgent")  # but not within a key
+    for _ in range(2):
+        lines.key_left(7)
+    assert not lines._keys
+
+
+async def test_keyed_sends_through_a_full_window_run_in_send_order(pair: Pair) -> None:
+    ran: list[str] = []
+
+    async def handler(msg: Bye, ctx: Context) -> None:
+        ran.append(msg.reason)
+
+    dealer = await pair(handler, window=1)
+    async with asyncio.timeout(T):
+        sends = [
+            asyncio.create_task(dealer.send(Bye(reason=str(n)), key="k", priority=n % 3 * 4))
+            for n in range(12)
+        ]
+        reports = await asyncio.gather(*sends)
+    assert all(reports)
+    assert ran == [str(n) for n in range(12)]
