@@ -164,3 +164,25 @@ def test_parked_messages_hold_their_lease_take_no_slot_and_are_dropped_on_close(
     assert proto.waiting_count() == 0
     proto.handled(0, Item(mid(3), key=8), 1.3)  # a run that ends after close
     assert proto.running_count() == 0
+
+
+def test_a_held_retry_whose_first_instance_came_back_with_room_goes_to_it_at_once() -> None:
+    """Found by the simulation (seed 846): a keyed retry held for its key's new home,
+    whose first instance registered again meanwhile, is handed back to that instance
+    when the home frees; the first instance has room and nothing of its own to free, so
+    the hand-over itself must dispatch it."""
+    proto, io = holding_hub(2, 2)
+    proto.route(b"s", HubItem(mid(1), key=42), 0.1)
+    (first,) = [a[1] for a in io.take() if a[0] == "forward"]
+    other = b"a2" if first == b"a1" else b"a1"
+    proto.forget(first, "silent")
+    proto.route(b"s", HubItem(mid(2)), 0.2)  # these fill the other instance
+    proto.route(b"s", HubItem(mid(3)), 0.2)
+    assert kinds(io.take()) == [("forward", other, mid(2)), ("forward", other, mid(3))]
+    proto.route(b"s", HubItem(mid(1), attempt=2, key=42), 0.3)  # held for its new home
+    assert kinds(io.take()) == [("held", b"s", mid(1))]
+    ident = Identity("alpha", first.decode())
+    proto.hello(first, ident, b"tok-" + first, ["alpha.Do"], ["ev.Tick"], 2, 500, 0.4)
+    io.take()
+    proto.acks(other, [Group(b"s", [mid(2)], [])], 0.5)  # the new home frees
+    assert kinds(io.take()) == [("forward", first, mid(1))]  # back where it ran before

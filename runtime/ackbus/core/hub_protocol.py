@@ -496,7 +496,9 @@ class HubProtocol(Generic[I, R, A]):
             return
         routing.freed = set()
         io = self.io
-        for key in freed:
+        work = list(freed)
+        while work:
+            key = work.pop()
             peer = routing.peer_of(key)
             inst = routing.instance(peer) if peer is not None else None
             if peer is None or inst is None:
@@ -509,6 +511,8 @@ class HubProtocol(Generic[I, R, A]):
                 sticky = routing.sticky_instance(held.key)
                 if sticky is not None and sticky != key:  # its instance came back
                     holds.pin(held, sticky)
+                    if sticky not in work:  # it may have room now, and nothing to free
+                        work.append(sticky)
                     continue
                 token = self._tokens.get(held.origin)
                 if token is None:  # its sender left: it retries through its next hub
