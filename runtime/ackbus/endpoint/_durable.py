@@ -143,6 +143,10 @@ class Durable:
         self.ttl = ttl
         self.resumed: list[DeliveryReport] = []
         self._leftover: list[OutboxRow] = []
+        self._early: list[tuple[DeliveryReport, bytes, str, int, Policy]] | None = []
+        """Messages of this run committed before :meth:`resume` (a send racing the
+        start, a handler's send): tracked after the rows of the previous run, so that
+        no new message of an ordering key overtakes an older one; ``None`` once resumed."""
         self._hooks: Hooks | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._policies: dict[Policy, str] = {}
@@ -210,6 +214,9 @@ class Durable:
         hooks = self._host()
         leftover, self._leftover = self._leftover, []
         self._track_rows(leftover)
+        early, self._early = self._early or [], None
+        for report, frame, destination, kind, pol in early:
+            hooks.track(report, frame, destination, kind, pol, hooks.now())
         if self.resumed:
             log.info(
                 "%s: resumed %d messages from %s",
@@ -220,6 +227,22 @@ class Durable:
         every = self.store.takeover_every
         if every is not None and self._adopter is None:
             self._adopter = asyncio.ensure_future(self._adopt(every), loop=self._loop)
+
+    def track(
+        self,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        pol: Policy,
+        now: float,
+    ) -> None:
+        """Hand a committed message of this run to the endpoint's tracker; before
+        :meth:`resume`, after the previous run's rows (ordering keys keep their order)."""
+        if self._early is not None:
+            self._early.append((report, frame, destination, kind, pol))
+            return
+        self._host().track(report, frame, destination, kind, pol, now)
 
     def _track_rows(self, rows: list[OutboxRow]) -> None:
         """Send outbox rows of an earlier run (or of a gone sibling) as resumed
@@ -354,7 +377,7 @@ class Durable:
 
         def track(error: BaseException | None) -> None:
             if error is None and not hooks.closed():
-                hooks.track(report, frame, destination, kind, pol, hooks.now())
+                self.track(report, frame, destination, kind, pol, hooks.now())
 
         batch.on_commit(track)
 
@@ -596,7 +619,7 @@ class Durable:
             return
         now = hooks.now()
         for d in unit.sends:
-            hooks.track(d.report, d.frame, d.destination, d.kind, d.policy, now)
+            self.track(d.report, d.frame, d.destination, d.kind, d.policy, now)
 
     # -- the user's transaction ---------------------------------------------------------
 

@@ -255,8 +255,9 @@ class Sending(EndpointBase):
                     durable.cancelled(batch, report, frame, destination, kind, pol)
                     raise
                 durable.committed(batch, report)
-                now = loop.time()
-            self._track(report, frame, destination, kind, pol, now)
+                durable.track(report, frame, destination, kind, pol, loop.time())
+            else:
+                self._track(report, frame, destination, kind, pol, now)
         except BaseException:
             if waited:
                 lines.admit(destination)  # our turn in line goes to the next one

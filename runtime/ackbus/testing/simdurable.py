@@ -144,7 +144,7 @@ class SimDurable:
         def committed(error: BaseException | None) -> None:
             # Where the send's `await batch.waiter()` resumes.
             self.durable.committed(batch, report)
-            self.track(report, frame, destination, kind, plan.policy, self.ep.net.now)
+            self.durable.track(report, frame, destination, kind, plan.policy, self.ep.net.now)
             self.flush()
 
         batch.on_commit(committed)
