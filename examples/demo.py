@@ -16,9 +16,11 @@
 
 runs the same over CURVE: it makes a keypair for the hub and one per service (``ackbus keys
 generate``), enrolls the services' public keys with the hub (a copy into its ``clients/``
-folder), starts the hub with ``--keys`` and every service with ``ACKBUS_KEYS`` and
-``ACKBUS_HUB_KEY`` in its environment; and shows that a stranger (a keypair the hub never
-enrolled) cannot register as the table (docs/security.md).
+folder), writes an access file saying which services each key may register as and which
+types it may send, starts the hub with ``--keys`` and ``--access`` and every service with
+``ACKBUS_KEYS`` and ``ACKBUS_HUB_KEY`` in its environment; and shows that a stranger (a
+keypair the hub never enrolled) cannot register as the table, and neither can audit's
+valid key, which the access file allows only the audit service (docs/security.md).
 """
 
 from __future__ import annotations
@@ -112,7 +114,28 @@ def make_keys(folder: Path) -> Path:
     (folder / "clients").mkdir()
     for name in ("table", "audit", "lobby", "dealer"):  # enroll: copy the PUBLIC half
         (folder / "clients" / f"{name}.key").write_bytes((folder / f"{name}.key").read_bytes())
+    (folder / "access.toml").write_text(ACCESS)
     return folder
+
+
+ACCESS = """\
+# What each enrolled key may do (ackbus hub --access; docs/security.md).
+[clients.table]
+services = ["table"]
+send = ["poker.HandStarted"]        # the event it publishes
+
+[clients.audit]
+services = ["audit"]
+send = []                           # it only listens
+
+[clients.lobby]
+services = ["lobby"]
+send = []
+
+[clients.dealer]
+services = ["dealer"]
+send = ["poker.StartHand", "poker.GetTableState"]
+"""
 
 
 def key_env(name: str) -> dict[str, str]:
@@ -135,9 +158,10 @@ def service(name: str, hub: str, log: Path, instance: str) -> Process:
     )
 
 
-async def stranger_is_refused(hub: str) -> bool:
-    """A keypair the hub never enrolled tries to register as the table: refused in the
-    CURVE handshake, so it never gets a WELCOME (ConnectTimeout)."""
+async def refused_as_table(hub: str, key: str) -> bool:
+    """``key`` tries to register as the table: the stranger's (never enrolled) is refused
+    in the CURVE handshake, audit's (enrolled, allowed only the audit service) by the
+    access file; either way it never gets a WELCOME (ConnectTimeout)."""
     from ackbus import ConnectTimeout
 
     assert KEYS is not None
@@ -145,7 +169,7 @@ async def stranger_is_refused(hub: str) -> bool:
         async with Endpoint(
             "table",
             hub,
-            keys=KEYS / "stranger.key_secret",
+            keys=KEYS / f"{key}.key_secret",
             hub_key=KEYS / "hub.key",
             connect_timeout=1.5,
         ):
@@ -193,8 +217,9 @@ def main() -> int:
     hub_argv = ["-m", "ackbus.hub", "--bind", hub_address, "--heartbeat", "0.25"]
     if secure:
         KEYS = make_keys(work / "keys")
-        hub_argv += ["--keys", str(KEYS)]
+        hub_argv += ["--keys", str(KEYS), "--access", str(KEYS / "access.toml")]
         print(f"  CURVE: keys in {KEYS}; table, audit, lobby and the dealer enrolled")
+        print(f"  access file {KEYS / 'access.toml'}: each key its own service")
     hub = Process("hub", hub_argv, "listening")
     audit = service("audit", hub_address, logs["audit"], "audit-1")
     lobby = service("lobby", hub_address, logs["lobby"], "lobby-1")
@@ -218,10 +243,13 @@ def main() -> int:
     refused = None
     try:
         if secure:
-            refused = asyncio.run(stranger_is_refused(hub_address))
+            stranger = asyncio.run(refused_as_table(hub_address, "stranger"))
             print(
-                f"  a stranger's key registering as table: {'refused' if refused else 'ADMITTED'}"
+                f"  a stranger's key registering as table: {'refused' if stranger else 'ADMITTED'}"
             )
+            other = asyncio.run(refused_as_table(hub_address, "audit"))
+            print(f"  audit's key registering as table: {'refused' if other else 'ADMITTED'}")
+            refused = stranger and other
         reports = asyncio.run(dealer(hub_address, restart_table, pending))
         time.sleep(0.5)  # let the last HandStarted events reach their subscribers
         counters = [tables[-1].stop(), audit.stop(), lobby.stop()]
@@ -261,7 +289,7 @@ def main() -> int:
     print(f"  took                 {time.monotonic() - started:.1f} s")
     lost = len(reports) - len(acked) + len(not_run)
     if refused is False:
-        print("\nFAILED: the hub admitted a key it never enrolled")
+        print("\nFAILED: the hub let a key register as a service it may not serve")
         return 1
     if lost or audit_seen < HANDS or lobby_seen < HANDS:
         print(f"\nFAILED: {lost} commands lost; events {audit_seen}/{lobby_seen} of {HANDS}")

@@ -27,6 +27,7 @@ from ._types import (
 )
 from ._version import __version__
 from .errors import (
+    AccessFileError,
     AckbusError,
     AckTimeout,
     AddressError,
@@ -48,6 +49,7 @@ from .errors import (
     SchemaError,
     SendWindowTimeout,
     StoreError,
+    Unauthorized,
     WaitTimeout,
 )
 
@@ -83,6 +85,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AccessFileError",
     "AckTimeout",
     "AckbusError",
     "AddressError",
@@ -122,6 +125,7 @@ __all__ = [
     "SendWindowTimeout",
     "StoreError",
     "SubscriberPolicy",
+    "Unauthorized",
     "Untyped",
     "WaitTimeout",
     "__version__",

@@ -129,6 +129,15 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     hub.add_argument(
+        "--access",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "a TOML file saying what each client key may do: [clients.NAME] services=[...] "
+            "send=[patterns] (needs --keys; read again on SIGHUP; docs/security.md)"
+        ),
+    )
+    hub.add_argument(
         "--insecure",
         action="store_true",
         help=(
@@ -310,7 +319,7 @@ def _hub(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .errors import AddressError, InsecureBindError, KeyFileError
+    from .errors import AccessFileError, AddressError, InsecureBindError, KeyFileError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -333,15 +342,16 @@ def _hub(args: argparse.Namespace) -> int:
                 name=args.name,
                 heartbeat=args.heartbeat,
                 keys=args.keys,
+                access=args.access,
                 insecure=args.insecure,
                 metrics=metrics,
                 stall_limit=args.stall_limit,
                 max_held=args.max_held,
             )
         )
-    except (AddressError, KeyFileError, InsecureBindError) as err:
-        # a port in use, a typo, a missing key file, no keys on a public address: the
-        # user fixes it, no traceback
+    except (AddressError, KeyFileError, InsecureBindError, AccessFileError) as err:
+        # a port in use, a typo, a missing key file, no keys on a public address, a bad
+        # access file: the user fixes it, no traceback
         print(f"ackbus hub: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -390,14 +400,16 @@ async def _serve_hub(
     name: str,
     heartbeat: float,
     keys: Path | None = None,
+    access: Path | None = None,
     insecure: bool = False,
     metrics: tuple[str, int] | None = None,
     stall_limit: float = 60.0,
     max_held: int = 10_000,
 ) -> None:
-    """Run a hub until SIGINT or SIGTERM; print one ``listening on`` line when ready.
-    Raises :class:`~ackbus.errors.AddressError` (cannot bind) or
-    :class:`~ackbus.errors.KeyFileError` (``--keys``) before that line."""
+    """Run a hub until SIGINT or SIGTERM (SIGHUP reads the access file again); print
+    one ``listening on`` line when ready. Raises :class:`~ackbus.errors.AddressError`
+    (cannot bind), :class:`~ackbus.errors.KeyFileError` (``--keys``) or
+    :class:`~ackbus.errors.AccessFileError` (``--access``) before that line."""
     import asyncio
     import signal
 
@@ -410,17 +422,22 @@ async def _serve_hub(
         name=name,
         heartbeat=heartbeat,
         keys=keys,
+        access=access,
         insecure=insecure,
         stall_limit=stall_limit,
         max_held=max_held,
     ) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
+        if access is not None:
+            loop.add_signal_handler(signal.SIGHUP, hub.reload_access)
         curve = ""
         if keys is None and insecure:
             curve = " (insecure: no keys, anyone who reaches it may register as any service)"
         if keys is not None:
             curve = f" (CURVE: {hub.enrolled} client keys enrolled in {keys / 'clients'})"
+        if access is not None:
+            curve += f"; access file {access}"
         server = None
         if metrics is not None:
             from .metrics import serve

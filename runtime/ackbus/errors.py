@@ -6,6 +6,7 @@
     │   ├── Rejected             the receiver's handler raised (remote_type, remote_message)
     │   ├── NoRoute              no live service handles the message's type
     │   ├── Expired              the deadline passed before a handler ran
+    │   ├── Unauthorized         the hub's access file does not let this key send it
     │   └── Cancelled            the send was cancelled, or its endpoint closed first
     ├── WaitTimeout              a local wait ran out; says which one
     │   ├── SendWindowTimeout    the in-flight window stayed full (backpressure)
@@ -17,6 +18,8 @@
     ├── KeyFileError             a CURVE key file or key folder is missing, unreadable
     │                            or not a key; names the file and says what to do
     ├── InsecureBindError        a hub without keys was asked to listen beyond this host
+    ├── AccessFileError          a hub's access file cannot be read or is not valid;
+    │                            names the file, and the line or key
     ├── Reject                   raised BY A HANDLER: refuse this message (permanent or not)
     ├── RetryLater               raised BY A HANDLER: ask the sender to retry after a pause
     ├── ProtocolError            bytes on the wire break the protocol
@@ -33,6 +36,7 @@ a log line always says which message failed and why.
 from __future__ import annotations
 
 __all__ = [
+    "AccessFileError",
     "AckTimeout",
     "AckbusError",
     "AddressError",
@@ -54,6 +58,7 @@ __all__ = [
     "SchemaError",
     "SendWindowTimeout",
     "StoreError",
+    "Unauthorized",
     "WaitTimeout",
 ]
 
@@ -113,6 +118,18 @@ class NoRoute(DeliveryError):
 
 class Expired(DeliveryError):
     """The message's deadline passed before a handler ran it."""
+
+
+class Unauthorized(DeliveryError):
+    """The hub refused the message: its access file does not let the key this endpoint
+    connected with send (or publish) this type. ``rule`` is the hub's words, naming the
+    key and the rule; no handler ran (docs/security.md, "The access file")."""
+
+    def __init__(
+        self, reason: str, *, rule: str = "", message_id: bytes = b"", message_type: str = ""
+    ) -> None:
+        super().__init__(reason, message_id=message_id, message_type=message_type)
+        self.rule = rule
 
 
 class Cancelled(DeliveryError):
@@ -176,6 +193,19 @@ class KeyFileError(AckbusError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
+        self.reason = reason
+
+
+class AccessFileError(AckbusError):
+    """A hub's access file (``Hub(access=...)``, ``ackbus hub --access FILE``) cannot be
+    used: missing, not TOML, or a value of the wrong kind or an unknown key. ``path``
+    names the file, ``where`` the line or the key (``clients.orders.send``), ``reason``
+    what is wrong."""
+
+    def __init__(self, path: str, where: str, reason: str) -> None:
+        super().__init__(f"{path}: {where}: {reason}" if where else f"{path}: {reason}")
+        self.path = path
+        self.where = where
         self.reason = reason
 
 

@@ -44,12 +44,13 @@ import zmq
 from google.protobuf.message import DecodeError
 
 from . import envelope_pb2, wire_pb2
+from ._access import Access
 from ._throttle import Throttle
 from ._timer import Timer
 from ._types import Identity
 from .core import Instance, Outcome, RemoteError, RoutingTable
 from .core.hub_protocol import HubProtocol, HubStats
-from .errors import ClosedError, InsecureBindError, RemoteProtocolError
+from .errors import AccessFileError, ClosedError, InsecureBindError, RemoteProtocolError
 from .transport import Backend, DefaultBackend, Listener, TransportOptions, ZmqBackend
 from .transport._address import exposed
 from .transport._keys import HubKeys, KeyGate
@@ -106,6 +107,7 @@ class Hub:
         insecure: bool = False,
         max_peers: int = 10_000,
         stall_limit: float = 60.0,
+        access: str | os.PathLike[str] | None = None,
         max_held: int = 10_000,
     ) -> None:
         self._bind = [bind] if isinstance(bind, str) else list(bind)
@@ -151,7 +153,21 @@ class Hub:
                 self._context = zmq.Context()
                 backend = DefaultBackend(self._context)
             self._gate = KeyGate(_zmq_context(backend), hub_keys, self._on_key_refused)
-            self._options = replace(self._options, curve=hub_keys.keypair)
+            # Each multipart with its connection's key name: a registration is bound to
+            # the key it was made with, and the access file judges by it.
+            self._options = replace(self._options, curve=hub_keys.keypair, user_ids=True)
+        self._access_path = access
+        if access is not None:
+            if keys is None:
+                raise AccessFileError(
+                    str(access),
+                    "",
+                    "an access file needs keys (keys=DIR, --keys DIR): without CURVE a "
+                    "connection has no key to judge",
+                )
+            rules = Access.load(access)  # a bad file fails here, naming file and line
+            self._warn_unenrolled(rules)
+            self._proto.set_access(rules)
         self._backend = backend or DefaultBackend()
         self._version = 0
         """The protocol version negotiated with the peer saying HELLO."""
@@ -196,6 +212,32 @@ class Hub:
         self._arm_timer()
         log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
         return self
+
+    def reload_access(self) -> bool:
+        """Read the access file again (``ackbus hub`` does on SIGHUP): its rules apply
+        from now on, connections stay, and a registered instance they no longer allow is
+        told so (its next HELLO is judged anew). A file that cannot be used is logged and
+        the rules read before stay in force (False)."""
+        if self._access_path is None:
+            return False
+        try:
+            rules = Access.load(self._access_path)
+        except AccessFileError as exc:
+            log.error("access file not reloaded, the rules read before stay: %s", exc)
+            return False
+        self._warn_unenrolled(rules)
+        self._proto.set_access(rules)
+        log.info("access file %s reloaded: %d client keys", rules.path, len(rules.grants))
+        return True
+
+    def _warn_unenrolled(self, rules: Access) -> None:
+        names = set(self._gate.keys.enrolled().values()) if self._gate is not None else set()
+        for key in sorted(set(rules.grants) - names):
+            log.warning(
+                "access file %s names key %r, which is not enrolled in the clients/ folder",
+                rules.path,
+                key,
+            )
 
     @property
     def enrolled(self) -> int | None:
@@ -253,16 +295,28 @@ class Hub:
     def _on_receive(self, multiparts: list[Multipart]) -> None:
         assert self._loop is not None
         now = self._loop.time()
+        keyed = self._options.user_ids
+        keys = self._proto.keys
+        key: str | None = None
         for mp in multiparts:
             peer = mp[0]
-            frames = mp[1:]
+            if keyed:  # [peer, key name, *frames]: the key of the connection it came on
+                key = mp[1].decode()
+                frames = mp[2:]
+                bound = keys.get(peer)
+                if bound is not None and bound != key:
+                    # Its routing id came back on another connection, with another key
+                    # (the first one closed): the registration was the old key's.
+                    self._proto.forget(peer, f"its routing id came back with key {key!r}")
+            else:
+                frames = mp[1:]
             try:
-                self._handle(peer, frames, now)
+                self._handle(peer, frames, now, key)
             except RemoteProtocolError as exc:
                 self._refuse(peer, exc)
         self._arm_timer()
 
-    def _handle(self, peer: bytes, frames: Multipart, now: float) -> None:
+    def _handle(self, peer: bytes, frames: Multipart, now: float, key: str | None) -> None:
         cmd = decode_command(frames)
         proto = self._proto
         if cmd is Command.MESSAGE:
@@ -284,14 +338,14 @@ class Hub:
             decode_heartbeat(frames)
             proto.heard(peer, now)
         elif cmd is Command.HELLO:
-            self._on_hello(peer, frames, now)
+            self._on_hello(peer, frames, now, key)
         elif cmd is Command.BYE:
             decode_bye(frames, self.limits)
             proto.forget(peer, "said bye")
         else:
             raise RemoteProtocolError(f"{cmd.name} is not a command a hub accepts")
 
-    def _on_hello(self, peer: bytes, frames: Multipart, now: float) -> None:
+    def _on_hello(self, peer: bytes, frames: Multipart, now: float, key: str | None) -> None:
         hello = decode_hello(frames, self.limits)
         proto = self._proto
         if proto.peer_count >= self.max_peers and not proto.registered(peer):
@@ -313,6 +367,7 @@ class Hub:
             hello.heartbeat_ms,
             now,
             hello.implements,
+            key,
         )
         log.info(
             "registered %s: %d command types, %d event types",
@@ -392,6 +447,9 @@ class Hub:
             out.acks(ok_ids, receiver)  # one call per group, not one per id
         for raw in full:
             out.full_ack(raw, receiver)
+
+    def refused(self, origin: bytes, msg_id: bytes, code: str, reason: str) -> None:
+        self._refuse(origin, RemoteProtocolError(reason, code=code, message_id=msg_id))
 
     def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None:
         welcome = wire_pb2.Welcome(

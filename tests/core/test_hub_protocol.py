@@ -86,6 +86,9 @@ class Recorder:
     ) -> None:
         self.actions.append(("acks", origin, list(ok_ids), list(full), receiver))
 
+    def refused(self, origin: bytes, msg_id: bytes, code: str, reason: str) -> None:
+        self.actions.append(("refused", origin, msg_id, code, reason))
+
     def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None:
         self.actions.append(("welcome", peer, heartbeat_ms))
 
@@ -380,8 +383,9 @@ def test_an_instance_whose_connection_is_gone_is_taken_over_and_the_old_one_told
 
 def test_the_same_key_takes_a_live_instance_over() -> None:
     proto, io = _two_alphas()
+    proto.keys[b"a1"] = "alpha-key"  # registered with this CURVE key
     proto.hello(
-        b"a1-new", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 9, 0, 0.5, same_key=True
+        b"a1-new", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 9, 0, 0.5, key="alpha-key"
     )
     assert ("forgotten", b"a1", "displaced by a new connection of alpha/a1", "told") in io.take()
     assert proto.registered(b"a1-new")

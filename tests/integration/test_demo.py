@@ -1,6 +1,6 @@
 """The demo as a user runs it (``make demo``, ``make demo SECURE=1``), with fewer hands:
 it exits 0 only if nothing was lost, and the secure one also only if the hub refused a
-stranger's key."""
+stranger's key, and (its access file) audit's key registering as the table."""
 
 from __future__ import annotations
 
@@ -30,3 +30,5 @@ def test_the_demo_loses_nothing(secure: bool) -> None:
     assert "acked                90" in done.stdout
     if secure:
         assert "a stranger's key registering as table: refused" in done.stdout
+        assert "audit's key registering as table: refused" in done.stdout
+        assert "access file" in done.stdout

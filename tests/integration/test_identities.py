@@ -24,12 +24,11 @@ from ackbus.wire import (
     decode_messages,
     decode_refusal,
     encode_envelope,
-    encode_hello,
     encode_message,
     encode_messages,
 )
 from ackbus.wire_pb2 import Bye, Hello
-from helpers import eventually
+from helpers import eventually, say_hello
 from proc_harness import Procs, free_port
 
 N = 50
@@ -52,28 +51,6 @@ def raw(
         sock.routing_id = routing_id
     sock.connect(address)
     return sock
-
-
-async def hello(
-    sock: zmq.asyncio.Socket,
-    service: str,
-    instance: str,
-    commands: tuple[str, ...] = (),
-    events: tuple[str, ...] = (),
-) -> list[bytes] | None:
-    """Say HELLO; the hub's answer (WELCOME or REFUSAL multipart), None if none in 1 s."""
-    msg = Hello(versions=[1], heartbeat_ms=60_000, commands=commands, events=events)
-    msg.identity.service = service
-    msg.identity.instance = instance
-    await sock.send_multipart(encode_hello(msg))
-    try:
-        async with asyncio.timeout(1.0):
-            while True:
-                frames = await sock.recv_multipart()
-                if decode_command(frames) in (Command.WELCOME, Command.REFUSAL):
-                    return frames
-    except TimeoutError:
-        return None
 
 
 class Table:
@@ -103,7 +80,7 @@ async def test_a_hello_reusing_a_live_instances_identity_does_not_displace_it(
     impostor = raw(ctx, hub_address)  # a connection of its own, the victim's identity
     try:
         async with table.ep, Endpoint("orders", hub_address) as orders:
-            answer = await hello(impostor, "table", table.ep.identity.instance, ("ackbus.Bye",))
+            answer = await say_hello(impostor, "table", table.ep.identity.instance, ("ackbus.Bye",))
             assert answer is not None
             assert decode_command(answer) is Command.REFUSAL
             refusal = decode_refusal(answer)
@@ -129,7 +106,9 @@ async def test_a_routing_id_reusing_a_live_instances_id_does_not_take_its_slot(
             thief = raw(ctx, hub_address, table.ep.identity.instance.encode())
             await asyncio.sleep(0.3)
             assert all(await send_all(orders))
-            assert await hello(thief, "table", table.ep.identity.instance, ("ackbus.Bye",)) is None
+            assert (
+                await say_hello(thief, "table", table.ep.identity.instance, ("ackbus.Bye",)) is None
+            )
             assert all(await send_all(orders))
             assert not await thief.poll(100, zmq.POLLIN)  # it was sent nothing at all
             assert len(table.senders) == 2 * N
@@ -148,8 +127,8 @@ async def test_a_forged_ack_from_another_registered_peer_does_not_complete_a_sen
     silent_table = raw(ctx, hub_address)
     mallory = raw(ctx, hub_address)
     try:
-        assert await hello(silent_table, "table", "t-silent", ("ackbus.Bye",)) is not None
-        assert await hello(mallory, "audit", "m-1", (), ("ackbus.Hello",)) is not None
+        assert await say_hello(silent_table, "table", "t-silent", ("ackbus.Bye",)) is not None
+        assert await say_hello(mallory, "audit", "m-1", (), ("ackbus.Hello",)) is not None
         async with Endpoint("orders", hub_address, heartbeat=0.25) as orders:
             pending = asyncio.ensure_future(send_all(orders, 20, timeout=2.0))
             # The event reveals orders' origin token; the ids it saw or predicted.
@@ -188,7 +167,7 @@ async def test_a_handler_sees_the_true_sender_not_what_the_envelope_claims(
     liar = raw(ctx, hub_address)
     try:
         async with table.ep:
-            assert await hello(liar, "lobby", "l-9") is not None
+            assert await say_hello(liar, "lobby", "l-9") is not None
             for claimed in (Identity("table", "victim"), Identity("", "")):
                 item = encode_message(
                     bytes(16) if not claimed.service else b"\x01" * 16,

@@ -291,16 +291,7 @@ async def test_ackbus_hub_with_keys_admits_enrolled_processes_only(
     shutil.copy(audit_public, keys.hub_dir / "clients")
 
     address = f"tcp://127.0.0.1:{free_port()}"
-    hub = procs.start(
-        "-m",
-        "ackbus.cli",
-        "hub",
-        "--bind",
-        address,
-        "--keys",
-        str(keys.hub_dir),
-        ready=b"listening on " + address.encode(),
-    )
+    hub = procs.keyed_hub(address, keys.hub_dir)
     got: list[str] = []
 
     async def on_bye(msg: Bye, ctx: Context) -> None:

@@ -117,3 +117,54 @@ async def routes_a_command(
         report = await sender.send(Bye(reason=reason), timeout=timeout)
         assert report, report.error
     assert got == [reason]
+
+
+async def say_hello(
+    sock: Any,
+    service: str,
+    instance: str,
+    commands: tuple[str, ...] = (),
+    events: tuple[str, ...] = (),
+    timeout: float = 2.0,
+) -> list[bytes] | None:
+    """A raw ``zmq.asyncio`` DEALER says HELLO as ``service/instance``: the hub's answer
+    (its WELCOME or REFUSAL multipart), None if neither came within ``timeout``."""
+    from ackbus.wire import Command, decode_command, encode_hello
+    from ackbus.wire_pb2 import Hello
+
+    msg = Hello(versions=[1], heartbeat_ms=60_000, commands=commands, events=events)
+    msg.identity.service = service
+    msg.identity.instance = instance
+    try:
+        async with asyncio.timeout(timeout):
+            await sock.send_multipart(encode_hello(msg))
+            while True:
+                frames = await sock.recv_multipart()
+                if decode_command(frames) in (Command.WELCOME, Command.REFUSAL):
+                    return list(frames)
+    except TimeoutError:
+        return None
+
+
+ACCESS_EXAMPLE = """\
+# who may do what
+[clients.orders]
+services = ["orders"]
+send = ["orders.*", "billing.Charge"]
+
+[clients.table]
+services = ["table", "table-canary"]
+handles = ["poker.*"]
+
+[clients.audit]
+services = ["audit"]
+send = []
+"""
+"""An access file (docs/security.md) for the tests of the access rules."""
+
+
+def write_access(folder: Path, text: str = ACCESS_EXAMPLE) -> Path:
+    """``text`` as ``folder/access.toml``."""
+    path = folder / "access.toml"
+    path.write_text(text)
+    return path

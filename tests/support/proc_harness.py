@@ -99,6 +99,20 @@ class Procs:
             ready=b"listening",
         )
 
+    def keyed_hub(self, address: str, keys: Path, *extra: str) -> subprocess.Popen[bytes]:
+        """``ackbus hub --bind ADDRESS --keys KEYS EXTRA...``, ready once it listens."""
+        return self.start(
+            "-m",
+            "ackbus.cli",
+            "hub",
+            "--bind",
+            address,
+            "--keys",
+            str(keys),
+            *extra,
+            ready=b"listening on " + address.encode(),
+        )
+
     def service(self, name: str, hub: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(
             str(SERVICES),

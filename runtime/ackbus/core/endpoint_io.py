@@ -18,6 +18,7 @@ from ..errors import (
     NoRoute,
     OutcomeUnknown,
     Rejected,
+    Unauthorized,
 )
 from ._common import Outcome, RemoteError
 from ._values import Identity
@@ -26,6 +27,7 @@ from .settled import Completion, GaveUp, Reason
 __all__ = [
     "FLAG_REQUEST",
     "NOT_REGISTERED",
+    "UNAUTHORIZED",
     "AckReply",
     "EndpointIO",
     "EndpointStats",
@@ -38,6 +40,7 @@ FLAG_REQUEST = 1
 """The item's flag bit that marks a request (its ack carries the response); the
 wire's ``FLAG_REQUEST`` has the same value (a test checks it)."""
 NOT_REGISTERED = "NOT_REGISTERED"
+UNAUTHORIZED = "UNAUTHORIZED"
 """The refusal code of a hub that does not know the endpoint (the wire's code)."""
 
 
@@ -159,6 +162,8 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
     tries = f"{c.attempts} attempt{'s' if c.attempts != 1 else ''}"
     if reason is Reason.REJECTED:
         err = c.error
+        if err is not None and err.type == "Unauthorized":  # the hub's access file
+            return Unauthorized(f"refused by the hub: {err.message}", rule=err.message, **kw)
         remote = f"{err.type}: {err.message}" if err is not None else "rejected"
         return Rejected(
             f"rejected by the receiver after {tries}: {remote}",

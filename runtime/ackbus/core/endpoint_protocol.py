@@ -38,6 +38,7 @@ from .dedupe import InboundDeduper, Verdict
 from .endpoint_io import (
     FLAG_REQUEST,
     NOT_REGISTERED,
+    UNAUTHORIZED,
     AckReply,
     EndpointIO,
     EndpointStats,
@@ -236,7 +237,8 @@ class EndpointProtocol:
             self._hello(self._hubs[hub], now)
             return
         if message_id and self.tracker.state(message_id) is not None:
-            error = RemoteError("RemoteProtocolError", text, permanent=True)
+            kind = "Unauthorized" if code == UNAUTHORIZED else "RemoteProtocolError"
+            error = RemoteError(kind, text, permanent=True)
             c = self.tracker.ack(message_id, outcome=Outcome.REJECTED, now=now, error=error)
             if c is not None:
                 self._settle(c)

@@ -35,7 +35,7 @@ from .holding import Held, HoldQueues
 from .liveness import Liveness, PeerDead, SendHeartbeat
 from .routing import FULL, Instance, RoutingTable
 
-__all__ = ["AckGroup", "HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
+__all__ = ["AccessRules", "AckGroup", "HubIO", "HubItem", "HubProtocol", "HubRun", "HubStats"]
 
 KIND_EVENT = 2
 """The item kind of an event (the wire's ``KIND_EVENT``; a test checks it)."""
@@ -113,6 +113,9 @@ class HubStats:
     """CURVE handshakes refused because the client's key is not enrolled (hub with keys)."""
     stalled: int = 0
     """Times a silent peer was kept registered because its connection was still up."""
+    unauthorized: int = 0
+    """Messages refused because the access file does not let their sender's key send
+    their type (HELLOs refused by it are counted in ``refused``)."""
 
 
 class HubIO(Protocol[I_inv, R_contra, A_contra]):
@@ -166,6 +169,10 @@ class HubIO(Protocol[I_inv, R_contra, A_contra]):
     ) -> None:
         """Pass acks from the instance ``receiver`` (its token) on to their sender."""
 
+    def refused(self, origin: bytes, msg_id: bytes, code: str, reason: str) -> None:
+        """Refuse message ``msg_id`` from ``origin`` (a REFUSAL naming it: its sender's
+        report fails), e.g. UNAUTHORIZED by the access file."""
+
     def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None: ...
 
     def send_heartbeat(self, peer: bytes) -> None: ...
@@ -184,6 +191,17 @@ class HubIO(Protocol[I_inv, R_contra, A_contra]):
     def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:
         """``peer`` went silent for ``silence`` seconds with its connection up (``up``
         True: kept registered as stalled), or spoke again after that (``up`` False)."""
+
+
+class AccessRules(Protocol):
+    """What each client key may do (a hub's access file, ``ackbus._access.Access``):
+    ``None`` when allowed, else the refusal's words naming the key and the rule."""
+
+    def may_serve(self, key: str, service: str) -> str | None: ...
+
+    def may_send(self, key: str, msg_type: str) -> str | None: ...
+
+    def may_handle(self, key: str, msg_type: str) -> str | None: ...
 
 
 class AckGroup(Protocol[A_co]):
@@ -241,6 +259,12 @@ class HubProtocol(Generic[I, R, A]):
         self._told: set[str] = set()
         """Command types whose service was named to the sender of the multipart being
         routed (:meth:`begin` empties it)."""
+        self.access: AccessRules | None = None
+        """A hub's access file: who may register as what and send what (None: any
+        admitted key may do anything). Set it with :meth:`set_access`."""
+        self.keys: dict[bytes, str] = {}
+        """Peer → the name of the CURVE key its registration was made with ("" for an
+        in-process peer, which no access file governs); a hub with keys only."""
         self.identity: Identity | None = None
         """The hub's own identity: no peer may register under its name (a sender takes
         a hub's answers for any message)."""
@@ -272,25 +296,35 @@ class HubProtocol(Generic[I, R, A]):
         heartbeat_ms: int,
         now: float,
         implements: Sequence[str] = (),
-        same_key: bool = False,
+        key: str | None = None,
     ) -> None:
         """A peer registers (or registers again); ``token`` names it on what it sends;
         ``max_concurrency`` (0: 1000) bounds what it is sent at once; ``implements``:
         the schema services whose handlers it runs.
 
+        ``key``: the name of the CURVE key the HELLO came with (a hub with keys; ""
+        in-process). With an access file (:attr:`access`) the key must be allowed to
+        serve the service and handle each type, and a command type another service
+        handles may only be declared by a key also allowed to serve that service (so
+        nobody else can make it ambiguous): else UNAUTHORIZED.
+
         An identity registered on another connection is taken over only when that
-        connection is gone (:meth:`HubIO.connected`) or ``same_key`` (the driver saw
-        both authenticated with the same CURVE key): the connection displaced is
-        forgotten and told so. Else the HELLO is refused (IN_USE), as is one whose
-        service is the hub's own name."""
+        connection is gone (:meth:`HubIO.connected`) or was registered with the same
+        key: the connection displaced is forgotten and told so. Else the HELLO is
+        refused (IN_USE), as is one whose service is the hub's own name."""
         if self.identity is not None and identity.service == self.identity.service:
             raise RemoteProtocolError(
                 f"service name {identity.service!r} is this hub's own name: a sender "
                 "takes any answer from a hub's identity",
                 code=IN_USE,
             )
+        if key and self.access is not None:
+            why = self._unauthorized(key, identity.service, commands, events)
+            if why is not None:
+                raise RemoteProtocolError(why, code=UNAUTHORIZED)
         old = self._origins.get(token)
         if old is not None and old != peer:
+            same_key = bool(key) and self.keys.get(old) == key
             if not same_key and self.io.connected(old):
                 raise RemoteProtocolError(
                     f"instance {identity} is registered on another live connection; "
@@ -306,12 +340,54 @@ class HubProtocol(Generic[I, R, A]):
         self.routing.register(peer, identity, commands, events, limit, now, implements)
         self._tokens[peer] = token
         self._origins[token] = peer
+        if key is not None:
+            self.keys[peer] = key
         self.liveness.add(peer, now, interval=interval_ms / 1000)
         if self._stalled:
             self._resume(peer, now)
         self.stats.registered += 1
         self.io.send_welcome(peer, interval_ms)
         self.dispatch(now)  # what it may take of the held messages
+
+    def _unauthorized(
+        self, key: str, service: str, commands: Sequence[str], events: Sequence[str]
+    ) -> str | None:
+        """Why the access file refuses ``key`` registering as ``service`` with these
+        handlers (None: allowed)."""
+        access = self.access
+        assert access is not None
+        why = access.may_serve(key, service)
+        if why is not None:
+            return why
+        for msg_type in (*commands, *events):
+            why = access.may_handle(key, msg_type)
+            if why is not None:
+                return why
+        for msg_type in commands:
+            for other in self.routing.command_services(msg_type):
+                if other != service and access.may_serve(key, other) is not None:
+                    return (
+                        f"command type {msg_type} is handled by service {other!r}, which "
+                        f"key {key!r} may not serve: a second service would make it ambiguous"
+                    )
+        return None
+
+    def set_access(self, access: AccessRules | None) -> None:
+        """Use these rules from now on (a reloaded access file): a registered instance
+        they no longer allow is forgotten and told so (its connection stays; its next
+        HELLO is judged by the new rules)."""
+        self.access = access
+        if access is None:
+            return
+        for peer, key in list(self.keys.items()):
+            inst = self.routing.instance(peer)
+            if not key or inst is None:
+                continue
+            why = self._unauthorized(key, inst.identity.service, (), ())
+            for msg_type in (*inst.commands, *inst.events):
+                why = why or access.may_handle(key, msg_type)
+            if why is not None:
+                self.forget(peer, f"no longer allowed: {why}", tell=True)
 
     def heard(self, peer: bytes, now: float) -> None:
         """A heartbeat (or anything) from ``peer``; refused before its HELLO."""
@@ -329,6 +405,7 @@ class HubProtocol(Generic[I, R, A]):
         token = self._tokens.pop(peer, None)
         if token is not None and self._origins.get(token) == peer:
             del self._origins[token]
+        self.keys.pop(peer, None)
         self.liveness.remove(peer)
         self.io.forgotten(peer, inst, why, tell)
         if inst is not None and self.holds:
@@ -353,6 +430,8 @@ class HubProtocol(Generic[I, R, A]):
         """Route one item from ``origin``."""
         io = self.io
         token = self._tokens[origin]
+        if self.access is not None and self._refuses(origin, item.id, item.type):
+            return
         routing = self.routing
         # Something is held only while routing.freed is a set (no Python call here).
         holds = self.holds if routing.freed is not None else None
@@ -408,6 +487,8 @@ class HubProtocol(Generic[I, R, A]):
         """Route a run of first-attempt commands of one type in one call: the same
         choices and sticky entries as item by item."""
         ids = run.ids
+        if self.access is not None and self._refuses(origin, ids[0], run.type, ids):
+            return
         routing = self.routing
         recipient = run.recipient or None
         targets = routing.route_commands(run.type, ids, recipient, now)
@@ -431,6 +512,23 @@ class HubProtocol(Generic[I, R, A]):
             else:
                 self.io.forward(target, item, token)
                 self.stats.routed += 1
+
+    def _refuses(
+        self, origin: bytes, msg_id: bytes, msg_type: str, ids: Sequence[bytes] = ()
+    ) -> bool:
+        """Whether the access file refuses ``origin``'s key sending ``msg_type``; if so
+        each message (``msg_id``, or all ``ids``) is refused, naming the rule."""
+        key = self.keys.get(origin)
+        if not key:
+            return False  # in-process, or a hub without keys
+        assert self.access is not None
+        why = self.access.may_send(key, msg_type)
+        if why is None:
+            return False
+        for each in ids or (msg_id,):
+            self.stats.unauthorized += 1
+            self.io.refused(origin, each, UNAUTHORIZED, why)
+        return True
 
     def _name_service(self, origin: bytes, msg_id: bytes, msg_type: str) -> None:
         """Tell ``origin`` which service handles ``msg_type`` (it routed, or held, a

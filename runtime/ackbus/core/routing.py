@@ -229,6 +229,11 @@ class RoutingTable:
         """The current address of the instance ``key`` ("service/instance")."""
         return self._by_key.get(key)
 
+    def command_services(self, msg_type: str) -> tuple[str, ...]:
+        """The services with an instance registered that handles command ``msg_type``."""
+        services = self._commands.get(msg_type)
+        return tuple(services) if services else ()
+
     def command_service(self, msg_type: str, recipient: str | None) -> str:
         """The service a routable command goes to (the one handling it, or the recipient)."""
         if recipient:

@@ -41,7 +41,7 @@ NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 class HubLink:
     """One hub connection (its state lives in the protocol, under ``index``)."""
 
-    __slots__ = ("hello_since", "index", "link")
+    __slots__ = ("hello_since", "index", "link", "refused")
 
     link: Link
 
@@ -49,6 +49,8 @@ class HubLink:
         self.index = index
         self.hello_since: float | None = None
         """When the first HELLO on this connection still unanswered by a WELCOME went."""
+        self.refused: str | None = None
+        """Why the hub last refused something that names no message (our HELLO)."""
 
 
 class EndpointBase:

@@ -332,6 +332,9 @@ class Endpoint(Sending, Receiving, HubLinks):
 
     async def _why_unanswered(self) -> str:
         """What the links can tell about a ConnectTimeout, and what to check."""
+        refused = [hub.refused for hub in self._links if hub.refused]
+        if refused:
+            return f"; the hub refused this endpoint's HELLO: {refused[0]}"
         failures = {hub.link.handshake_failure for hub in self._links} - {None}
         curve = self._options.curve is not None
         if "HANDSHAKE_FAILED_AUTH" in failures:

@@ -95,6 +95,7 @@ class Receiving(EndpointBase):
             welcome = decode_welcome(frames, self.limits)
             hub.link.outbox.limit_batch(welcome.max_batch)  # what this hub accepts
             hub.hello_since = None
+            hub.refused = None
             proto.on_welcome(
                 hub.index,
                 welcome.heartbeat_ms,
@@ -104,7 +105,12 @@ class Receiving(EndpointBase):
             self._welcomed.set()
         elif cmd is Command.REFUSAL:
             refusal = decode_refusal(frames, self.limits)
-            log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, refusal)
+            text = str(refusal)
+            # A refused HELLO is said again every second: one line until the reason changes.
+            if refusal.message_id or hub.refused != text:
+                log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, text)
+            if not refusal.message_id:
+                hub.refused = text
             proto.on_refusal(hub.index, refusal.code, refusal.message_id, str(refusal), now)
         elif cmd is Command.BYE:
             decode_bye(frames, self.limits)

@@ -609,6 +609,9 @@ class SimHub:
     def send_heartbeat(self, peer: bytes) -> None:
         self.net.send(HUB, peer.decode(), Heartbeat())
 
+    def refused(self, origin: bytes, msg_id: bytes, code: str, reason: str) -> None:
+        self.net.send(HUB, origin.decode(), Refusal(code, msg_id, reason))
+
     def forgotten(
         self, peer: bytes, instance: Instance | None, why: str, tell: bool = False
     ) -> None:

@@ -98,6 +98,12 @@ class TransportOptions:
     """Own keypair: a listener becomes a CURVE server, a link a CURVE client."""
     curve_server_key: bytes | None = None
     """For a link: the listener's public key (required with ``curve``)."""
+    user_ids: bool = False
+    """For a listener: deliver each multipart as ``[peer, user id, *frames]``, the user
+    id being the ZeroMQ User-Id of the connection it came from (with a hub's ZAP
+    handler, the name of the client's CURVE key), UTF-8; ``b""`` where there is none
+    (a plain or in-process connection). Read per multipart, as a routing id may pass
+    from a closed connection to a new one."""
 
 
 class Link(Protocol):

@@ -208,7 +208,7 @@ class MemoryListener(_Inbox, ListenerBase):
         if self._closed or queued >= link.options.sndhwm + self.options.rcvhwm:
             return False
         self._queued[peer] = queued + 1
-        self._inbox.append([peer, *frames])
+        self._inbox.append([peer, b"", *frames] if self.options.user_ids else [peer, *frames])
         self._schedule_delivery()
         return True
 

@@ -182,7 +182,7 @@ class _Reader(FlowBase):
         if events & _POLLOUT and self._wants_pollout():
             self._flush()  # ends with _after_write -> _check_events
         if events & _POLLIN and not self._paused:
-            recv = sock.recv_multipart
+            recv = self._recv_with_user_id if self.options.user_ids else sock.recv_multipart
             getopt = sock.getsockopt
             batch: list[Multipart] = []
             try:
@@ -212,6 +212,18 @@ class _Reader(FlowBase):
         # Edge-triggered: the FD will not fire again for what is still queued.
         if not self._closed:
             self._check_events()
+
+    def _recv_with_user_id(self, flags: int) -> Multipart:
+        """One multipart as ``[peer, user id, *frames]`` (``TransportOptions.user_ids``):
+        the first frame is received as a ``zmq.Frame`` to read the ZeroMQ User-Id of its
+        connection (with CURVE and ZAP, the client key's name)."""
+        sock = self._sock
+        first = sock.recv(flags, copy=False)
+        try:
+            user_id = str(first.get("User-Id")).encode()
+        except zmq.ZMQError:  # no security mechanism on this connection
+            user_id = b""
+        return [first.bytes, user_id, *sock.recv_multipart(flags)]
 
     def _after_write(self, wrote: bool) -> None:
         self._wrote = wrote
