@@ -168,16 +168,15 @@ def test_retries_wait_out_the_grace_period_first_attempts_do_not() -> None:
     proto, io = hub(grace=2.0)
     proto.route(b"s", Item(b"1" * 16), 0.5)
     proto.route(b"s", Item(b"2" * 16, attempt=2), 0.5)
-    proto.begin(b"s", b"3" * 16, 2.5)  # a new multipart
     proto.route(b"s", Item(b"3" * 16, attempt=2), 2.5)
-    proto.route(b"s", Item(b"4" * 16, attempt=2), 2.5)
+    proto.route(b"s", Item(b"4" * 16), 2.5)
     assert io.take() == [
         ("routed", b"s", b"1" * 16, ("alpha",), ((),)),
         ("forward", b"a1", b"1" * 16, b"tok-s"),
         ("retry_later", b"s", b"2" * 16, 1.5),
-        ("routed", b"s", b"3" * 16, ("alpha",), ((),)),
+        ("routed", b"s", b"3" * 16, ("alpha",), ((),)),  # told again with a retry
         ("forward", b"a1", b"3" * 16, b"tok-s"),
-        ("forward", b"a1", b"4" * 16, b"tok-s"),  # told once per type and multipart
+        ("forward", b"a1", b"4" * 16, b"tok-s"),  # told once per connection and type
     ]
     assert proto.stats.deferred == 1
 

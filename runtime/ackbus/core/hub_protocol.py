@@ -256,9 +256,9 @@ class HubProtocol(Generic[I, R, A]):
         self._origins: dict[bytes, bytes] = {}
         """Token → peer: where the acks naming a token go (the connection its identity
         is registered on now)."""
-        self._told: set[str] = set()
-        """Command types whose service was named to the sender of the multipart being
-        routed (:meth:`begin` empties it)."""
+        self._told: dict[bytes, dict[str, str]] = {}
+        """Peer → command type → the service last named to it as handling that type
+        (:meth:`_name_service`): per connection, like its registration, and gone with it."""
         self.access: AccessRules | None = None
         """A hub's access file: who may register as what and send what (None: any
         admitted key may do anything). Set it with :meth:`set_access`."""
@@ -340,6 +340,7 @@ class HubProtocol(Generic[I, R, A]):
         self.routing.register(peer, identity, commands, events, limit, now, implements)
         self._tokens[peer] = token
         self._origins[token] = peer
+        self._told.pop(peer, None)  # (again): it may have lost what it was told
         if key is not None:
             self.keys[peer] = key
         self.liveness.add(peer, now, interval=interval_ms / 1000)
@@ -406,6 +407,7 @@ class HubProtocol(Generic[I, R, A]):
         if token is not None and self._origins.get(token) == peer:
             del self._origins[token]
         self.keys.pop(peer, None)
+        self._told.pop(peer, None)
         self.liveness.remove(peer)
         self.io.forgotten(peer, inst, why, tell)
         if inst is not None and self.holds:
@@ -423,8 +425,6 @@ class HubProtocol(Generic[I, R, A]):
         self.liveness.seen(peer, now)
         if self._stalled:
             self._resume(peer, now)
-        if self._told:
-            self._told = set()
 
     def route(self, origin: bytes, item: I, now: float) -> None:
         """Route one item from ``origin``."""
@@ -474,8 +474,8 @@ class HubProtocol(Generic[I, R, A]):
         if target is None:
             self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
             return
-        if not recipient and item.type not in self._told:
-            self._name_service(origin, item.id, item.type)
+        if not recipient:
+            self._name_service(origin, item.id, item.type, item.attempt > 1)
         if target == FULL:
             service = routing.command_service(item.type, recipient)
             self._hold(origin, item, item.id, service, routing.peers_for(item.type, recipient), now)
@@ -497,7 +497,7 @@ class HubProtocol(Generic[I, R, A]):
                 self._no_route(origin, msg_id, run.type, run.recipient, 1)
             return
         token = self._tokens[origin]
-        if not recipient and run.type not in self._told:
+        if not recipient:
             self._name_service(origin, ids[0], run.type)
         if FULL not in targets:
             self.stats.routed += len(ids)
@@ -530,13 +530,22 @@ class HubProtocol(Generic[I, R, A]):
             self.io.refused(origin, each, UNAUTHORIZED, why)
         return True
 
-    def _name_service(self, origin: bytes, msg_id: bytes, msg_type: str) -> None:
+    def _name_service(
+        self, origin: bytes, msg_id: bytes, msg_type: str, again: bool = False
+    ) -> None:
         """Tell ``origin`` which service handles ``msg_type`` (it routed, or held, a
         command of that type by its type): its sender takes acks for such commands from
-        an instance of that service alone. Once per type and multipart: nothing kept."""
-        self._told.add(msg_type)
+        an instance of that service alone. Said once per connection and type, again when
+        the service changes, and again with each retry (``again``: the sender may have
+        refused the acks of a notice it never got)."""
         service = self.routing.command_service(msg_type, None)
+        told = self._told.get(origin)
+        if told is None:
+            told = self._told[origin] = {}
+        elif not again and told.get(msg_type) == service:
+            return
         if service:
+            told[msg_type] = service
             self.io.routed(origin, msg_id, (service,), ((),))
 
     def _no_route(
