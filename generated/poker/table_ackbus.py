@@ -65,6 +65,7 @@ TABLE_PLAYER_ACTION_POLICY: Final[ackbus.Policy] = ackbus.Policy(
     max_attempts=3,
     priority=5,
     retry_rejected=False,
+    ordering_key='table_id',
 )
 """The schema policy of rpc poker.Table.PlayerAction: its method, request message
 and service options merged, the runtime's defaults for the rest.
@@ -1296,7 +1297,7 @@ REGISTRY = ackbus.Registry(
         ackbus.MessageSpec(
             full_name="poker.PlayerAction",
             cls=table_pb2.PlayerAction,
-            policy=ackbus.Policy(priority=5),
+            policy=ackbus.Policy(priority=5, ordering_key='table_id'),
             legacy_name="PlayerAction",
         ),
         ackbus.MessageSpec(

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from poker import cards_pb2 as poker_dot_cards__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11poker/table.proto\x12\x05poker\x1a\x14\x61\x63kbus/options.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11poker/cards.proto\"@\n\x06\x42linds\x12\r\n\x05small\x18\x01 \x01(\x04\x12\x0b\n\x03\x62ig\x18\x02 \x01(\x04\x12\x11\n\x04\x61nte\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_ante\"\x9d\x01\n\tStartHand\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12\r\n\x05seats\x18\x02 \x01(\r\x12\x13\n\x0b\x62utton_seat\x18\x03 \x01(\r\x12\x1d\n\x06\x62linds\x18\x04 \x01(\x0b\x32\r.poker.Blinds\x12,\n\x08start_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\r\xaa\x9f\x19\tStartHand\"\x8f\x01\n\x0bHandStarted\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12\x13\n\x0bhand_number\x18\x02 \x01(\x04\x12\x12\n\nplayer_ids\x18\x03 \x03(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x15\xa2\x9f\x19\x02@\x02\xaa\x9f\x19\x0bHandStarted\"\xdd\x01\n\tDealCards\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12*\n\x05hands\x18\x02 \x03(\x0b\x32\x1b.poker.DealCards.HandsEntry\x12\x1a\n\x05\x62oard\x18\x03 \x03(\x0b\x32\x0b.poker.Card\x1a\"\n\x04Hand\x12\x1a\n\x05\x63\x61rds\x18\x01 \x03(\x0b\x32\x0b.poker.Card\x1a\x43\n\nHandsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.poker.DealCards.Hand:\x02\x38\x01:\r\xaa\x9f\x19\tDealCards\"\xb6\x01\n\x0cPlayerAction\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x1f\n\x04kind\x18\x03 \x01(\x0e\x32\x11.poker.ActionKind\x12\x0f\n\x05\x63hips\x18\x04 \x01(\x04H\x00\x12\x10\n\x06\x61ll_in\x18\x05 \x01(\x08H\x00\x12\x14\n\x07\x63omment\x18\x06 \x01(\tH\x01\x88\x01\x01:\x16\xa2\x9f\x19\x02\x38\x05\xaa\x9f\x19\x0cPlayerActionB\x08\n\x06\x61mountB\n\n\x08_comment\"!\n\rGetTableState\x12\x10\n\x08table_id\x18\x01 \x01(\t\"\xb1\x02\n\nTableState\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12%\n\x05seats\x18\x02 \x03(\x0b\x32\x16.poker.TableState.Seat\x12\x18\n\x0bhand_number\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x04pots\x18\x04 \x03(\x0b\x32\x1b.poker.TableState.PotsEntry\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x38\n\x04Seat\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x11\n\tplayer_id\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\x04\x1a+\n\tPotsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x0e\n\x0c_hand_number2\x98\x02\n\x05Table\x12\x46\n\tStartHand\x12\x10.poker.StartHand\x1a\x16.google.protobuf.Empty\"\x0f\xa2\x9f\x19\x0b\x31\x00\x00\x00\x00\x00\x00$@8\x03\x12\x35\n\tDealCards\x12\x10.poker.DealCards\x1a\x16.google.protobuf.Empty\x12\x45\n\x0cPlayerAction\x12\x13.poker.PlayerAction\x1a\x16.google.protobuf.Empty\"\x08\xa2\x9f\x19\x04\x10\x03H\x00\x12\x38\n\rGetTableState\x12\x14.poker.GetTableState\x1a\x11.poker.TableState\x1a\x0f\xa2\x9f\x19\x0b\t\x00\x00\x00\x00\x00\x00\xe0?\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11poker/table.proto\x12\x05poker\x1a\x14\x61\x63kbus/options.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11poker/cards.proto\"@\n\x06\x42linds\x12\r\n\x05small\x18\x01 \x01(\x04\x12\x0b\n\x03\x62ig\x18\x02 \x01(\x04\x12\x11\n\x04\x61nte\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_ante\"\x9d\x01\n\tStartHand\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12\r\n\x05seats\x18\x02 \x01(\r\x12\x13\n\x0b\x62utton_seat\x18\x03 \x01(\r\x12\x1d\n\x06\x62linds\x18\x04 \x01(\x0b\x32\r.poker.Blinds\x12,\n\x08start_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\r\xaa\x9f\x19\tStartHand\"\x8f\x01\n\x0bHandStarted\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12\x13\n\x0bhand_number\x18\x02 \x01(\x04\x12\x12\n\nplayer_ids\x18\x03 \x03(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x15\xa2\x9f\x19\x02@\x02\xaa\x9f\x19\x0bHandStarted\"\xdd\x01\n\tDealCards\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12*\n\x05hands\x18\x02 \x03(\x0b\x32\x1b.poker.DealCards.HandsEntry\x12\x1a\n\x05\x62oard\x18\x03 \x03(\x0b\x32\x0b.poker.Card\x1a\"\n\x04Hand\x12\x1a\n\x05\x63\x61rds\x18\x01 \x03(\x0b\x32\x0b.poker.Card\x1a\x43\n\nHandsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.poker.DealCards.Hand:\x02\x38\x01:\r\xaa\x9f\x19\tDealCards\"\xc0\x01\n\x0cPlayerAction\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x1f\n\x04kind\x18\x03 \x01(\x0e\x32\x11.poker.ActionKind\x12\x0f\n\x05\x63hips\x18\x04 \x01(\x04H\x00\x12\x10\n\x06\x61ll_in\x18\x05 \x01(\x08H\x00\x12\x14\n\x07\x63omment\x18\x06 \x01(\tH\x01\x88\x01\x01: \xa2\x9f\x19\x0c\x38\x05R\x08table_id\xaa\x9f\x19\x0cPlayerActionB\x08\n\x06\x61mountB\n\n\x08_comment\"!\n\rGetTableState\x12\x10\n\x08table_id\x18\x01 \x01(\t\"\xb1\x02\n\nTableState\x12\x10\n\x08table_id\x18\x01 \x01(\t\x12%\n\x05seats\x18\x02 \x03(\x0b\x32\x16.poker.TableState.Seat\x12\x18\n\x0bhand_number\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x04pots\x18\x04 \x03(\x0b\x32\x1b.poker.TableState.PotsEntry\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x38\n\x04Seat\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x11\n\tplayer_id\x18\x02 \x01(\t\x12\r\n\x05stack\x18\x03 \x01(\x04\x1a+\n\tPotsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x0e\n\x0c_hand_number2\x98\x02\n\x05Table\x12\x46\n\tStartHand\x12\x10.poker.StartHand\x1a\x16.google.protobuf.Empty\"\x0f\xa2\x9f\x19\x0b\x31\x00\x00\x00\x00\x00\x00$@8\x03\x12\x35\n\tDealCards\x12\x10.poker.DealCards\x1a\x16.google.protobuf.Empty\x12\x45\n\x0cPlayerAction\x12\x13.poker.PlayerAction\x1a\x16.google.protobuf.Empty\"\x08\xa2\x9f\x19\x04\x10\x03H\x00\x12\x38\n\rGetTableState\x12\x14.poker.GetTableState\x1a\x11.poker.TableState\x1a\x0f\xa2\x9f\x19\x0b\t\x00\x00\x00\x00\x00\x00\xe0?\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,7 +44,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEALCARDS']._loaded_options = None
   _globals['_DEALCARDS']._serialized_options = b'\252\237\031\tDealCards'
   _globals['_PLAYERACTION']._loaded_options = None
-  _globals['_PLAYERACTION']._serialized_options = b'\242\237\031\0028\005\252\237\031\014PlayerAction'
+  _globals['_PLAYERACTION']._serialized_options = b'\242\237\031\0148\005R\010table_id\252\237\031\014PlayerAction'
   _globals['_TABLESTATE_POTSENTRY']._loaded_options = None
   _globals['_TABLESTATE_POTSENTRY']._serialized_options = b'8\001'
   _globals['_TABLE']._loaded_options = None
@@ -66,15 +66,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEALCARDS_HANDSENTRY']._serialized_start=643
   _globals['_DEALCARDS_HANDSENTRY']._serialized_end=710
   _globals['_PLAYERACTION']._serialized_start=728
-  _globals['_PLAYERACTION']._serialized_end=910
-  _globals['_GETTABLESTATE']._serialized_start=912
-  _globals['_GETTABLESTATE']._serialized_end=945
-  _globals['_TABLESTATE']._serialized_start=948
-  _globals['_TABLESTATE']._serialized_end=1253
-  _globals['_TABLESTATE_SEAT']._serialized_start=1136
-  _globals['_TABLESTATE_SEAT']._serialized_end=1192
-  _globals['_TABLESTATE_POTSENTRY']._serialized_start=1194
-  _globals['_TABLESTATE_POTSENTRY']._serialized_end=1237
-  _globals['_TABLE']._serialized_start=1256
-  _globals['_TABLE']._serialized_end=1536
+  _globals['_PLAYERACTION']._serialized_end=920
+  _globals['_GETTABLESTATE']._serialized_start=922
+  _globals['_GETTABLESTATE']._serialized_end=955
+  _globals['_TABLESTATE']._serialized_start=958
+  _globals['_TABLESTATE']._serialized_end=1263
+  _globals['_TABLESTATE_SEAT']._serialized_start=1146
+  _globals['_TABLESTATE_SEAT']._serialized_end=1202
+  _globals['_TABLESTATE_POTSENTRY']._serialized_start=1204
+  _globals['_TABLESTATE_POTSENTRY']._serialized_end=1247
+  _globals['_TABLE']._serialized_start=1266
+  _globals['_TABLE']._serialized_end=1546
 # @@protoc_insertion_point(module_scope)

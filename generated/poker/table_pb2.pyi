@@ -201,7 +201,7 @@ Global___DealCards: _TypeAlias = DealCards  # noqa: Y015
 
 @_typing.final
 class PlayerAction(_message.Message):
-    """One player's decision."""
+    """One player's decision. A table's actions are handled in the order they were sent."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

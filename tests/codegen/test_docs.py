@@ -130,14 +130,18 @@ def test_commands_requests_and_events_with_their_effective_policies(doc: dict[st
     }
     assert ops["poker.Table.StartHand.send"]["action"] == "send"
     assert doc["channels"]["poker.Table.StartHand"]["address"] == "poker.StartHand"
-    # PlayerAction: priority from the message, max_attempts and retry_rejected from the rpc
+    # PlayerAction: priority and ordering key from the message, max_attempts and
+    # retry_rejected from the rpc
     action = ops["poker.Table.PlayerAction"]["x-ackbus-policy-set-by"]
     assert action == {
         "ack_timeout_s": "service",
         "max_attempts": "method",
         "priority": "message",
         "retry_rejected": "method",
+        "ordering_key": "message",
     }
+    assert ops["poker.Table.PlayerAction"]["x-ackbus-policy"]["ordering_key"] == "table_id"
+    assert "ordering_key" not in start["x-ackbus-policy"]  # none set: no order
 
     state = ops["poker.Table.GetTableState"]
     assert state["x-ackbus-kind"] == "request"

@@ -225,7 +225,13 @@ async def test_client_builds_messages_with_presence_and_keywords() -> None:
         "to": "table",
         "priority": 9,
         "headers": None,
-        "policy": ackbus.Policy(ack_timeout=0.5, max_attempts=3, priority=5, retry_rejected=False),
+        "policy": ackbus.Policy(
+            ack_timeout=0.5,
+            max_attempts=3,
+            priority=5,
+            retry_rejected=False,
+            ordering_key="table_id",
+        ),
     }
     await client.send_player_action(table_id="t1", all_in=True, comment="")
     msg = bus.calls[-1][1]
