@@ -103,6 +103,7 @@ chaos: setup
 		tests/integration/test_peer_cost.py \
 		tests/durable/test_pg_shared.py \
 		tests/integration/test_mixed_stream.py \
+		tests/integration/test_multihub.py \
 		tests/integration/test_stalls.py::test_an_async_handler_that_blocks_is_named_and_no_message_fails \
 		tests/durable/test_ordered_crash.py
 

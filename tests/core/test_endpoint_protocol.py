@@ -424,3 +424,51 @@ def test_hello_names_the_schema_services_the_handlers_run() -> None:
     proto.set_types(["svc.Do"], [], 1.0, ["poker.Table"])
     assert proto.implements == ("poker.Table",)
     assert io.take() == [("hello", 0)]
+
+
+def _heard(proto: EndpointProtocol, hubs: Sequence[int], now: float) -> None:
+    for hub in hubs:
+        proto.begin_batch(hub, now)
+        proto.end_batch()
+
+
+def test_a_retry_goes_through_the_hub_its_last_attempt_went_through() -> None:
+    proto, io = make(hubs=3)
+    mids = [bytes([n]) * 16 for n in range(6)]
+    for mid in mids:
+        proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    first = {a[2]: a[1] for a in io.take() if a[0] == "transmit"}
+    assert set(first.values()) == {0, 1, 2}  # first attempts spread over the hubs
+    _heard(proto, [0, 1, 2], 1.4)
+    proto.tick(1.0)
+    proto.tick(1.5)  # attempt 2 of each: through the same hub, not round robin
+    second = {a[2]: a[1] for a in io.take() if a[0] == "transmit"}
+    assert second == first
+
+
+def test_a_retry_avoids_a_suspect_hub_while_another_is_heard() -> None:
+    proto, io = make(hubs=2)
+    mid = b"m" * 16
+    proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    (via,) = [a[1] for a in io.take() if a[0] == "transmit"]
+    other = 1 - via
+    _heard(proto, [other], 1.4)  # `via` quiet since 0.0: more than 1.5 heartbeats
+    proto.tick(1.0)
+    proto.tick(1.6)
+    assert [a[1] for a in io.take() if a[0] == "transmit"] == [other]
+    # a first attempt avoids it too, though round robin would name it
+    for n in range(3):
+        proto.submit(bytes([n]) * 16, "x.Do", "x.Do", P, 1.6)
+    assert {a[1] for a in io.take() if a[0] == "transmit"} == {other}
+
+
+def test_the_hub_of_a_settled_message_is_forgotten() -> None:
+    proto, io = make(hubs=2)
+    mid = b"m" * 16
+    proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    proto.on_routed(mid, ["other"], 0.05)  # the hub: x.Do is other's (BOB's service)
+    io.take()
+    assert proto._via
+    proto.on_acks(BOB, [mid], (), 0.1)
+    assert io.take() == [("acked", [mid])]
+    assert proto._via == {}

@@ -398,3 +398,66 @@ def test_nobody_registers_under_the_hubs_own_name() -> None:
         proto.hello(b"x", Identity("hub", "other"), b"tok-x", [], [], 9, 0, 0.5)
     assert info.value.code == IN_USE
     assert not proto.registered(b"x")
+
+
+def test_a_hub_that_lost_every_peer_to_silence_rejoins_routing_nothing_for_a_grace() -> None:
+    # A hub cut off from everyone (its host partitioned) forgets every peer; while it
+    # was away other hubs routed what it did not see, and what reaches it now may have
+    # been sent before the cut: for a grace period from the first HELLO back, nothing is
+    # routed, first attempts included (unlike after a restart), until all are back.
+    proto, io = hub(grace=2.0)
+    for step in range(1, 21):  # nobody heard for 10 s: all forgotten (none connected)
+        proto.tick(step / 2)
+    assert proto.peer_count == 0
+    io.take()
+    proto.hello(b"a1", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 100, 500, 11.0)
+    proto.hello(b"s", Identity("sender", "s"), b"tok-s", [], [], 100, 500, 11.0)
+    io.take()
+    proto.route(b"s", Item(b"1" * 16), 11.5)
+    proto.route(b"s", Item(b"2" * 16, attempt=2), 11.5)
+    proto.route_run(b"s", Run([b"4" * 16]), 11.5)
+    proto.heard(b"a1", 12.5)
+    proto.heard(b"s", 12.5)
+    proto.route(b"s", Item(b"3" * 16, attempt=2), 13.5)
+    assert [a[:3] for a in io.take()] == [
+        ("retry_later", b"s", b"1" * 16),
+        ("retry_later", b"s", b"2" * 16),
+        ("retry_later", b"s", b"4" * 16),
+        ("routed", b"s", b"3" * 16),
+        ("forward", b"a1", b"3" * 16),
+    ]
+
+
+def test_a_hub_that_heard_nobody_for_two_intervals_was_cut_off_itself() -> None:
+    # Nothing heard from any peer for more than two intervals, connections up (a
+    # partition shorter than their timeout): the first input clears every stall mark,
+    # which would steer first attempts away from instances other hubs chose, and the
+    # hub rejoins as above.
+    proto, io = _two_alphas()
+    proto.grace = 2.0
+    for step in range(1, 8):  # nobody heard: all three stalled by 3.5 s
+        proto.tick(step / 2)
+    assert set(proto.stalled_peers()) == {b"a1", b"a2", b"s"}
+    io.take()
+    proto.heard(b"a1", 4.0)
+    assert proto.stalled_peers() == {}
+    assert ("resumed", b"a2", 4.0) in [a[:3] for a in io.take()]
+    proto.route(b"s", Item(b"1" * 16), 4.1)
+    assert io.take() == [("retry_later", b"s", b"1" * 16, 1.9)]
+    proto.route(b"s", Item(b"1" * 16), 6.0)
+    assert [a[0] for a in io.take()] == ["routed", "forward"]
+
+
+def test_peers_leaving_by_bye_do_not_start_a_grace_period() -> None:
+    proto, io = hub(grace=2.0)
+    proto.tick(2.5)
+    for peer in (b"a1", b"b1", b"s"):
+        proto.forget(peer, "said bye")
+    proto.hello(b"a1", Identity("alpha", "a1"), b"tok-a1", ["alpha.Do"], [], 100, 500, 3.0)
+    proto.hello(b"s", Identity("sender", "s"), b"tok-s", [], [], 100, 500, 3.0)
+    io.take()
+    proto.route(b"s", Item(b"2" * 16, attempt=2), 3.1)
+    assert [a[:3] for a in io.take()] == [
+        ("routed", b"s", b"2" * 16),
+        ("forward", b"a1", b"2" * 16),
+    ]

@@ -130,3 +130,13 @@ def test_a_check_on_time_is_not_put_off() -> None:
     dead = [a for t in (1.0, 2.0, 3.4) for a in live.tick(t) if isinstance(a, PeerDead)]
     assert dead == [PeerDead("p", 3.4)]  # due at 3.0, 0.4 late: under half an interval
     assert dead[0].interval == 1.0
+
+
+def test_a_peer_quiet_for_more_than_one_and_a_half_intervals_is_suspect() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    live.add("p", 0.0)
+    assert not live.suspect("p", 1.5)
+    assert live.suspect("p", 1.51)  # suspect, though not yet dead (3.0)
+    live.seen("p", 1.6)
+    assert not live.suspect("p", 2.0)
+    assert live.suspect("nobody", 0.0)  # a peer not watched is suspect

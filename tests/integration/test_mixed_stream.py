@@ -15,37 +15,20 @@ and five kills.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ackbus import DeliveryReport
 from ackbus.endpoint import Endpoint
-from helpers import eventually, settle
+from helpers import each_event_handled_once, settle
 from poker import table_ackbus, table_pb2
-from proc_harness import Procs, free_port, runs
+from proc_harness import Procs, counters, free_port, type_runs
 
 pytestmark = pytest.mark.slow
 
 CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"
-
-
-def type_runs(log: Path, type_name: str) -> Counter[str]:
-    return Counter(mid for t, mid, _ in runs(log) if t == type_name)
-
-
-def counters(proc: Any) -> dict[str, int]:
-    """SIGTERM a service and read the counters it prints last."""
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=15)
-    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-    assert lines, out
-    parsed: dict[str, int] = json.loads(lines[-1])
-    return parsed
 
 
 async def test_commands_and_events_survive_hub_kills(procs: Procs, tmp_path: Path) -> None:
@@ -97,20 +80,7 @@ async def test_commands_and_events_survive_hub_kills(procs: Procs, tmp_path: Pat
     for name in ("t1", "t2"):  # load spread over both instances
         assert type_runs(logs[name], "poker.StartHand"), f"{name} ran nothing"
 
-    def events(log: Path) -> Counter[str]:
-        return type_runs(log, "poker.HandStarted")
-
-    await eventually(  # the last events reach their subscribers
-        lambda: len(events(logs["audit"])) >= n and len(events(logs["lobby"])) >= n,
-        timeout=120 if CHAOS else 40,
-        every=0.2,
-    )
-    await asyncio.sleep(2)  # the subscribers' acks of the last events reach the tables
-    audit, lobby = events(logs["audit"]), events(logs["lobby"])
-    assert set(audit) == set(lobby), "the subscribers saw different events"
-    assert len(audit) == n, f"{len(audit)} events for {n} hands"
-    assert max(audit.values()) == 1, "audit handled an event twice"
-    assert max(lobby.values()) == 1, "lobby handled an event twice"
+    await each_event_handled_once(logs["audit"], logs["lobby"], n, 120 if CHAOS else 40)
     published = [counters(t) for t in tables]
     assert sum(c["failed"] for c in published) == 0, published
     assert sum(c["acked"] for c in published) == n, published

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -168,3 +169,23 @@ def write_access(folder: Path, text: str = ACCESS_EXAMPLE) -> Path:
     path = folder / "access.toml"
     path.write_text(text)
     return path
+
+
+async def each_event_handled_once(audit: Path, lobby: Path, n: int, timeout: float) -> None:
+    """The services.py subscribers' logs (``audit``, ``lobby``) reach ``n`` HandStarted
+    events within ``timeout`` s, the same ones, each handled once by each; then 2 s more
+    so that their acks of the last ones reach the publishers."""
+    from proc_harness import type_runs
+
+    def events(log: Path) -> Counter[str]:
+        return type_runs(log, "poker.HandStarted")
+
+    await eventually(
+        lambda: len(events(audit)) >= n and len(events(lobby)) >= n, timeout, every=0.2
+    )
+    await asyncio.sleep(2)
+    got_audit, got_lobby = events(audit), events(lobby)
+    assert set(got_audit) == set(got_lobby), "the subscribers saw different events"
+    assert len(got_audit) == n, f"{len(got_audit)} events for {n} hands"
+    assert max(got_audit.values()) == 1, "audit handled an event twice"
+    assert max(got_lobby.values()) == 1, "lobby handled an event twice"

@@ -4,6 +4,7 @@ Imported by tests as ``proc_harness`` (tests/support is on pytest's pythonpath).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -12,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,11 +71,30 @@ class Procs:
     def __init__(self) -> None:
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *argv: str, ready: bytes, timeout: float = 10.0) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
-        proc = subprocess.Popen(
-            [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
+    def start(
+        self,
+        *argv: str,
+        ready: bytes,
+        timeout: float = 10.0,
+        wrap: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        stderr: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``python ARGV`` (after ``wrap``, e.g. ``ip netns exec NS``; ``env`` added to
+        the environment; its standard error appended to ``stderr`` if given), once it
+        printed a line containing ``ready``."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "generated"), **(env or {})}
+        err = stderr.open("ab") if stderr is not None else None
+        try:
+            proc = subprocess.Popen(
+                [*wrap, sys.executable, *argv],
+                stdout=subprocess.PIPE,
+                stderr=err if err is not None else subprocess.PIPE,
+                env=env,
+            )
+        finally:
+            if err is not None:
+                err.close()
         self.running.append(proc)
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -149,3 +171,20 @@ def runs(log: Path) -> list[tuple[str, str, int]]:
         msg_type, mid, attempt = line.split()
         out.append((msg_type, mid, int(attempt)))
     return out
+
+
+def type_runs(log: Path, type_name: str) -> Counter[str]:
+    """How often each message id of ``type_name`` ran, from a services.py log."""
+    return Counter(mid for t, mid, _ in runs(log) if t == type_name)
+
+
+def counters(proc: subprocess.Popen[bytes]) -> dict[str, int]:
+    """Stop a services.py process (SIGCONT first: it may be frozen, then SIGTERM) and
+    read the counters it prints last."""
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    assert lines, out
+    parsed: dict[str, int] = json.loads(lines[-1])
+    return parsed

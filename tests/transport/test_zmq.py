@@ -140,3 +140,21 @@ async def test_listener_serves_several_addresses() -> None:
                 link.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_a_link_gives_up_a_hanging_connect_and_dials_again() -> None:
+    # ZMQ_CONNECT_TIMEOUT: a connect begun while the path was down does not wait on the
+    # kernel's SYN retransmissions (1, 2, 4, 8 ... s) after the path is back.
+    backend = ZmqBackend()
+    link = backend.connect("tcp://127.0.0.1:9", on_receive=lambda batch: None)
+    custom = backend.connect(
+        "tcp://127.0.0.1:9",
+        on_receive=lambda batch: None,
+        options=TransportOptions(connect_timeout_ms=250),
+    )
+    try:
+        assert link._sock.getsockopt(zmq.CONNECT_TIMEOUT) == 1000  # type: ignore[attr-defined]
+        assert custom._sock.getsockopt(zmq.CONNECT_TIMEOUT) == 250  # type: ignore[attr-defined]
+    finally:
+        link.close()
+        custom.close()

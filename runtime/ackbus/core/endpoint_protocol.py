@@ -157,6 +157,10 @@ class EndpointProtocol:
         """True between :meth:`begin_batch` and :meth:`end_batch`."""
         self._hubs: list[_Hub] = []
         self._next_hub = 0
+        self._via: dict[bytes, int] = {}
+        """With several hubs: the hub each pending message last went through. A retry
+        goes through the same hub while it is not suspect, so that hub's sticky entry
+        sends it to the instance that had it (another hub may know other instances)."""
         self._notes: dict[bytes, str] = {}
         """Why the hub found no route, by message id, for a failure's report."""
         self._batch_hub = 0
@@ -243,17 +247,41 @@ class EndpointProtocol:
             if c is not None:
                 self._settle(c)
 
-    def _pick(self) -> int:
-        """The hub for the next transmit: round robin over the welcomed ones."""
+    def _pick(self, now: float) -> int:
+        """The hub for a first transmit: round robin over the welcomed ones that are
+        not suspect (quiet for more than 1.5 heartbeats), else over the welcomed ones."""
         hubs = self._hubs
         n = len(hubs)
         if n == 1:
             return 0
+        fallback = -1
+        suspect = self.liveness.suspect
         for _ in range(n):
             self._next_hub = (self._next_hub + 1) % n
             if hubs[self._next_hub].welcomed:
-                return self._next_hub
-        return 0
+                if not suspect(self._next_hub, now):
+                    return self._next_hub
+                if fallback < 0:
+                    fallback = self._next_hub
+        return max(fallback, 0)
+
+    def _pick_for(self, msg_id: bytes, attempt: int, now: float) -> int:
+        """The hub for a transmit of ``msg_id``: a retry goes where the last attempt
+        went while that hub is welcomed and not suspect (docs/protocol.md, Several
+        hubs)."""
+        if len(self._hubs) == 1:
+            return 0
+        via = self._via
+        if attempt > 1:
+            last = via.get(msg_id)
+            if (
+                last is not None
+                and self._hubs[last].welcomed
+                and not self.liveness.suspect(last, now)
+            ):
+                return last
+        hub = via[msg_id] = self._pick(now)
+        return hub
 
     # ------------------------------------------------------------------ sending
 
@@ -275,7 +303,7 @@ class EndpointProtocol:
         )
         if admit is Admit.SEND:
             self.stats.transmits += 1
-            self.io.transmit(self._pick(), msg_id, 1, now)
+            self.io.transmit(self._pick_for(msg_id, 1, now), msg_id, 1, now)
             return True
         return False
 
@@ -317,6 +345,10 @@ class EndpointProtocol:
                 self.stats.acked += len(settled)
                 if self._notes:
                     self._forget_notes(settled)
+                if self._via:
+                    via = self._via
+                    for c in settled:
+                        via.pop(c.msg_id, None)
                 self.io.acked(settled)
         for ack in full:
             self.on_ack(ack, now)
@@ -354,6 +386,8 @@ class EndpointProtocol:
             self._settle(c)
 
     def _settle(self, c: Completion, why: str = "") -> None:
+        if self._via:
+            self._via.pop(c.msg_id, None)
         if c:
             self.stats.acked += 1
             if self._notes:
@@ -661,7 +695,8 @@ class EndpointProtocol:
                 self.stats.transmits += 1
                 if action.attempt > 1:
                     self.stats.retries += 1
-                io.transmit(self._pick(), action.msg_id, action.attempt, now)
+                link = self._pick_for(action.msg_id, action.attempt, now)
+                io.transmit(link, action.msg_id, action.attempt, now)
             else:
                 self._settle(action)
         for lv in self.liveness.tick(now):

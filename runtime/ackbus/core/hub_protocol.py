@@ -269,11 +269,23 @@ class HubProtocol(Generic[I, R, A]):
         """The hub's own identity: no peer may register under its name (a sender takes
         a hub's answers for any message)."""
         self._next_sweep = 0.0
+        self._lost_view = False
+        """Every peer went silent and was forgotten (the hub was cut off, or frozen past
+        the connections' timeout): the next HELLO makes it rejoin (:meth:`_rejoin`)."""
+        self._last_input = 0.0
+        """When anything last came in from a registered peer: a gap of more than two of
+        the longest heartbeat intervals means the hub, not its peers, was cut off."""
+        self.rejoin_until = 0.0
+        """Until then every message, first attempts too, is answered retry-later: the
+        hub is rejoining after it was cut off, and what reaches it now may have been
+        sent before the cut (held up in TCP) and routed since by another hub, while
+        the instances have not all registered here again (see :meth:`_rejoin`)."""
 
     def start(self, now: float) -> None:
         """The hub starts routing at ``now``; the grace period begins."""
         self.grace_until = now + self.grace
         self._next_sweep = now + HOUSEKEEPING
+        self._last_input = now
 
     def registered(self, peer: bytes) -> bool:
         return peer in self._tokens
@@ -335,6 +347,16 @@ class HubProtocol(Generic[I, R, A]):
         previous = self._tokens.get(peer)
         if previous is not None and previous != token:
             del self._origins[previous]  # the same connection, registered as another
+        if self._lost_view:
+            # Like a restarted hub, this one knows none of the sticky choices made while
+            # it was cut off: other hubs routed first attempts meanwhile, and the
+            # instances that got them may not have said HELLO here yet.
+            self._lost_view = False
+            self._rejoin(now)
+        elif now - self._last_input > self.heartbeat:
+            self._input(now)
+        else:
+            self._last_input = now
         interval_ms = max(int(self.heartbeat * 1000), heartbeat_ms)
         limit = max_concurrency or 1000
         self.routing.register(peer, identity, commands, events, limit, now, implements)
@@ -395,6 +417,10 @@ class HubProtocol(Generic[I, R, A]):
         if peer not in self._tokens:
             raise RemoteProtocolError("heartbeat before HELLO", code=NOT_REGISTERED)
         self.liveness.seen(peer, now)
+        if now - self._last_input > self.heartbeat:
+            self._input(now)
+        else:
+            self._last_input = now
         if self._stalled:
             self._resume(peer, now)
 
@@ -423,6 +449,10 @@ class HubProtocol(Generic[I, R, A]):
                 "MESSAGE before HELLO", code=NOT_REGISTERED, message_id=first_id
             )
         self.liveness.seen(peer, now)
+        if now - self._last_input > self.heartbeat:
+            self._input(now)
+        else:
+            self._last_input = now
         if self._stalled:
             self._resume(peer, now)
 
@@ -438,7 +468,7 @@ class HubProtocol(Generic[I, R, A]):
         if holds is not None and item.kind != KIND_EVENT and item.id in holds:
             self._hold(origin, item, item.id, "", None, now)  # a retry of a held one
             return
-        if item.attempt > 1 and now < self.grace_until:
+        if now < self.grace_until and (item.attempt > 1 or now < self.rejoin_until):
             # A retry reaching a hub that just started may belong to a message a
             # live instance already handled, and that instance may not have said
             # HELLO again yet: routing it now could pick another instance and run
@@ -487,6 +517,11 @@ class HubProtocol(Generic[I, R, A]):
         """Route a run of first-attempt commands of one type in one call: the same
         choices and sticky entries as item by item."""
         ids = run.ids
+        if now < self.rejoin_until:
+            self.stats.deferred += len(ids)
+            for msg_id in ids:
+                self.io.retry_later(origin, msg_id, self.rejoin_until - now, 1)
+            return
         if self.access is not None and self._refuses(origin, ids[0], run.type, ids):
             return
         routing = self.routing
@@ -667,6 +702,10 @@ class HubProtocol(Generic[I, R, A]):
             # answers the retry with the same outcome once it said HELLO again.
             raise RemoteProtocolError("ACK before HELLO", code=NOT_REGISTERED)
         self.liveness.seen(peer, now)
+        if now - self._last_input > self.heartbeat:
+            self._input(now)
+        else:
+            self._last_input = now
         if self._stalled:
             self._resume(peer, now)
         routing = self.routing
@@ -747,6 +786,8 @@ class HubProtocol(Generic[I, R, A]):
         else:
             why = f"silent for {silence:.1f} s"
         self.forget(peer, why, tell=up)
+        if not self._tokens:
+            self._lost_view = True
 
     def _resume(self, peer: bytes, now: float) -> None:
         """``peer`` spoke: if it was stalled, it is live again."""
@@ -755,3 +796,27 @@ class HubProtocol(Generic[I, R, A]):
             return
         self.routing.set_stalled(peer, False)
         self.io.stalled(peer, self.routing.instance(peer), now - since, False)
+
+    def _input(self, now: float) -> None:
+        """Something came in from a registered peer. After a silence of every peer
+        longer than two of the longest heartbeat intervals (each peer heartbeats every
+        interval), the hub was cut off (its host partitioned) or stopped, not its
+        peers: their stall marks are its own silence, and would steer first attempts
+        away from instances other hubs chose. They are cleared and the hub rejoins."""
+        gap = now - self._last_input
+        self._last_input = now
+        if gap <= 2 * self.heartbeat or not self._tokens:
+            return
+        if gap <= 2 * max(self.liveness.interval_of(p) for p in self._tokens):
+            return
+        for peer in list(self._stalled):
+            self._resume(peer, now)
+        self._rejoin(now)
+
+    def _rejoin(self, now: float) -> None:
+        """The hub is back after being cut off from every peer: for one grace period
+        nothing is routed (first attempts included, unlike after a restart), so every
+        instance can register again before a choice is made that another hub made
+        differently (docs/protocol.md, Several hubs)."""
+        self.rejoin_until = max(self.rejoin_until, now + self.grace)
+        self.grace_until = max(self.grace_until, self.rejoin_until)

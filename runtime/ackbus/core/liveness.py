@@ -113,6 +113,18 @@ class Liveness(Generic[K]):
     def is_alive(self, peer: K) -> bool:
         return peer in self._peers
 
+    def interval_of(self, peer: K) -> float:
+        """``peer``'s negotiated interval (the default for a peer not watched)."""
+        state = self._peers.get(peer)
+        return state.interval if state is not None else self.interval
+
+    def suspect(self, peer: K, now: float) -> bool:
+        """Whether ``peer`` has been quiet for more than one and a half of its intervals
+        (it heartbeats every interval): not yet dead, but not to be relied on while
+        another peer is fine. A peer not watched is suspect."""
+        state = self._peers.get(peer)
+        return state is None or now - state.last_seen > 1.5 * state.interval
+
     def peers(self) -> list[K]:
         return list(self._peers)
 

@@ -74,6 +74,11 @@ class TransportOptions:
     """Most multiparts read per wake-up before yielding to the event loop."""
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 2000
+    connect_timeout_ms: int = 1000
+    """ZMQ_CONNECT_TIMEOUT, for links: a TCP connect not done after this long is given
+    up and dialled again (after ``reconnect_ivl_ms``). Without it a connect begun while
+    the path was down waits on the kernel's SYN retransmissions (1, 2, 4, 8 ... s) well
+    after the path is back. 0: the kernel's own timeout."""
     zmtp_heartbeat_ms: int = 1000
     """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL; ZMQ_HEARTBEAT_TIMEOUT is
     ``zmtp_timeout_ms``), run by libzmq's I/O thread whatever the Python loop does: a

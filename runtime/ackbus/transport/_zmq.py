@@ -84,6 +84,7 @@ def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
     sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
     sock.setsockopt(zmq.RECONNECT_IVL, options.reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, options.reconnect_ivl_max_ms)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, options.connect_timeout_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_msgsize)
     if options.handshake_ms > 0:
         sock.setsockopt(zmq.HANDSHAKE_IVL, options.handshake_ms)
