@@ -176,6 +176,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="messages held per service while its instances are full (default 10000)",
     )
+    hub.add_argument(
+        "--max-instances-per-key",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instances registered at once with one client key, with --keys "
+        "(default 64; 0: no limit)",
+    )
     hub.add_argument("--log-level", default="WARNING", help="Python logging level")
     hub.set_defaults(run=_hub)
 
@@ -347,6 +355,7 @@ def _hub(args: argparse.Namespace) -> int:
                 metrics=metrics,
                 stall_limit=args.stall_limit,
                 max_held=args.max_held,
+                max_instances_per_key=args.max_instances_per_key,
             )
         )
     except (AddressError, KeyFileError, InsecureBindError, AccessFileError) as err:
@@ -405,6 +414,7 @@ async def _serve_hub(
     metrics: tuple[str, int] | None = None,
     stall_limit: float = 60.0,
     max_held: int = 10_000,
+    max_instances_per_key: int | None = None,
 ) -> None:
     """Run a hub until SIGINT or SIGTERM (SIGHUP reads the access file again); print
     one ``listening on`` line when ready. Raises :class:`~ackbus.errors.AddressError`
@@ -426,6 +436,7 @@ async def _serve_hub(
         insecure=insecure,
         stall_limit=stall_limit,
         max_held=max_held,
+        max_instances_per_key=max_instances_per_key,
     ) as hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))

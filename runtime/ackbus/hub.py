@@ -33,8 +33,10 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
+import resource
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -109,6 +111,7 @@ class Hub:
         stall_limit: float = 60.0,
         access: str | os.PathLike[str] | None = None,
         max_held: int = 10_000,
+        max_instances_per_key: int | None = None,
     ) -> None:
         self._bind = [bind] if isinstance(bind, str) else list(bind)
         if keys is None:
@@ -126,6 +129,8 @@ class Hub:
         self._token = encode_identity(name, self.identity.instance)
         """The hub's own identity as an ack group names it (on no-route acks)."""
         self.heartbeat = heartbeat
+        if max_instances_per_key is not None:
+            limits = replace(limits, max_instances_per_key=max_instances_per_key)
         self.limits = limits
         self._proto: HubProtocol[MessageItem, PackedRun, bytes] = HubProtocol(
             self,
@@ -142,6 +147,8 @@ class Hub:
             self._options = replace(self._options, max_msgsize=limits.max_frame_bytes)
         if self._options.handshake_ms <= 0:  # a silent connection frees its descriptor
             self._options = replace(self._options, handshake_ms=HANDSHAKE_MS)
+        if self._options.on_accept_failed is None:
+            self._options = replace(self._options, on_accept_failed=self._on_accept_failed)
         self.max_peers = max_peers
         """Most instances registered at once; a HELLO beyond is refused (LIMIT)."""
         self._context: zmq.Context[Any] | None = None
@@ -175,6 +182,10 @@ class Hub:
         self._trimming: asyncio.Future[object] | None = None
         self._refusals = Throttle()
         """One refusal line per code per minute (:meth:`_refuse`)."""
+        self._accept_failures = Throttle()
+        """One line a minute while connections cannot be accepted (out of descriptors)."""
+        self._key_limits = Throttle()
+        """One line per CURVE key per minute about its instances beyond the limit."""
         self._notices: list[Routed] = []
         """ROUTED entries of the multipart being routed, sent together at its end."""
         self._listener: Listener | None = None
@@ -356,11 +367,14 @@ class Hub:
             )
         self._version = negotiate(list(hello.versions))
         identity = Identity(hello.identity.service, hello.identity.instance)
+        token = encode_identity(identity.service, identity.instance)
+        if key:
+            self._check_key_limit(peer, token, key, identity)
         self._out(peer).limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
         self._proto.hello(
             peer,
             identity,
-            encode_identity(identity.service, identity.instance),
+            token,
             hello.commands,
             hello.events,
             hello.max_concurrency,
@@ -374,6 +388,34 @@ class Hub:
             identity,
             len(hello.commands),
             len(hello.events),
+        )
+
+    def _check_key_limit(self, peer: bytes, token: bytes, key: str, identity: Identity) -> None:
+        """Refuse (LIMIT) a HELLO that would register one more instance of ``key`` than
+        ``limits.max_instances_per_key`` allows; a line per key per minute says so."""
+        limit = self.limits.max_instances_per_key
+        proto = self._proto
+        if not limit or proto.instances_of(key) < limit:
+            return
+        if not proto.adds_instance(peer, token, key):
+            return
+        self.stats.key_limit += 1
+        allowed = self._key_limits.allow(key)
+        if allowed is not None:
+            held = allowed[1]
+            more = f" ({held} more refused in the last minute)" if held else ""
+            log.warning(
+                "refused instance %s: key %r has %d instances registered, its limit "
+                "(max_instances_per_key, --max-instances-per-key)%s",
+                identity,
+                key,
+                limit,
+                more,
+            )
+        raise RemoteProtocolError(
+            f"key {key!r} has {limit} instances registered, its limit "
+            f"(max_instances_per_key); stop one, or raise the limit",
+            code=LIMIT,
         )
 
     # ------------------------------------------------------------------ the protocol's actions
@@ -523,6 +565,35 @@ class Hub:
         except Exception:  # a refusal must never become a second failure
             log.exception("could not send a refusal to %s", peer.hex())
 
+    def _on_accept_failed(self, error: int) -> None:
+        """The listener could not accept a connection (its socket monitor said so): out
+        of file descriptors is counted and logged a line a minute, with what to do; the
+        hub goes on, and accepts again once descriptors are free (libzmq retries while
+        the connection waits)."""
+        if error not in (errno.EMFILE, errno.ENFILE):
+            log.debug("hub could not accept a connection: %s", os.strerror(error))
+            return
+        self.stats.out_of_descriptors += 1
+        allowed = self._accept_failures.allow(errno.errorcode.get(error, str(error)))
+        if allowed is None:
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        held = allowed[1]
+        more = f" ({held} more failed accepts in the last minute)" if held else ""
+        which = "this process" if error == errno.EMFILE else "the system (ENFILE)"
+        log.error(
+            "hub %s is out of file descriptors: %s cannot open more, so new connections "
+            "wait unaccepted (open files limit RLIMIT_NOFILE: soft %s, hard %s). Raise it "
+            "(ulimit -n, LimitNOFILE= in a systemd unit) or lower max_peers; idle "
+            "connections that never complete the handshake are dropped after %.0f s%s",
+            self.identity,
+            which,
+            _limit(soft),
+            _limit(hard),
+            self._options.handshake_ms / 1000,
+            more,
+        )
+
     def _on_key_refused(self) -> None:
         self.stats.unauthenticated += 1
 
@@ -571,6 +642,10 @@ def _malloc_trim() -> Callable[[], object]:
 
 
 _trim = _malloc_trim()
+
+
+def _limit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
 def _zmq_context(backend: Backend) -> zmq.Context[Any]:

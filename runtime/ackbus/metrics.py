@@ -24,6 +24,8 @@ memory); for a hub (``ackbus_hub_``), ``routed``, ``no_route``, ``deferred`` (re
 answered retry-later during the grace period), ``acks_forwarded``, ``registrations``,
 ``dead_peers``, ``stalled`` (silent peers kept registered because their connection was
 up), ``refused`` by ``code``, ``unauthenticated`` (keys refused in the CURVE handshake),
+``key_limit`` (HELLOs refused: their key had ``max_instances_per_key`` instances),
+``out_of_descriptors`` (failed accepts: the process was out of file descriptors),
 and the gauges ``instances`` per ``service`` and ``stalled_instances``.
 """
 
@@ -130,6 +132,16 @@ class HubCollector(Collector):
             ("ackbus_hub_registrations", "HELLOs accepted.", s.registered),
             ("ackbus_hub_dead_peers", "Peers forgotten after missed heartbeats.", s.dead_peers),
             ("ackbus_hub_unauthenticated", "Keys refused in the handshake.", s.unauthenticated),
+            (
+                "ackbus_hub_key_limit",
+                "HELLOs refused: their key had max_instances_per_key instances.",
+                s.key_limit,
+            ),
+            (
+                "ackbus_hub_out_of_descriptors",
+                "Failed accepts (retried at once): out of file descriptors.",
+                s.out_of_descriptors,
+            ),
             (
                 "ackbus_hub_stalled",
                 "Silent peers kept registered because their connection was up.",

@@ -391,6 +391,25 @@ def test_the_same_key_takes_a_live_instance_over() -> None:
     assert not proto.registered(b"a1")
 
 
+def test_instances_are_counted_per_key_and_a_takeover_adds_none() -> None:
+    proto, io = hub()
+    proto.hello(b"p1", Identity("alpha", "a1"), b"tok-a1", [], [], 9, 0, 0.1, key="k")
+    proto.hello(b"p2", Identity("alpha", "a2"), b"tok-a2", [], [], 9, 0, 0.1, key="k")
+    proto.hello(b"p3", Identity("beta", "b1"), b"tok-b1", [], [], 9, 0, 0.1, key="other")
+    assert (proto.instances_of("k"), proto.instances_of("other")) == (2, 1)
+    assert not proto.adds_instance(b"p1", b"tok-a1", "k")  # a HELLO again
+    assert not proto.adds_instance(b"p9", b"tok-a1", "k")  # a same-key takeover
+    assert proto.adds_instance(b"p9", b"tok-a9", "k")
+    assert proto.adds_instance(b"p9", b"tok-a1", "other")  # (refused IN_USE anyway)
+    proto.hello(b"p9", Identity("alpha", "a1"), b"tok-a1", [], [], 9, 0, 0.2, key="k")
+    assert proto.instances_of("k") == 2
+    proto.forget(b"p2", "said bye")
+    proto.forget(b"p9", "said bye")
+    assert proto.instances_of("k") == 0
+    assert "k" not in proto._per_key
+    io.take()
+
+
 def test_nobody_registers_under_the_hubs_own_name() -> None:
     proto, _io = _two_alphas()
     proto.identity = Identity("hub", "h1")

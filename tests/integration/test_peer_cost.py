@@ -23,7 +23,9 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -159,20 +161,28 @@ async def test_ten_thousand_garbage_connections_leave_the_hub_where_it_started(
     assert after - before < 5, f"hub RSS {before:.1f} -> {after:.1f} MiB"
 
 
-def _hub_with_open_files(procs: Procs, port: int, soft: int, hard: int) -> subprocess.Popen[bytes]:
-    """``ackbus hub`` started under ``ulimit -n`` soft/hard."""
+def _hub_with_open_files(
+    procs: Procs, port: int, soft: int, hard: int, *extra: str, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``ackbus hub`` started under ``ulimit -n`` soft/hard (its standard error written
+    to ``log`` if given)."""
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ackbus.hub", "--bind", f"tcp://127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        preexec_fn=limit,
-    )
+    err = log.open("wb") if log is not None else None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ackbus.hub", "--bind", f"tcp://127.0.0.1:{port}", *extra],
+            stdout=subprocess.PIPE,
+            stderr=err if err is not None else subprocess.PIPE,
+            env=env,
+            preexec_fn=limit,
+        )
+    finally:
+        if err is not None:
+            err.close()
     procs.running.append(proc)
     assert proc.stdout is not None
     assert b"listening" in proc.stdout.readline()
@@ -277,3 +287,57 @@ async def test_a_hub_at_max_peers_refuses_a_new_instance_until_one_leaves(
         finally:
             for sock in socks:
                 sock.close(0)
+
+
+async def test_running_out_of_descriptors_is_logged_once_and_survived(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """A hub under ``ulimit -n 64`` (soft and hard: it cannot raise it) and 150 idle TCP
+    connections: accepts fail with EMFILE, which libzmq retries in a loop and reports on
+    the listener's socket monitor. The hub logs one line (not one per failure) naming the
+    limit and what to do, counts them, and once the connections close a new endpoint
+    gets in and a command is acked."""
+    port, metrics_port = free_port(), free_port()
+    log_file = tmp_path / "hub.log"
+    metrics = ("--metrics-port", str(metrics_port))
+    hub = _hub_with_open_files(procs, port, 64, 64, *metrics, log=log_file)
+    assert soft_limit(hub.pid) == 64
+
+    def out_of_fds() -> list[str]:
+        text = log_file.read_text(errors="replace")
+        return [line for line in text.splitlines() if "out of file descriptors" in line]
+
+    idle = []
+    try:
+        for _ in range(150):  # beyond the hub's 64: the kernel queues them, accept fails
+            conn = socket.socket()
+            conn.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                conn.connect(("127.0.0.1", port))
+            idle.append(conn)
+        await eventually(lambda: bool(out_of_fds()), timeout=10)
+        await asyncio.sleep(2)  # libzmq retries the accept all along: still one line
+        lines = out_of_fds()
+        assert len(lines) == 1, lines
+        assert "soft 64, hard 64" in lines[0]
+        assert "ulimit -n" in lines[0]
+        assert "max_peers" in lines[0]
+    finally:
+        for conn in idle:
+            conn.close()
+    async with asyncio.timeout(30):
+        await routes_a_command(f"tcp://127.0.0.1:{port}", connect_timeout=15)
+    assert hub.poll() is None, "the hub died"
+    failed = await asyncio.to_thread(hub_counter, metrics_port, "ackbus_hub_out_of_descriptors")
+    assert failed >= 1
+    print(f"{failed:.0f} failed accepts counted, logged as: {lines[0]}")
+
+
+def hub_counter(port: int, name: str) -> float:
+    """A hub's counter ``name`` as its metrics port serves it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}_total{{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in {text}")

@@ -113,6 +113,14 @@ class HubStats:
     """CURVE handshakes refused because the client's key is not enrolled (hub with keys)."""
     stalled: int = 0
     """Times a silent peer was kept registered because its connection was still up."""
+    key_limit: int = 0
+    """HELLOs refused because their CURVE key had ``max_instances_per_key`` instances
+    registered already (also counted in ``refused``, as LIMIT)."""
+    out_of_descriptors: int = 0
+    """Accepts that failed because the process or system ran out of file descriptors
+    (EMFILE, ENFILE), as the listener's socket monitor reported them. libzmq tries again
+    at once while a connection waits, so this grows by many thousands a second for as
+    long as it lasts: its rate being nonzero is the signal, not its size."""
     unauthorized: int = 0
     """Messages refused because the access file does not let their sender's key send
     their type (HELLOs refused by it are counted in ``refused``)."""
@@ -265,6 +273,8 @@ class HubProtocol(Generic[I, R, A]):
         self.keys: dict[bytes, str] = {}
         """Peer → the name of the CURVE key its registration was made with ("" for an
         in-process peer, which no access file governs); a hub with keys only."""
+        self._per_key: Counter[str] = Counter()
+        """Key name → how many peers are registered with it now (:attr:`keys` counted)."""
         self.identity: Identity | None = None
         """The hub's own identity: no peer may register under its name (a sender takes
         a hub's answers for any message)."""
@@ -364,7 +374,7 @@ class HubProtocol(Generic[I, R, A]):
         self._origins[token] = peer
         self._told.pop(peer, None)  # (again): it may have lost what it was told
         if key is not None:
-            self.keys[peer] = key
+            self._set_key(peer, key)
         self.liveness.add(peer, now, interval=interval_ms / 1000)
         if self._stalled:
             self._resume(peer, now)
@@ -412,6 +422,31 @@ class HubProtocol(Generic[I, R, A]):
             if why is not None:
                 self.forget(peer, f"no longer allowed: {why}", tell=True)
 
+    def _set_key(self, peer: bytes, key: str | None) -> None:
+        """``peer`` is registered with ``key`` now (None: no longer registered)."""
+        old = self.keys.pop(peer, None)
+        if old is not None:
+            left = self._per_key.pop(old, 0) - 1
+            if left > 0:
+                self._per_key[old] = left
+        if key is not None:
+            self.keys[peer] = key
+            self._per_key[key] += 1
+
+    def instances_of(self, key: str) -> int:
+        """How many peers are registered with CURVE key ``key`` now."""
+        return self._per_key.get(key, 0)
+
+    def adds_instance(self, peer: bytes, token: bytes, key: str) -> bool:
+        """Whether a HELLO from ``peer`` as ``token`` with ``key`` would add an instance
+        of ``key``: not when ``peer`` is registered with it already (a HELLO again), nor
+        when the identity is registered with it on another connection (a takeover by
+        the same key: the old one is forgotten)."""
+        if self.keys.get(peer) == key:
+            return False
+        old = self._origins.get(token)
+        return old is None or self.keys.get(old) != key
+
     def heard(self, peer: bytes, now: float) -> None:
         """A heartbeat (or anything) from ``peer``; refused before its HELLO."""
         if peer not in self._tokens:
@@ -432,7 +467,7 @@ class HubProtocol(Generic[I, R, A]):
         token = self._tokens.pop(peer, None)
         if token is not None and self._origins.get(token) == peer:
             del self._origins[token]
-        self.keys.pop(peer, None)
+        self._set_key(peer, None)
         self._told.pop(peer, None)
         self.liveness.remove(peer)
         self.io.forgotten(peer, inst, why, tell)

@@ -42,6 +42,8 @@ OnReceive = Callable[[list[Multipart]], None]
 OnConnection = Callable[[bool], None]
 """Called with True when a link (re)connects, False when it loses its connection."""
 OnUnroutable = Callable[[bytes, list[Multipart]], None]
+OnAcceptFailed = Callable[[int], None]
+"""A listener could not accept a connection: the errno (EMFILE: out of descriptors)."""
 """Called with a peer id and what could not be sent to it because it is gone."""
 
 
@@ -109,6 +111,11 @@ class TransportOptions:
     handler, the name of the client's CURVE key), UTF-8; ``b""`` where there is none
     (a plain or in-process connection). Read per multipart, as a routing id may pass
     from a closed connection to a new one."""
+    on_accept_failed: OnAcceptFailed | None = None
+    """For a ZeroMQ listener: called with the errno each time libzmq fails to accept a
+    connection on a bound address (its socket monitor's ``EVENT_ACCEPT_FAILED``; EMFILE
+    or ENFILE when the process or the system is out of file descriptors). libzmq tries
+    again as long as the connection waits, so it may be called many times a second."""
 
 
 class Link(Protocol):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import time
 from typing import Any, cast
 
 import zmq
@@ -43,6 +44,9 @@ _POLLOUT = int(zmq.POLLOUT)
 _EVENTS = int(zmq.EVENTS)
 _RECONNECT_PAUSE = 0.25
 """Seconds between dropping a connection and making a new one (:meth:`ZmqLink.reconnect`)."""
+_MONITOR_BATCH = 256
+"""Most monitor events read per wake-up (libzmq retries a failed accept in a busy loop,
+reporting each failure): the rest are read on the next loop iteration."""
 _ZERO_COPY = 65536
 """Frames this big are handed to libzmq without a copy (pyzmq keeps the bytes alive);
 below it, copying is cheaper than the bookkeeping."""
@@ -109,7 +113,9 @@ def _bind_or_connect(sock: zmq.Socket[Any], op: Op, address: str) -> None:
 _UNBIND_WAIT_MS = 1000
 
 
-def _unbind_now(sock: zmq.Socket[Any], bound: list[str]) -> None:
+def _unbind_now(
+    sock: zmq.Socket[Any], bound: list[str], monitor: zmq.Socket[Any] | None = None
+) -> None:
     """Give back the addresses a listener took before returning.
 
     libzmq closes a listening descriptor in its I/O thread, a moment after ``unbind``
@@ -117,20 +123,25 @@ def _unbind_now(sock: zmq.Socket[Any], bound: list[str]) -> None:
     or the other addresses of a bind that failed part-way) would find the ports still
     in use. So wait, on the socket's monitor, until each TCP and IPC listener reported
     it closed (usually well under a millisecond; at most ``_UNBIND_WAIT_MS``). Used
-    when a listener closes and when a bind fails.
+    when a listener closes and when a bind fails. ``monitor``: the socket's monitor if it
+    has one already (a socket has at most one; it must report ``EVENT_CLOSED``), which
+    this disables and closes as it would its own.
     """
     waits = sum(1 for address in bound if not address.startswith("inproc://"))
-    monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED) if waits else None
+    if monitor is None and waits:
+        monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED)
     for address in bound:
         sock.unbind(address)
     if monitor is None:
         return
+    deadline = time.monotonic() + _UNBIND_WAIT_MS / 1000
     try:
-        while waits and monitor.poll(_UNBIND_WAIT_MS):
-            recv_monitor_message(monitor)
-            waits -= 1
+        while waits and monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            if recv_monitor_message(monitor)["event"] == zmq.EVENT_CLOSED:
+                waits -= 1
     finally:
-        sock.disable_monitor()
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
         monitor.close(0)
 
 
@@ -372,9 +383,16 @@ class ZmqListener(_Reader, ListenerBase):
             check(address, "bind")
         sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
         self._sock = sock
+        self._monitor: zmq.Socket[Any] | None = None
+        self._mon_reading = False
         bound = []
         try:
             _configure(sock, options)
+            if options.on_accept_failed is not None:  # before binding: no failure missed
+                # EVENT_CLOSED too: closing waits on it (_unbind_now), and a socket
+                # has one monitor at most.
+                self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED | zmq.EVENT_CLOSED)
+                self._mon_fd = cast(int, self._monitor.getsockopt(zmq.FD))
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # No ROUTER_HANDOVER: a connection with the routing id of a live one is
             # ignored by libzmq (its frames are dropped), so nobody takes over a live
@@ -390,12 +408,40 @@ class ZmqListener(_Reader, ListenerBase):
                 _bind_or_connect(sock, "bind", address)
                 bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except BaseException:
-            _unbind_now(sock, bound)
+            _unbind_now(sock, bound, self._stop_monitor())
             sock.close(0)
             self._closed = True
             raise
         self._addresses = tuple(bound)
         self._init_reader()
+        if self._monitor is not None:
+            self._loop.add_reader(self._mon_fd, self._on_monitor)
+            self._mon_reading = True
+            self._on_monitor()
+
+    def _on_monitor(self) -> None:
+        """Report each failed accept (the monitor's FD is edge-triggered: read until it
+        is empty, or come back next iteration after a batch)."""
+        mon = self._monitor
+        report = self.options.on_accept_failed
+        if mon is None or report is None or self._closed:
+            return
+        for _ in range(_MONITOR_BATCH):
+            try:
+                event = recv_monitor_message(mon, _NOBLOCK)
+            except zmq.ZMQError:  # zmq.Again: all read
+                return
+            if event["event"] == zmq.EVENT_ACCEPT_FAILED:
+                report(int(event["value"]))
+        self._loop.call_soon(self._on_monitor)
+
+    def _stop_monitor(self) -> zmq.Socket[Any] | None:
+        """Stop reading the monitor; the monitor, for :func:`_unbind_now` to finish."""
+        if self._mon_reading:
+            self._loop.remove_reader(self._mon_fd)
+            self._mon_reading = False
+        monitor, self._monitor = self._monitor, None
+        return monitor
 
     def _write(self, peer: bytes, frames: Multipart) -> bool | None:
         send = self._sock.send
@@ -436,7 +482,8 @@ class ZmqListener(_Reader, ListenerBase):
 
     def _release(self) -> None:
         self._close_reader()
-        _unbind_now(self._sock, list(self._addresses))  # free to bind again at once
+        # Free to bind again at once.
+        _unbind_now(self._sock, list(self._addresses), self._stop_monitor())
         self._sock.close(self.options.linger_ms)
 
 

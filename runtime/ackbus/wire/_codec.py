@@ -79,6 +79,10 @@ class Limits:
     max_acks: int = MAX_ACKS
     max_hello_types: int = 4096
     """Most command, event and schema-service names one HELLO may declare together."""
+    max_instances_per_key: int = 64
+    """Most instances registered at once with one CURVE key (a hub with keys): a HELLO
+    beyond is refused (LIMIT), so one key, stolen or buggy, cannot take a hub's every
+    ``max_peers`` slot. 0: no limit."""
 
     @property
     def max_frame_bytes(self) -> int:
