@@ -458,6 +458,12 @@ class HubProtocol(Generic[I, R, A]):
             self._last_input = now
         if self._stalled:
             self._resume(peer, now)
+        freed = self.routing.freed
+        if freed is not None:  # retries may wait for it (held while it was quiet)
+            inst = self.routing.instance(peer)
+            if inst is not None:
+                freed.add(inst.key)
+                self.dispatch(now)
 
     def forget(self, peer: bytes, why: str, tell: bool = False) -> None:
         """``peer`` is no longer registered; ``tell``: its connection may be up, tell it
@@ -502,6 +508,15 @@ class HubProtocol(Generic[I, R, A]):
         holds = self.holds if routing.freed is not None else None
         if holds is not None and item.kind != KIND_EVENT and item.id in holds:
             self._hold(origin, item, item.id, "", None, now)  # a retry of a held one
+            return
+        if item.attempt > 1 and item.kind != KIND_EVENT and self._quiet_target(item.id, now):
+            # Its instance has it and says nothing: forwarded again, the retry would only
+            # fill a stalled loop's socket (at rcvhwm libzmq drops the connection, and
+            # the instance with it). It waits here for it.
+            recipient = item.recipient or None
+            service = routing.command_service(item.type, recipient)
+            peers = routing.peers_for(item.type, recipient)
+            self._hold(origin, item, item.id, service, peers, now)
             return
         if now < self.grace_until and (item.attempt > 1 or now < self.rejoin_until):
             # A retry reaching a hub that just started may belong to a message a
@@ -678,8 +693,13 @@ class HubProtocol(Generic[I, R, A]):
             key = work.pop()
             peer = routing.peer_of(key)
             inst = routing.instance(peer) if peer is not None else None
-            if peer is None or inst is None:
-                continue
+            if (
+                peer is None
+                or inst is None
+                or routing.is_stalled(peer)
+                or self.liveness.suspect(peer, now)
+            ):
+                continue  # a stalled instance gets what waits for it when it speaks again
             types = inst.commands | inst.events
             while routing.has_room(peer):
                 held = holds.take(key, inst.identity.service, types)
@@ -829,8 +849,13 @@ class HubProtocol(Generic[I, R, A]):
         since = self._stalled.pop(peer, None)
         if since is None:
             return
-        self.routing.set_stalled(peer, False)
-        self.io.stalled(peer, self.routing.instance(peer), now - since, False)
+        routing = self.routing
+        routing.set_stalled(peer, False)
+        inst = routing.instance(peer)
+        self.io.stalled(peer, inst, now - since, False)
+        if inst is not None and routing.freed is not None:
+            routing.freed.add(inst.key)  # the retries held for it go now
+            self.dispatch(now)
 
     def _input(self, now: float) -> None:
         """Something came in from a registered peer. After a silence of every peer
@@ -847,6 +872,17 @@ class HubProtocol(Generic[I, R, A]):
         for peer in list(self._stalled):
             self._resume(peer, now)
         self._rejoin(now)
+
+    def _quiet_target(self, msg_id: bytes, now: float) -> bool:
+        """Whether the instance a message went to before is stalled or has said nothing
+        for more than 1.5 of its intervals."""
+        key = self.routing.sticky_instance(msg_id)
+        if key is None:
+            return False
+        peer = self.routing.peer_of(key)
+        return peer is not None and (
+            self.routing.is_stalled(peer) or self.liveness.suspect(peer, now)
+        )
 
     def _rejoin(self, now: float) -> None:
         """The hub is back after being cut off from every peer: for one grace period

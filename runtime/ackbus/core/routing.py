@@ -195,6 +195,9 @@ class RoutingTable:
     def instance(self, peer: bytes) -> Instance | None:
         return self._instances.get(peer)
 
+    def is_stalled(self, peer: bytes) -> bool:
+        return peer in self._stalled
+
     def set_stalled(self, peer: bytes, stalled: bool) -> None:
         """Mark a registered instance stalled (silent, connection up) or live again: a
         stalled one is chosen for a first attempt only when every other is stalled or
@@ -522,6 +525,11 @@ class RoutingTable:
             key = stick[_KEY]
             peer = self._by_key.get(key)
             if peer is not None and peer in peers:
+                if self._stalled and peer in self._stalled:
+                    # A retry waits for its own instance, held: forwarded into a stalled
+                    # loop's socket it would only fill it (and at rcvhwm libzmq drops the
+                    # connection); its handler is running or queued there already.
+                    return FULL
                 if not stick[_OPEN]:
                     if in_flight[key] >= self._limit[key]:
                         return FULL  # a retry waits for its own instance
