@@ -363,10 +363,8 @@ class HubProtocol(Generic[I, R, A]):
             # instances that got them may not have said HELLO here yet.
             self._lost_view = False
             self._rejoin(now)
-        elif now - self._last_input > self.heartbeat:
-            self._input(now)
         else:
-            self._last_input = now
+            self._input(now)
         interval_ms = max(int(self.heartbeat * 1000), heartbeat_ms)
         limit = max_concurrency or 1000
         self.routing.register(peer, identity, commands, events, limit, now, implements)
@@ -451,13 +449,7 @@ class HubProtocol(Generic[I, R, A]):
         """A heartbeat (or anything) from ``peer``; refused before its HELLO."""
         if peer not in self._tokens:
             raise RemoteProtocolError("heartbeat before HELLO", code=NOT_REGISTERED)
-        self.liveness.seen(peer, now)
-        if now - self._last_input > self.heartbeat:
-            self._input(now)
-        else:
-            self._last_input = now
-        if self._stalled:
-            self._resume(peer, now)
+        self._seen(peer, now)
         freed = self.routing.freed
         if freed is not None:  # retries may wait for it (held while it was quiet)
             inst = self.routing.instance(peer)
@@ -489,13 +481,7 @@ class HubProtocol(Generic[I, R, A]):
             raise RemoteProtocolError(
                 "MESSAGE before HELLO", code=NOT_REGISTERED, message_id=first_id
             )
-        self.liveness.seen(peer, now)
-        if now - self._last_input > self.heartbeat:
-            self._input(now)
-        else:
-            self._last_input = now
-        if self._stalled:
-            self._resume(peer, now)
+        self._seen(peer, now)
 
     def route(self, origin: bytes, item: I, now: float) -> None:
         """Route one item from ``origin``."""
@@ -756,13 +742,7 @@ class HubProtocol(Generic[I, R, A]):
             # The acks are dropped: their senders retry, and the receiver's deduper
             # answers the retry with the same outcome once it said HELLO again.
             raise RemoteProtocolError("ACK before HELLO", code=NOT_REGISTERED)
-        self.liveness.seen(peer, now)
-        if now - self._last_input > self.heartbeat:
-            self._input(now)
-        else:
-            self._last_input = now
-        if self._stalled:
-            self._resume(peer, now)
+        self._seen(peer, now)
         routing = self.routing
         origins = self._origins
         io = self.io
@@ -856,6 +836,13 @@ class HubProtocol(Generic[I, R, A]):
         if inst is not None and routing.freed is not None:
             routing.freed.add(inst.key)  # the retries held for it go now
             self.dispatch(now)
+
+    def _seen(self, peer: bytes, now: float) -> None:
+        """Input from registered ``peer``: it is alive, live again if it was stalled."""
+        self.liveness.seen(peer, now)
+        self._input(now)
+        if self._stalled:
+            self._resume(peer, now)
 
     def _input(self, now: float) -> None:
         """Something came in from a registered peer. After a silence of every peer
