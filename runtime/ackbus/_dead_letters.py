@@ -18,13 +18,21 @@ import os
 import time
 from typing import Protocol
 
+from ._schemas import Schemas, as_json
 from ._types import DeliveryReport, Policy
-from .errors import RemoteProtocolError, StoreError
+from .errors import RemoteProtocolError, SchemaError, StoreError
 from .store import DeadLetter, SqliteStore
 from .store._open import postgres_store_class
 from .wire import KIND_EVENT, MessageItem, encode_message
 
-__all__ = ["DeadLetterStore", "describe", "open_admin", "replay", "summary_line"]
+__all__ = [
+    "DeadLetterStore",
+    "describe",
+    "error_text",
+    "open_admin",
+    "replay",
+    "summary_line",
+]
 
 
 class DeadLetterStore(Protocol):
@@ -50,17 +58,31 @@ def _when(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def error_text(d: DeadLetter) -> str:
+    """The last error's own words: the report's text without the type and id it starts
+    with (``poker.StartHand 3f2a...: ``), which the list shows in columns of their own."""
+    error = d.error
+    for what in (d.msg_type, "message"):
+        prefix = f"{what} {d.msg_id.hex()}: "
+        if error.startswith(prefix):
+            return error[len(prefix) :]
+    return error
+
+
 def summary_line(d: DeadLetter) -> str:
     """One line of ``dead-letters list``."""
-    error = d.error if len(d.error) <= 80 else d.error[:77] + "..."
+    error = error_text(d)
+    error = error if len(error) <= 100 else error[:97] + "..."
     return (
         f"{d.msg_id.hex()}  {_when(d.failed_at)}  {d.msg_type}  {d.reason}  "
         f"attempts={d.attempts}  {error}"
     )
 
 
-def describe(d: DeadLetter) -> str:
-    """Everything ``dead-letters show`` prints about one dead letter."""
+def describe(d: DeadLetter, schemas: Schemas | None = None) -> str:
+    """Everything ``dead-letters show`` prints about one dead letter. A protobuf body is
+    decoded with its type's descriptor from ``schemas`` and shown as JSON; as hex when
+    ``schemas`` does not know the type (saying how to make it known)."""
     lines = [
         f"id:          {d.msg_id.hex()}",
         f"type:        {d.msg_type}",
@@ -68,7 +90,7 @@ def describe(d: DeadLetter) -> str:
         f"kind:        {'event' if d.kind == KIND_EVENT else 'command'}",
         f"reason:      {d.reason}",
         f"attempts:    {d.attempts}",
-        f"last error:  {d.error}",
+        f"last error:  {error_text(d)}",
         f"created:     {_when(d.created_at)} UTC",
         f"failed:      {_when(d.failed_at)} UTC",
     ]
@@ -89,10 +111,21 @@ def describe(d: DeadLetter) -> str:
             text = repr(body)
         lines.append(f"body (JSON, {len(body)} bytes):\n{text}")
     else:
-        shown = body[:512].hex(" ")
-        more = " ..." if len(body) > 512 else ""
-        lines.append(f"body (protobuf {d.msg_type}, {len(body)} bytes):\n{shown}{more}")
+        lines.append(_protobuf_body(d.msg_type, body, schemas))
     return "\n".join(lines)
+
+
+def _protobuf_body(msg_type: str, body: bytes, schemas: Schemas | None) -> str:
+    head = f"body (protobuf {msg_type}, {len(body)} bytes"
+    why = "give --import MODULE or -I DIR to decode it"
+    if schemas is not None:
+        try:
+            return f"{head}, as JSON):\n{as_json(schemas.decode(msg_type, body))}"
+        except SchemaError as exc:
+            why = str(exc)
+    shown = body[:512].hex(" ")
+    more = " ..." if len(body) > 512 else ""
+    return f"{head}; not decoded: {why}):\n{shown}{more}"
 
 
 async def replay(

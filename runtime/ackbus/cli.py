@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import _ops
 from ._version import __version__
 
 __all__ = ["main", "parser"]
@@ -232,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
         if action != "list":
             p.add_argument("ids", nargs="*", metavar="ID", help="message ids or hex prefixes")
             p.add_argument("--all", action="store_true", help="every dead letter")
+        if action == "show":
+            _ops.add_schemas(p)
         if action == "replay":
             p.add_argument("--hub", required=True, metavar="ADDRESS", help="hub to send through")
             p.add_argument(
@@ -284,7 +287,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
                 chosen.extend(found)
             letters = chosen
         if args.action == "show":
-            print("\n\n".join(describe(d) for d in letters))
+            schemas = _ops.schemas_of(args)
+            print("\n\n".join(describe(d, schemas) for d in letters))
         elif args.action == "purge":
             removed = store.remove_dead_letters([d.msg_id for d in letters])
             print(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
@@ -523,15 +527,8 @@ class _PrintIncludePath(argparse.Action):
 
 def _add_proto_path(parser: argparse.ArgumentParser) -> None:
     """``-I/--proto-path DIR`` (repeatable), as ``ackbus gen`` and ``ackbus breaking`` take it."""
-    parser.add_argument(
-        "-I",
-        "--proto-path",
-        dest="include",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="folder to resolve imports and file names from (repeatable; default: .)",
+    _ops.add_proto_path(
+        parser, "folder to resolve imports and file names from (repeatable; default: .)"
     )
 
 

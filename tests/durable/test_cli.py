@@ -49,6 +49,11 @@ def test_list_show_replay_purge(
     assert "3 dead letters" in out
     assert all(mid.hex() in out for mid in ids)
     assert out.count("no-route") == 3
+    for line in out.splitlines()[:3]:
+        # the error's own words, not "ackbus.Bye <id>: " again after the id and type columns
+        assert line.count(line.split()[0]) == 1, line
+        assert "no-route  attempts=" in line
+        assert line.split("attempts=")[1].split(maxsplit=1)[1].startswith("no "), line
 
     assert main(["dead-letters", "show", "--store", str(db), ids[2].hex()[:10]]) == 0
     out = capsys.readouterr().out
@@ -56,6 +61,27 @@ def test_list_show_replay_purge(
     assert "reason:      no-route" in out
     assert "sender:      dealer/" in out
     assert '"text": "hello"' in out, "a JSON body is shown as JSON"
+
+    # A protobuf body: decoded with its type's descriptor when the module is given ...
+    assert (
+        main(["dead-letters", "show", "--store", url, "--import", "ackbus.wire_pb2", ids[0].hex()])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "body (protobuf ackbus.Bye, 7 bytes, as JSON):" in out
+    assert '"reason": "first"' in out
+    # ... and as hex, saying how to decode it, when it is not
+    assert main(["dead-letters", "show", "--store", url, ids[0].hex()]) == 0
+    out = capsys.readouterr().out
+    assert "not decoded: give --import MODULE or -I DIR to decode it" in out
+    assert "0a 05 66 69 72 73 74" in out
+    assert (
+        main(["dead-letters", "show", "--store", url, "--import", "poker.nowhere_pb2", "--all"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("ackbus dead-letters: error: cannot import poker.nowhere_pb2")
+    assert len(err.splitlines()) == 1
 
     assert main(["dead-letters", "show", "--store", url, "ffffffffffff"]) == 1
     assert "no dead letter match" in capsys.readouterr().err
