@@ -105,7 +105,8 @@ chaos: setup
 		tests/integration/test_mixed_stream.py \
 		tests/integration/test_multihub.py \
 		tests/integration/test_stalls.py::test_an_async_handler_that_blocks_is_named_and_no_message_fails \
-		tests/durable/test_ordered_crash.py
+		tests/durable/test_ordered_crash.py \
+		tests/run/test_rolling_restart.py
 
 # The AsyncAPI document and the HTML catalogue of the example schemas, in build/docs/
 # (built, not committed: they follow from schemas/; docs/codegen.md shows the page).

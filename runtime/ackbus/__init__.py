@@ -54,11 +54,13 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from .app import App
     from .blocking import BlockingEndpoint
     from .endpoint import Endpoint, EndpointStats
     from .hub import Hub, HubStats
 
 _LAZY = {
+    "App": "ackbus.app",
     "BlockingEndpoint": "ackbus.blocking",
     "Endpoint": "ackbus.endpoint",
     "EndpointStats": "ackbus.endpoint",
@@ -89,6 +91,7 @@ __all__ = [
     "AckTimeout",
     "AckbusError",
     "AddressError",
+    "App",
     "AsyncBus",
     "BlockingBus",
     "BlockingEndpoint",

@@ -212,6 +212,16 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("file", type=Path, metavar="FILE")
     show.set_defaults(run=_keys)
 
+    run = sub.add_parser(
+        "run",
+        help="run the service an App declares (module:app), stopping gracefully on SIGTERM",
+        description="Run an ackbus.App: flags override ACKBUS_* variables (docs/running.md).",
+    )
+    from ._settings import add_arguments
+
+    add_arguments(run)
+    run.set_defaults(run=_run)
+
     dead = sub.add_parser(
         "dead-letters",
         help="list, show, replay or purge a durable store's dead letters",
@@ -309,6 +319,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
         print("ackbus dead-letters: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .app import run_command
+
+    return run_command(args)
 
 
 def _keys(args: argparse.Namespace) -> int:

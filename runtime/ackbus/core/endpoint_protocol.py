@@ -153,6 +153,8 @@ class EndpointProtocol:
         self._progress_at: float | None = None
         """When the next IN_PROGRESS sweep is due (None: at the oldest start + progress)."""
         self.closed = False
+        self.draining = False
+        """Set by :meth:`drain`: registered with no handlers, new messages turned away."""
         self.receiving = False
         """True between :meth:`begin_batch` and :meth:`end_batch`."""
         self._hubs: list[_Hub] = []
@@ -199,8 +201,32 @@ class EndpointProtocol:
         self.events = tuple(events)
         self.implements = tuple(implements)
         self._types = frozenset(self.commands) | frozenset(self.events)
+        if self.draining:  # handlers registered while draining are not announced
+            self.commands = self.events = self.implements = ()
         for hub in self._hubs:
             self._hello(hub, now)
+
+    def drain(self, now: float) -> None:
+        """Stop taking new messages (a graceful shutdown): say HELLO again to every hub
+        with no handlers, so that it routes nothing more here, and answer a new message
+        that still arrives (sent before the hub heard that) ``NO_ROUTE``, so that its
+        sender routes it again, elsewhere. Messages whose handlers run or wait here go
+        on and are acked; a copy of one of them is answered as before (in progress,
+        or its outcome). Then :meth:`hello_again` and :meth:`answered` tell when the
+        hubs have read everything sent before (the acks), and the driver closes."""
+        self.draining = True
+        self.commands = self.events = self.implements = ()
+        self.hello_again(now)
+
+    def hello_again(self, now: float) -> None:
+        """Say HELLO to every hub again; its WELCOME (:meth:`answered`) means the hub
+        read everything this endpoint sent before it (one connection keeps order)."""
+        for hub in self._hubs:
+            self._hello(hub, now)
+
+    def answered(self, hub: int) -> bool:
+        """Whether ``hub`` answered this endpoint's last HELLO."""
+        return self._hubs[hub].hello_at is None
 
     def connected(self, hub: int, now: float, up: bool = True) -> None:
         """The link to ``hub`` came up (say hello) or went down."""
@@ -459,6 +485,12 @@ class EndpointProtocol:
             if run is not None and run.started < now:
                 run.hub, run.peer = hub, item.peer
                 self._in_progress(hub, item.id, item.peer)
+            return False
+        if self.draining:  # sent before the hub heard we drain: to be routed elsewhere
+            self.deduper.abandon(item.id)
+            error = RemoteError("Draining", f"{self.identity} is shutting down")
+            ack = AckReply(item.id, Outcome.NO_ROUTE, self.identity, error, attempt=item.attempt)
+            self.io.send_ack(hub, ack, item.peer)
             return False
         running = self._running
         key = item.key

@@ -29,7 +29,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, overload
 
@@ -77,6 +77,8 @@ M = TypeVar("M", bound=Message)
 
 
 _DEFAULT_POLICY = Policy()
+_DRAIN_POLL = 0.02
+"""Seconds between looks at what still runs while :meth:`Endpoint.drain` waits."""
 
 
 class Endpoint(Sending, Receiving, HubLinks):
@@ -368,6 +370,47 @@ class Endpoint(Sending, Receiving, HubLinks):
             self,
         )
 
+    async def drain(self, grace: float = 30.0) -> bool:
+        """Shut down gracefully, then :meth:`close`: stop taking new messages (the hubs
+        route nothing more here, and a message already on its way is answered so that
+        its sender routes it again, elsewhere), let the handlers running or waiting here
+        finish and be acked, and wait for the messages this endpoint sent to settle, all
+        within ``grace`` seconds; then make sure every hub read the acks (a HELLO it
+        answers, at least 1 s allowed for it) and say BYE. True when everything
+        finished in time; False when ``close`` had to cancel handlers still running
+        (their senders retry them elsewhere) or give up on pending sends.
+        ``ackbus run`` calls it on SIGTERM (docs/running.md)."""
+        loop = self._loop
+        if self._closed or loop is None or not self._started:
+            await self.close()
+            return True
+        self._proto.drain(loop.time())
+        self._arm_timer()
+        deadline = loop.time() + grace
+        proto = self._proto
+        finished = await _poll(
+            lambda: not proto.running_count() and not self._pending, deadline, loop
+        )
+        # Once the acks left the outboxes, a HELLO follows them on each connection
+        # (a HELLO is put ahead of what is still queued): its WELCOME means the hub
+        # read, and passed on, them. Closing at once could lose them in the socket (no
+        # linger), and the sender's retry would run the handler elsewhere.
+        until = max(deadline, loop.time() + 1.0)
+        links = [h for h in self._links if proto.welcomed(h.index)]
+        await _poll(  # the drain's HELLO answered (its WELCOME must not answer the next)
+            lambda: (
+                all(proto.answered(h.index) for h in links)
+                and not any(h.link.outbox for h in links)
+            ),
+            until,
+            loop,
+        )
+        proto.hello_again(loop.time())
+        self._arm_timer()
+        await _poll(lambda: all(proto.answered(h.index) for h in links), until, loop)
+        await self.close(timeout=max(0.0, deadline - loop.time()))
+        return finished
+
     async def close(self, *, timeout: float = 1.0) -> None:
         """Fail what is pending with :class:`Cancelled`, say BYE and release everything.
 
@@ -426,6 +469,11 @@ class Endpoint(Sending, Receiving, HubLinks):
         return len(self._pending)
 
     @property
+    def running(self) -> int:
+        """Messages received whose handlers run, or wait for a slot, here now."""
+        return self._proto.running_count()
+
+    @property
     def store(self) -> Store | None:
         """The durable store, or ``None`` in memory mode."""
         return self._durable.store if self._durable is not None else None
@@ -448,6 +496,17 @@ class Endpoint(Sending, Receiving, HubLinks):
         """Reports of the messages a previous run left in the store's outbox, sent
         again by :meth:`start` (empty in memory mode)."""
         return self._durable.resumed if self._durable is not None else []
+
+
+async def _poll(done: Callable[[], bool], until: float, loop: asyncio.AbstractEventLoop) -> bool:
+    """Look every :data:`_DRAIN_POLL` seconds until ``done()`` or the loop's clock
+    reaches ``until``; whether it was done (a shutdown's waits, not a hot path)."""
+    while True:
+        if done():
+            return True
+        if loop.time() >= until:
+            return False
+        await asyncio.sleep(_DRAIN_POLL)
 
 
 async def _check_addresses(links: Sequence[Link]) -> str:
