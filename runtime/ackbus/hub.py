@@ -59,6 +59,7 @@ from .transport._keys import HubKeys, KeyGate
 from .wire import (
     DEFAULT_LIMITS,
     LIMIT,
+    METHOD_VERSION,
     NOT_REGISTERED,
     Command,
     Limits,
@@ -371,11 +372,16 @@ class Hub:
         if key:
             self._check_key_limit(peer, token, key, identity)
         self._out(peer).limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
+        # A peer of version 2 also declares the rpcs it handles: routed by name, as
+        # types are (an rpc name has a '/', which no type name has).
+        commands: Sequence[str] = hello.commands
+        if self._version >= METHOD_VERSION and hello.methods:
+            commands = [*commands, *hello.methods]
         self._proto.hello(
             peer,
             identity,
             token,
-            hello.commands,
+            commands,
             hello.events,
             hello.max_concurrency,
             hello.heartbeat_ms,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ackbus import envelope_pb2 as ackbus_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x61\x63kbus/wire.proto\x12\x06\x61\x63kbus\x1a\x15\x61\x63kbus/envelope.proto\"\xb5\x01\n\x05Hello\x12\"\n\x08identity\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x10\n\x08\x63ommands\x18\x02 \x03(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x14\n\x0cheartbeat_ms\x18\x04 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\r\x12\x10\n\x08versions\x18\x06 \x03(\r\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x12\n\nimplements\x18\x08 \x03(\t\"b\n\x07Welcome\x12\x1d\n\x03hub\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x14\n\x0cheartbeat_ms\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"\x89\x02\n\x07Refusal\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.ackbus.Refusal.Code\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\x0c\"\xb5\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\r\n\tMALFORMED\x10\x01\x12\x11\n\rBAD_SIGNATURE\x10\x02\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x03\x12\r\n\tTOO_LARGE\x10\x04\x12\x10\n\x0cUNKNOWN_TYPE\x10\x05\x12\x12\n\x0eNOT_REGISTERED\x10\x06\x12\t\n\x05LIMIT\x10\x07\x12\n\n\x06IN_USE\x10\x08\x12\x10\n\x0cUNAUTHORIZED\x10\t\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x61\x63kbus/wire.proto\x12\x06\x61\x63kbus\x1a\x15\x61\x63kbus/envelope.proto\"\xc6\x01\n\x05Hello\x12\"\n\x08identity\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x10\n\x08\x63ommands\x18\x02 \x03(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x14\n\x0cheartbeat_ms\x18\x04 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\r\x12\x10\n\x08versions\x18\x06 \x03(\r\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x12\n\nimplements\x18\x08 \x03(\t\x12\x0f\n\x07methods\x18\t \x03(\t\"b\n\x07Welcome\x12\x1d\n\x03hub\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x14\n\x0cheartbeat_ms\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"\x89\x02\n\x07Refusal\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.ackbus.Refusal.Code\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\x0c\"\xb5\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\r\n\tMALFORMED\x10\x01\x12\x11\n\rBAD_SIGNATURE\x10\x02\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x03\x12\r\n\tTOO_LARGE\x10\x04\x12\x10\n\x0cUNKNOWN_TYPE\x10\x05\x12\x12\n\x0eNOT_REGISTERED\x10\x06\x12\t\n\x05LIMIT\x10\x07\x12\n\n\x06IN_USE\x10\x08\x12\x10\n\x0cUNAUTHORIZED\x10\t\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ackbus.wire_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO']._serialized_start=53
-  _globals['_HELLO']._serialized_end=234
-  _globals['_WELCOME']._serialized_start=236
-  _globals['_WELCOME']._serialized_end=334
-  _globals['_REFUSAL']._serialized_start=337
-  _globals['_REFUSAL']._serialized_end=602
-  _globals['_REFUSAL_CODE']._serialized_start=421
-  _globals['_REFUSAL_CODE']._serialized_end=602
-  _globals['_BYE']._serialized_start=604
-  _globals['_BYE']._serialized_end=625
+  _globals['_HELLO']._serialized_end=251
+  _globals['_WELCOME']._serialized_start=253
+  _globals['_WELCOME']._serialized_end=351
+  _globals['_REFUSAL']._serialized_start=354
+  _globals['_REFUSAL']._serialized_end=619
+  _globals['_REFUSAL_CODE']._serialized_start=438
+  _globals['_REFUSAL_CODE']._serialized_end=619
+  _globals['_BYE']._serialized_start=621
+  _globals['_BYE']._serialized_end=642
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,7 @@ class Hello(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     IMPLEMENTS_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
     max_concurrency: _builtins.int
@@ -64,6 +65,13 @@ class Hello(_message.Message):
         runs: what a publisher's declared event subscribers are matched against.
         """
 
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rpcs (full names, "poker.Table/StartHand") whose handlers this instance runs:
+        a hub of protocol version 2 routes a message that names its rpc by these. Ignored
+        from a peer that does not list version 2 in versions.
+        """
+
     def __init__(
         self,
         *,
@@ -75,10 +83,11 @@ class Hello(_message.Message):
         versions: _abc.Iterable[_builtins.int] | None = ...,
         max_batch: _builtins.int = ...,
         implements: _abc.Iterable[_builtins.str] | None = ...,
+        methods: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "methods", b"methods", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

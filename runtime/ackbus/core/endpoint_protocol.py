@@ -128,6 +128,8 @@ class EndpointProtocol:
         self.implements: tuple[str, ...] = ()
         """Schema services the handlers run (what HELLO says; declared event
         subscriptions are matched against them)."""
+        self.methods: tuple[str, ...] = ()
+        """The rpcs whose handlers run here ("poker.Table/StartHand"), for the HELLO."""
         self._types: frozenset[str] = frozenset()
         self.hello_retry = hello_retry
         """Seconds to wait for a WELCOME before saying HELLO again."""
@@ -194,15 +196,17 @@ class EndpointProtocol:
         events: Sequence[str],
         now: float,
         implements: Sequence[str] = (),
+        methods: Sequence[str] = (),
     ) -> None:
-        """The types the handlers take (and the schema services they run) changed:
-        register again with every hub."""
+        """The types the handlers take (and the schema services and rpcs they run)
+        changed: register again with every hub."""
         self.commands = tuple(commands)
         self.events = tuple(events)
         self.implements = tuple(implements)
+        self.methods = tuple(methods)
         self._types = frozenset(self.commands) | frozenset(self.events)
         if self.draining:  # handlers registered while draining are not announced
-            self.commands = self.events = self.implements = ()
+            self.commands = self.events = self.implements = self.methods = ()
         for hub in self._hubs:
             self._hello(hub, now)
 
@@ -215,7 +219,7 @@ class EndpointProtocol:
         or its outcome). Then :meth:`hello_again` and :meth:`answered` tell when the
         hubs have read everything sent before (the acks), and the driver closes."""
         self.draining = True
-        self.commands = self.events = self.implements = ()
+        self.commands = self.events = self.implements = self.methods = ()
         self.hello_again(now)
 
     def hello_again(self, now: float) -> None:
@@ -567,6 +571,20 @@ class EndpointProtocol:
         """Messages whose handlers this endpoint runs now or that wait for a slot (the
         ones its lease covers)."""
         return len(self._running)
+
+    def unhandled(self, hub: int, item: InboundItem, why: str, permanent: bool) -> None:
+        """A message of a type handled here that no handler takes (checked before
+        :meth:`accept`): it names an rpc not run here (answered NO_ROUTE, so the sender
+        may be routed to an instance that runs it), or it names none and several rpcs
+        take its type (``permanent``: REJECTED, a retry cannot help)."""
+        self.stats.received += 1
+        if permanent:
+            error = RemoteError("AmbiguousMethod", why, True)
+            ack = AckReply(item.id, Outcome.REJECTED, self.identity, error)
+        else:
+            error = RemoteError("NoHandler", f"{self.identity}: {why}")
+            ack = AckReply(item.id, Outcome.NO_ROUTE, self.identity, error, attempt=item.attempt)
+        self.io.send_ack(hub, ack, item.peer)
 
     def undecodable(self, hub: int, item: InboundItem, why: str, now: float) -> None:
         """An accepted message whose envelope or body could not be decoded."""

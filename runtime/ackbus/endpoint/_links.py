@@ -13,7 +13,7 @@ from .._types import (
 from .._watchdog import handler_codes
 from ..core.endpoint_protocol import AckReply
 from ..wire import (
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     encode_ack,
     encode_heartbeat,
     encode_hello,
@@ -47,9 +47,10 @@ class HubLinks(EndpointBase):
             events=proto.events,
             heartbeat_ms=int(self.heartbeat * 1000),
             max_concurrency=self.max_concurrency,
-            versions=[PROTOCOL_VERSION],
+            versions=SUPPORTED_VERSIONS,
             max_batch=self.limits.max_batch,
             implements=proto.implements,
+            methods=proto.methods,
         )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance
@@ -91,6 +92,7 @@ class HubLinks(EndpointBase):
             self._dispatch.types(Kind.EVENT),
             self._loop.time() if self._loop is not None else 0.0,
             self._dispatch.services(),
+            self._dispatch.methods(),
         )
 
     def _on_connection(self, hub: HubLink, up: bool) -> None:

@@ -25,7 +25,6 @@ from ._codec import (
     ID_SIZE,
     MALFORMED,
     MAX_NAME,
-    PROTOCOL_VERSION,
     REFUSAL_FRAME,
     ROUTED_FRAME,
     SUPPORTED_VERSIONS,
@@ -314,7 +313,7 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
     _name(service, "HELLO service name", b"")
     if len(hello.identity.instance.encode()) > MAX_NAME:
         raise _bad("HELLO instance name too long")
-    declared = len(hello.commands) + len(hello.events) + len(hello.implements)
+    declared = len(hello.commands) + len(hello.events) + len(hello.implements) + len(hello.methods)
     if declared > limits.max_hello_types:
         raise _bad(
             f"HELLO declares {declared} types and services, more than the limit of "
@@ -324,6 +323,7 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
     for what, names in (
         ("handled type", (*hello.commands, *hello.events)),
         ("implemented service", hello.implements),
+        ("handled rpc", hello.methods),
     ):
         for name in names:
             _name(name.encode(), what, b"", UNKNOWN_TYPE)
@@ -395,7 +395,7 @@ def decode_refusal(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> 
 
 def negotiate(versions: Sequence[int]) -> int:
     """The highest version both sides speak; UNSUPPORTED_VERSION if none."""
-    common = set(versions or (PROTOCOL_VERSION,)) & set(SUPPORTED_VERSIONS)
+    common = set(versions or (1,)) & set(SUPPORTED_VERSIONS)
     if not common:
         raise _bad(
             f"no common protocol version: peer speaks {sorted(versions)}, "
