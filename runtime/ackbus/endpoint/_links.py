@@ -10,6 +10,7 @@ from .. import wire_pb2
 from .._types import (
     Kind,
 )
+from .._version import __version__
 from .._watchdog import handler_codes
 from ..core.endpoint_protocol import AckReply
 from ..wire import (
@@ -21,6 +22,9 @@ from ..wire import (
 from ._base import EndpointBase, HubLink
 
 log = logging.getLogger("ackbus.endpoint")
+
+AGENT = f"ackbus-python/{__version__}"
+"""What an endpoint's HELLO says of its software (``Hello.agent``, for ``ackbus status``)."""
 
 RECONNECT_AFTER = 5.0
 """Seconds a connected link says HELLO unanswered before it reconnects: longer than a
@@ -51,6 +55,7 @@ class HubLinks(EndpointBase):
             max_batch=self.limits.max_batch,
             implements=proto.implements,
             methods=proto.methods,
+            agent=AGENT,
         )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance

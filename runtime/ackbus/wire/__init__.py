@@ -15,6 +15,8 @@ multipart.
 from ._acks import ack_replies, encode_ack, encode_full_ack
 from ._codec import (
     ACK_FRAME,
+    ADMIN_FRAME,
+    ADMIN_REPLY_FRAME,
     BAD_SIGNATURE,
     BUFFER_VIEW_FROM,
     BYE_FRAME,
@@ -73,6 +75,8 @@ from ._codec import (
 from ._control import (
     AckGroup,
     Routed,
+    decode_admin_reply,
+    decode_admin_request,
     decode_bye,
     decode_heartbeat,
     decode_hello,
@@ -81,6 +85,8 @@ from ._control import (
     decode_routed,
     decode_welcome,
     encode_acks,
+    encode_admin_reply,
+    encode_admin_request,
     encode_bye,
     encode_heartbeat,
     encode_hello,
@@ -101,6 +107,8 @@ from ._outbox import Multipart, Outbox
 
 __all__ = [
     "ACK_FRAME",
+    "ADMIN_FRAME",
+    "ADMIN_REPLY_FRAME",
     "BAD_SIGNATURE",
     "BUFFER_VIEW_FROM",
     "BYE_FRAME",
@@ -149,6 +157,8 @@ __all__ = [
     "ack_replies",
     "check_name",
     "command_frame",
+    "decode_admin_reply",
+    "decode_admin_request",
     "decode_bye",
     "decode_command",
     "decode_heartbeat",
@@ -160,6 +170,8 @@ __all__ = [
     "decode_welcome",
     "encode_ack",
     "encode_acks",
+    "encode_admin_reply",
+    "encode_admin_request",
     "encode_bye",
     "encode_envelope",
     "encode_full_ack",

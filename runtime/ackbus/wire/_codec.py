@@ -73,6 +73,10 @@ class Command(enum.IntEnum):
     HEARTBEAT = 6
     BYE = 7
     REFUSAL = 8
+    ADMIN = 9
+    """An operator's request (``ackbus status``, ``tail``): ``ackbus.AdminRequest``."""
+    ADMIN_REPLY = 10
+    """A hub's answer to ADMIN: ``ackbus.AdminReply``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,8 @@ ROUTED_FRAME: Final = command_frame(Command.ROUTED)
 HEARTBEAT_FRAME: Final = command_frame(Command.HEARTBEAT)
 BYE_FRAME: Final = command_frame(Command.BYE)
 REFUSAL_FRAME: Final = command_frame(Command.REFUSAL)
+ADMIN_FRAME: Final = command_frame(Command.ADMIN)
+ADMIN_REPLY_FRAME: Final = command_frame(Command.ADMIN_REPLY)
 
 
 def decode_command(frames: Sequence[bytes]) -> Command:

@@ -18,11 +18,14 @@ from .. import envelope_pb2, wire_pb2
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ._codec import (
     ACK_FRAME,
+    ADMIN_FRAME,
+    ADMIN_REPLY_FRAME,
     BYE_FRAME,
     DEFAULT_LIMITS,
     HEARTBEAT_FRAME,
     HELLO_FRAME,
     ID_SIZE,
+    LIMIT,
     MALFORMED,
     MAX_NAME,
     REFUSAL_FRAME,
@@ -391,6 +394,32 @@ def decode_refusal(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> 
     except ValueError:
         code = "CODE_UNSPECIFIED"
     return RemoteProtocolError(refusal.reason, code=code, message_id=refusal.message_id)
+
+
+def encode_admin_request(req: wire_pb2.AdminRequest) -> list[bytes]:
+    return _control(ADMIN_FRAME, req)
+
+
+def decode_admin_request(
+    frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+) -> wire_pb2.AdminRequest:
+    req = wire_pb2.AdminRequest()
+    _parse(frames, req, limits)
+    if len(req.types) + len(req.services) > limits.max_hello_types:
+        raise _bad(f"AdminRequest with {len(req.types) + len(req.services)} filters", LIMIT)
+    return req
+
+
+def encode_admin_reply(reply: wire_pb2.AdminReply) -> list[bytes]:
+    return _control(ADMIN_REPLY_FRAME, reply)
+
+
+def decode_admin_reply(
+    frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+) -> wire_pb2.AdminReply:
+    reply = wire_pb2.AdminReply()
+    _parse(frames, reply, limits)
+    return reply
 
 
 def negotiate(versions: Sequence[int]) -> int:
