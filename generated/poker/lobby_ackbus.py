@@ -176,7 +176,6 @@ class LobbyClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
-            method="poker.Lobby/RegisterService",
         )
 
     async def request_register_service(
@@ -261,7 +260,6 @@ class LobbyClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
-            method="poker.Lobby/RegisterService",
         )
 
 
@@ -365,7 +363,6 @@ class LobbyBlockingClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
-            method="poker.Lobby/RegisterService",
         )
 
     def request_register_service(
@@ -450,7 +447,6 @@ class LobbyBlockingClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
-            method="poker.Lobby/RegisterService",
         )
 
 
@@ -461,7 +457,7 @@ class LobbyHandler(ackbus.Handler):
     """
 
     __ackbus_service__ = "poker.Lobby"
-    __ackbus_methods__ = ackbus.declare_rpcs(
+    __ackbus_methods__ = (
         ackbus.MethodSpec(
             service="poker.Lobby",
             name="RegisterService",
@@ -554,7 +550,7 @@ class AuditHandler(ackbus.Handler):
     """
 
     __ackbus_service__ = "poker.Audit"
-    __ackbus_methods__ = ackbus.declare_rpcs(
+    __ackbus_methods__ = (
         ackbus.MethodSpec(
             service="poker.Audit",
             name="HandStarted",

@@ -387,7 +387,6 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_START_HAND_POLICY if policy is None else policy,
-            method="poker.Table/StartHand",
         )
 
     async def send_deal_cards(
@@ -467,7 +466,6 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_DEAL_CARDS_POLICY if policy is None else policy,
-            method="poker.Table/DealCards",
         )
 
     async def send_player_action(
@@ -562,7 +560,6 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
-            method="poker.Table/PlayerAction",
         )
 
     async def send_get_table_state(
@@ -634,7 +631,6 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
-            method="poker.Table/GetTableState",
         )
 
     async def request_get_table_state(
@@ -698,7 +694,6 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
-            method="poker.Table/GetTableState",
         )
 
 
@@ -798,7 +793,6 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_START_HAND_POLICY if policy is None else policy,
-            method="poker.Table/StartHand",
         )
 
     def send_deal_cards(
@@ -878,7 +872,6 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_DEAL_CARDS_POLICY if policy is None else policy,
-            method="poker.Table/DealCards",
         )
 
     def send_player_action(
@@ -973,7 +966,6 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
-            method="poker.Table/PlayerAction",
         )
 
     def send_get_table_state(
@@ -1045,7 +1037,6 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
-            method="poker.Table/GetTableState",
         )
 
     def request_get_table_state(
@@ -1109,7 +1100,6 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
-            method="poker.Table/GetTableState",
         )
 
 
@@ -1120,7 +1110,7 @@ class TableHandler(ackbus.Handler):
     """
 
     __ackbus_service__ = "poker.Table"
-    __ackbus_methods__ = ackbus.declare_rpcs(
+    __ackbus_methods__ = (
         ackbus.MethodSpec(
             service="poker.Table",
             name="StartHand",

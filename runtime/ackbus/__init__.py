@@ -23,8 +23,6 @@ from ._types import (
     Registry,
     SubscriberPolicy,
     Untyped,
-    declare_rpcs,
-    rpcs_taking,
     unimplemented,
 )
 from ._version import __version__
@@ -33,7 +31,6 @@ from .errors import (
     AckbusError,
     AckTimeout,
     AddressError,
-    AmbiguousMethod,
     Cancelled,
     ClosedError,
     ConnectTimeout,
@@ -94,7 +91,6 @@ __all__ = [
     "AckTimeout",
     "AckbusError",
     "AddressError",
-    "AmbiguousMethod",
     "App",
     "AsyncBus",
     "BlockingBus",
@@ -136,8 +132,6 @@ __all__ = [
     "Untyped",
     "WaitTimeout",
     "__version__",
-    "declare_rpcs",
     "field_error",
-    "rpcs_taking",
     "unimplemented",
 ]

@@ -1,5 +1,6 @@
-"""``ackbus run`` under a rolling restart, with real processes: a real ``ackbus hub``, two
-``ackbus run`` instances of one service (tests/run/table_app.py), a sender streaming
+"""``ackbus run`` under a rolling restart, with real processes (the pytest plugin's
+``ackbus_hub`` and ``ackbus_service`` fixtures): a real ``ackbus hub``, two ``ackbus run``
+instances of one service (tests/run/table_app.py), a sender streaming
 commands with wait_ack; SIGTERM to one instance mid-stream and a new one started. Every
 command is acked, and every one ran exactly once (counted from the instances' logs).
 
@@ -12,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from ackbus import Endpoint
+from ackbus.testing.pytest_plugin import ServiceProcess
 from helpers import eventually
 from poker import table_ackbus
-from proc_harness import Procs, free_port
 
 HERE = Path(__file__).resolve().parent
 CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"
@@ -35,33 +36,30 @@ POLICY = table_ackbus.TABLE_START_HAND_POLICY.with_(
 
 
 class Instances:
-    """``ackbus run table_app:app`` processes, each with its own run log."""
+    """``ackbus run table_app:app`` processes (the pytest plugin's ``ackbus_service``),
+    each with its own run log."""
 
-    def __init__(self, procs: Procs, hub: str, tmp: Path) -> None:
-        self.procs = procs
-        self.hub = hub
+    def __init__(self, start: Callable[..., ServiceProcess], tmp: Path) -> None:
+        self._start = start
         self.tmp = tmp
         self.logs: list[Path] = []
         self.count = 0
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self) -> ServiceProcess:
         self.count += 1
         log = self.tmp / f"table-{self.count}.log"
         self.logs.append(log)
         # both entry points: the ackbus command's subcommand and python -m ackbus.run
-        entry = ["-m", "ackbus.cli", "run"] if self.count % 2 else ["-m", "ackbus.run"]
-        return self.procs.start(
-            *entry,
+        command = ("ackbus.cli", "run") if self.count % 2 else ("ackbus.run",)
+        return self._start(
             "table_app:app",
-            "--app-dir",
-            str(HERE),
             "--grace",
             "20",
             "--log-level",
             "WARNING",
-            env={"ACKBUS_HUBS": self.hub, "TABLE_APP_LOG": str(log)},
-            ready=b"ready",
-            timeout=30,
+            app_dir=HERE,
+            env={"TABLE_APP_LOG": str(log)},
+            command=command,
         )
 
     def hooks(self) -> list[str]:
@@ -86,20 +84,16 @@ class Instances:
         return begun > len(lines) - begun
 
 
-async def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> tuple[int, str]:
+async def _stop(proc: ServiceProcess, sig: signal.Signals) -> tuple[int, str]:
     """Signal an instance and wait for it to exit: its status and what it printed."""
-    proc.send_signal(sig)
-    out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
-    return proc.returncode, out.decode()
+    return await asyncio.to_thread(proc.stop, sig, 60)
 
 
 async def test_rolling_restart_loses_nothing_and_runs_nothing_twice(
-    procs: Procs, tmp_path: Path
+    ackbus_hub: str, ackbus_service: Callable[..., ServiceProcess], tmp_path: Path
 ) -> None:
-    port = free_port()
-    procs.hub(port)
-    hub = f"tcp://127.0.0.1:{port}"
-    instances = Instances(procs, hub, tmp_path)
+    hub = ackbus_hub
+    instances = Instances(ackbus_service, tmp_path)
     live = [await asyncio.to_thread(instances.start) for _ in range(2)]
 
     sent: list[bytes] = []
