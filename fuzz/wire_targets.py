@@ -63,6 +63,9 @@ def as_hub(frames: Sequence[bytes]) -> object:
         return version, identity
     if cmd is wire.Command.BYE:
         return wire.decode_bye(frames, LIMITS)
+    if cmd is wire.Command.ADMIN:
+        req = wire.decode_admin_request(frames, LIMITS)
+        return req.kind, list(req.types), list(req.services), req.lease_ms
     raise RemoteProtocolError(f"{cmd.name} is not a command a hub accepts")
 
 
@@ -283,6 +286,18 @@ def random_multipart(rng: random.Random) -> list[bytes]:
         return wire.encode_heartbeat()
     if cmd is wire.Command.BYE:
         return wire.encode_bye(rng.choice(("", "closing", "x" * 600)))
+    if cmd is wire.Command.ADMIN:
+        return wire.encode_admin_request(
+            wire_pb2.AdminRequest(
+                kind=wire_pb2.AdminRequest.Kind.ValueType(rng.choice((1, 2, 3, 7))),
+                types=["poker.*"] * rng.randrange(3),
+            )
+        )
+    if cmd is wire.Command.ADMIN_REPLY:
+        traffic = wire_pb2.Traffic(message_id=rng.randbytes(16), type="poker.X", outcome="ok")
+        return wire.encode_admin_reply(
+            wire_pb2.AdminReply(status_json="{}", traffic=[traffic] * rng.randrange(3))
+        )
     return wire.encode_refusal(
         rng.choice(sorted(CODES)), rng.choice(("why", "")), rng.choice((b"", rng.randbytes(16)))
     )

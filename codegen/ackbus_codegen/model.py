@@ -136,6 +136,12 @@ class Method:
     docs: MethodDocs
 
     @property
+    def rpc(self) -> str:
+        """The rpc as messages name it: "poker.Table/StartHand"."""
+        service, _, name = self.full_name.rpartition(".")
+        return f"{service}/{name}"
+
+    @property
     def direct_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.direct)
 
@@ -424,14 +430,17 @@ class _Builder:
                 self._restore(saved)
                 self.warnings.append(f"{mwhere}: rpc {rpc_full} skipped: {why}")
                 continue
-            other = by_request.get(method.request_full_name)
+            # Commands are addressed by rpc, so several may share a request type; an
+            # event is delivered to a subscriber by its type, so one rpc takes it.
+            other = by_request.get(method.request_full_name) if method.event else None
             if other is not None:
                 raise GenerationError(
-                    f"{mwhere}: rpc {rpc_full} and rpc {other} both take "
-                    f"{method.request_full_name}; ackbus routes by message type, so one "
-                    "service can handle each type with one rpc only"
+                    f"{mwhere}: rpc {rpc_full} and rpc {other} both subscribe to event "
+                    f"{method.request_full_name}; a service receives an event once, so one "
+                    "rpc handles it: keep one, or split them into two services"
                 )
-            by_request[method.request_full_name] = rpc_full
+            if method.event:
+                by_request[method.request_full_name] = rpc_full
             methods.append(method)
         if not methods:
             self.warnings.append(f"{where}: service {full} skipped: it has no rpc ackbus maps")

@@ -176,6 +176,7 @@ class LobbyClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            method="poker.Lobby/RegisterService",
         )
 
     async def request_register_service(
@@ -260,6 +261,7 @@ class LobbyClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            method="poker.Lobby/RegisterService",
         )
 
 
@@ -363,6 +365,7 @@ class LobbyBlockingClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            method="poker.Lobby/RegisterService",
         )
 
     def request_register_service(
@@ -447,6 +450,7 @@ class LobbyBlockingClient:
             priority=priority,
             headers=headers,
             policy=LOBBY_REGISTER_SERVICE_POLICY if policy is None else policy,
+            method="poker.Lobby/RegisterService",
         )
 
 
@@ -457,7 +461,7 @@ class LobbyHandler(ackbus.Handler):
     """
 
     __ackbus_service__ = "poker.Lobby"
-    __ackbus_methods__ = (
+    __ackbus_methods__ = ackbus.declare_rpcs(
         ackbus.MethodSpec(
             service="poker.Lobby",
             name="RegisterService",
@@ -550,7 +554,7 @@ class AuditHandler(ackbus.Handler):
     """
 
     __ackbus_service__ = "poker.Audit"
-    __ackbus_methods__ = (
+    __ackbus_methods__ = ackbus.declare_rpcs(
         ackbus.MethodSpec(
             service="poker.Audit",
             name="HandStarted",

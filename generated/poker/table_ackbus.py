@@ -387,6 +387,7 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_START_HAND_POLICY if policy is None else policy,
+            method="poker.Table/StartHand",
         )
 
     async def send_deal_cards(
@@ -466,6 +467,7 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_DEAL_CARDS_POLICY if policy is None else policy,
+            method="poker.Table/DealCards",
         )
 
     async def send_player_action(
@@ -560,6 +562,7 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
+            method="poker.Table/PlayerAction",
         )
 
     async def send_get_table_state(
@@ -631,6 +634,7 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            method="poker.Table/GetTableState",
         )
 
     async def request_get_table_state(
@@ -694,6 +698,7 @@ class TableClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            method="poker.Table/GetTableState",
         )
 
 
@@ -793,6 +798,7 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_START_HAND_POLICY if policy is None else policy,
+            method="poker.Table/StartHand",
         )
 
     def send_deal_cards(
@@ -872,6 +878,7 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_DEAL_CARDS_POLICY if policy is None else policy,
+            method="poker.Table/DealCards",
         )
 
     def send_player_action(
@@ -966,6 +973,7 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_PLAYER_ACTION_POLICY if policy is None else policy,
+            method="poker.Table/PlayerAction",
         )
 
     def send_get_table_state(
@@ -1037,6 +1045,7 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            method="poker.Table/GetTableState",
         )
 
     def request_get_table_state(
@@ -1100,6 +1109,7 @@ class TableBlockingClient:
             priority=priority,
             headers=headers,
             policy=TABLE_GET_TABLE_STATE_POLICY if policy is None else policy,
+            method="poker.Table/GetTableState",
         )
 
 
@@ -1110,7 +1120,7 @@ class TableHandler(ackbus.Handler):
     """
 
     __ackbus_service__ = "poker.Table"
-    __ackbus_methods__ = (
+    __ackbus_methods__ = ackbus.declare_rpcs(
         ackbus.MethodSpec(
             service="poker.Table",
             name="StartHand",

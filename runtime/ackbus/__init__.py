@@ -23,6 +23,8 @@ from ._types import (
     Registry,
     SubscriberPolicy,
     Untyped,
+    declare_rpcs,
+    rpcs_taking,
     unimplemented,
 )
 from ._version import __version__
@@ -31,6 +33,7 @@ from .errors import (
     AckbusError,
     AckTimeout,
     AddressError,
+    AmbiguousMethod,
     Cancelled,
     ClosedError,
     ConnectTimeout,
@@ -91,6 +94,7 @@ __all__ = [
     "AckTimeout",
     "AckbusError",
     "AddressError",
+    "AmbiguousMethod",
     "App",
     "AsyncBus",
     "BlockingBus",
@@ -132,6 +136,8 @@ __all__ = [
     "Untyped",
     "WaitTimeout",
     "__version__",
+    "declare_rpcs",
     "field_error",
+    "rpcs_taking",
     "unimplemented",
 ]

@@ -7,6 +7,7 @@ the key's name (its file's stem in the hub's ``clients/`` folder)::
     services = ["orders"]                   # may register (say HELLO) as these services
     send = ["orders.*", "billing.Charge"]   # may send and publish these types (optional: all)
     handles = ["orders.*"]                  # may declare handlers for these (optional: all)
+    admin = true                            # may ask for status and tail (optional: false)
 
 Patterns are shell-style (``fnmatch``, case-sensitive) over full type names. A key with
 no table may do nothing. :meth:`Access.load` checks the whole file and raises
@@ -29,7 +30,7 @@ from .errors import AccessFileError
 
 __all__ = ["Access", "Grant"]
 
-_FIELDS = ("services", "send", "handles")
+_FIELDS = ("services", "send", "handles", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 """Key names, as ``ackbus keys generate`` makes them."""
 
@@ -42,6 +43,8 @@ class Grant:
     services: tuple[str, ...]
     send: tuple[str, ...] | None
     handles: tuple[str, ...] | None
+    admin: bool = False
+    """May ask the hub for its status and traffic (``ackbus status``, ``ackbus tail``)."""
 
 
 class Access:
@@ -112,6 +115,15 @@ class Access:
             f"allows {', '.join(grant.handles) or 'nothing'}"
         )
 
+    def may_admin(self, key: str) -> str | None:
+        grant = self.grants.get(key)
+        if grant is not None and grant.admin:
+            return None
+        return (
+            f"key {key!r} may not ask the hub for its status or traffic: only keys marked "
+            f"admin = true in {self.path} may"
+        )
+
     def _stranger(self, key: str) -> str:
         return f"key {key!r} has no [clients.{key}] table in {self.path}: it may do nothing"
 
@@ -149,8 +161,13 @@ def _grants(path: str, text: str, data: dict[str, object]) -> dict[str, Grant]:
                     _where(text, where, field),
                     f"unknown key {where}.{field} (known: {', '.join(_FIELDS)})",
                 )
+        admin = table.get("admin", False)
+        if not isinstance(admin, bool):
+            raise AccessFileError(
+                path, _where(text, where, "admin"), f"{where}.admin must be true or false"
+            )
         lists = {}
-        for field in _FIELDS:
+        for field in _FIELDS[:3]:
             value = table.get(field)
             if value is None:
                 continue
@@ -162,7 +179,7 @@ def _grants(path: str, text: str, data: dict[str, object]) -> dict[str, Grant]:
                 )
             lists[field] = tuple(value)
         grants[name] = Grant(
-            name, lists.get("services", ()), lists.get("send"), lists.get("handles")
+            name, lists.get("services", ()), lists.get("send"), lists.get("handles"), admin
         )
     return grants
 

@@ -1,9 +1,15 @@
-"""Which handler runs for which message type, in one endpoint.
+"""Which handler runs for which message, in one endpoint.
 
 An endpoint registers generated handler objects (one route per rpc the subclass
-implements) and plain functions by message class (the dynamic path). Every route
-knows the class to decode the body into, whether the type is a command or an event
-subscription, and the class of the response when it is a request.
+implements, found by the rpc's name, "poker.Table/StartHand", for a command and by its
+type for an event) and plain functions by message class (the dynamic path, found by
+type). Every route knows the class to decode the body into, whether the type is a
+command or an event subscription, and the class of the response when it is a request.
+
+A message that names its rpc runs that rpc's handler, or a handler registered for its
+type; one that names none (a dynamic ``send``, a sender of protocol version 1) runs the
+handler of its type, or the one rpc taking it: where several rpcs take the type it is
+ambiguous (:meth:`Dispatcher.resolve` says which).
 
 A handler is an ``async def`` (run on the endpoint's loop, eagerly) or a plain ``def``
 (run in the endpoint's worker pool, :mod:`ackbus._workers`); each route records which.
@@ -14,14 +20,22 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 
 from ._types import Context, Handler, Kind
 from .errors import SchemaError
 
-__all__ = ["DictHandlerFn", "Dispatcher", "HandlerFn", "MessageHandlerFn", "Route", "is_sync"]
+__all__ = [
+    "DictHandlerFn",
+    "Dispatcher",
+    "HandlerFn",
+    "MessageHandlerFn",
+    "Route",
+    "Unhandled",
+    "is_sync",
+]
 
 M = TypeVar("M", bound=Message)
 
@@ -63,13 +77,31 @@ class Route:
     """Where it came from, for error messages ("TableHandler.on_start_hand")."""
     sync: bool = False
     """``fn`` is a plain function: it runs in the endpoint's worker pool, not on its loop."""
+    method: str = ""
+    """The rpc ("poker.Table/StartHand") a generated handler's command route runs; ""
+    for a route found by type (events, handlers registered by type)."""
+
+    @property
+    def name(self) -> str:
+        """What the route is found by: its rpc, else its type."""
+        return self.method or self.msg_type
+
+
+class Unhandled(NamedTuple):
+    """Why no route takes a message: ``permanent`` when a retry cannot help (it names
+    no rpc and several take its type), else the hub may route it elsewhere."""
+
+    why: str
+    permanent: bool
 
 
 class Dispatcher:
-    """Message type name → route. Registering the same type twice is an error."""
+    """Rpc or message type name → route. Registering the same name twice is an error."""
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        self._rpcs: dict[str, list[Route]] = {}
+        """Command type → the rpc routes taking it."""
         self._services: set[str] = set()
         """Schema services whose rpcs registered handlers run."""
 
@@ -90,6 +122,7 @@ class Dispatcher:
                 response=spec.response,
                 origin=f"{type(handler).__name__}.{spec.handler_attr}",
                 sync=is_sync(fn),
+                method="" if spec.policy.kind is Kind.EVENT else spec.full_name,
             )
             for spec in methods
             for fn in [getattr(handler, spec.handler_attr)]
@@ -147,25 +180,56 @@ class Dispatcher:
 
     def _add_all(self, routes: list[Route]) -> None:
         for route in routes:
-            known = self._routes.get(route.msg_type)
+            known = self._routes.get(route.name)
             if known is not None:
                 raise SchemaError(
-                    f"{route.msg_type} already has a handler ({known.origin}); "
+                    f"{route.name} already has a handler ({known.origin}); "
                     f"cannot also register {route.origin}"
                 )
         for route in routes:
-            self._routes[route.msg_type] = route
+            self._routes[route.name] = route
+            if route.method:
+                self._rpcs.setdefault(route.msg_type, []).append(route)
 
-    def get(self, msg_type: str) -> Route | None:
-        return self._routes.get(msg_type)
+    def get(self, name: str) -> Route | None:
+        """The route registered under rpc or type ``name``."""
+        return self._routes.get(name)
+
+    def resolve(self, method: str, msg_type: str) -> Route | Unhandled:
+        """The route for a message of type ``msg_type`` naming rpc ``method`` ("" for
+        none), or why there is none."""
+        routes = self._routes
+        if method:
+            route = routes.get(method) or routes.get(msg_type)
+            if route is not None:
+                return route
+            return Unhandled(f"no handler for rpc {method} here", False)
+        route = routes.get(msg_type)
+        if route is not None:
+            return route
+        rpcs = self._rpcs.get(msg_type)
+        if rpcs is None:
+            return Unhandled(f"no handler for {msg_type} here", False)
+        if len(rpcs) == 1:
+            return rpcs[0]
+        names = ", ".join(sorted(r.method for r in rpcs))
+        return Unhandled(
+            f"{msg_type} names no rpc and several take it ({names}): the sender must "
+            "name one (a generated client does; send(msg, method=...))",
+            True,
+        )
 
     def routes(self) -> list[Route]:
-        """Every route (one per type name; a by-name handler may have two)."""
+        """Every route (one per rpc or type name; a by-name handler may have two)."""
         return list(self._routes.values())
 
     def types(self, kind: Kind) -> list[str]:
-        """Registered type names of one kind, sorted (for the hello)."""
-        return sorted(name for name, r in self._routes.items() if r.kind is kind)
+        """The type names routes of one kind take, sorted (for the hello)."""
+        return sorted({r.msg_type for r in self._routes.values() if r.kind is kind})
+
+    def methods(self) -> list[str]:
+        """The rpcs routes run, sorted (for the hello)."""
+        return sorted(r.method for r in self._routes.values() if r.method)
 
     def add_service(self, service: str) -> None:
         """Count schema service ``service`` among those this endpoint runs."""

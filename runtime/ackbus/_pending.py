@@ -69,6 +69,8 @@ def settle_failed(
     if report is None:
         return None
     report._frame = b""
+    # The protocol tracks a message by the rpc it names, if any: the error names its type.
+    error.message_type = report.message_type
     report._settle(
         DeliveryStatus.FAILED,
         attempts=c.attempts,

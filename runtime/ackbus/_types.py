@@ -36,6 +36,8 @@ __all__ = [
     "Registry",
     "SubscriberPolicy",
     "Untyped",
+    "declare_rpcs",
+    "rpcs_taking",
     "unimplemented",
 ]
 
@@ -83,6 +85,43 @@ class MethodSpec:
     @property
     def request_type(self) -> str:
         return self.request.DESCRIPTOR.full_name
+
+    @property
+    def full_name(self) -> str:
+        """The rpc as messages name it: "poker.Table/StartHand"."""
+        return f"{self.service}/{self.name}"
+
+
+_RPCS: dict[str, dict[str, None]] = {}
+"""Request type → the rpcs taking it (an ordered set), as generated modules declared
+them on import (:func:`declare_rpcs`)."""
+_TAKING: dict[type[Message], tuple[str, ...]] = {}
+
+
+def declare_rpcs(*specs: MethodSpec) -> tuple[MethodSpec, ...]:
+    """Record the rpcs a generated module declares (which request type each takes), so
+    that a dynamic ``send(msg)`` knows the rpcs its type may be for; returns them."""
+    for spec in specs:
+        _RPCS.setdefault(spec.request_type, {})[spec.full_name] = None
+    _TAKING.clear()
+    return specs
+
+
+def rpcs_taking(cls: type[Message]) -> tuple[str, ...]:
+    """The rpcs ("package.Service/Method") known to take messages of class ``cls``,
+    sorted: those of the services of the file that declares the type, and those
+    imported generated modules declared (:func:`declare_rpcs`)."""
+    known = _TAKING.get(cls)
+    if known is not None:
+        return known
+    desc = cls.DESCRIPTOR
+    names = dict(_RPCS.get(desc.full_name, {}))
+    for service in desc.file.services_by_name.values():
+        for method in service.methods:
+            if method.input_type.full_name == desc.full_name:
+                names[f"{service.full_name}/{method.name}"] = None
+    known = _TAKING[cls] = tuple(sorted(names))
+    return known
 
 
 class Registry:
@@ -209,6 +248,9 @@ class RequestOptions(SendOptionsBase, total=False):
 
     to: str | None
     """The service to send to, when several handle the type."""
+    method: str | None
+    """The rpc it is for ("poker.Table/StartHand"): generated clients name theirs; a
+    dynamic send of a type several rpcs take must (:class:`~ackbus.AmbiguousMethod`)."""
 
 
 class SendOptions(PublishOptions, RequestOptions, total=False):

@@ -151,7 +151,8 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (needs ackbus[metrics])",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics and the status page "
+        "on /status (needs ackbus[metrics]; docs/operations.md)",
     )
     hub.add_argument(
         "--metrics-addr",
@@ -222,6 +223,8 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(run)
     run.set_defaults(run=_run)
 
+    _ops.register(sub)  # send, request, status, tail
+
     dead = sub.add_parser(
         "dead-letters",
         help="list, show, replay or purge a durable store's dead letters",
@@ -257,15 +260,8 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def _positive(text: str) -> float:
-    """A number of seconds above 0, for a ``--timeout`` flag."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
+_positive = _ops.seconds
+"""A number of seconds above 0, for a ``--timeout`` flag."""
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
@@ -471,10 +467,11 @@ async def _serve_hub(
             curve += f"; access file {access}"
         server = None
         if metrics is not None:
-            from .metrics import serve
+            from ._status_page import serve
 
             server = serve(metrics[1], hub, addr=metrics[0])
-            curve += f"; metrics on http://{metrics[0]}:{server.port}/metrics"
+            web = f"http://{metrics[0]}:{server.port}"
+            curve += f"; metrics on {web}/metrics, status page on {web}/status"
         print(
             f"ackbus hub {hub.identity} listening on {' '.join(hub.addresses)}{curve}", flush=True
         )

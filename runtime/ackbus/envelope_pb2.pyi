@@ -150,6 +150,7 @@ class Envelope(_message.Message):
     CAUSATION_ID_FIELD_NUMBER: _builtins.int
     CONTENT_ENCODING_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
     id: _builtins.bytes
     """Unique 128-bit message id (16 bytes); the same on every attempt."""
     type: _builtins.str
@@ -174,6 +175,12 @@ class Envelope(_message.Message):
     """How the body is encoded: "" is protobuf binary; others: "json",
     "zlib+proto", ...
     """
+    method: _builtins.str
+    """The rpc the message is for, "package.Service/Method" ("poker.Table/StartHand");
+    empty routes and dispatches by type. A sender writes it as the envelope's first
+    field, so a hub reads it as a fixed prefix without parsing protobuf
+    (docs/protocol.md, "Method addressing"); peers of protocol version 1 ignore it.
+    """
     @_builtins.property
     def sender(self) -> Global___Identity: ...
     @_builtins.property
@@ -197,10 +204,11 @@ class Envelope(_message.Message):
         causation_id: _builtins.bytes = ...,
         content_encoding: _builtins.str = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "causation_id", b"causation_id", "content_encoding", b"content_encoding", "correlation_id", b"correlation_id", "created_at_ns", b"created_at_ns", "deadline_ns", b"deadline_ns", "headers", b"headers", "id", b"id", "kind", b"kind", "priority", b"priority", "recipient", b"recipient", "sender", b"sender", "sent_at_ns", b"sent_at_ns", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "causation_id", b"causation_id", "content_encoding", b"content_encoding", "correlation_id", b"correlation_id", "created_at_ns", b"created_at_ns", "deadline_ns", b"deadline_ns", "headers", b"headers", "id", b"id", "kind", b"kind", "method", b"method", "priority", b"priority", "recipient", b"recipient", "sender", b"sender", "sent_at_ns", b"sent_at_ns", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

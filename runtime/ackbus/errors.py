@@ -26,6 +26,7 @@
     │   ├── LocalProtocolError   we were about to send something invalid (our bug)
     │   └── RemoteProtocolError  the peer sent something invalid (its bug); has a refusal code
     ├── SchemaError              a type is unknown, or a schema or option is invalid
+    │   └── AmbiguousMethod      a dynamic send of a type several rpcs take; names them
     └── StoreError               the durable store cannot be opened or written (in use by
                                  another process, foreign or corrupt file, I/O error)
 
@@ -40,6 +41,7 @@ __all__ = [
     "AckTimeout",
     "AckbusError",
     "AddressError",
+    "AmbiguousMethod",
     "Cancelled",
     "ClosedError",
     "ConnectTimeout",
@@ -272,6 +274,16 @@ class RemoteProtocolError(ProtocolError):
 
 class SchemaError(AckbusError):
     """A message type is unknown, or a schema or option is invalid."""
+
+
+class AmbiguousMethod(SchemaError):
+    """A message sent without naming its rpc (``send(msg)``) whose type several rpcs
+    take: which handler should run is the sender's choice. ``candidates`` are the rpcs
+    ("package.Service/Method"); the message says how to choose one."""
+
+    def __init__(self, message: str, candidates: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class StoreError(AckbusError):

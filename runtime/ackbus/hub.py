@@ -47,6 +47,7 @@ from google.protobuf.message import DecodeError
 
 from . import envelope_pb2, wire_pb2
 from ._access import Access
+from ._admin import Admin
 from ._throttle import Throttle
 from ._timer import Timer
 from ._types import Identity
@@ -59,6 +60,7 @@ from .transport._keys import HubKeys, KeyGate
 from .wire import (
     DEFAULT_LIMITS,
     LIMIT,
+    METHOD_VERSION,
     NOT_REGISTERED,
     Command,
     Limits,
@@ -67,6 +69,7 @@ from .wire import (
     Outbox,
     PackedRun,
     Routed,
+    decode_admin_request,
     decode_bye,
     decode_command,
     decode_heartbeat,
@@ -192,6 +195,8 @@ class Hub:
         self._timer: Timer | None = None
         self._closed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._admin = Admin(self, self._proto, self._send_once, self._now)
+        """``ackbus status`` and ``tail``: what the hub keeps for them, and its answers."""
 
     @property
     def grace(self) -> float:
@@ -266,6 +271,24 @@ class Hub:
     def routing(self) -> RoutingTable:
         return self._proto.routing
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the hub runs on (once started)."""
+        if self._loop is None:
+            raise ClosedError("hub not started")
+        return self._loop
+
+    def status(self) -> dict[str, Any]:
+        """The hub's view as ``ackbus status`` and the status page show it (a JSON
+        object: docs/operations.md). Call it on the hub's event loop."""
+        return self._admin.status(self._now())
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    def _send_once(self) -> Callable[[bytes, list[bytes]], bool] | None:
+        return self._listener.send_once if self._listener is not None else None
+
     def stalled_peers(self) -> dict[bytes, float]:
         """Silent instances kept registered because their connection is up (peer → since
         when, loop time): see :class:`~ackbus.core.hub_protocol.HubProtocol`."""
@@ -325,6 +348,8 @@ class Hub:
                 self._handle(peer, frames, now, key)
             except RemoteProtocolError as exc:
                 self._refuse(peer, exc)
+        if self._admin.tap is not None:  # once per batch: someone tails
+            self._admin.flush()
         self._arm_timer()
 
     def _handle(self, peer: bytes, frames: Multipart, now: float, key: str | None) -> None:
@@ -332,6 +357,8 @@ class Hub:
         proto = self._proto
         if cmd is Command.MESSAGE:
             items = scan_messages(frames, self.limits)
+            if self._admin.tap is not None:
+                self._admin.tap.arrived(peer, items)
             first = items[0] if items else None
             first_id = first.ids[0] if isinstance(first, PackedRun) else first.id if first else b""
             proto.begin(peer, first_id, now)
@@ -344,7 +371,9 @@ class Hub:
                 notices, self._notices = self._notices, []
                 self._out(peer).control(encode_routed(notices))
         elif cmd is Command.ACK:
-            proto.acks(peer, split_acks(frames, self.limits), now)
+            groups = split_acks(frames, self.limits)
+            proto.acks(peer, groups, now)
+            self._admin.acked(peer, sum(len(g.ok_ids) + len(g.full) for g in groups))
         elif cmd is Command.HEARTBEAT:
             decode_heartbeat(frames)
             proto.heard(peer, now)
@@ -353,6 +382,8 @@ class Hub:
         elif cmd is Command.BYE:
             decode_bye(frames, self.limits)
             proto.forget(peer, "said bye")
+        elif cmd is Command.ADMIN:
+            self._admin.request(peer, decode_admin_request(frames, self.limits), key)
         else:
             raise RemoteProtocolError(f"{cmd.name} is not a command a hub accepts")
 
@@ -371,11 +402,16 @@ class Hub:
         if key:
             self._check_key_limit(peer, token, key, identity)
         self._out(peer).limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
+        # A peer of version 2 also declares the rpcs it handles: routed by name, as
+        # types are (an rpc name has a '/', which no type name has).
+        commands: Sequence[str] = hello.commands
+        if self._version >= METHOD_VERSION and hello.methods:
+            commands = [*commands, *hello.methods]
         self._proto.hello(
             peer,
             identity,
             token,
-            hello.commands,
+            commands,
             hello.events,
             hello.max_concurrency,
             hello.heartbeat_ms,
@@ -383,6 +419,7 @@ class Hub:
             hello.implements,
             key,
         )
+        self._admin.hello(peer, hello.agent, self._version)
         log.info(
             "registered %s: %d command types, %d event types",
             identity,
@@ -512,6 +549,7 @@ class Hub:
             if tell:  # its connection may be up: it says HELLO again when told
                 notice = RemoteProtocolError(f"forgotten by the hub: {why}", code=NOT_REGISTERED)
                 self._listener.send_once(peer, refusal_for(notice))
+        self._admin.forgot(peer)
         if instance is not None:
             log.info("instance %s left: %s", instance.identity, why)
 
@@ -552,6 +590,7 @@ class Hub:
 
     def _refuse(self, peer: bytes, exc: RemoteProtocolError) -> None:
         self.stats.refused[exc.code] += 1
+        self._admin.refused(peer, exc)
         allowed = self._refusals.allow(exc.code)  # a flood of refusals writes a line a minute
         if allowed is not None:
             held = allowed[1]
@@ -610,6 +649,7 @@ class Hub:
         assert self._loop is not None
         now = self._loop.time()
         self._proto.tick(now)
+        self._admin.tick(now)
         if now >= self._next_trim and (self._trimming is None or self._trimming.done()):
             self._next_trim = now + TRIM_EVERY
             # In a thread: ctypes lets go of the GIL, so the loop goes on routing while

@@ -34,6 +34,8 @@ class Hello(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     IMPLEMENTS_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
     max_concurrency: _builtins.int
@@ -43,6 +45,10 @@ class Hello(_message.Message):
     max_batch: _builtins.int
     """Most message items per MESSAGE this instance accepts (its Limits.max_batch); the
     hub sends it no bigger batches. 0: the protocol's maximum.
+    """
+    agent: _builtins.str
+    """The peer's software and its version, e.g. "ackbus-python/0.1.0" (for `ackbus
+    status`; routing never reads it). Empty from peers that predate the field.
     """
     @_builtins.property
     def identity(self) -> _envelope_pb2.Identity: ...
@@ -64,6 +70,13 @@ class Hello(_message.Message):
         runs: what a publisher's declared event subscribers are matched against.
         """
 
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The rpcs (full names, "poker.Table/StartHand") whose handlers this instance runs:
+        a hub of protocol version 2 routes a message that names its rpc by these. Ignored
+        from a peer that does not list version 2 in versions.
+        """
+
     def __init__(
         self,
         *,
@@ -75,10 +88,12 @@ class Hello(_message.Message):
         versions: _abc.Iterable[_builtins.int] | None = ...,
         max_batch: _builtins.int = ...,
         implements: _abc.Iterable[_builtins.str] | None = ...,
+        methods: _abc.Iterable[_builtins.str] | None = ...,
+        agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "commands", b"commands", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "methods", b"methods", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,3 +221,156 @@ class Bye(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Bye: _TypeAlias = Bye  # noqa: Y015
+
+@_typing.final
+class AdminRequest(_message.Message):
+    """An operator's request to a hub (command ADMIN, 9): `ackbus status` and `ackbus tail`,
+    on a connection of their own that never says HELLO. Added without a new protocol
+    version: a hub that predates it refuses the command (REFUSAL MALFORMED, "unknown
+    command 9"), which the client reports as such. With keys, only a key the access file
+    marks `admin = true` may ask; others are refused (UNAUTHORIZED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AdminRequest._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: AdminRequest._Kind.ValueType  # 0
+        STATUS: AdminRequest._Kind.ValueType  # 1
+        """Answer one AdminReply carrying status_json."""
+        TAIL: AdminRequest._Kind.ValueType  # 2
+        """Answer an empty AdminReply at once, then AdminReplies carrying the traffic that
+        matches, until lease_ms after the last TAIL from this connection.
+        """
+        UNTAIL: AdminRequest._Kind.ValueType  # 3
+        """Stop the tail of this connection now."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: AdminRequest.Kind.ValueType  # 0
+    STATUS: AdminRequest.Kind.ValueType  # 1
+    """Answer one AdminReply carrying status_json."""
+    TAIL: AdminRequest.Kind.ValueType  # 2
+    """Answer an empty AdminReply at once, then AdminReplies carrying the traffic that
+    matches, until lease_ms after the last TAIL from this connection.
+    """
+    UNTAIL: AdminRequest.Kind.ValueType  # 3
+    """Stop the tail of this connection now."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
+    kind: Global___AdminRequest.Kind.ValueType
+    lease_ms: _builtins.int
+    """TAIL: how long the tail lasts without another TAIL (0: 5000; at most 60000)."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TAIL: only types matching one of these shell-style patterns (none: every type)."""
+
+    @_builtins.property
+    def services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TAIL: only messages whose sender or receiver is one of these services (none: all)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___AdminRequest.Kind.ValueType = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        services: _abc.Iterable[_builtins.str] | None = ...,
+        lease_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "lease_ms", b"lease_ms", "services", b"services", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminRequest: _TypeAlias = AdminRequest  # noqa: Y015
+
+@_typing.final
+class AdminReply(_message.Message):
+    """A hub's answer to an AdminRequest (command ADMIN_REPLY, 10)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_JSON_FIELD_NUMBER: _builtins.int
+    TRAFFIC_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    status_json: _builtins.str
+    """STATUS: the hub's view as one JSON object (its fields: docs/operations.md)."""
+    dropped: _builtins.int
+    """TAIL: records left out since the previous reply (the client did not keep up)."""
+    @_builtins.property
+    def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___Traffic]:
+        """TAIL: the outcomes since the previous reply, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        status_json: _builtins.str = ...,
+        traffic: _abc.Iterable[Global___Traffic] | None = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "status_json", b"status_json", "traffic", b"traffic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminReply: _TypeAlias = AdminReply  # noqa: Y015
+
+@_typing.final
+class Traffic(_message.Message):
+    """One message's outcome at a hub, as `ackbus tail` shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECEIVER_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    LATENCY_S_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.bytes
+    type: _builtins.str
+    sender: _builtins.str
+    """"service/instance" of the sender and of the receiver ("" when none was chosen)."""
+    receiver: _builtins.str
+    outcome: _builtins.str
+    """"ok", "rejected", "duplicate", "expired", "retry-later", "no-route", "held",
+    "refused", ... (the ack's outcome, or the hub's own answer).
+    """
+    latency_s: _builtins.float
+    """Seconds from the hub forwarding it to the receiver's ack passing back (0: none)."""
+    attempt: _builtins.int
+    at: _builtins.float
+    """Unix time of the outcome, in seconds."""
+    detail: _builtins.str
+    """The error's text, or what the hub said."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.bytes = ...,
+        type: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        receiver: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        latency_s: _builtins.float = ...,
+        attempt: _builtins.int = ...,
+        at: _builtins.float = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "detail", b"detail", "latency_s", b"latency_s", "message_id", b"message_id", "outcome", b"outcome", "receiver", b"receiver", "sender", b"sender", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Traffic: _TypeAlias = Traffic  # noqa: Y015

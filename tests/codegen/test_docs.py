@@ -5,7 +5,6 @@ say what the descriptors say, and the HTML catalogue reads right in headless Chr
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ import yaml
 from ackbus.cli import main
 from ackbus_codegen import asyncapi, catalogue
 from ackbus_codegen.docs import write_docs
+from browser import chromium
 from google.protobuf import descriptor_pb2
 
 from .conftest import Compile
@@ -358,32 +358,12 @@ def test_docs_without_the_codegen_extra_says_what_to_install(
 
 # -- the HTML catalogue, in a real browser -----------------------------------------
 
-INSTALL = (
-    "the catalogue's browser test needs Debian's chromium and chromium-driver: "
-    "run `make browser` (apt-get install -y chromium chromium-driver)"
-)
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the module, driven through Debian's chromedriver."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.fail(INSTALL)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1100,800")
-    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
-    chrome.set_page_load_timeout(30)
-    try:
+    """One headless Chromium for the module."""
+    with chromium("1100,800") as chrome:
         yield chrome
-    finally:
-        chrome.quit()
 
 
 def test_the_catalogue_reads_right_in_chromium(browser: Any, poker_docs: Path) -> None:

@@ -232,6 +232,7 @@ async def test_client_builds_messages_with_presence_and_keywords() -> None:
             retry_rejected=False,
             ordering_key="table_id",
         ),
+        "method": "poker.Table/PlayerAction",  # sent to its rpc
     }
     await client.send_player_action(table_id="t1", all_in=True, comment="")
     msg = bus.calls[-1][1]

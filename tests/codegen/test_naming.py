@@ -267,10 +267,10 @@ def test_service_and_method_names(compile_request: Compile) -> None:
             r"become 'FooBlockingClient'",
         ),
         (
-            "message X {}\n"
+            "message X { option (ackbus.message_policy) = { kind: EVENT }; }\n"
             "service S { rpc A(X) returns (google.protobuf.Empty);\n"
             "            rpc B(X) returns (google.protobuf.Empty); }",
-            r"c\.proto:\d+: rpc c\.S\.B and rpc c\.S\.A both take c\.X",
+            r"c\.proto:\d+: rpc c\.S\.B and rpc c\.S\.A both subscribe to event c\.X",
         ),
         (
             'message X { option (ackbus.legacy_name) = "Old"; }\n'
@@ -297,7 +297,7 @@ def test_service_and_method_names(compile_request: Compile) -> None:
         "fields",
         "rpcs",
         "services",
-        "request-type",
+        "event-subscribed-twice",
         "legacy-name",
         "policy-constants",
         "policy-constants-by-case",

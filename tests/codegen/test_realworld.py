@@ -2,6 +2,11 @@
 
 * every .proto file of the installed googleapis-common-protos distribution (63 files,
   all proto3), all of them, not a sample;
+* googleapis protos whose rpcs share request types (``tests/codegen/googleapis``,
+  vendored from google-proto-files with their licence): Cloud Logging's
+  ``ConfigServiceV2`` (``CreateBucket`` and ``CreateBucketAsync``) and Cloud
+  Monitoring's ``MetricService`` (``CreateTimeSeries`` and ``CreateServiceTimeSeries``),
+  generated, type-checked and served by real endpoints, each rpc reaching its handler;
 * protobuf's own well-known types, ``descriptor.proto`` and ``compiler/plugin.proto``
   (proto2, with extension ranges, defaults and required fields) among
   them, checked against the types-protobuf stubs;
@@ -80,6 +85,22 @@ def _typed_files(folder: Path) -> list[str]:
     )
 
 
+VENDORED = HERE / "googleapis"
+VENDORED_FILES = [
+    "google/logging/v2/logging_config.proto",
+    # Imported by logging_config.proto; googleapis-common-protos carries it renamed
+    # (operations_proto.proto), so both cannot be imported into one process.
+    "google/longrunning/operations.proto",
+    "google/monitoring/v3/common.proto",
+    "google/monitoring/v3/metric.proto",
+    "google/monitoring/v3/metric_service.proto",
+]
+
+
+def _vendored_modules() -> list[str]:
+    return [f.removesuffix(".proto").replace("/", ".") + "_ackbus" for f in VENDORED_FILES]
+
+
 def test_googleapis_common_protos(tmp_path: Path) -> None:
     root, files = _googleapis_protos()
     assert len(files) >= 60
@@ -105,9 +126,71 @@ def test_googleapis_common_protos(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "'ListOperations', 'GetOperation', 'DeleteOperation'" in run.stdout
+    # The vendored googleapis files beside them (imported in a process of their own),
+    # type-checked with them: ackbus gen once refused both, "ackbus routes by message
+    # type, so one service can handle each type with one rpc only".
+    protoc.run(VENDORED_FILES, include=[VENDORED, root], out=out, ackbus=True)
+    run = _python(
+        out,
+        f"""
+        import importlib
+        for name in {_vendored_modules()!r}:
+            importlib.import_module(name)
+        from google.logging.v2 import logging_config_ackbus as lc
+        from google.monitoring.v3 import metric_service_ackbus as ms
+        for handler in (lc.ConfigServiceV2Handler, ms.MetricServiceHandler):
+            for spec in handler.__ackbus_methods__:
+                print(spec.full_name, spec.request_type)
+        """,
+    )
+    assert run.returncode == 0, run.stderr
+    rpcs = dict(line.split() for line in run.stdout.splitlines())
+    shared = "google.logging.v2.CreateBucketRequest"
+    assert rpcs["google.logging.v2.ConfigServiceV2/CreateBucket"] == shared
+    assert rpcs["google.logging.v2.ConfigServiceV2/CreateBucketAsync"] == shared
+    shared = "google.monitoring.v3.CreateTimeSeriesRequest"
+    assert rpcs["google.monitoring.v3.MetricService/CreateTimeSeries"] == shared
+    assert rpcs["google.monitoring.v3.MetricService/CreateServiceTimeSeries"] == shared
     checked = _mypy(out, _typed_files(out))
     assert checked.returncode == 0, checked.stdout[-3000:]
     assert checked.stdout.startswith("Success: no issues found")
+
+
+def test_googleapis_rpcs_sharing_a_request_type_reach_their_own_handlers(
+    tmp_path: Path,
+) -> None:
+    """tests/codegen/live/shared_request.py, on the generated code: a real hub and
+    endpoints (ZeroMQ over ipc), each of CreateTimeSeries and CreateServiceTimeSeries
+    run by its own service, CreateBucket and CreateBucketAsync answering requests with
+    their own reply types, and a dynamic send of the shared type failing at once with
+    the candidate rpcs."""
+    root, _ = _googleapis_protos()
+    out = tmp_path / "out"
+    protoc.run(VENDORED_FILES, include=[VENDORED, root], out=out, ackbus=True)
+    script = HERE / "live" / "shared_request.py"
+    run = subprocess.run(
+        [sys.executable, str(script), f"ipc://{tmp_path}/hub.sock"],
+        cwd=out,
+        env={**os.environ, "PYTHONPATH": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == (
+        "metric handlers: [('series', 'CreateTimeSeries', 'projects/a'), "
+        "('service-series', 'CreateServiceTimeSeries', 'projects/b')]"
+    )
+    assert lines[1] == "logging replies: projects/p/buckets/b1 operations/create-b2"
+    assert lines[2] == (
+        "ambiguous: ('google.monitoring.v3.MetricService/CreateServiceTimeSeries', "
+        "'google.monitoring.v3.MetricService/CreateTimeSeries')"
+    )
+    assert "send(msg, method='google.monitoring.v3.MetricService/" in lines[3]
+    assert lines[4] == (
+        "dynamic send with method=: ('service-series', 'CreateServiceTimeSeries', 'projects/c')"
+    )
 
 
 def test_protobuf_well_known_types(tmp_path: Path) -> None:

@@ -110,6 +110,8 @@ def test_an_unacked_message_is_retried_then_fails_with_its_reason() -> None:
     assert [a for a in io.take() if a[0] == "transmit"] == [("transmit", 0, mid, 2)]
     assert proto.stats.retries == 1
     for t in (2.5, 3.0, 4.0, 10.0):
+        proto.begin_batch(0, t)  # the hub's heartbeats: it is alive, nobody acks
+        proto.end_batch()
         proto.tick(t)
     failed = [a for a in io.take() if a[0] == "failed"]
     assert len(failed) == 1
@@ -335,9 +337,10 @@ def test_not_registered_says_hello_again_and_other_refusals_reject() -> None:
     proto.on_refusal(0, NOT_REGISTERED, b"", "not registered", 0.0)
     assert io.take() == [("hello", 0)]
     assert not proto.welcomed(0)
+    proto.on_welcome(0, 1000, 0.0)
     mid = b"z" * 16
     proto.submit(mid, "x.Do", "x.Do", P, 0.0)
-    io.take()
+    assert io.take() == [("transmit", 0, mid, 1)]
     proto.on_refusal(0, "MALFORMED", mid, "bad frame", 0.1)
     ((kind, failed_id, error),) = io.take()
     assert (kind, failed_id) == ("failed", mid)
@@ -472,3 +475,43 @@ def test_the_hub_of_a_settled_message_is_forgotten() -> None:
     proto.on_acks(BOB, [mid], (), 0.1)
     assert io.take() == [("acked", [mid])]
     assert proto._via == {}
+
+
+def test_an_attempt_waits_for_a_hub_that_welcomes_and_is_not_spent() -> None:
+    """With no hub welcoming the endpoint (its link dropped, or it restarted and asked
+    for a HELLO), an attempt is taken back instead of being sent into the void: it goes
+    when a hub welcomes, with the same number (a first attempt stays one, which a
+    restarted hub routes at once), and spends nothing meanwhile."""
+    proto, io = make()
+    proto.connected(0, 0.0, up=False)
+    first, retry = b"f" * 16, b"r" * 16
+    proto.submit(retry, "x.Do", "x.Do", P, 0.0)
+    proto.connected(0, 0.1, up=True)
+    proto.on_welcome(0, 1000, 0.1)
+    io.take()
+    proto.on_refusal(0, NOT_REGISTERED, retry, "MESSAGE before HELLO", 0.2)  # hub restarted
+    assert io.take() == [("hello", 0)]
+    proto.submit(first, "x.Do", "x.Do", P, 0.3)
+    for t in (1.0, 1.5, 2.0, 5.0):  # retry's timeout and backoff pass: nothing goes
+        proto.tick(t)
+    assert [a for a in io.take() if a[0] in ("transmit", "failed")] == []
+    assert proto.stats.transmits == 1
+    proto.on_welcome(0, 1000, 5.0)
+    assert io.take() == [("transmit", 0, first, 1), ("transmit", 0, retry, 2)]
+    assert proto.stats.transmits == 3
+
+
+def test_a_message_no_hub_took_fails_at_its_deadline_saying_so() -> None:
+    proto, io = make()
+    proto.on_bye(0)
+    mid = b"m" * 16
+    proto.submit(mid, "x.Do", "x.Do", Policy(deadline=3.0), 0.0)
+    for t in (1.0, 2.0, 3.0):
+        proto.tick(t)
+    failed = [a for a in io.take() if a[0] == "failed"]
+    assert len(failed) == 1
+    error = failed[0][2]
+    assert isinstance(error, AckTimeout)
+    assert "not sent before its deadline: no hub answers this endpoint" in str(error)
+    assert "said BYE" in str(error)
+    assert proto.stats.transmits == 0

@@ -24,6 +24,7 @@ class Item:
     attempt: int = 1
     priority: int = 0
     key: int = 0
+    method: str = ""
 
 
 @dataclass
@@ -31,9 +32,10 @@ class Run:
     ids: list[bytes]
     type: str = "alpha.Do"
     recipient: str = ""
+    method: str = ""
 
     def items(self) -> list[Item]:
-        return [Item(i, self.type, self.recipient) for i in self.ids]
+        return [Item(i, self.type, self.recipient, method=self.method) for i in self.ids]
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.legacy import ReliableSocket, send_with_ack
 from ackbus.wire import (
+    PROTOCOL_VERSION,
     Command,
     Routed,
     decode_command,
@@ -378,7 +379,9 @@ def test_a_message_from_the_hub_is_answered_no_route() -> None:
     try:
         rid, *hello = fake_hub.recv_multipart()
         assert decode_command(hello) is Command.HELLO
-        fake_hub.send_multipart([rid, *encode_welcome(wire_pb2.Welcome(heartbeat_ms=1000))])
+        # A WELCOME the socket takes (of its protocol version): it sends nothing before.
+        welcome = wire_pb2.Welcome(heartbeat_ms=1000, version=PROTOCOL_VERSION)
+        fake_hub.send_multipart([rid, *encode_welcome(welcome)])
         rid, *message = fake_hub.recv_multipart()
         [item] = decode_messages(message)
         fake_hub.send_multipart(

@@ -54,6 +54,7 @@ def test_a_good_file_answers_who_may_serve_send_and_handle(tmp_path: Path) -> No
         ("clients = 3\n", r"line 1 \(clients\): clients must be a table"),
         ('[clients."bad name"]\nservices = []\n', r"line 1 \(clients\.bad name\): 'bad name' is"),
         ("[clients]\norders = 'x'\n", r"line 2 \(clients\.orders\): clients\.orders must be"),
+        ("[clients.ops]\nadmin = 'yes'\n", r"line 2 \(clients\.ops\.admin\): .* true or false"),
     ],
 )
 def test_mistakes_name_the_file_and_the_line_or_key(
@@ -63,6 +64,20 @@ def test_mistakes_name_the_file_and_the_line_or_key(
     with pytest.raises(AccessFileError, match=f"^{path}: {message}") as info:
         Access.load(path)
     assert info.value.path == str(path)
+
+
+def test_only_keys_marked_admin_may_ask_for_status_and_tail(tmp_path: Path) -> None:
+    path = write_access(
+        tmp_path, "[clients.ops]\nadmin = true\n\n[clients.table]\nservices = ['table']\n"
+    )
+    access = Access.load(path)
+    assert access.may_admin("ops") is None
+    assert access.may_serve("ops", "table") is not None  # admin alone serves nothing
+    assert access.may_admin("table") == (
+        f"key 'table' may not ask the hub for its status or traffic: only keys marked "
+        f"admin = true in {path} may"
+    )
+    assert access.may_admin("stranger") is not None
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:

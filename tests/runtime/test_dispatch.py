@@ -6,7 +6,7 @@ from unittest.mock import AsyncMock
 
 import pytest
 from ackbus import Context, Handler, Kind, MethodSpec, Policy, SchemaError, unimplemented
-from ackbus._dispatch import Dispatcher, is_sync
+from ackbus._dispatch import Dispatcher, Unhandled, is_sync
 from ackbus.wire_pb2 import Bye, Hello, Welcome
 from google.protobuf.message import Message
 
@@ -48,11 +48,18 @@ def test_only_overridden_methods_become_routes() -> None:
     assert sorted(r.msg_type for r in routes) == ["ackbus.Hello", "ackbus.Welcome"]
     assert d.types(Kind.COMMAND) == ["ackbus.Hello"]
     assert d.types(Kind.EVENT) == ["ackbus.Welcome"]
-    greet = d.get("ackbus.Hello")
+    assert d.methods() == ["test.Fake/Greet"]  # a command's route is its rpc's
+    greet = d.get("test.Fake/Greet")
     assert greet is not None
     assert greet.response is Welcome
     assert greet.origin == "Partial.on_greet"
-    assert d.get("ackbus.Bye") is None
+    assert d.get("test.Fake/Leave") is None
+    # A message naming no rpc finds the one rpc taking its type; an event, its type.
+    assert d.resolve("", "ackbus.Hello") is greet
+    assert d.resolve("", "ackbus.Welcome") == d.get("ackbus.Welcome")
+    assert d.resolve("test.Fake/Leave", "ackbus.Bye") == Unhandled(
+        "no handler for rpc test.Fake/Leave here", False
+    )
 
 
 def test_handler_implementing_nothing_is_refused() -> None:
@@ -72,16 +79,53 @@ def test_function_route() -> None:
 
 
 def test_collision_names_both_sides_and_registers_nothing() -> None:
-    async def on_hello(msg: Hello, ctx: Context) -> Message | None:
+    async def on_welcome(msg: Welcome, ctx: Context) -> Message | None:
         return None
 
     d = Dispatcher()
-    d.add_function(Hello, on_hello)
+    d.add_function(Welcome, on_welcome, kind=Kind.EVENT)
     with pytest.raises(
-        SchemaError, match=r"ackbus\.Hello already has a handler.*Partial\.on_greet"
+        SchemaError, match=r"ackbus\.Welcome already has a handler.*Partial\.on_welcomed"
     ):
         d.add_handler(Partial())
-    assert d.get("ackbus.Welcome") is None, "a failed registration must not be partial"
+    assert d.get("test.Fake/Greet") is None, "a failed registration must not be partial"
+
+
+class TwoRpcs(Handler):
+    """Two rpcs of one service taking one request type (as googleapis has them)."""
+
+    __ackbus_service__ = "test.Twin"
+    __ackbus_methods__: ClassVar[tuple[MethodSpec, ...]] = (
+        MethodSpec("test.Twin", "Create", "on_create", Hello, None, Policy()),
+        MethodSpec("test.Twin", "CreateAsync", "on_create_async", Hello, None, Policy()),
+    )
+
+    async def on_create(self, msg: Hello, ctx: Context) -> None:
+        return None
+
+    async def on_create_async(self, msg: Hello, ctx: Context) -> None:
+        return None
+
+
+def test_rpcs_sharing_a_type_are_found_by_name_and_ambiguous_without_one() -> None:
+    async def by_type(msg: Hello, ctx: Context) -> None:
+        return None
+
+    d = Dispatcher()
+    create, create_async = d.add_handler(TwoRpcs())
+    assert d.types(Kind.COMMAND) == ["ackbus.Hello"]
+    assert d.methods() == ["test.Twin/Create", "test.Twin/CreateAsync"]
+    assert d.resolve("test.Twin/Create", "ackbus.Hello") is create
+    assert d.resolve("test.Twin/CreateAsync", "ackbus.Hello") is create_async
+    unhandled = d.resolve("", "ackbus.Hello")
+    assert isinstance(unhandled, Unhandled)
+    assert unhandled.permanent
+    assert "test.Twin/Create, test.Twin/CreateAsync" in unhandled.why
+    # A handler registered for the type takes what names no rpc, or an rpc not run here.
+    d.add_function(Hello, by_type)
+    route = d.get("ackbus.Hello")
+    assert d.resolve("", "ackbus.Hello") is route
+    assert d.resolve("test.Twin/Other", "ackbus.Hello") is route
 
 
 class SyncPartial(FakeServiceHandler):

@@ -441,10 +441,12 @@ def test_control_errors() -> None:
 
 
 def test_negotiate() -> None:
-    assert wire.negotiate([1, 2]) == 1
-    assert wire.negotiate([]) == 1
+    assert wire.negotiate([1, 2]) == 2  # method addressing
+    assert wire.negotiate([1]) == 1
+    assert wire.negotiate([1, 3]) == 1
+    assert wire.negotiate([]) == 1  # a peer that lists none speaks version 1
     with refused("UNSUPPORTED_VERSION"):
-        wire.negotiate([2, 3])
+        wire.negotiate([3, 4])
 
 
 def test_body_buffer_is_a_view_for_big_bodies_and_bytes_for_small() -> None:
@@ -457,3 +459,45 @@ def test_body_buffer_is_a_view_for_big_bodies_and_bytes_for_small() -> None:
     assert isinstance(view, memoryview)
     assert view.obj is big.frame  # no copy of the frame
     assert bytes(view) == big_body == big.body
+
+
+# ------------------------------------------------------------------ method addressing
+
+
+@pytest.mark.parametrize("rpc", ["poker.Table/StartHand", "a.S/" + "M" * 200])
+def test_an_item_names_its_rpc_in_an_envelope_prefix_version_1_peers_parse(rpc: str) -> None:
+    env = envelope_pb2.Envelope(content_encoding="json")
+    env.sender.service = "lobby"
+    for keyed in (False, True):
+        region = wire.method_prefix(rpc) + env.SerializeToString()
+        flags = 0
+        if keyed:
+            region = wire.keyed_envelope(wire.key_hash("t1"), region)
+            flags = wire.FLAG_KEYED
+        frame = item(envelope=region, flags=flags)
+        got = wire.MessageItem(frame, b"")
+        assert got.method == rpc
+        assert wire.item_method(frame) == rpc
+        full = got.envelope()
+        assert full.method == rpc
+        assert full.sender.service == "lobby"
+        assert full.content_encoding == "json"
+        # A peer of version 1 parses the same bytes as a plain envelope.
+        old = envelope_pb2.Envelope()
+        old.ParseFromString(got.envelope_bytes)
+        assert old.sender.service == "lobby"
+    plain = wire.MessageItem(item(envelope=env.SerializeToString()), b"")
+    assert plain.method == ""
+    assert wire.item_method(plain.frame) == ""
+
+
+def test_rpc_names_the_wire_cannot_carry_are_refused() -> None:
+    for bad in ["", "NoSlash", "/M", "a.S/", "a.S/M/N", "a S/M", "a.S/" + "M" * 252]:
+        with pytest.raises(LocalProtocolError):
+            wire.method_prefix(bad)
+
+
+def test_a_cut_short_rpc_name_is_malformed() -> None:
+    for region in [b"\x7a", b"\x7a\x05ab", b"\x7a\x00", b"\x7a\x80", b"\x7a\x80\x02" + b"m" * 300]:
+        with refused("MALFORMED"):
+            wire.MessageItem(item(envelope=region), b"")

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 LIMITS = wire.Limits(max_message_bytes=40_000, max_batch=64)
 U32 = struct.Struct("<I")
-Row = tuple[bytes, str, str, int, int, bytes]
-"""id, type, recipient, kind, attempt, item bytes: what a hub reads of an item."""
+Row = tuple[bytes, str, str, int, int, bytes, str]
+"""id, type, recipient, kind, attempt, item bytes, rpc: what a hub reads of an item."""
 
 
 def rows_of(entries: list[wire.PackedRun | wire.MessageItem]) -> list[Row]:
@@ -22,7 +22,15 @@ def rows_of(entries: list[wire.PackedRun | wire.MessageItem]) -> list[Row]:
     for entry in entries:
         if isinstance(entry, wire.MessageItem):
             rows.append(
-                (entry.id, entry.type, entry.recipient, entry.kind, entry.attempt, entry.frame)
+                (
+                    entry.id,
+                    entry.type,
+                    entry.recipient,
+                    entry.kind,
+                    entry.attempt,
+                    entry.frame,
+                    entry.method,
+                )
             )
             continue
         chunk, pos = entry.chunk(), 0
@@ -30,7 +38,9 @@ def rows_of(entries: list[wire.PackedRun | wire.MessageItem]) -> list[Row]:
             end = pos + 4 + U32.unpack_from(chunk, pos)[0]
             frame = chunk[pos + 4 : end]
             assert len(frame) < wire.PACK_BELOW
-            rows.append((msg_id, entry.type, entry.recipient, wire.KIND_COMMAND, 1, frame))
+            rows.append(
+                (msg_id, entry.type, entry.recipient, wire.KIND_COMMAND, 1, frame, entry.method)
+            )
             pos = end
         assert pos == len(chunk)  # the chunk is the run's items and nothing else
     return rows
@@ -43,7 +53,7 @@ def outcome(decode: object, frames: list[bytes]) -> object:
         return ("refused", str(exc), exc.code, exc.message_id)
     if decode is wire.scan_messages:
         return rows_of(entries)
-    return [(i.id, i.type, i.recipient, i.kind, i.attempt, i.frame) for i in entries]
+    return [(i.id, i.type, i.recipient, i.kind, i.attempt, i.frame, i.method) for i in entries]
 
 
 def agree(frames: list[bytes]) -> object:
@@ -66,6 +76,7 @@ ITEM = st.fixed_dictionaries(
         "recipient": st.sampled_from(["", "", "table", "table/t-1"]),
         "size": st.sampled_from([0, 3, 100, 100, wire.PACK_BELOW - 80, wire.PACK_BELOW]),
         "flags": st.sampled_from([0, 0, wire.FLAG_REQUEST]),
+        "method": st.sampled_from(["", "", "poker.Table/StartHand", "p.S/" + "M" * 200]),
     }
 )
 
@@ -75,7 +86,7 @@ def encode(n: int, spec: dict[str, object]) -> bytes:
         n.to_bytes(16, "big"),
         str(spec["type_name"]),
         b"b" * int(spec["size"]),  # type: ignore[call-overload]
-        envelope=b"env",
+        envelope=(wire.method_prefix(str(spec["method"])) if spec["method"] else b"") + b"env",
         recipient=str(spec["recipient"]),
         kind=int(spec["kind"]),  # type: ignore[call-overload]
         attempt=int(spec["attempt"]),  # type: ignore[call-overload]
@@ -204,3 +215,28 @@ def test_stretches_cut_a_run_where_the_target_changes() -> None:
     assert [(t, n) for t, _, n in cuts] == [("p", 2), ("q", 1), ("p", 3)]
     assert b"".join(chunk for _, chunk, _ in cuts) == run.chunk()
     assert cuts[1][1] == wire.packed_group_frame(b"", items[2:3])[2:]  # the item, packed
+
+
+def test_runs_split_where_the_rpc_changes() -> None:
+    """Items of one type and recipient naming different rpcs are routed apart: a run
+    holds one rpc (a long name, past one varint byte, goes item by item)."""
+    rpcs = ["a.S/Create", "a.S/Create", "a.S/CreateAsync", "", "a.S/" + "L" * 150]
+    items = [
+        wire.encode_message(
+            bytes([n]) * 16,
+            "a.Req",
+            b"x",
+            envelope=(wire.method_prefix(rpc) if rpc else b"") + b"\x1a\x00",
+        )
+        for n, rpc in enumerate(rpcs)
+    ]
+    frames = [wire.MESSAGE_FRAME, wire.packed_group_frame(b"", items)]
+    agree(frames)
+    entries = wire.scan_messages(frames, LIMITS)
+    assert [(type(e).__name__, e.method) for e in entries] == [
+        ("PackedRun", "a.S/Create"),
+        ("PackedRun", "a.S/CreateAsync"),
+        ("PackedRun", ""),
+        ("MessageItem", "a.S/" + "L" * 150),
+    ]
+    assert [len(e.ids) for e in entries if isinstance(e, wire.PackedRun)] == [2, 1, 1]

@@ -197,6 +197,8 @@ def delivery_error(c: Completion, no_route: str = "", why: str = "") -> Delivery
     if c.missing:
         who = _subscribers(c)
         return AckTimeout(f"no acknowledgement from subscriber {who} after {tries}{also}", **kw)
+    if not c.attempts:  # every attempt was taken back: no hub took messages (see unsent)
+        return AckTimeout(f"not sent before its deadline{also}", **kw)
     return AckTimeout(f"no acknowledgement after {tries}{also}", **kw)
 
 

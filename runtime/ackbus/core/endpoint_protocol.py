@@ -128,6 +128,8 @@ class EndpointProtocol:
         self.implements: tuple[str, ...] = ()
         """Schema services the handlers run (what HELLO says; declared event
         subscriptions are matched against them)."""
+        self.methods: tuple[str, ...] = ()
+        """The rpcs whose handlers run here ("poker.Table/StartHand"), for the HELLO."""
         self._types: frozenset[str] = frozenset()
         self.hello_retry = hello_retry
         """Seconds to wait for a WELCOME before saying HELLO again."""
@@ -163,6 +165,9 @@ class EndpointProtocol:
         """With several hubs: the hub each pending message last went through. A retry
         goes through the same hub while it is not suspect, so that hub's sticky entry
         sends it to the instance that had it (another hub may know other instances)."""
+        self._unsent: dict[bytes, None] = {}
+        """Messages whose attempt found no hub to take it (see :meth:`_transmit`), in
+        order: they go when a hub welcomes this endpoint, or fail at their deadline."""
         self._notes: dict[bytes, str] = {}
         """Why the hub found no route, by message id, for a failure's report."""
         self._batch_hub = 0
@@ -194,15 +199,17 @@ class EndpointProtocol:
         events: Sequence[str],
         now: float,
         implements: Sequence[str] = (),
+        methods: Sequence[str] = (),
     ) -> None:
-        """The types the handlers take (and the schema services they run) changed:
-        register again with every hub."""
+        """The types the handlers take (and the schema services and rpcs they run)
+        changed: register again with every hub."""
         self.commands = tuple(commands)
         self.events = tuple(events)
         self.implements = tuple(implements)
+        self.methods = tuple(methods)
         self._types = frozenset(self.commands) | frozenset(self.events)
         if self.draining:  # handlers registered while draining are not announced
-            self.commands = self.events = self.implements = ()
+            self.commands = self.events = self.implements = self.methods = ()
         for hub in self._hubs:
             self._hello(hub, now)
 
@@ -215,7 +222,7 @@ class EndpointProtocol:
         or its outcome). Then :meth:`hello_again` and :meth:`answered` tell when the
         hubs have read everything sent before (the acks), and the driver closes."""
         self.draining = True
-        self.commands = self.events = self.implements = ()
+        self.commands = self.events = self.implements = self.methods = ()
         self.hello_again(now)
 
     def hello_again(self, now: float) -> None:
@@ -254,6 +261,8 @@ class EndpointProtocol:
         state.welcomed = True
         state.hello_at = None
         self.liveness.add(hub, now, interval=max(heartbeat_ms, 1) / 1000)
+        if self._unsent:
+            self._resend(now)
 
     def on_bye(self, hub: int) -> None:
         self._hubs[hub].unwelcome("it said BYE (closing)")
@@ -328,10 +337,33 @@ class EndpointProtocol:
             msg_id, msg_type, destination, policy, now, None if event else 1, key
         )
         if admit is Admit.SEND:
-            self.stats.transmits += 1
-            self.io.transmit(self._pick_for(msg_id, 1, now), msg_id, 1, now)
+            self._transmit(msg_id, 1, now)
             return True
         return False
+
+    def _transmit(self, msg_id: bytes, attempt: int, now: float) -> None:
+        """Send attempt ``attempt`` through a hub that welcomed this endpoint; with
+        none (every link down, or each hub yet to answer a HELLO), the attempt is taken
+        back and waits for the next WELCOME (:meth:`_resend`): sent into a link that is
+        down it would reach a restarted hub before the HELLO, be refused, and spend an
+        attempt for nothing."""
+        hub = self._pick_for(msg_id, attempt, now)
+        if not self._hubs[hub].welcomed:  # the picks fall back on one only when none is
+            self.tracker.unsent(msg_id)
+            self._unsent[msg_id] = None
+            return
+        self.stats.transmits += 1
+        if attempt > 1:
+            self.stats.retries += 1
+        self.io.transmit(hub, msg_id, attempt, now)
+
+    def _resend(self, now: float) -> None:
+        """A hub welcomed this endpoint: the attempts taken back go now, in order."""
+        unsent, self._unsent = self._unsent, {}
+        for msg_id in unsent:
+            action = self.tracker.resume(msg_id, now)
+            if action is not None:
+                self._transmit(msg_id, action.attempt, now)
 
     def in_flight(self, destination: str) -> int:
         return self.tracker.in_flight(destination)
@@ -414,6 +446,8 @@ class EndpointProtocol:
     def _settle(self, c: Completion, why: str = "") -> None:
         if self._via:
             self._via.pop(c.msg_id, None)
+        if self._unsent:
+            self._unsent.pop(c.msg_id, None)
         if c:
             self.stats.acked += 1
             if self._notes:
@@ -567,6 +601,20 @@ class EndpointProtocol:
         """Messages whose handlers this endpoint runs now or that wait for a slot (the
         ones its lease covers)."""
         return len(self._running)
+
+    def unhandled(self, hub: int, item: InboundItem, why: str, permanent: bool) -> None:
+        """A message of a type handled here that no handler takes (checked before
+        :meth:`accept`): it names an rpc not run here (answered NO_ROUTE, so the sender
+        may be routed to an instance that runs it), or it names none and several rpcs
+        take its type (``permanent``: REJECTED, a retry cannot help)."""
+        self.stats.received += 1
+        if permanent:
+            error = RemoteError("AmbiguousMethod", why, True)
+            ack = AckReply(item.id, Outcome.REJECTED, self.identity, error)
+        else:
+            error = RemoteError("NoHandler", f"{self.identity}: {why}")
+            ack = AckReply(item.id, Outcome.NO_ROUTE, self.identity, error, attempt=item.attempt)
+        self.io.send_ack(hub, ack, item.peer)
 
     def undecodable(self, hub: int, item: InboundItem, why: str, now: float) -> None:
         """An accepted message whose envelope or body could not be decoded."""
@@ -724,11 +772,7 @@ class EndpointProtocol:
         io = self.io
         for action in self.tracker.tick(now):
             if isinstance(action, Transmit):
-                self.stats.transmits += 1
-                if action.attempt > 1:
-                    self.stats.retries += 1
-                link = self._pick_for(action.msg_id, action.attempt, now)
-                io.transmit(link, action.msg_id, action.attempt, now)
+                self._transmit(action.msg_id, action.attempt, now)
             else:
                 self._settle(action)
         for lv in self.liveness.tick(now):

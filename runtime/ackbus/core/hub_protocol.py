@@ -56,6 +56,11 @@ class HubItem(Protocol):
     @property
     def type(self) -> str: ...
     @property
+    def method(self) -> str:
+        """The rpc the item names ("package.Service/Method"; "" for none)."""
+        ...
+
+    @property
     def recipient(self) -> str: ...
     @property
     def kind(self) -> int: ...
@@ -70,12 +75,14 @@ class HubItem(Protocol):
 
 
 class HubRun(Protocol):
-    """First-attempt commands of one type and recipient, routed together."""
+    """First-attempt commands of one type, rpc and recipient, routed together."""
 
     @property
     def ids(self) -> Sequence[bytes]: ...
     @property
     def type(self) -> str: ...
+    @property
+    def method(self) -> str: ...
     @property
     def recipient(self) -> str: ...
 
@@ -490,6 +497,7 @@ class HubProtocol(Generic[I, R, A]):
         if self.access is not None and self._refuses(origin, item.id, item.type):
             return
         routing = self.routing
+        name = self._route_name(item)
         # Something is held only while routing.freed is a set (no Python call here).
         holds = self.holds if routing.freed is not None else None
         if holds is not None and item.kind != KIND_EVENT and item.id in holds:
@@ -500,8 +508,8 @@ class HubProtocol(Generic[I, R, A]):
             # fill a stalled loop's socket (at rcvhwm libzmq drops the connection, and
             # the instance with it). It waits here for it.
             recipient = item.recipient or None
-            service = routing.command_service(item.type, recipient)
-            peers = routing.peers_for(item.type, recipient)
+            service = routing.command_service(name, recipient)
+            peers = routing.peers_for(name, recipient)
             self._hold(origin, item, item.id, service, peers, now)
             return
         if now < self.grace_until and (item.attempt > 1 or now < self.rejoin_until):
@@ -534,20 +542,27 @@ class HubProtocol(Generic[I, R, A]):
             io.routed(origin, item.id, tuple(services), tuple(implements))
             return
         recipient = item.recipient or None
-        target = routing.route_command(
-            item.type, item.id, recipient, now, item.attempt == 1, item.key
-        )
+        target = routing.route_command(name, item.id, recipient, now, item.attempt == 1, item.key)
         if target is None:
-            self._no_route(origin, item.id, item.type, item.recipient, item.attempt)
+            self._no_route(origin, item.id, name, item.recipient, item.attempt)
             return
         if not recipient:
-            self._name_service(origin, item.id, item.type, item.attempt > 1)
+            self._name_service(origin, item.id, name, item.attempt > 1)
         if target == FULL:
-            service = routing.command_service(item.type, recipient)
-            self._hold(origin, item, item.id, service, routing.peers_for(item.type, recipient), now)
+            service = routing.command_service(name, recipient)
+            self._hold(origin, item, item.id, service, routing.peers_for(name, recipient), now)
         else:
             io.forward(target, item, token)
             self.stats.routed += 1
+
+    def _route_name(self, item: HubItem | HubRun) -> str:
+        """What a command is routed by: the rpc it names while some instance registered
+        that rpc, else its type (a sender or receivers of protocol version 1, and
+        handlers registered by type). Events are routed by type."""
+        method = item.method
+        if method and self.routing.handles(method):
+            return method
+        return item.type
 
     def route_run(self, origin: bytes, run: R, now: float) -> None:
         """Route a run of first-attempt commands of one type in one call: the same
@@ -562,21 +577,22 @@ class HubProtocol(Generic[I, R, A]):
             return
         routing = self.routing
         recipient = run.recipient or None
-        targets = routing.route_commands(run.type, ids, recipient, now)
+        name = self._route_name(run)
+        targets = routing.route_commands(name, ids, recipient, now)
         if targets is None:
             for msg_id in ids:
-                self._no_route(origin, msg_id, run.type, run.recipient, 1)
+                self._no_route(origin, msg_id, name, run.recipient, 1)
             return
         token = self._tokens[origin]
         if not recipient:
-            self._name_service(origin, ids[0], run.type)
+            self._name_service(origin, ids[0], name)
         if FULL not in targets:
             self.stats.routed += len(ids)
             self.io.forward_run(run, targets, token)
             return
         # Some instances are full: hold what has no room, item by item (the rare path).
-        service = routing.command_service(run.type, recipient)
-        peers = routing.peers_for(run.type, recipient)
+        service = routing.command_service(name, recipient)
+        peers = routing.peers_for(name, recipient)
         for item, target in zip(self.io.split(run), targets, strict=True):
             if target == FULL:
                 self._hold(origin, item, item.id, service, peers, now)
@@ -649,7 +665,8 @@ class HubProtocol(Generic[I, R, A]):
             pinned = self.routing.pinned(key, peers or [])
             if pinned is None and item.key and peers:  # it waits for its key's instance
                 pinned = self.routing.instance_key(self.routing.home(item.key, peers))
-        held = Held(key, item.id, item, origin, item.type, service, pinned)
+        name = item.type if item.kind == KIND_EVENT else self._route_name(item)
+        held = Held(key, item.id, item, origin, name, service, pinned)
         if not holds.hold(held, item.priority, now):
             self.stats.overflow += 1
             self.io.retry_later(origin, item.id, self.heartbeat, item.attempt)

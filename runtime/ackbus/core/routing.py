@@ -232,6 +232,10 @@ class RoutingTable:
         """The current address of the instance ``key`` ("service/instance")."""
         return self._by_key.get(key)
 
+    def handles(self, name: str) -> bool:
+        """Whether a live instance handles command type or rpc ``name``."""
+        return name in self._commands
+
     def command_services(self, msg_type: str) -> tuple[str, ...]:
         """The services with an instance registered that handles command ``msg_type``."""
         services = self._commands.get(msg_type)

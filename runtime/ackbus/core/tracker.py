@@ -397,6 +397,33 @@ class OutboundTracker:
                 covers[service] = covers.get(service, frozenset()) | runs
         return self._check_group(p, now)
 
+    def unsent(self, msg_id: bytes) -> None:
+        """The attempt just issued for ``msg_id`` could not leave: no hub takes this
+        endpoint's messages now (every link down or not welcomed). It is taken back, as
+        if never issued (its number is issued again, so a first attempt stays a first
+        attempt, which a restarted hub may route at once), and the message waits, up to
+        its deadline, for :meth:`resume`."""
+        p = self._pending.get(msg_id)
+        if p is None or p.state is not MsgState.IN_FLIGHT:
+            return
+        p.attempts -= 1
+        p.state = MsgState.BACKOFF
+        self._arm(p, p.deadline)
+
+    def resume(self, msg_id: bytes, now: float) -> Transmit | None:
+        """A hub takes messages again: the attempt :meth:`unsent` took back, issued now
+        (``None``: the message settled meanwhile, or its deadline is too near for an
+        attempt to be answered in time)."""
+        p = self._pending.get(msg_id)
+        if p is None or p.state is not MsgState.BACKOFF:
+            return None
+        if now + p.policy.ack_timeout > p.deadline:
+            return None  # as a retry that its deadline would cut short (see _fire)
+        p.attempts += 1
+        p.state = MsgState.IN_FLIGHT
+        self._arm(p, now + p.policy.ack_timeout)
+        return Transmit(p.msg_id, p.attempts, p.destination)
+
     def cancel(self, msg_id: bytes, now: float) -> Completion | None:
         """Give up on a message: it fails with reason "cancelled". ``None`` if unknown."""
         p = self._pending.get(msg_id)

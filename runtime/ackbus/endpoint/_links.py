@@ -10,10 +10,11 @@ from .. import wire_pb2
 from .._types import (
     Kind,
 )
+from .._version import __version__
 from .._watchdog import handler_codes
 from ..core.endpoint_protocol import AckReply
 from ..wire import (
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     encode_ack,
     encode_heartbeat,
     encode_hello,
@@ -21,6 +22,9 @@ from ..wire import (
 from ._base import EndpointBase, HubLink
 
 log = logging.getLogger("ackbus.endpoint")
+
+AGENT = f"ackbus-python/{__version__}"
+"""What an endpoint's HELLO says of its software (``Hello.agent``, for ``ackbus status``)."""
 
 RECONNECT_AFTER = 5.0
 """Seconds a connected link says HELLO unanswered before it reconnects: longer than a
@@ -47,9 +51,11 @@ class HubLinks(EndpointBase):
             events=proto.events,
             heartbeat_ms=int(self.heartbeat * 1000),
             max_concurrency=self.max_concurrency,
-            versions=[PROTOCOL_VERSION],
+            versions=SUPPORTED_VERSIONS,
             max_batch=self.limits.max_batch,
             implements=proto.implements,
+            methods=proto.methods,
+            agent=AGENT,
         )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance
@@ -91,6 +97,7 @@ class HubLinks(EndpointBase):
             self._dispatch.types(Kind.EVENT),
             self._loop.time() if self._loop is not None else 0.0,
             self._dispatch.services(),
+            self._dispatch.methods(),
         )
 
     def _on_connection(self, hub: HubLink, up: bool) -> None:

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .. import envelope_pb2
-from .._dispatch import Route
+from .._dispatch import Route, Unhandled
 from .._eager import report_when_done, start_eager
 from .._types import (
     Context,
@@ -79,8 +79,12 @@ class Receiving(EndpointBase):
         cmd = decode_command(frames)
         proto = self._proto
         if cmd is Command.MESSAGE:
+            resolve = self._dispatch.resolve
             for item in decode_messages(frames, self.limits):
-                if proto.accept(hub.index, item, now):
+                route = resolve(item.method, item.type)
+                if type(route) is Unhandled:
+                    proto.unhandled(hub.index, item, route.why, route.permanent)
+                elif proto.accept(hub.index, item, now):
                     self._on_message(hub, item, now)
         elif cmd is Command.ACK:
             for group in split_acks(frames, self.limits):
@@ -134,8 +138,8 @@ class Receiving(EndpointBase):
 
     def _on_message(self, hub: HubLink, item: MessageItem, now: float) -> None:
         """Run the handler of a message the protocol accepted."""
-        route = self._dispatch.get(item.type)
-        assert route is not None  # the protocol accepts only types it was told of
+        route = self._dispatch.resolve(item.method, item.type)
+        assert type(route) is Route  # checked before the protocol accepted it
         try:
             raw = item.envelope_bytes
             known = self._envelopes.get(raw)  # see _parse_envelope

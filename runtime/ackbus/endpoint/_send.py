@@ -16,14 +16,17 @@ from .._types import (
     DeliveryReport,
     Policy,
     Untyped,
+    rpcs_taking,
 )
 from .._untyped import encode_untyped
 from ..core import Completion
 from ..core._values import capped
 from ..errors import (
+    AmbiguousMethod,
     ClosedError,
     DeliveryError,
     RemoteProtocolError,
+    SchemaError,
     SendWindowTimeout,
 )
 from ..wire import (
@@ -34,8 +37,10 @@ from ..wire import (
     check_name,
     encode_envelope,
     item_key,
+    item_method,
     key_hash,
     keyed_envelope,
+    method_prefix,
     pack_item,
 )
 from ._base import ENVELOPE_CACHE, EndpointBase
@@ -78,6 +83,7 @@ class Sending(EndpointBase):
         headers: Mapping[str, str] | None = None,
         policy: Policy | None = None,
         key: str | bytes | int | None = None,
+        method: str | None = None,
     ) -> Coroutine[Any, Any, DeliveryReport]:
         """Send a command (await it). With ``wait_ack`` (the default) return once it
         was acked or failed; otherwise at once, with a pending report to ``await
@@ -86,11 +92,14 @@ class Sending(EndpointBase):
         ``timeout`` caps the message's whole life (its deadline); the report is never
         pending after it. ``key`` orders it among this endpoint's messages of the same
         key (by default the value of the policy's ``ordering_key`` field, if it names
-        one). Raises :class:`SendWindowTimeout` if the in-flight window stayed full
-        that long, :class:`ClosedError` after :meth:`close`.
+        one). ``method`` names the rpc it is for ("poker.Table/StartHand"; generated
+        clients name theirs); without it the one rpc taking its type, and where several
+        do, :class:`AmbiguousMethod` at once, naming them. Raises
+        :class:`SendWindowTimeout` if the in-flight window stayed full that long,
+        :class:`ClosedError` after :meth:`close`.
         """
         return self._send(
-            msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False, key
+            msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False, key, method
         )
 
     def publish(
@@ -122,11 +131,13 @@ class Sending(EndpointBase):
         headers: Mapping[str, str] | None = None,
         policy: Policy | None = None,
         key: str | bytes | int | None = None,
+        method: str | None = None,
     ) -> R:
         """Send a command whose handler returns a ``response_type``; return the response.
-        Raises the :class:`DeliveryError` of the failed report."""
+        ``method``: as for :meth:`send`. Raises the :class:`DeliveryError` of the failed
+        report."""
         report = await self._send(
-            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True, key
+            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True, key, method
         )
         report.raise_for_status()
         response = response_type()
@@ -151,6 +162,7 @@ class Sending(EndpointBase):
         policy: Policy | None,
         request: bool,
         key: str | bytes | int | None = None,
+        method: str | None = None,
     ) -> DeliveryReport:
         if self._closed or not self._started:
             if self._closed:
@@ -179,7 +191,11 @@ class Sending(EndpointBase):
             hashed = key_hash(key)
         elif pol.ordering_key:
             hashed = key_hash(ordering_key_of(msg, pol.ordering_key))
-        destination = to or msg_type
+        if kind == KIND_COMMAND and not isinstance(msg, Untyped):
+            method = self._method_of(msg, method)
+        elif method:
+            raise ValueError(f"method= names a command's rpc; {msg_type} is sent by type")
+        destination = to or method or msg_type
         lines = self._window_waiters
         durable = self._durable
         waited = destination in lines.lines or (
@@ -221,6 +237,8 @@ class Sending(EndpointBase):
             else:
                 envelope = self._envelope
             flags = FLAG_REQUEST if request else 0
+            if method:
+                envelope = method_prefix(method) + envelope
             if hashed:
                 envelope = keyed_envelope(hashed, envelope)
                 flags |= FLAG_KEYED
@@ -283,9 +301,10 @@ class Sending(EndpointBase):
         mid = report.message_id
         report._frame = frame
         self._pending[mid] = report
-        self._proto.submit(
-            mid, report.message_type, destination, pol, now, kind == KIND_EVENT, item_key(frame)
-        )
+        # Tracked by the rpc it names, else its type: what the hub routes by and names
+        # the service of.
+        name = item_method(frame) or report.message_type
+        self._proto.submit(mid, name, destination, pol, now, kind == KIND_EVENT, item_key(frame))
         # The only timer submit added is this message's: its first ack timeout, or its
         # deadline while it waits for window room (tracker.submit). Every other change
         # already armed the timer, so the protocol's next deadline (three machines
@@ -297,6 +316,28 @@ class Sending(EndpointBase):
         return SendWindowTimeout(
             f"{self.identity}: {self._window} messages to {destination} "
             "stayed unacknowledged for the whole timeout"
+        )
+
+    def _method_of(self, msg: Message, method: str | None) -> str:
+        """The rpc a command is for: ``method`` (checked against the rpcs known to take
+        its type), else the one rpc known to take it ("" for none: sent by type);
+        :class:`AmbiguousMethod` where several do."""
+        known = rpcs_taking(type(msg))
+        msg_type = msg.DESCRIPTOR.full_name
+        if method:
+            if known and method not in known:
+                raise SchemaError(
+                    f"rpc {method} does not take {msg_type}; the rpcs that do: {', '.join(known)}"
+                )
+            return method
+        if len(known) <= 1:
+            return known[0] if known else ""
+        names = ", ".join(known)
+        raise AmbiguousMethod(
+            f"{msg_type} is the request of {len(known)} rpcs ({names}): say which with "
+            f"send(msg, method={known[0]!r}) (or request(..., method=...)), or send it "
+            "through the generated client of that rpc",
+            known,
         )
 
     def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:

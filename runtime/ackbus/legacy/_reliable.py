@@ -51,7 +51,7 @@ from ..wire import (
     FLAG_REQUEST,
     KIND_COMMAND,
     KIND_EVENT,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Command,
     ack_replies,
     check_name,
@@ -346,7 +346,9 @@ class ReliableSocket:
         self._send(encode_acks([(peer, b"", full_acks_frame([encode_ack(ack)]))]))
 
     def send_hello(self, hub: int) -> None:
-        hello = wire_pb2.Hello(heartbeat_ms=int(self.heartbeat * 1000), versions=[PROTOCOL_VERSION])
+        hello = wire_pb2.Hello(
+            heartbeat_ms=int(self.heartbeat * 1000), versions=list(SUPPORTED_VERSIONS)
+        )
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance
         self._send(encode_hello(hello))

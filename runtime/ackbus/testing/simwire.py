@@ -39,6 +39,8 @@ class Item:
     """The ordering key's hash (0: none)."""
     routed_by: int = 0
     """Incarnation of the hub that routed this copy (for the ledger)."""
+    method: str = ""
+    """The rpc it names (the simulation's senders name none)."""
 
     def __str__(self) -> str:
         return f"item {self.type} {self.id.hex()[:8]} #{self.attempt}"
@@ -51,6 +53,7 @@ class Run:
     ids: tuple[bytes, ...]
     type: str
     recipient: str
+    method: str = ""
 
 
 @dataclass(frozen=True, slots=True)

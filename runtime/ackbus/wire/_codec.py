@@ -27,8 +27,16 @@ from .. import envelope_pb2
 from ..errors import LocalProtocolError, RemoteProtocolError
 
 SIGNATURE: Final = b"AB"
-PROTOCOL_VERSION: Final = 1
-SUPPORTED_VERSIONS: Final = (1,)
+FRAME_VERSION: Final = 1
+"""The version byte of every multipart's frame 0. Protocol version 2 changed no frame
+layout (it adds an envelope field a hub reads as a prefix, :func:`method_prefix`), so
+frames keep saying 1 and an old peer reads every multipart of a new one."""
+PROTOCOL_VERSION: Final = 2
+"""The newest protocol version this peer speaks (HELLO lists, WELCOME chooses): 2 adds
+method addressing (docs/protocol.md, "Method addressing")."""
+SUPPORTED_VERSIONS: Final = (1, 2)
+METHOD_VERSION: Final = 2
+"""The first protocol version whose hubs route by the rpc a message names."""
 
 KIND_COMMAND: Final = 1
 KIND_EVENT: Final = 2
@@ -65,6 +73,10 @@ class Command(enum.IntEnum):
     HEARTBEAT = 6
     BYE = 7
     REFUSAL = 8
+    ADMIN = 9
+    """An operator's request (``ackbus status``, ``tail``): ``ackbus.AdminRequest``."""
+    ADMIN_REPLY = 10
+    """A hub's answer to ADMIN: ``ackbus.AdminReply``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +127,7 @@ def _bad(reason: str, code: str = MALFORMED, message_id: bytes = b"") -> RemoteP
 # --------------------------------------------------------------------------- command frame
 
 
-def command_frame(command: Command, version: int = PROTOCOL_VERSION) -> bytes:
+def command_frame(command: Command, version: int = FRAME_VERSION) -> bytes:
     """The 4-byte first frame of a multipart: signature, version, command."""
     return SIGNATURE + bytes((version, command))
 
@@ -129,12 +141,14 @@ ROUTED_FRAME: Final = command_frame(Command.ROUTED)
 HEARTBEAT_FRAME: Final = command_frame(Command.HEARTBEAT)
 BYE_FRAME: Final = command_frame(Command.BYE)
 REFUSAL_FRAME: Final = command_frame(Command.REFUSAL)
+ADMIN_FRAME: Final = command_frame(Command.ADMIN)
+ADMIN_REPLY_FRAME: Final = command_frame(Command.ADMIN_REPLY)
 
 
 def decode_command(frames: Sequence[bytes]) -> Command:
     """The command of a multipart, after checking its signature and version.
 
-    A known v1 frame is one dict lookup; anything else is examined to say precisely
+    A known frame is one dict lookup; anything else is examined to say precisely
     what is wrong (a peer speaking another version is told which ones we speak).
     """
     if not frames:
@@ -149,10 +163,11 @@ def decode_command(frames: Sequence[bytes]) -> Command:
         raise _bad("first frame is not bytes") from None
     if len(first) < 4 or first[:2] != SIGNATURE:
         raise _bad(f"no ackbus signature in first frame {first[:8]!r}", BAD_SIGNATURE)
-    if first[2] not in SUPPORTED_VERSIONS:
+    if first[2] != FRAME_VERSION:
         raise _bad(
             f"protocol version {first[2]} not supported; this peer speaks "
-            f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}",
+            f"versions {', '.join(map(str, SUPPORTED_VERSIONS))} (frame version "
+            f"{FRAME_VERSION})",
             UNSUPPORTED_VERSION,
         )
     if len(first) != 4:
@@ -244,6 +259,7 @@ class MessageItem:
         "id",
         "key",
         "kind",
+        "method",
         "peer",
         "priority",
         "recipient",
@@ -302,6 +318,13 @@ class MessageItem:
             self._env_start += KEY_SIZE
         else:
             self.key = 0
+        # The rpc named by the envelope's first field (protocol version 2), read as a
+        # prefix: tag 0x7a (field 15, length-delimited), a varint length, the name.
+        at = self._env_start
+        if at < self._body_start and frame[at] == _METHOD_TAG:
+            self.method = _read_method(frame, at, self._body_start, mid)
+        else:
+            self.method = ""
         self.frame = frame
         self.peer = peer
 
@@ -340,6 +363,7 @@ class MessageItem:
         env.created_at_ns = self.created_at_ns
         env.sent_at_ns = self.sent_at_ns
         env.deadline_ns = self.deadline_ns
+        env.method = self.method
         return env
 
     def __repr__(self) -> str:
@@ -405,6 +429,60 @@ def key_hash(value: str | bytes | int) -> int:
         )
     h = int.from_bytes(hashlib.blake2b(raw, digest_size=KEY_SIZE).digest(), "little")
     return h or 1
+
+
+_METHOD_TAG: Final = 0x7A
+"""The first byte of an envelope that names its rpc: ``Envelope.method`` (field 15,
+wire type 2) written as the envelope's first field."""
+_method_prefixes: dict[str, bytes] = {}
+
+
+def method_prefix(method: str) -> bytes:
+    """The bytes that start an envelope naming rpc ``method`` ("poker.Table/StartHand"):
+    ``Envelope.method`` serialized alone, so the envelope stays a valid protobuf (fields
+    may come in any order) that a version-1 peer parses and ignores, while a hub reads
+    the name at a fixed place. :class:`LocalProtocolError` for a name the wire cannot
+    carry (not ``package.Service/Method``, over 255 bytes, spaces)."""
+    prefix = _method_prefixes.get(method)
+    if prefix is not None:
+        return prefix
+    raw = _check_name(method, "rpc name", empty_ok=False)
+    service, slash, name = method.partition("/")
+    if not slash or not service or not name or "/" in name:
+        raise LocalProtocolError(f"rpc name {method!r} is not 'package.Service/Method'")
+    size = len(raw)
+    length = bytes((size,)) if size < 0x80 else bytes((size & 0x7F | 0x80, size >> 7))
+    prefix = bytes((_METHOD_TAG,)) + length + raw
+    if len(_method_prefixes) >= _NAME_CACHE_MAX:
+        _method_prefixes.clear()
+    _method_prefixes[method] = prefix
+    return prefix
+
+
+def _read_method(frame: bytes, at: int, end: int, mid: bytes) -> str:
+    """The rpc name of an envelope region starting at ``at`` with the method tag."""
+    if at + 2 > end:
+        raise _bad("envelope cut short in its rpc name", MALFORMED, mid)
+    size = frame[at + 1]
+    start = at + 2
+    if size & 0x80:
+        if at + 3 > end or frame[at + 2] > 1:
+            raise _bad("rpc name longer than 255 bytes", MALFORMED, mid)
+        size = size & 0x7F | frame[at + 2] << 7
+        start += 1
+    if not size or start + size > end:
+        raise _bad("envelope cut short in its rpc name", MALFORMED, mid)
+    return _name(frame[start : start + size], "rpc name", mid)
+
+
+def item_method(frame: bytes) -> str:
+    """The rpc an item frame this process encoded names ("" if none)."""
+    tlen, rlen, elen = frame[_HDR - 10], frame[_HDR - 9], _U32.unpack_from(frame, _HDR - 8)[0]
+    at = _HDR + tlen + rlen + (KEY_SIZE if frame[_FLAGS_AT] & FLAG_KEYED else 0)
+    end = _HDR + tlen + rlen + elen
+    if at < end and frame[at] == _METHOD_TAG:
+        return _read_method(frame, at, end, b"")
+    return ""
 
 
 def keyed_envelope(key: int, envelope: bytes) -> bytes:

@@ -18,14 +18,16 @@ from .. import envelope_pb2, wire_pb2
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ._codec import (
     ACK_FRAME,
+    ADMIN_FRAME,
+    ADMIN_REPLY_FRAME,
     BYE_FRAME,
     DEFAULT_LIMITS,
     HEARTBEAT_FRAME,
     HELLO_FRAME,
     ID_SIZE,
+    LIMIT,
     MALFORMED,
     MAX_NAME,
-    PROTOCOL_VERSION,
     REFUSAL_FRAME,
     ROUTED_FRAME,
     SUPPORTED_VERSIONS,
@@ -314,7 +316,7 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
     _name(service, "HELLO service name", b"")
     if len(hello.identity.instance.encode()) > MAX_NAME:
         raise _bad("HELLO instance name too long")
-    declared = len(hello.commands) + len(hello.events) + len(hello.implements)
+    declared = len(hello.commands) + len(hello.events) + len(hello.implements) + len(hello.methods)
     if declared > limits.max_hello_types:
         raise _bad(
             f"HELLO declares {declared} types and services, more than the limit of "
@@ -324,6 +326,7 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
     for what, names in (
         ("handled type", (*hello.commands, *hello.events)),
         ("implemented service", hello.implements),
+        ("handled rpc", hello.methods),
     ):
         for name in names:
             _name(name.encode(), what, b"", UNKNOWN_TYPE)
@@ -393,9 +396,35 @@ def decode_refusal(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> 
     return RemoteProtocolError(refusal.reason, code=code, message_id=refusal.message_id)
 
 
+def encode_admin_request(req: wire_pb2.AdminRequest) -> list[bytes]:
+    return _control(ADMIN_FRAME, req)
+
+
+def decode_admin_request(
+    frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+) -> wire_pb2.AdminRequest:
+    req = wire_pb2.AdminRequest()
+    _parse(frames, req, limits)
+    if len(req.types) + len(req.services) > limits.max_hello_types:
+        raise _bad(f"AdminRequest with {len(req.types) + len(req.services)} filters", LIMIT)
+    return req
+
+
+def encode_admin_reply(reply: wire_pb2.AdminReply) -> list[bytes]:
+    return _control(ADMIN_REPLY_FRAME, reply)
+
+
+def decode_admin_reply(
+    frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS
+) -> wire_pb2.AdminReply:
+    reply = wire_pb2.AdminReply()
+    _parse(frames, reply, limits)
+    return reply
+
+
 def negotiate(versions: Sequence[int]) -> int:
     """The highest version both sides speak; UNSUPPORTED_VERSION if none."""
-    common = set(versions or (PROTOCOL_VERSION,)) & set(SUPPORTED_VERSIONS)
+    common = set(versions or (1,)) & set(SUPPORTED_VERSIONS)
     if not common:
         raise _bad(
             f"no common protocol version: peer speaks {sorted(versions)}, "

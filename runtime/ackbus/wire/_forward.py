@@ -28,6 +28,7 @@ from typing import Final, TypeVar
 from ._codec import (
     _HDR,
     _KNOWN_FLAGS,
+    _METHOD_TAG,
     DEFAULT_LIMITS,
     FLAG_KEYED,
     KIND_COMMAND,
@@ -55,16 +56,20 @@ T = TypeVar("T")
 
 class PackedRun:
     """Consecutive items of one packed group frame that a hub routes alike: first
-    attempts of commands, of one type and recipient, each under ``PACK_BELOW`` bytes.
+    attempts of commands, of one type, rpc (``method``, "" if none) and recipient, each
+    under ``PACK_BELOW`` bytes.
 
     ``frame[start:end]`` is their bytes with their u32 length prefixes (:meth:`chunk`),
     ready to be forwarded in a packed group of its own; ``ids`` are their message ids.
     """
 
-    __slots__ = ("end", "frame", "ids", "recipient", "start", "type")
+    __slots__ = ("end", "frame", "ids", "method", "recipient", "start", "type")
 
-    def __init__(self, msg_type: str, recipient: str, frame: bytes, start: int) -> None:
+    def __init__(
+        self, msg_type: str, recipient: str, frame: bytes, start: int, method: str = ""
+    ) -> None:
         self.type = msg_type
+        self.method = method
         self.recipient = recipient
         self.frame = frame
         self.start = start
@@ -155,7 +160,7 @@ def _scan(frames: Sequence[bytes], limits: Limits) -> list[PackedRun | MessageIt
         pos = 2 + group[1]
         peer = group[2:pos]
         run: PackedRun | None = None
-        run_type = run_recipient = ""
+        run_type = run_recipient = run_method = ""
         add_id: Callable[[bytes], None]  # the open run's ids.append
         for _ in range(count):
             start = pos
@@ -182,17 +187,31 @@ def _scan(frames: Sequence[bytes], limits: Limits) -> list[PackedRun | MessageIt
                     return None
             else:
                 recipient = ""
-            if (
-                kind == KIND_COMMAND
-                and attempt == 1
-                and ilen < PACK_BELOW
-                and not flags & FLAG_KEYED
-            ):
-                if run is None or msg_type != run_type or recipient != run_recipient:
+            method: str | None = ""  # None: it does not join a run
+            if kind != KIND_COMMAND or attempt != 1 or ilen >= PACK_BELOW or flags & FLAG_KEYED:
+                method = None
+            elif elen:
+                at += rlen if rlen else tlen  # the envelope
+                if group[at] == _METHOD_TAG:
+                    mlen = group[at + 1]
+                    # A name of 128 bytes or more (a two-byte length) goes item by item.
+                    if mlen & 0x80 or not mlen or mlen + 2 > elen:
+                        method = None
+                    else:
+                        method = names.get(group[at + 2 : at + 2 + mlen])
+                        if method is None:
+                            return None  # not seen yet: decode_messages checks it
+            if method is not None:
+                if (
+                    run is None
+                    or msg_type != run_type
+                    or recipient != run_recipient
+                    or method != run_method
+                ):
                     if run is not None:
                         run.end = start
-                    run = PackedRun(msg_type, recipient, group, start)
-                    run_type, run_recipient = msg_type, recipient
+                    run = PackedRun(msg_type, recipient, group, start, method)
+                    run_type, run_recipient, run_method = msg_type, recipient, method
                     add_id = run.ids.append
                     out.append(run)
                 add_id(mid)
