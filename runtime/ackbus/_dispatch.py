@@ -80,6 +80,21 @@ class Route:
     method: str = ""
     """The rpc ("poker.Table/StartHand") a generated handler's command route runs; ""
     for a route found by type (events, handlers registered by type)."""
+    threaded: bool = False
+    """``fn`` is the middleware chain (on the loop) around a plain ``def`` handler that
+    the chain runs in the worker pool (:mod:`ackbus.middleware`)."""
+    inner: HandlerFn | None = None
+    """The handler itself, when ``fn`` is the middleware chain around it."""
+
+    @property
+    def handler(self) -> HandlerFn:
+        """The registered function (inside the middleware chain, if any)."""
+        return self.inner if self.inner is not None else self.fn
+
+    @property
+    def plain(self) -> bool:
+        """The handler is a plain ``def`` (run in the worker pool)."""
+        return self.sync or self.threaded
 
     @property
     def name(self) -> str:
@@ -96,9 +111,13 @@ class Unhandled(NamedTuple):
 
 
 class Dispatcher:
-    """Rpc or message type name → route. Registering the same name twice is an error."""
+    """Rpc or message type name → route. Registering the same name twice is an error.
 
-    def __init__(self) -> None:
+    ``wrap`` (the endpoint's middleware chain, :func:`ackbus.middleware.handle_chain`)
+    turns each route registered into the one that runs."""
+
+    def __init__(self, wrap: Callable[[Route], Route] | None = None) -> None:
+        self._wrap = wrap
         self._routes: dict[str, Route] = {}
         self._rpcs: dict[str, list[Route]] = {}
         """Command type → the rpc routes taking it."""
@@ -187,6 +206,8 @@ class Dispatcher:
                     f"cannot also register {route.origin}"
                 )
         for route in routes:
+            if self._wrap is not None:
+                route = self._wrap(route)
             self._routes[route.name] = route
             if route.method:
                 self._rpcs.setdefault(route.msg_type, []).append(route)
@@ -243,7 +264,7 @@ class Dispatcher:
 
     def all_sync(self) -> bool:
         """Whether there are routes and every one runs a plain ``def`` (in threads)."""
-        return bool(self._routes) and all(r.sync for r in self._routes.values())
+        return bool(self._routes) and all(r.plain for r in self._routes.values())
 
     def __len__(self) -> int:
         return len(self._routes)

@@ -23,6 +23,7 @@ from .._window import WindowLines
 from .._workers import Workers
 from ..core import InboundDeduper, OutboundTracker
 from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
+from ..middleware import Middleware, SendNext
 from ..transport import Backend, Link, TransportOptions
 from ..wire import IdSource, Limits
 from ._durable import Durable
@@ -103,6 +104,11 @@ class EndpointBase:
     """Unix time minus loop time: reports and contexts carry Unix time."""
     _started: bool
     _closed: bool
+    _middleware: list[Middleware]
+    _send_through: SendNext | None
+    """The sends through the middleware that override ``on_send`` (None: none does)."""
+    window_waits: int
+    """Sends that waited for room in their destination's window (``window``)."""
 
     @property
     def max_concurrency(self) -> int:

@@ -427,7 +427,7 @@ class Durable:
         unit = Transaction(hooks, hooks.bus)
         tx = self.store.transaction(unit)
         # The endpoint built this context for this run alone.
-        ctx.tx = BlockingTx(tx, loop) if route.sync else tx  # type: ignore[assignment]
+        ctx.tx = BlockingTx(tx, loop) if route.plain else tx  # type: ignore[assignment]
         token = CURRENT.set(unit)
         try:
             if route.sync:

@@ -29,13 +29,13 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from .._dispatch import DictHandlerFn, Dispatcher, MessageHandlerFn
+from .._dispatch import DictHandlerFn, Dispatcher, HandlerFn, MessageHandlerFn
 from .._timer import Timer
 from .._types import (
     DeliveryReport,
@@ -54,11 +54,14 @@ from ..errors import (
     ConnectTimeout,
     StoreError,
 )
+from ..middleware import Middleware, Outgoing, future_of, handle_chain, send_chain
 from ..store import Store
 from ..transport import Backend, DefaultBackend, Link, TransportOptions
 from ..transport._keys import client_keys
 from ..wire import (
     DEFAULT_LIMITS,
+    KIND_COMMAND,
+    KIND_EVENT,
     IdSource,
     Limits,
     check_name,
@@ -102,6 +105,8 @@ class Endpoint(Sending, Receiving, HubLinks):
     it no more and holds the rest (``None``: ``workers`` when every handler is a plain
     ``def``, else 1,000, and with a PostgreSQL store at most its pool's live
     transactions; see :attr:`max_concurrency`).
+    ``middleware``: :class:`~ackbus.middleware.Middleware` objects around every send and
+    every handler run, the first the outermost (docs/observability.md).
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         hub_key: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         stall_threshold: float | None = 0.5,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
@@ -164,7 +170,10 @@ class Endpoint(Sending, Receiving, HubLinks):
         self.stats: EndpointStats = self._proto.stats
         self._tracker = self._proto.tracker
         self._deduper = self._proto.deduper
-        self._dispatch = Dispatcher()
+        self._middleware = list(middleware)
+        self._send_through = send_chain(self._middleware, self._send_next)
+        self._dispatch = Dispatcher(handle_chain(self._middleware, self._in_thread))
+        self.window_waits = 0
         self._pending: dict[bytes, DeliveryReport] = {}
         """Reports of the messages sent and not settled; a pending report carries its
         frame (no second object per message)."""
@@ -205,6 +214,37 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._wall_offset = 0.0
         self._started = False
         self._closed = False
+        for mw in self._middleware:
+            mw.attach(self)
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        """The endpoint's middleware, the outermost first."""
+        return tuple(self._middleware)
+
+    def _send_next(self, out: Outgoing) -> Coroutine[Any, Any, DeliveryReport]:
+        """The send at the end of the middleware chain."""
+        return self._send(
+            out.message,
+            KIND_EVENT if out.kind == "event" else KIND_COMMAND,
+            out.wait_ack,
+            out.timeout,
+            out.to,
+            out.priority,
+            out.headers,
+            out.policy,
+            out.request,
+            out.key,
+            out.method,
+        )
+
+    def _in_thread(self, fn: HandlerFn, msg: Any, ctx: Any) -> asyncio.Future[Any]:
+        """Run a plain ``def`` handler in the worker pool, for the middleware chain."""
+        loop = self._loop
+        assert loop is not None
+        fut, done = future_of(loop)
+        self._workers.start(loop, fn, msg, ctx, done)
+        return fut
 
     # ------------------------------------------------------------------ registration
 

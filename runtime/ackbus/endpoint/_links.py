@@ -89,7 +89,7 @@ class HubLinks(EndpointBase):
     def _types_changed(self) -> None:
         if self._watchdog is not None:  # the async handlers it may find on the loop's stack
             self._watchdog.handlers = handler_codes(
-                (r.fn, r.origin) for r in self._dispatch.routes() if not r.sync
+                (r.handler, r.origin) for r in self._dispatch.routes() if not r.plain
             )
         self.stats.max_concurrency = self._proto.max_concurrency = self.max_concurrency
         self._proto.set_types(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from google.protobuf.message import Message
 
@@ -29,6 +29,7 @@ from ..errors import (
     SchemaError,
     SendWindowTimeout,
 )
+from ..middleware import Outgoing
 from ..wire import (
     FLAG_KEYED,
     FLAG_REQUEST,
@@ -98,6 +99,10 @@ class Sending(EndpointBase):
         :class:`SendWindowTimeout` if the in-flight window stayed full that long,
         :class:`ClosedError` after :meth:`close`.
         """
+        if self._send_through is not None:
+            return self._through(
+                msg, "command", False, wait_ack, timeout, to, priority, headers, policy, key, method
+            )
         return self._send(
             msg, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, False, key, method
         )
@@ -116,6 +121,10 @@ class Sending(EndpointBase):
         """Publish an event to one instance of every service subscribed to its type
         (await it). Acked once every such service acked (at once if none subscribes).
         ``key``: as for :meth:`send`."""
+        if self._send_through is not None:
+            return self._through(
+                event, "event", False, wait_ack, timeout, None, priority, headers, policy, key
+            )
         return self._send(
             event, KIND_EVENT, wait_ack, timeout, None, priority, headers, policy, False, key
         )
@@ -136,9 +145,14 @@ class Sending(EndpointBase):
         """Send a command whose handler returns a ``response_type``; return the response.
         ``method``: as for :meth:`send`. Raises the :class:`DeliveryError` of the failed
         report."""
-        report = await self._send(
-            msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True, key, method
-        )
+        if self._send_through is not None:
+            report = await self._through(
+                msg, "command", True, True, timeout, to, priority, headers, policy, key, method
+            )
+        else:
+            report = await self._send(
+                msg, KIND_COMMAND, True, timeout, to, priority, headers, policy, True, key, method
+            )
         report.raise_for_status()
         response = response_type()
         try:
@@ -149,6 +163,40 @@ class Sending(EndpointBase):
                 message_id=report.message_id,
             ) from None
         return response
+
+    def _through(
+        self,
+        msg: Message | Untyped,
+        kind: Literal["command", "event"],
+        request: bool,
+        wait_ack: bool,
+        timeout: float | None,
+        to: str | None,
+        priority: int | None,
+        headers: Mapping[str, str] | None,
+        policy: Policy | None,
+        key: str | bytes | int | None,
+        method: str | None = None,
+    ) -> Coroutine[Any, Any, DeliveryReport]:
+        """A send through the middleware chain (:mod:`ackbus.middleware`)."""
+        assert self._send_through is not None
+        type_name = msg.type_name if isinstance(msg, Untyped) else msg.DESCRIPTOR.full_name
+        out = Outgoing(
+            msg,
+            type_name,
+            kind,
+            request,
+            self.identity,
+            dict(headers) if headers else {},
+            to,
+            wait_ack,
+            timeout,
+            priority,
+            policy,
+            key,
+            method,
+        )
+        return self._send_through(out)
 
     async def _send(
         self,
@@ -202,6 +250,7 @@ class Sending(EndpointBase):
             self._tracker.in_flight(destination) >= self._window
         )
         if waited:
+            self.window_waits += 1
             # Wait in line for a slot (_window.py); the future is awaited here, not in
             # a coroutine of its own: one object fewer per waiting send.
             deadline = loop.time() + pol.life
