@@ -52,6 +52,9 @@ transactions, 3), and the SQLite row's 1,000 (docs/durable.md, "How many at once
 BLOCKING_ROW = f"ackbus def handler sleeping {SLEEP_MS:g} ms, {SLEEP_WORKERS} workers"
 """Its ceiling is SLEEP_WORKERS / SLEEP_MS: 8,000 msgs/s."""
 ORDERING_KEYS = 100
+METRICS_ROW = "ackbus pipelined, Prometheus metrics on"
+"""The standalone row's cluster with ``metrics=0`` on both endpoints (counters and
+histograms) and ``--metrics-port 0`` on the hub, against the same row without."""
 ORDERED_ROW = f"ackbus pipelined, {ORDERING_KEYS} ordering keys"
 """100 keys x 100 messages (fewer in the tiny profile), message i of key i % 100: one
 message of a key in flight at a time, against the unordered standalone row."""
@@ -172,6 +175,7 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
         )
         def_handler = clusters.enter_context(Cluster(setup=Setup(handler="def")))
         ordered = clusters.enter_context(Cluster(setup=Setup(ordering_keys=ORDERING_KEYS)))
+        metered = clusters.enter_context(Cluster(setup=Setup(metrics=True)))
         blocking = clusters.enter_context(
             Cluster(setup=Setup(handler="def", sleep_ms=SLEEP_MS, workers=SLEEP_WORKERS))
         )
@@ -218,6 +222,9 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             unordered = "ackbus pipelined, standalone hub"
             row(ORDERED_ROW, base=a_pipe, vs=unordered).runs.append(
                 ordered.run("pipelined", min(p.pipelined, ORDERING_KEYS * 100))
+            )
+            row(METRICS_ROW, base=a_pipe, vs=unordered).runs.append(
+                metered.run("pipelined", p.pipelined)
             )
             row("ackbus pipelined, def handler (worker pool)", base=a_pipe).runs.append(
                 def_handler.run("pipelined", p.pipelined)

@@ -90,6 +90,14 @@ class Setup:
     ordering_keys: int = 0
     """Pipelined sends carry ordering keys, message *i* key ``i % ordering_keys``: one
     message of a key in flight at a time (0: no keys)."""
+    metrics: bool = False
+    """Prometheus metrics on every process: ``Endpoint(..., metrics=0)`` on the senders
+    and receivers (counters and the histograms of ackbus.metrics.PrometheusMiddleware),
+    ``--metrics-port 0`` on a standalone hub (its per-type count)."""
+
+    def endpoint_options(self, name: str) -> dict[str, Any]:
+        """What an endpoint named ``name`` is given besides its hub and policy."""
+        return {**_key_args(self.keys, name), **({"metrics": 0} if self.metrics else {})}
 
     def policy(self) -> Policy:
         if not self.events:
@@ -157,7 +165,7 @@ async def _receive(
             store=store,
             policy=POLICY,
             workers=setup.workers,
-            **_key_args(setup.keys, service),
+            **setup.endpoint_options(service),
         )
         kind = Kind.EVENT if setup.events else Kind.COMMAND
         implements = _schema_service(service) if setup.events else None
@@ -192,7 +200,7 @@ async def _sender_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
         window=job["window"],
         policy=setup.policy(),
         store=job.get("store"),
-        **_key_args(setup.keys, "source"),
+        **setup.endpoint_options("source"),
     ) as ep:
         msg = Bye(reason="p" * job["size"])
         send = ep.publish if setup.events else ep.send
@@ -299,7 +307,7 @@ class Cluster:
         self.receivers: list[tuple[Any, Connection]] = []
         try:
             if hub == "standalone":
-                self.hub_proc, address = _standalone_hub(setup.keys)
+                self.hub_proc, address = _standalone_hub(setup.keys, setup.metrics)
                 self.pids["hub"] = self.hub_proc.pid
             embedded = "tcp://127.0.0.1:0" if hub == "embedded" else None
             for i, service in enumerate(setup.services):
@@ -434,11 +442,14 @@ def _stop(proc: Any) -> None:
         proc.join(5)
 
 
-def _standalone_hub(keys: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+def _standalone_hub(
+    keys: Path | None = None, metrics: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     """``python -m ackbus.hub`` on a free port; its address from the line it prints."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ackbus.hub", "--bind", "tcp://127.0.0.1:0"]
-        + (["--keys", str(keys)] if keys is not None else []),
+        + (["--keys", str(keys)] if keys is not None else [])
+        + (["--metrics-port", "0"] if metrics else []),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -449,4 +460,4 @@ def _standalone_hub(keys: Path | None = None) -> tuple[subprocess.Popen[str], st
         proc.kill()
         proc.wait(5)
         raise RuntimeError(f"the standalone hub did not start: {line!r}")
-    return proc, line.rsplit(" listening on ", 1)[1].split()[0]
+    return proc, line.rsplit(" listening on ", 1)[1].split()[0].rstrip(";")

@@ -10,9 +10,11 @@ defaults are the endpoint's.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TypedDict
 
 from ._types import Policy, Registry
+from .middleware import Middleware
 from .store import Store
 from .transport import Backend, TransportOptions
 from .wire import Limits
@@ -42,3 +44,5 @@ class EndpointOptions(TypedDict, total=False):
     hub_key: str | os.PathLike[str] | None
     workers: int | None
     stall_threshold: float | None
+    middleware: Sequence[Middleware]
+    metrics: int | None

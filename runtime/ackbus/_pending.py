@@ -36,17 +36,23 @@ def attempt_frame(
 
 
 def settle_acked(
-    pending: dict[bytes, DeliveryReport], completions: Sequence[Completion], wall_offset: float
+    pending: dict[bytes, DeliveryReport],
+    completions: Sequence[Completion],
+    wall_offset: float,
+    reports: list[DeliveryReport] | None = None,
 ) -> list[bytes]:
     """Settle the pending reports of acked ``completions`` (removed from ``pending``);
-    return the ids of those settled. One loop for an ACK group's worth, as a pipelined
-    sender settles tens of thousands a second."""
+    return the ids of those settled, and append their reports to ``reports`` if given.
+    One loop for an ACK group's worth, as a pipelined sender settles tens of thousands
+    a second."""
     acked: list[bytes] = []
     for c in completions:
         report = pending.pop(c.msg_id, None)
         if report is None:
             continue
         acked.append(c.msg_id)
+        if reports is not None:
+            reports.append(report)
         report._frame = b""  # a report the caller keeps must not keep the message
         report._settle(  # positional: once per acked message
             DeliveryStatus.ACKED,

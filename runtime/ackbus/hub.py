@@ -38,6 +38,7 @@ import logging
 import os
 import resource
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -145,6 +146,8 @@ class Hub:
         )
         self._proto.identity = self.identity
         self.stats: HubStats = self._proto.stats
+        self.routed_by_type: Counter[str] | None = None
+        """Items forwarded by type, once :meth:`count_types` was called (else None)."""
         self._options = options or TransportOptions()
         if self._options.max_msgsize < 0:  # a bigger frame is never read, only refused
             self._options = replace(self._options, max_msgsize=limits.max_frame_bytes)
@@ -458,11 +461,21 @@ class Hub:
     # ------------------------------------------------------------------ the protocol's actions
     # (HubIO: what the protocol decided, encoded with the wire and sent)
 
+    def count_types(self) -> None:
+        """Count the items forwarded by type from now on (:attr:`routed_by_type`, which
+        ``ackbus.metrics`` exports): a dict increment per item, off until asked for."""
+        if self.routed_by_type is None:
+            self.routed_by_type = Counter()
+
     def forward(self, target: bytes, item: MessageItem, origin: bytes) -> None:
         self._out(target).message(item.frame, origin)
+        if self.routed_by_type is not None:
+            self.routed_by_type[item.type] += 1
 
     def forward_run(self, run: PackedRun, targets: Sequence[bytes], origin: bytes) -> None:
         """Each target's share of the run as one chunk of the bytes it arrived in."""
+        if self.routed_by_type is not None:
+            self.routed_by_type[run.type] += len(targets)
         first = targets[0]
         if targets.count(first) == len(targets):  # one instance, or all picked the same
             self._out(first).packed(run.chunk(), len(targets), origin)

@@ -27,24 +27,80 @@ up), ``refused`` by ``code``, ``unauthenticated`` (keys refused in the CURVE han
 ``key_limit`` (HELLOs refused: their key had ``max_instances_per_key`` instances),
 ``out_of_descriptors`` (failed accepts: the process was out of file descriptors),
 and the gauges ``instances`` per ``service`` and ``stalled_instances``.
+
+Histograms and what the message path must count come from
+:class:`PrometheusMiddleware` (:mod:`ackbus.middleware`), which ``Endpoint(...,
+metrics=PORT)`` adds and serves; ``serve(port, ep)`` exports them with the counters
+when the endpoint has one. It records ``ackbus_handler_seconds`` (handler runs, by
+``type`` and ``outcome``: ``ok``, ``rejected``, ``error``) and ``ackbus_ack_seconds``
+(first send to ack, by ``type``), and the endpoint's collector adds
+``ackbus_window_waits`` (sends that waited for window room), the gauges
+``ackbus_window_waiting`` (sends waiting now, by ``destination``) and ``ackbus_in_flight``
+(sent, not settled, by ``type``). A hub's collector switches on its per-type count:
+``ackbus_hub_routed_by_type`` (by ``type``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from .endpoint import Endpoint
-from .hub import Hub
+from ._types import Context, DeliveryReport
+from .core.hub_protocol import HubStats
+from .errors import Reject
+from .middleware import HandleNext, Middleware
 
-__all__ = ["EndpointCollector", "HubCollector", "MetricsServer", "collector", "serve"]
+if TYPE_CHECKING:
+    from .endpoint import Endpoint
+    from .hub import Hub
+
+__all__ = [
+    "BUCKETS",
+    "EndpointCollector",
+    "HubCollector",
+    "MetricsServer",
+    "PrometheusMiddleware",
+    "collector",
+    "serve",
+]
+
+BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+"""Upper bounds (seconds) of the histograms' buckets: from 100 µs (an ack on one host)
+to 30 s (a handler's or a retried message's)."""
 
 _ENDPOINT = ["service", "instance"]
 _HUB = ["hub", "instance"]
@@ -112,6 +168,30 @@ class EndpointCollector(Collector):
         )
         dead.add_metric(labels, len(ep.dead_letters))
         yield dead
+        yield _counter(
+            "ackbus_window_waits",
+            "Sends that waited for room in their destination's window.",
+            names,
+            labels,
+            ep.window_waits,
+        )
+        waiting = GaugeMetricFamily(
+            "ackbus_window_waiting",
+            "Sends waiting for window room now, by destination.",
+            labels=[*names, "destination"],
+        )
+        for destination, n in sorted(ep.window_waiting().items()):
+            waiting.add_metric([*labels, destination], n)
+        yield waiting
+        flight = GaugeMetricFamily(
+            "ackbus_in_flight", "Messages sent, not settled, by type.", labels=[*names, "type"]
+        )
+        for msg_type, n in sorted(ep.in_flight_by_type().items()):
+            flight.add_metric([*labels, msg_type], n)
+        yield flight
+        for mw in ep.middleware:
+            if isinstance(mw, PrometheusMiddleware):
+                yield from mw.collect()
 
 
 class HubCollector(Collector):
@@ -119,6 +199,7 @@ class HubCollector(Collector):
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        hub.count_types()
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -150,6 +231,14 @@ class HubCollector(Collector):
         ):
             yield _counter(name, doc, names, labels, value)
         yield _by("ackbus_hub_refused", "Refusals sent, by code.", names, labels, "code", s.refused)
+        yield _by(
+            "ackbus_hub_routed_by_type",
+            "Items forwarded (an event once per service), by type.",
+            names,
+            labels,
+            "type",
+            hub.routed_by_type or Counter(),
+        )
         instances = GaugeMetricFamily(
             "ackbus_hub_instances", "Registered instances, by service.", labels=[*names, "service"]
         )
@@ -166,7 +255,113 @@ class HubCollector(Collector):
 
 def collector(source: Endpoint | Hub) -> Collector:
     """The collector for an endpoint or a hub."""
-    return HubCollector(source) if isinstance(source, Hub) else EndpointCollector(source)
+    if isinstance(source.stats, HubStats):  # narrows the union: only a hub has HubStats
+        return HubCollector(source)
+    return EndpointCollector(source)
+
+
+class _Histogram:
+    """One histogram's buckets per message type, written on the endpoint's loop thread
+    only (no lock: a float increment), read by a scrape from its own thread."""
+
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = list(bounds)
+        self.series: dict[str, list[float]] = {}
+        """Type -> [count per bucket (the last: above every bound)..., sum]."""
+
+    def observe(self, key: str, value: float) -> None:
+        row = self.series.get(key)
+        if row is None:
+            row = self.series[key] = [0.0] * (len(self.bounds) + 2)
+        row[bisect.bisect_left(self.bounds, value)] += 1
+        row[-1] += value
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str], *extra: str) -> None:
+        """Add a series per type to ``family``: ``labels``, the type, then ``extra``."""
+        for key, row in sorted(list(self.series.items())):
+            row = list(row)  # one copy: the loop thread may add to it meanwhile
+            cumulative, buckets = 0.0, []
+            for bound, n in zip([*self.bounds, float("inf")], row[:-1], strict=True):
+                cumulative += n
+                buckets.append((_bound(bound), cumulative))
+            family.add_metric([*labels, key, *extra], buckets, row[-1])
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class PrometheusMiddleware(Middleware):
+    """Histograms of one endpoint's handler runs and of its messages' send-to-ack
+    latency, by message type (module docstring). ``Endpoint(..., metrics=PORT)`` adds
+    one; give one yourself (``middleware=[PrometheusMiddleware()]``) to choose its
+    place in the chain or its ``buckets``, and ``serve(port, ep)`` exports it. One
+    endpoint each."""
+
+    def __init__(self, buckets: Sequence[float] = BUCKETS) -> None:
+        self.handled = _Histogram(buckets)
+        """Handler runs that returned, by type."""
+        self.rejected = _Histogram(buckets)
+        """Handler runs that raised Reject."""
+        self.errors = _Histogram(buckets)
+        """Handler runs that raised anything else (RetryLater included)."""
+        self.ack_seconds = _Histogram(buckets)
+        """Acked messages only (failures are ``ackbus_failed``)."""
+        self._endpoint: Endpoint | None = None
+
+    def attach(self, endpoint: Endpoint) -> None:
+        if self._endpoint is not None:
+            raise ValueError(
+                f"this PrometheusMiddleware already records {self._endpoint.identity}: "
+                "give each endpoint its own"
+            )
+        self._endpoint = endpoint
+
+    def on_acked(self, reports: Sequence[DeliveryReport]) -> None:
+        observe = self.ack_seconds.observe
+        for r in reports:
+            if r.first_sent_at is not None and r.acked_at is not None:
+                observe(r.message_type, r.acked_at - r.first_sent_at)
+
+    async def on_handle(self, msg: Any, ctx: Context, call_next: HandleNext) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await call_next(msg, ctx)
+        except Reject:
+            self.rejected.observe(ctx.message_type, time.perf_counter() - started)
+            raise
+        except asyncio.CancelledError:  # the endpoint closing: not a run that ended
+            raise
+        except BaseException:
+            self.errors.observe(ctx.message_type, time.perf_counter() - started)
+            raise
+        self.handled.observe(ctx.message_type, time.perf_counter() - started)
+        return result
+
+    def collect(self) -> Iterator[Metric]:
+        """The histograms, as the endpoint's collector exports them."""
+        ep = self._endpoint
+        if ep is None:
+            return
+        names, labels = _ENDPOINT, [ep.identity.service, ep.identity.instance]
+        handler = HistogramMetricFamily(
+            "ackbus_handler_seconds",
+            "Handler runs, by type and outcome (ok, rejected, error).",
+            labels=[*names, "type", "outcome"],
+        )
+        self.handled.add_to(handler, labels, "ok")
+        self.rejected.add_to(handler, labels, "rejected")
+        self.errors.add_to(handler, labels, "error")
+        yield handler
+        ack = HistogramMetricFamily(
+            "ackbus_ack_seconds",
+            "First send to ack of acked messages, by type.",
+            labels=[*names, "type"],
+        )
+        self.ack_seconds.add_to(ack, labels)
+        yield ack
 
 
 @dataclass

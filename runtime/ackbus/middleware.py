@@ -3,7 +3,8 @@
 A middleware is an object of a subclass of :class:`Middleware` that overrides
 :meth:`~Middleware.on_send`, :meth:`~Middleware.on_handle`, or both; each one receives
 what is being done and the next step (``call_next``), and decides what happens around
-it (time it, log it, add a header, check a header and refuse, set a ``ContextVar``)::
+it (time it, log it, add a header, check a header and refuse, set a ``ContextVar``).
+:meth:`~Middleware.on_acked` hears of acked messages a batch at a time::
 
     class Timing(Middleware):
         async def on_handle(self, msg: Any, ctx: Context, call_next: HandleNext) -> Any:
@@ -41,10 +42,12 @@ if TYPE_CHECKING:
     from .endpoint import Endpoint
 
 __all__ = [
+    "AckedHook",
     "HandleNext",
     "Middleware",
     "Outgoing",
     "SendNext",
+    "acked_hooks",
     "handle_chain",
     "send_chain",
 ]
@@ -84,6 +87,7 @@ class Outgoing:
 
 SendNext: TypeAlias = Callable[[Outgoing], Coroutine[Any, Any, DeliveryReport]]
 """The rest of a send: the next middleware, or the endpoint's own send."""
+AckedHook: TypeAlias = Callable[[Sequence[DeliveryReport]], None]
 HandleNext: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 """The rest of a handler run: the next middleware, or the handler (its response, or
 ``None``)."""
@@ -107,6 +111,13 @@ class Middleware:
         of calling ``call_next`` sends nothing; the caller sees the exception."""
         return await call_next(out)
 
+    def on_acked(self, reports: Sequence[DeliveryReport]) -> None:
+        """After messages this endpoint sent were acked, on the loop, once per batch of
+        acks (a pipelined sender settles thousands a second: cheaper than a callback per
+        report), with their settled reports (``message_type``, ``attempts``,
+        ``acked_by``, ``latency``: first send to ack). Must not raise nor block. Never
+        called unless overridden."""
+
     async def on_handle(self, msg: Any, ctx: Context, call_next: HandleNext) -> Any:
         """Around a handler run, on the endpoint's loop, in the run's own
         ``contextvars`` context: a ``ContextVar`` set here is seen by the handler (in its
@@ -120,6 +131,22 @@ class Middleware:
 
 def _overrides(mw: Middleware, name: str) -> bool:
     return getattr(type(mw), name) is not getattr(Middleware, name)
+
+
+def acked_hooks(middleware: Sequence[Middleware]) -> AckedHook | None:
+    """One function calling every middleware's ``on_acked`` that is overridden, in
+    order; ``None`` when none is."""
+    hooks = [mw.on_acked for mw in middleware if _overrides(mw, "on_acked")]
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def each(reports: Sequence[DeliveryReport]) -> None:
+        for hook in hooks:
+            hook(reports)
+
+    return each
 
 
 def send_chain(middleware: Sequence[Middleware], last: SendNext) -> SendNext | None:

@@ -23,7 +23,7 @@ from .._window import WindowLines
 from .._workers import Workers
 from ..core import InboundDeduper, OutboundTracker
 from ..core.endpoint_protocol import EndpointProtocol, EndpointStats
-from ..middleware import Middleware, SendNext
+from ..middleware import AckedHook, Middleware, SendNext
 from ..transport import Backend, Link, TransportOptions
 from ..wire import IdSource, Limits
 from ._durable import Durable
@@ -107,6 +107,8 @@ class EndpointBase:
     _middleware: list[Middleware]
     _send_through: SendNext | None
     """The sends through the middleware that override ``on_send`` (None: none does)."""
+    _on_acked: AckedHook | None
+    """Every middleware's ``on_acked`` (None: none overrides it)."""
     window_waits: int
     """Sends that waited for room in their destination's window (``window``)."""
 

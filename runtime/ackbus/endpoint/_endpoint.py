@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, overload
@@ -54,7 +54,14 @@ from ..errors import (
     ConnectTimeout,
     StoreError,
 )
-from ..middleware import Middleware, Outgoing, future_of, handle_chain, send_chain
+from ..middleware import (
+    Middleware,
+    Outgoing,
+    acked_hooks,
+    future_of,
+    handle_chain,
+    send_chain,
+)
 from ..store import Store
 from ..transport import Backend, DefaultBackend, Link, TransportOptions
 from ..transport._keys import client_keys
@@ -106,7 +113,11 @@ class Endpoint(Sending, Receiving, HubLinks):
     ``def``, else 1,000, and with a PostgreSQL store at most its pool's live
     transactions; see :attr:`max_concurrency`).
     ``middleware``: :class:`~ackbus.middleware.Middleware` objects around every send and
-    every handler run, the first the outermost (docs/observability.md).
+    every handler run, the first the outermost (docs/observability.md). ``metrics``: a
+    port to serve Prometheus metrics on (``http://127.0.0.1:PORT/metrics``, 0: any free
+    port, see :attr:`metrics_port`) while the endpoint runs, its counters and the
+    histograms of a :class:`~ackbus.metrics.PrometheusMiddleware` added to
+    ``middleware`` (needs ``ackbus[metrics]``).
     """
 
     def __init__(
@@ -134,6 +145,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         workers: int | None = None,
         stall_threshold: float | None = 0.5,
         middleware: Sequence[Middleware] = (),
+        metrics: int | None = None,
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
@@ -171,7 +183,15 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._tracker = self._proto.tracker
         self._deduper = self._proto.deduper
         self._middleware = list(middleware)
+        self._metrics_port = metrics
+        self._metrics_server: Any = None
+        if metrics is not None:
+            from ..metrics import PrometheusMiddleware
+
+            if not any(isinstance(mw, PrometheusMiddleware) for mw in self._middleware):
+                self._middleware.append(PrometheusMiddleware())
         self._send_through = send_chain(self._middleware, self._send_next)
+        self._on_acked = acked_hooks(self._middleware)
         self._dispatch = Dispatcher(handle_chain(self._middleware, self._in_thread))
         self.window_waits = 0
         self._pending: dict[bytes, DeliveryReport] = {}
@@ -221,6 +241,12 @@ class Endpoint(Sending, Receiving, HubLinks):
     def middleware(self) -> tuple[Middleware, ...]:
         """The endpoint's middleware, the outermost first."""
         return tuple(self._middleware)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port its Prometheus metrics are served on while it runs (``metrics=``)."""
+        server = self._metrics_server
+        return server.port if server is not None else self._metrics_port
 
     def _send_next(self, out: Outgoing) -> Coroutine[Any, Any, DeliveryReport]:
         """The send at the end of the middleware chain."""
@@ -341,6 +367,10 @@ class Endpoint(Sending, Receiving, HubLinks):
         if self._watchdog is not None:
             self._watchdog.start(loop)
         try:
+            if self._metrics_port is not None:
+                from ..metrics import serve
+
+                self._metrics_server = serve(self._metrics_port, self)
             if self._durable is not None:
                 await self._durable.start(self._hooks(loop), loop)
             for address in self._hub_addresses:
@@ -487,6 +517,9 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._links.clear()
         if self._durable is not None:
             await self._durable.close()
+        if self._metrics_server is not None:
+            server, self._metrics_server = self._metrics_server, None
+            await asyncio.to_thread(server.close)
 
     async def __aenter__(self) -> Endpoint:
         return await self.start()
@@ -502,6 +535,14 @@ class Endpoint(Sending, Receiving, HubLinks):
         """The watchdog saw the loop held for ``seconds`` (called on the loop)."""
         self.stats.loop_stalls += 1
         self.stats.loop_stalled_s += seconds
+
+    def window_waiting(self) -> dict[str, int]:
+        """Sends waiting for window room now, by destination (any thread may ask)."""
+        return {d: len(line.waiters) for d, line in list(self._window_waiters.lines.items())}
+
+    def in_flight_by_type(self) -> dict[str, int]:
+        """Messages sent and not settled, by type (any thread may ask)."""
+        return dict(Counter(r.message_type for r in list(self._pending.values())))
 
     @property
     def pending(self) -> int:

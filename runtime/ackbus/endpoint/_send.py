@@ -416,7 +416,13 @@ class Sending(EndpointBase):
     def acked(self, completions: Sequence[Completion]) -> None:
         """Settle acked messages: an ACK group's worth in one loop, as a pipelined
         sender settles tens of thousands a second."""
-        acked = settle_acked(self._pending, completions, self._wall_offset)
+        hook = self._on_acked
+        if hook is None:
+            acked = settle_acked(self._pending, completions, self._wall_offset)
+        else:
+            reports: list[DeliveryReport] = []
+            acked = settle_acked(self._pending, completions, self._wall_offset, reports)
+            hook(reports)
         if self._durable is not None and acked:
             self._durable.acked(acked)
         waiting = self._window_waiters
