@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -87,3 +88,31 @@ def test_runtime_and_generated_code_do_not_import_the_code_generator() -> None:
         check=True,
     )
     assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_observability_extras_are_imported_only_by_their_own_modules() -> None:
+    """``pip install ackbus`` stays lean: an endpoint with middleware, the hub and the
+    blocking client import neither prometheus-client nor OpenTelemetry; the wheel
+    requires them only with the ``metrics`` and ``otel`` extras."""
+    code = (
+        "import sys, ackbus, ackbus.blocking, ackbus.hub, ackbus.middleware\n"
+        "from ackbus.endpoint import Endpoint\n"
+        "Endpoint('a', 'tcp://127.0.0.1:1', middleware=[ackbus.middleware.Middleware()])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('prometheus_client', 'opentelemetry')))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "generated")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout.strip() == "[]", run.stdout
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {Requirement(r).name for r in project["dependencies"]}
+    assert core == {"pyzmq", "protobuf"}
+    extras = project["optional-dependencies"]
+    assert [Requirement(r).name for r in extras["metrics"]] == ["prometheus-client"]
+    assert [Requirement(r).name for r in extras["otel"]] == ["opentelemetry-api"]
