@@ -12,10 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["MORE_KEYS", "Throttle"]
+__all__ = ["MORE_KEYS", "Throttle", "held_back"]
 
 MORE_KEYS = "(more keys)"
 """The key that stands for every key beyond the throttle's capacity."""
+
+
+def held_back(held: int, what: str) -> str:
+    """What a line lets through says of the lines held back since the last one."""
+    return f" ({held} more {what} in the last minute)" if held else ""
 
 
 class Throttle:

@@ -443,7 +443,7 @@ async def _serve_hub(
 
     loop = asyncio.get_running_loop()
     _raise_open_files()
-    async with Hub(
+    hub = Hub(
         bind,
         name=name,
         heartbeat=heartbeat,
@@ -453,7 +453,9 @@ async def _serve_hub(
         stall_limit=stall_limit,
         max_held=max_held,
         max_instances_per_key=max_instances_per_key,
-    ) as hub:
+    )
+    hub.announce = False  # the line printed below says it, once
+    async with hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.close()))
         if access is not None:

@@ -49,7 +49,7 @@ from google.protobuf.message import DecodeError
 from . import envelope_pb2, wire_pb2
 from ._access import Access
 from ._admin import Admin
-from ._throttle import Throttle
+from ._throttle import Throttle, held_back
 from ._timer import Timer
 from ._types import Identity
 from .core import Instance, Outcome, RemoteError, RoutingTable
@@ -192,6 +192,10 @@ class Hub:
         """One line a minute while connections cannot be accepted (out of descriptors)."""
         self._key_limits = Throttle()
         """One line per CURVE key per minute about its instances beyond the limit."""
+        self._registered_lines: dict[bytes, tuple[Identity, int, int]] = {}
+        """The last "registered" line written per peer (a repeated HELLO writes none)."""
+        self.announce = True
+        """Log a "listening on" line when started (``ackbus hub`` prints its own)."""
         self._notices: list[Routed] = []
         """ROUTED entries of the multipart being routed, sent together at its end."""
         self._listener: Listener | None = None
@@ -229,7 +233,8 @@ class Hub:
             raise
         self._proto.start(self._loop.time())
         self._arm_timer()
-        log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
+        if self.announce:
+            log.info("hub %s listening on %s", self.identity, ", ".join(self.addresses))
         return self
 
     def reload_access(self) -> bool:
@@ -423,12 +428,17 @@ class Hub:
             key,
         )
         self._admin.hello(peer, hello.agent, self._version)
-        log.info(
-            "registered %s: %d command types, %d event types",
-            identity,
-            len(hello.commands),
-            len(hello.events),
-        )
+        # A HELLO is said again on every reconnect and type change: one line for what
+        # is new, not one per HELLO.
+        said = (identity, len(hello.commands), len(hello.events))
+        if self._registered_lines.get(peer) != said:
+            self._registered_lines[peer] = said
+            log.info(
+                "registered %s: %d command types, %d event types",
+                identity,
+                len(hello.commands),
+                len(hello.events),
+            )
 
     def _check_key_limit(self, peer: bytes, token: bytes, key: str, identity: Identity) -> None:
         """Refuse (LIMIT) a HELLO that would register one more instance of ``key`` than
@@ -443,7 +453,7 @@ class Hub:
         allowed = self._key_limits.allow(key)
         if allowed is not None:
             held = allowed[1]
-            more = f" ({held} more refused in the last minute)" if held else ""
+            more = held_back(held, "refused")
             log.warning(
                 "refused instance %s: key %r has %d instances registered, its limit "
                 "(max_instances_per_key, --max-instances-per-key)%s",
@@ -563,6 +573,7 @@ class Hub:
                 notice = RemoteProtocolError(f"forgotten by the hub: {why}", code=NOT_REGISTERED)
                 self._listener.send_once(peer, refusal_for(notice))
         self._admin.forgot(peer)
+        self._registered_lines.pop(peer, None)
         if instance is not None:
             log.info("instance %s left: %s", instance.identity, why)
 
@@ -607,7 +618,7 @@ class Hub:
         allowed = self._refusals.allow(exc.code)  # a flood of refusals writes a line a minute
         if allowed is not None:
             held = allowed[1]
-            more = f" ({held} more {exc.code} refusals in the last minute)" if held else ""
+            more = held_back(held, f"{exc.code} refusals")
             log.warning("refused input from peer %s: %s%s", peer.hex(), exc, more)
         try:
             if self._proto.registered(peer):
@@ -631,7 +642,7 @@ class Hub:
             return
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         held = allowed[1]
-        more = f" ({held} more failed accepts in the last minute)" if held else ""
+        more = held_back(held, "failed accepts")
         which = "this process" if error == errno.EMFILE else "the system (ENFILE)"
         log.error(
             "hub %s is out of file descriptors: %s cannot open more, so new connections "

@@ -10,6 +10,7 @@ SIGHUP reads the file again without dropping connections.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import subprocess
@@ -270,3 +271,19 @@ def test_a_bad_access_file_stops_the_hub_with_one_line(tmp_path: Path) -> None:
     done = run_hub("--bind", "tcp://127.0.0.1:0", "--access", str(access))
     assert done.returncode == 1
     assert "an access file needs keys" in done.stderr
+
+
+async def test_the_refusals_of_many_messages_are_one_warning_line_a_minute(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ackbus.endpoint")
+    async with Table(setup).ep, setup.endpoint("orders", "orders") as orders:
+        reports = [await orders.send(Welcome(version=1), timeout=5) for _ in range(5)]
+        assert all(isinstance(r.error, Unauthorized) for r in reports)
+    refused = [r for r in caplog.records if " refused: " in r.getMessage()]
+    assert len(refused) == 1  # the other four held back (the next line would count them)
+    assert refused[0].message_id == reports[0].message_id.hex()  # type: ignore[attr-defined]
+    assert refused[0].service == "orders"  # type: ignore[attr-defined]
+    failed = [r for r in caplog.records if r.getMessage().startswith("delivery failed")]
+    assert len(failed) == 5  # each failure is its own line, with its own fields
+    assert [r.message_id for r in failed] == [r.message_id.hex() for r in reports]  # type: ignore[attr-defined]

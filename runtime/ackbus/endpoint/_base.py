@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._dispatch import Dispatcher
+from .._throttle import Throttle
 from .._timer import Timer
 from .._types import DeliveryReport, Identity, Policy, Registry
 from .._watchdog import LoopWatchdog
@@ -107,6 +108,8 @@ class EndpointBase:
     _middleware: list[Middleware]
     _send_through: SendNext | None
     """The sends through the middleware that override ``on_send`` (None: none does)."""
+    _warnings: Throttle
+    """Repeated warnings (a silent hub, refusals) written once a minute per key."""
     _on_acked: AckedHook | None
     """Every middleware's ``on_acked`` (None: none overrides it)."""
     window_waits: int

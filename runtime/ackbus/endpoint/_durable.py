@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._eager import report_when_done, start_eager
+from .._log import message_fields
 from .._types import Context, DeliveryReport, DeliveryStatus, Identity, Policy
 from ..core import Completion, DedupeRecord, Outcome, Reason, RemoteError
 from ..core._values import shortened
@@ -547,7 +548,12 @@ class Durable:
                 else:
                     self._committed(unit, hub, item, route, result, exc, error)
             except Exception:  # one broken answer must not starve the rest
-                log.exception("%s: answering %s failed", hooks.identity, item.id.hex())
+                log.exception(
+                    "%s: answering %s failed",
+                    hooks.identity,
+                    item.id.hex(),
+                    extra=message_fields(item.id, item.type, hooks.identity.service, item.attempt),
+                )
         if oks:
             now = hooks.now()
             protocol = hooks.protocol
@@ -581,6 +587,7 @@ class Durable:
                 item.type,
                 item.id.hex(),
                 error,
+                extra=message_fields(item.id, item.type, hooks.identity.service, item.attempt),
             )
             return
         if unit.duplicate is not None:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar, overload
 from google.protobuf.message import Message
 
 from .._dispatch import DictHandlerFn, Dispatcher, HandlerFn, MessageHandlerFn
+from .._throttle import Throttle
 from .._timer import Timer
 from .._types import (
     DeliveryReport,
@@ -194,6 +195,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         self._on_acked = acked_hooks(self._middleware)
         self._dispatch = Dispatcher(handle_chain(self._middleware, self._in_thread))
         self.window_waits = 0
+        self._warnings = Throttle()
         self._pending: dict[bytes, DeliveryReport] = {}
         """Reports of the messages sent and not settled; a pending report carries its
         frame (no second object per message)."""

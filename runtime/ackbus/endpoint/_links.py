@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from .. import wire_pb2
+from .._throttle import held_back
 from .._types import (
     Kind,
 )
@@ -82,9 +83,16 @@ class HubLinks(EndpointBase):
         self._links[hub].link.outbox.control(encode_heartbeat())
 
     def hub_silent(self, hub: int, silence: float) -> None:
-        log.warning(
-            "%s: hub %s silent for %.1f s", self.identity, self._links[hub].link.address, silence
-        )
+        address = self._links[hub].link.address
+        allowed = self._warnings.allow(f"silent {address}")  # one line a minute per hub
+        if allowed is not None:
+            log.warning(
+                "%s: hub %s silent for %.1f s%s",
+                self.identity,
+                address,
+                silence,
+                held_back(allowed[1], "such lines"),
+            )
 
     def _types_changed(self) -> None:
         if self._watchdog is not None:  # the async handlers it may find on the loop's stack

@@ -18,6 +18,8 @@ from google.protobuf.message import Message
 from .. import envelope_pb2
 from .._dispatch import Route, Unhandled
 from .._eager import report_when_done, start_eager
+from .._log import message_fields
+from .._throttle import held_back
 from .._types import (
     Context,
     Identity,
@@ -67,9 +69,15 @@ class Receiving(EndpointBase):
                     self._handle(hub, frames, now)
                 except RemoteProtocolError as exc:
                     self.stats.refused[exc.code] += 1
-                    log.warning(
-                        "%s: refused input from hub %s: %s", self.identity, hub.link.address, exc
-                    )
+                    allowed = self._warnings.allow(f"refused {exc.code}")  # one a minute
+                    if allowed is not None:
+                        log.warning(
+                            "%s: refused input from hub %s: %s%s",
+                            self.identity,
+                            hub.link.address,
+                            exc,
+                            held_back(allowed[1], f"{exc.code} refusals"),
+                        )
                     hub.link.outbox.control(refusal_for(exc))
         finally:
             proto.end_batch()
@@ -111,7 +119,18 @@ class Receiving(EndpointBase):
             refusal = decode_refusal(frames, self.limits)
             text = str(refusal)
             # A refused HELLO is said again every second: one line until the reason changes.
-            if refusal.message_id or hub.refused != text:
+            if refusal.message_id:  # one line per refusal code a minute
+                allowed = self._warnings.allow(f"refusal {refusal.code}")
+                if allowed is not None:
+                    log.warning(
+                        "%s: hub %s refused: %s%s",
+                        self.identity,
+                        hub.link.address,
+                        text,
+                        held_back(allowed[1], f"{refusal.code} refusals"),
+                        extra=message_fields(refusal.message_id, "", self.identity.service, 0),
+                    )
+            elif hub.refused != text:
                 log.warning("%s: hub %s refused: %s", self.identity, hub.link.address, text)
             if not refusal.message_id:
                 hub.refused = text
@@ -262,7 +281,12 @@ class Receiving(EndpointBase):
         if exc is not None:
             if not isinstance(exc, Reject) and not isinstance(exc, RetryLater):
                 log.error(
-                    "%s raised on %s %s", route.origin, item.type, item.id.hex(), exc_info=exc
+                    "%s raised on %s %s",
+                    route.origin,
+                    item.type,
+                    item.id.hex(),
+                    exc_info=exc,
+                    extra=message_fields(item.id, item.type, self.identity.service, item.attempt),
                 )
             proto.handled(hub.index, item, now, exc)
         elif result is None or not request:

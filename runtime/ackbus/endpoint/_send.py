@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from google.protobuf.message import Message
 
+from .._log import message_fields
 from .._pending import attempt_frame, settle_acked, settle_failed
 from .._types import (
     DeliveryReport,
@@ -407,7 +408,11 @@ class Sending(EndpointBase):
         if report is None:
             return
         self.dead_letters.append(report)
-        log.warning("delivery failed: %s", report.error)
+        log.warning(
+            "delivery failed: %s",
+            report.error,
+            extra=message_fields(c.msg_id, report.message_type, self.identity.service, c.attempts),
+        )
         if self._durable is not None:
             self._durable.failed(c, report)
         if self._window_waiters:
