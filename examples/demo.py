@@ -187,7 +187,7 @@ async def dealer(
         client = table_ackbus.TableClient(ep)
         for i in range(HANDS):
             msg = table_pb2.StartHand(table_id=f"table-{i % 8}", seats=6, button_seat=i % 6)
-            reports.append(await client.send_start_hand_message(msg, wait_ack=False))
+            reports.append(await client.send_start_hand(msg, wait_ack=False))
             if i == KILL_AT:
                 await restart_table()  # type: ignore[operator]
             await asyncio.sleep(0.004)

@@ -133,6 +133,7 @@ def publisher(b: _Builder) -> Service | None:
     owner = f"the events of {pf.name}"
     cls = b.names.claim(f"{stem}Events", owner)
     blocking = b.names.claim(f"{stem}BlockingEvents", owner)
+    calls = b.names.claim(f"_{stem}Publishes", owner)
     attrs = Namespace(f"the methods of {cls}")
     methods: list[Method] = []
     consts: list[str] = []
@@ -149,7 +150,6 @@ def publisher(b: _Builder) -> Service | None:
         what = f"event {info.full_name} ({where})"
         snake = _snake(info.attr_path)
         send = attrs.claim(f"publish_{snake}", what)
-        send_message = attrs.claim(f"publish_{snake}_message", what)
         const = b.names.claim(event_policy_name(info.attr_path), what)
         subs = b.subscribers.get(info.full_name, {})
         _policy_const(b, const, info.full_name, pol.merge([own, _EVENT]), subs)
@@ -167,9 +167,7 @@ def publisher(b: _Builder) -> Service | None:
                 response_type=None,
                 params=params,
                 send=send,
-                send_message=send_message,
                 request=None,
-                request_message=None,
                 handler="",
                 policy=const,
                 docs=_docs(info.full_name, doc, params, const, tuple(subs)),
@@ -178,19 +176,38 @@ def publisher(b: _Builder) -> Service | None:
     if not methods:
         return None
     about = _fill(
-        f"Publishes the events declared in {pf.name}, each with its own policy "
-        f"({', '.join(consts)}): a publish is done once every subscriber service the "
-        "schemas declare acked it, each within its own rpc policy's attempts and deadline."
+        "A publish is done once every subscriber service the schemas declare acked it, "
+        "each within its own rpc policy's attempts and deadline."
     )
     docs = ServiceDocs(
-        client=docstring(f"Async publisher of the events of {pf.name}.\n\n{about}"),
+        client=docstring(
+            _join(
+                f"Async publisher of the events of {pf.name}: ``await`` what its methods return.",
+                about,
+            )
+        ),
         blocking_client=docstring(
-            f"Blocking publisher of the events of {pf.name}, for plain threads.\n\n{about}"
+            _fill(
+                f"Blocking publisher of the events of {pf.name}, for plain threads: the "
+                f"methods of {cls}, each returning when done."
+            )
         ),
         handler="",
         sync_handler="",
     )
-    return Service(pf.name, cls, blocking, "", "", "", tuple(methods), docs)
+    return Service(
+        pf.name,
+        cls,
+        blocking,
+        "",
+        "",
+        "",
+        tuple(methods),
+        docs,
+        calls=calls,
+        publisher=True,
+        what=pf.name,
+    )
 
 
 _EVENT = pol.PolicyOptions(kind="EVENT")
@@ -216,15 +233,9 @@ def _policy_const(
             inner = "".join(f"        {e},\n" for e in entries)
             lines.append(f"    subscriber_policies=(\n{inner}    ),\n")
         expr = f"ackbus.Policy(\n{''.join(lines)})"
-    doc = _join(
-        _fill(
-            f"The policy of event {full}: its message options, the runtime's defaults for "
-            "the rest; the declared subscribers' own limits where their rpc policies differ."
-        ),
-        _fill(
-            "A call's ``policy=`` replaces it whole; to change one field, start from it: "
-            f"``policy={name}.with_(max_attempts=1)``."
-        ),
+    doc = _fill(
+        f"event {full}: its message options, and each declared subscriber's own limits "
+        "where its rpc policy differs."
     )
     b.model.policies.append(PolicyConst(name, expr, docstring(doc)))
 
@@ -238,19 +249,13 @@ def _docs(
         if subscribers
         else "No schema service subscribes to it: done once the services it reaches ack."
     )
-    per_call = _fill(
-        f"Uses {const} unless ``policy=`` replaces it whole; to change one field, pass "
-        f"``policy={const}.with_(max_attempts=1)``."
+    publishes = _fill(
+        f"Publishes ``msg``, or a {full} built from the fields (None leaves one unset), "
+        f"under {const}. {who}"
     )
-    unset = "Fields left at None (or their zero value) stay unset."
-    built = _fill(f"Publishes {full}, built from the fields. {unset} {who}")
     return MethodDocs(
-        send=docstring(_join(summary, built, per_call, _args_section(params))),
-        send_message=docstring(
-            _join(summary, _fill(f"Publishes {full}, built by the caller. {who}"), per_call)
-        ),
+        send=docstring(_join(summary, publishes, _args_section(params))),
         request="",
-        request_message="",
         handler="",
     )
 

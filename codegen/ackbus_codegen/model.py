@@ -13,7 +13,6 @@ to import or to type-check.
 from __future__ import annotations
 
 import json
-import keyword
 import textwrap
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ from .naming import (
     qualified_alias,
     snake_case,
 )
-from .protos import FDP, ProtoFile, TypeIndex, TypeInfo, has_presence, is_required, scalar_type
+from .protos import FDP, ProtoFile, TypeIndex, TypeInfo, scalar_type
 
 __all__ = [
     "FileModel",
@@ -47,20 +46,22 @@ __all__ = [
 
 EMPTY = "google.protobuf.Empty"
 
-# Keyword arguments every send method takes besides the fields.
-SEND_OPTIONS = ("wait_ack", "timeout", "to", "priority", "headers", "policy")
-# The one module-level name a method body uses besides its message's module.
-FIELDS_ALIAS = "_Fields"
+# Keyword arguments every send method takes besides the fields (ackbus.CommandOptions,
+# PublishOptions, CallOptions), and the name they come in as.
+SEND_OPTIONS = ("wait_ack", "timeout", "to", "priority", "headers", "policy", "key", "options")
+# The type variable of what a send returns (an awaitable report, or the report).
+REPORT_VAR = "_R"
 # Names the module header binds.
 _HEADER_NAMES = (
     "ackbus",
-    "Any",
+    "Awaitable",
     "Final",
     "Iterable",
     "Mapping",
     "REGISTRY",
-    "TypeAlias",
-    FIELDS_ALIAS,
+    "TypeVar",
+    "Unpack",
+    REPORT_VAR,
 )
 # How a policy constant is declared: ``Final`` because the clients read the module
 # global at each call, so rebinding it would change every client's default silently.
@@ -78,20 +79,8 @@ class Param:
     field: str
     """The proto field name, as the message constructor takes it."""
     annotation: str
-    default: str | None
-    """A Python literal, or ``None`` for a required (proto2) field."""
-    direct: bool
-    """Passed to the constructor as ``field=name``; otherwise through a ``**`` dict
-    and only when not ``None`` (keyword names, oneof scalars, editions files)."""
+    """The value's type; the argument is ``annotation | None``, None leaving it unset."""
     doc: str
-    refuse_str: bool = False
-    """A ``repeated string`` field: a ``str`` (which mypy takes for ``Iterable[str]``
-    and protobuf would store letter by letter) is refused before the constructor."""
-
-    @property
-    def nullable(self) -> bool:
-        """``None`` means "leave unset"."""
-        return self.default == "None"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +88,7 @@ class MethodDocs:
     """Docstring literals of the methods one rpc becomes."""
 
     send: str
-    send_message: str
     request: str
-    request_message: str
     handler: str
 
 
@@ -127,9 +114,7 @@ class Method:
     response_type: str | None
     params: tuple[Param, ...]
     send: str
-    send_message: str
     request: str | None
-    request_message: str | None
     handler: str
     policy: str
     """Name of the public module-level ``ackbus.Policy`` constant (:func:`policy_name`)."""
@@ -141,13 +126,20 @@ class Method:
         service, _, name = self.full_name.rpartition(".")
         return f"{service}/{name}"
 
-    @property
-    def direct_params(self) -> tuple[Param, ...]:
-        return tuple(p for p in self.params if p.direct)
+    def fields(self, indent: int) -> str:
+        """The ``fields = {...}`` statement of a client method's body: one line when it
+        fits, else an entry per line."""
+        entries = [f'"{p.field}": {p.name}' for p in self.params]
+        line = f"fields = {{{', '.join(entries)}}}"
+        if indent + len(line) <= _LINE_LENGTH:
+            return line
+        pad = " " * (indent + 4)
+        return "fields = {\n" + "".join(f"{pad}{e},\n" for e in entries) + " " * indent + "}"
 
-    @property
-    def extra_params(self) -> tuple[Param, ...]:
-        return tuple(p for p in self.params if not p.direct)
+    def call(self, indent: int, head: str, *args: str, lead: int = 0) -> str:
+        """``head(args...)`` on one line when it fits after ``indent + lead`` columns
+        (and a trailing comma), else an argument per line."""
+        return _call(indent, head, args, lead + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +153,12 @@ class Service:
     doc: str
     methods: tuple[Method, ...]
     docs: ServiceDocs
+    calls: str = ""
+    """The private class both clients derive from: each command (or event) once."""
+    publisher: bool = False
+    """The publisher classes of a file's events, not a service's clients."""
+    what: str = ""
+    """What the clients send to, for the shared class's docstring."""
 
     @property
     def has_client(self) -> bool:
@@ -190,6 +188,10 @@ class MessageEntry:
     legacy_name: str | None
     """A Python string literal, or ``None``."""
 
+    def call(self, indent: int, *args: str) -> str:
+        """``ackbus.MessageSpec(args...)``, formatted as :meth:`Method.call` does."""
+        return _call(indent, "ackbus.MessageSpec", args, 1)
+
 
 @dataclass(frozen=True, slots=True)
 class Import:
@@ -208,7 +210,7 @@ class FileModel:
     imports: list[Import] = field(default_factory=list)
     typing_imports: list[str] = field(default_factory=list)
     abc_imports: list[str] = field(default_factory=list)
-    fields_alias: str | None = None
+    report_var: str = REPORT_VAR
     policies: list[PolicyConst] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     publisher: Service | None = None
@@ -219,6 +221,10 @@ class FileModel:
     @property
     def empty(self) -> bool:
         return not self.services and not self.messages
+
+    @property
+    def has_clients(self) -> bool:
+        return self.publisher is not None or any(s.has_client for s in self.services)
 
 
 class _Skip(Exception):
@@ -264,7 +270,6 @@ class _Builder:
             {n: f"the generated module's own {n!r}" for n in _HEADER_NAMES},
         )
         self.aliases: dict[str, str] = {}
-        self.uses_fields_alias = False
         self.abc: set[str] = set()
 
     # -- imports --------------------------------------------------------------
@@ -285,12 +290,12 @@ class _Builder:
             raise _Skip(f"type {info.full_name} has a Python keyword in its name")
         return f"{self.alias(info.file.module)}.{info.attr_path}"
 
-    def _save(self) -> tuple[dict[str, str], dict[str, str], set[str], bool]:
-        return dict(self.aliases), self.names.snapshot(), set(self.abc), self.uses_fields_alias
+    def _save(self) -> tuple[dict[str, str], dict[str, str], set[str]]:
+        return dict(self.aliases), self.names.snapshot(), set(self.abc)
 
-    def _restore(self, saved: tuple[dict[str, str], dict[str, str], set[str], bool]) -> None:
+    def _restore(self, saved: tuple[dict[str, str], dict[str, str], set[str]]) -> None:
         """Forget the imports and names a skipped element had asked for."""
-        aliases, names, abc, self.uses_fields_alias = saved
+        aliases, names, abc = saved
         self.aliases, self.abc = dict(aliases), set(abc)
         self.names.restore(names)
 
@@ -353,16 +358,8 @@ class _Builder:
             # one argument per line, as a formatter would
             args = "".join(f"    {arg},\n" for arg in _policy_args(merged))
             expr = f"ackbus.Policy(\n{args})"
-        doc = _join(
-            _fill(
-                f"The schema policy of rpc {rpc_full}: its method, request message and "
-                "service options merged, the runtime's defaults for the rest."
-            ),
-            _fill(
-                "A call's ``policy=`` replaces it whole; to change one field, start from it: "
-                f"``policy={name}.with_(max_attempts=1)``."
-            ),
-        )
+        service, _, rpc = rpc_full.rpartition(".")
+        doc = f"rpc {service}/{rpc}: its method, message and service options merged."
         self.model.policies.append(PolicyConst(name, expr, docstring(doc)))
 
     # -- messages -------------------------------------------------------------
@@ -411,9 +408,9 @@ class _Builder:
         owner = f"service {full} ({where})"
         client = self.names.claim(f"{svc.name}Client", owner)
         blocking = self.names.claim(f"{svc.name}BlockingClient", owner)
+        calls = self.names.claim(f"_{svc.name}Commands", owner)
         handler = self.names.claim(f"{svc.name}Handler", owner)
         sync_handler = self.names.claim(f"{svc.name}SyncHandler", owner)
-        self.abc.add("Mapping")  # the headers= argument
         methods: list[Method] = []
         attrs = Namespace(
             f"the methods of service {full}", {"implemented_methods": "ackbus.Handler"}
@@ -447,9 +444,14 @@ class _Builder:
             return None
         doc = self.pf.at(path).comment
         docs = ServiceDocs(
-            client=docstring(_join(f"Async client of service {full}.", doc)),
+            client=docstring(
+                _join(f"Async client of service {full}: ``await`` what its methods return.", doc)
+            ),
             blocking_client=docstring(
-                _join(f"Blocking client of service {full}, for plain threads.", doc)
+                _fill(
+                    f"Blocking client of service {full}, for plain threads: the methods of "
+                    f"{client}, each returning when done."
+                )
             ),
             handler=docstring(
                 _join(
@@ -458,18 +460,25 @@ class _Builder:
                 )
             ),
             sync_handler=docstring(
-                _join(
-                    _fill(
-                        f"Handlers of service {full} as plain ``def`` methods: override the "
-                        "``on_*`` methods you serve. They run in the endpoint's worker "
-                        "threads (``Endpoint(workers=...)``), so code that blocks does not "
-                        "stall its loop."
-                    ),
-                    doc,
+                _fill(
+                    f"{handler} with plain ``def`` methods: they run in the endpoint's worker "
+                    "threads (``Endpoint(workers=...)``), so code that blocks does not "
+                    "stall its loop."
                 )
             ),
         )
-        return Service(full, client, blocking, handler, sync_handler, doc, tuple(methods), docs)
+        return Service(
+            full,
+            client,
+            blocking,
+            handler,
+            sync_handler,
+            doc,
+            tuple(methods),
+            docs,
+            calls=calls,
+            what=f"service {full}",
+        )
 
     def method(
         self,
@@ -507,11 +516,9 @@ class _Builder:
         verb = "publish" if merged.is_event else "send"
         owner = f"rpc {full} ({where})"
         send = attrs.claim(f"{verb}_{snake}", owner)
-        send_message = attrs.claim(f"{verb}_{snake}_message", owner)
-        request = request_message = None
+        request = None
         if response_type is not None:
             request = attrs.claim(f"request_{snake}", owner)
-            request_message = attrs.claim(f"request_{snake}_message", owner)
         handler = attrs.claim(f"on_{snake}", owner)
         service_name = full.rpartition(".")[0].rpartition(".")[2]
         const = self.names.claim(policy_name(service_name, rpc.name), owner)
@@ -527,28 +534,17 @@ class _Builder:
             response_type=response_type,
             params=params,
             send=send,
-            send_message=send_message,
             request=request,
-            request_message=request_message,
             handler=handler,
             policy=const,
-            docs=_method_docs(
-                full, doc, req.full_name, merged.is_event, response_type, resp, params, const
-            ),
+            docs=_method_docs(full, doc, req.full_name, response_type, resp, params, const),
         )
 
     def params(self, req: TypeInfo, rpc_full: str) -> tuple[Param, ...]:
         assert req.message is not None
         module_alias = self.alias(req.file.module)
-        # The stub's body catches TypeError and ValueError from the constructor as exc and
-        # raises ackbus.field_error(...), and refuses a str for a repeated string field
-        # (isinstance): a field named like one of these must not shadow it.
-        body = {"ackbus", "exc", "TypeError", "ValueError"}
-        if any(_refuses_str(f) for f in req.message.field):
-            body |= {"isinstance", "str"}
-        taken = frozenset(
-            {"self", "msg", "fields", *body, *SEND_OPTIONS, module_alias, FIELDS_ALIAS}
-        )
+        # The method's body names these: a field named like one must not shadow it.
+        taken = frozenset({"self", "msg", "fields", "ackbus", *SEND_OPTIONS, module_alias})
         scope = Namespace(
             f"the keyword arguments of rpc {rpc_full}",
             {n: f"the {n!r} argument" for n in taken},
@@ -558,46 +554,25 @@ class _Builder:
             fpath = (*req.path, 2, i)
             name = param_name(f.name, taken)
             scope.claim(name, f"field {req.full_name}.{f.name} ({req.file.where(fpath)})")
-            param = self.param(req.file, f, name, req.file.at(fpath).comment)
-            if not param.direct:
-                self.uses_fields_alias = True
-            out.append(param)
+            out.append(self.param(req.file, f, name, req.file.at(fpath).comment))
         return tuple(out)
 
     def param(self, pf: ProtoFile, f: d.FieldDescriptorProto, name: str, doc: str) -> Param:
-        """Type, default and how the value reaches the constructor. ``direct`` only where
-        mypy-protobuf's constructor stub accepts exactly our argument type; everything
-        else goes through the ``**fields`` dict, set only when not ``None``."""
-        keyword_name = keyword.iskeyword(f.name)
-        editions = pf.syntax == "editions"
-        required = is_required(pf, f)
+        """The argument of field ``f``: its value's type (a mapping or an iterable for a
+        map or repeated field); every argument defaults to None, which leaves the field
+        unset (``ackbus.build`` refuses a proto2 ``required`` one left so)."""
         if f.label == FDP.LABEL_REPEATED:
             entry = self.index[f.type_name] if f.type_name else None
             if entry is not None and entry.is_map_entry:
                 assert entry.message is not None
                 key, value = entry.message.field[0], entry.message.field[1]
                 self.abc.add("Mapping")
-                ann = f"Mapping[{self.value_type(key)}, {self.value_type(value)}]"
-            else:
-                self.abc.add("Iterable")
-                ann = f"Iterable[{self.value_type(f)}]"
-            direct = not (keyword_name or editions)
-            refuse = _refuses_str(f)
-            return Param(name, f.name, f"{ann} | None", "None", direct, doc, refuse_str=refuse)
-        ann = self.value_type(f)
-        if required:
-            return Param(name, f.name, ann, None, not (keyword_name or editions), doc)
-        if has_presence(pf, f):
-            # mypy-protobuf types proto3 oneof scalars without "| None" in constructors.
-            oneof_scalar = (
-                f.HasField("oneof_index") and not f.proto3_optional and f.type not in _COMPOSITE
-            )
-            direct = not (keyword_name or editions or (pf.syntax == "proto3" and oneof_scalar))
-            return Param(name, f.name, f"{ann} | None", "None", direct, doc)
-        default = self.zero(f)
-        if default is None:
-            return Param(name, f.name, f"{ann} | None", "None", False, doc)
-        return Param(name, f.name, ann, default, not keyword_name, doc)
+                return Param(
+                    name, f.name, f"Mapping[{self.value_type(key)}, {self.value_type(value)}]", doc
+                )
+            self.abc.add("Iterable")
+            return Param(name, f.name, f"Iterable[{self.value_type(f)}]", doc)
+        return Param(name, f.name, self.value_type(f), doc)
 
     def value_type(self, f: d.FieldDescriptorProto) -> str:
         scalar = scalar_type(f)
@@ -608,19 +583,13 @@ class _Builder:
             return f"{self.type_expr(info)}.ValueType"
         return self.type_expr(info)
 
-    def zero(self, f: d.FieldDescriptorProto) -> str | None:
-        scalar = scalar_type(f)
-        if scalar is not None:
-            return scalar[1]
-        info = self.index[f.type_name]
-        if info.enum is None or not info.enum.value or keyword.iskeyword(info.enum.value[0].name):
-            return None
-        return f"{self.type_expr(info)}.{info.enum.value[0].name}"
 
-
-def _refuses_str(f: d.FieldDescriptorProto) -> bool:
-    """A ``repeated string`` field (never a map: a map's field is a message)."""
-    return f.label == FDP.LABEL_REPEATED and f.type == FDP.TYPE_STRING
+def _call(indent: int, head: str, args: tuple[str, ...], lead: int) -> str:
+    line = f"{head}({', '.join(args)})"
+    if indent + lead + len(line) <= _LINE_LENGTH:
+        return line
+    pad = " " * (indent + 4)
+    return f"{head}(\n" + "".join(f"{pad}{a},\n" for a in args) + " " * indent + ")"
 
 
 def _join(*paragraphs: str) -> str:
@@ -645,47 +614,29 @@ def _method_docs(
     full: str,
     doc: str,
     request: str,
-    event: bool,
     response_type: str | None,
     resp: TypeInfo,
     params: tuple[Param, ...],
     policy: str,
 ) -> MethodDocs:
     summary = doc or f"The rpc {full}."
-    what = "Publishes the event" if event else "Sends the command"
+    service, _, name = full.rpartition(".")
+    rpc = f"{service}/{name}"
     args = _args_section(params)
-    unset = "Fields left at None (or their zero value) stay unset."
-    reply = f"returns the {resp.full_name} reply"
-    per_call = _fill(
-        f"Uses {policy} unless ``policy=`` replaces it whole; to change one field, pass "
-        f"``policy={policy}.with_(max_attempts=1)``."
+    sends = (
+        f"Sends ``msg``, or a {request} built from the fields (None leaves one unset), "
+        f"to rpc {rpc} under {policy}"
     )
+    reply = f"returns the {resp.full_name} reply"
+    request_doc = _join(summary, _fill(f"{sends}, and {reply}."), args)
     return MethodDocs(
-        send=docstring(
-            _join(
-                summary,
-                _fill(f"{what} {request}, built from the fields. {unset}"),
-                per_call,
-                args,
-            )
-        ),
-        send_message=docstring(
-            _join(summary, _fill(f"{what} {request}, built by the caller."), per_call)
-        ),
-        request=docstring(
-            _join(
-                summary,
-                _fill(f"Sends {request}, built from the fields, and {reply}. {unset}"),
-                per_call,
-                args,
-            )
-        ),
-        request_message=docstring(_join(summary, _fill(f"Sends {request} and {reply}."), per_call)),
+        send=docstring(_join(summary, _fill(sends + "."), args)),
+        request=docstring(request_doc) if response_type else "",
         handler=docstring(
             _join(
                 summary,
                 _fill(
-                    f"Runs for each {request} delivered to this service"
+                    f"Runs for each message sent to rpc {rpc}"
                     + (f"; {reply}." if response_type else ".")
                 ),
             )
@@ -742,21 +693,32 @@ def build_file(
     m.exports.append("REGISTRY")
     m.exports.sort()
     m.imports = [_import(module, alias) for module, alias in sorted(b.aliases.items())]
+    policies = (
+        _fill(
+            "Each ``*_POLICY`` constant is the schema policy of an rpc (or an event), the "
+            "runtime's defaults filling what its options leave out. A call's ``policy=`` "
+            "replaces it whole; to change one field, start from it: "
+            "``policy=X_POLICY.with_(max_attempts=1)``."
+        )
+        if m.policies
+        else ""
+    )
     m.module_doc = docstring(
         _join(
             f"Typed ackbus clients, handler bases and registry for {pf.name}.",
             pf.doc,
+            policies,
             _fill(
                 f"Generated by ackbus_codegen {version}: do not edit; change the .proto "
                 "file and regenerate."
             ),
         )
     )
-    m.abc_imports = sorted(b.abc)
     typing = {"Final"} if m.policies else set()
-    if b.uses_fields_alias:
-        m.fields_alias = FIELDS_ALIAS
-        typing |= {"Any", "TypeAlias"}
+    if m.has_clients:
+        b.abc.add("Awaitable")
+        typing |= {"TypeVar", "Unpack"}
+    m.abc_imports = sorted(b.abc)
     m.typing_imports = sorted(typing)
     return m
 

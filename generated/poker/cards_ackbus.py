@@ -25,11 +25,7 @@ __all__ = [
 
 REGISTRY = ackbus.Registry(
     [
-        ackbus.MessageSpec(
-            full_name="poker.Card",
-            cls=cards_pb2.Card,
-            policy=ackbus.Policy(),
-        ),
+        ackbus.MessageSpec("poker.Card", cards_pb2.Card, ackbus.Policy()),
     ]
 )
 """Every message of poker/cards.proto, by full proto name and legacy name."""

@@ -7,10 +7,13 @@ only declares types and policies should not pay for the endpoint, the hub and Ze
 
 import typing as _typing
 
+from ._client import AsyncClient, BlockingClient, Client, build
 from ._fields import field_error
 from ._types import (
     AsyncBus,
     BlockingBus,
+    CallOptions,
+    CommandOptions,
     Context,
     DeliveryReport,
     DeliveryStatus,
@@ -20,6 +23,7 @@ from ._types import (
     MessageSpec,
     MethodSpec,
     Policy,
+    PublishOptions,
     Registry,
     SubscriberPolicy,
     Untyped,
@@ -97,10 +101,15 @@ __all__ = [
     "AmbiguousMethod",
     "App",
     "AsyncBus",
+    "AsyncClient",
     "BlockingBus",
+    "BlockingClient",
     "BlockingEndpoint",
+    "CallOptions",
     "Cancelled",
+    "Client",
     "ClosedError",
+    "CommandOptions",
     "ConnectTimeout",
     "Context",
     "DeliveryError",
@@ -123,6 +132,7 @@ __all__ = [
     "OutcomeUnknown",
     "Policy",
     "ProtocolError",
+    "PublishOptions",
     "Registry",
     "Reject",
     "Rejected",
@@ -136,6 +146,7 @@ __all__ = [
     "Untyped",
     "WaitTimeout",
     "__version__",
+    "build",
     "declare_rpcs",
     "field_error",
     "rpcs_taking",

@@ -8,9 +8,11 @@ and describe their rpcs with :class:`MethodSpec`; generated modules fill a
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict, TypeVar, Unpack, cast
 
 from google.protobuf.message import Message
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncBus",
     "BlockingBus",
+    "CallOptions",
+    "CommandOptions",
     "Context",
     "DeliveryReport",
     "DeliveryStatus",
@@ -243,18 +247,28 @@ class PublishOptions(SendOptionsBase, total=False):
     pending report."""
 
 
-class RequestOptions(SendOptionsBase, total=False):
-    """A request's options (a request always waits for its response)."""
+class CallOptions(SendOptionsBase, total=False):
+    """A request's options in a generated client (a request always waits for its
+    response; the client names the rpc)."""
 
     to: str | None
     """The service to send to, when several handle the type."""
+
+
+class RequestOptions(CallOptions, total=False):
+    """A request's options."""
+
     method: str | None
     """The rpc it is for ("poker.Table/StartHand"): generated clients name theirs; a
     dynamic send of a type several rpcs take must (:class:`~ackbus.AmbiguousMethod`)."""
 
 
-class SendOptions(PublishOptions, RequestOptions, total=False):
-    """A command's options: an event's, and a recipient."""
+class CommandOptions(PublishOptions, CallOptions, total=False):
+    """A command's options in a generated client: an event's, and a recipient."""
+
+
+class SendOptions(CommandOptions, RequestOptions, total=False):
+    """A command's options: an event's, a recipient and the rpc."""
 
 
 class AsyncBus(Protocol):
@@ -306,6 +320,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def unimplemented(fn: F) -> F:
-    """Marks a generated base method that a subclass has not overridden."""
-    fn.__ackbus_unimplemented__ = True  # type: ignore[attr-defined]
-    return fn
+    """Marks a generated base method that a subclass has not overridden (the dispatcher
+    registers no route for it); called anyway, it raises ``NotImplementedError`` naming
+    the class, the method and its rpc."""
+
+    def why(self: Handler) -> NotImplementedError:
+        rpc = next(
+            (m.full_name for m in self.__ackbus_methods__ if m.handler_attr == fn.__name__),
+            "its rpc",
+        )
+        return NotImplementedError(
+            f"{fn.__qualname__} is not implemented: override it to handle {rpc}"
+        )
+
+    if inspect.iscoroutinefunction(fn):
+
+        async def stub(self: Handler, *args: Any) -> Any:
+            raise why(self)
+
+    else:
+
+        def stub(self: Handler, *args: Any) -> Any:  # type: ignore[misc]
+            raise why(self)
+
+    functools.update_wrapper(stub, fn)
+    stub.__ackbus_unimplemented__ = True  # type: ignore[attr-defined]
+    return cast(F, stub)

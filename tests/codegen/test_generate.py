@@ -219,12 +219,9 @@ async def test_client_builds_messages_with_presence_and_keywords() -> None:
     assert getattr(msg, "from") == "alice"
     assert msg.WhichOneof("amount") == "chips"
     assert not msg.HasField("comment")  # None leaves optional fields unset
-    assert kw == {
-        "wait_ack": True,
-        "timeout": None,
+    assert kw == {  # the options given, the schema's policy and the rpc
         "to": "table",
         "priority": 9,
-        "headers": None,
         "policy": ackbus.Policy(
             ack_timeout=0.5,
             max_attempts=3,
@@ -239,6 +236,18 @@ async def test_client_builds_messages_with_presence_and_keywords() -> None:
     assert isinstance(msg, table_pb2.PlayerAction)
     assert msg.WhichOneof("amount") == "all_in"
     assert msg.HasField("comment")  # "" was given, so it is set
+
+    # One method takes a message or its fields, not both.
+    given = table_pb2.PlayerAction(table_id="t2")
+    await client.send_player_action(given, wait_ack=False)
+    assert bus.calls[-1][1] is given
+    assert bus.calls[-1][2] == {
+        "wait_ack": False,
+        "policy": table_ackbus.TABLE_PLAYER_ACTION_POLICY,
+        "method": "poker.Table/PlayerAction",
+    }
+    with pytest.raises(TypeError, match=r"poker\.PlayerAction: pass a message or its fields"):
+        await client.send_player_action(given, table_id="t3")
 
 
 async def test_client_sets_nested_repeated_and_map_fields() -> None:
@@ -308,9 +317,9 @@ async def test_a_per_call_policy_replaces_the_schema_policy() -> None:
     bus = FakeBus()
     table = table_ackbus.TableClient(bus)
     await table.send_start_hand(table_id="t", policy=mine)
-    await table.send_start_hand_message(table_pb2.StartHand(), policy=mine)
+    await table.send_start_hand(table_pb2.StartHand(), policy=mine)
     await table.request_get_table_state(table_id="t", policy=mine)
-    await table.request_get_table_state_message(table_pb2.GetTableState(), policy=mine)
+    await table.request_get_table_state(table_pb2.GetTableState(), policy=mine)
     await table_ackbus.TableEvents(bus).publish_hand_started(table_id="t", policy=mine)
     assert [(verb, kw["policy"] is mine) for verb, _, kw in bus.calls] == [
         ("send", True),
@@ -332,9 +341,7 @@ def test_a_per_call_policy_reaches_the_blocking_bus() -> None:
     bus = BlockingFakeBus()
     table_ackbus.TableBlockingClient(bus).send_start_hand(table_id="t", policy=mine)
     table_ackbus.TableBlockingClient(bus).request_get_table_state(policy=mine)
-    table_ackbus.TableBlockingEvents(bus).publish_hand_started_message(
-        table_pb2.HandStarted(), policy=mine
-    )
+    table_ackbus.TableBlockingEvents(bus).publish_hand_started(table_pb2.HandStarted(), policy=mine)
     assert [(verb, kw["policy"] is mine) for verb, _, kw in bus.inner.calls] == [
         ("send", True),
         ("request", True),
@@ -374,7 +381,8 @@ def test_public_policy_constants_are_what_the_handlers_declare() -> None:
     # The registry holds the request message's own policy, not the rpc's merged one.
     assert table_ackbus.REGISTRY["poker.StartHand"].policy == ackbus.Policy()
     doc = inspect.getdoc(table_ackbus.TableClient.send_start_hand) or ""
-    assert "policy=TABLE_START_HAND_POLICY.with_(max_attempts=1)" in doc
+    assert "under TABLE_START_HAND_POLICY" in doc
+    assert "policy=X_POLICY.with_(max_attempts=1)" in (table_ackbus.__doc__ or "")
 
 
 async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None:
@@ -403,7 +411,7 @@ async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None
             ),
         ),
     ]
-    await table_ackbus.TableClient(bus).send_start_hand_message(table_pb2.StartHand(), policy=once)
+    await table_ackbus.TableClient(bus).send_start_hand(table_pb2.StartHand(), policy=once)
     assert bus.calls[-1][2]["policy"] is once
     # The schema's constant is untouched: the next call without policy= uses it as it was.
     await table_ackbus.TableClient(bus).send_start_hand(table_id="t")
@@ -412,6 +420,10 @@ async def test_changing_one_field_of_the_schema_policy_reaches_the_bus() -> None
 
 
 def test_every_client_method_takes_every_call_option() -> None:
+    """Each method says its options once, as ``**options`` of the runtime's TypedDict
+    for its kind (so none is forgotten, and a new one reaches every client)."""
+    import typing
+
     from poker import lobby_ackbus, table_ackbus
 
     clients = [
@@ -429,16 +441,26 @@ def test_every_client_method_takes_every_call_option() -> None:
         "TableClient",
         "TableEvents",
     ]
+    kinds = {
+        "send_": ackbus.CommandOptions,
+        "publish_": ackbus.PublishOptions,
+        "request_": ackbus.CallOptions,
+    }
+    seen = set()
     for cls in clients:
-        for name, fn in vars(cls).items():
-            if name.startswith("_"):
+        for name in dir(cls):
+            kind = next((k for k in kinds if name.startswith(k)), None)
+            if kind is None:
                 continue
-            options = {"timeout", "priority", "headers", "policy"}
-            if not name.startswith("request_"):
-                options.add("wait_ack")
-            params = inspect.signature(fn).parameters
-            assert options <= set(params), (cls.__name__, name)
-            assert params["policy"].default is None, (cls.__name__, name)
+            seen.add(kind)
+            params = inspect.signature(getattr(cls, name)).parameters
+            assert params["options"].kind is inspect.Parameter.VAR_KEYWORD, (cls, name)
+            hints = typing.get_type_hints(getattr(cls, name))
+            assert typing.get_args(hints["options"]) == (kinds[kind],), (cls, name)
+    assert seen == set(kinds)
+    assert {"wait_ack", "timeout", "to", "priority", "headers", "policy", "key"} == set(
+        ackbus.CommandOptions.__annotations__
+    ) | {k for base in ackbus.CommandOptions.__mro__ for k in getattr(base, "__annotations__", {})}
 
 
 async def test_handler_base() -> None:

@@ -142,32 +142,25 @@ service Svc {
 """
 
 P = Param
-EXPECTED = [
-    P("from_", "from", "str", '""', False, ""),
-    P("id", "id", "int", "0", True, ""),
-    P("type", "type", "str", '""', True, ""),
-    P("inner", "inner", "n_pb2.Outer.Inner | None", "None", True, ""),
-    P("color", "color", "n_pb2.Color.ValueType", "n_pb2.Color.COLOR_UNSPECIFIED", True, ""),
-    P(
-        "shade",
-        "shade",
-        "n_pb2.Outer.Shade.ValueType",
-        "n_pb2.Outer.Shade.SHADE_UNSPECIFIED",
-        True,
-        "",
-    ),
-    P("tags", "tags", "Iterable[str] | None", "None", True, "", refuse_str=True),
-    P("inners", "inners", "Iterable[n_pb2.Outer.Inner] | None", "None", True, ""),
-    P("counts", "counts", "Mapping[str, int] | None", "None", True, ""),
-    P("by_id", "by_id", "Mapping[int, n_pb2.Outer.Inner] | None", "None", True, ""),
-    P("number", "number", "int | None", "None", False, ""),
-    P("boxed", "boxed", "n_pb2.Outer.Inner | None", "None", True, ""),
-    P("hue", "hue", "n_pb2.Color.ValueType | None", "None", False, ""),
-    P("ratio", "ratio", "float | None", "None", True, ""),
-    P("at", "at", "timestamp_pb2.Timestamp | None", "None", True, ""),
-    P("timeout_", "timeout", "int", "0", True, ""),
-    P("self_", "self", "bytes", 'b""', True, ""),
-    P("msg_", "msg", "bool", "False", True, ""),
+EXPECTED = [  # every argument defaults to None, which leaves its field unset
+    P("from_", "from", "str", ""),
+    P("id", "id", "int", ""),
+    P("type", "type", "str", ""),
+    P("inner", "inner", "n_pb2.Outer.Inner", ""),
+    P("color", "color", "n_pb2.Color.ValueType", ""),
+    P("shade", "shade", "n_pb2.Outer.Shade.ValueType", ""),
+    P("tags", "tags", "Iterable[str]", ""),
+    P("inners", "inners", "Iterable[n_pb2.Outer.Inner]", ""),
+    P("counts", "counts", "Mapping[str, int]", ""),
+    P("by_id", "by_id", "Mapping[int, n_pb2.Outer.Inner]", ""),
+    P("number", "number", "int", ""),
+    P("boxed", "boxed", "n_pb2.Outer.Inner", ""),
+    P("hue", "hue", "n_pb2.Color.ValueType", ""),
+    P("ratio", "ratio", "float", ""),
+    P("at", "at", "timestamp_pb2.Timestamp", ""),
+    P("timeout_", "timeout", "int", ""),
+    P("self_", "self", "bytes", ""),
+    P("msg_", "msg", "bool", ""),
 ]
 
 
@@ -209,10 +202,11 @@ service S { rpc Do(Req) returns (google.protobuf.Empty); }
 def test_proto2_fields(compile_request: Compile) -> None:
     model = _model(compile_request, {"p2.proto": PROTO2}, "p2.proto")
     params = {p.field: p for p in model.services[0].methods[0].params}
-    assert params["name"] == P("name", "name", "str", None, True, "")  # required: no default
-    assert params["count"] == P("count", "count", "int | None", "None", True, "")
-    assert params["child"] == P("child", "child", "p2_pb2.Req | None", "None", True, "")
-    assert params["a"] == P("a", "a", "int | None", "None", True, "")
+    # required too: a message may be passed instead; ackbus.build refuses it left unset
+    assert params["name"] == P("name", "name", "str", "")
+    assert params["count"] == P("count", "count", "int", "")
+    assert params["child"] == P("child", "child", "p2_pb2.Req", "")
+    assert params["a"] == P("a", "a", "int", "")
 
 
 def test_service_and_method_names(compile_request: Compile) -> None:
@@ -225,12 +219,7 @@ def test_service_and_method_names(compile_request: Compile) -> None:
         "SvcSyncHandler",
     )
     m = svc.methods[0]
-    assert (m.send, m.send_message, m.request, m.handler) == (
-        "send_do",
-        "send_do_message",
-        None,
-        "on_do",
-    )
+    assert (m.send, m.request, m.handler, m.rpc) == ("send_do", None, "on_do", "n.Svc/Do")
     assert m.policy == "SVC_DO_POLICY"
     assert [p.name for p in model.policies] == ["SVC_DO_POLICY"]
     assert model.exports == [

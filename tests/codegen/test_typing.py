@@ -94,7 +94,7 @@ BAD = {
     """,
     "built_message_of_wrong_type": """
         def f(client: TableBlockingClient) -> None:
-            client.send_start_hand_message(table_pb2.DealCards())  # error
+            client.send_start_hand(table_pb2.DealCards())  # error
     """,
     "policy_is_a_whole_policy": """
         async def f(client: TableClient) -> None:
@@ -146,7 +146,7 @@ BAD = {
     """,
     "publisher_message_of_wrong_type": """
         async def f(ep: ackbus.Endpoint) -> None:
-            await TableEvents(ep).publish_hand_started_message(table_pb2.StartHand())  # error
+            await TableEvents(ep).publish_hand_started(table_pb2.StartHand())  # error
     """,
 }
 NAMED = {
@@ -212,7 +212,7 @@ GOOD = """
         state: table_pb2.TableState = await client.request_get_table_state(table_id="t")
         print(state.pots["main"], blocking.send_start_hand(seats=6, wait_ack=False))
         once = ackbus.Policy(max_attempts=1)
-        await client.send_start_hand_message(table_pb2.StartHand(), policy=once)
+        await client.send_start_hand(table_pb2.StartHand(), policy=once)
         print(blocking.request_get_table_state(table_id="t", policy=once).hand_number)
         await client.send_start_hand(
             table_id="t", policy=table_ackbus.TABLE_START_HAND_POLICY.with_(max_attempts=1)
@@ -225,7 +225,7 @@ GOOD = """
         print(report.acked_by, report.error)
         later = table_ackbus.HAND_STARTED_EVENT_POLICY.with_(subscriber_policies=())
         msg = table_pb2.HandStarted(table_id="t")
-        print(TableBlockingEvents(blocking).publish_hand_started_message(msg, policy=later))
+        print(TableBlockingEvents(blocking).publish_hand_started(msg, policy=later))
         print(ackbus.SubscriberPolicy("poker.Audit", max_attempts=3).deadline)
 
     def g() -> None:

@@ -37,7 +37,7 @@ async def run(args: argparse.Namespace) -> None:
         client = table_ackbus.TableEvents(ep)
         for i in range(args.count):
             msg = table_pb2.HandStarted(table_id=f"t{i}", hand_number=i)
-            report = await client.publish_hand_started_message(msg, wait_ack=False, policy=PATIENT)
+            report = await client.publish_hand_started(msg, wait_ack=False, policy=PATIENT)
             os.write(accepted, f"{report.message_id.hex()}\n".encode())
             reports.append(report)
             await asyncio.sleep(args.pace)

@@ -47,7 +47,7 @@ async def publish_many(
     reports = []
     for i in range(n):
         msg = table_pb2.HandStarted(table_id=f"t{i}", hand_number=i)
-        reports.append(await client.publish_hand_started_message(msg, wait_ack=False, policy=QUICK))
+        reports.append(await client.publish_hand_started(msg, wait_ack=False, policy=QUICK))
         if at and i in at:
             await at[i]()  # type: ignore[operator]
         if every:

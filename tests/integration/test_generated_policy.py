@@ -126,7 +126,7 @@ Call = Callable[[Bus, Policy], Awaitable[object]]
 
 
 async def _send_message(p: Bus, policy: Policy) -> object:
-    return await p.client.send_start_hand_message(table_pb2.StartHand(table_id="t"), policy=policy)
+    return await p.client.send_start_hand(table_pb2.StartHand(table_id="t"), policy=policy)
 
 
 async def _request(p: Bus, policy: Policy) -> object:
@@ -135,7 +135,7 @@ async def _request(p: Bus, policy: Policy) -> object:
 
 async def _request_message(p: Bus, policy: Policy) -> object:
     msg = table_pb2.GetTableState(table_id="t")
-    return await p.client.request_get_table_state_message(msg, timeout=3.0, policy=policy)
+    return await p.client.request_get_table_state(msg, timeout=3.0, policy=policy)
 
 
 async def _publish(p: Bus, policy: Policy) -> object:

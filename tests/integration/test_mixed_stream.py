@@ -77,7 +77,7 @@ async def test_commands_and_events_survive_hub_kills(procs: Procs, tmp_path: Pat
             msg = table_pb2.StartHand(table_id=f"t{i % 50}", seats=6, button_seat=i % 6)
             if i in at:  # killed just after this one is sent: it must be retried
                 await asyncio.sleep(max(0.0, up[0] + 3.0 - loop.time()))
-            reports.append(await client.send_start_hand_message(msg, wait_ack=False))
+            reports.append(await client.send_start_hand(msg, wait_ack=False))
             if i in at:
                 await crash_hub()
             await asyncio.sleep(every)

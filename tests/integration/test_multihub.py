@@ -129,7 +129,7 @@ class Deployment:
             while i < n or not faulting.done():
                 if i < n:
                     msg = table_pb2.StartHand(table_id=f"t{i % 50}", seats=6, button_seat=i % 6)
-                    reports.append(await client.send_start_hand_message(msg, wait_ack=False))
+                    reports.append(await client.send_start_hand(msg, wait_ack=False))
                     i += 1
                 await asyncio.sleep(every)
             await asyncio.wait_for(faulting, 60)

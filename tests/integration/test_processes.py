@@ -28,7 +28,7 @@ async def send_many(
     reports = []
     for i in range(n):
         msg = table_pb2.StartHand(table_id=f"t{i}", seats=6)
-        reports.append(await client.send_start_hand_message(msg, wait_ack=False))
+        reports.append(await client.send_start_hand(msg, wait_ack=False))
         if on_sent and i in on_sent:
             await on_sent[i]()  # type: ignore[operator]
         if every:
