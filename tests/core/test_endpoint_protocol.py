@@ -515,3 +515,81 @@ def test_a_message_no_hub_took_fails_at_its_deadline_saying_so() -> None:
     assert "not sent before its deadline: no hub answers this endpoint" in str(error)
     assert "said BYE" in str(error)
     assert proto.stats.transmits == 0
+
+
+def tick(proto: EndpointProtocol, now: float) -> None:
+    """Time passes, and every hub is heard from (none is suspect)."""
+    for hub in range(proto.hubs):
+        proto.begin_batch(hub, now)
+        proto.end_batch()
+    proto.tick(now)
+
+
+def sent(io: Recorder) -> list[tuple[Any, ...]]:
+    return [a for a in io.take() if a[0] == "transmit"]
+
+
+def test_a_hub_in_its_grace_period_yields_to_a_clear_one() -> None:
+    """Several hubs: a hub that defers a message (its grace period after a restart or a
+    rejoin) gets no more traffic while that lasts; the deferred message goes through
+    another hub after a backoff, not after the grace, and first attempts avoid it."""
+    proto, io = make(hubs=2)
+    fresh, old = Identity("hub", "fresh"), Identity("hub", "old")
+    proto.on_welcome(0, 1000, 0.0, fresh)
+    proto.on_welcome(1, 1000, 0.0, old)
+    proto.submit(b"a" * 16, "x.Do", "x.Do", P, 0.0)
+    proto.submit(b"b" * 16, "x.Do", "x.Do", P, 0.0)
+    # Round robin: one of the two went through hub 0 (the other is left unanswered).
+    mid = next(m for _, hub, m, _ in io.take() if hub == 0)
+    tick(proto, 1.0)
+    tick(proto, 1.5)  # its ack timeout and backoff: attempt 2, through hub 0 again
+    assert ("transmit", 0, mid, 2) in sent(io)
+    deferral = AckReply(mid, Outcome.RETRY_LATER, fresh, retry_after=2.0, attempt=2, deferred=True)
+    proto.on_acks(fresh, [], [deferral], 1.6)
+    tick(proto, 2.5)  # the backoff after attempt 2 (1 s here) ends before the grace (3.6)
+    assert [a for a in sent(io) if a[2] == mid] == []
+    tick(proto, 2.7)
+    assert [a for a in sent(io) if a[2] == mid] == [("transmit", 1, mid, 3)]
+    for n in range(4):  # first attempts: hub 1 alone while hub 0's grace lasts
+        proto.submit(bytes([n]) * 16, "x.Do", "x.Do", P, 2.8)
+    assert {a[1] for a in io.take()} == {1}
+    for n in range(4):  # and both again after it
+        proto.submit(bytes([n + 10]) * 16, "x.Do", "x.Do", P, 3.7)
+    assert {a[1] for a in io.take()} == {0, 1}
+
+
+def test_with_no_clear_hub_a_deferred_message_waits_out_the_grace() -> None:
+    proto, io = make(hubs=2)
+    fresh = Identity("hub", "fresh")
+    proto.on_welcome(0, 1000, 0.0, fresh)
+    proto.on_bye(1)
+    mid = b"w" * 16
+    proto.submit(mid, "x.Do", "x.Do", P, 0.0)
+    assert io.take() == [("transmit", 0, mid, 1)]
+    tick(proto, 1.0)
+    tick(proto, 1.5)
+    io.take()
+    deferral = AckReply(mid, Outcome.RETRY_LATER, fresh, retry_after=2.0, attempt=2, deferred=True)
+    proto.on_acks(fresh, [], [deferral], 1.6)
+    tick(proto, 2.5)
+    assert sent(io) == []
+    tick(proto, 3.6)
+    assert sent(io) == [("transmit", 0, mid, 3)]
+
+
+def test_a_retry_leaves_a_hub_quiet_since_for_one_heard_from() -> None:
+    """A hub cut off a moment ago is not suspect yet (1.5 intervals), but a retry whose
+    attempt it left unanswered, quiet for more than half an interval while another hub
+    was heard, goes through that other hub; a hub heard from keeps its retries."""
+    proto, io = make(hubs=2)
+    fast = Policy(ack_timeout=0.5, backoff_base=0.1, jitter=0.0)
+    proto.submit(b"a" * 16, "x.Do", "x.Do", fast, 0.0)
+    proto.submit(b"b" * 16, "x.Do", "x.Do", fast, 0.0)
+    via = {m: hub for _, hub, m, _ in io.take()}
+    assert set(via.values()) == {0, 1}
+    for t in (0.3, 0.5, 0.6, 0.7):  # hub 1 heard all along, hub 0 silent from 0.0
+        proto.begin_batch(1, t)
+        proto.end_batch()
+        proto.tick(t)
+    retries = {a[2]: a[1] for a in io.take() if a[0] == "transmit" and a[3] == 2}
+    assert retries == {b"a" * 16: 1, b"b" * 16: 1}

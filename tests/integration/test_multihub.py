@@ -157,7 +157,11 @@ class Deployment:
 
 
 async def run(
-    deployment: Deployment, n: int, every: float, faults: Coroutine[Any, Any, None]
+    deployment: Deployment,
+    n: int,
+    every: float,
+    faults: Coroutine[Any, Any, None],
+    marks: list[tuple[float, str]],
 ) -> str:
     """Stream, check every guarantee, and say what happened in one line."""
     started = time.monotonic()
@@ -166,16 +170,25 @@ async def run(
     published = await deployment.check(reports)
     return (
         f"{n} commands + {n} events in {elapsed:.1f} s: 0 lost, 0 twice; "
-        f"{summary(reports)}; table publishes {published}"
+        f"{summary(reports, marks)}; table publishes {published}"
     )
 
 
-def summary(reports: list[DeliveryReport]) -> str:
+def summary(reports: list[DeliveryReport], marks: list[tuple[float, str]]) -> str:
+    """p50, p99 and the longest send->ack; and the longest of the messages sent after
+    each fault (``marks``: when each began, loop time, and its name)."""
     latencies = sorted(r.latency or 0.0 for r in reports)
     p99 = latencies[int(len(latencies) * 0.99) - 1]
+    phases: dict[str, float] = {}
+    for r in reports:
+        sent = r.first_sent_at or 0.0
+        phase = "before" + "".join(f" > {name}" for at, name in marks if at <= sent)[-30:]
+        phases[phase] = max(phases.get(phase, 0.0), r.latency or 0.0)
+    longest = ", ".join(f"{name.split(' > ')[-1]} {t * 1000:.0f}" for name, t in phases.items())
     return (
         f"send->ack p50 {statistics.median(latencies) * 1000:.0f} ms, "
-        f"p99 {p99 * 1000:.0f} ms, longest {latencies[-1] * 1000:.0f} ms; "
+        f"p99 {p99 * 1000:.0f} ms, longest {latencies[-1] * 1000:.0f} ms "
+        f"(sent after each fault, ms: {longest}); "
         f"retried {sum(r.attempts > 1 for r in reports)}"
     )
 
@@ -185,20 +198,23 @@ async def test_three_hubs_survive_a_kill_a_partition_and_a_freeze(
 ) -> None:
     n, fault, every = (2500, 5.0, 0.008) if CHAOS else (300, 2.0, 0.01)
     deployment = Deployment(net, tmp_path)
+    marks: list[tuple[float, str]] = []
 
     async def faults() -> None:
         await asyncio.sleep(n * every / 4)
+        marks.append((time.time(), "h1 killed"))
         net.procs.kill(deployment.hubs["h1"])  # -9, for good
-        await asyncio.sleep(fault)
-        net.partition("h2")
-        await asyncio.sleep(fault)
-        net.heal("h2")
-        await asyncio.sleep(fault)
-        net.freeze("h3")
-        await asyncio.sleep(fault)
-        net.thaw("h3")
+        for name, fault_at in (
+            ("h2 partitioned", lambda: net.partition("h2")),
+            ("h2 healed", lambda: net.heal("h2")),
+            ("h3 frozen", lambda: net.freeze("h3")),
+            ("h3 thawed", lambda: net.thaw("h3")),
+        ):
+            await asyncio.sleep(fault)
+            marks.append((time.time(), name))
+            fault_at()
 
-    line = await run(deployment, n, every, faults())
+    line = await run(deployment, n, every, faults(), marks)
     print(f"3 hubs, CURVE; h1 killed, h2 partitioned, h3 frozen, {fault} s each; {line}")
 
 
@@ -207,12 +223,15 @@ async def test_a_service_host_partitioned_with_messages_pending_gets_them_after_
 ) -> None:
     n, fault, every = (1000, 5.0, 0.005) if CHAOS else (200, 2.0, 0.005)
     deployment = Deployment(net, tmp_path)
+    marks: list[tuple[float, str]] = []
 
     async def faults() -> None:
         await asyncio.sleep(n * every / 4)
+        marks.append((time.time(), "s1 partitioned"))
         net.partition("s1")  # both tables: what is sent now waits for the heal
         await asyncio.sleep(fault)
+        marks.append((time.time(), "s1 healed"))
         net.heal("s1")
 
-    line = await run(deployment, n, every, faults())
+    line = await run(deployment, n, every, faults(), marks)
     print(f"3 hubs, CURVE; the tables' host partitioned {fault} s mid-stream; {line}")

@@ -59,7 +59,7 @@ __all__ = [
 
 
 class _Hub:
-    __slots__ = ("hello_at", "identity", "index", "lost", "name", "welcomed")
+    __slots__ = ("grace_until", "hello_at", "identity", "index", "lost", "name", "welcomed")
 
     def __init__(self, index: int, name: str) -> None:
         self.index = index
@@ -71,6 +71,10 @@ class _Hub:
         """When to say hello again if no WELCOME came (None: not waiting for one)."""
         self.lost = "never answered HELLO"
         """Why it is not welcomed now, for a failure's report (see :meth:`_unanswered`)."""
+        self.grace_until = 0.0
+        """Until when it defers what it is sent (its grace period after a start or a
+        rejoin, learnt from its deferring RETRY_LATER): with several hubs, another one
+        takes the traffic meanwhile."""
 
     def unwelcome(self, why: str) -> None:
         self.welcomed = False
@@ -282,39 +286,73 @@ class EndpointProtocol:
             if c is not None:
                 self._settle(c)
 
-    def _pick(self, now: float) -> int:
+    def _pick(self, now: float, avoid: int = -1) -> int:
         """The hub for a first transmit: round robin over the welcomed ones that are
-        not suspect (quiet for more than 1.5 heartbeats), else over the welcomed ones."""
+        neither suspect (quiet for more than 1.5 heartbeats) nor in a grace period;
+        else over the welcomed ones in a grace period, else over the welcomed ones.
+        ``avoid`` (a retry leaving it) counts as suspect."""
         hubs = self._hubs
         n = len(hubs)
         if n == 1:
             return 0
         fallback = -1
+        fallback_rank = 3
         suspect = self.liveness.suspect
         for _ in range(n):
             self._next_hub = (self._next_hub + 1) % n
-            if hubs[self._next_hub].welcomed:
-                if not suspect(self._next_hub, now):
+            hub = hubs[self._next_hub]
+            if hub.welcomed:
+                if self._next_hub == avoid or suspect(self._next_hub, now):
+                    rank = 2
+                elif hub.grace_until > now:
+                    rank = 1
+                else:
                     return self._next_hub
-                if fallback < 0:
-                    fallback = self._next_hub
+                if rank < fallback_rank:
+                    fallback, fallback_rank = self._next_hub, rank
         return max(fallback, 0)
+
+    def _clear(self, now: float, but: int, heard: bool = False) -> bool:
+        """Whether a hub other than ``but`` is welcomed, not suspect and not in a grace
+        period (``heard``: and not quiet either)."""
+        lv = self.liveness
+        return any(
+            h.welcomed
+            and h.index != but
+            and h.grace_until <= now
+            and not (lv.quiet if heard else lv.suspect)(h.index, now)
+            for h in self._hubs
+        )
+
+    def _keeps(self, hub: int, now: float) -> bool:
+        """Whether a retry goes through ``hub`` again, where its previous attempt went:
+        while that hub is welcomed and not suspect, unless it is in a grace period or
+        quiet since (more than half an interval: a hub cut off a moment ago, not yet
+        suspect) and another hub is clear (and, for a quiet one, heard within half an
+        interval)."""
+        state = self._hubs[hub]
+        lv = self.liveness
+        if not state.welcomed or lv.suspect(hub, now):
+            return False
+        quiet = lv.quiet(hub, now)
+        if not quiet and state.grace_until <= now:
+            return True
+        return not self._clear(now, hub, heard=quiet)
 
     def _pick_for(self, msg_id: bytes, attempt: int, now: float) -> int:
         """The hub for a transmit of ``msg_id``: a retry goes where the last attempt
-        went while that hub is welcomed and not suspect (docs/protocol.md, Several
-        hubs)."""
+        went while :meth:`_keeps` says so, else elsewhere if it can (docs/protocol.md,
+        Several hubs)."""
         if len(self._hubs) == 1:
             return 0
         via = self._via
         if attempt > 1:
             last = via.get(msg_id)
-            if (
-                last is not None
-                and self._hubs[last].welcomed
-                and not self.liveness.suspect(last, now)
-            ):
-                return last
+            if last is not None:
+                if self._keeps(last, now):
+                    return last
+                hub = via[msg_id] = self._pick(now, last)
+                return hub
         hub = via[msg_id] = self._pick(now)
         return hub
 
@@ -416,19 +454,36 @@ class EndpointProtocol:
         error = ack.error
         if ack.outcome == Outcome.NO_ROUTE and error is not None and self.tracker.state(mid):
             self._notes[mid] = error.message
+        retry_after = ack.retry_after
+        if ack.deferred and len(self._hubs) > 1:
+            retry_after = self._deferred(ack, now)
         c = self.tracker.ack(
             mid,
             outcome=ack.outcome,
             now=now,
             receiver=ack.receiver,
             error=ack.error,
-            retry_after=ack.retry_after,
+            retry_after=retry_after,
             response=ack.response if ack.response_type or ack.response else None,
             attempt=ack.attempt,
             deferred=ack.deferred,
         )
         if c is not None:
             self._settle(c)
+
+    def _deferred(self, ack: AckReply, now: float) -> float:
+        """A hub deferred ``ack.msg_id`` (its grace period, after a start or a rejoin):
+        it is sent no more messages while that lasts, if another hub is clear; the
+        message then goes through that one after a backoff (the retry's hub chooses the
+        instance by the same rendezvous hash), else waits out the grace as told."""
+        for hub in self._hubs:
+            if hub.identity == ack.receiver:
+                hub.grace_until = max(hub.grace_until, now + ack.retry_after)
+                if self._clear(now, hub.index):
+                    self._via.pop(ack.msg_id, None)
+                    return 0.0  # the tracker's backoff
+                break
+        return ack.retry_after
 
     def on_routed(
         self,

@@ -118,6 +118,13 @@ class Liveness(Generic[K]):
         state = self._peers.get(peer)
         return state.interval if state is not None else self.interval
 
+    def quiet(self, peer: K, now: float) -> bool:
+        """Whether ``peer`` has been quiet for more than half its interval: alive as
+        far as anyone knows, but a peer heard more recently is the better bet (a busy
+        peer is heard all the time; an idle one at least every interval)."""
+        state = self._peers.get(peer)
+        return state is None or now - state.last_seen > 0.5 * state.interval
+
     def suspect(self, peer: K, now: float) -> bool:
         """Whether ``peer`` has been quiet for more than one and a half of its intervals
         (it heartbeats every interval): not yet dead, but not to be relied on while
