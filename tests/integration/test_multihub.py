@@ -3,7 +3,8 @@
 
 Hosts h1, h2, h3 each run a hub (keys: the deployed, secure setup); s1 runs two table
 instances, s2 the audit and lobby subscribers; the test process is the durable sender,
-on the bridge's own address. Every endpoint is given all three hubs. While StartHand
+on the bridge's own address. Every endpoint is given all three hubs (the services as one
+DNS name, ``dns://hubs.ackbus.test:5555``, that resolves to the three). While StartHand
 commands flow (each run publishes a HandStarted that audit and lobby both subscribe to),
 in turn: h1 is killed with -9 and never restarted, h2's host is partitioned and healed,
 and h3 is frozen with SIGSTOP and thawed. Then: every command acked and run exactly once
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"
 PORT = 5555
+HUBS_NAME = "hubs.ackbus.test"
 
 
 @pytest.fixture
@@ -84,6 +86,10 @@ class Deployment:
             for name in ("h1", "h2", "h3")
         }
         self.urls = [net.url(name, PORT) for name in self.hubs]
+        # The services find the hubs by one DNS name with three addresses (issue 19:
+        # "hub addresses can come from a DNS name"); the sender, in the test process,
+        # outside the namespaces, is given the three addresses.
+        net.name(HUBS_NAME, list(self.hubs))
         self.logs = {name: tmp_path / f"{name}.log" for name in ("t1", "t2", "audit", "lobby")}
         self.tables = [self._service("s1", "table", t, "--instance", t) for t in ("t1", "t2")]
         self.subscribers = [
@@ -101,7 +107,7 @@ class Deployment:
 
     def _service(self, host: str, name: str, log: str, *extra: str) -> Any:
         env = {"ACKBUS_KEYS": str(self.secrets[name]), "ACKBUS_HUB_KEY": str(self.hub_key)}
-        hub_args = [arg for url in self.urls for arg in ("--hub", url)]
+        hub_args = ["--hub", f"dns://{HUBS_NAME}:{PORT}"]
         return self.net.start(
             host,
             str(SERVICES),

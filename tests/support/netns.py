@@ -100,6 +100,7 @@ class Cluster:
             self._lock.close()
             raise ValueError("at most 29 hosts")
         self._made: list[tuple[str, ...]] = []  # what to delete, newest last
+        self._files: list[Path] = []  # hosts-file folders under /etc/netns
         try:
             self._build(names)
         except BaseException:
@@ -147,6 +148,8 @@ class Cluster:
         while self._made:
             args = self._made.pop()
             subprocess.run(["ip", *args], capture_output=True, timeout=10)
+        for folder in self._files:
+            shutil.rmtree(folder, ignore_errors=True)
         self._lock.close()  # the block is free again
 
     # -- addresses and processes ---------------------------------------------------------
@@ -176,6 +179,17 @@ class Cluster:
         )
         h.procs.append(proc)
         return proc
+
+    def name(self, name: str, hosts: list[str]) -> None:
+        """Make ``name`` resolve, inside every host, to the addresses of ``hosts`` (a
+        hosts file per namespace, /etc/netns/NS/hosts, which ``ip netns exec``
+        mounts over /etc/hosts for the processes it starts; removed on close)."""
+        lines = ["127.0.0.1 localhost"] + [f"{self.hosts[h].address} {name}" for h in hosts]
+        for host in self.hosts.values():
+            folder = Path("/etc/netns") / host.netns
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "hosts").write_text("\n".join(lines) + "\n")
+            self._files.append(folder)
 
     # -- faults ----------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from ..middleware import (
 )
 from ..store import Store
 from ..transport import Backend, DefaultBackend, Link, TransportOptions
+from ..transport._address import resolve
 from ..transport._keys import client_keys
 from ..wire import (
     DEFAULT_LIMITS,
@@ -96,9 +97,11 @@ class Endpoint(Sending, Receiving, HubLinks):
     """A service instance on the bus. Use as ``async with Endpoint(...) as ep``.
 
     ``service`` names the service (all its instances share it); ``hubs`` are the hub
-    addresses to connect to. ``instance`` defaults to a fresh unique id. ``policy``
-    applies to messages whose type has no policy in ``registry`` (generated modules
-    export a ``REGISTRY``; generated clients pass their policy themselves).
+    addresses to connect to (``dns://NAME:PORT``: one hub at each IPv4 address the
+    name resolves to when the endpoint starts). ``instance`` defaults to a fresh unique
+    id. ``policy`` applies to messages whose type has no policy in ``registry``
+    (generated modules export a ``REGISTRY``; generated clients pass their policy
+    themselves).
     ``store`` (``"sqlite:///path.db"`` or an :class:`ackbus.store.Store`) makes it
     durable: outbox, inbox, dead letters and identity survive restarts (docs/durable.md).
     ``keys`` (this endpoint's ``NAME.key_secret`` file) and ``hub_key`` (the hub's
@@ -375,7 +378,7 @@ class Endpoint(Sending, Receiving, HubLinks):
                 self._metrics_server = serve(self._metrics_port, self)
             if self._durable is not None:
                 await self._durable.start(self._hooks(loop), loop)
-            for address in self._hub_addresses:
+            for address in await resolve(self._hub_addresses, limit):
                 hub = HubLink(self._proto.add_hub(address))
                 hub.link = self._backend.connect(
                     address,

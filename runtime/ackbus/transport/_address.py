@@ -16,6 +16,7 @@ refuses to listen on one without keys unless told it may (docs/security.md).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -24,13 +25,61 @@ from typing import Literal
 
 from ..errors import AddressError
 
-__all__ = ["Op", "address_error", "check", "exposed"]
+__all__ = ["DNS", "Op", "address_error", "check", "exposed", "resolve"]
 
 Op = Literal["bind", "connect"]
 
 _FORMS = "tcp://HOST:PORT, ipc:///PATH or inproc://NAME"
 """The addresses ZeroMQ understands, as hints name them."""
 _MAX_PORT = 65535
+
+
+DNS = "dns://"
+"""A hub address ``dns://NAME:PORT`` stands for ``tcp://ADDRESS:PORT`` for each IPv4
+address ``NAME`` resolves to (several hubs behind one name)."""
+
+
+async def resolve(addresses: list[str], timeout: float) -> list[str]:
+    """``addresses`` with each ``dns://NAME:PORT`` replaced by one ``tcp://ADDRESS:PORT``
+    per IPv4 address the name resolves to (the resolver's order, repeats dropped; the
+    resolver is asked once, when the endpoint starts). :class:`AddressError` if a name
+    does not resolve within ``timeout`` seconds or resolves to nothing."""
+    out: list[str] = []
+    loop = asyncio.get_running_loop()
+    for address in addresses:
+        if not address.startswith(DNS):
+            out.append(address)
+            continue
+        host, port = _split_tcp(address[len(DNS) :])
+        if not host or port is None or not port.isdigit() or int(port) > _MAX_PORT:
+            raise AddressError(
+                address,
+                "not a name and a port",
+                op="connect",
+                hint="a dns:// hub address is dns://NAME:PORT, e.g. dns://hubs.internal:5555",
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                found = await loop.getaddrinfo(
+                    host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM
+                )
+        except (OSError, UnicodeError, TimeoutError) as exc:
+            why = (
+                f"no answer within {timeout} s"
+                if isinstance(exc, TimeoutError)
+                else getattr(exc, "strerror", None) or str(exc)
+            )
+            raise AddressError(
+                address,
+                f"{host} does not resolve ({why})",
+                op="connect",
+                hint="check the name, and the resolver (/etc/resolv.conf, /etc/hosts)",
+            ) from None
+        for info in found:
+            url = f"tcp://{info[4][0]}:{port}"
+            if url not in out:
+                out.append(url)
+    return out
 
 
 def check(address: str, op: Op) -> None:
