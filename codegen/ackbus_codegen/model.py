@@ -67,7 +67,6 @@ _HEADER_NAMES = (
 # global at each call, so rebinding it would change every client's default silently.
 POLICY_ANNOTATION = "Final[ackbus.Policy]"
 _LINE_LENGTH = 100
-_COMPOSITE = (FDP.TYPE_MESSAGE, FDP.TYPE_GROUP)
 
 
 @dataclass(frozen=True, slots=True)
