@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, cast
 
 from ._settings import (
     DEFAULT_GRACE,
@@ -67,7 +68,9 @@ class App:
     :meth:`register_handler`), before the run or from a startup hook, where
     :attr:`endpoint` exists (to send from a handler) and :attr:`state` holds what the
     hooks opened. ``lifespan`` (or the :meth:`lifespan` decorator) is an async context
-    manager factory entered before the endpoint starts and left after it drained;
+    manager factory taking the app (an async generator function is wrapped as
+    :func:`contextlib.asynccontextmanager` does), entered before the endpoint starts and
+    left after it drained;
     :meth:`on_startup` and :meth:`on_shutdown` hooks run inside it, in order and in
     reverse order.
     """
@@ -84,7 +87,7 @@ class App:
         max_concurrency: int | None = None,
         heartbeat: float | None = None,
         grace: float = DEFAULT_GRACE,
-        lifespan: Lifespan | None = None,
+        lifespan: Lifespan | Callable[[App], AsyncIterator[None]] | None = None,
         **endpoint_options: Any,
     ) -> None:
         self.defaults: dict[str, Any] = {
@@ -101,7 +104,11 @@ class App:
         self.endpoint_options = endpoint_options
         self.state = types.SimpleNamespace()
         """What the hooks open (``app.state.db = ...``), for the handlers."""
-        self._lifespans: list[Lifespan] = [lifespan] if lifespan is not None else []
+        self._lifespans: list[Lifespan] = []
+        if inspect.isasyncgenfunction(lifespan):  # a bare async generator function
+            self._lifespans.append(contextlib.asynccontextmanager(lifespan))
+        elif lifespan is not None:
+            self._lifespans.append(cast(Lifespan, lifespan))
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._registrations: list[Callable[[Endpoint], None]] = []

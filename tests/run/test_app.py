@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ import pytest
 from ackbus import App, Context, Endpoint
 from ackbus._settings import Settings, SettingsError, add_arguments, settings
 from ackbus.app import main
+from ackbus.testing.pytest_plugin import ServiceProcess
 from helpers import HubBus, eventually
 from poker import table_ackbus, table_pb2
 from proc_harness import ROOT, free_port
@@ -180,3 +183,59 @@ def test_python_m_ackbus_run_is_the_same_main() -> None:
     from ackbus import run
 
     assert run.main is main
+
+
+SCRIPT = """\
+import sys
+
+from ackbus import App
+
+app = App("table")
+
+if __name__ == "__main__":
+    sys.exit(app.run())
+"""
+
+
+def test_a_script_runs_its_own_app_with_the_same_flags(ackbus_hub: str, tmp_path: Path) -> None:
+    """``app.run()`` in a script's main block: the flags of ``ackbus run`` without the
+    target, the same ready line and the same stop."""
+    script = tmp_path / "service.py"
+    script.write_text(SCRIPT)
+    proc = ServiceProcess(
+        [sys.executable, str(script), "--hub", ackbus_hub, "--grace", "2", "--service", "lobby"],
+        {**os.environ, "PYTHONPATH": str(ROOT / "generated")},
+        b" ready on ",
+        30.0,
+    )
+    try:
+        assert proc.ready_line.startswith("ackbus run: lobby/")
+        status, out = proc.stop(signal.SIGINT)
+    finally:
+        proc.kill()
+    assert status == 0, proc.errors()
+    assert "every running handler finished and was acked" in out
+
+
+async def test_lifespan_takes_a_context_manager_factory_or_a_bare_generator(
+    memory_hub: HubBus,
+) -> None:
+    events: list[str] = []
+
+    async def bare(app: App) -> AsyncIterator[None]:
+        events.append("bare in")
+        yield
+        events.append("bare out")
+
+    @contextlib.asynccontextmanager
+    async def managed(app: App) -> AsyncIterator[None]:
+        events.append("managed in")
+        yield
+        events.append("managed out")
+
+    config = Settings("lobby", (memory_hub.address,), grace=1.0)
+    for lifespan in (bare, managed):
+        app = App(lifespan=lifespan, backend=memory_hub.backend, heartbeat=0.2)
+        async with app.running(config) as ep:
+            assert ep.identity.service == "lobby"
+    assert events == ["bare in", "bare out", "managed in", "managed out"]

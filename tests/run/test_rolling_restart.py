@@ -4,7 +4,9 @@ instances of one service (tests/run/table_app.py), a sender streaming
 commands with wait_ack; SIGTERM to one instance mid-stream and a new one started. Every
 command is acked, and every one ran exactly once (counted from the instances' logs).
 
-The short version runs in ``make test``; ``ACKBUS_CHAOS=1`` (``make chaos``) sends more
+In memory and durable (``ACKBUS_STORE``: each replacement takes over the stopped
+instance's SQLite store, and with it its instance id). The short version runs in ``make
+test``; ``ACKBUS_CHAOS=1`` (``make chaos``) sends more
 and restarts every instance in turn several times, alternating SIGTERM and SIGINT.
 """
 
@@ -17,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from ackbus import Endpoint
 from ackbus.testing.pytest_plugin import ServiceProcess
 from helpers import eventually
@@ -39,18 +42,22 @@ class Instances:
     """``ackbus run table_app:app`` processes (the pytest plugin's ``ackbus_service``),
     each with its own run log."""
 
-    def __init__(self, start: Callable[..., ServiceProcess], tmp: Path) -> None:
+    def __init__(self, start: Callable[..., ServiceProcess], tmp: Path, durable: bool) -> None:
         self._start = start
         self.tmp = tmp
+        self.durable = durable
         self.logs: list[Path] = []
         self.count = 0
 
-    def start(self) -> ServiceProcess:
+    def start(self, slot: int) -> ServiceProcess:
+        """A new instance in ``slot`` (0 or 1); durable, it takes over the slot's store
+        (and so its instance id), as a StatefulSet's pod does."""
         self.count += 1
         log = self.tmp / f"table-{self.count}.log"
         self.logs.append(log)
         # both entry points: the ackbus command's subcommand and python -m ackbus.run
         command = ("ackbus.cli", "run") if self.count % 2 else ("ackbus.run",)
+        store = {"ACKBUS_STORE": f"sqlite:///{self.tmp}/slot-{slot}.db"} if self.durable else {}
         return self._start(
             "table_app:app",
             "--grace",
@@ -58,7 +65,7 @@ class Instances:
             "--log-level",
             "WARNING",
             app_dir=HERE,
-            env={"TABLE_APP_LOG": str(log)},
+            env={"TABLE_APP_LOG": str(log), **store},
             command=command,
         )
 
@@ -89,12 +96,16 @@ async def _stop(proc: ServiceProcess, sig: signal.Signals) -> tuple[int, str]:
     return await asyncio.to_thread(proc.stop, sig, 60)
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "durable"])
 async def test_rolling_restart_loses_nothing_and_runs_nothing_twice(
-    ackbus_hub: str, ackbus_service: Callable[..., ServiceProcess], tmp_path: Path
+    ackbus_hub: str, ackbus_service: Callable[..., ServiceProcess], tmp_path: Path, durable: bool
 ) -> None:
+    """In memory, each replacement starts while the old instance drains. Durable, each
+    takes over the stopped one's store once it exited (one live process per store)."""
     hub = ackbus_hub
-    instances = Instances(ackbus_service, tmp_path)
-    live = [await asyncio.to_thread(instances.start) for _ in range(2)]
+    instances = Instances(ackbus_service, tmp_path, durable)
+    # (index in start order, slot, process) of the instances running
+    live = [(slot, slot, await asyncio.to_thread(instances.start, slot)) for slot in (0, 1)]
 
     sent: list[bytes] = []
     failures: list[str] = []
@@ -112,32 +123,47 @@ async def test_rolling_restart_loses_nothing_and_runs_nothing_twice(
             finally:
                 room.release()
 
+        restarted = asyncio.Event()
+
         async def stream() -> None:
+            """At least MESSAGES, and on until the restarts are over: however long a
+            process takes to start, every restart happens mid-stream."""
             tasks = []
-            for i in range(MESSAGES):
+            i = 0
+            while i < MESSAGES or not restarted.is_set():
                 await room.acquire()
                 tasks.append(asyncio.ensure_future(send(i)))
+                i += 1
             await asyncio.gather(*tasks)
 
         streaming = asyncio.ensure_future(stream())
-        # Restart every instance in turn, each ROUNDS times, while the stream goes on:
-        # the old one gets the signal mid-stream, its replacement starts while it drains.
+        # Restart an instance ROUNDS * 2 times while the stream goes on: the oldest one
+        # running a handler gets the signal (the hub need not share the work evenly), and
+        # its replacement starts in its slot.
         for r in range(ROUNDS * 2):
             await eventually(
                 lambda r=r: len(sent) >= MESSAGES * (r + 1) // (ROUNDS * 2 + 2), timeout=120
             )
             # signalled while it runs handlers (not a promise: checked, then signalled)
-            await eventually(lambda r=r: instances.busy(r), timeout=120)
-            old = live.pop(0)
+            await eventually(
+                lambda live=live: any(instances.busy(n) for n, _, _ in live), timeout=120
+            )
+            n, slot, old = next(each for each in live if instances.busy(each[0]))
+            live = [each for each in live if each[0] != n]
             sig = signal.SIGTERM if r % 2 == 0 else signal.SIGINT
             stopping = asyncio.ensure_future(_stop(old, sig))
-            live.append(await asyncio.to_thread(instances.start))
-            stopped.append(await stopping)
+            if durable:
+                stopped.append(await stopping)
+            index = instances.count  # the new one's, 0-based, in start order
+            live.append((index, slot, await asyncio.to_thread(instances.start, slot)))
+            if not durable:
+                stopped.append(await stopping)
+        restarted.set()
         async with asyncio.timeout(120):
             await streaming
 
     assert failures == []
-    assert len(sent) == MESSAGES
+    assert len(sent) >= MESSAGES
     runs, begun = instances.runs(), instances.runs(begun=True)
     assert set(runs) == {m.hex() for m in sent}, "a command acked but never run"  # 0 lost
     assert [m for m, n in begun.items() if n > 1] == []  # 0 run twice, not even begun
@@ -146,8 +172,9 @@ async def test_rolling_restart_loses_nothing_and_runs_nothing_twice(
         assert status == 0, out
         assert "every running handler finished and was acked" in out, out
     # the lifespan hooks ran once per instance, the shutdown ones after the drain
-    hooks = instances.hooks()[: len(stopped)]
-    assert hooks == ["startup\nshutdown\n"] * len(stopped)
+    stopped_ones = sorted(set(range(instances.count)) - {n for n, _, _ in live})
+    hooks = instances.hooks()
+    assert [hooks[n] for n in stopped_ones] == ["startup\nshutdown\n"] * len(stopped)
     # mid-stream: handlers were running when the signal came (in at least one stop,
     # the others almost always; each stop waited for a running one before its signal)
     assert any("running at the signal: 0," not in out for _, out in stopped), stopped
