@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from . import baseline, pg, plot, transport
+from . import baseline, fleet, pg, plot, transport
 from .cluster import Cluster, Setup, make_keys
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,6 +76,8 @@ class Profile:
     memory: tuple[int, int]
     """message counts at which RSS and fds are sampled (early, late)"""
     note: str = ""
+    fleet: tuple[int, int] = (10, 1000)
+    """idle instances at the hub for the scale rows: few, many"""
 
 
 QUICK = Profile(
@@ -103,6 +105,7 @@ TINY = Profile(
     store=100,
     memory=(100, 300),
     note="tiny profile: a smoke test of the runner; its figures mean nothing",
+    fleet=(2, 6),
 )
 FULL = Profile(
     name="full",
@@ -179,6 +182,9 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
         blocking = clusters.enter_context(
             Cluster(setup=Setup(handler="def", sleep_ms=SLEEP_MS, workers=SLEEP_WORKERS))
         )
+        three = clusters.enter_context(Cluster(setup=Setup(hubs=3)))
+        few = clusters.enter_context(Cluster(setup=Setup(idle=p.fleet[0])))
+        many = clusters.enter_context(Cluster(setup=Setup(idle=p.fleet[1])))
         keys = make_keys(store_dir / "keys", ("sink", "source"))
         curve = clusters.enter_context(Cluster(setup=Setup(keys=keys)))
         for rep in range(p.reps):
@@ -202,6 +208,16 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
                 row(f"ackbus pipelined, {name} hub", base=a_pipe).runs.append(
                     cluster.run("pipelined", p.pipelined)
                 )
+            for kind, base in (("sequential", a_seq), ("pipelined", a_pipe)):
+                n = p.sequential if kind == "sequential" else p.pipelined
+                one_hub = f"ackbus {kind}, standalone hub"
+                row(f"ackbus {kind}, three hubs", base=base, vs=one_hub).runs.append(
+                    three.run(kind, n)
+                )
+                fewer = f"ackbus {kind}, {p.fleet[0]:,} instances at the hub"
+                row(fewer, base=base).runs.append(few.run(kind, n))
+                more = f"ackbus {kind}, {p.fleet[1]:,} instances at the hub"
+                row(more, base=base, vs=fewer).runs.append(many.run(kind, n))
             for senders in p.senders:
                 row(f"ackbus pipelined, {senders} senders", base=a_pipe).runs.append(
                     standalone.run(
@@ -257,6 +273,8 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
                     )
         log(f"memory run: {p.memory[1]:,} messages (load {_load()})")
         memory = standalone.run("pipelined", p.memory[1], checkpoints=p.memory)
+        log(f"scale: {p.fleet[1]:,} instances idle, then a hub restart (load {_load()})")
+        scale = fleet.figures(few, many, 3.0 if p is TINY else 10.0, p.pipelined)
     return {
         **sitting(p.name, p.note, started, load_before),
         "machine": {
@@ -270,6 +288,7 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
             name: {**r.summary(), **_ratios(r, rows), "raw": r.runs} for name, r in rows.items()
         },
         "memory": _memory(memory, p.memory),
+        "scale": scale,
     }
 
 
@@ -404,6 +423,20 @@ def table(result: dict[str, Any]) -> str:
                 f"| {proc} | {m['rss_mib'][0]:.1f} → {m['rss_mib'][1]:.1f} | "
                 f"{m['rss_growth']:+.1%} | {m['fds'][0]} → {m['fds'][1]} |"
             )
+    if "scale" in result:
+        sc = result["scale"]
+        few, many = sc["instances"]
+        storm = sc["storm"]
+        lines += [
+            "",
+            f"Scale: the hub with {few:,} and {many:,} idle instances of 50 services: RSS "
+            f"{sc['hub_rss_mib'][0]} and {sc['hub_rss_mib'][1]} MiB "
+            f"({sc['hub_kib_per_instance']} KiB per instance); idle, their heartbeats cost it "
+            f"{sc['hub_idle_cpu_pct'][0]} % and {sc['hub_idle_cpu_pct'][1]} % of one core. "
+            f"Hub killed -9 and restarted with {storm['instances']:,} instances and a sender "
+            f"pipelining {storm['sent']:,} messages: every instance registered again "
+            f"{storm['settled_s']:.2f} s after the restart; {storm['failed']} messages failed.",
+        ]
     if result["note"]:
         lines += ["", f"({result['note']})"]
     return "\n".join(lines)

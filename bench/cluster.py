@@ -44,6 +44,9 @@ from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.wire_pb2 import Bye
 
+from .fleet import Fleet
+from .fleet import recv as _recv
+
 POLICY = Policy(ack_timeout=5.0, deadline=120.0)
 _WARMUP = 200
 _LOCAL_HUB = "inmem://bench-hub"
@@ -90,6 +93,11 @@ class Setup:
     ordering_keys: int = 0
     """Pipelined sends carry ordering keys, message *i* key ``i % ordering_keys``: one
     message of a key in flight at a time (0: no keys)."""
+    hubs: int = 1
+    """Standalone hubs; every receiver and sender is given all of them."""
+    idle: int = 0
+    """Idle instances (:class:`bench.fleet.Fleet`) of 50 other services registered at the
+    hubs, heartbeating: the scale rows compare 10 with 1,000."""
     metrics: bool = False
     """Prometheus metrics on every process: ``Endpoint(..., metrics=0)`` on the senders
     and receivers (counters and the histograms of ackbus.metrics.PrometheusMiddleware),
@@ -302,13 +310,25 @@ class Cluster:
         mp = multiprocessing.get_context("spawn")
         self.hub_mode = hub
         self.hub_proc: subprocess.Popen[str] | None = None
+        self.hub_procs: list[subprocess.Popen[str]] = []
+        self.hub_addresses: list[str] = []
         self.workers: list[tuple[Any, Connection]] = []
         self.pids: dict[str, int] = {}
         self.receivers: list[tuple[Any, Connection]] = []
+        self.fleet: Fleet | None = None
         try:
             if hub == "standalone":
-                self.hub_proc, address = _standalone_hub(setup.keys, setup.metrics)
+                for _ in range(setup.hubs):
+                    proc, reached = _standalone_hub(setup.keys, setup.metrics)
+                    self.hub_procs.append(proc)
+                    self.hub_addresses.append(reached)
+                self.hub_proc = self.hub_procs[0]
                 self.pids["hub"] = self.hub_proc.pid
+                address: str | list[str] = (
+                    self.hub_addresses if setup.hubs > 1 else self.hub_addresses[0]
+                )
+                if setup.idle:
+                    self.fleet = Fleet(self.hub_addresses, setup.idle)
             embedded = "tcp://127.0.0.1:0" if hub == "embedded" else None
             for i, service in enumerate(setup.services):
                 mine, theirs = mp.Pipe()
@@ -321,7 +341,7 @@ class Cluster:
                 self.receivers.append((proc, mine))
                 if hub == "standalone":
                     mine.send(address)
-                reached: str = _recv(mine, proc)
+                reached = _recv(mine, proc)
                 if i == 0:
                     assert proc.pid is not None
                     self.address = reached
@@ -399,15 +419,23 @@ class Cluster:
                 conn.send("stop")
             _stop(proc)
         self.receivers = []
-        if self.hub_proc is not None:
-            self.hub_proc.terminate()
-            try:
-                self.hub_proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.hub_proc.kill()
-                self.hub_proc.wait(5)
-            if self.hub_proc.stdout is not None:
-                self.hub_proc.stdout.close()
+        if self.fleet is not None:
+            self.fleet.close()
+            self.fleet = None
+        for hub_proc in self.hub_procs:
+            _stop_hub(hub_proc)
+        self.hub_procs = []
+
+    def restart_hub(self) -> float:
+        """Kill the (first) standalone hub with -9 and start it again on its address;
+        when (wall clock) the new one listened."""
+        assert self.hub_proc is not None
+        self.hub_proc.kill()
+        _stop_hub(self.hub_proc)
+        proc, _ = _standalone_hub(self.setup.keys, self.setup.metrics, self.hub_addresses[0])
+        self.hub_procs[0] = self.hub_proc = proc
+        self.pids["hub"] = proc.pid
+        return time.time()
 
     def __enter__(self) -> Cluster:
         return self
@@ -424,17 +452,6 @@ def _numbered(store: str | None, i: int) -> str | None:
     return f"{head}.{i}{sep}{query}"
 
 
-def _recv(conn: Connection, proc: Any) -> Any:
-    """The worker's next answer; an error if it died or stayed silent for too long."""
-    deadline = time.monotonic() + _TIMEOUT
-    while not conn.poll(0.1):
-        if not proc.is_alive():
-            raise RuntimeError(f"benchmark worker {proc.pid} died (exit code {proc.exitcode})")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no answer from a benchmark worker within {_TIMEOUT} s")
-    return conn.recv()
-
-
 def _stop(proc: Any) -> None:
     proc.join(10)
     if proc.is_alive():
@@ -442,12 +459,24 @@ def _stop(proc: Any) -> None:
         proc.join(5)
 
 
+def _stop_hub(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def _standalone_hub(
-    keys: Path | None = None, metrics: bool = False
+    keys: Path | None = None, metrics: bool = False, bind: str = "tcp://127.0.0.1:0"
 ) -> tuple[subprocess.Popen[str], str]:
-    """``python -m ackbus.hub`` on a free port; its address from the line it prints."""
+    """``python -m ackbus.hub`` on ``bind`` (a free port by default); its address from
+    the line it prints."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ackbus.hub", "--bind", "tcp://127.0.0.1:0"]
+        [sys.executable, "-m", "ackbus.hub", "--bind", bind]
         + (["--keys", str(keys)] if keys is not None else [])
         + (["--metrics-port", "0"] if metrics else []),
         stdout=subprocess.PIPE,

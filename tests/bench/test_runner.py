@@ -50,6 +50,10 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
         "(a) acked, pipelined, CURVE",
         "ackbus pipelined, CURVE hub",
         "ackbus pipelined, 100 ordering keys",
+        "ackbus sequential, three hubs",
+        "ackbus pipelined, three hubs",
+        "ackbus sequential, 2 instances at the hub",
+        "ackbus pipelined, 6 instances at the hub",
     }
     assert expected <= set(rows)
     for name, fig in rows.items():
@@ -66,6 +70,15 @@ def test_tiny_profile_measures_every_row_and_writes_json(tmp_path: Path) -> None
     )
     for proc_name in ("sender", "hub", "receiver"):
         assert result["memory"][proc_name]["fds"][1] > 0
+    assert rows["ackbus pipelined, three hubs"]["compared_with"] == (
+        "ackbus pipelined, standalone hub"
+    )
+    scale = result["scale"]  # the tiny fleet: 2 and 6 idle instances, then a hub restart
+    assert scale["instances"] == [2, 6]
+    assert scale["storm"]["instances"] == 6
+    assert scale["storm"]["failed"] == 0
+    assert 0 < scale["storm"]["settled_s"] < 60
+    assert "Scale: the hub with 2 and 6 idle instances" in proc.stdout
     for name in expected:
         assert f"| {name} |" in proc.stdout
     assert str(written[0]) in proc.stdout
