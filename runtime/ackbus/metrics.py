@@ -260,6 +260,10 @@ def collector(source: Endpoint | Hub) -> Collector:
     return EndpointCollector(source)
 
 
+_clock = time.perf_counter
+_bucket = bisect.bisect_left
+
+
 class _Histogram:
     """One histogram's buckets per message type, written on the endpoint's loop thread
     only (no lock: a float increment), read by a scrape from its own thread."""
@@ -272,11 +276,16 @@ class _Histogram:
         """Type -> [count per bucket (the last: above every bound)..., sum]."""
 
     def observe(self, key: str, value: float) -> None:
+        row = self.series.get(key) or self.row(key)
+        row[_bucket(self.bounds, value)] += 1
+        row[-1] += value
+
+    def row(self, key: str) -> list[float]:
+        """The row of ``key``, made empty the first time."""
         row = self.series.get(key)
         if row is None:
             row = self.series[key] = [0.0] * (len(self.bounds) + 2)
-        row[bisect.bisect_left(self.bounds, value)] += 1
-        row[-1] += value
+        return row
 
     def add_to(self, family: HistogramMetricFamily, labels: list[str], *extra: str) -> None:
         """Add a series per type to ``family``: ``labels``, the type, then ``extra``."""
@@ -320,24 +329,36 @@ class PrometheusMiddleware(Middleware):
         self._endpoint = endpoint
 
     def on_acked(self, reports: Sequence[DeliveryReport]) -> None:
-        observe = self.ack_seconds.observe
+        # A batch of acks is mostly of one type: its row is looked up once, and the
+        # observation is inlined (this runs once per acked message).
+        hist = self.ack_seconds
+        bounds = hist.bounds
+        last_type: str | None = None
+        row: list[float] = []
         for r in reports:
-            if r.first_sent_at is not None and r.acked_at is not None:
-                observe(r.message_type, r.acked_at - r.first_sent_at)
+            sent, acked = r.first_sent_at, r.acked_at
+            if sent is None or acked is None:
+                continue
+            if r.message_type != last_type:
+                last_type = r.message_type
+                row = hist.row(last_type)
+            seconds = acked - sent
+            row[_bucket(bounds, seconds)] += 1
+            row[-1] += seconds
 
     async def on_handle(self, msg: Any, ctx: Context, call_next: HandleNext) -> Any:
-        started = time.perf_counter()
+        started = _clock()
         try:
             result = await call_next(msg, ctx)
         except Reject:
-            self.rejected.observe(ctx.message_type, time.perf_counter() - started)
+            self.rejected.observe(ctx.message_type, _clock() - started)
             raise
         except asyncio.CancelledError:  # the endpoint closing: not a run that ended
             raise
         except BaseException:
-            self.errors.observe(ctx.message_type, time.perf_counter() - started)
+            self.errors.observe(ctx.message_type, _clock() - started)
             raise
-        self.handled.observe(ctx.message_type, time.perf_counter() - started)
+        self.handled.observe(ctx.message_type, _clock() - started)
         return result
 
     def collect(self) -> Iterator[Metric]:

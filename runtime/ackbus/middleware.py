@@ -88,6 +88,7 @@ class Outgoing:
 SendNext: TypeAlias = Callable[[Outgoing], Coroutine[Any, Any, DeliveryReport]]
 """The rest of a send: the next middleware, or the endpoint's own send."""
 AckedHook: TypeAlias = Callable[[Sequence[DeliveryReport]], None]
+"""Every middleware's ``on_acked`` in one call (what the endpoint calls per ack batch)."""
 HandleNext: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 """The rest of a handler run: the next middleware, or the handler (its response, or
 ``None``)."""
