@@ -309,6 +309,10 @@ class Admin:
                 "recent": list(self.recent)[::-1],
             },
             "tails": len(self.tailers),
+            "schema_drift": {
+                "noticed": stats.schema_drift,
+                "types_now": dict(sorted(proto.drift.disagreeing().items())),
+            },
         }
 
 
@@ -326,6 +330,7 @@ def _totals(s: HubStats) -> dict[str, int]:
         "refused": sum(s.refused.values()),
         "unauthenticated": s.unauthenticated,
         "unauthorized": s.unauthorized,
+        "schema_drift": s.schema_drift,
     }
 
 

@@ -216,6 +216,13 @@ def _refusals(status: dict[str, Any]) -> list[str]:
     for r in ref["recent"]:
         when = datetime.datetime.fromtimestamp(r["at"]).strftime("%H:%M:%S")
         lines.append(f"  {when}  peer {r['peer'][:12]}  {r['code']}  {r['reason']}")
+    drift = status.get("schema_drift")  # absent from hubs that predate it
+    if drift and drift["noticed"]:
+        now = ", ".join(f"{t} ({n} fingerprints)" for t, n in drift["types_now"].items())
+        lines.append(
+            f"schema drift: {drift['noticed']} disagreement"
+            f"{'s' if drift['noticed'] != 1 else ''} noticed; live now: {now or 'none'}"
+        )
     return lines
 
 

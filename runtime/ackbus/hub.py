@@ -415,7 +415,7 @@ class Hub:
         commands: Sequence[str] = hello.commands
         if self._version >= METHOD_VERSION and hello.methods:
             commands = [*commands, *hello.methods]
-        self._proto.hello(
+        drifts = self._proto.hello(
             peer,
             identity,
             token,
@@ -426,7 +426,19 @@ class Hub:
             now,
             hello.implements,
             key,
+            hello.fingerprints,
         )
+        for drift in drifts:  # each type and pair of fingerprints once (core/drift.py)
+            log.warning(
+                "schema drift on %s: %s has fingerprint %s, %s has %s; their generated "
+                "code disagrees on this type (regenerate one of them, or see `ackbus "
+                "breaking`)",
+                drift.msg_type,
+                drift.peer,
+                drift.fingerprint.hex(),
+                drift.other,
+                drift.other_fingerprint.hex(),
+            )
         self._admin.hello(peer, hello.agent, self._version)
         # A HELLO is said again on every reconnect and type change: one line for what
         # is new, not one per HELLO.

@@ -26,6 +26,7 @@ answered retry-later during the grace period), ``acks_forwarded``, ``registratio
 up), ``refused`` by ``code``, ``unauthenticated`` (keys refused in the CURVE handshake),
 ``key_limit`` (HELLOs refused: their key had ``max_instances_per_key`` instances),
 ``out_of_descriptors`` (failed accepts: the process was out of file descriptors),
+``schema_drift`` (live peers disagreeing on a message type's schema fingerprint),
 and the gauges ``instances`` per ``service`` and ``stalled_instances``.
 
 Histograms and what the message path must count come from
@@ -222,6 +223,11 @@ class HubCollector(Collector):
                 "ackbus_hub_out_of_descriptors",
                 "Failed accepts (retried at once): out of file descriptors.",
                 s.out_of_descriptors,
+            ),
+            (
+                "ackbus_hub_schema_drift",
+                "Live peers found disagreeing on a type's schema fingerprint (per pair).",
+                s.schema_drift,
             ),
             (
                 "ackbus_hub_stalled",

@@ -26,6 +26,26 @@ class Hello(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FingerprintsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     IDENTITY_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -36,6 +56,7 @@ class Hello(_message.Message):
     IMPLEMENTS_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
+    FINGERPRINTS_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
     max_concurrency: _builtins.int
@@ -77,6 +98,15 @@ class Hello(_message.Message):
         from a peer that does not list version 2 in versions.
         """
 
+    @_builtins.property
+    def fingerprints(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """Schema fingerprints (docs/protocol.md, "Fingerprints"): message type (full name) ->
+        the first 8 bytes of SHA-256 over the canonical form of that type as this peer's
+        code has it, for every type it handles and every type it has sent so far. A hub
+        logs and counts two live peers that disagree on a type; routing never reads it.
+        Hubs that predate the field skip it as an unknown field.
+        """
+
     def __init__(
         self,
         *,
@@ -90,10 +120,11 @@ class Hello(_message.Message):
         implements: _abc.Iterable[_builtins.str] | None = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
         agent: _builtins.str = ...,
+        fingerprints: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "commands", b"commands", "events", b"events", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "methods", b"methods", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "commands", b"commands", "events", b"events", "fingerprints", b"fingerprints", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "methods", b"methods", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,12 +25,13 @@ only when its connection drops or after ``stall_limit`` seconds of silence.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from ..errors import RemoteProtocolError
 from ._values import Identity
+from .drift import Drift, SchemaDrift
 from .holding import Held, HoldQueues
 from .liveness import Liveness, PeerDead, SendHeartbeat
 from .routing import FULL, Instance, RoutingTable
@@ -131,6 +132,9 @@ class HubStats:
     unauthorized: int = 0
     """Messages refused because the access file does not let their sender's key send
     their type (HELLOs refused by it are counted in ``refused``)."""
+    schema_drift: int = 0
+    """Distinct disagreements noticed between live peers on a message type's schema
+    fingerprint (one per type and pair of fingerprints; :mod:`ackbus.core.drift`)."""
 
 
 class HubIO(Protocol[I_inv, R_contra, A_contra]):
@@ -264,6 +268,8 @@ class HubProtocol(Generic[I, R, A]):
         self._next_notice = 0.0
         self.liveness: Liveness[bytes] = Liveness(interval=heartbeat, misses=misses)
         self.stats = HubStats()
+        self.drift = SchemaDrift()
+        """The registered peers' schema fingerprints (what :meth:`hello` compares)."""
         self._tokens: dict[bytes, bytes] = {}
         """Peer → its token (encoded identity), put on what it sends: the messages (the
         receivers' handlers see it as the sender) and the acks (the sender's tracker
@@ -326,10 +332,14 @@ class HubProtocol(Generic[I, R, A]):
         now: float,
         implements: Sequence[str] = (),
         key: str | None = None,
-    ) -> None:
+        fingerprints: Mapping[str, bytes] | None = None,
+    ) -> list[Drift]:
         """A peer registers (or registers again); ``token`` names it on what it sends;
         ``max_concurrency`` (0: 1000) bounds what it is sent at once; ``implements``:
-        the schema services whose handlers it runs.
+        the schema services whose handlers it runs; ``fingerprints``: its schema
+        fingerprint per message type. Returns the new disagreements of those with
+        other live peers' (each counted in :attr:`HubStats.schema_drift`, and returned
+        once per type and pair of fingerprints: the driver logs them).
 
         ``key``: the name of the CURVE key the HELLO came with (a hub with keys; ""
         in-process). With an access file (:attr:`access`) the key must be allowed to
@@ -384,8 +394,11 @@ class HubProtocol(Generic[I, R, A]):
         if self._stalled:
             self._resume(peer, now)
         self.stats.registered += 1
+        drifts = self.drift.announce(peer, identity, fingerprints or {})
+        self.stats.schema_drift = self.drift.disagreements
         self.io.send_welcome(peer, interval_ms)
         self.dispatch(now)  # what it may take of the held messages
+        return drifts
 
     def _unauthorized(
         self, key: str, service: str, commands: Sequence[str], events: Sequence[str]
@@ -474,6 +487,7 @@ class HubProtocol(Generic[I, R, A]):
             del self._origins[token]
         self._set_key(peer, None)
         self._told.pop(peer, None)
+        self.drift.forget(peer)
         self.liveness.remove(peer)
         self.io.forgotten(peer, inst, why, tell)
         if inst is not None and self.holds:

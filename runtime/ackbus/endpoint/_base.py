@@ -96,6 +96,12 @@ class EndpointBase:
     """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
     _envelopes: dict[bytes, bool]
     """Parsed header-less envelopes by their bytes (see ``_parse_envelope``)."""
+    _fingerprints: dict[str, bytes]
+    """Schema fingerprint per type this endpoint handles or has sent (its HELLO's)."""
+    _fp_envelopes: dict[str, bytes]
+    """Per type sent: this sender's envelope with that type's ``fp`` header, encoded once."""
+    _drift_logged: set[tuple[bytes, str]]
+    """(sender token, type) whose fingerprint mismatch was logged (once each)."""
     _window_waiters: WindowLines
     """Sends waiting for window room, per destination, first come first served."""
     _welcomed: asyncio.Event

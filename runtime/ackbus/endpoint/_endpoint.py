@@ -231,6 +231,12 @@ class Endpoint(Sending, Receiving, HubLinks):
         """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
         self._envelopes: dict[bytes, bool] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_parse_envelope`)."""
+        self._fingerprints: dict[str, bytes] = {}
+        """Schema fingerprint per type handled or sent so far (announced in HELLO)."""
+        self._fp_envelopes: dict[str, bytes] = {}
+        """Per type sent: the envelope with its ``fp`` header, encoded once."""
+        self._drift_logged: set[tuple[bytes, str]] = set()
+        """(sender token, type) whose fingerprint mismatch was logged (once each)."""
         self._window_waiters = WindowLines(self._window_timeout)
         """Sends waiting for window room, per destination, first come first served."""
         self._welcomed = asyncio.Event()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from .. import wire_pb2
+from .._fingerprint import fingerprint
 from .._throttle import held_back
 from .._types import (
     Kind,
@@ -58,6 +59,10 @@ class HubLinks(EndpointBase):
             methods=proto.methods,
             agent=AGENT,
         )
+        fps = self._fingerprints
+        if len(fps) > self.limits.max_hello_types:  # handled types first (dicts keep order)
+            fps = dict(list(fps.items())[: self.limits.max_hello_types])
+        hello.fingerprints.update(fps)
         hello.identity.service = self.identity.service
         hello.identity.instance = self.identity.instance
         link = self._links[hub]
@@ -100,6 +105,17 @@ class HubLinks(EndpointBase):
                 (r.handler, r.origin) for r in self._dispatch.routes() if not r.plain
             )
         self.stats.max_concurrency = self._proto.max_concurrency = self.max_concurrency
+        # The handled types' fingerprints first, then those sent so far (send_hello).
+        handled: dict[str, bytes] = {}
+        for route in self._dispatch.routes():
+            cls = route.cls
+            if cls is None:
+                spec = self.registry.get(route.msg_type)
+                cls = spec.cls if spec is not None else None
+            if cls is not None:
+                handled[route.msg_type] = fingerprint(cls.DESCRIPTOR)
+        sent = {t: fp for t, fp in self._fingerprints.items() if t not in handled}
+        self._fingerprints = {**handled, **sent}
         self._proto.set_types(
             self._dispatch.types(Kind.COMMAND),
             self._dispatch.types(Kind.EVENT),

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from .. import envelope_pb2
 from .._dispatch import Route, Unhandled
 from .._eager import report_when_done, start_eager
+from .._fingerprint import FP_HEADER, fingerprint
 from .._log import message_fields
 from .._throttle import held_back
 from .._types import (
@@ -166,7 +167,7 @@ class Receiving(EndpointBase):
                 json_body = known
                 env = None
             else:
-                json_body, env = self._parse_envelope(item, raw)
+                json_body, env = self._parse_envelope(item, raw, route)
             msg = self._decode(route, item, json_body)
             # The sender is the identity the hub stamped: the one registered on the
             # connection the message came from, not what its envelope claims.
@@ -222,7 +223,7 @@ class Receiving(EndpointBase):
         return json_format.MessageToDict(typed, preserving_proto_field_name=True)
 
     def _parse_envelope(
-        self, item: MessageItem, raw: bytes
+        self, item: MessageItem, raw: bytes, route: Route
     ) -> tuple[bool, envelope_pb2.Envelope | None]:
         """Whether the body is JSON, and the parsed envelope if it has headers or a
         correlation id (else None), for envelope bytes ``raw`` that :attr:`_envelopes`
@@ -232,15 +233,52 @@ class Receiving(EndpointBase):
         A sender puts the same envelope bytes on every message without headers, so
         those are parsed once and kept by their bytes: the receiver looks them up
         there first, a dict lookup instead of a protobuf parse per message. Envelopes
-        with headers or a correlation id vary per message and are parsed each time."""
+        with headers or a correlation id vary per message and are parsed each time.
+        The ``fp`` header (the sender's schema fingerprint of the type, the same on
+        every message of the type) does not count: it is compared with this
+        endpoint's own when the envelope is first parsed (:meth:`_check_fingerprint`)."""
         env = item.envelope()
         json_body = env.content_encoding == JSON_ENCODING
-        if env.headers or env.correlation_id:
+        headers = env.headers
+        fp = headers.get(FP_HEADER) if headers else None
+        if fp is not None:
+            self._check_fingerprint(item, route, fp)
+        if env.correlation_id or len(headers) > (fp is not None):
             return json_body, env
         if len(self._envelopes) >= ENVELOPE_CACHE:
             self._envelopes.clear()
         self._envelopes[raw] = json_body
         return json_body, None
+
+    def _check_fingerprint(self, item: MessageItem, route: Route, fp: str) -> None:
+        """Log once per (sender, type) a message whose sender's schema fingerprint of
+        its type (``fp``, hex) differs from this endpoint's: the two were generated
+        from different versions of the schema (docs/protocol.md, "Fingerprints")."""
+        cls = route.cls
+        if cls is None:
+            spec = self.registry.get(item.type)
+            cls = spec.cls if spec is not None else None
+        if cls is None:
+            return
+        mine = fingerprint(cls.DESCRIPTOR).hex()
+        if mine == fp:
+            return
+        seen = (item.peer, item.type)
+        if seen in self._drift_logged:
+            return
+        if len(self._drift_logged) >= ENVELOPE_CACHE:
+            self._drift_logged.clear()
+        self._drift_logged.add(seen)
+        log.warning(
+            "%s: schema drift on %s: sender %s has fingerprint %s, this endpoint %s; "
+            "their generated code disagrees on this type (regenerate one of them, or "
+            "see `ackbus breaking`)",
+            self.identity,
+            item.type,
+            self._identity_of(item.peer),
+            fp,
+            mine,
+        )
 
     def _context(
         self, item: MessageItem, sender: Identity, env: envelope_pb2.Envelope | None, now: float
@@ -255,7 +293,7 @@ class Receiving(EndpointBase):
             item.created_at_ns / 1e9,
             item.sent_at_ns / 1e9,
             now + self._wall_offset,
-            NO_HEADERS if env is None else dict(env.headers),
+            NO_HEADERS if env is None else _headers(env),
             b"" if env is None else env.correlation_id,
             item.priority,
         )
@@ -297,3 +335,10 @@ class Receiving(EndpointBase):
             )
         if not proto.receiving:
             self._arm_timer()
+
+
+def _headers(env: envelope_pb2.Envelope) -> dict[str, str]:
+    """A handler's headers: the envelope's but ``fp`` (the protocol's own)."""
+    headers = dict(env.headers)
+    headers.pop(FP_HEADER, None)
+    return headers

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from google.protobuf.message import Message
 
+from .._fingerprint import FP_HEADER, fingerprint
 from .._log import message_fields
 from .._pending import attempt_frame, settle_acked, settle_failed
 from .._types import (
@@ -282,10 +283,16 @@ class Sending(EndpointBase):
             now = loop.time()
             mid = self._ids.next()
             now_ns = int((now + self._wall_offset) * 1e9)
-            if headers or json_body:
-                envelope = self._envelope_with(headers or {}, json_body)
+            if isinstance(msg, Untyped):  # no descriptor of its own: no fingerprint
+                if headers or json_body:
+                    envelope = self._envelope_with(headers or {}, json_body)
+                else:
+                    envelope = self._envelope
             else:
-                envelope = self._envelope
+                envelope = self._fp_envelopes.get(msg_type) or self._fp_envelope(msg)
+                if headers:
+                    fp = {FP_HEADER: self._fingerprints[msg_type].hex()}
+                    envelope = self._envelope_with({**headers, **fp}, False)
             flags = FLAG_REQUEST if request else 0
             if method:
                 envelope = method_prefix(method) + envelope
@@ -392,6 +399,17 @@ class Sending(EndpointBase):
 
     def _envelope_with(self, headers: Mapping[str, str], json_body: bool) -> bytes:
         return encode_envelope(self.identity, headers=headers, json_body=json_body)
+
+    def _fp_envelope(self, msg: Message) -> bytes:
+        """The envelope of a first message of its type: with its ``fp`` header (the
+        type's schema fingerprint), encoded once per type; the type's fingerprint is
+        announced from the next HELLO on (docs/protocol.md, "Fingerprints")."""
+        msg_type = msg.DESCRIPTOR.full_name
+        fp = self._fingerprints[msg_type] = fingerprint(msg.DESCRIPTOR)
+        if len(self._fp_envelopes) >= ENVELOPE_CACHE:
+            self._fp_envelopes.clear()
+        envelope = self._fp_envelopes[msg_type] = self._envelope_with({FP_HEADER: fp.hex()}, False)
+        return envelope
 
     def _untyped(self, msg: Untyped, policy: Policy | None) -> tuple[str, bytes, bool, Policy]:
         return encode_untyped(self.registry, msg, policy, self.policy)

@@ -301,6 +301,10 @@ def encode_hello(hello: wire_pb2.Hello) -> list[bytes]:
     return _control(HELLO_FRAME, hello)
 
 
+MAX_FINGERPRINT = 32
+"""Most bytes of one schema fingerprint a HELLO may carry (ackbus sends 8)."""
+
+
 def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wire_pb2.Hello:
     """A HELLO, with its identity and handled type names checked.
 
@@ -332,6 +336,16 @@ def decode_hello(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> wi
             _name(name.encode(), what, b"", UNKNOWN_TYPE)
             if not name or len(name.encode()) > MAX_NAME:
                 raise _bad(f"invalid {what} {name!r}", UNKNOWN_TYPE)
+    if len(hello.fingerprints) > limits.max_hello_types:
+        raise _bad(
+            f"HELLO announces {len(hello.fingerprints)} fingerprints, more than the limit "
+            f"of {limits.max_hello_types}",
+            TOO_LARGE,
+        )
+    for name, fp in hello.fingerprints.items():
+        _name(name.encode(), "fingerprinted type", b"", UNKNOWN_TYPE)
+        if not name or len(name.encode()) > MAX_NAME or not 0 < len(fp) <= MAX_FINGERPRINT:
+            raise _bad(f"invalid fingerprint of {name!r}", UNKNOWN_TYPE)
     return hello
 
 
