@@ -41,9 +41,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# Regenerate the runtime's own protos and the example schemas' typed code.
+# Regenerate the runtime's own protos and the example schemas' typed code, after checking
+# schemas/ against its last commit for breaking changes (`ackbus breaking`'s rules; the
+# run fails with the report). ALLOW=RULE,NAME accepts breaks; AGAINST=REF compares with
+# another commit.
 generate: setup
-	$(PY) tools/generate.py
+	$(PY) tools/generate.py $(if $(ALLOW),--allow '$(ALLOW)',) $(if $(AGAINST),--against '$(AGAINST)',)
 
 # Fail when generated/ (or the runtime's own generated protos) is stale.
 check-generated: setup

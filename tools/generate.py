@@ -16,6 +16,14 @@ the tree as it was.
 
 ``--check`` regenerates into a temporary folder and fails, listing the differences,
 when the committed files are stale.
+
+Before generating (not with ``--check``), the schemas are compared with their last
+committed versions (``--against``, default ``HEAD``: ``git show`` of every ``.proto``
+under ``schemas/``) by ``ackbus breaking``'s rules, and a break fails the run with its
+report: a peer still running the old code would misread the new one. ``--allow
+RULE|NAME`` (repeatable; ``make generate ALLOW=RULE,NAME``) accepts breaks, as
+``ackbus breaking --allow`` does; a file removed is the break ``FILE_REMOVED``. Outside a
+git checkout, or where the ref has no ``schemas/``, there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from __future__ import annotations
 import argparse
 import filecmp
 import shutil
+import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ackbus_codegen import protoc
+from ackbus_codegen.breaking import Break, allowed, compare, descriptor_set
 from ackbus_codegen.errors import GenerationError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,10 +122,85 @@ def _diff(fresh: Path, committed: Path, sub: str | None) -> list[str]:
     return problems
 
 
+def schema_breaks(root: Path, against: str = "HEAD", allow: Sequence[str] = ()) -> list[Break]:
+    """The changes of ``root/schemas`` since commit ``against`` that break peers running
+    the old code (``ackbus breaking``'s rules), but those ``allow`` accepts; none when
+    ``root`` is no git checkout or ``against`` has no ``schemas/``. Raises
+    :class:`GenerationError` when either version does not compile."""
+    listed = subprocess.run(
+        ["git", "-C", str(root), "ls-tree", "-r", "--name-only", against, "--", "schemas"],
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode != 0:
+        return []
+    old_files = [p.removeprefix("schemas/") for p in listed.stdout.split() if p.endswith(".proto")]
+    current = {p.relative_to(root / "schemas").as_posix() for p in root.glob("schemas/**/*.proto")}
+    breaks = [
+        Break(
+            f"{name}:1",
+            "FILE_REMOVED",
+            name,
+            f"{name} was removed",
+            "peers running the old code still send and handle its types",
+            "keep the file (deprecate what it holds), or accept with --allow FILE_REMOVED",
+        )
+        for name in old_files
+        if name not in current
+    ]
+    both = sorted(n for n in old_files if n in current)
+    if both:
+        with tempfile.TemporaryDirectory(prefix="ackbus-old-schemas-") as tmp:
+            for name in old_files:
+                text = subprocess.run(
+                    ["git", "-C", str(root), "show", f"{against}:schemas/{name}"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+                target = Path(tmp, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(text)
+            old = descriptor_set(both, [Path(tmp)])
+        new = descriptor_set(both, [root / "schemas"])
+        breaks += compare(old, new, both)
+    return allowed(breaks, allow)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/generate.py", description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if committed output is stale")
+    parser.add_argument(
+        "--against",
+        default="HEAD",
+        metavar="REF",
+        help="the commit whose schemas the breaking check compares with (default HEAD)",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="RULE|NAME",
+        help="accept the breaks of a rule (FIELD_REMOVED) or an element (poker.X.y); "
+        "commas separate several",
+    )
     args = parser.parse_args(argv)
+    if not args.check:
+        allow = [a for arg in args.allow for a in arg.replace(",", " ").split()]
+        try:
+            breaks = schema_breaks(ROOT, args.against, allow)
+        except GenerationError as err:
+            print(f"breaking check failed: {err}", file=sys.stderr)
+            return 1
+        if breaks:
+            for b in breaks:
+                print(f"schemas/{b}", file=sys.stderr)
+            print(
+                f"{len(breaks)} breaking change{'s' if len(breaks) != 1 else ''} against "
+                f"{args.against}: nothing generated. Fix them, or accept them with "
+                "`make generate ALLOW=RULE,NAME` (the rule or element named above)",
+                file=sys.stderr,
+            )
+            return 1
     with tempfile.TemporaryDirectory() as tmp:
         fresh_runtime, fresh_generated = Path(tmp, "runtime"), Path(tmp, "generated")
         try:

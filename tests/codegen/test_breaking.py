@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from ackbus_codegen.breaking import allowed, compare, descriptor_set
@@ -106,3 +108,76 @@ def test_the_example_schemas_against_themselves_pass() -> None:
     files = ["poker/table.proto", "poker/lobby.proto", "poker/cards.proto"]
     same = descriptor_set(files, [root])
     assert compare(same, same, files) == []
+
+
+# -- `make generate` runs the check against the last committed schemas (tools/generate.py)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _generate_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "ackbus_tools_generate", REPO / "tools/generate.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _repo_with_shop(tmp_path: Path) -> Path:
+    """A git repository whose last commit has schemas/shop.proto (OLD)."""
+    root = tmp_path / "repo"
+    (root / "schemas").mkdir(parents=True)
+    (root / "schemas" / "shop.proto").write_text(OLD)
+    (root / "schemas" / "gone.proto").write_text('syntax = "proto3";\npackage gone;\n')
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "schemas"]):
+        subprocess.run([*git, *args], check=True, capture_output=True, timeout=60)
+    return root
+
+
+def test_generate_fails_on_a_break_against_the_last_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = _generate_tool()
+    root = _repo_with_shop(tmp_path)
+    assert tool.schema_breaks(root) == []  # the committed schemas against themselves
+    (root / "schemas" / "shop.proto").write_text(
+        OLD.replace("uint64 amount_cents", "string amount_cents")
+    )
+    (root / "schemas" / "gone.proto").unlink()
+    found = [str(b) for b in tool.schema_breaks(root)]
+    assert len(found) == 2, found
+    assert found[0].startswith("gone.proto:1: FILE_REMOVED gone.proto")
+    assert found[1].startswith("shop.proto:9: FIELD_RETYPED shop.Order.amount_cents")
+    assert tool.schema_breaks(root, allow=["FIELD_RETYPED", "gone.proto"]) == []
+    # main() (what `make generate` runs) refuses before it writes anything.
+    monkeypatch.setattr(tool, "ROOT", root)
+    monkeypatch.setattr(tool, "build", lambda *a: pytest.fail("generated despite a break"))
+    assert tool.main(["--allow", "FILE_REMOVED"]) == 1
+    err = capsys.readouterr().err
+    assert "schemas/shop.proto:9: FIELD_RETYPED shop.Order.amount_cents" in err
+    assert "FILE_REMOVED" not in err
+    assert "1 breaking change against HEAD: nothing generated" in err
+    assert "make generate ALLOW=" in err
+
+
+def test_make_generate_passes_allow_and_against_to_the_tool() -> None:
+    run = subprocess.run(
+        [
+            "make",
+            "-n",
+            "-C",
+            str(REPO),
+            "generate",
+            "ALLOW=FIELD_RETYPED,shop.Order",
+            "AGAINST=HEAD~1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "tools/generate.py --allow 'FIELD_RETYPED,shop.Order' --against 'HEAD~1'" in run.stdout
