@@ -100,6 +100,8 @@ async def test_curve_encrypts_and_refuses_a_wrong_server_key(
         wrong.close()
         warnings = [r for r in caplog.records if "handshake failed" in r.getMessage()]
         assert len(warnings) <= 1  # said once at most, not at every attempt
+        for record in warnings:  # the likely causes with keys, not a generic line
+            assert "hub_key may not be this hub's" in record.getMessage()
 
         plain = backend.connect(listener.addresses[0], on_receive=lambda b: None)
         with pytest.raises(ConnectTimeout):
@@ -158,3 +160,20 @@ async def test_a_link_gives_up_a_hanging_connect_and_dials_again() -> None:
     finally:
         link.close()
         custom.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "curve", "says"),
+    [
+        (zmq.EVENT_HANDSHAKE_FAILED_AUTH, True, "refused this endpoint's CURVE key"),
+        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, False, "keys on one side only"),
+        (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, True, "hub_key may not be this hub's"),
+        (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, False, "the hub may require keys"),
+    ],
+)
+def test_a_failed_handshake_is_explained_by_its_likely_cause(
+    event: int, curve: bool, says: str
+) -> None:
+    from ackbus.transport._zmq import _handshake_cause
+
+    assert says in _handshake_cause(event, curve)

@@ -271,6 +271,8 @@ class ZmqLink(_Reader, LinkBase):
         self._sock = sock
         self._monitor: zmq.Socket[Any] | None = None
         self._handshake_warned = False
+        self._handshake_failures = 0
+        """Failed handshakes since the last one that succeeded."""
         try:
             _configure(sock, options)
             # Queue only to completed connections: while disconnected, sends fail with
@@ -340,20 +342,24 @@ class ZmqLink(_Reader, LinkBase):
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_warned = False
+                self._handshake_failures = 0
                 self.handshake_failure = None
                 self._set_connected(True)
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._set_connected(False)
             else:  # a failed handshake (the monitor reports nothing else)
                 self.handshake_failure = zmq.Event(kind).name
+                self._handshake_failures += 1
                 if self._handshake_warned:  # once, not at every reconnect attempt
                     continue
+                if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._handshake_failures < 2:
+                    continue  # one cut handshake: a hub restarting, or busy accepting
                 self._handshake_warned = True
                 log.warning(
-                    "%s: handshake failed (%s); a CURVE key or the protocol is wrong, "
-                    "retrying quietly",
+                    "%s: handshake failed (%s): %s; retrying quietly",
                     self._address,
                     zmq.Event(kind).name,
+                    _handshake_cause(kind, self.options.curve is not None),
                 )
 
     def _release(self) -> None:
@@ -364,6 +370,26 @@ class ZmqLink(_Reader, LinkBase):
             self._monitor.close(0)
             self._monitor = None
         self._sock.close(self.options.linger_ms)
+
+
+def _handshake_cause(kind: int, curve: bool) -> str:
+    """What a failed handshake of a link most likely means, for its warning."""
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "the hub refused this endpoint's CURVE key (enroll it in the hub's clients/)"
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return (
+            "the peer speaks another ZMTP security mechanism: keys on one side only, "
+            "or not an ackbus hub"
+        )
+    if curve:
+        return (
+            "the connection was cut during the handshake: the hub_key may not be this "
+            "hub's, the hub may run without keys, or it is restarting"
+        )
+    return (
+        "the connection was cut during the handshake, again: the hub may require keys "
+        "(keys=, hub_key=), or it is restarting or overloaded"
+    )
 
 
 class ZmqListener(_Reader, ListenerBase):
