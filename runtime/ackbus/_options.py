@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import TypedDict
 
+from ._compat import History
 from ._types import Policy, Registry
 from .middleware import Middleware
 from .store import Store
@@ -46,3 +47,4 @@ class EndpointOptions(TypedDict, total=False):
     stall_threshold: float | None
     middleware: Sequence[Middleware]
     metrics: int | None
+    schema_history: History | Sequence[History] | None

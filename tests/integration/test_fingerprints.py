@@ -26,6 +26,7 @@ from ackbus import Context
 from ackbus._admin import _totals
 from ackbus._fingerprint import fingerprint
 from ackbus.endpoint import Endpoint
+from ackbus.errors import Rejected
 from ackbus.metrics import HubCollector
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
@@ -34,11 +35,13 @@ from google.protobuf.message import Message
 FAST = helpers.FAST.with_(ack_timeout=0.5)
 
 
-def deposit_class(amount_type: int) -> type[Message]:
+def deposit_class(amount_type: int, *, memo: bool = False) -> type[Message]:
     proto = descriptor_pb2.FileDescriptorProto(name="bank.proto", package="bank", syntax="proto3")
     msg = proto.message_type.add(name="Deposit")
     msg.field.add(name="account", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
     msg.field.add(name="amount_cents", number=2, type=amount_type, label=F.LABEL_OPTIONAL)
+    if memo:  # a field added: compatible
+        msg.field.add(name="memo", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("bank.Deposit"))
@@ -54,7 +57,7 @@ async def bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[h
         yield running
 
 
-def endpoint(bus: helpers.HubBus, service: str, instance: str) -> Endpoint:
+def endpoint(bus: helpers.HubBus, service: str, instance: str, **options: Any) -> Endpoint:
     return Endpoint(
         service,
         bus.address,
@@ -62,6 +65,7 @@ def endpoint(bus: helpers.HubBus, service: str, instance: str) -> Endpoint:
         backend=bus.backend,
         policy=FAST,
         heartbeat=helpers.HEARTBEAT,
+        **options,
     )
 
 
@@ -152,3 +156,71 @@ async def test_a_receiver_logs_a_sender_with_another_fingerprint_once(
     assert fingerprint(OLD.DESCRIPTOR).hex() in lines[0]
     assert all("fp" not in headers for _, headers in seen)
     assert ("new-1", {"traceparent": "00-x"}) in seen
+
+
+def history_of(cls: type[Message]) -> descriptor_pb2.FileDescriptorSet:
+    """The descriptor set an earlier build of ``cls``'s schema had (as protoc writes it)."""
+    out = descriptor_pb2.FileDescriptorSet()
+    cls.DESCRIPTOR.file.CopyToProto(out.file.add())
+    return out
+
+
+async def test_a_receiver_holding_the_old_version_refuses_an_incompatible_message(
+    bus: helpers.HubBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's case: the receiver was regenerated with amount_cents a string; an old
+    sender still writes a uint64. Given the old descriptors, the receiver refuses its
+    messages (permanent, with the break) instead of handling amount_cents = ''; a
+    message of a compatible old version (another receiver: only a field added since)
+    is handled."""
+    caplog.set_level(logging.WARNING, logger="ackbus.endpoint")
+    handled: list[str] = []
+
+    async def on_deposit(msg: Any, ctx: Context) -> None:
+        handled.append(msg.account)
+
+    async with (
+        endpoint(bus, "bank", "new-1", schema_history=history_of(OLD)) as bank,
+        endpoint(bus, "teller", "old-1") as old_teller,
+        endpoint(bus, "teller", "new-2") as new_teller,
+    ):
+        registered = bus.hub.stats.registered
+        bank.register_handler(NEW, on_deposit)
+        await helpers.eventually(lambda: bus.hub.stats.registered > registered)
+        refused = [
+            await old_teller.send(OLD(account=f"o{i}", amount_cents=5), timeout=5) for i in range(2)
+        ]
+        fine = await new_teller.send(NEW(account="n", amount_cents="5"), timeout=5)
+    assert fine, fine.error
+    assert handled == ["n"]
+    for report in refused:
+        assert not report
+        error = report.error
+        assert isinstance(error, Rejected), error
+        assert error.permanent
+        assert "FIELD_RETYPED bank.Deposit.amount_cents" in str(error)
+        assert fingerprint(OLD.DESCRIPTOR).hex() in str(error)
+    assert len(drift_lines(caplog, "ackbus.endpoint")) == 1
+
+
+async def test_a_compatible_old_version_is_handled_and_only_logged(
+    bus: helpers.HubBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ackbus.endpoint")
+    newer = deposit_class(F.TYPE_UINT64, memo=True)
+    handled: list[str] = []
+
+    async def on_deposit(msg: Any, ctx: Context) -> None:
+        handled.append(msg.account)
+
+    async with (
+        endpoint(bus, "bank", "new-1", schema_history=[history_of(OLD)]) as bank,
+        endpoint(bus, "teller", "old-1") as old_teller,
+    ):
+        registered = bus.hub.stats.registered
+        bank.register_handler(newer, on_deposit)
+        await helpers.eventually(lambda: bus.hub.stats.registered > registered)
+        report = await old_teller.send(OLD(account="o", amount_cents=5), timeout=5)
+    assert report, report.error
+    assert handled == ["o"]
+    assert len(drift_lines(caplog, "ackbus.endpoint")) == 1

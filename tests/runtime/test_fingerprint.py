@@ -4,8 +4,10 @@ changed nested type or enum value."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from ackbus._compat import SchemaHistory
 from ackbus._fingerprint import canonical, fingerprint
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
@@ -98,3 +100,22 @@ def test_the_canonical_text_is_what_the_docs_say() -> None:
         "  0 RED",
         "  1 BLUE",
     ]
+
+
+def test_a_history_read_from_a_file_judges_by_the_breaking_rules(tmp_path: Path) -> None:
+    old = _file(BASE)
+    retyped = [
+        ("amount_cents", 2, F.TYPE_STRING, "") if f[0] == "amount_cents" else f for f in BASE
+    ]
+    new = _file(retyped)
+    added = _file([*BASE, ("memo", 5, F.TYPE_STRING, "")])
+    saved = descriptor_pb2.FileDescriptorSet()
+    old.file.CopyToProto(saved.file.add())
+    path = tmp_path / "v1.binpb"
+    path.write_bytes(saved.SerializeToString())
+    history = SchemaHistory(path)
+    why = history.verdict(new, fingerprint(old).hex())
+    assert why is not None
+    assert "FIELD_RETYPED bank.Deposit.amount_cents" in why
+    assert history.verdict(added, fingerprint(old).hex()) is None  # a field added
+    assert history.verdict(new, "00" * 8) is None  # a version the history lacks

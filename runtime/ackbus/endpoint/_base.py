@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .._compat import SchemaHistory
 from .._dispatch import Dispatcher
 from .._throttle import Throttle
 from .._timer import Timer
@@ -102,6 +103,10 @@ class EndpointBase:
     """Per type sent: this sender's envelope with that type's ``fp`` header, encoded once."""
     _drift_logged: set[tuple[bytes, str]]
     """(sender token, type) whose fingerprint mismatch was logged (once each)."""
+    _history: SchemaHistory | None
+    """Earlier versions of the schemas (``schema_history``; None: mismatches are logged)."""
+    _fp_refused: dict[bytes, str]
+    """Envelope bytes → why messages carrying them are refused (their ``fp``)."""
     _window_waiters: WindowLines
     """Sends waiting for window room, per destination, first come first served."""
     _welcomed: asyncio.Event

@@ -35,6 +35,7 @@ from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
+from .._compat import History, SchemaHistory
 from .._dispatch import DictHandlerFn, Dispatcher, HandlerFn, MessageHandlerFn
 from .._throttle import Throttle
 from .._timer import Timer
@@ -122,6 +123,12 @@ class Endpoint(Sending, Receiving, HubLinks):
     port, see :attr:`metrics_port`) while the endpoint runs, its counters and the
     histograms of a :class:`~ackbus.metrics.PrometheusMiddleware` added to
     ``middleware`` (needs ``ackbus[metrics]``).
+    ``schema_history``: earlier versions of the schemas (descriptor sets from ``protoc
+    --descriptor_set_out --include_imports``, or their files): a message whose sender's
+    fingerprint of its type is one of these versions' and which ``ackbus breaking``'s
+    rules find incompatible with this endpoint's type is refused (Rejected, permanent,
+    with the breaks as its reason) instead of handled (needs ``ackbus[codegen]``;
+    docs/protocol.md, "Fingerprints").
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class Endpoint(Sending, Receiving, HubLinks):
         stall_threshold: float | None = 0.5,
         middleware: Sequence[Middleware] = (),
         metrics: int | None = None,
+        schema_history: History | Sequence[History] | None = None,
     ) -> None:
         if not service:
             raise ValueError("an endpoint needs a service name")
@@ -237,6 +245,11 @@ class Endpoint(Sending, Receiving, HubLinks):
         """Per type sent: the envelope with its ``fp`` header, encoded once."""
         self._drift_logged: set[tuple[bytes, str]] = set()
         """(sender token, type) whose fingerprint mismatch was logged (once each)."""
+        self._history = SchemaHistory(schema_history) if schema_history is not None else None
+        """Earlier versions of the schemas: messages written with an incompatible one
+        are refused (:mod:`ackbus._compat`)."""
+        self._fp_refused: dict[bytes, str] = {}
+        """Envelope bytes → why messages carrying them are refused (their ``fp``)."""
         self._window_waiters = WindowLines(self._window_timeout)
         """Sends waiting for window room, per destination, first come first served."""
         self._welcomed = asyncio.Event()

@@ -168,6 +168,11 @@ class Receiving(EndpointBase):
                 env = None
             else:
                 json_body, env = self._parse_envelope(item, raw, route)
+            if self._fp_refused:
+                why = self._fp_refused.get(raw)
+                if why is not None:  # written with an incompatible schema (_compat.py)
+                    self._handled(hub, item, route, None, Reject(why))
+                    return
             msg = self._decode(route, item, json_body)
             # The sender is the identity the hub stamped: the one registered on the
             # connection the message came from, not what its envelope claims.
@@ -263,6 +268,12 @@ class Receiving(EndpointBase):
         mine = fingerprint(cls.DESCRIPTOR).hex()
         if mine == fp:
             return
+        if self._history is not None:
+            why = self._history.verdict(cls.DESCRIPTOR, fp)
+            if why is not None:
+                if len(self._fp_refused) >= ENVELOPE_CACHE:
+                    self._fp_refused.clear()
+                self._fp_refused[item.envelope_bytes] = why
         seen = (item.peer, item.type)
         if seen in self._drift_logged:
             return
