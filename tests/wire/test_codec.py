@@ -122,7 +122,9 @@ def test_message_item_round_trip_with_envelope() -> None:
         max_size=60,
     ),
     body=st.binary(max_size=300),
-    envelope=st.binary(max_size=50),
+    # Opaque to the wire but for a first byte 0x7a ("z"), the tag of the rpc name (field
+    # 15): a region starting with it is read as one (the method addressing tests below).
+    envelope=st.binary(max_size=50).filter(lambda e: e[:1] != b"z"),
     attempt=st.integers(1, 2**32 - 1),
     priority=st.integers(-(2**15), 2**15 - 1),
     times=st.tuples(*[st.integers(-(2**63), 2**63 - 1)] * 3),
