@@ -37,15 +37,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ackbus import Context, DeliveryReport, Kind, Policy
 from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
 from ackbus.wire_pb2 import Bye
 
-from .fleet import Fleet
-from .fleet import recv as _recv
+if TYPE_CHECKING:
+    from .fleet import Fleet
+
 
 POLICY = Policy(ack_timeout=5.0, deadline=120.0)
 _WARMUP = 200
@@ -319,8 +320,8 @@ class Cluster:
         try:
             if hub == "standalone":
                 for _ in range(setup.hubs):
-                    proc, reached = _standalone_hub(setup.keys, setup.metrics)
-                    self.hub_procs.append(proc)
+                    hub_proc, reached = _standalone_hub(setup.keys, setup.metrics)
+                    self.hub_procs.append(hub_proc)
                     self.hub_addresses.append(reached)
                 self.hub_proc = self.hub_procs[0]
                 self.pids["hub"] = self.hub_proc.pid
@@ -328,6 +329,8 @@ class Cluster:
                     self.hub_addresses if setup.hubs > 1 else self.hub_addresses[0]
                 )
                 if setup.idle:
+                    from .fleet import Fleet  # it uses this module's helpers
+
                     self.fleet = Fleet(self.hub_addresses, setup.idle)
             embedded = "tcp://127.0.0.1:0" if hub == "embedded" else None
             for i, service in enumerate(setup.services):
@@ -450,6 +453,17 @@ def _numbered(store: str | None, i: int) -> str | None:
         return None
     head, sep, query = store.partition("?")
     return f"{head}.{i}{sep}{query}"
+
+
+def _recv(conn: Connection, proc: Any, timeout: float = _TIMEOUT) -> Any:
+    """The worker's next answer; an error if it died or stayed silent for ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.1):
+        if not proc.is_alive():
+            raise RuntimeError(f"benchmark worker {proc.pid} died (exit code {proc.exitcode})")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no answer from a benchmark worker within {timeout} s")
+    return conn.recv()
 
 
 def _stop(proc: Any) -> None:

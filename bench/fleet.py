@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -23,6 +22,9 @@ from typing import Any
 
 from ackbus import Context, Policy
 from ackbus.endpoint import Endpoint
+
+from .ab import cpu_seconds
+from .cluster import Cluster, Setup, _recv, proc_figures
 
 _POLICY = Policy(ack_timeout=5.0, deadline=120.0)
 _START_BATCH = 25
@@ -101,7 +103,7 @@ class Fleet:
                 proc.start()
                 self.procs.append((proc, mine))
             for proc, conn in self.procs:
-                if (ready := recv(conn, proc)) != "ready":
+                if (ready := _recv(conn, proc)) != "ready":
                     raise RuntimeError(f"a fleet worker failed to start: {ready}")
         except BaseException:
             self.close()
@@ -118,7 +120,7 @@ class Fleet:
             conn.send("storm")
 
     def storm_results(self) -> list[dict[str, float]]:
-        return [recv(conn, proc, 90.0) for proc, conn in self.procs]
+        return [_recv(conn, proc, 90.0) for proc, conn in self.procs]
 
     def close(self) -> None:
         for _, conn in self.procs:
@@ -138,33 +140,7 @@ class Fleet:
         self.close()
 
 
-def recv(conn: Connection, proc: Any, timeout: float = 300.0) -> Any:
-    """The worker's next answer; an error if it died or stayed silent for ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not conn.poll(0.1):
-        if not proc.is_alive():
-            raise RuntimeError(f"benchmark worker {proc.pid} died (exit code {proc.exitcode})")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no answer from a benchmark worker within {timeout} s")
-    return conn.recv()
-
-
 # --------------------------------------------------------------------------- figures
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a live process has used (Linux ``/proc/PID/stat``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def idle_hub(hub_pid: int, seconds: float) -> float:
@@ -201,7 +177,8 @@ def figures(few: Any, many: Any, idle_seconds: float, storm_n: int) -> dict[str,
     with ``many`` against ``few`` instances), the heartbeats' cost at the hub, and a HELLO
     storm after the hub of ``many`` restarts (last: it changes that hub)."""
     n_few, n_many = few.fleet.instances, many.fleet.instances
-    rss_few, rss_many = rss_kib(few.pids["hub"]), rss_kib(many.pids["hub"])
+    rss_few = proc_figures(few.pids["hub"])["rss_mib"] * 1024
+    rss_many = proc_figures(many.pids["hub"])["rss_mib"] * 1024
     return {
         "instances": [n_few, n_many],
         "hub_rss_mib": [round(rss_few / 1024, 1), round(rss_many / 1024, 1)],
@@ -219,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     them with everything else)."""
     import argparse
     import json
-
-    from .cluster import Cluster, Setup
 
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=main.__doc__)
     parser.add_argument("--few", type=int, default=10)

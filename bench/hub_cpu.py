@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 
@@ -21,16 +20,8 @@ from ackbus import Context, Policy
 from ackbus.endpoint import Endpoint
 from ackbus.wire_pb2 import Bye
 
+from .ab import cpu_seconds
 from .brokers import free_port
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def measure(address: str, hub_pid: int, n: int) -> float:

@@ -345,15 +345,14 @@ class EndpointProtocol:
         Several hubs)."""
         if len(self._hubs) == 1:
             return 0
-        via = self._via
+        avoid = -1
         if attempt > 1:
-            last = via.get(msg_id)
+            last = self._via.get(msg_id)
             if last is not None:
                 if self._keeps(last, now):
                     return last
-                hub = via[msg_id] = self._pick(now, last)
-                return hub
-        hub = via[msg_id] = self._pick(now)
+                avoid = last
+        hub = self._via[msg_id] = self._pick(now, avoid)
         return hub
 
     # ------------------------------------------------------------------ sending
