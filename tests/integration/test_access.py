@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -23,18 +22,17 @@ import zmq.asyncio
 from ackbus import Context, Identity, Unauthorized
 from ackbus.endpoint import Endpoint
 from ackbus.errors import ConnectTimeout
-from ackbus.transport._keys import generate_keys, load_keypair, load_public_key
 from ackbus.wire import (
     ACK_FRAME,
     Command,
     decode_command,
     decode_messages,
-    decode_refusal,
     encode_envelope,
     encode_message,
     encode_messages,
 )
 from ackbus.wire_pb2 import Bye, Hello, Welcome
+from curve_keys import Keys, enroll, refusal_of
 from helpers import eventually, say_hello
 from proc_harness import Procs, free_port, run_hub
 
@@ -57,37 +55,13 @@ send = ["ackbus.Welcome"]
 
 
 @dataclass
-class Setup:
-    address: str
+class Setup(Keys):
     hub: subprocess.Popen[bytes]
-    hub_dir: Path
-    hub_key: Path
     access: Path
-    secrets: dict[str, Path]
-
-    def endpoint(self, service: str, key: str, **kw: object) -> Endpoint:
-        return Endpoint(
-            service,
-            self.address,
-            keys=self.secrets[key],
-            hub_key=self.hub_key,
-            heartbeat=0.25,
-            **kw,  # type: ignore[arg-type]
-        )
-
-    def curve(self, key: str) -> tuple[bytes, bytes, bytes]:
-        pair = load_keypair(self.secrets[key])
-        return pair.public, pair.secret, load_public_key(self.hub_key)
 
 
 def make_setup(root: Path) -> tuple[Path, Path, Path, dict[str, Path]]:
-    hub_dir = root / "hub"
-    hub_key, _ = generate_keys(hub_dir, "hub")
-    (hub_dir / "clients").mkdir()
-    secrets = {}
-    for name in ("orders", "table", "audit"):
-        public, secrets[name] = generate_keys(root / name, name)
-        shutil.copy(public, hub_dir / "clients" / public.name)
+    hub_dir, hub_key, secrets = enroll(root, ("orders", "table", "audit"))
     access = root / "access.toml"
     access.write_text(ACCESS)
     return hub_dir, hub_key, access, secrets
@@ -101,22 +75,7 @@ def setup(tmp_path: Path, procs: Procs) -> Setup:
     hub = procs.keyed_hub(
         address, hub_dir, "--access", str(access), "--heartbeat", "0.25", "--log-level", "INFO"
     )
-    return Setup(address, hub, hub_dir, hub_key, access, secrets)
-
-
-def raw(ctx: zmq.asyncio.Context, setup: Setup, key: str) -> zmq.asyncio.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = setup.curve(key)
-    sock.connect(setup.address)
-    return sock
-
-
-def refusal_of(answer: list[bytes] | None) -> tuple[str, str]:
-    assert answer is not None, "no answer"
-    assert decode_command(answer) is Command.REFUSAL, "welcomed"
-    refusal = decode_refusal(answer)
-    return refusal.code, str(refusal)
+    return Setup(address, hub_dir, hub_key, secrets, hub, access)
 
 
 class Table:
@@ -142,7 +101,7 @@ async def test_a_valid_key_may_register_only_as_its_services(setup: Setup) -> No
     try:
         async with table.ep, setup.endpoint("orders", "orders") as orders:
             assert await all_acked(orders)
-            audit = raw(ctx, setup, "audit")
+            audit = setup.raw(ctx, "audit")
             # As the service its key may not serve: refused, naming the rule.
             code, text = refusal_of(await say_hello(audit, "table", "t-evil", ("ackbus.Bye",)))
             assert code == "UNAUTHORIZED"
@@ -179,11 +138,11 @@ async def test_a_third_peers_forged_acks_complete_nothing(setup: Setup) -> None:
     event it subscribes to and acks every command it predicts."""
     ctx = zmq.asyncio.Context()
     try:
-        silent = raw(ctx, setup, "table")  # takes table's commands, never acks
+        silent = setup.raw(ctx, "table")  # takes table's commands, never acks
         assert decode_command(
             await say_hello(silent, "table", "t-silent", ("ackbus.Bye",)) or [b""]
         ) is (Command.WELCOME)
-        mallory = raw(ctx, setup, "audit")
+        mallory = setup.raw(ctx, "audit")
         assert decode_command(
             await say_hello(mallory, "audit", "m-1", (), ("ackbus.Hello",)) or [b""]
         ) is (Command.WELCOME)
@@ -212,7 +171,7 @@ async def test_a_handler_sees_the_true_sender(setup: Setup) -> None:
     ctx = zmq.asyncio.Context()
     try:
         async with table.ep:
-            liar = raw(ctx, setup, "orders")
+            liar = setup.raw(ctx, "orders")
             assert (
                 decode_command(await say_hello(liar, "orders", "o-raw") or [b""]) is Command.WELCOME
             )
@@ -233,7 +192,7 @@ async def test_sighup_reads_the_file_again_without_dropping_connections(setup: S
     ctx = zmq.asyncio.Context()
     try:
         async with Table(setup).ep, setup.endpoint("orders", "orders") as orders:
-            audit = raw(ctx, setup, "audit")
+            audit = setup.raw(ctx, "audit")
             assert refusal_of(await say_hello(audit, "audit-2", "a-2"))[0] == "UNAUTHORIZED"
             setup.access.write_text(
                 ACCESS.replace('services = ["audit"]', 'services = ["audit", "audit-2"]')

@@ -13,74 +13,31 @@ holding enrolled keys, and real endpoints.
 from __future__ import annotations
 
 import asyncio
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import zmq
 import zmq.asyncio
 from ackbus import Context
-from ackbus.endpoint import Endpoint
 from ackbus.hub import Hub
-from ackbus.transport._keys import generate_keys, load_keypair, load_public_key
-from ackbus.wire import DEFAULT_LIMITS, Command, decode_command, decode_refusal, encode_bye
+from ackbus.wire import DEFAULT_LIMITS, Command, decode_command, encode_bye
 from ackbus.wire_pb2 import Bye
+from curve_keys import Keys, enroll, refusal_of
 from helpers import eventually, say_hello
 from proc_harness import Procs, free_port
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
 
 
-@dataclass
-class Keys:
-    address: str
-    hub_dir: Path
-    hub_key: Path
-    secrets: dict[str, Path]
-
-    def raw(self, ctx: zmq.asyncio.Context, key: str) -> zmq.asyncio.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        pair = load_keypair(self.secrets[key])
-        sock.curve_publickey, sock.curve_secretkey = pair.public, pair.secret
-        sock.curve_serverkey = load_public_key(self.hub_key)
-        sock.connect(self.address)
-        return sock
-
-    def endpoint(self, service: str, key: str, **kw: object) -> Endpoint:
-        return Endpoint(
-            service,
-            self.address,
-            keys=self.secrets[key],
-            hub_key=self.hub_key,
-            heartbeat=0.25,
-            **kw,  # type: ignore[arg-type]
-        )
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
-    hub_dir = tmp_path / "hub"
-    hub_key, _ = generate_keys(hub_dir, "hub")
-    (hub_dir / "clients").mkdir()
-    secrets = {}
-    for name in ("table", "audit", "orders"):
-        public, secrets[name] = generate_keys(tmp_path / name, name)
-        shutil.copy(public, hub_dir / "clients" / public.name)
+    hub_dir, hub_key, secrets = enroll(tmp_path, ("table", "audit", "orders"))
     return Keys(f"tcp://127.0.0.1:{free_port()}", hub_dir, hub_key, secrets)
 
 
 def welcomed(answer: list[bytes] | None) -> bool:
     assert answer is not None, "no answer"
     return decode_command(answer) is Command.WELCOME
-
-
-def refusal_of(answer: list[bytes] | None) -> tuple[str, str]:
-    assert answer is not None, "no answer"
-    assert decode_command(answer) is Command.REFUSAL, "welcomed"
-    refusal = decode_refusal(answer)
-    return refusal.code, str(refusal)
 
 
 async def next_refusal(sock: zmq.asyncio.Socket, timeout: float = 5) -> tuple[str, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Coroutine, Iterator
@@ -29,7 +28,7 @@ import netns
 import pytest
 from ackbus import DeliveryReport
 from ackbus.endpoint import Endpoint
-from ackbus.transport._keys import generate_keys
+from curve_keys import enroll
 from helpers import each_event_handled_once, settle
 from poker import table_ackbus, table_pb2
 from proc_harness import SERVICES, counters, type_runs
@@ -48,25 +47,12 @@ def net() -> Iterator[netns.Cluster]:
         yield cluster
 
 
-def make_keys(root: Path, clients: list[str]) -> tuple[Path, Path, dict[str, Path]]:
-    """The hubs' key folder (one keypair shared by the three hubs), its public key
-    file, and each client's secret key file, enrolled."""
-    hub_dir = root / "hub"
-    hub_public, _ = generate_keys(hub_dir, "hub")
-    (hub_dir / "clients").mkdir()
-    secrets = {}
-    for name in clients:
-        public, secrets[name] = generate_keys(root / name, name)
-        shutil.copy(public, hub_dir / "clients" / public.name)
-    return hub_dir, hub_public, secrets
-
-
 class Deployment:
     """Three hubs (h1-h3), two tables on s1, audit and lobby on s2; each given all hubs."""
 
     def __init__(self, net: netns.Cluster, tmp_path: Path) -> None:
         self.net = net
-        hub_dir, self.hub_key, self.secrets = make_keys(
+        hub_dir, self.hub_key, self.secrets = enroll(
             tmp_path / "keys", ["table", "audit", "lobby", "dealer"]
         )
         self.hubs = {
