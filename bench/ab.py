@@ -1,15 +1,15 @@
 """Two versions of ackbus side by side: one cluster per source tree, runs alternated.
 
 ``python -m bench.ab [--hub standalone] [--kind pipelined] [--n 100000] [--rounds 6]
-TREE_A TREE_B [TREE_C ...]`` (each tree a checkout, e.g. ``git worktree add /tmp/old
-HEAD~1``) starts, per tree, a driver process with ``PYTHONPATH=<tree>/runtime:<tree>``
-that builds a :class:`~bench.cluster.Cluster` from that tree's code, warms it up
-(``--warm``, 120,000 messages: the deduper and sticky tables filled, as in a steady
-state) and waits. Then every round runs the same scenario once on each cluster, in alternating
-order, so a change of load hits all trees alike; the clusters that are not running
-sit idle. Printed per tree: msgs/s (or p50 µs for ``sequential``) as median, min and
-max over the rounds, and the median CPU µs per message of each process (from
-``/proc/<pid>/stat``).
+[--size 100] [--window 1000] TREE_A TREE_B [TREE_C ...]`` (each tree a checkout, e.g.
+``git worktree add /tmp/old HEAD~1``) starts, per tree, a driver process with
+``PYTHONPATH=<tree>/runtime:<tree>`` that builds a :class:`~bench.cluster.Cluster` from
+that tree's code, warms it up (``--warm``, 120,000 messages: the deduper and sticky
+tables filled, as in a steady state) and waits. Then every round runs the same scenario
+(``--size`` payload bytes, ``--window`` in flight) once on each cluster, in alternating
+order, so a change of load hits all trees alike; the clusters that are not running sit
+idle. Printed per tree: msgs/s (or p50 µs for ``sequential``) as median, min and max over
+the rounds, and the median CPU µs per message of each process (from ``/proc/<pid>/stat``).
 
 Clusters of separate runs differ by more than most single changes (±5 % from how the
 scheduler places three processes on two cores); alternating runs of live clusters is
@@ -48,16 +48,25 @@ def drive(hub: str, warm: int) -> None:
         cluster.run("pipelined", warm)
         print("ready", flush=True)
         for line in sys.stdin:
-            kind, n = line.split()
+            kind, n, size, window = line.split()
             before = {k: cpu_seconds(p) for k, p in pids.items()}
-            result = cluster.run(kind, int(n))
+            result = cluster.run(kind, int(n), size=int(size), window=int(window))
             after = {k: cpu_seconds(p) for k, p in pids.items()}
             result.pop("samples", None)
             result["cpu_us"] = {k: (after[k] - before[k]) / int(n) * 1e6 for k in pids}
             print(json.dumps(result), flush=True)
 
 
-def compare(hub: str, kind: str, n: int, rounds: int, warm: int, trees: list[Path]) -> None:
+def compare(
+    hub: str,
+    kind: str,
+    n: int,
+    rounds: int,
+    warm: int,
+    trees: list[Path],
+    size: int = 100,
+    window: int = 1000,
+) -> None:
     drivers: list[subprocess.Popen[str]] = []  # one per tree, in order (a tree may repeat)
     try:
         for tree in trees:
@@ -81,7 +90,7 @@ def compare(hub: str, kind: str, n: int, rounds: int, warm: int, trees: list[Pat
                 proc = drivers[i]
                 assert proc.stdin is not None
                 assert proc.stdout is not None
-                proc.stdin.write(f"{kind} {n}\n")
+                proc.stdin.write(f"{kind} {n} {size} {window}\n")
                 proc.stdin.flush()
                 runs[i].append(json.loads(proc.stdout.readline()))
     finally:
@@ -121,6 +130,8 @@ def main() -> None:
     parser.add_argument("--kind", choices=("pipelined", "sequential"), default="pipelined")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--size", type=int, default=100, help="payload bytes")
+    parser.add_argument("--window", type=int, default=1000, help="messages in flight")
     parser.add_argument("--warm", type=int, default=120_000, help="messages before the first run")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,7 +141,7 @@ def main() -> None:
     if len(args.trees) < 2:
         parser.error("give two or more source trees")
     trees = [t.resolve() for t in args.trees]
-    compare(args.hub, args.kind, args.n, args.rounds, args.warm, trees)
+    compare(args.hub, args.kind, args.n, args.rounds, args.warm, trees, args.size, args.window)
 
 
 if __name__ == "__main__":

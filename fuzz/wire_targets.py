@@ -46,6 +46,9 @@ def as_hub(frames: Sequence[bytes]) -> object:
                 out.append(entry.stretches([i % 2 for i in range(len(entry.ids))]))
             else:
                 out.append((entry.id, entry.type, entry.recipient, entry.kind, entry.frame))
+                out.append(entry.size)
+                if entry.body_frame is not None:  # forwarded to an older peer: joined
+                    out.append(wire.join_body(entry.frame, entry.body_frame))
         return out
     if cmd is wire.Command.ACK:
         return [(g.peer, g.ok_ids, g.full) for g in wire.split_acks(frames, LIMITS)]
@@ -104,7 +107,7 @@ def as_endpoint(frames: Sequence[bytes]) -> object:
 
 def _scan_agrees(frames: Sequence[bytes]) -> None:
     """A hub's scan_messages accepts exactly what decode_messages accepts, error for error."""
-    if frames and frames[0] == wire.MESSAGE_FRAME:
+    if frames and frames[0] in (wire.MESSAGE_FRAME, wire.BODIES_FRAME):
         try:
             scanned: object = [
                 i
@@ -215,6 +218,28 @@ def random_item(rng: random.Random) -> bytes:
     )
 
 
+def random_split_item(rng: random.Random) -> list[bytes]:
+    """An item whose body travels as the next frame (FLAG_BODY_FRAME, protocol version 3):
+    the item frame and the body frame."""
+    body = rng.randbytes(rng.choice((0, 3, 40, 300)))
+    head = wire.pack_item(
+        rng.randbytes(16),
+        rng.choice(TYPES).encode(),
+        rng.choice(NAMES).encode(),
+        random_envelope(rng) if rng.random() < 0.9 else b"",
+        body,
+        rng.choice((wire.KIND_COMMAND, wire.KIND_EVENT)),
+        rng.choice((1, 2)),
+        0,
+        rng.choice((0, wire.FLAG_REQUEST)),
+        rng.getrandbits(62),
+        rng.getrandbits(62),
+        0,
+        True,
+    )
+    return [head, body]
+
+
 def random_ack(rng: random.Random) -> bytes:
     ack = envelope_pb2.Ack(message_id=rng.randbytes(16))
     ack.outcome = rng.choice(list(envelope_pb2.Outcome.values()))
@@ -231,7 +256,7 @@ def random_ack(rng: random.Random) -> bytes:
 
 
 def random_hello(rng: random.Random) -> wire_pb2.Hello:
-    hello = wire_pb2.Hello(versions=rng.choice(([1], [1, 2], [])))
+    hello = wire_pb2.Hello(versions=rng.choice(([1], [1, 2], [1, 2, 3], [])))
     hello.identity.service = rng.choice(("table", "lobby", "s" * 255))
     hello.identity.instance = rng.choice(("t-1", ""))
     hello.commands.extend(rng.sample(TYPES, rng.randrange(3)))
@@ -259,6 +284,11 @@ def random_multipart(rng: random.Random) -> list[bytes]:
         if rng.random() < 0.3:  # items as frames of their own
             peer, items = groups[0]
             return [wire.MESSAGE_FRAME, wire.group_frame(len(items), peer), *items]
+        if rng.random() < 0.3:  # bodies as frames of their own (protocol version 3)
+            peer, items = groups[0]
+            frames = [wire.BODIES_FRAME, wire.group_frame(len(items) + 1, peer), *items]
+            frames[2:2] = random_split_item(rng)
+            return frames
         return wire.encode_messages(groups)
     if cmd is wire.Command.ACK:
         return wire.encode_acks(

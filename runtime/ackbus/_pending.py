@@ -54,6 +54,7 @@ def settle_acked(
         if reports is not None:
             reports.append(report)
         report._frame = b""  # a report the caller keeps must not keep the message
+        report._body = None
         report._settle(  # positional: once per acked message
             DeliveryStatus.ACKED,
             c.attempts,
@@ -75,6 +76,7 @@ def settle_failed(
     if report is None:
         return None
     report._frame = b""
+    report._body = None
     # The protocol tracks a message by the rpc it names, if any: the error names its type.
     error.message_type = report.message_type
     report._settle(

@@ -30,6 +30,7 @@ class DeliveryReport:
     """
 
     __slots__ = (
+        "_body",
         "_callbacks",
         "_frame",
         "_note",
@@ -57,6 +58,9 @@ class DeliveryReport:
         self._callbacks: list[Callable[[DeliveryReport], None]] | None = None
         self._frame = b""
         """While pending: the encoded message, as the sender re-sends it."""
+        self._body: bytes | None = None
+        """While pending, for a big body: the body, sent as a frame of its own after
+        :attr:`_frame` (flagged ``FLAG_BODY_FRAME``; docs/protocol.md, "Body frames")."""
         self._note = ""
         """While pending: the hub's last word on why it found no route."""
 

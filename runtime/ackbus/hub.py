@@ -59,6 +59,7 @@ from .transport import Backend, DefaultBackend, Listener, TransportOptions, ZmqB
 from .transport._address import exposed
 from .transport._keys import HubKeys, KeyGate
 from .wire import (
+    BODY_VERSION,
     DEFAULT_LIMITS,
     LIMIT,
     METHOD_VERSION,
@@ -409,7 +410,9 @@ class Hub:
         token = encode_identity(identity.service, identity.instance)
         if key:
             self._check_key_limit(peer, token, key, identity)
-        self._out(peer).limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
+        out = self._out(peer)
+        out.limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
+        out.body_frames = self._version >= BODY_VERSION  # else big bodies are joined to items
         # A peer of version 2 also declares the rpcs it handles: routed by name, as
         # types are (an rpc name has a '/', which no type name has).
         commands: Sequence[str] = hello.commands
@@ -490,7 +493,7 @@ class Hub:
             self.routed_by_type = Counter()
 
     def forward(self, target: bytes, item: MessageItem, origin: bytes) -> None:
-        self._out(target).message(item.frame, origin)
+        self._out(target).message(item.frame, origin, item.body_frame)
         if self.routed_by_type is not None:
             self.routed_by_type[item.type] += 1
 

@@ -35,6 +35,7 @@ def refused(code: str) -> Any:
 def test_command_frames_round_trip() -> None:
     for cmd in wire.Command:
         assert wire.decode_command([wire.command_frame(cmd)]) is cmd
+    assert wire.decode_command([wire.BODIES_FRAME]) is wire.Command.MESSAGE
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,8 @@ def test_command_frames_round_trip() -> None:
     [
         (b"", "BAD_SIGNATURE"),
         (b"XY\x01\x03", "BAD_SIGNATURE"),
-        (b"AB\x02\x03", "UNSUPPORTED_VERSION"),
+        (b"AB\x03\x03", "UNSUPPORTED_VERSION"),
+        (b"AB\x02\x01", "MALFORMED"),  # frame version 2 is for MESSAGE only
         (b"AB\x01\x03\x00", "MALFORMED"),
         (b"AB\x01\x63", "MALFORMED"),
     ],
@@ -445,10 +447,11 @@ def test_control_errors() -> None:
 def test_negotiate() -> None:
     assert wire.negotiate([1, 2]) == 2  # method addressing
     assert wire.negotiate([1]) == 1
-    assert wire.negotiate([1, 3]) == 1
+    assert wire.negotiate([1, 2, 3]) == 3  # body frames
+    assert wire.negotiate([1, 4]) == 1
     assert wire.negotiate([]) == 1  # a peer that lists none speaks version 1
     with refused("UNSUPPORTED_VERSION"):
-        wire.negotiate([3, 4])
+        wire.negotiate([4, 5])
 
 
 def test_body_buffer_is_a_view_for_big_bodies_and_bytes_for_small() -> None:

@@ -26,10 +26,15 @@ ITEM = wire.encode_message(b"i" * 16, "pkg.Type", b"body" * 3, envelope=ENV, rec
 FULL_ACK = envelope_pb2.Ack(message_id=b"a" * 16, outcome=envelope_pb2.REJECTED).SerializeToString()
 RETRY = wire.encode_message(b"r" * 16, "pkg.Type", b"", envelope=ENV, attempt=2)
 EVENT = wire.encode_message(b"e" * 16, "pkg.Ev", b"", kind=wire.KIND_EVENT)
+BODY = bytes(range(256)) * 2
+SPLIT = wire.pack_item(
+    b"s" * 16, b"pkg.Type", b"", ENV, BODY, wire.KIND_COMMAND, 1, 0, 0, 1, 1, 0, True
+)  # an item whose body is the next frame (protocol version 3)
 VALID: list[list[bytes]] = [
     wire.encode_messages([(b"", [ITEM, ITEM]), (b"origin", [ITEM])]),  # packed
     wire.encode_messages([(b"", [ITEM, RETRY, ITEM, EVENT, ITEM])]),  # runs and items
     [wire.MESSAGE_FRAME, wire.group_frame(2, b"o"), ITEM, ITEM],  # items as frames
+    [wire.BODIES_FRAME, wire.group_frame(3, b"o"), SPLIT, BODY, ITEM, SPLIT, BODY],  # bodies
     wire.encode_acks([(b"p", wire.ok_ids_frame([b"x" * 16]), wire.full_acks_frame([FULL_ACK]))]),
     wire.encode_hello(
         wire_pb2.Hello(identity=envelope_pb2.Identity(service="s"), commands=["a.B"], versions=[1])

@@ -32,6 +32,7 @@ from ..errors import (
     RetryLater,
 )
 from ..wire import (
+    BODY_VERSION,
     FLAG_REQUEST,
     JSON_ENCODING,
     Command,
@@ -106,7 +107,9 @@ class Receiving(EndpointBase):
             decode_heartbeat(frames)
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames, self.limits)
-            hub.link.outbox.limit_batch(welcome.max_batch)  # what this hub accepts
+            outbox = hub.link.outbox
+            outbox.limit_batch(welcome.max_batch)  # what this hub accepts
+            outbox.body_frames = welcome.version >= BODY_VERSION  # else bodies are joined
             hub.hello_since = None
             hub.refused = None
             proto.on_welcome(

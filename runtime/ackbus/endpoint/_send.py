@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..middleware import Outgoing
 from ..wire import (
+    BODY_FRAME_FROM,
     FLAG_KEYED,
     FLAG_REQUEST,
     KIND_COMMAND,
@@ -304,6 +305,9 @@ class Sending(EndpointBase):
                 if len(self._type_names) >= ENVELOPE_CACHE:
                     self._type_names.clear()
                 type_name = self._type_names[msg_type] = check_name(msg_type, "type name")
+            # A big body travels as a frame of its own, never copied on this side (a
+            # durable one is written whole by the store: it stays in its item).
+            split = len(body) >= BODY_FRAME_FROM and durable is None
             frame = pack_item(
                 mid,
                 type_name,
@@ -317,8 +321,11 @@ class Sending(EndpointBase):
                 now_ns,
                 now_ns,
                 now_ns + int(pol.life * 1e9),
+                split,
             )
             report = DeliveryReport(mid, msg_type)
+            if split:
+                report._body = body
             if durable is not None:
                 # On disk before send returns; inside a handler, with the handler's commit.
                 batch = durable.stage(report, frame, destination, kind, request, pol, now_ns)
@@ -419,7 +426,7 @@ class Sending(EndpointBase):
     def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
         frame = attempt_frame(self._pending, msg_id, attempt, now + self._wall_offset)
         if frame is not None:
-            self._links[hub].link.outbox.message(frame)
+            self._links[hub].link.outbox.message(frame, b"", self._pending[msg_id]._body)
 
     def failed(self, c: Completion, error: DeliveryError) -> None:
         report = settle_failed(self._pending, c, error, self._wall_offset)

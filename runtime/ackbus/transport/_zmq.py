@@ -28,7 +28,7 @@ from typing import Any, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..wire import Multipart
+from ..wire import BODIES_FRAME, Multipart
 from ._address import Op, address_error, check
 from ._base import OnConnection, OnReceive, OnUnroutable, TransportOptions
 from ._flow import FlowBase, LinkBase, ListenerBase, log
@@ -42,6 +42,7 @@ _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
 _RECONNECT_PAUSE = 0.25
 """Seconds between dropping a connection and making a new one (:meth:`ZmqLink.reconnect`)."""
 _MONITOR_BATCH = 256
@@ -194,7 +195,7 @@ class _Reader(FlowBase):
         if events & _POLLOUT and self._wants_pollout():
             self._flush()  # ends with _after_write -> _check_events
         if events & _POLLIN and not self._paused:
-            recv = self._recv_with_user_id if self.options.user_ids else sock.recv_multipart
+            recv = self._recv_with_user_id if self.options.user_ids else self._recv_multipart
             getopt = sock.getsockopt
             batch: list[Multipart] = []
             try:
@@ -225,6 +226,41 @@ class _Reader(FlowBase):
         if not self._closed:
             self._check_events()
 
+    _routed = False
+    """A ROUTER: every multipart starts with the peer's routing id."""
+
+    def _recv_multipart(self, flags: int) -> Multipart:
+        """``recv_multipart``, except that the frames after a MESSAGE's
+        :data:`~ackbus.wire.BODIES_FRAME` are received without a copy: the big ones
+        (body frames) stay ``zmq.Frame`` objects, which a hub forwards as they are and
+        a receiver parses through a view (docs/protocol.md, "Body frames"). A plain
+        loop also costs less than pyzmq's ``recv_multipart``."""
+        recv = self._sock.recv
+        part = recv(flags)
+        parts = [part]
+        if self._routed:
+            if not self._sock.getsockopt(_RCVMORE):
+                return parts
+            part = recv(flags)
+            parts.append(part)
+        self._recv_rest(parts, part, flags)
+        return parts
+
+    def _recv_rest(self, parts: Multipart, head: bytes, flags: int) -> None:
+        """The frames after frame 0 (``head``, the last in ``parts``)."""
+        sock = self._sock
+        recv = sock.recv
+        more = sock.getsockopt
+        if head != BODIES_FRAME:
+            while more(_RCVMORE):
+                parts.append(recv(flags))
+            return
+        while more(_RCVMORE):
+            frame = recv(flags, copy=False)
+            # A zmq.Frame is a buffer, not bytes: only body frames are left as such,
+            # and the wire reads those as buffers (MessageItem.body_frame).
+            parts.append(frame.bytes if len(frame) < _ZERO_COPY else cast(bytes, frame))
+
     def _recv_with_user_id(self, flags: int) -> Multipart:
         """One multipart as ``[peer, user id, *frames]`` (``TransportOptions.user_ids``):
         the first frame is received as a ``zmq.Frame`` to read the ZeroMQ User-Id of its
@@ -235,7 +271,12 @@ class _Reader(FlowBase):
             user_id = str(first.get("User-Id")).encode()
         except zmq.ZMQError:  # no security mechanism on this connection
             user_id = b""
-        return [first.bytes, user_id, *sock.recv_multipart(flags)]
+        parts = [first.bytes, user_id]
+        if sock.getsockopt(_RCVMORE):
+            head = sock.recv(flags)
+            parts.append(head)
+            self._recv_rest(parts, head, flags)
+        return parts
 
     def _after_write(self, wrote: bool) -> None:
         self._wrote = wrote
@@ -395,6 +436,8 @@ def _handshake_cause(kind: int, curve: bool) -> str:
 class ZmqListener(_Reader, ListenerBase):
     """A ROUTER bound to one or more addresses, with ROUTER_MANDATORY so that sending
     to a gone peer is reported (``on_unroutable``) instead of silently dropped."""
+
+    _routed = True
 
     def __init__(
         self,

@@ -31,12 +31,19 @@ FRAME_VERSION: Final = 1
 """The version byte of every multipart's frame 0. Protocol version 2 changed no frame
 layout (it adds an envelope field a hub reads as a prefix, :func:`method_prefix`), so
 frames keep saying 1 and an old peer reads every multipart of a new one."""
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """The newest protocol version this peer speaks (HELLO lists, WELCOME chooses): 2 adds
-method addressing (docs/protocol.md, "Method addressing")."""
-SUPPORTED_VERSIONS: Final = (1, 2)
+method addressing (docs/protocol.md, "Method addressing"), 3 body frames (a big body
+as a frame of its own, "Body frames")."""
+SUPPORTED_VERSIONS: Final = (1, 2, 3)
 METHOD_VERSION: Final = 2
 """The first protocol version whose hubs route by the rpc a message names."""
+BODY_VERSION: Final = 3
+"""The first protocol version whose peers take a message's body as a frame of its own
+(:data:`FLAG_BODY_FRAME`, in multiparts that start with :data:`BODIES_FRAME`)."""
+BODIES_FRAME_VERSION: Final = 2
+"""The frame version of a MESSAGE multipart that carries body frames: it tells the
+receiving transport to take the frames that follow without copying them."""
 
 KIND_COMMAND: Final = 1
 KIND_EVENT: Final = 2
@@ -46,7 +53,15 @@ FLAG_KEYED: Final = 0x02
 """The item carries an ordering key: the first :data:`KEY_SIZE` bytes of its envelope
 region (counted in the envelope length) are the key's 64-bit hash, little-endian and
 never 0, which a hub routes by and a receiver admits by without parsing anything."""
-_KNOWN_FLAGS: Final = FLAG_REQUEST | FLAG_KEYED
+FLAG_BODY_FRAME: Final = 0x04
+"""The item's body is not in its frame but the next frame of the multipart (protocol
+version 3): the item frame ends with its envelope, its body length is the body frame's."""
+_KNOWN_FLAGS: Final = FLAG_REQUEST | FLAG_KEYED | FLAG_BODY_FRAME
+BODY_FRAME_FROM: Final = 64 * 1024
+"""Bodies at least this big travel as frames of their own to a peer of protocol version
+3: sent and received without a copy, and a hub forwards the very frame it received.
+Below it a copy costs less than a frame of its own (the transport's zero-copy
+threshold is the same)."""
 KEY_SIZE: Final = 8
 _KEY: Final = struct.Struct("<Q")
 _FLAGS_AT: Final = 16 + 4 + 1
@@ -133,6 +148,9 @@ def command_frame(command: Command, version: int = FRAME_VERSION) -> bytes:
 
 
 _CMD_FRAMES: Final = {command_frame(c): c for c in Command}
+BODIES_FRAME: Final = command_frame(Command.MESSAGE, BODIES_FRAME_VERSION)
+"""Frame 0 of a MESSAGE multipart carrying at least one body frame (``AB 02 03``)."""
+_CMD_FRAMES[BODIES_FRAME] = Command.MESSAGE
 HELLO_FRAME: Final = command_frame(Command.HELLO)
 WELCOME_FRAME: Final = command_frame(Command.WELCOME)
 MESSAGE_FRAME: Final = command_frame(Command.MESSAGE)
@@ -163,6 +181,8 @@ def decode_command(frames: Sequence[bytes]) -> Command:
         raise _bad("first frame is not bytes") from None
     if len(first) < 4 or first[:2] != SIGNATURE:
         raise _bad(f"no ackbus signature in first frame {first[:8]!r}", BAD_SIGNATURE)
+    if first[2] == BODIES_FRAME_VERSION and len(first) == 4:
+        raise _bad(f"frame version {BODIES_FRAME_VERSION} is for MESSAGE only, not {first[3]}")
     if first[2] != FRAME_VERSION:
         raise _bad(
             f"protocol version {first[2]} not supported; this peer speaks "
@@ -252,6 +272,7 @@ class MessageItem:
         "_body_start",
         "_env_start",
         "attempt",
+        "body_frame",
         "created_at_ns",
         "deadline_ns",
         "flags",
@@ -267,7 +288,13 @@ class MessageItem:
         "type",
     )
 
-    def __init__(self, frame: bytes, peer: bytes, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        frame: bytes,
+        peer: bytes,
+        limits: Limits = DEFAULT_LIMITS,
+        body_frame: bytes | None = None,
+    ) -> None:
         size = len(frame)
         if size < _HDR:
             raise _bad(f"message item of {size} bytes is shorter than its {_HDR}-byte header")
@@ -286,13 +313,22 @@ class MessageItem:
             blen,
         ) = ITEM_HEADER.unpack_from(frame)
         self.id = mid
+        if flags & FLAG_BODY_FRAME:
+            if body_frame is None:
+                raise _bad("message item says its body follows, but none does", MALFORMED, mid)
+            if len(body_frame) != blen:
+                raise _bad("message body frame is not as long as its header says", MALFORMED, mid)
+            size += blen  # the limit is on the whole message
+            blen = 0
+        elif body_frame is not None:
+            raise _bad("message body frame after an item with its body", MALFORMED, mid)
         if size > limits.max_message_bytes:
             raise _bad(
                 f"message of {size} bytes exceeds the limit of {limits.max_message_bytes}",
                 TOO_LARGE,
                 mid,
             )
-        if _HDR + tlen + rlen + elen + blen != size:
+        if _HDR + tlen + rlen + elen + blen != len(frame):
             raise _bad("message item lengths do not add up to its frame size", MALFORMED, mid)
         if kind != KIND_COMMAND and kind != KIND_EVENT:
             raise _bad(f"unknown message kind {kind}", MALFORMED, mid)
@@ -326,6 +362,10 @@ class MessageItem:
         else:
             self.method = ""
         self.frame = frame
+        self.body_frame = body_frame
+        """The body, when it travels as a frame of its own (:data:`FLAG_BODY_FRAME`):
+        any buffer (``bytes``, or the ``zmq.Frame`` the transport received without a
+        copy, which a hub forwards as it is); None when the body is in :attr:`frame`."""
         self.peer = peer
 
     @property
@@ -334,13 +374,25 @@ class MessageItem:
 
     @property
     def body(self) -> bytes:
+        body = self.body_frame
+        if body is not None:
+            return body if type(body) is bytes else bytes(body)
         return self.frame[self._body_start :]
+
+    @property
+    def size(self) -> int:
+        """The message's bytes: its item frame and its body frame, if any."""
+        body = self.body_frame
+        return len(self.frame) + (len(body) if body is not None else 0)
 
     def body_buffer(self) -> bytes | memoryview:
         """The body for a parser that takes any buffer (protobuf's ``ParseFromString``):
-        a view into :attr:`frame` when the body is big, so it is not copied first. A copy
-        of 128 KiB or more is a fresh ``mmap`` with its page faults, which cost more than
-        parsing the body."""
+        a view into :attr:`frame` (or the body frame) when the body is big, so it is not
+        copied first. A copy of 128 KiB or more is a fresh ``mmap`` with its page
+        faults, which cost more than parsing the body."""
+        body = self.body_frame
+        if body is not None:
+            return memoryview(body) if len(body) >= BUFFER_VIEW_FROM else bytes(body)
         start = self._body_start
         if len(self.frame) - start < BUFFER_VIEW_FROM:
             return self.frame[start:]
@@ -394,7 +446,7 @@ def encode_message(
         raise LocalProtocolError(f"message id must be {ID_SIZE} bytes, got {message_id!r}")
     if kind != KIND_COMMAND and kind != KIND_EVENT:
         raise LocalProtocolError(f"unknown message kind {kind}")
-    if flags & ~_KNOWN_FLAGS or not 1 <= attempt < 2**32:
+    if flags & ~(_KNOWN_FLAGS & ~FLAG_BODY_FRAME) or not 1 <= attempt < 2**32:
         raise LocalProtocolError(f"invalid flags {flags:#x} or attempt {attempt}")
     return pack_item(
         message_id,
@@ -518,12 +570,19 @@ def pack_item(
     created_at_ns: int,
     sent_at_ns: int,
     deadline_ns: int,
+    split: bool = False,
 ) -> bytes:
     """:func:`encode_message` without its checks, positional: for a sender that checked
     its names once with :func:`check_name` and makes its ids and kinds itself (the
     endpoint, once per message, where the checks and eleven keyword arguments would be
     a large share of its sending cost). Only the header's ranges are still checked, by
-    ``struct``."""
+    ``struct``.
+
+    ``split``: the item frame without the body, flagged :data:`FLAG_BODY_FRAME`; the
+    body travels as the next frame (``Outbox.message(frame, peer, body)``), so it is
+    neither copied here nor by the transport."""
+    if split:
+        flags |= FLAG_BODY_FRAME
     try:
         head = ITEM_HEADER.pack(
             message_id,
@@ -541,7 +600,18 @@ def pack_item(
         )
     except (struct.error, TypeError) as exc:  # priority or a timestamp out of range
         raise LocalProtocolError(f"cannot encode message header: {exc}") from None
+    if split:
+        return b"".join((head, type_name, recipient, envelope))
     return b"".join((head, type_name, recipient, envelope, body))
+
+
+def join_body(frame: bytes, body: bytes) -> bytes:
+    """One item frame from an item frame flagged :data:`FLAG_BODY_FRAME` and its body:
+    what a peer of protocol version 1 or 2 reads (one copy of the body)."""
+    flags = frame[_FLAGS_AT]
+    return b"".join(
+        (frame[:_FLAGS_AT], bytes((flags & ~FLAG_BODY_FRAME,)), frame[_FLAGS_AT + 1 :], body)
+    )
 
 
 _ATTEMPT_AT: Final = 16
@@ -668,9 +738,18 @@ def decode_messages(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) ->
         peer = group[1:]
         if i + count > n:
             raise _bad(f"MESSAGE group promises {count} items that are not there")
-        for frame in frames[i : i + count]:
-            items.append(MessageItem(frame, peer, limits))
-        i += count
+        for _ in range(count):
+            if i >= n:
+                raise _bad(f"MESSAGE group promises {count} items that are not there")
+            frame = frames[i]
+            i += 1
+            body = None
+            if len(frame) > _FLAGS_AT and frame[_FLAGS_AT] & FLAG_BODY_FRAME:
+                if i >= n:
+                    raise _bad("MESSAGE item promises a body frame that is not there")
+                body = frames[i]
+                i += 1
+            items.append(MessageItem(frame, peer, limits, body))
     return items
 
 

@@ -26,10 +26,12 @@ from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from ._codec import (
+    _FLAGS_AT,
     _HDR,
     _KNOWN_FLAGS,
     _METHOD_TAG,
     DEFAULT_LIMITS,
+    FLAG_BODY_FRAME,
     FLAG_KEYED,
     KIND_COMMAND,
     KIND_EVENT,
@@ -150,12 +152,17 @@ def _scan(frames: Sequence[bytes], limits: Limits) -> list[PackedRun | MessageIt
         if not 1 <= count <= max_batch or total > max_batch:
             return None
         if not group[0] & PACKED:
-            if size > 1 + MAX_NAME or i + count > n:
+            if size > 1 + MAX_NAME:
                 return None
             peer = group[1:]
-            for frame in frames[i : i + count]:
-                out.append(MessageItem(frame, peer, limits))
-            i += count
+            for _ in range(count):
+                frame = frames[i]  # an IndexError if missing: decode_messages says so
+                i += 1
+                if frame[_FLAGS_AT] & FLAG_BODY_FRAME:
+                    out.append(MessageItem(frame, peer, limits, frames[i]))
+                    i += 1
+                else:
+                    out.append(MessageItem(frame, peer, limits))
             continue
         pos = 2 + group[1]
         peer = group[2:pos]
@@ -171,6 +178,7 @@ def _scan(frames: Sequence[bytes], limits: Limits) -> list[PackedRun | MessageIt
                 or ilen != _HDR + tlen + rlen + elen + blen
                 or ilen > max_bytes
                 or flags & ~_KNOWN_FLAGS
+                or flags & FLAG_BODY_FRAME
                 or not tlen
                 or not attempt
                 or (kind != KIND_COMMAND and kind != KIND_EVENT)

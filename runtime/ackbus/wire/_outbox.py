@@ -24,6 +24,7 @@ from ..errors import LocalProtocolError
 from ._codec import (
     _U32,
     ACK_FRAME,
+    BODIES_FRAME,
     ID_SIZE,
     MAX_ACKS,
     MAX_BATCH,
@@ -31,6 +32,7 @@ from ._codec import (
     MESSAGE_FRAME,
     PACK_BELOW,
     group_frame,
+    join_body,
     packed_group_head,
     skip_packed,
 )
@@ -56,8 +58,8 @@ class _Group:
         self.parts = parts
 
     def frames(self) -> tuple[bytes, ...]:
-        if not self.count:
-            return group_frame(1, self.peer), self.parts[0]
+        if not self.count:  # the item, and its body frame if it has one
+            return group_frame(1, self.peer), *self.parts
         self.parts[0] = packed_group_head(self.count, self.peer)
         return (b"".join(self.parts),)
 
@@ -83,11 +85,13 @@ class Outbox:
         "_ack_count",
         "_acks",
         "_blocked",
+        "_bodies",
         "_count",
         "_done",
         "_last",
         "_msg_count",
         "_msgs",
+        "body_frames",
         "high_water",
         "max_acks",
         "max_batch",
@@ -116,6 +120,10 @@ class Outbox:
         self._count = 0  # entries queued (items, acks, control multiparts)
         self._blocked = False
         self._last = 0
+        self._bodies = False  # the open MESSAGE batch carries a body frame
+        self.body_frames = False
+        """The destination takes bodies as frames of their own (it negotiated protocol
+        version 3, ``BODY_VERSION``): else :meth:`message` joins a body to its item."""
 
     # -------------------------------------------------------------- adding
 
@@ -131,14 +139,23 @@ class Outbox:
         if self._count == 0 and self.on_ready is not None:
             self.on_ready()
 
-    def message(self, item: bytes, peer: bytes = b"") -> bool:
+    def message(self, item: bytes, peer: bytes = b"", body: bytes | None = None) -> bool:
         """Queue one message item frame (from :func:`encode_message`, or as received
-        when forwarding); ``peer`` is the group token. Returns :attr:`writable`."""
+        when forwarding); ``peer`` is the group token. ``body``: the body of an item
+        flagged ``FLAG_BODY_FRAME`` (any buffer), sent as the next frame as it is, or
+        joined to the item for a destination that does not take body frames
+        (:attr:`body_frames`). Returns :attr:`writable`."""
         if len(peer) > MAX_NAME:
             raise LocalProtocolError("peer token longer than 255 bytes")
         self._touch()
         msgs = self._msgs
-        if len(item) >= PACK_BELOW:
+        if body is not None and not self.body_frames:
+            item = join_body(item, body)
+            body = None
+        if body is not None:
+            msgs.append(_Group(peer, 0, [item, body]))
+            self._bodies = True
+        elif len(item) >= PACK_BELOW:
             msgs.append(_Group(peer, 0, [item]))
         elif msgs and msgs[-1].count and msgs[-1].peer == peer:
             group = msgs[-1]
@@ -269,12 +286,13 @@ class Outbox:
     def _close_messages(self) -> None:
         if not self._msgs:
             return
-        out = [MESSAGE_FRAME]
+        out = [BODIES_FRAME if self._bodies else MESSAGE_FRAME]
         for group in self._msgs:
             out += group.frames()
         self._done.append((out, self._msg_count))
         self._msgs = []
         self._msg_count = 0
+        self._bodies = False
 
     def _close_acks(self) -> None:
         if not self._acks:
