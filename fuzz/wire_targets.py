@@ -49,6 +49,10 @@ def as_hub(frames: Sequence[bytes]) -> object:
                 out.append(entry.size)
                 if entry.body_frame is not None:  # forwarded to an older peer: joined
                     out.append(wire.join_body(entry.frame, entry.body_frame))
+                if entry.flags & wire.FLAG_ZSTD:  # to a peer that cannot decompress
+                    out.append(
+                        wire.plain_item(entry.frame, entry.body_frame, LIMITS.max_message_bytes)
+                    )
         return out
     if cmd is wire.Command.ACK:
         return [(g.peer, g.ok_ids, g.full) for g in wire.split_acks(frames, LIMITS)]
@@ -220,8 +224,11 @@ def random_item(rng: random.Random) -> bytes:
 
 def random_split_item(rng: random.Random) -> list[bytes]:
     """An item whose body travels as the next frame (FLAG_BODY_FRAME, protocol version 3):
-    the item frame and the body frame."""
+    the item frame and the body frame; its body compressed (FLAG_ZSTD) one time in three."""
     body = rng.randbytes(rng.choice((0, 3, 40, 300)))
+    zipped = rng.random() < 0.3
+    if zipped:
+        body = wire.compress(body * 3)
     head = wire.pack_item(
         rng.randbytes(16),
         rng.choice(TYPES).encode(),
@@ -231,13 +238,32 @@ def random_split_item(rng: random.Random) -> list[bytes]:
         rng.choice((wire.KIND_COMMAND, wire.KIND_EVENT)),
         rng.choice((1, 2)),
         0,
-        rng.choice((0, wire.FLAG_REQUEST)),
+        rng.choice((0, wire.FLAG_REQUEST)) | (wire.FLAG_ZSTD if zipped else 0),
         rng.getrandbits(62),
         rng.getrandbits(62),
         0,
         True,
     )
     return [head, body]
+
+
+def random_zipped_item(rng: random.Random) -> bytes:
+    """An item whose body is compressed in it (FLAG_ZSTD)."""
+    body = wire.compress(rng.choice(TYPES).encode() * rng.randrange(1, 40))
+    return wire.pack_item(
+        rng.randbytes(16),
+        rng.choice(TYPES).encode(),
+        b"",
+        random_envelope(rng),
+        body,
+        wire.KIND_COMMAND,
+        1,
+        0,
+        wire.FLAG_ZSTD,
+        1,
+        1,
+        0,
+    )
 
 
 def random_ack(rng: random.Random) -> bytes:
@@ -278,7 +304,13 @@ def random_multipart(rng: random.Random) -> list[bytes]:
     cmd = rng.choice(list(wire.Command))
     if cmd is wire.Command.MESSAGE:
         groups = [
-            (rng.choice((b"", b"origin")), [random_item(rng) for _ in range(rng.randint(1, 4))])
+            (
+                rng.choice((b"", b"origin")),
+                [
+                    random_zipped_item(rng) if rng.random() < 0.15 else random_item(rng)
+                    for _ in range(rng.randint(1, 4))
+                ],
+            )
             for _ in range(rng.randint(1, 3))
         ]
         if rng.random() < 0.3:  # items as frames of their own
@@ -399,7 +431,7 @@ def mutate_item(item: bytes, rng: random.Random, byte_mutate: ByteMutator) -> by
     choice = rng.randrange(4)
     if choice == 0:
         return _poke_header(item, rng)
-    env, body = parsed.envelope_bytes, parsed.body
+    env, body = parsed.envelope_bytes, parsed.wire_body
     name_end = wire.ITEM_HEADER.size + item[48] + item[49]
     names = item[wire.ITEM_HEADER.size : name_end]
     if choice == 1:

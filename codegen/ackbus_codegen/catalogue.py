@@ -173,7 +173,8 @@ def _option(options: d.MessageOptions | d.ServiceOptions | d.MethodOptions) -> p
 def _effective(levels: Sequence[tuple[str, pol.PolicyOptions]]) -> Policy:
     """Every policy field but ``kind``, from the most specific level that sets it
     (``levels`` from the most to the least specific), else the runtime's default; an
-    ``ordering_key`` only where one is set (its default is "no order")."""
+    ``ordering_key`` and ``compress_above`` only where one is set (their defaults are
+    "no order" and "never")."""
     out = []
     for f in fields(pol.PolicyOptions):
         if f.name == "kind":
@@ -183,7 +184,7 @@ def _effective(levels: Sequence[tuple[str, pol.PolicyOptions]]) -> Policy:
             if getattr(level, f.name) is not None:
                 source, value = name, getattr(level, f.name)
                 break
-        if f.name == "ordering_key" and not value:
+        if f.name in ("ordering_key", "compress_above") and not value:
             continue
         out.append(PolicyValue(_NAMES[f.name], value, source))
     return tuple(out)

@@ -36,6 +36,8 @@ class PolicyOptions:
     ordering_key: str | None = None
     """A field path of the message whose value orders it (checked against the
     message by the model, which knows its fields)."""
+    compress_above: int | None = None
+    """Bodies of at least this many bytes are compressed (zstandard); 0: never."""
 
     def items(self) -> list[tuple[str, float | int | bool | str]]:
         """The fields that are set, in declaration order."""
@@ -63,6 +65,7 @@ PROTO_FIELDS = {
     "kind": "kind",
     "retry_rejected": "retry_rejected",
     "ordering_key": "ordering_key",
+    "compress_above": "compress_above",
 }
 
 
@@ -135,4 +138,5 @@ RUNTIME_DEFAULTS = PolicyOptions(
     kind="COMMAND",
     retry_rejected=False,
     ordering_key="",
+    compress_above=0,
 )

@@ -61,9 +61,11 @@ from .transport._keys import HubKeys, KeyGate
 from .wire import (
     BODY_VERSION,
     DEFAULT_LIMITS,
+    FLAG_ZSTD,
     LIMIT,
     METHOD_VERSION,
     NOT_REGISTERED,
+    ZSTD,
     Command,
     Limits,
     MessageItem,
@@ -71,6 +73,7 @@ from .wire import (
     Outbox,
     PackedRun,
     Routed,
+    codecs,
     decode_admin_request,
     decode_bye,
     decode_command,
@@ -82,12 +85,17 @@ from .wire import (
     encode_routed,
     encode_welcome,
     negotiate,
+    plain_item,
     refusal_for,
     scan_messages,
     split_acks,
 )
 
 __all__ = ["Hub", "HubStats"]
+
+_CODECS = codecs()
+"""What this hub decompresses, so takes compressed (its WELCOME says): zstd if zstandard
+is installed. A hub must decompress for receivers that cannot."""
 
 log = logging.getLogger("ackbus.hub")
 
@@ -413,6 +421,7 @@ class Hub:
         out = self._out(peer)
         out.limit_batch(hello.max_batch)  # no bigger batches than the peer accepts
         out.body_frames = self._version >= BODY_VERSION  # else big bodies are joined to items
+        out.zstd = ZSTD in hello.codecs  # else compressed bodies are decompressed for it
         # A peer of version 2 also declares the rpcs it handles: routed by name, as
         # types are (an rpc name has a '/', which no type name has).
         commands: Sequence[str] = hello.commands
@@ -493,7 +502,12 @@ class Hub:
             self.routed_by_type = Counter()
 
     def forward(self, target: bytes, item: MessageItem, origin: bytes) -> None:
-        self._out(target).message(item.frame, origin, item.body_frame)
+        out = self._out(target)
+        if item.flags & FLAG_ZSTD and not out.zstd:  # a receiver that cannot decompress
+            frame, body = plain_item(item.frame, item.body_frame, self.limits.max_message_bytes)
+            out.message(frame, origin, body)
+        else:
+            out.message(item.frame, origin, item.body_frame)
         if self.routed_by_type is not None:
             self.routed_by_type[item.type] += 1
 
@@ -570,7 +584,10 @@ class Hub:
 
     def send_welcome(self, peer: bytes, heartbeat_ms: int) -> None:
         welcome = wire_pb2.Welcome(
-            heartbeat_ms=heartbeat_ms, version=self._version, max_batch=self.limits.max_batch
+            heartbeat_ms=heartbeat_ms,
+            version=self._version,
+            max_batch=self.limits.max_batch,
+            codecs=_CODECS,
         )
         welcome.hub.service = self.identity.service
         welcome.hub.instance = self.identity.instance

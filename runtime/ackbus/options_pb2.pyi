@@ -77,6 +77,7 @@ class Policy(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     RETRY_REJECTED_FIELD_NUMBER: _builtins.int
     ORDERING_KEY_FIELD_NUMBER: _builtins.int
+    COMPRESS_ABOVE_FIELD_NUMBER: _builtins.int
     ack_timeout_s: _builtins.float
     """Seconds to wait for an acknowledgement of one attempt before retrying."""
     max_attempts: _builtins.int
@@ -104,6 +105,12 @@ class Policy(_message.Message):
     message) whose value orders it: the messages of one key from one sender are
     handled in send order, one at a time, by one instance. Empty: no order.
     """
+    compress_above: _builtins.int
+    """Bodies of at least this many bytes are compressed with zstandard (the zstd
+    extra: pip install 'ackbus[zstd]') when the hub says it takes compressed
+    bodies; receivers that cannot decompress get them decompressed by the hub.
+    0: never (the default).
+    """
     def __init__(
         self,
         *,
@@ -117,10 +124,11 @@ class Policy(_message.Message):
         kind: Global___Kind.ValueType | None = ...,
         retry_rejected: _builtins.bool | None = ...,
         ordering_key: _builtins.str | None = ...,
+        compress_above: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_ordering_key", b"_ordering_key", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "ordering_key", b"ordering_key", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_compress_above", b"_compress_above", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_ordering_key", b"_ordering_key", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "compress_above", b"compress_above", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "ordering_key", b"ordering_key", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_ordering_key", b"_ordering_key", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "ordering_key", b"ordering_key", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s", "_backoff_base_s", b"_backoff_base_s", "_backoff_cap_s", b"_backoff_cap_s", "_compress_above", b"_compress_above", "_deadline_s", b"_deadline_s", "_jitter", b"_jitter", "_kind", b"_kind", "_max_attempts", b"_max_attempts", "_ordering_key", b"_ordering_key", "_priority", b"_priority", "_retry_rejected", b"_retry_rejected", "ack_timeout_s", b"ack_timeout_s", "backoff_base_s", b"backoff_base_s", "backoff_cap_s", b"backoff_cap_s", "compress_above", b"compress_above", "deadline_s", b"deadline_s", "jitter", b"jitter", "kind", b"kind", "max_attempts", b"max_attempts", "ordering_key", b"ordering_key", "priority", b"priority", "retry_rejected", b"retry_rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ack_timeout_s: _TypeAlias = _typing.Literal["ack_timeout_s"]  # noqa: Y015
     _WhichOneofArgType__ack_timeout_s: _TypeAlias = _typing.Literal["_ack_timeout_s", b"_ack_timeout_s"]  # noqa: Y015
@@ -128,6 +136,8 @@ class Policy(_message.Message):
     _WhichOneofArgType__backoff_base_s: _TypeAlias = _typing.Literal["_backoff_base_s", b"_backoff_base_s"]  # noqa: Y015
     _WhichOneofReturnType__backoff_cap_s: _TypeAlias = _typing.Literal["backoff_cap_s"]  # noqa: Y015
     _WhichOneofArgType__backoff_cap_s: _TypeAlias = _typing.Literal["_backoff_cap_s", b"_backoff_cap_s"]  # noqa: Y015
+    _WhichOneofReturnType__compress_above: _TypeAlias = _typing.Literal["compress_above"]  # noqa: Y015
+    _WhichOneofArgType__compress_above: _TypeAlias = _typing.Literal["_compress_above", b"_compress_above"]  # noqa: Y015
     _WhichOneofReturnType__deadline_s: _TypeAlias = _typing.Literal["deadline_s"]  # noqa: Y015
     _WhichOneofArgType__deadline_s: _TypeAlias = _typing.Literal["_deadline_s", b"_deadline_s"]  # noqa: Y015
     _WhichOneofReturnType__jitter: _TypeAlias = _typing.Literal["jitter"]  # noqa: Y015
@@ -148,6 +158,8 @@ class Policy(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__backoff_base_s) -> _WhichOneofReturnType__backoff_base_s | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__backoff_cap_s) -> _WhichOneofReturnType__backoff_cap_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__compress_above) -> _WhichOneofReturnType__compress_above | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__deadline_s) -> _WhichOneofReturnType__deadline_s | None: ...
     @_typing.overload

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ackbus import envelope_pb2 as ackbus_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x61\x63kbus/wire.proto\x12\x06\x61\x63kbus\x1a\x15\x61\x63kbus/envelope.proto\"\xc1\x02\n\x05Hello\x12\"\n\x08identity\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x10\n\x08\x63ommands\x18\x02 \x03(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x14\n\x0cheartbeat_ms\x18\x04 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\r\x12\x10\n\x08versions\x18\x06 \x03(\r\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x12\n\nimplements\x18\x08 \x03(\t\x12\x0f\n\x07methods\x18\t \x03(\t\x12\r\n\x05\x61gent\x18\n \x01(\t\x12\x35\n\x0c\x66ingerprints\x18\x0b \x03(\x0b\x32\x1f.ackbus.Hello.FingerprintsEntry\x1a\x33\n\x11\x46ingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"b\n\x07Welcome\x12\x1d\n\x03hub\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x14\n\x0cheartbeat_ms\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"\x89\x02\n\x07Refusal\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.ackbus.Refusal.Code\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\x0c\"\xb5\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\r\n\tMALFORMED\x10\x01\x12\x11\n\rBAD_SIGNATURE\x10\x02\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x03\x12\r\n\tTOO_LARGE\x10\x04\x12\x10\n\x0cUNKNOWN_TYPE\x10\x05\x12\x12\n\x0eNOT_REGISTERED\x10\x06\x12\t\n\x05LIMIT\x10\x07\x12\n\n\x06IN_USE\x10\x08\x12\x10\n\x0cUNAUTHORIZED\x10\t\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xaa\x01\n\x0c\x41\x64minRequest\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.ackbus.AdminRequest.Kind\x12\r\n\x05types\x18\x02 \x03(\t\x12\x10\n\x08services\x18\x03 \x03(\t\x12\x10\n\x08lease_ms\x18\x04 \x01(\r\">\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06STATUS\x10\x01\x12\x08\n\x04TAIL\x10\x02\x12\n\n\x06UNTAIL\x10\x03\"T\n\nAdminReply\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t\x12 \n\x07traffic\x18\x02 \x03(\x0b\x32\x0f.ackbus.Traffic\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\"\x9e\x01\n\x07Traffic\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x10\n\x08receiver\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x11\n\tlatency_s\x18\x06 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\n\n\x02\x61t\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x61\x63kbus/wire.proto\x12\x06\x61\x63kbus\x1a\x15\x61\x63kbus/envelope.proto\"\xd1\x02\n\x05Hello\x12\"\n\x08identity\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x10\n\x08\x63ommands\x18\x02 \x03(\t\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x14\n\x0cheartbeat_ms\x18\x04 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\r\x12\x10\n\x08versions\x18\x06 \x03(\r\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x12\n\nimplements\x18\x08 \x03(\t\x12\x0f\n\x07methods\x18\t \x03(\t\x12\r\n\x05\x61gent\x18\n \x01(\t\x12\x35\n\x0c\x66ingerprints\x18\x0b \x03(\x0b\x32\x1f.ackbus.Hello.FingerprintsEntry\x12\x0e\n\x06\x63odecs\x18\x0c \x03(\t\x1a\x33\n\x11\x46ingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"r\n\x07Welcome\x12\x1d\n\x03hub\x18\x01 \x01(\x0b\x32\x10.ackbus.Identity\x12\x14\n\x0cheartbeat_ms\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0e\n\x06\x63odecs\x18\x05 \x03(\t\"\x89\x02\n\x07Refusal\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.ackbus.Refusal.Code\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\x0c\"\xb5\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\r\n\tMALFORMED\x10\x01\x12\x11\n\rBAD_SIGNATURE\x10\x02\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x03\x12\r\n\tTOO_LARGE\x10\x04\x12\x10\n\x0cUNKNOWN_TYPE\x10\x05\x12\x12\n\x0eNOT_REGISTERED\x10\x06\x12\t\n\x05LIMIT\x10\x07\x12\n\n\x06IN_USE\x10\x08\x12\x10\n\x0cUNAUTHORIZED\x10\t\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xaa\x01\n\x0c\x41\x64minRequest\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.ackbus.AdminRequest.Kind\x12\r\n\x05types\x18\x02 \x03(\t\x12\x10\n\x08services\x18\x03 \x03(\t\x12\x10\n\x08lease_ms\x18\x04 \x01(\r\">\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06STATUS\x10\x01\x12\x08\n\x04TAIL\x10\x02\x12\n\n\x06UNTAIL\x10\x03\"T\n\nAdminReply\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t\x12 \n\x07traffic\x18\x02 \x03(\x0b\x32\x0f.ackbus.Traffic\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\"\x9e\x01\n\x07Traffic\x12\x12\n\nmessage_id\x18\x01 \x01(\x0c\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x10\n\x08receiver\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x11\n\tlatency_s\x18\x06 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\n\n\x02\x61t\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO_FINGERPRINTSENTRY']._loaded_options = None
   _globals['_HELLO_FINGERPRINTSENTRY']._serialized_options = b'8\001'
   _globals['_HELLO']._serialized_start=53
-  _globals['_HELLO']._serialized_end=374
-  _globals['_HELLO_FINGERPRINTSENTRY']._serialized_start=323
-  _globals['_HELLO_FINGERPRINTSENTRY']._serialized_end=374
-  _globals['_WELCOME']._serialized_start=376
-  _globals['_WELCOME']._serialized_end=474
-  _globals['_REFUSAL']._serialized_start=477
-  _globals['_REFUSAL']._serialized_end=742
-  _globals['_REFUSAL_CODE']._serialized_start=561
-  _globals['_REFUSAL_CODE']._serialized_end=742
-  _globals['_BYE']._serialized_start=744
-  _globals['_BYE']._serialized_end=765
-  _globals['_ADMINREQUEST']._serialized_start=768
-  _globals['_ADMINREQUEST']._serialized_end=938
-  _globals['_ADMINREQUEST_KIND']._serialized_start=876
-  _globals['_ADMINREQUEST_KIND']._serialized_end=938
-  _globals['_ADMINREPLY']._serialized_start=940
-  _globals['_ADMINREPLY']._serialized_end=1024
-  _globals['_TRAFFIC']._serialized_start=1027
-  _globals['_TRAFFIC']._serialized_end=1185
+  _globals['_HELLO']._serialized_end=390
+  _globals['_HELLO_FINGERPRINTSENTRY']._serialized_start=339
+  _globals['_HELLO_FINGERPRINTSENTRY']._serialized_end=390
+  _globals['_WELCOME']._serialized_start=392
+  _globals['_WELCOME']._serialized_end=506
+  _globals['_REFUSAL']._serialized_start=509
+  _globals['_REFUSAL']._serialized_end=774
+  _globals['_REFUSAL_CODE']._serialized_start=593
+  _globals['_REFUSAL_CODE']._serialized_end=774
+  _globals['_BYE']._serialized_start=776
+  _globals['_BYE']._serialized_end=797
+  _globals['_ADMINREQUEST']._serialized_start=800
+  _globals['_ADMINREQUEST']._serialized_end=970
+  _globals['_ADMINREQUEST_KIND']._serialized_start=908
+  _globals['_ADMINREQUEST_KIND']._serialized_end=970
+  _globals['_ADMINREPLY']._serialized_start=972
+  _globals['_ADMINREPLY']._serialized_end=1056
+  _globals['_TRAFFIC']._serialized_start=1059
+  _globals['_TRAFFIC']._serialized_end=1217
 # @@protoc_insertion_point(module_scope)

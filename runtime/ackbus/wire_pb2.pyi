@@ -57,6 +57,7 @@ class Hello(_message.Message):
     METHODS_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     FINGERPRINTS_FIELD_NUMBER: _builtins.int
+    CODECS_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Heartbeat interval the endpoint proposes, in milliseconds."""
     max_concurrency: _builtins.int
@@ -107,6 +108,12 @@ class Hello(_message.Message):
         Hubs that predate the field skip it as an unknown field.
         """
 
+    @_builtins.property
+    def codecs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Body codecs this peer decompresses ("zstd"): a hub sends it compressed bodies
+        only if listed, and decompresses them for a peer that does not list the codec.
+        """
+
     def __init__(
         self,
         *,
@@ -121,10 +128,11 @@ class Hello(_message.Message):
         methods: _abc.Iterable[_builtins.str] | None = ...,
         agent: _builtins.str = ...,
         fingerprints: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+        codecs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "commands", b"commands", "events", b"events", "fingerprints", b"fingerprints", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "methods", b"methods", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "codecs", b"codecs", "commands", b"commands", "events", b"events", "fingerprints", b"fingerprints", "heartbeat_ms", b"heartbeat_ms", "identity", b"identity", "implements", b"implements", "max_batch", b"max_batch", "max_concurrency", b"max_concurrency", "methods", b"methods", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,6 +148,7 @@ class Welcome(_message.Message):
     HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    CODECS_FIELD_NUMBER: _builtins.int
     heartbeat_ms: _builtins.int
     """Negotiated heartbeat interval: the larger of both proposals."""
     version: _builtins.int
@@ -147,6 +156,12 @@ class Welcome(_message.Message):
     """Most message items per MESSAGE the hub accepts; 0: the protocol's maximum."""
     @_builtins.property
     def hub(self) -> _envelope_pb2.Identity: ...
+    @_builtins.property
+    def codecs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Body codecs the hub takes ("zstd"): a sender compresses bodies only for a hub that
+        lists the codec (the hub then decompresses them for receivers that cannot).
+        """
+
     def __init__(
         self,
         *,
@@ -154,10 +169,11 @@ class Welcome(_message.Message):
         heartbeat_ms: _builtins.int = ...,
         version: _builtins.int = ...,
         max_batch: _builtins.int = ...,
+        codecs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hub", b"hub"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ms", b"heartbeat_ms", "hub", b"hub", "max_batch", b"max_batch", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["codecs", b"codecs", "heartbeat_ms", b"heartbeat_ms", "hub", b"hub", "max_batch", b"max_batch", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

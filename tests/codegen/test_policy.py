@@ -294,3 +294,32 @@ def test_an_ordering_key_must_name_a_scalar_field(
     schema = KEYED.replace('"hand.table_id"', f'"{key}"')
     with pytest.raises(GenerationError, match=r"k\.proto:\d+: .*" + error):
         generate(compile_request({"k.proto": schema}))
+
+
+ZIPPED = """
+    syntax = "proto3";
+    package z;
+    import "ackbus/options.proto";
+    import "google/protobuf/empty.proto";
+    message Report {
+      option (ackbus.message_policy) = { compress_above: 4096 };
+      string json = 1;
+    }
+    message Ping { string id = 1; }
+    service Z {
+      rpc Send(z.Report) returns (google.protobuf.Empty);
+      rpc Ping(z.Ping) returns (google.protobuf.Empty) {
+        option (ackbus.method_policy) = { compress_above: 0 };
+      }
+    }
+"""
+
+
+def test_compress_above_arrives_in_the_generated_policies(compile_request: Compile) -> None:
+    """The policy option of compressed bodies (docs/protocol.md, "Compressed bodies")."""
+    text = generate(compile_request({"z.proto": ZIPPED})).files[0].content
+    compact = "".join(text.split()).replace(",)", ")")
+    assert "ackbus.Policy(compress_above=4096)" in compact
+    assert "Z_PING_POLICY:Final[ackbus.Policy]=ackbus.Policy(compress_above=0)" in compact
+    with pytest.raises(ackbus.SchemaError, match="compress_above must be bytes >= 0"):
+        ackbus.Policy(compress_above=-1)

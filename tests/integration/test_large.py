@@ -18,11 +18,10 @@ import ackbus.endpoint._receive as receive_module
 import ackbus.hub as hub_module
 import pytest
 import zmq
-from ackbus import Context, wire_pb2
+from ackbus import wire_pb2
 from ackbus.endpoint import Endpoint
 from ackbus.wire import BODY_FRAME_FROM, MessageItem, PackedRun
-from ackbus.wire_pb2 import Bye
-from helpers import FAST, HEARTBEAT, HubBus, running_hub
+from helpers import FAST, HEARTBEAT, HubBus, byes_handled, running_hub
 
 BIG = "x" * (1 << 20)  # 1 MiB of reason: a body well above BODY_FRAME_FROM
 QUICK = FAST.with_(ack_timeout=5.0, deadline=15.0)
@@ -79,19 +78,10 @@ def endpoint(bus: HubBus, service: str) -> Endpoint:
 
 
 async def one_big_message(bus: HubBus, receiver: str = "table") -> list[int]:
-    got: list[int] = []
-
-    async def on_bye(msg: Bye, ctx: Context) -> None:
-        got.append(len(msg.reason))
-
-    server, client = endpoint(bus, receiver), endpoint(bus, "lobby")
-    async with server, client:
-        server.register_handler(Bye, on_bye)
-        await server.start()
-        for reason in (BIG, "small", BIG):
-            report = await client.send(Bye(reason=reason), timeout=10)
-            report.raise_for_status()
-    return got
+    reasons = await byes_handled(
+        endpoint(bus, receiver), endpoint(bus, "lobby"), (BIG, "small", BIG)
+    )
+    return [len(r) for r in reasons]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])

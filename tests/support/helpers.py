@@ -189,3 +189,24 @@ async def each_event_handled_once(audit: Path, lobby: Path, n: int, timeout: flo
     assert len(got_audit) == n, f"{len(got_audit)} events for {n} hands"
     assert max(got_audit.values()) == 1, "audit handled an event twice"
     assert max(got_lobby.values()) == 1, "lobby handled an event twice"
+
+
+async def byes_handled(server: Any, client: Any, reasons: Iterable[str]) -> list[str]:
+    """Each of ``reasons`` sent from ``client`` to ``server`` (endpoints, not yet
+    entered) as an ``ackbus.Bye`` command, one at a time, each acked; the reasons the
+    server's handler got, in order."""
+    from ackbus import Context
+    from ackbus.wire_pb2 import Bye
+
+    got: list[str] = []
+
+    async def on_bye(msg: Bye, ctx: Context) -> None:
+        got.append(msg.reason)
+
+    server.register_handler(Bye, on_bye)  # before its first HELLO: no NO_ROUTE retry
+    async with server, client:
+        await server.start()
+        for reason in reasons:
+            report = await client.send(Bye(reason=reason), timeout=10)
+            report.raise_for_status()
+    return got

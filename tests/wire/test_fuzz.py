@@ -30,11 +30,16 @@ BODY = bytes(range(256)) * 2
 SPLIT = wire.pack_item(
     b"s" * 16, b"pkg.Type", b"", ENV, BODY, wire.KIND_COMMAND, 1, 0, 0, 1, 1, 0, True
 )  # an item whose body is the next frame (protocol version 3)
+ZIPPED = wire.pack_item(
+    b"z" * 16, b"pkg.Type", b"", ENV, wire.compress(BODY), wire.KIND_COMMAND, 1, 0,
+    wire.FLAG_ZSTD, 1, 1, 0,
+)  # fmt: skip
 VALID: list[list[bytes]] = [
     wire.encode_messages([(b"", [ITEM, ITEM]), (b"origin", [ITEM])]),  # packed
     wire.encode_messages([(b"", [ITEM, RETRY, ITEM, EVENT, ITEM])]),  # runs and items
     [wire.MESSAGE_FRAME, wire.group_frame(2, b"o"), ITEM, ITEM],  # items as frames
     [wire.BODIES_FRAME, wire.group_frame(3, b"o"), SPLIT, BODY, ITEM, SPLIT, BODY],  # bodies
+    wire.encode_messages([(b"", [ITEM, ZIPPED, ITEM])]),  # a compressed body
     wire.encode_acks([(b"p", wire.ok_ids_frame([b"x" * 16]), wire.full_acks_frame([FULL_ACK]))]),
     wire.encode_hello(
         wire_pb2.Hello(identity=envelope_pb2.Identity(service="s"), commands=["a.B"], versions=[1])

@@ -75,6 +75,9 @@ class Policy:
     """A field path of the message (``"table_id"``, ``"hand.table_id"``) whose value
     orders it: messages of one key from one sender are handled in send order, one at a
     time, by one instance of each receiving service. Empty: no order (the default)."""
+    compress_above: int = 0
+    """Bodies of at least this many bytes are compressed with zstandard (``pip install
+    'ackbus[zstd]'``) when the hub takes compressed bodies; 0: never (the default)."""
     life: float = field(init=False, repr=False, compare=False)
     """How long the message lives: ``deadline``, or the longest subscriber deadline if
     that is longer (derived; the envelope's and the tracker's deadline)."""
@@ -111,6 +114,8 @@ class Policy:
             problems.append(
                 f"ordering_key must be a field path like 'table_id', got {self.ordering_key!r}"
             )
+        if type(self.compress_above) is not int or not 0 <= self.compress_above < 2**32:
+            problems.append(f"compress_above must be bytes >= 0, got {self.compress_above!r}")
         if not self.ack_timeout > 0:
             problems.append(f"ack_timeout must be > 0, got {self.ack_timeout}")
         if self.max_attempts < 1:
@@ -142,6 +147,7 @@ class Policy:
         subscribers: tuple[str, ...] | None = None,
         subscriber_policies: tuple[SubscriberPolicy, ...] | None = None,
         ordering_key: str | None = None,
+        compress_above: int | None = None,
     ) -> Policy:
         """A copy with the fields given changed (``None`` leaves a field as it is): e.g.
         ``TABLE_START_HAND_POLICY.with_(max_attempts=1)``. Every field is named here, so
@@ -159,6 +165,7 @@ class Policy:
             "subscribers": subscribers,
             "subscriber_policies": subscriber_policies,
             "ordering_key": ordering_key,
+            "compress_above": compress_above,
         }
         return replace(self, **{k: v for k, v in given.items() if v is not None})
 

@@ -97,6 +97,8 @@ class EndpointBase:
     """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
     _envelopes: dict[bytes, bool]
     """Parsed header-less envelopes by their bytes (see ``_parse_envelope``)."""
+    _codecs: tuple[str, ...]
+    """Body codecs this endpoint decompresses (its HELLO's ``codecs``)."""
     _fingerprints: dict[str, bytes]
     """Schema fingerprint per type this endpoint handles or has sent (its HELLO's)."""
     _fp_envelopes: dict[str, bytes]

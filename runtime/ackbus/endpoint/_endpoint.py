@@ -75,6 +75,7 @@ from ..wire import (
     IdSource,
     Limits,
     check_name,
+    codecs,
     encode_bye,
     encode_envelope,
 )
@@ -239,6 +240,8 @@ class Endpoint(Sending, Receiving, HubLinks):
         """Type names this endpoint sent, as checked for the wire (a sender sends few)."""
         self._envelopes: dict[bytes, bool] = {}
         """Parsed header-less envelopes by their bytes (see :meth:`_parse_envelope`)."""
+        self._codecs = codecs()
+        """Body codecs decompressed here: zstd when zstandard is installed."""
         self._fingerprints: dict[str, bytes] = {}
         """Schema fingerprint per type handled or sent so far (announced in HELLO)."""
         self._fp_envelopes: dict[str, bytes] = {}

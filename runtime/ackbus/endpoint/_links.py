@@ -58,6 +58,7 @@ class HubLinks(EndpointBase):
             implements=proto.implements,
             methods=proto.methods,
             agent=AGENT,
+            codecs=self._codecs,
         )
         fps = self._fingerprints
         if len(fps) > self.limits.max_hello_types:  # handled types first (dicts keep order)

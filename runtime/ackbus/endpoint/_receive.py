@@ -35,6 +35,7 @@ from ..wire import (
     BODY_VERSION,
     FLAG_REQUEST,
     JSON_ENCODING,
+    ZSTD,
     Command,
     MessageItem,
     Multipart,
@@ -110,6 +111,7 @@ class Receiving(EndpointBase):
             outbox = hub.link.outbox
             outbox.limit_batch(welcome.max_batch)  # what this hub accepts
             outbox.body_frames = welcome.version >= BODY_VERSION  # else bodies are joined
+            outbox.zstd = ZSTD in welcome.codecs  # else bodies are not compressed for it
             hub.hello_since = None
             hub.refused = None
             proto.on_welcome(

@@ -36,16 +36,21 @@ from ..wire import (
     BODY_FRAME_FROM,
     FLAG_KEYED,
     FLAG_REQUEST,
+    FLAG_ZSTD,
     KIND_COMMAND,
     KIND_EVENT,
     check_name,
+    compress,
     encode_envelope,
+    is_compressed,
     item_key,
     item_method,
     key_hash,
     keyed_envelope,
     method_prefix,
     pack_item,
+    plain_item,
+    require_zstd,
 )
 from ._base import ENVELOPE_CACHE, EndpointBase
 
@@ -305,6 +310,10 @@ class Sending(EndpointBase):
                 if len(self._type_names) >= ENVELOPE_CACHE:
                     self._type_names.clear()
                 type_name = self._type_names[msg_type] = check_name(msg_type, "type name")
+            if pol.compress_above and len(body) >= pol.compress_above:
+                body, zipped = self._compressed(body)
+                if zipped:
+                    flags |= FLAG_ZSTD
             # A big body travels as a frame of its own, never copied on this side (a
             # durable one is written whole by the store: it stays in its item).
             split = len(body) >= BODY_FRAME_FROM and durable is None
@@ -376,6 +385,16 @@ class Sending(EndpointBase):
         if self._timer is not None:
             self._timer.at(now + min(pol.ack_timeout, pol.life))
 
+    def _compressed(self, body: bytes) -> tuple[bytes, bool]:
+        """``body`` compressed, if a hub takes compressed bodies (its WELCOME listed
+        zstd) and it comes out smaller; ``ModuleNotFoundError`` naming the extra when
+        zstandard is not installed (docs/protocol.md, "Compressed bodies")."""
+        require_zstd()
+        if not any(hub.link.outbox.zstd for hub in self._links):
+            return body, False
+        packed = compress(body)
+        return (packed, True) if len(packed) < len(body) else (body, False)
+
     def _window_timeout(self, destination: str) -> SendWindowTimeout:
         return SendWindowTimeout(
             f"{self.identity}: {self._window} messages to {destination} "
@@ -426,7 +445,11 @@ class Sending(EndpointBase):
     def transmit(self, hub: int, msg_id: bytes, attempt: int, now: float) -> None:
         frame = attempt_frame(self._pending, msg_id, attempt, now + self._wall_offset)
         if frame is not None:
-            self._links[hub].link.outbox.message(frame, b"", self._pending[msg_id]._body)
+            outbox = self._links[hub].link.outbox
+            body = self._pending[msg_id]._body
+            if is_compressed(frame) and not outbox.zstd:  # several hubs, not all take it
+                frame, body = plain_item(frame, body, self.limits.max_message_bytes)
+            outbox.message(frame, b"", body)
 
     def failed(self, c: Completion, error: DeliveryError) -> None:
         report = settle_failed(self._pending, c, error, self._wall_offset)

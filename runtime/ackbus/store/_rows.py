@@ -32,7 +32,11 @@ _POLICY_KINDS: Final = {k.value: k for k in Kind}
 _POLICY_FIELDS: Final = {f.name: f for f in dataclasses.fields(Policy) if f.init}
 _LAST_TIME: Final = 253_402_300_799.0
 """9999-12-31 23:59:59 UTC."""
-_INT_RANGES: Final = {"max_attempts": (1, 2**32 - 1), "priority": (-(2**15), 2**15 - 1)}
+_INT_RANGES: Final = {
+    "max_attempts": (1, 2**32 - 1),
+    "priority": (-(2**15), 2**15 - 1),
+    "compress_above": (0, 2**32 - 1),
+}
 
 
 def policy_json(pol: Policy) -> str:

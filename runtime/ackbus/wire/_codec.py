@@ -17,11 +17,12 @@ shape the code:
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from .. import envelope_pb2
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -56,7 +57,11 @@ never 0, which a hub routes by and a receiver admits by without parsing anything
 FLAG_BODY_FRAME: Final = 0x04
 """The item's body is not in its frame but the next frame of the multipart (protocol
 version 3): the item frame ends with its envelope, its body length is the body frame's."""
-_KNOWN_FLAGS: Final = FLAG_REQUEST | FLAG_KEYED | FLAG_BODY_FRAME
+FLAG_ZSTD: Final = 0x08
+"""The item's body is compressed with zstandard (docs/protocol.md, "Compressed
+bodies"); its body length is the compressed length. Sent only to a peer that listed
+"zstd" in its HELLO (or WELCOME)."""
+_KNOWN_FLAGS: Final = FLAG_REQUEST | FLAG_KEYED | FLAG_BODY_FRAME | FLAG_ZSTD
 BODY_FRAME_FROM: Final = 64 * 1024
 """Bodies at least this big travel as frames of their own to a peer of protocol version
 3: sent and received without a copy, and a hub forwards the very frame it received.
@@ -271,6 +276,7 @@ class MessageItem:
     __slots__ = (
         "_body_start",
         "_env_start",
+        "_max",
         "attempt",
         "body_frame",
         "created_at_ns",
@@ -362,6 +368,7 @@ class MessageItem:
         else:
             self.method = ""
         self.frame = frame
+        self._max = limits.max_message_bytes
         self.body_frame = body_frame
         """The body, when it travels as a frame of its own (:data:`FLAG_BODY_FRAME`):
         any buffer (``bytes``, or the ``zmq.Frame`` the transport received without a
@@ -374,6 +381,14 @@ class MessageItem:
 
     @property
     def body(self) -> bytes:
+        """The body, decompressed if it travels compressed."""
+        if self.flags & FLAG_ZSTD:
+            return self._decompressed()
+        return self.wire_body
+
+    @property
+    def wire_body(self) -> bytes:
+        """The body as it travels: compressed if the item is (:data:`FLAG_ZSTD`)."""
         body = self.body_frame
         if body is not None:
             return body if type(body) is bytes else bytes(body)
@@ -390,6 +405,8 @@ class MessageItem:
         a view into :attr:`frame` (or the body frame) when the body is big, so it is not
         copied first. A copy of 128 KiB or more is a fresh ``mmap`` with its page
         faults, which cost more than parsing the body."""
+        if self.flags & FLAG_ZSTD:
+            return self._decompressed()
         body = self.body_frame
         if body is not None:
             return memoryview(body) if len(body) >= BUFFER_VIEW_FROM else bytes(body)
@@ -397,6 +414,12 @@ class MessageItem:
         if len(self.frame) - start < BUFFER_VIEW_FROM:
             return self.frame[start:]
         return memoryview(self.frame)[start:]
+
+    def _decompressed(self) -> bytes:
+        """The body of a compressed item, decompressed (within the message limit)."""
+        body = self.body_frame
+        compressed = body if body is not None else memoryview(self.frame)[self._body_start :]
+        return decompress(compressed, self._max, self.id)
 
     def envelope(self) -> envelope_pb2.Envelope:
         """The full envelope: the envelope frame parsed, with the header's fields
@@ -446,7 +469,7 @@ def encode_message(
         raise LocalProtocolError(f"message id must be {ID_SIZE} bytes, got {message_id!r}")
     if kind != KIND_COMMAND and kind != KIND_EVENT:
         raise LocalProtocolError(f"unknown message kind {kind}")
-    if flags & ~(_KNOWN_FLAGS & ~FLAG_BODY_FRAME) or not 1 <= attempt < 2**32:
+    if flags & ~(FLAG_REQUEST | FLAG_KEYED) or not 1 <= attempt < 2**32:
         raise LocalProtocolError(f"invalid flags {flags:#x} or attempt {attempt}")
     return pack_item(
         message_id,
@@ -629,6 +652,57 @@ def reattempt(frame: bytes, attempt: int, sent_at_ns: int) -> bytes:
     _REATTEMPT.pack_into(out, _ATTEMPT_AT, attempt)
     _SENT.pack_into(out, _SENT_AT, sent_at_ns)
     return bytes(out)
+
+
+# --------------------------------------------------------------------------- zstandard
+# Decompressing lives here, beside MessageItem.body, which needs it; compressing and the
+# rest of "Compressed bodies" are in _compress.py.
+
+
+@functools.cache
+def _zstd() -> Any:
+    """The zstandard module, or None when it is not installed."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
+
+
+@functools.cache
+def _decompressor() -> Any:
+    return _zstd().ZstdDecompressor()
+
+
+def decompress(body: bytes | memoryview, limit: int, message_id: bytes = b"") -> bytes:
+    """A compressed body, decompressed: at most ``limit`` bytes (TOO_LARGE beyond),
+    MALFORMED for anything zstandard does not read, whatever the bytes."""
+    zstd = _zstd()
+    if zstd is None:
+        raise RemoteProtocolError(
+            "a compressed body, and this peer has no zstandard (pip install 'ackbus[zstd]')",
+            code=MALFORMED,
+            message_id=message_id,
+        )
+    try:
+        size = zstd.frame_content_size(body)
+    except zstd.ZstdError:
+        size = -1
+    if size > limit:
+        raise RemoteProtocolError(
+            f"compressed body of {size} bytes exceeds the limit of {limit}",
+            code=TOO_LARGE,
+            message_id=message_id,
+        )
+    try:
+        plain = _decompressor().decompress(body, max_output_size=limit)
+    except (zstd.ZstdError, ValueError, TypeError) as exc:
+        raise RemoteProtocolError(
+            f"undecodable compressed body: {exc}", code=MALFORMED, message_id=message_id
+        ) from None
+    if len(plain) > limit:  # pragma: no cover - max_output_size holds it
+        raise RemoteProtocolError("compressed body too large", code=TOO_LARGE)
+    return bytes(plain)
 
 
 # --------------------------------------------------------------------------- MESSAGE batch

@@ -33,6 +33,7 @@ from ._codec import (
     DEFAULT_LIMITS,
     FLAG_BODY_FRAME,
     FLAG_KEYED,
+    FLAG_ZSTD,
     KIND_COMMAND,
     KIND_EVENT,
     MAX_NAME,
@@ -196,7 +197,12 @@ def _scan(frames: Sequence[bytes], limits: Limits) -> list[PackedRun | MessageIt
             else:
                 recipient = ""
             method: str | None = ""  # None: it does not join a run
-            if kind != KIND_COMMAND or attempt != 1 or ilen >= PACK_BELOW or flags & FLAG_KEYED:
+            if (
+                kind != KIND_COMMAND
+                or attempt != 1
+                or ilen >= PACK_BELOW
+                or flags & (FLAG_KEYED | FLAG_ZSTD)
+            ):
                 method = None
             elif elen:
                 at += rlen if rlen else tlen  # the envelope

@@ -96,6 +96,7 @@ class Outbox:
         "max_acks",
         "max_batch",
         "on_ready",
+        "zstd",
     )
 
     def __init__(
@@ -124,6 +125,9 @@ class Outbox:
         self.body_frames = False
         """The destination takes bodies as frames of their own (it negotiated protocol
         version 3, ``BODY_VERSION``): else :meth:`message` joins a body to its item."""
+        self.zstd = False
+        """The destination decompresses zstandard bodies (it listed "zstd"): else the
+        caller makes a compressed item plain first (``wire.plain_item``)."""
 
     # -------------------------------------------------------------- adding
 
