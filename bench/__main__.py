@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from . import baseline, fleet, pg, plot, transport
-from .cluster import Cluster, Setup, make_keys
+from .cluster import Cluster, Setup, json_like, make_keys
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -78,6 +78,8 @@ class Profile:
     note: str = ""
     fleet: tuple[int, int] = (10, 1000)
     """idle instances at the hub for the scale rows: few, many"""
+    compressible: tuple[int, int, int] = (100 * 1024, 1_000, 64)
+    """(payload bytes, messages, window) of the JSON-like rows, compression off and on"""
 
 
 QUICK = Profile(
@@ -101,6 +103,7 @@ TINY = Profile(
     sequential=50,
     oneway=500,
     sizes={10 * KB: (100, 50)},
+    compressible=(100 * KB, 50, 10),
     senders=(2,),
     store=100,
     memory=(100, 300),
@@ -114,6 +117,7 @@ FULL = Profile(
     sequential=5_000,
     oneway=200_000,
     sizes={10 * KB: (20_000, 1000), 1024 * KB: (200, 8)},
+    compressible=(100 * KB, 5_000, 64),
     senders=(4, 16),
     store=20_000,
     memory=(100_000, 1_000_000),
@@ -234,6 +238,22 @@ def measure(profile: Profile, store_dir: Path, log: Callable[[str], None]) -> di
                 row(f"ackbus pipelined, {label}", base=a_size).runs.append(
                     standalone.run("pipelined", n, window=window, size=size)
                 )
+            size, n, window = p.compressible
+            label = f"{_size(size)} JSON"
+            a_json = f"(a) acked, pipelined, {label}"
+            payload = json_like(size).encode()
+            row(a_json).runs.append(baseline.acked_pipelined(n, window, payload=payload))
+            plain_json = f"ackbus pipelined, {label}"
+            row(plain_json, base=a_json).runs.append(
+                standalone.run("pipelined", n, window=window, size=size, json=True)
+            )
+            # zstd above 1 KiB (the zstd extra): sender compresses, hub forwards as is,
+            # receiver decompresses
+            row(f"ackbus pipelined, {label}, zstd", base=a_json, vs=plain_json).runs.append(
+                standalone.run(
+                    "pipelined", n, window=window, size=size, json=True, compress_above=KB
+                )
+            )
             row(EVENTS_ROW, base=a_pipe).runs.append(events.run("pipelined", p.pipelined))
             unordered = "ackbus pipelined, standalone hub"
             row(ORDERED_ROW, base=a_pipe, vs=unordered).runs.append(

@@ -259,13 +259,17 @@ async def _oneway(peer: _Peer, n: int) -> dict[str, float]:
 
 
 def acked_pipelined(
-    n: int = 50_000, window: int = 1000, size: int = 100, curve: bool = False
+    n: int = 50_000,
+    window: int = 1000,
+    size: int = 100,
+    curve: bool = False,
+    payload: bytes | None = None,
 ) -> dict[str, float]:
     """Baseline (a), pipelined: msgs/s with up to ``window`` unacked in flight, payloads
-    of ``size`` bytes, over CURVE with ``curve``."""
+    of ``size`` bytes (``payload`` if given), over CURVE with ``curve``."""
     peer = _Peer("acked", curve=curve)
     try:
-        return asyncio.run(_acked_pipelined(peer, n, window, b"p" * size))
+        return asyncio.run(_acked_pipelined(peer, n, window, payload or b"p" * size))
     finally:
         peer.close()
 

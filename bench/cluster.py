@@ -114,6 +114,23 @@ class Setup:
         return POLICY.with_(subscribers=tuple(_schema_service(s) for s in self.services))
 
 
+def json_like(size: int) -> str:
+    """``size`` characters of JSON-like text: records of a few fields with varying
+    numbers and names, as an API's list response has them (about 6:1 with
+    zstandard, where the rows' usual ``"p" * size`` compresses to nothing)."""
+    parts = []
+    total = i = 0
+    while total < size:
+        record = (
+            f'{{"id":{i * 7919 % 100003},"name":"player-{i * 31 % 977}","seat":{i % 9},'
+            f'"chips":{1000 + i * 37 % 5000},"state":"{("active", "folded", "all-in")[i % 3]}"}},'
+        )
+        parts.append(record)
+        total += len(record)
+        i += 1
+    return "[" + "".join(parts)[: size - 2] + "]"
+
+
 def make_keys(folder: Path, names: tuple[str, ...]) -> Path:
     """The hub's keypair and one per client name, laid out as ``ackbus hub --keys``
     expects (``folder/hub.key_secret``, ``folder/clients/NAME.key``)."""
@@ -207,11 +224,12 @@ async def _sender_job(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
         "source",
         job["address"],
         window=job["window"],
-        policy=setup.policy(),
+        policy=setup.policy().with_(compress_above=job.get("compress_above", 0)),
         store=job.get("store"),
         **setup.endpoint_options("source"),
     ) as ep:
-        msg = Bye(reason="p" * job["size"])
+        size = job["size"]
+        msg = Bye(reason=json_like(size) if job.get("json") else "p" * size)
         send = ep.publish if setup.events else ep.send
         for _ in range(min(_WARMUP, job["n"])):
             await send(msg)
@@ -372,6 +390,8 @@ class Cluster:
         size: int = 100,
         store: str | None = None,
         checkpoints: tuple[int, ...] = (),
+        json: bool = False,
+        compress_above: int = 0,
     ) -> dict[str, Any]:
         """One repetition on ``senders`` workers, ``n`` messages each (``kind``:
         ``pipelined`` or ``sequential``). Returns msgs/s over all of them, and the
@@ -385,6 +405,8 @@ class Cluster:
             "n": n,
             "window": window,
             "size": size,
+            "json": json,
+            "compress_above": compress_above,
             "store": store,
             "checkpoints": checkpoints,
             "watch": {k: v for k, v in self.pids.items()},
