@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, Unpack, overload
 
 from google.protobuf.message import Message
@@ -151,6 +151,23 @@ class BlockingEndpoint:
         """Blocking :meth:`Endpoint.publish`."""
         _refuse_in_loop("publish")
         return self._thread.run(self._ep.publish(event, **options))
+
+    def send_many(
+        self, msgs: Iterable[Message | Untyped], **options: Unpack[SendOptions]
+    ) -> list[DeliveryReport]:
+        """Blocking :meth:`Endpoint.send_many`: many commands, one admission and (with a
+        store) one commit; their reports in order."""
+        _refuse_in_loop("send_many")
+        group = list(msgs)  # iterated here, not on the loop's thread
+        return self._thread.run(self._ep.send_many(group, **options))
+
+    def publish_many(
+        self, events: Iterable[Message | Untyped], **options: Unpack[PublishOptions]
+    ) -> list[DeliveryReport]:
+        """Blocking :meth:`Endpoint.publish_many`."""
+        _refuse_in_loop("publish_many")
+        group = list(events)
+        return self._thread.run(self._ep.publish_many(group, **options))
 
     def request(self, msg: Message, response_type: type[R], **options: Unpack[RequestOptions]) -> R:
         """Blocking :meth:`Endpoint.request`."""

@@ -322,7 +322,46 @@ class Durable:
         of work and is tracked after that commits. (The send awaits the batch itself:
         a coroutine here per message was one more object per waiting send for the
         garbage collector to walk, and one more frame to resume.)"""
+        row = self._row(report, frame, destination, kind, request, pol, now_ns / 1e9)
+        unit = CURRENT.get()
+        if unit is not None and unit.owner is self._hooks and unit.open and not request:
+            unit.add_send(Deferred(row, report, destination, kind, pol))
+            return None
+        return self.store.put_outbox(row)
+
+    def stage_group(
+        self,
+        reports: list[DeliveryReport],
+        frames: list[bytes],
+        resolved: list[tuple[str, bytes, bool, Policy, int, str | None, str]],
+        kind: int,
+        now_ns: int,
+    ) -> Batch | None:
+        """:meth:`stage` for ``send_many``'s group (``resolved``: each message's
+        ``_resolve``, its policy at 3, its destination at 6): all its outbox rows in
+        one operation of one batch, or all in the running handler's unit."""
         created = now_ns / 1e9
+        rows = [
+            self._row(report, frame, r[6], kind, False, r[3], created)
+            for report, frame, r in zip(reports, frames, resolved, strict=True)
+        ]
+        unit = CURRENT.get()
+        if unit is not None and unit.owner is self._hooks and unit.open:
+            for report, row, r in zip(reports, rows, resolved, strict=True):
+                unit.add_send(Deferred(row, report, r[6], kind, r[3]))
+            return None
+        return self.store.put_outboxes(rows)
+
+    def _row(
+        self,
+        report: DeliveryReport,
+        frame: bytes,
+        destination: str,
+        kind: int,
+        request: bool,
+        pol: Policy,
+        created: float,
+    ) -> OutboxRow:
         if pol is self._last_policy:  # nearly always: one Policy object per message type
             text = self._last_json
         else:
@@ -330,7 +369,7 @@ class Durable:
             self._last_policy = pol
         # tuple.__new__: a NamedTuple's own __new__ is a Python function, and this
         # runs once per durable message.
-        row = tuple.__new__(
+        return tuple.__new__(
             OutboxRow,
             (
                 report.message_id,
@@ -344,11 +383,6 @@ class Durable:
                 frame,
             ),
         )
-        unit = CURRENT.get()
-        if unit is not None and unit.owner is self._hooks and unit.open and not request:
-            unit.add_send(Deferred(row, report, destination, kind, pol))
-            return None
-        return self.store.put_outbox(row)
 
     def committed(self, batch: Batch, report: DeliveryReport) -> None:
         """The send's batch is done: raise if it failed, or if the endpoint closed

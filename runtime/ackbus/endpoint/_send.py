@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from google.protobuf.message import Message
@@ -226,32 +226,9 @@ class Sending(EndpointBase):
             await self._start_within(timeout)  # the first send starts it (ConnectTimeout)
         loop = self._loop
         assert loop is not None
-        if isinstance(msg, Untyped):
-            msg_type, body, json_body, pol = self._untyped(msg, policy)
-        else:
-            msg_type, body, json_body = msg.DESCRIPTOR.full_name, msg.SerializeToString(), False
-            if policy is not None:  # generated clients pass their type's policy
-                pol = policy
-            else:
-                spec = self.registry.for_class(type(msg))
-                pol = spec.policy if spec is not None else self.policy
-        if timeout is not None:
-            if not timeout > 0:
-                raise ValueError(f"timeout must be > 0, got {timeout}")
-            if timeout < pol.life:  # else the copy would equal pol
-                pol = capped(pol, timeout)
-        if priority is not None and priority != pol.priority:
-            pol = pol.with_(priority=priority)
-        hashed = 0
-        if key is not None:
-            hashed = key_hash(key)
-        elif pol.ordering_key:
-            hashed = key_hash(ordering_key_of(msg, pol.ordering_key))
-        if kind == KIND_COMMAND and not isinstance(msg, Untyped):
-            method = self._method_of(msg, method)
-        elif method:
-            raise ValueError(f"method= names a command's rpc; {msg_type} is sent by type")
-        destination = to or method or msg_type
+        msg_type, body, json_body, pol, hashed, method, destination = self._resolve(
+            msg, kind, timeout, to, priority, policy, key, method
+        )
         lines = self._window_waiters
         durable = self._durable
         waited = destination in lines.lines or (
@@ -289,52 +266,25 @@ class Sending(EndpointBase):
             now = loop.time()
             mid = self._ids.next()
             now_ns = int((now + self._wall_offset) * 1e9)
-            if isinstance(msg, Untyped):  # no descriptor of its own: no fingerprint
-                if headers or json_body:
-                    envelope = self._envelope_with(headers or {}, json_body)
-                else:
-                    envelope = self._envelope
-            else:
-                envelope = self._fp_envelopes.get(msg_type) or self._fp_envelope(msg)
-                if headers:
-                    fp = {FP_HEADER: self._fingerprints[msg_type].hex()}
-                    envelope = self._envelope_with({**headers, **fp}, False)
-            flags = FLAG_REQUEST if request else 0
-            if method:
-                envelope = method_prefix(method) + envelope
-            if hashed:
-                envelope = keyed_envelope(hashed, envelope)
-                flags |= FLAG_KEYED
-            type_name = self._type_names.get(msg_type)
-            if type_name is None:
-                if len(self._type_names) >= ENVELOPE_CACHE:
-                    self._type_names.clear()
-                type_name = self._type_names[msg_type] = check_name(msg_type, "type name")
-            if pol.compress_above and len(body) >= pol.compress_above:
-                body, zipped = self._compressed(body)
-                if zipped:
-                    flags |= FLAG_ZSTD
-            # A big body travels as a frame of its own, never copied on this side (a
-            # durable one is written whole by the store: it stays in its item).
-            split = len(body) >= BODY_FRAME_FROM and durable is None
-            frame = pack_item(
-                mid,
-                type_name,
-                check_name(to, "recipient") if to else b"",
-                envelope,
+            frame, split = self._pack(
+                msg,
+                msg_type,
+                json_body,
                 body,
+                pol,
+                hashed,
+                method,
+                to,
+                headers,
                 kind,
-                1,
-                pol.priority,
-                flags,
+                request,
+                mid,
                 now_ns,
-                now_ns,
-                now_ns + int(pol.life * 1e9),
-                split,
+                durable is None,
             )
             report = DeliveryReport(mid, msg_type)
-            if split:
-                report._body = body
+            if split is not None:
+                report._body = split
             if durable is not None:
                 # On disk before send returns; inside a handler, with the handler's commit.
                 batch = durable.stage(report, frame, destination, kind, request, pol, now_ns)
@@ -360,6 +310,313 @@ class Sending(EndpointBase):
             if not report.done:  # pragma: no cover - would be a tracker bug
                 self._proto.cancel(mid, loop.time(), "the tracker never settled it")
         return report
+
+    def _resolve(
+        self,
+        msg: Message | Untyped,
+        kind: int,
+        timeout: float | None,
+        to: str | None,
+        priority: int | None,
+        policy: Policy | None,
+        key: str | bytes | int | None,
+        method: str | None,
+    ) -> tuple[str, bytes, bool, Policy, int, str | None, str]:
+        """What a message is sent as, before it waits for room: (type name, body,
+        JSON body?, policy, ordering key's hash, rpc, destination). Raises for a
+        message that cannot be sent (a bad timeout, an ambiguous or wrong rpc)."""
+        if isinstance(msg, Untyped):
+            msg_type, body, json_body, pol = self._untyped(msg, policy)
+        else:
+            msg_type, body, json_body = msg.DESCRIPTOR.full_name, msg.SerializeToString(), False
+            if policy is not None:  # generated clients pass their type's policy
+                pol = policy
+            else:
+                spec = self.registry.for_class(type(msg))
+                pol = spec.policy if spec is not None else self.policy
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError(f"timeout must be > 0, got {timeout}")
+            if timeout < pol.life:  # else the copy would equal pol
+                pol = capped(pol, timeout)
+        if priority is not None and priority != pol.priority:
+            pol = pol.with_(priority=priority)
+        hashed = 0
+        if key is not None:
+            hashed = key_hash(key)
+        elif pol.ordering_key:
+            hashed = key_hash(ordering_key_of(msg, pol.ordering_key))
+        if kind == KIND_COMMAND and not isinstance(msg, Untyped):
+            method = self._method_of(msg, method)
+        elif method:
+            raise ValueError(f"method= names a command's rpc; {msg_type} is sent by type")
+        return msg_type, body, json_body, pol, hashed, method, to or method or msg_type
+
+    def _pack(
+        self,
+        msg: Message | Untyped,
+        msg_type: str,
+        json_body: bool,
+        body: bytes,
+        pol: Policy,
+        hashed: int,
+        method: str | None,
+        to: str | None,
+        headers: Mapping[str, str] | None,
+        kind: int,
+        request: bool,
+        mid: bytes,
+        now_ns: int,
+        may_split: bool,
+    ) -> tuple[bytes, bytes | None]:
+        """The message's frame (attempt 1), created at ``now_ns`` (Unix ns), and its
+        body where it travels as a frame of its own (only if ``may_split``: a durable
+        body is written whole by the store, so it stays in its item), else ``None``."""
+        if isinstance(msg, Untyped):  # no descriptor of its own: no fingerprint
+            if headers or json_body:
+                envelope = self._envelope_with(headers or {}, json_body)
+            else:
+                envelope = self._envelope
+        else:
+            envelope = self._fp_envelopes.get(msg_type) or self._fp_envelope(msg)
+            if headers:
+                fp = {FP_HEADER: self._fingerprints[msg_type].hex()}
+                envelope = self._envelope_with({**headers, **fp}, False)
+        flags = FLAG_REQUEST if request else 0
+        if method:
+            envelope = method_prefix(method) + envelope
+        if hashed:
+            envelope = keyed_envelope(hashed, envelope)
+            flags |= FLAG_KEYED
+        type_name = self._type_names.get(msg_type)
+        if type_name is None:
+            if len(self._type_names) >= ENVELOPE_CACHE:
+                self._type_names.clear()
+            type_name = self._type_names[msg_type] = check_name(msg_type, "type name")
+        if pol.compress_above and len(body) >= pol.compress_above:
+            body, zipped = self._compressed(body)
+            if zipped:
+                flags |= FLAG_ZSTD
+        # A big body travels as a frame of its own, never copied on this side.
+        split = may_split and len(body) >= BODY_FRAME_FROM
+        frame = pack_item(
+            mid,
+            type_name,
+            check_name(to, "recipient") if to else b"",
+            envelope,
+            body,
+            kind,
+            1,
+            pol.priority,
+            flags,
+            now_ns,
+            now_ns,
+            now_ns + int(pol.life * 1e9),
+            split,
+        )
+        return frame, body if split else None
+
+    # ------------------------------------------------------------------ groups
+
+    async def send_many(
+        self,
+        msgs: Iterable[Message | Untyped],
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        to: str | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+        key: str | bytes | int | None = None,
+        method: str | None = None,
+    ) -> list[DeliveryReport]:
+        """Send many commands as one group; their reports, in order.
+
+        The group is accepted as one: every message is checked and framed first (an
+        error in any, such as :class:`AmbiguousMethod`, raises before any is sent), it
+        waits once for room in the window, and with a store all its outbox rows commit
+        in **one** transaction before this returns (a failed commit raises
+        :class:`StoreError` and none of them is sent; inside a handler they join its
+        unit, as :meth:`send` does). The options apply to every message, as
+        :meth:`send`'s. With ``wait_ack`` (the default) return once every message was
+        acked or failed, each report saying which: a failed delivery does not raise.
+        Without, return at once with pending reports.
+        """
+        return await self._send_group(
+            msgs, KIND_COMMAND, wait_ack, timeout, to, priority, headers, policy, key, method
+        )
+
+    async def publish_many(
+        self,
+        events: Iterable[Message | Untyped],
+        *,
+        wait_ack: bool = True,
+        timeout: float | None = None,
+        priority: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        policy: Policy | None = None,
+        key: str | bytes | int | None = None,
+    ) -> list[DeliveryReport]:
+        """Publish many events as one group: :meth:`send_many` for :meth:`publish`."""
+        return await self._send_group(
+            events, KIND_EVENT, wait_ack, timeout, None, priority, headers, policy, key, None
+        )
+
+    async def _send_group(
+        self,
+        msgs: Iterable[Message | Untyped],
+        kind: int,
+        wait_ack: bool,
+        timeout: float | None,
+        to: str | None,
+        priority: int | None,
+        headers: Mapping[str, str] | None,
+        policy: Policy | None,
+        key: str | bytes | int | None,
+        method: str | None,
+    ) -> list[DeliveryReport]:
+        group = list(msgs)
+        if not group:
+            return []
+        if self._send_through is not None:
+            # Through the middleware, message by message (each sees its own Outgoing);
+            # staged in one loop iteration, their rows still commit together.
+            through: Literal["command", "event"] = "command" if kind == KIND_COMMAND else "event"
+            sent = await asyncio.gather(
+                *(
+                    self._through(
+                        m,
+                        through,
+                        False,
+                        False,
+                        timeout,
+                        to,
+                        priority,
+                        headers,
+                        policy,
+                        key,
+                        method,
+                    )
+                    for m in group
+                )
+            )
+            reports = list(sent)
+            if wait_ack:
+                await _settled(reports)
+            return reports
+        if self._closed or not self._started:
+            if self._closed:
+                raise ClosedError(f"{self.identity}: endpoint is closed")
+            await self._start_within(timeout)
+        loop = self._loop
+        assert loop is not None
+        resolved = [
+            self._resolve(m, kind, timeout, to, priority, policy, key, method) for m in group
+        ]
+        # One admission for the group: for each destination it goes to, wait (once)
+        # until that destination's window is not full and nothing queues for it. The
+        # messages beyond the window's room are queued by the tracker, which transmits
+        # them as slots free: a group never puts more than its own size past the window.
+        lines = self._window_waiters
+        tracker = self._tracker
+        window = self._window
+        waited: list[str] = []
+        for destination in dict.fromkeys(r[6] for r in resolved):
+            if not (
+                destination in lines.lines
+                or tracker.in_flight(destination) + tracker.queued(destination) >= window
+            ):
+                continue
+            self.window_waits += 1
+            deadline = loop.time() + min(r[3].life for r in resolved)
+            place = None
+            while True:
+                fut, place = lines.enter(
+                    destination, deadline, loop, priority=resolved[0][3].priority, place=place
+                )
+                try:
+                    await fut
+                except BaseException:
+                    lines.leave(destination, fut)
+                    for d in waited:
+                        lines.admit(d)
+                    raise
+                if tracker.in_flight(destination) + tracker.queued(destination) < window:
+                    break
+            waited.append(destination)
+        try:
+            reports, joined = await self._commit_group(group, resolved, kind, to, headers)
+        except BaseException:
+            for d in waited:
+                lines.admit(d)  # our turn in line goes to the next one
+            raise
+        if wait_ack and not joined:  # a handler's unit: they leave after its commit
+            await _settled(reports, max(r[3].life for r in resolved) + 1.0)
+        return reports
+
+    async def _commit_group(
+        self,
+        group: list[Message | Untyped],
+        resolved: list[tuple[str, bytes, bool, Policy, int, str | None, str]],
+        kind: int,
+        to: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[list[DeliveryReport], bool]:
+        """Frame an admitted group, commit its outbox rows (one transaction) and track
+        it: its reports, pending, and whether it joined the running handler's unit
+        instead (then it is tracked after that commits)."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        now_ns = int((now + self._wall_offset) * 1e9)
+        ids = self._ids
+        reports: list[DeliveryReport] = []
+        frames: list[bytes] = []
+        durable = self._durable
+        for m, (msg_type, body, json_body, pol, hashed, meth, _) in zip(
+            group, resolved, strict=True
+        ):
+            mid = ids.next()
+            frame, split = self._pack(
+                m,
+                msg_type,
+                json_body,
+                body,
+                pol,
+                hashed,
+                meth,
+                to,
+                headers,
+                kind,
+                False,
+                mid,
+                now_ns,
+                durable is None,
+            )
+            frames.append(frame)
+            report = DeliveryReport(mid, msg_type)
+            if split is not None:
+                report._body = split
+            reports.append(report)
+        if durable is None:
+            for report, frame, r in zip(reports, frames, resolved, strict=True):
+                self._track(report, frame, r[6], kind, r[3], now)
+            return reports, False
+        batch = durable.stage_group(reports, frames, resolved, kind, now_ns)
+        if batch is None:  # inside a handler: they commit with its unit
+            return reports, True
+        try:
+            await batch.waiter()
+        except asyncio.CancelledError:
+            for report, frame, r in zip(reports, frames, resolved, strict=True):
+                durable.cancelled(batch, report, frame, r[6], kind, r[3])
+            raise
+        durable.committed(batch, reports[0])
+        now = loop.time()
+        for report, frame, r in zip(reports, frames, resolved, strict=True):
+            durable.track(report, frame, r[6], kind, r[3], now)
+        return reports, False
 
     def _track(
         self,
@@ -484,3 +741,12 @@ class Sending(EndpointBase):
                 waiting.admit(c.destination)
                 if not waiting:  # the last line emptied: the rest would find no one
                     break
+
+
+async def _settled(reports: list[DeliveryReport], timeout: float | None = None) -> None:
+    """Until every report settled: one wait at a time, so a group has at most one
+    waiting future. (The tracker settles each by its deadline; ``timeout``, the
+    longest life and a second, only guards against a bug leaving a wait open.)"""
+    for report in reports:
+        if not report.done:
+            await report.wait(timeout)

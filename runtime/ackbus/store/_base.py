@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..errors import StoreError
 from ._writer import Batch
 
 if TYPE_CHECKING:
@@ -183,6 +184,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def put_outbox(self, row: OutboxRow) -> Batch: ...
+
+    def put_outboxes(self, rows: list[OutboxRow]) -> Batch:
+        """:meth:`put_outbox` for each of ``rows`` (``send_many``'s group), all in the
+        one batch returned: they commit in one transaction or not at all. This default
+        holds for a store whose batches are taken on the loop's thread (a writer on the
+        loop, as PostgreSQL's); a store whose writer thread may take the open batch
+        between two calls puts the rows in one operation instead (SQLite's)."""
+        batches = {id(b): b for b in (self.put_outbox(row) for row in rows)}
+        if len(batches) != 1:  # pragma: no cover - a store breaking the rule above
+            raise StoreError(f"{self.location}: a group's rows went into several batches")
+        return next(iter(batches.values()))
 
     @abc.abstractmethod
     def put_inbox(self, record: InboxRecord) -> Batch: ...

@@ -29,7 +29,7 @@ from ..core import Outcome
 from ..errors import StoreError
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching, parse_seconds
 from ._rows import dead_letter, inbox_record, outbox_row
-from ._writer import Batch, GroupWriter, Op, each_value, rows_statement
+from ._writer import Batch, GroupWriter, Op, each_row, each_value, rows_statement
 
 if TYPE_CHECKING:
     from ._unit import Transaction
@@ -310,6 +310,11 @@ class SqliteStore(Store):
 
     def put_outbox(self, row: OutboxRow) -> Batch:
         return self._add((INSERT_OUTBOX, row))
+
+    def put_outboxes(self, rows: list[OutboxRow]) -> Batch:
+        """All ``rows`` in one operation (multi-row inserts), so the writer thread
+        cannot take the batch half-way through them."""
+        return self._add(each_row(INSERT_OUTBOX, rows))
 
     def put_inbox(self, record: InboxRecord) -> Batch:
         if record.outcome == Outcome.OK and not (

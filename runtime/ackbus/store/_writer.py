@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import StoreError
 
-__all__ = ["Batch", "GroupWriter", "Op", "each_value", "rows_statement"]
+__all__ = ["Batch", "GroupWriter", "Op", "each_row", "each_value", "rows_statement"]
 
 log = logging.getLogger("ackbus.store")
 
@@ -303,7 +303,16 @@ def _each_value(sql: str, values: list[Any], conn: sqlite3.Connection) -> None:
     _many(conn, sql, values, flat=True)
 
 
-def _many(conn: sqlite3.Connection, sql: str, params: list[Any], *, flat: bool = False) -> None:
+def each_row(sql: str, rows: Sequence[Sequence[Any]]) -> Op:
+    """One operation that runs ``sql``, a statement registered with
+    :func:`rows_statement`, for each of ``rows`` (parameter sets) in order: a group's
+    outbox rows, as multi-row statements, in one operation of one batch."""
+    if sql not in _ROWS:
+        raise ValueError(f"each_row needs a statement registered with rows_statement: {sql!r}")
+    return functools.partial(_many, sql=sql, params=rows)
+
+
+def _many(conn: sqlite3.Connection, sql: str, params: Sequence[Any], *, flat: bool = False) -> None:
     """Run a registered single-row statement for every parameter set, in order, in
     statements of up to a power-of-two number of rows (few distinct texts, all cached
     by sqlite3's statement cache). ``flat``: ``params`` holds the values themselves,
