@@ -447,12 +447,17 @@ def table(result: dict[str, Any]) -> str:
         sc = result["scale"]
         few, many = sc["instances"]
         storm = sc["storm"]
+        by_thread = ", ".join(
+            f"{name} {pct:.1f} %"
+            for name, pct in sorted(sc.get("hub_idle_cpu_pct_by_thread", {}).items())
+        )
         lines += [
             "",
             f"Scale: the hub with {few:,} and {many:,} idle instances of 50 services: RSS "
             f"{sc['hub_rss_mib'][0]} and {sc['hub_rss_mib'][1]} MiB "
             f"({sc['hub_kib_per_instance']} KiB per instance); idle, their heartbeats cost it "
-            f"{sc['hub_idle_cpu_pct'][0]} % and {sc['hub_idle_cpu_pct'][1]} % of one core. "
+            f"{sc['hub_idle_cpu_pct'][0]} % and {sc['hub_idle_cpu_pct'][1]} % of one core"
+            f"{f' ({by_thread})' if by_thread else ''}. "
             f"Hub killed -9 and restarted with {storm['instances']:,} instances and a sender "
             f"pipelining {storm['sent']:,} messages: every instance registered again "
             f"{storm['settled_s']:.2f} s after the restart; {storm['failed']} messages failed.",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -23,7 +24,6 @@ from typing import Any
 from ackbus import Context, Policy
 from ackbus.endpoint import Endpoint
 
-from .ab import cpu_seconds
 from .cluster import Cluster, Setup, _recv, proc_figures
 
 _POLICY = Policy(ack_timeout=5.0, deadline=120.0)
@@ -146,9 +146,33 @@ class Fleet:
 def idle_hub(hub_pid: int, seconds: float) -> float:
     """The hub's CPU use, % of one core, over ``seconds`` with no message traffic: what
     its connected instances' heartbeats (and its own to them) cost."""
-    before, t0 = cpu_seconds(hub_pid), time.monotonic()
+    return sum(idle_threads(hub_pid, seconds).values())
+
+
+def idle_threads(hub_pid: int, seconds: float) -> dict[str, float]:
+    """:func:`idle_hub` per kind of thread (its name: ``python`` for the event loop,
+    ``ZMQbg/IO/0`` for libzmq's I/O thread, ...), % of one core each."""
+    before, t0 = _thread_cpu(hub_pid), time.monotonic()
     time.sleep(seconds)
-    return 100 * (cpu_seconds(hub_pid) - before) / (time.monotonic() - t0)
+    after, elapsed = _thread_cpu(hub_pid), time.monotonic() - t0
+    out: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        out[name] = out.get(name, 0.0) + 100 * used / elapsed
+    return out
+
+
+def _thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
+    """Each thread's name and user + system CPU seconds, from ``/proc/PID/task``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+            fields = tail.split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out[tid] = (head.split("(", 1)[1], cpu)
+    return out
 
 
 def storm(cluster: Any, n: int) -> dict[str, Any]:
@@ -179,14 +203,16 @@ def figures(few: Any, many: Any, idle_seconds: float, storm_n: int) -> dict[str,
     n_few, n_many = few.fleet.instances, many.fleet.instances
     rss_few = proc_figures(few.pids["hub"])["rss_mib"] * 1024
     rss_many = proc_figures(many.pids["hub"])["rss_mib"] * 1024
+    threads = idle_threads(many.pids["hub"], idle_seconds)
     return {
         "instances": [n_few, n_many],
         "hub_rss_mib": [round(rss_few / 1024, 1), round(rss_many / 1024, 1)],
         "hub_kib_per_instance": round((rss_many - rss_few) / max(1, n_many - n_few), 1),
         "hub_idle_cpu_pct": [
             round(idle_hub(few.pids["hub"], idle_seconds), 2),
-            round(idle_hub(many.pids["hub"], idle_seconds), 2),
+            round(sum(threads.values()), 2),
         ],
+        "hub_idle_cpu_pct_by_thread": {k: round(v, 2) for k, v in threads.items() if v},
         "storm": storm(many, storm_n),
     }
 
@@ -203,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=1500)
     parser.add_argument("--pipelined", type=int, default=20000)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU")
+    parser.add_argument(
+        "--hub-only", action="store_true", help="no rows: idle CPU and the HELLO storm only"
+    )
     args = parser.parse_args(argv)
+    if args.hub_only:
+        args.reps = 0
     out: dict[str, Any] = {}
     with Cluster(setup=Setup(idle=args.few)) as few, Cluster(setup=Setup(idle=args.many)) as many:
         for rep in range(args.reps):
@@ -215,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         {k: round(v, 1) for k, v in r.items() if k in ("msgs_per_s", "p50_us")}
                     )
                     print(f"rep {rep + 1}: {key}: {out[key][-1]}", flush=True)
-        scale = figures(few, many, 10.0, args.pipelined)
+        scale = figures(few, many, args.idle, args.pipelined)
     print(json.dumps({"rows": out, "scale": scale}, indent=2))
     return 0
 

@@ -35,6 +35,7 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import math
 import os
 import resource
 import uuid
@@ -699,7 +700,13 @@ class Hub:
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
-            self._timer.at(self._proto.next_deadline())
+            when = self._proto.next_deadline()
+            if when is not None:
+                # Up to the next slot: the heartbeats of a thousand peers, each due at
+                # its own instant, go out in HEARTBEAT_SLOTS wake-ups per interval.
+                slot = self._proto.heartbeat / HEARTBEAT_SLOTS
+                when = max(when, math.ceil(when / slot) * slot)
+            self._timer.at(when)
 
     def _tick(self) -> None:
         assert self._loop is not None
@@ -714,6 +721,12 @@ class Hub:
         self._arm_timer()
 
 
+HEARTBEAT_SLOTS = 20
+"""The hub's timer wakes at most this many times per heartbeat interval (every 50 ms at
+the default 1 s): what falls due between two slots waits for the next one, so a thousand
+peers' heartbeats cost twenty wake-ups, not a thousand. Nothing on a message's path waits
+on this timer (the hub forwards as it reads); held-message notices and sweeps, which do,
+are per interval anyway."""
 HANDSHAKE_MS = 5000
 """A hub drops a connection that has not completed ZeroMQ's handshake after this long."""
 TRIM_EVERY = 10.0

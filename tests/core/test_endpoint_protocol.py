@@ -374,6 +374,32 @@ def test_a_silent_hub_is_greeted_again() -> None:
     assert not proto.welcomed(0)
 
 
+def test_the_hubs_heartbeat_is_answered_at_once_in_its_stead() -> None:
+    proto, io = make(hubs=2)
+    proto.begin_batch(1, 0.7)
+    proto.on_heartbeat(1, 0.7)
+    proto.end_batch()
+    assert io.take() == [("heartbeat", 1)]  # at once, to that hub only
+    proto.on_heartbeat(1, 0.8)
+    assert io.take() == []  # answered already
+    proto.tick(1.0)  # hub 0's heartbeat is due from our timer; hub 1's is not
+    assert io.take() == [("heartbeat", 0)]
+
+
+def test_no_heartbeat_goes_to_a_hub_that_has_not_welcomed_us() -> None:
+    # It would refuse it ("heartbeat before HELLO"): after a hub restarts, a thousand
+    # instances' heartbeats were a thousand refusals and log lines. HELLO is due instead.
+    proto, io = make(hubs=1, hello_retry=5.0)
+    proto.connected(0, 0.5, up=False)
+    proto.connected(0, 0.6)  # a new connection: HELLO, no WELCOME yet
+    assert io.take() == [("hello", 0)]
+    proto.tick(1.0)  # our heartbeat to it is due
+    assert io.take() == []
+    proto.on_welcome(0, 1000, 1.1)
+    proto.tick(2.1)
+    assert io.take() == [("heartbeat", 0)]
+
+
 def test_waking_from_a_stalled_loop_is_not_a_silent_hub() -> None:
     """Our loop stalled 10 s (an async handler blocked it): the hub's heartbeats wait
     unread in the socket. The late check is put off until they are read."""

@@ -47,6 +47,36 @@ def test_traffic_replaces_heartbeats() -> None:
     assert live.is_alive("p")
 
 
+def test_a_heartbeat_is_answered_once_per_half_interval() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    assert not live.answer("p", 0.0)  # not watched: nothing to answer
+    live.add("p", 0.0)
+    assert not live.answer("p", 0.2)  # we were heard from (added) 0.2 s ago
+    assert live.answer("p", 0.6)
+    assert not live.answer("p", 0.7)  # two sides that both answer stop here
+    assert live.answer("p", 1.6)
+
+
+def test_answers_stand_in_for_our_own_heartbeats_until_the_peer_stops() -> None:
+    live: Liveness[str] = Liveness(interval=1.0, misses=3)
+    live.add("p", 0.0)
+    t = 0.6
+    assert live.answer("p", t)  # the peer's first heartbeat
+    actions = []
+    for _ in range(10):  # then one every interval, each a little late
+        t += 1.02
+        actions += live.tick(t - 0.01)  # just before it arrives: our timer keeps quiet
+        live.seen("p", t)
+        assert live.answer("p", t)
+        actions += live.tick(t)
+    assert actions == []  # every heartbeat we sent was an answer
+    # The peer falls silent: our own timer sends again, 1.5 intervals after the answer.
+    assert live.tick(t + 1.49) == []
+    assert live.tick(t + 1.5) == [SendHeartbeat("p")]
+    assert live.tick(t + 2.5) == [SendHeartbeat("p")]  # and every interval after it
+    assert [type(a) for a in live.tick(t + 3.0)] == [PeerDead]
+
+
 def test_each_peer_uses_its_negotiated_interval() -> None:
     live: Liveness[bytes] = Liveness(interval=1.0, misses=2)
     live.add(b"fast", 0.0)

@@ -162,6 +162,36 @@ async def test_a_link_gives_up_a_hanging_connect_and_dials_again() -> None:
         custom.close()
 
 
+async def test_a_listener_asks_the_kernel_for_a_deep_accept_queue() -> None:
+    # A thousand instances reconnecting after a hub restart: with libzmq's backlog of
+    # 100 the kernel drops SYNs, and those peers wait out TCP's retransmission backoff.
+    backend = ZmqBackend()
+    listener = backend.bind("tcp://127.0.0.1:0", on_receive=lambda batch: None)
+    small = backend.bind(
+        "tcp://127.0.0.1:0", on_receive=lambda batch: None, options=TransportOptions(backlog=64)
+    )
+    try:
+        queues = {}
+        for each in (listener, small):
+            port = each.addresses[0].rsplit(":", 1)[1]
+            # For a listening socket, ss's Send-Q column is the backlog the kernel uses.
+            ss = await asyncio.create_subprocess_exec(
+                "ss", "-Hltn", f"sport = :{port}", stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await asyncio.wait_for(ss.communicate(), T)
+            queues[each] = int(out.split()[2])
+        assert queues[listener] == min(1024, _somaxconn())
+        assert queues[small] == 64
+    finally:
+        listener.close()
+        small.close()
+
+
+def _somaxconn() -> int:
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
+
+
 @pytest.mark.parametrize(
     ("event", "curve", "says"),
     [

@@ -529,6 +529,13 @@ class EndpointProtocol:
 
     # ------------------------------------------------------------------ receiving
 
+    def on_heartbeat(self, hub: int, now: float) -> None:
+        """A heartbeat from ``hub``: answered at once, in place of our own timer's
+        (:meth:`Liveness.answer`), so a hub's heartbeats and their answers share its
+        wake-ups."""
+        if self.liveness.answer(hub, now):
+            self.io.send_heartbeat(hub)
+
     def begin_batch(self, hub: int, now: float) -> None:
         """A batch of input from ``hub`` arrives at ``now``."""
         self.liveness.seen(hub, now)
@@ -831,7 +838,8 @@ class EndpointProtocol:
                 self._settle(action)
         for lv in self.liveness.tick(now):
             if isinstance(lv, SendHeartbeat):
-                io.send_heartbeat(lv.peer)
+                if self._hubs[lv.peer].welcomed:  # else it refuses it; HELLO is due
+                    io.send_heartbeat(lv.peer)
             elif isinstance(lv, PeerDead):
                 io.hub_silent(lv.peer, lv.silence)
                 self._hubs[lv.peer].unwelcome(f"silent for {lv.silence:.1f} s")

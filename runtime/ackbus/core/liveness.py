@@ -62,7 +62,7 @@ _SEND, _CHECK = 0, 1
 
 
 class _Peer:
-    __slots__ = ("interval", "last_seen", "last_sent", "misses", "put_off")
+    __slots__ = ("answering", "interval", "last_seen", "last_sent", "misses", "put_off")
 
     def __init__(self, interval: float, misses: int, now: float) -> None:
         self.interval = interval
@@ -71,6 +71,8 @@ class _Peer:
         self.last_sent = now
         self.put_off: float | None = None
         """``last_seen`` when a late death check was last put off (None: not put off)."""
+        self.answering = False
+        """The last heartbeat we sent answered the peer's (:meth:`Liveness.answer`)."""
 
 
 class Liveness(Generic[K]):
@@ -110,6 +112,24 @@ class Liveness(Generic[K]):
         if state is not None:
             state.last_sent = now
 
+    def answer(self, peer: K, now: float) -> bool:
+        """A heartbeat from ``peer`` arrived: whether to send ours now, in answer.
+
+        A hub with a thousand peers sends its heartbeats in a few wake-ups per interval;
+        peers that answer at once send theirs back in the same few, where each one's own
+        timer would wake the hub at a moment of its own. An answer is this interval's
+        heartbeat: our own timer then waits half an interval more, so the peer's next
+        heartbeat, not our timer, is what sends the next one, and only a peer that stopped
+        sending (to be declared dead) hears from our timer again. At most one answer per
+        half interval, so two sides that both answer cannot play ping-pong.
+        """
+        state = self._peers.get(peer)
+        if state is None or now - state.last_sent < 0.5 * state.interval:
+            return False
+        state.last_sent = now
+        state.answering = True
+        return True
+
     def is_alive(self, peer: K) -> bool:
         return peer in self._peers
 
@@ -144,10 +164,11 @@ class Liveness(Generic[K]):
             if self._peers.get(peer) is not state:
                 continue  # removed, or re-added with fresh timers
             if kind == _SEND:
-                due = state.last_sent + state.interval
+                due = state.last_sent + state.interval * (1.5 if state.answering else 1.0)
                 if due <= now:
                     out.append(SendHeartbeat(peer))
                     state.last_sent = now
+                    state.answering = False
                     due = now + state.interval
                 self._push(due, _SEND, peer, state)
             else:

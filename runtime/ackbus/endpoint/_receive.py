@@ -106,6 +106,7 @@ class Receiving(EndpointBase):
                 proto.on_routed(entry.message_id, entry.targets, now, entry.implements)
         elif cmd is Command.HEARTBEAT:
             decode_heartbeat(frames)
+            proto.on_heartbeat(hub.index, now)
         elif cmd is Command.WELCOME:
             welcome = decode_welcome(frames, self.limits)
             outbox = hub.link.outbox

@@ -81,6 +81,12 @@ class TransportOptions:
     up and dialled again (after ``reconnect_ivl_ms``). Without it a connect begun while
     the path was down waits on the kernel's SYN retransmissions (1, 2, 4, 8 ... s) well
     after the path is back. 0: the kernel's own timeout."""
+    backlog: int = 1024
+    """ZMQ_BACKLOG, for a listener: connections the kernel completes and queues before
+    they are accepted (capped by ``net.core.somaxconn``, 4096 on current kernels).
+    libzmq's default, 100, overflows when a thousand peers reconnect at once after a
+    hub restart: the kernel drops their SYNs, and each waits out TCP's retransmission
+    backoff (1, 2, 4 ... s) before it can say HELLO again."""
     zmtp_heartbeat_ms: int = 1000
     """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL; ZMQ_HEARTBEAT_TIMEOUT is
     ``zmtp_timeout_ms``), run by libzmq's I/O thread whatever the Python loop does: a

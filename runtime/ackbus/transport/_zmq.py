@@ -457,6 +457,7 @@ class ZmqListener(_Reader, ListenerBase):
         bound = []
         try:
             _configure(sock, options)
+            sock.setsockopt(zmq.BACKLOG, options.backlog)
             if options.on_accept_failed is not None:  # before binding: no failure missed
                 # EVENT_CLOSED too: closing waits on it (_unbind_now), and a socket
                 # has one monitor at most.
