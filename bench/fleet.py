@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hub-only", action="store_true", help="no rows: idle CPU and the HELLO storm only"
     )
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="with --hub-only: seconds before measuring"
+    )
     args = parser.parse_args(argv)
     if args.hub_only:
         args.reps = 0
@@ -247,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         {k: round(v, 1) for k, v in r.items() if k in ("msgs_per_s", "p50_us")}
                     )
                     print(f"rep {rep + 1}: {key}: {out[key][-1]}", flush=True)
+        if args.hub_only:  # the fleet just started: its first heartbeats and retries
+            time.sleep(args.settle)
         scale = figures(few, many, args.idle, args.pipelined)
     print(json.dumps({"rows": out, "scale": scale}, indent=2))
     return 0
