@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ackbus.wire import ID_SIZE, IdSource
+from ackbus.wire import ID_SIZE, IdSource, id_of_order_key, order_key
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def test_ids_are_16_bytes_and_unique_within_and_across_sources() -> None:
@@ -23,3 +25,18 @@ def test_the_sequence_wraps_around_without_an_error() -> None:
     source = IdSource()
     source._next = (1 << 128) - 1
     assert len(source.next()) == ID_SIZE
+
+
+def test_one_sources_ids_have_consecutive_order_keys() -> None:
+    """A store keys its inbox by ``order_key``: one sender's records side by side."""
+    first, second = IdSource(), IdSource()
+    for source in (first, second):
+        keys = [int.from_bytes(order_key(source.next()), "big") for _ in range(1000)]
+        assert [k - keys[0] for k in keys] == list(range(1000))
+
+
+@given(st.binary(min_size=ID_SIZE, max_size=ID_SIZE))
+def test_an_order_key_gives_its_id_back(msg_id: bytes) -> None:
+    key = order_key(msg_id)
+    assert len(key) == ID_SIZE
+    assert id_of_order_key(key) == msg_id

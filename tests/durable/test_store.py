@@ -287,6 +287,70 @@ async def test_inbox_records_read_back_as_written(tmp_path: Path) -> None:
     await store.aclose()
 
 
+async def test_the_inbox_keys_one_senders_records_side_by_side(tmp_path: Path) -> None:
+    """The inbox index holds each id's order key (SCHEMA_VERSION 2): one sender's
+    records get consecutive keys, so inserts fill the index's last page instead of
+    dirtying a random page each; reads give the ids back."""
+    from ackbus.store._sqlite import select_inbox
+    from ackbus.wire import IdSource, order_key
+
+    store = SqliteStore(tmp_path / "s.db")
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    source = IdSource()
+    records = [InboxRecord(source.next(), 1, float(i)) for i in range(50)]
+    records.append(InboxRecord(source.next(), 3, 50.0, b"", "Reject", "no", True))
+    await store.put_inbox(records[0]).wait()
+    for r in records[1:]:
+        batch = store.put_inbox(r)
+    await batch.wait()
+    assert store.inbox_since(0.0) == records
+    await store.aclose()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT id FROM ackbus_inbox ORDER BY rowid")
+        keys = [int.from_bytes(k, "big") for (k,) in rows]
+        assert [k - keys[0] for k in keys] == list(range(51))  # consecutive
+        assert select_inbox(db, records[-1].msg_id) == records[-1]
+        assert select_inbox(db, order_key(records[-1].msg_id)) is None
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+async def test_a_schema_1_store_is_converted_when_opened(tmp_path: Path) -> None:
+    """A store written by an ackbus whose inbox held the ids themselves: opening it
+    rewrites them as order keys, once, and every record reads back as before."""
+    from ackbus.store._sqlite import select_inbox
+    from ackbus.wire import IdSource, id_of_order_key
+
+    path = tmp_path / "old.db"
+    store = SqliteStore(path)
+    store.claim("table", None)
+    store.start(asyncio.get_running_loop())
+    source = IdSource()
+    records = [InboxRecord(source.next(), 1, float(i), b"r" * (i % 2)) for i in range(20)]
+    for r in records:
+        batch = store.put_inbox(r)
+    await batch.wait()
+    await store.aclose()
+    with sqlite3.connect(path) as db:  # as schema 1 had it: the ids themselves
+        db.create_function("plain", 1, id_of_order_key, deterministic=True)
+        db.execute("UPDATE ackbus_inbox SET id = plain(id)")
+        db.execute("PRAGMA user_version=1")
+        assert db.execute("SELECT id FROM ackbus_inbox ORDER BY rowid").fetchone()[0] == (
+            records[0].msg_id
+        )
+    again = SqliteStore(path)
+    again.claim("table", None)
+    assert again.inbox_since(0.0) == records
+    await again.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert select_inbox(db, records[7].msg_id) == records[7]
+    reopened = SqliteStore(path)  # converted once: opening again changes nothing
+    reopened.claim("table", None)
+    assert reopened.inbox_since(0.0) == records
+    await reopened.aclose()
+
+
 def test_an_outbox_rows_policy_keeps_its_subscriber_policies() -> None:
     from ackbus import Kind, Policy, StoreError, SubscriberPolicy
     from ackbus.store._rows import policy_from_json, policy_json

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import Outcome
 from ..errors import StoreError
+from ..wire import id_of_order_key, order_key
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching, parse_seconds
 from ._rows import dead_letter, inbox_record, outbox_row
 from ._writer import Batch, GroupWriter, Op, each_row, each_value, rows_statement
@@ -38,8 +39,10 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
 
 APPLICATION_ID = 0x41434B42
 """``PRAGMA application_id`` of an ackbus database ("ACKB")."""
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version``: the layout of the ``ackbus_*`` tables."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version``: the layout of the ``ackbus_*`` tables. 2: ``ackbus_inbox.id``
+holds ``wire.order_key`` of the message id, so one sender's records are inserted side by
+side in the index (1 held the id itself; a store of schema 1 is converted on opening)."""
 
 _SCHEMA = """
 CREATE TABLE ackbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -176,6 +179,12 @@ class SqliteStore(Store):
             )
         elif version < 1:
             raise StoreError(f"{self.path}: ackbus store with no schema version (damaged)")
+        elif version == 1:  # inbox ids as they came: key them by their order key
+            conn.create_function("ackbus_order_key", 1, _order_key_sql, deterministic=True)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE ackbus_inbox SET id = ackbus_order_key(id)")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":  # pragma: no cover - e.g. a file system without shared memory
             raise StoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
@@ -279,7 +288,7 @@ class SqliteStore(Store):
             "ORDER BY finished_at DESC LIMIT ?) ORDER BY finished_at",
             (since, limit),
         )
-        return [inbox_record(r[1:], f"{self.path}: ackbus_inbox rowid {r[0]}") for r in rows]
+        return [read_inbox(r, f"{self.path}: ") for r in rows]
 
     # -- writing (through the group-commit writer) --------------------------------------
 
@@ -320,8 +329,8 @@ class SqliteStore(Store):
         if record.outcome == Outcome.OK and not (
             record.response or record.error_type or record.error_message or record.error_permanent
         ):
-            return self._add((_INSERT_INBOX_OK, (record.msg_id, record.finished_at)))
-        return self._add((INSERT_INBOX, record))
+            return self._add((_INSERT_INBOX_OK, (order_key(record.msg_id), record.finished_at)))
+        return self._add((INSERT_INBOX, stored_inbox(record)))
 
     def forget_outbox(self, msg_id: bytes) -> None:
         self._add((_DELETE_OUTBOX, (msg_id,)), durable=False)
@@ -425,8 +434,25 @@ def _integrity(conn: sqlite3.Connection, path: Path) -> None:
 
 def select_inbox(conn: sqlite3.Connection, msg_id: bytes) -> InboxRecord | None:
     """The inbox record of ``msg_id`` (:class:`~ackbus.StoreError` if it is damaged)."""
-    row = conn.execute(SELECT_INBOX, (msg_id,)).fetchone()
-    return inbox_record(row[1:], f"ackbus_inbox rowid {row[0]}") if row is not None else None
+    row = conn.execute(SELECT_INBOX, (order_key(msg_id),)).fetchone()
+    return read_inbox(row) if row is not None else None
+
+
+def stored_inbox(record: InboxRecord) -> tuple[object, ...]:
+    """``record`` as an ``ackbus_inbox`` row: its id as its order key (SCHEMA_VERSION)."""
+    return (order_key(record.msg_id), *record[1:])
+
+
+def read_inbox(row: tuple[object, ...], where: str = "") -> InboxRecord:
+    """An ``ackbus_inbox`` row, ``rowid`` first, checked, with its message id back."""
+    record = inbox_record(row[1:], f"{where}ackbus_inbox rowid {row[0]}")
+    return record._replace(msg_id=id_of_order_key(record.msg_id))
+
+
+def _order_key_sql(value: str | bytes | int | float | None) -> str | bytes | int | float | None:
+    """``order_key`` for SQL (the conversion from schema 1): a 16-byte id converted,
+    anything else left for the row's check to report."""
+    return order_key(value) if isinstance(value, bytes) and len(value) == 16 else value
 
 
 def _owner_pid(path: Path) -> str:

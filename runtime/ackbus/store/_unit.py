@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StoreError
 from ._base import InboxRecord, OutboxRow
-from ._sqlite import INSERT_INBOX_STRICT, INSERT_OUTBOX, select_inbox
+from ._sqlite import INSERT_INBOX_STRICT, INSERT_OUTBOX, select_inbox, stored_inbox
 from ._tx import RECORDED, BlockingResult, Params, Recorded, Tx, check_sql
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class Transaction(Tx):
         conn.execute("SAVEPOINT ackbus_unit")
         try:
             if record is not None:  # None: the user's own transaction
-                conn.execute(INSERT_INBOX_STRICT, record)
+                conn.execute(INSERT_INBOX_STRICT, stored_inbox(record))
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO ackbus_unit")
             conn.execute("RELEASE ackbus_unit")

@@ -117,7 +117,7 @@ from ._control import (
 )
 from ._envelope import JSON_ENCODING, encode_envelope
 from ._forward import PackedRun, scan_messages
-from ._ids import IdSource
+from ._ids import IdSource, id_of_order_key, order_key
 from ._outbox import Multipart, Outbox
 
 __all__ = [
@@ -209,6 +209,7 @@ __all__ = [
     "encode_welcome",
     "full_acks_frame",
     "group_frame",
+    "id_of_order_key",
     "is_compressed",
     "item_key",
     "item_method",
@@ -219,6 +220,7 @@ __all__ = [
     "method_prefix",
     "negotiate",
     "ok_ids_frame",
+    "order_key",
     "pack_item",
     "packed_group_frame",
     "plain_item",
