@@ -30,9 +30,16 @@ from typing import Any
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU of a process, all its threads, from ``/proc``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(f"/proc/{pid}/stat")[1]
+
+
+def stat_cpu(path: str) -> tuple[str, float]:
+    """The name and user + system CPU seconds in a ``/proc`` stat file (a process's,
+    or a thread's under ``/proc/PID/task``)."""
+    with open(path) as f:
+        head, tail = f.read().rsplit(")", 1)
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drive(hub: str, warm: int) -> None:

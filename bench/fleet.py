@@ -24,6 +24,7 @@ from typing import Any
 from ackbus import Context, Policy
 from ackbus.endpoint import Endpoint
 
+from .ab import stat_cpu
 from .cluster import Cluster, Setup, _recv, proc_figures
 
 _POLICY = Policy(ack_timeout=5.0, deadline=120.0)
@@ -167,11 +168,7 @@ def _thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                head, tail = f.read().rsplit(")", 1)
-            fields = tail.split()
-            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            out[tid] = (head.split("(", 1)[1], cpu)
+            out[tid] = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
     return out
 
 

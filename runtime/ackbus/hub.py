@@ -210,6 +210,8 @@ class Hub:
         """ROUTED entries of the multipart being routed, sent together at its end."""
         self._listener: Listener | None = None
         self._timer: Timer | None = None
+        self._slot = self._proto.heartbeat / HEARTBEAT_SLOTS
+        """The timer's granularity, seconds (see HEARTBEAT_SLOTS)."""
         self._closed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admin = Admin(self, self._proto, self._send_once, self._now)
@@ -704,7 +706,7 @@ class Hub:
             if when is not None:
                 # Up to the next slot: the heartbeats of a thousand peers, each due at
                 # its own instant, go out in HEARTBEAT_SLOTS wake-ups per interval.
-                slot = self._proto.heartbeat / HEARTBEAT_SLOTS
+                slot = self._slot
                 when = max(when, math.ceil(when / slot) * slot)
             self._timer.at(when)
 

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import Outcome
 from ..errors import StoreError
-from ..wire import id_of_order_key, order_key
+from ..wire import ID_SIZE, id_of_order_key, order_key
 from ._base import DeadLetter, Durability, InboxRecord, OutboxRow, Store, matching, parse_seconds
 from ._rows import dead_letter, inbox_record, outbox_row
 from ._writer import Batch, GroupWriter, Op, each_row, each_value, rows_statement
@@ -452,7 +452,7 @@ def read_inbox(row: tuple[object, ...], where: str = "") -> InboxRecord:
 def _order_key_sql(value: str | bytes | int | float | None) -> str | bytes | int | float | None:
     """``order_key`` for SQL (the conversion from schema 1): a 16-byte id converted,
     anything else left for the row's check to report."""
-    return order_key(value) if isinstance(value, bytes) and len(value) == 16 else value
+    return order_key(value) if isinstance(value, bytes) and len(value) == ID_SIZE else value
 
 
 def _owner_pid(path: Path) -> str:
