@@ -11,9 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _ops
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .transport import TransportOptions
 
 __all__ = ["main", "parser"]
 
@@ -170,6 +174,16 @@ def parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="S",
         help="forget an instance silent this long even while its connection is up (default 60)",
+    )
+    hub.add_argument(
+        "--zmtp-heartbeat",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="ZeroMQ heartbeats every S seconds on each connection, which drop a stopped "
+        "(SIGSTOP) instance's connection after about 4 S, so it is forgotten then rather "
+        "than kept as stalled up to --stall-limit; they cost the hub about 1.5%% of one core "
+        "per thousand instances at 1 s (default 0: off)",
     )
     hub.add_argument(
         "--max-held",
@@ -370,6 +384,7 @@ def _hub(args: argparse.Namespace) -> int:
                 insecure=args.insecure,
                 metrics=metrics,
                 stall_limit=args.stall_limit,
+                zmtp_heartbeat=args.zmtp_heartbeat,
                 max_held=args.max_held,
                 max_instances_per_key=args.max_instances_per_key,
             )
@@ -419,6 +434,17 @@ def _missing_codegen() -> list[str]:
     return missing
 
 
+def _zmtp_options(seconds: float) -> TransportOptions | None:
+    """``--zmtp-heartbeat S``: PINGs every S, a connection that answers none for 3 S
+    dropped (None: the hub's defaults, ZMTP heartbeats off)."""
+    from .transport import TransportOptions
+
+    if seconds <= 0:
+        return None
+    ms = max(1, round(seconds * 1000))
+    return TransportOptions(zmtp_heartbeat_ms=ms, zmtp_timeout_ms=3 * ms)
+
+
 async def _serve_hub(
     bind: Sequence[str],
     *,
@@ -429,6 +455,7 @@ async def _serve_hub(
     insecure: bool = False,
     metrics: tuple[str, int] | None = None,
     stall_limit: float = 60.0,
+    zmtp_heartbeat: float = 0.0,
     max_held: int = 10_000,
     max_instances_per_key: int | None = None,
 ) -> None:
@@ -453,6 +480,7 @@ async def _serve_hub(
         stall_limit=stall_limit,
         max_held=max_held,
         max_instances_per_key=max_instances_per_key,
+        options=_zmtp_options(zmtp_heartbeat),
     )
     hub.announce = False  # the line printed below says it, once
     async with hub:

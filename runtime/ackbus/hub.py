@@ -614,8 +614,8 @@ class Hub:
 
     def connected(self, peer: bytes) -> bool:
         # A heartbeat as the probe: libzmq refuses it (ROUTER_MANDATORY) once the
-        # peer's connection dropped, which its ZMTP heartbeats make happen within
-        # seconds of the peer's process stopping or dying.
+        # peer's connection dropped: at once when its process dies (the kernel resets
+        # it), after TCP_MAXRT when its host is gone (what we send goes unacknowledged).
         return self._listener is not None and self._listener.reachable(peer, encode_heartbeat())
 
     def stalled(self, peer: bytes, instance: Instance | None, silence: float, up: bool) -> None:

@@ -167,9 +167,11 @@ def in_transaction(url: str, instance: str) -> bool:
 
 async def frozen(procs: Procs, url: str, logs: Path) -> dict[str, object]:
     """Two instances; the one whose transactions stay open 0.3 s is frozen (SIGSTOP) in
-    the middle of one while messages stream; later it is thawed (SIGCONT)."""
+    the middle of one while messages stream; later it is thawed (SIGCONT). A stopped
+    process is a stalled one to the hub (its kernel keeps the connection up): it is
+    forgotten after the hub's stall limit, 12 s here (docs/protocol.md, Liveness)."""
     port = free_port()
-    procs.hub(port)
+    procs.hub(port, "--stall-limit", "12")
     hub = f"tcp://127.0.0.1:{port}"
     PostgresStore(url).execute_script(EFFECTS)
     receivers = Receivers(procs, hub, url, logs)

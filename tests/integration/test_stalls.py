@@ -2,9 +2,11 @@
 (issue 15, item 2: liveness that survives a slow loop), with real processes over TCP.
 
 The hub (embedded, on this test's loop) asks libzmq whether a silent instance's
-connection is still up; libzmq's ZMTP heartbeats run in its I/O thread, so a process
-whose Python loop is blocked keeps its connection, while one that is stopped (SIGSTOP)
-loses it after the ZMTP timeout and one killed -9 loses it at once.
+connection is still up. A process whose Python loop is blocked keeps its connection, and
+so does one that is stopped (SIGSTOP: its kernel still acknowledges), kept as stalled up
+to the hub's stall limit; one killed -9 loses it at once. With ZMTP heartbeats on at the
+hub (off by default), a stopped process answers no PING and loses its connection after
+their timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import helpers
 from ackbus import DeliveryReport, Endpoint
 from ackbus.transport import TransportOptions
 from ackbus.wire_pb2 import Bye
-from proc_harness import Procs
+from proc_harness import Procs, free_port
 
 RECEIVER = Path(__file__).with_name("stalling_receiver.py")
 HEARTBEAT = 0.25
@@ -45,7 +47,7 @@ async def test_a_stopped_receiver_is_stalled_not_dead_and_runs_its_messages_once
     procs: Procs, tmp_path: Path
 ) -> None:
     """Two instances; one is stopped (SIGSTOP) for 2 s, longer than the 0.75 s heartbeat
-    window and shorter than libzmq's 4 s: the hub keeps it registered (stalled), its
+    window and shorter than the hub's stall limit: the hub keeps it registered (stalled), its
     messages' retries wait for it, new messages go to the other instance, and after
     SIGCONT every message is acked and ran exactly once."""
     log = tmp_path / "runs.log"
@@ -127,6 +129,56 @@ async def test_a_receiver_stopped_past_libzmqs_timeout_is_declared_dead(
         finally:
             os.kill(pid, signal.SIGCONT)
     assert hub.stats.dead_peers + hub.stats.stalled >= 1
+
+
+async def test_a_stopped_receiver_is_kept_as_stalled_until_the_stall_limit(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """ZMTP heartbeats off (the default): a stopped process keeps its connection, so the
+    hub keeps it registered as stalled, and forgets it at its stall limit (2.5 s here)."""
+    async with helpers.running_hub("tcp", heartbeat=HEARTBEAT, stall_limit=2.5) as running:
+        hub = running.hub
+        pid = await start_receiver(procs, running.address, tmp_path / "runs.log", "r1")
+        await helpers.eventually(lambda: len(hub.routing.instances()) == 1)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            await helpers.eventually(lambda: hub.stats.stalled == 1, timeout=5)
+            await asyncio.sleep(max(0.0, 1.8 - (time.monotonic() - t0)))
+            assert len(hub.routing.instances()) == 1  # stalled, still registered
+            await helpers.eventually(lambda: not hub.routing.instances(), timeout=5)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    print(f"\nstopped: forgotten after {took:.2f} s (stall limit 2.5 s)", file=sys.stderr)
+    assert 2.5 <= took < 4.5
+    assert hub.stats.dead_peers == 1
+
+
+async def test_ackbus_hub_zmtp_heartbeat_drops_a_stopped_receiver(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """``ackbus hub --zmtp-heartbeat 0.2`` (stall limit 60 s): a stopped receiver answers
+    no PING; its connection drops after about 0.8 s and the hub says it left."""
+    port = free_port()
+    err = tmp_path / "hub.err"
+    hub = f"tcp://127.0.0.1:{port}"
+    argv = ("--zmtp-heartbeat", "0.2", "--log-level", "INFO")
+    await asyncio.to_thread(procs.hub, port, *argv, stderr=err)
+    pid = await start_receiver(procs, hub, tmp_path / "runs.log", "r1")
+    await helpers.eventually(lambda: "r1" in err.read_text(), timeout=5)  # registered
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        await helpers.eventually(lambda: "left: " in err.read_text(), timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    left = [line for line in err.read_text().splitlines() if "left: " in line]
+    print(f"\n--zmtp-heartbeat 0.2: forgotten after {took:.2f} s: {left}", file=sys.stderr)
+    # Its connection is gone: found by the next check, or by the next send to it.
+    assert "connection dropped" in left[0] or "unreachable" in left[0], left
+    assert took < 5
 
 
 CHAOS = os.environ.get("ACKBUS_CHAOS") == "1"

@@ -110,7 +110,9 @@ class Procs:
                 line = proc.stdout.readline()
         return proc
 
-    def hub(self, port: int) -> subprocess.Popen[bytes]:
+    def hub(self, port: int, *extra: str, stderr: Path | None = None) -> subprocess.Popen[bytes]:
+        """``ackbus hub`` on 127.0.0.1:``port``, heartbeat 0.25 s, then ``extra`` (a later
+        ``--heartbeat`` wins); its stderr to the file ``stderr`` if given."""
         return self.start(
             "-m",
             "ackbus.hub",
@@ -118,7 +120,9 @@ class Procs:
             f"tcp://127.0.0.1:{port}",
             "--heartbeat",
             "0.25",
+            *extra,
             ready=b"listening",
+            stderr=stderr,
         )
 
     def keyed_hub(self, address: str, keys: Path, *extra: str) -> subprocess.Popen[bytes]:

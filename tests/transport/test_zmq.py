@@ -187,6 +187,36 @@ async def test_a_listener_asks_the_kernel_for_a_deep_accept_queue() -> None:
         small.close()
 
 
+async def test_sockets_time_out_dead_paths_in_the_kernel_and_send_no_zmtp_pings_by_default() -> (
+    None
+):
+    # One heartbeat per question (docs/decisions.md): liveness is ackbus's heartbeat, a
+    # dead path TCP_MAXRT's; ZMTP heartbeats only when asked for.
+    backend = ZmqBackend()
+    listener = backend.bind("tcp://127.0.0.1:0", on_receive=lambda batch: None)
+    link = backend.connect(listener.addresses[0], on_receive=lambda batch: None)
+    custom = backend.connect(
+        listener.addresses[0],
+        on_receive=lambda batch: None,
+        options=TransportOptions(zmtp_heartbeat_ms=200, zmtp_timeout_ms=700, tcp_maxrt_ms=0),
+    )
+
+    def opts(each: object) -> tuple[int, ...]:
+        sock = each._sock  # type: ignore[attr-defined]
+        return tuple(
+            sock.getsockopt(o) for o in (zmq.HEARTBEAT_IVL, zmq.HEARTBEAT_TIMEOUT, zmq.TCP_MAXRT)
+        )
+
+    try:
+        assert opts(listener)[0] == opts(link)[0] == 0  # no PINGs
+        assert opts(listener)[2] == opts(link)[2] == 5000
+        assert opts(custom) == (200, 700, 0)
+    finally:
+        link.close()
+        custom.close()
+        listener.close()
+
+
 def _somaxconn() -> int:
     with open("/proc/sys/net/core/somaxconn") as f:
         return int(f.read())

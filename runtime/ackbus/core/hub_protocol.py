@@ -14,12 +14,13 @@ The hub parses no envelope and no body: an item is read by its fixed header only
 (:class:`HubItem`), and a run of first-attempt commands of one type (:class:`HubRun`,
 the wire's packed form) is routed in one call.
 
-A silent peer whose connection is still up (:meth:`HubIO.connected`: libzmq's own
-heartbeats run in its I/O thread, whatever the peer's Python loop does) is *stalled*, not
-dead: an ``async def`` handler blocks its loop. It stays registered and keeps its sticky
-routes (retries of its messages wait for it instead of running again elsewhere), new
-messages go to other instances of its service while there are any, and it is forgotten
-only when its connection drops or after ``stall_limit`` seconds of silence.
+A silent peer whose connection is still up (:meth:`HubIO.connected`: its kernel still
+acknowledges what is sent to it, whatever the peer's Python loop does) is *stalled*, not
+dead: an ``async def`` handler blocks its loop, or the process is stopped. It stays
+registered and keeps its sticky routes (retries of its messages wait for it instead of
+running again elsewhere), new messages go to other instances of its service while there
+are any, and it is forgotten only when its connection drops or after ``stall_limit``
+seconds of silence.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ AGENT = f"ackbus-python/{__version__}"
 """What an endpoint's HELLO says of its software (``Hello.agent``, for ``ackbus status``)."""
 
 RECONNECT_AFTER = 5.0
-"""Seconds a connected link says HELLO unanswered before it reconnects: longer than a
-hub takes to drop a dead connection (ZMTP heartbeat timeout, 3 s by default)."""
+"""Seconds a connected link says HELLO unanswered before it reconnects: by then a hub
+has dropped a dead connection of ours it still held (``TransportOptions.tcp_maxrt_ms``,
+5 s by default, counted from before our link reconnected)."""
 
 
 class HubLinks(EndpointBase):

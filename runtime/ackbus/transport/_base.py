@@ -42,9 +42,9 @@ OnReceive = Callable[[list[Multipart]], None]
 OnConnection = Callable[[bool], None]
 """Called with True when a link (re)connects, False when it loses its connection."""
 OnUnroutable = Callable[[bytes, list[Multipart]], None]
+"""Called with a peer id and what could not be sent to it because it is gone."""
 OnAcceptFailed = Callable[[int], None]
 """A listener could not accept a connection: the errno (EMFILE: out of descriptors)."""
-"""Called with a peer id and what could not be sent to it because it is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +87,27 @@ class TransportOptions:
     libzmq's default, 100, overflows when a thousand peers reconnect at once after a
     hub restart: the kernel drops their SYNs, and each waits out TCP's retransmission
     backoff (1, 2, 4 ... s) before it can say HELLO again."""
-    zmtp_heartbeat_ms: int = 1000
+    zmtp_heartbeat_ms: int = 0
     """ZeroMQ's own connection heartbeat (ZMQ_HEARTBEAT_IVL; ZMQ_HEARTBEAT_TIMEOUT is
-    ``zmtp_timeout_ms``), run by libzmq's I/O thread whatever the Python loop does: a
-    connection whose peer stopped answering (process stopped or gone, host gone without a
-    reset) drops, so a link reconnects and a hub can tell a stalled peer (connection up)
-    from a dead one (docs/protocol.md, Liveness). 0: off."""
+    ``zmtp_timeout_ms``), run by libzmq's I/O thread whatever the Python loop does. Off
+    (0) by default: liveness is ackbus's own heartbeat, and a dead path
+    ``tcp_maxrt_ms``'s. On a hub, it makes a stopped peer (SIGSTOP, a frozen container:
+    its kernel still acknowledges, its libzmq answers no PING) lose its connection after
+    about ``zmtp_heartbeat_ms + zmtp_timeout_ms``, so the hub forgets it then instead of
+    keeping it as stalled up to its ``stall_limit`` (docs/protocol.md, Liveness). The
+    cost, at 1 s: about 1.5 % of one core per thousand connections at the hub, whose I/O
+    thread sends, times and answers every PING (docs/decisions.md)."""
     zmtp_timeout_ms: int = 3000
     """How long a ZMTP PING may go unanswered before the connection is dropped
-    (``zmtp_heartbeat_ms`` must be on). A stopped process (SIGSTOP) loses its
-    connections after about ``zmtp_heartbeat_ms + zmtp_timeout_ms``."""
+    (``zmtp_heartbeat_ms`` must be on)."""
+    tcp_maxrt_ms: int = 5000
+    """ZMQ_TCP_MAXRT (the kernel's TCP_USER_TIMEOUT), for TCP: a connection whose sent
+    data goes unacknowledged this long is dropped. A host gone without a reset (powered
+    off, cut off) stops acknowledging what is sent to it, and the heartbeats each side
+    sends every interval are such data: the kernel drops the connection, at no cost
+    until then, and a link dials again (``connect_timeout_ms`` at a time), so it is
+    connected again within about a second of the path's return. 0: the kernel's own
+    retransmission limit (about 15 minutes)."""
     handshake_ms: int = 0
     """ZMQ_HANDSHAKE_IVL: a connection that has not completed ZeroMQ's handshake (and,
     with CURVE, its key check) after this long is dropped. 0: libzmq's default, 30 s; a
@@ -218,7 +229,8 @@ class Listener(Protocol):
         """Whether ``peer``'s connection is up now: ``probe`` (a control multipart that
         may overtake what is queued, e.g. a heartbeat) is sent to it at once. ZeroMQ: a
         ROUTER_MANDATORY send, refused once the peer's connection dropped (closed,
-        reset, or its ZMTP heartbeats unanswered); a peer whose queue is full is up."""
+        reset, timed out by ``tcp_maxrt_ms``, or its ZMTP heartbeats unanswered); a
+        peer whose queue is full is up."""
         ...
 
     async def wait_writable(self, peer: bytes, timeout: float) -> None: ...

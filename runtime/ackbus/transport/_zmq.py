@@ -93,6 +93,8 @@ def _configure(sock: zmq.Socket[Any], options: TransportOptions) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_msgsize)
     if options.handshake_ms > 0:
         sock.setsockopt(zmq.HANDSHAKE_IVL, options.handshake_ms)
+    if options.tcp_maxrt_ms > 0:
+        sock.setsockopt(zmq.TCP_MAXRT, options.tcp_maxrt_ms)
     if options.zmtp_heartbeat_ms > 0:
         sock.setsockopt(zmq.HEARTBEAT_IVL, options.zmtp_heartbeat_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, options.zmtp_timeout_ms)
@@ -467,8 +469,8 @@ class ZmqListener(_Reader, ListenerBase):
             # No ROUTER_HANDOVER: a connection with the routing id of a live one is
             # ignored by libzmq (its frames are dropped), so nobody takes over a live
             # peer's slot by naming its id. A peer reconnecting with a fixed routing
-            # id gets in once its old connection is gone (closed, or dropped by the
-            # ZMTP heartbeat timeout); a link that got in too early reconnects
+            # id gets in once its old connection is gone (closed, reset, or dropped by
+            # TCP_MAXRT); a link that got in too early reconnects
             # (:meth:`ZmqLink.reconnect`, asked by an endpoint whose HELLO goes
             # unanswered).
             if options.curve is not None:
