@@ -209,7 +209,7 @@ async def test_sockets_time_out_dead_paths_in_the_kernel_and_send_no_zmtp_pings_
 
     try:
         assert opts(listener)[0] == opts(link)[0] == 0  # no PINGs
-        assert opts(listener)[2] == opts(link)[2] == 5000
+        assert opts(listener)[2] == opts(link)[2] == 3000
         assert opts(custom) == (200, 700, 0)
     finally:
         link.close()

@@ -31,7 +31,7 @@ AGENT = f"ackbus-python/{__version__}"
 RECONNECT_AFTER = 5.0
 """Seconds a connected link says HELLO unanswered before it reconnects: by then a hub
 has dropped a dead connection of ours it still held (``TransportOptions.tcp_maxrt_ms``,
-5 s by default, counted from before our link reconnected)."""
+3 s by default, counted from before our link reconnected)."""
 
 
 class HubLinks(EndpointBase):

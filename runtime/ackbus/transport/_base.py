@@ -100,14 +100,16 @@ class TransportOptions:
     zmtp_timeout_ms: int = 3000
     """How long a ZMTP PING may go unanswered before the connection is dropped
     (``zmtp_heartbeat_ms`` must be on)."""
-    tcp_maxrt_ms: int = 5000
+    tcp_maxrt_ms: int = 3000
     """ZMQ_TCP_MAXRT (the kernel's TCP_USER_TIMEOUT), for TCP: a connection whose sent
     data goes unacknowledged this long is dropped. A host gone without a reset (powered
     off, cut off) stops acknowledging what is sent to it, and the heartbeats each side
     sends every interval are such data: the kernel drops the connection, at no cost
     until then, and a link dials again (``connect_timeout_ms`` at a time), so it is
-    connected again within about a second of the path's return. 0: the kernel's own
-    retransmission limit (about 15 minutes)."""
+    connected again within about a second of the path's return. 3 s is the time after
+    which ackbus calls a silent peer dead (three 1 s heartbeats); a shorter outage is
+    bridged by TCP's retransmissions. 0: the kernel's own retransmission limit (about 15
+    minutes)."""
     handshake_ms: int = 0
     """ZMQ_HANDSHAKE_IVL: a connection that has not completed ZeroMQ's handshake (and,
     with CURVE, its key check) after this long is dropped. 0: libzmq's default, 30 s; a
