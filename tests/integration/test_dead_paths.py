@@ -53,13 +53,16 @@ def net() -> Iterator[netns.Cluster]:
 
 
 def lines(proc: subprocess.Popen[bytes], until: float) -> list[str]:
-    """What ``proc`` printed until ``until`` (monotonic), line by line."""
+    """What ``proc`` printed until ``until`` (monotonic) or its end, line by line."""
     assert proc.stdout is not None
     out = []
     while (left := until - time.monotonic()) > 0:
         ready, _, _ = select.select([proc.stdout], [], [], left)
         if ready:
-            out.append(proc.stdout.readline().decode().strip())
+            line = proc.stdout.readline()
+            if not line:  # it ended: nothing more will come
+                break
+            out.append(line.decode().strip())
     return out
 
 
